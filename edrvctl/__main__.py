@@ -1,0 +1,21 @@
+"""Entry point. A TAB completion request is answered here without importing the CLI (typer and
+pydantic cost ~0.3 s); everything else goes to the Typer app."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    if os.environ.get("_EDRVCTL_COMPLETE", "").startswith("complete_"):
+        from edrvctl.completion import complete
+
+        sys.exit(complete(os.environ["_EDRVCTL_COMPLETE"][len("complete_"):]))
+    from edrvctl.cli import run
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The REST client: eDRV-style envelopes in, typed `edrvctl.errors` exceptions out."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import httpx
+import orjson
+
+from edrvctl import __version__
+from edrvctl.errors import BY_STATUS, EdrvError, StationTimeout, Unavailable
+
+PAGE = 1000  # the API's largest page
+
+
+class Client:
+    def __init__(self, api_url: str, token: str | None, timeout: float = 30.0):
+        self.api_url = api_url.rstrip("/")
+        headers = {"User-Agent": f"edrvctl/{__version__}", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, *, params: dict | None = None,
+                body: Any = None, timeout: float | None = None) -> dict:
+        """Send one request; return the whole envelope, or raise the error it stands for."""
+        kwargs: dict[str, Any] = {"params": params}
+        if body is not None:
+            kwargs["content"] = orjson.dumps(body)
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
+        except httpx.TransportError as e:
+            raise Unavailable(f"cannot reach the API at {self.api_url} ({e})",
+                              hint="start one with `edrvctl serve`, or set --api-url / "
+                                   "EDRV_API_URL") from None
+        try:
+            envelope = orjson.loads(r.content)
+            ok, message = envelope["ok"], envelope.get("message") or ""
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise EdrvError(f"{method} {path}: unexpected {r.status_code} response from "
+                            f"{self.api_url}: {r.text[:200]!r}") from None
+        if not ok or r.status_code >= 400:
+            raise BY_STATUS.get(r.status_code, EdrvError)(message or f"HTTP {r.status_code}")
+        return envelope
+
+    # --- chargestations ---
+
+    def list_stations(self, filters: dict, limit: int | None) -> Iterator[dict]:
+        """Stations matching `filters`, following the API's pages; at most `limit` of them."""
+        size = PAGE if limit is None else max(1, min(PAGE, limit))
+        page, seen = 1, 0
+        while True:
+            env = self.request("GET", "/v1.1/chargestations", params={
+                **filters, "paginate_limit": size, "paginate_page": page})
+            for doc in env["result"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield doc
+            if not env.get("hasNext") or (limit is not None and seen >= limit):
+                return
+            page += 1
+
+    def create_station(self, body: dict) -> dict:
+        return self.request("POST", "/v1.1/chargestations", body=body)["result"]
+
+    def get_station(self, key: str) -> dict:
+        return self.request("GET", f"/v1.1/chargestations/{_seg(key)}")["result"]
+
+    def update_station(self, key: str, body: dict) -> dict:
+        return self.request("PATCH", f"/v1.1/chargestations/{_seg(key)}", body=body)["result"]
+
+    def delete_station(self, key: str) -> dict:
+        return self.request("DELETE", f"/v1.1/chargestations/{_seg(key)}")["result"]
+
+    def get_variables(self, key: str, keys: list[str], timeout: float) -> dict:
+        return self.request("POST", f"/v1.1/chargestations/{_seg(key)}/get_variables",
+                            body={"keys": keys, "timeout": timeout},
+                            timeout=timeout + 10)["result"]
+
+
+def _seg(key: str) -> str:
+    from urllib.parse import quote
+
+    return quote(key, safe="")

@@ -1,0 +1,80 @@
+"""The one table of failures: each kind has its HTTP status (server side) and exit code (CLI side).
+
+The server raises these from `fleet`, the API turns them into eDRV envelopes with `http_status`,
+the client turns an HTTP status back into the same class, and the CLI exits with `exit_code`.
+Exit codes are frozen; README.md documents them.
+"""
+
+from __future__ import annotations
+
+
+class EdrvError(Exception):
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(EdrvError):
+    """Bad arguments or a bad request body."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class InvalidBody(UsageError):
+    http_status = 422
+
+
+class NotFound(EdrvError):
+    http_status = 404
+    exit_code = 3
+
+
+class AuthError(EdrvError):
+    http_status = 401
+    exit_code = 4
+
+
+class Conflict(EdrvError):
+    """Duplicate endpoint, or the station refused what was asked (CALLERROR / Rejected)."""
+
+    http_status = 409
+    exit_code = 5
+
+
+class StationRejected(Conflict):
+    """The station answered, but with a CALLERROR or a refusal."""
+
+    http_status = 502
+
+
+class Unavailable(EdrvError):
+    """The API is unreachable, or the station is offline or inactive."""
+
+    http_status = 406
+    exit_code = 6
+
+
+class StationTimeout(EdrvError):
+    http_status = 504
+    exit_code = 7
+
+
+EXIT_INTERRUPTED = 130
+
+# HTTP status -> error class, for the client. 5xx other than ours are plain errors.
+BY_STATUS: dict[int, type[EdrvError]] = {
+    400: UsageError,
+    401: AuthError,
+    403: AuthError,
+    404: NotFound,
+    406: Unavailable,
+    409: Conflict,
+    422: InvalidBody,
+    502: StationRejected,
+    504: StationTimeout,
+}

@@ -1,0 +1,231 @@
+"""Domain rules: the one place that decides what an admin request or a station message does.
+
+The REST routes (server/api.py) and the OCPP handlers (server/ocpp16.py, server/ocpp201.py) are
+thin translators into the methods below. Everything here runs on the server's event loop; store
+calls are short synchronous SQLite statements, so a read-modify-write of a record never
+interleaves with another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from edrvctl import model
+from edrvctl.errors import NotFound, StationRejected, Unavailable
+from edrvctl.store import Store, StationQuery
+
+log = logging.getLogger("edrvctl.fleet")
+
+
+def _ago(iso: str | None) -> str:
+    if not iso:
+        return "never connected"
+    seconds = (datetime.now(timezone.utc) - model.parse_time(iso)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"last seen {int(seconds // size)} {unit} ago"
+    return f"last seen {int(seconds)} s ago"
+
+
+class Fleet:
+    def __init__(self, store: Store, stations: Any = None, ocpp_url: str | None = None,
+                 heartbeat_interval: int = 300):
+        from edrvctl.server.stations import Stations
+
+        self.store = store
+        self.stations = stations or Stations()
+        self.ocpp_url = ocpp_url  # base URL stations are pointed at; set once the port is bound
+        self.heartbeat_interval = heartbeat_interval
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def present(self, doc: dict) -> dict:
+        doc["connection_url"] = self.ocpp_url
+        return doc
+
+    def get(self, key: str) -> dict:
+        doc = self.store.get_station(key)
+        if doc is None:
+            raise NotFound(f"chargestation {key!r} not found",
+                           hint="list them with `edrvctl cs list`")
+        return doc
+
+    def list(self, query: StationQuery) -> tuple[list[dict], int]:
+        return self.store.list_stations(query)
+
+    # --- admin changes ------------------------------------------------------------------------
+
+    def create(self, body: model.StationCreate) -> dict:
+        doc = model.new_station(body, model.utcnow())
+        self.store.create_station(doc)
+        return doc
+
+    def update(self, key: str, patch: model.StationUpdate) -> dict:
+        doc = self.get(key)
+        changes = patch.model_dump(exclude_unset=True)
+        was_active = doc["active"]
+        doc.update(changes)
+        doc["updatedAt"] = model.utcnow()
+        self.store.save_station(doc)
+        if doc["active"] != was_active:
+            self._spawn(self.push_availability(doc["endpoint"]))
+        return doc
+
+    async def delete(self, key: str) -> dict:
+        doc = self.get(key)
+        self.store.delete_station(doc["_id"])
+        session = self.stations.get(doc["endpoint"])
+        if session is not None:
+            await session.close(reason="chargestation deleted")
+        return doc
+
+    # --- commands to live stations ------------------------------------------------------------
+
+    def _live(self, doc: dict):
+        if not doc["active"]:
+            raise Unavailable(f"chargestation {doc['endpoint']} is inactive",
+                              hint=f"activate it with `edrvctl cs activate {doc['endpoint']}`")
+        session = self.stations.get(doc["endpoint"])
+        if session is None:
+            raise Unavailable(f"chargestation {doc['endpoint']} is offline "
+                              f"({_ago(doc.get('lastMessageAt') or doc.get('lastConnectAt'))})",
+                              hint="its stored csconfig is shown by `edrvctl cs inspect`")
+        return session
+
+    async def fetch_config(self, key: str, keys: list[str], timeout: float) -> dict:
+        """Ask the live station for its configuration, store it as `csconfig`, return it."""
+        doc = self.get(key)
+        session = self._live(doc)
+        entries, unknown = await session.command(lambda cp: cp.fetch_config(keys), timeout)
+        now = model.utcnow()
+        doc = self.get(doc["_id"])  # re-read: the station may have said things meanwhile
+        if keys:  # a partial fetch refreshes those entries and keeps the rest
+            fresh = {e["key"] for e in entries}
+            doc["csconfig"] = [e for e in doc["csconfig"] if e["key"] not in fresh] + entries
+        else:
+            doc["csconfig"] = entries
+        doc["csconfigFetchedAt"] = now
+        doc["updatedAt"] = now
+        self.store.save_station(doc)
+        return {"_id": doc["_id"], "endpoint": doc["endpoint"], "fetchedAt": now,
+                "csconfig": entries, "unknownKeys": unknown}
+
+    async def push_availability(self, endpoint: str) -> None:
+        """Tell a connected station what its `active` switch says (whole station)."""
+        doc = self.store.get_station(endpoint)
+        session = self.stations.get(endpoint)
+        if doc is None or session is None:
+            return
+        try:
+            status = await session.command(
+                lambda cp: cp.change_availability(doc["active"]), timeout=60)
+            log.info("%s: ChangeAvailability %s -> %s", endpoint,
+                     "Operative" if doc["active"] else "Inoperative", status)
+        except (Unavailable, StationRejected, TimeoutError, Exception) as e:
+            log.warning("%s: ChangeAvailability failed: %s", endpoint, e)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- what stations say --------------------------------------------------------------------
+
+    def _change(self, endpoint: str, fn: Callable[[dict, str], Any] | None = None,
+                content: bool = True) -> Any:
+        """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned."""
+        doc = self.store.get_station(endpoint)
+        if doc is None:  # deleted while connected; the session is being closed
+            raise NotFound(f"chargestation {endpoint!r} not found")
+        now = model.utcnow()
+        result = fn(doc, now) if fn else None
+        doc["lastMessageAt"] = now
+        if content:
+            doc["updatedAt"] = now
+        self.store.save_station(doc)
+        return result
+
+    def is_known(self, endpoint: str) -> dict | None:
+        return self.store.get_station(endpoint)
+
+    def connected(self, endpoint: str) -> None:
+        def apply(doc, now):
+            doc["online"] = True
+            doc["lastConnectAt"] = now
+        self._change(endpoint, apply)
+
+    def disconnected(self, endpoint: str) -> None:
+        def apply(doc, now):
+            doc["online"] = False
+            doc["lastDisconnectAt"] = now
+        try:
+            self._change(endpoint, apply)
+        except NotFound:
+            pass
+
+    def heartbeat(self, endpoint: str) -> None:
+        self._change(endpoint, content=False)
+
+    def boot(self, endpoint: str, boot_info: dict) -> tuple[str, int]:
+        """Record BootNotification; every known station is Accepted (unknown ones never get
+        past the websocket upgrade). Returns (registration status, heartbeat interval)."""
+        def apply(doc, now):
+            doc["bootInfo"] = {k: v for k, v in boot_info.items() if v is not None}
+            doc["manufacturer"] = boot_info.get("chargePointVendor")
+            doc["model"] = boot_info.get("chargePointModel")
+        self._change(endpoint, apply)
+        return "Accepted", self.heartbeat_interval
+
+    def status_notification(self, endpoint: str, evse_id: int, connector_id: int, status: str,
+                            error_code: str | None = None, info: str | None = None) -> None:
+        def apply(doc, now):
+            if evse_id == 0:
+                doc["stationStatus"] = status
+            else:
+                model.upsert_connector(doc, evse_id, connector_id, now, status=status,
+                                       errorCode=error_code, info=info)
+            doc["status"] = model.station_status(doc["connectors"], doc.get("stationStatus"))
+        self._change(endpoint, apply)
+
+    def authorize(self, endpoint: str, id_tag: str) -> str:
+        """Id tags are not managed here: every tag is accepted on an active station. An inactive
+        station is Blocked, so it cannot start charging."""
+        doc = self._change(endpoint, lambda d, now: d, content=False)
+        return "Accepted" if doc["active"] else "Blocked"
+
+    def start_transaction(self, endpoint: str, connector: int, id_tag: str | None,
+                          meter_start: float | None, timestamp: str,
+                          tx_key: str | None = None) -> tuple[str, str]:
+        """Record a transaction start. Returns (transaction key, id-tag status)."""
+        doc = self._change(endpoint, lambda d, now: d, content=False)
+        status = "Accepted" if doc["active"] else "Blocked"
+        tx = {"station_id": doc["_id"], "tx_key": tx_key, "connector": connector,
+              "idTag": id_tag, "meterStart": meter_start, "startedAt": timestamp,
+              "stoppedAt": None, "meterStop": None, "stopReason": None,
+              "status": "Active" if status == "Accepted" else "Refused"}
+        if tx_key is not None and self.store.get_transaction(doc["_id"], tx_key):
+            return tx_key, status  # a repeated start (2.0.1 Started resent): already recorded
+        self.store.start_transaction(tx)
+        return tx["tx_key"], status
+
+    def stop_transaction(self, endpoint: str, tx_key: str, meter_stop: float | None,
+                         timestamp: str, reason: str | None) -> bool:
+        doc = self._change(endpoint, lambda d, now: d, content=False)
+        tx = self.store.update_transaction(doc["_id"], tx_key, {
+            "meterStop": meter_stop, "stoppedAt": timestamp, "stopReason": reason,
+            "status": "Completed"})
+        return tx is not None
+
+    def meter_values(self, endpoint: str, connector: int, tx_key: str | None,
+                     values: list[dict]) -> None:
+        doc = self._change(endpoint, lambda d, now: d, content=False)
+        self.store.add_meter_values(doc["_id"], tx_key, connector, values)
+
+    def record_event(self, endpoint: str, kind: str, payload: dict) -> None:
+        """Notifications that are kept as they came (firmware, diagnostics, security, ...)."""
+        doc = self._change(endpoint, lambda d, now: d, content=False)
+        self.store.add_event(doc["_id"], model.utcnow(), kind, payload)

@@ -1,0 +1,185 @@
+"""The Chargestation record in eDRV's JSON shape, its request bodies, and the status rule.
+
+A record is a plain dict with eDRV's field names (`_id`, `endpoint`, `lastConnectAt`, ...); the
+store persists it, the API returns it as is. The server imports this module, the CLI does not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from edrvctl.constants import PROTOCOLS, STATUSES  # noqa: F401  (re-exported)
+
+Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
+
+# OCPP-J identities are URL path segments: RFC 3986 unreserved characters plus ':' (common in
+# 1.6 deployments), at most 48 characters (OCPP 2.0.1 Part 4, 3.1.1).
+ENDPOINT_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,48}$")
+OBJECT_ID_RE = re.compile(r"^[0-9a-f]{24}$")
+
+Endpoint = Annotated[str, StringConstraints(pattern=ENDPOINT_RE.pattern)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def utcnow() -> str:
+    """ISO-8601 UTC with milliseconds and 'Z', as eDRV writes timestamps."""
+    return format_time(datetime.now(timezone.utc))
+
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 date-time; naive times are taken as UTC. Raises ValueError."""
+    t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+_counter = int.from_bytes(os.urandom(3), "big")
+
+
+def new_id() -> str:
+    """A 24-hex-digit id shaped like eDRV's (MongoDB ObjectId): seconds, random, counter."""
+    global _counter
+    _counter = (_counter + 1) & 0xFFFFFF
+    return f"{int(time.time()):08x}{os.urandom(5).hex()}{_counter:06x}"
+
+
+# --- request bodies (also the OpenAPI schema) ---------------------------------------------------
+
+
+class StationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Endpoint = Field(description="OCPP identity; the station connects to <connection_url>/<endpoint>")
+    protocol: Protocol = "ocpp1.6"
+    location: ShortText | None = None
+    organization: ShortText | None = None
+    active: bool = True
+    public: bool = False
+    is_simulator: bool = False
+    static_endpoint: bool = False
+    coordinates: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    meta_data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StationUpdate(BaseModel):
+    """PATCH body: only the fields given are changed. The endpoint is the station's identity and
+    does not change; delete and create instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol: Protocol | None = None
+    location: ShortText | None = None
+    organization: ShortText | None = None
+    active: bool | None = None
+    public: bool | None = None
+    is_simulator: bool | None = None
+    coordinates: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    meta_data: dict[str, Any] | None = None
+
+
+class GetVariablesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        description="1.6 keys, or 2.0.1 'Component.Variable' names; empty means everything",
+    )
+    timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+
+def new_station(body: StationCreate, now: str) -> dict:
+    return {
+        "_id": new_id(),
+        "endpoint": body.endpoint,
+        "protocol": body.protocol,
+        "online": False,
+        "active": body.active,
+        "status": None,
+        "evses": [],
+        "connectors": [],
+        "location": body.location,
+        "organization": body.organization,
+        "manufacturer": None,
+        "model": None,
+        "bootInfo": {},
+        "createdAt": now,
+        "updatedAt": now,
+        "lastConnectAt": None,
+        "lastDisconnectAt": None,
+        "lastMessageAt": None,
+        "csconfig": [],
+        "csconfigFetchedAt": None,
+        "public": body.public,
+        "is_simulator": body.is_simulator,
+        "static_endpoint": body.static_endpoint,
+        "coordinates": body.coordinates,
+        "meta_data": body.meta_data,
+        "security": {"type": "none"},
+    }
+
+
+# --- the status rule -------------------------------------------------------------------------
+
+# A station's `status` is the most urgent status among its connectors, in this order: a fault
+# needs the admin first, then what is in use, then what could be used, then what cannot.
+STATUS_PRECEDENCE = (
+    "Faulted", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing", "Preparing", "Occupied",
+    "Reserved", "Available", "Unavailable",
+)
+_RANK = {s: i for i, s in enumerate(STATUS_PRECEDENCE)}
+
+
+def station_status(connectors: list[dict], station_level: str | None) -> str | None:
+    """The station's status from its connectors.
+
+    `station_level` is what the station said for itself (1.6 connector 0, or a 2.0.1 report
+    without an EVSE): Unavailable or Faulted there covers the whole station; otherwise the most
+    urgent connector status wins (STATUS_PRECEDENCE). With no connector known yet, the station
+    level status is used.
+    """
+    if station_level in ("Unavailable", "Faulted"):
+        return station_level
+    statuses = [c["status"] for c in connectors if c.get("status") in _RANK]
+    if not statuses:
+        return station_level
+    return min(statuses, key=_RANK.__getitem__)
+
+
+def upsert_connector(
+    station: dict, evse_id: int, connector_id: int, now: str, **fields: Any
+) -> dict:
+    """Find or add the connector (evse_id, connector_id) of a station record and update it."""
+    for c in station["connectors"]:
+        if c["evseId"] == evse_id and c["connectorId"] == connector_id:
+            break
+    else:
+        c = {
+            "_id": new_id(),
+            "evseId": evse_id,
+            "connectorId": connector_id,
+            "active": True,
+            "status": None,
+            "errorCode": None,
+            "type": None,
+            "format": None,
+            "power_type": None,
+            "power": None,
+            "chargestation": station["_id"],
+            "createdAt": now,
+            "updatedAt": now,
+        }
+        station["connectors"].append(c)
+        station["connectors"].sort(key=lambda x: (x["evseId"], x["connectorId"]))
+        station["evses"] = sorted({x["evseId"] for x in station["connectors"]})
+    c.update(fields)
+    c["updatedAt"] = now
+    return c

@@ -1,0 +1,124 @@
+"""`edrvctl serve`: the OCPP listener and the admin API on one event loop, over one store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edrvctl import paths
+
+log = logging.getLogger("edrvctl.serve")
+
+
+@dataclass
+class ServeConfig:
+    store: Path
+    api_host: str = "127.0.0.1"
+    api_port: int = 7780
+    ocpp_host: str = "0.0.0.0"
+    ocpp_port: int = 9000
+    heartbeat_interval: int = 300
+    ping_interval: float | None = 30
+    ping_timeout: float | None = 60
+    response_timeout: float = 30
+    max_frame: int = 2**20
+
+
+def admin_token(store: Path) -> str:
+    """EDRV_TOKEN if set; else the token kept beside the store, created on first start."""
+    token = os.environ.get("EDRV_TOKEN")
+    if token:
+        return token
+    path = paths.token_file(store)
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    paths.write_secret(path, token + "\n")
+    return token
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    import uvicorn
+
+    from edrvctl.fleet import Fleet
+    from edrvctl.model import utcnow
+    from edrvctl.server.api import create_app
+    from edrvctl.server.listener import Listener
+    from edrvctl.store import open_store
+
+    store = open_store(cfg.store)
+    token = admin_token(cfg.store)
+    stale = store.mark_all_offline(utcnow())
+    if stale:
+        log.info("marked %d station(s) offline that were online when the last run ended", stale)
+    fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval)
+
+    listener = Listener(fleet, cfg.ocpp_host, cfg.ocpp_port, ping_interval=cfg.ping_interval,
+                        ping_timeout=cfg.ping_timeout, response_timeout=cfg.response_timeout,
+                        max_size=cfg.max_frame)
+    fleet.ocpp_url = await listener.start()
+
+    api_sock = _bind(cfg.api_host, cfg.api_port)
+    host, port = api_sock.getsockname()[:2]
+    api_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    class ApiServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self):  # serve() owns SIGINT/SIGTERM, not uvicorn
+            yield
+
+    api = ApiServer(uvicorn.Config(create_app(fleet, token), log_level="warning",
+                                   access_log=False, lifespan="off"))
+    api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
+    while not api.started and not api_task.done():
+        await asyncio.sleep(0.01)
+    if api_task.done():
+        api_task.result()  # raises what stopped it
+
+    info = {"api_url": api_url, "ocpp_url": fleet.ocpp_url, "pid": os.getpid(),
+            "store": str(cfg.store)}
+    paths.write_secret(paths.server_file(cfg.store), json.dumps(info) + "\n")
+    if on_ready:
+        on_ready(info)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        api.should_exit = True
+        await listener.stop()  # stations see a clean close and are marked offline
+        await api_task
+        for session in fleet.stations.all():
+            fleet.disconnected(session.endpoint)
+        store.close()
+        try:
+            paths.server_file(cfg.store).unlink()
+        except FileNotFoundError:
+            pass

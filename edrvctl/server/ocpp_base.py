@@ -1,0 +1,170 @@
+"""What both OCPP versions' ChargePoints share: a receive path that never blocks and never dies.
+
+The stock `ocpp.ChargePoint.start()` runs handlers inline in the reader loop, so a CALLRESULT to
+one of our own calls waits behind a handler, and a malformed frame gets no answer at all
+(ocpp-notes.md §1.4, §1.6). Here the reader routes responses at once, queues the station's
+CALLs for one worker (in order, as OCPP-J asks), answers every malformed frame with a CALLERROR,
+and keeps the connection up whatever a handler does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from ocpp.exceptions import (
+    FormationViolationError,
+    FormatViolationError,
+    InternalError,
+    NotImplementedError as OcppNotImplemented,
+    NotSupportedError,
+    OCPPError,
+    OccurenceConstraintViolationError,
+    OccurrenceConstraintViolationError,
+)
+from ocpp.messages import Call, CallError, CallResult, MessageType
+
+log = logging.getLogger("edrvctl.ocpp")
+
+MAX_ID_LENGTH = 36  # OCPP-J: a message id is at most 36 characters
+
+
+class RpcFrameworkError(OCPPError):
+    """OCPP 2.0.1's code for a frame that is not a valid RPC (the library has none)."""
+
+    code = "RpcFrameworkError"
+    default_description = "Content of the call is not a valid RPC request"
+
+
+class FrameError(Exception):
+    def __init__(self, message_id: str, error: OCPPError):
+        self.message_id = message_id
+        self.error = error
+
+
+class RobustChargePoint:
+    """Mixin placed before `ocpp.v16.ChargePoint` / `ocpp.v201.ChargePoint`."""
+
+    #: the version's `Action` enum; set by the subclass
+    actions: type
+    #: frames refused as malformed, by all stations since start (for logs and benchmarks)
+    malformed_frames = 0
+
+    def __init__(self, endpoint: str, connection, fleet, **kwargs):
+        super().__init__(endpoint, connection, **kwargs)
+        self.fleet = fleet
+
+    def _malformed_error(self, cause: str) -> OCPPError:
+        # OCPP 2.0.1 has RpcFrameworkError for frames that are not a valid RPC; 1.6 only has
+        # FormationViolation (its own spelling), which strict 1.6 testers expect (ocpp #381).
+        if self._ocpp_version == "1.6":
+            return FormationViolationError(details={"cause": cause})
+        return RpcFrameworkError(details={"cause": cause})
+
+    def parse_frame(self, raw: str | bytes) -> Call | CallResult | CallError:
+        """Check a frame's RPC shape; raise FrameError with the CALLERROR to send back."""
+        try:
+            msg = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise FrameError("-1", self._malformed_error("message is not valid JSON")) from None
+        if not isinstance(msg, list) or not msg:
+            raise FrameError("-1", self._malformed_error("message is not a JSON array"))
+        mid = msg[1] if len(msg) > 1 else None
+        if not isinstance(mid, str) or not 0 < len(mid) <= MAX_ID_LENGTH:
+            raise FrameError("-1", self._malformed_error(
+                "message id must be a string of 1 to 36 characters"))
+        kind = msg[0]
+        if kind == MessageType.Call:
+            if len(msg) != 4 or not isinstance(msg[2], str) or not isinstance(msg[3], dict):
+                raise FrameError(mid, self._malformed_error(
+                    "a CALL is [2, messageId, action, {payload}]"))
+            return Call(mid, msg[2], msg[3])
+        if kind == MessageType.CallResult and len(msg) == 3 and isinstance(msg[2], dict):
+            return CallResult(mid, msg[2])
+        if kind == MessageType.CallError and len(msg) == 5:
+            return CallError(*msg[1:])
+        if kind in (MessageType.CallResult, MessageType.CallError):
+            raise FrameError(mid, self._malformed_error("malformed CALLRESULT/CALLERROR"))
+        raise FrameError(mid, self._malformed_error(f"unknown MessageTypeId {kind!r}"))
+
+    def _error_for_1_6(self, error: OCPPError) -> OCPPError:
+        # The library raises 2.0.1 spellings on every version; 1.6 peers expect their own.
+        if self._ocpp_version == "1.6":
+            if isinstance(error, FormatViolationError):
+                return FormationViolationError(error.description, error.details)
+            if isinstance(error, OccurrenceConstraintViolationError):
+                return OccurenceConstraintViolationError(error.description, error.details)
+        return error
+
+    async def _send_error(self, message_id: str, error: OCPPError) -> None:
+        error = self._error_for_1_6(error)
+        details = error.details if isinstance(error.details, dict) else {}
+        # Keep the cause short: the library puts the whole payload and sub-schema in it.
+        details = {"cause": str(details.get("cause", ""))[:200]} if details else {}
+        frame = CallError(message_id, error.code, error.description or "", details)
+        await self._send(frame.to_json())
+
+    async def _answer(self, call: Call) -> None:
+        """Run one CALL from the station and always send exactly one reply."""
+        try:
+            self.actions(call.action)
+        except ValueError:
+            await self._send_error(call.unique_id, OcppNotImplemented(
+                details={"cause": f"{call.action} is not an OCPP {self._ocpp_version} action"}))
+            return
+        if "_on_action" not in self.route_map.get(call.action, {}):
+            await self._send_error(call.unique_id, NotSupportedError(
+                details={"cause": f"{call.action} is not supported by this central system"}))
+            return
+        try:
+            await self._handle_call(call)  # validates, runs the handler, replies, runs @after
+        except OCPPError as e:
+            await self._send_error(call.unique_id, e)
+        except Exception:
+            self.logger.exception("%s: handler for %s failed", self.id, call.action)
+            await self._send_error(call.unique_id, InternalError(
+                details={"cause": "the central system failed to handle this request"}))
+
+    async def start(self) -> None:
+        inbox: asyncio.Queue[Call] = asyncio.Queue()
+
+        async def worker() -> None:
+            while True:
+                call = await inbox.get()
+                try:
+                    await self._answer(call)
+                except Exception:  # the socket went away mid-reply; the reader will see it
+                    self.logger.debug("%s: reply to %s not sent", self.id, call.action)
+
+        task = asyncio.create_task(worker())
+        try:
+            async for raw in self._connection:  # ends normally when the socket closes
+                try:
+                    msg = self.parse_frame(raw)
+                except FrameError as e:
+                    RobustChargePoint.malformed_frames += 1
+                    log.warning("%s: malformed frame %.200r: %s", self.id, raw,
+                                e.error.details.get("cause"))
+                    await self._send_error(e.message_id, e.error)
+                    continue
+                if msg.message_type_id == MessageType.Call:
+                    inbox.put_nowait(msg)
+                else:
+                    self._response_queue.put_nowait(msg)
+        finally:
+            task.cancel()
+
+
+def checked_time(value: str | None, field: str) -> str | None:
+    """The library does not check date-time formats (ocpp #216, #499); refuse bad ones here and
+    store every time in one form."""
+    if value is None:
+        return None
+    from edrvctl.model import format_time, parse_time
+
+    try:
+        return format_time(parse_time(value))
+    except (ValueError, TypeError):
+        raise FormatViolationError(
+            details={"cause": f"{field}: {value!r} is not an RFC 3339 date-time"}) from None

@@ -1,0 +1,233 @@
+"""The SQLite store: one file, WAL journal, one connection owned by the server's event loop.
+
+Each station is one row: its whole record as a JSON document, plus copies of the fields that
+lists filter and sort on, as indexed columns. Reads return the document as is.
+
+Durability: every write is its own committed transaction before the server answers. With WAL and
+synchronous=NORMAL a commit is in the WAL file when the call returns, so it survives the process
+being killed; only a power cut can lose the last commits.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+
+from edrvctl.errors import Conflict, UsageError
+from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chargestations (
+    id            TEXT PRIMARY KEY,
+    endpoint      TEXT NOT NULL UNIQUE,
+    protocol      TEXT NOT NULL,
+    online        INTEGER NOT NULL,
+    active        INTEGER NOT NULL,
+    status        TEXT,
+    location      TEXT,
+    organization  TEXT,
+    createdAt     TEXT NOT NULL,
+    updatedAt     TEXT NOT NULL,
+    lastMessageAt TEXT,
+    lastConnectAt TEXT,
+    doc           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cs_created ON chargestations(createdAt);
+CREATE INDEX IF NOT EXISTS cs_online ON chargestations(online);
+CREATE TABLE IF NOT EXISTS transactions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    station_id  TEXT NOT NULL,
+    tx_key      TEXT,
+    doc         TEXT NOT NULL,
+    UNIQUE (station_id, tx_key)
+);
+CREATE TABLE IF NOT EXISTS meter_values (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    station_id  TEXT NOT NULL,
+    tx_key      TEXT,
+    connector   INTEGER NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    station_id  TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_station ON events(station_id, id);
+"""
+
+_COLUMNS = ("protocol", "online", "active", "status", "location", "organization",
+            "createdAt", "updatedAt", "lastMessageAt", "lastConnectAt")
+
+
+def _row(doc: dict) -> tuple:
+    return (doc["_id"], doc["endpoint"], *(doc.get(c) for c in _COLUMNS), orjson.dumps(doc))
+
+
+class SqliteStore:
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise UsageError(f"cannot open the store at {path}: {e}") from e
+        self.path = path
+
+    @contextmanager
+    def _transaction(self):
+        # The connection is in autocommit mode, so a multi-statement change opens its own.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- stations ---
+
+    def create_station(self, doc: dict) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO chargestations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", _row(doc)
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"a chargestation with endpoint {doc['endpoint']!r} exists") from None
+
+    def get_station(self, key: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT doc FROM chargestations WHERE id = ? UNION ALL "
+            "SELECT doc FROM chargestations WHERE endpoint = ? LIMIT 1",
+            (key, key),
+        ).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def save_station(self, doc: dict) -> None:
+        sets = ", ".join(f"{c} = ?" for c in _COLUMNS)
+        _, _, *values, blob = _row(doc)
+        self.db.execute(
+            f"UPDATE chargestations SET {sets}, doc = ? WHERE id = ?", (*values, blob, doc["_id"])
+        )
+
+    def delete_station(self, station_id: str) -> bool:
+        with self._transaction():  # one transaction: the station and what hangs off it
+            cur = self.db.execute("DELETE FROM chargestations WHERE id = ?", (station_id,))
+            for table in ("transactions", "meter_values", "events"):
+                self.db.execute(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
+        return cur.rowcount > 0
+
+    def list_stations(self, query: StationQuery) -> tuple[list[dict], int]:
+        where, args = [], []
+        for name, value in query.equals.items():
+            assert name in FILTER_FIELDS, name
+            where.append(f"{name} IS ?")
+            args.append(value)
+        for name, op, value in query.ranges:
+            assert name in SORT_FIELDS and op in (">=", "<="), (name, op)
+            where.append(f"{name} {op} ?")
+            args.append(value)
+        assert query.sort_by in SORT_FIELDS, query.sort_by
+        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
+        total = self.db.execute(f"SELECT count(*) FROM chargestations{sql_where}", args).fetchone()[0]
+        order = "DESC" if query.descending else "ASC"
+        sql = (f"SELECT doc FROM chargestations{sql_where} "
+               f"ORDER BY {query.sort_by} {order}, id {order}")
+        if query.limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [query.limit, query.offset]
+        return [orjson.loads(r[0]) for r in self.db.execute(sql, args)], total
+
+    def mark_all_offline(self, now: str) -> int:
+        """At start-up no station is connected, whatever the last run left behind."""
+        rows = self.db.execute("SELECT doc FROM chargestations WHERE online = 1").fetchall()
+        with self._transaction():
+            for (blob,) in rows:
+                doc = orjson.loads(blob)
+                doc["online"] = False
+                doc["lastDisconnectAt"] = doc.get("lastDisconnectAt") or now
+                self.save_station(doc)
+        return len(rows)
+
+    # --- what stations report ---
+
+    def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None:
+        self.db.execute(
+            "INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
+            (station_id, at, kind, orjson.dumps(payload)),
+        )
+
+    def events(self, station_id: str, kind: str | None = None) -> list[dict]:
+        sql = "SELECT at, kind, doc FROM events WHERE station_id = ?"
+        args: list = [station_id]
+        if kind:
+            sql += " AND kind = ?"
+            args.append(kind)
+        return [{"at": at, "kind": k, "payload": orjson.loads(d)}
+                for at, k, d in self.db.execute(sql + " ORDER BY id", args)]
+
+    def start_transaction(self, tx: dict) -> int:
+        """Insert a transaction; without a `tx_key` (OCPP 1.6) the new row id becomes the key."""
+        with self._transaction():
+            cur = self.db.execute(
+                "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+                (tx["station_id"], tx.get("tx_key"), orjson.dumps(tx)),
+            )
+            rowid = cur.lastrowid
+            if tx.get("tx_key") is None:
+                tx["tx_key"] = str(rowid)
+                self.db.execute("UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
+                                (tx["tx_key"], orjson.dumps(tx), rowid))
+        return rowid
+
+    def get_transaction(self, station_id: str, tx_key: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT doc FROM transactions WHERE station_id = ? AND tx_key = ?", (station_id, tx_key)
+        ).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def update_transaction(self, station_id: str, tx_key: str, fields: dict) -> dict | None:
+        tx = self.get_transaction(station_id, tx_key)
+        if tx is None:
+            return None
+        tx.update(fields)
+        self.db.execute("UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
+                        (orjson.dumps(tx), station_id, tx_key))
+        return tx
+
+    def transactions(self, station_id: str) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT doc FROM transactions WHERE station_id = ? ORDER BY id", (station_id,)
+        )
+        return [orjson.loads(r[0]) for r in rows]
+
+    def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
+                         values: list[dict]) -> None:
+        self.db.execute(
+            "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
+            (station_id, tx_key, connector, orjson.dumps(values)),
+        )
+
+    def meter_values(self, station_id: str) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT tx_key, connector, doc FROM meter_values WHERE station_id = ? ORDER BY id",
+            (station_id,),
+        )
+        return [{"tx_key": t, "connector": c, "values": orjson.loads(d)} for t, c, d in rows]
+
+    def integrity_check(self) -> str:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
