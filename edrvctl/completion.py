@@ -30,8 +30,10 @@ def _cache_path() -> Path:
 
 
 def _read_cache() -> dict:
+    import orjson
+
     try:
-        return json.loads(_cache_path().read_text())
+        return orjson.loads(_cache_path().read_bytes())
     except (OSError, ValueError):
         return {}
 
@@ -39,6 +41,8 @@ def _read_cache() -> dict:
 def remember(api_url: str, docs: list[dict], replace: bool = False,
              forget: list[str] = ()) -> None:
     """Record stations for completion. Never fails the command that called it."""
+    import orjson
+
     try:
         cache = _read_cache()
         stations = {} if replace or cache.get("api_url") != api_url else cache.get("stations", {})
@@ -52,7 +56,7 @@ def remember(api_url: str, docs: list[dict], replace: bool = False,
         path = _cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"api_url": api_url, "stations": stations}))
+        tmp.write_bytes(orjson.dumps({"api_url": api_url, "stations": stations}))
         os.replace(tmp, path)
     except OSError:
         pass

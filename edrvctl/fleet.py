@@ -13,6 +13,8 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import orjson
+
 from edrvctl import model
 from edrvctl.errors import NotFound, StationRejected, Unavailable
 from edrvctl.store import Store, StationQuery
@@ -54,8 +56,12 @@ class Fleet:
                            hint="list them with `edrvctl cs list`")
         return doc
 
-    def list(self, query: StationQuery) -> tuple[list[dict], int]:
-        return self.store.list_stations(query)
+    def list_json(self, query: StationQuery) -> tuple[list[str], int]:
+        """A page of records as JSON texts, `connection_url` included. Parsing and re-encoding
+        10,000 records costs more than the rest of a list request; splicing costs nothing."""
+        docs, total = self.store.list_stations_json(query)
+        extra = ',"connection_url":' + orjson.dumps(self.ocpp_url).decode() + "}"
+        return [d[:-1] + extra for d in docs], total
 
     # --- admin changes ------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """`edrvctl chargestations` (alias `cs`): list, create, inspect, activate, deactivate, delete,
 config."""
 
-from __future__ import annotations
 
 import sys
 from enum import Enum

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timezone
+
 from typing import Any, Callable, Iterable
 
 FORMATS = ("table", "wide", "plain", "json", "yaml")
@@ -43,6 +43,8 @@ def info(message: str) -> None:
 
 
 def ago(iso: str | None) -> str:
+    from datetime import datetime, timezone
+
     if not iso:
         return "-"
     try:

@@ -1,6 +1,5 @@
 """`edrvctl serve`: run the OCPP central system and the admin API."""
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path

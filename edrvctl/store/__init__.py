@@ -37,6 +37,9 @@ class Store(Protocol):
     def list_stations(self, query: StationQuery) -> tuple[list[dict], int]:
         """The page, and how many match in all."""
 
+    def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
+        """The same page as JSON texts, for lists that are sent on unchanged."""
+
     def mark_all_offline(self, now: str) -> int: ...
 
     def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None: ...

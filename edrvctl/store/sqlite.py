@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS chargestations (
     lastConnectAt TEXT,
     doc           TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS cs_created ON chargestations(createdAt);
+CREATE INDEX IF NOT EXISTS cs_created ON chargestations(createdAt, id);
+CREATE INDEX IF NOT EXISTS cs_updated ON chargestations(updatedAt, id);
 CREATE INDEX IF NOT EXISTS cs_online ON chargestations(online);
 CREATE TABLE IF NOT EXISTS transactions (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,7 +68,9 @@ _COLUMNS = ("protocol", "online", "active", "status", "location", "organization"
 
 
 def _row(doc: dict) -> tuple:
-    return (doc["_id"], doc["endpoint"], *(doc.get(c) for c in _COLUMNS), orjson.dumps(doc))
+    # The document is stored as TEXT so that sqlite3 hands it back as str, ready to splice.
+    return (doc["_id"], doc["endpoint"], *(doc.get(c) for c in _COLUMNS),
+            orjson.dumps(doc).decode())
 
 
 class SqliteStore:
@@ -129,6 +132,11 @@ class SqliteStore:
         return cur.rowcount > 0
 
     def list_stations(self, query: StationQuery) -> tuple[list[dict], int]:
+        docs, total = self.list_stations_json(query)
+        return [orjson.loads(d) for d in docs], total
+
+    def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
+        """The page as the stored JSON texts, unparsed: a list is mostly copying text."""
         where, args = [], []
         for name, value in query.equals.items():
             assert name in FILTER_FIELDS, name
@@ -147,7 +155,7 @@ class SqliteStore:
         if query.limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [query.limit, query.offset]
-        return [orjson.loads(r[0]) for r in self.db.execute(sql, args)], total
+        return [r[0] for r in self.db.execute(sql, args)], total
 
     def mark_all_offline(self, now: str) -> int:
         """At start-up no station is connected, whatever the last run left behind."""

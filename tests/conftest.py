@@ -1,0 +1,108 @@
+"""Shared fixtures: a real `edrvctl serve` process on free ports, over a real SQLite file, and
+hermetic XDG directories under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+TOKEN = "test-token-0123456789"
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    api_url: str
+    ocpp_url: str
+    store: Path
+    env: dict
+    log: Path
+    token: str = TOKEN
+    _n: list = field(default_factory=lambda: [0])
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.token}"})
+
+    def create(self, endpoint: str | None = None, **body) -> dict:
+        """Create a station through the API; returns its record."""
+        if endpoint is None:
+            self._n[0] += 1
+            endpoint = f"t{os.getpid()}-{self._n[0]}"
+        with self.api() as c:
+            r = c.post("/v1.1/chargestations", json={"endpoint": endpoint, **body})
+        assert r.status_code == 201, r.text
+        return r.json()["result"]
+
+    def get(self, key: str) -> dict:
+        with self.api() as c:
+            r = c.get(f"/v1.1/chargestations/{key}")
+        assert r.status_code == 200, r.text
+        return r.json()["result"]
+
+    def logs(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def hermetic_env(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("EDRV", "XDG_"))}
+    env.update(XDG_DATA_HOME=str(root / "data"), XDG_CONFIG_HOME=str(root / "config"),
+               XDG_CACHE_HOME=str(root / "cache"), NO_COLOR="1")
+    return env
+
+
+def start_server(root: Path, *args: str, token: str | None = TOKEN, store: Path | None = None,
+                 env: dict | None = None) -> Server:
+    root.mkdir(parents=True, exist_ok=True)
+    env = dict(env or hermetic_env(root))
+    if token:
+        env["EDRV_TOKEN"] = token
+    store = store or root / "store" / "edrvctl.db"
+    log = root / f"serve-{time.monotonic_ns()}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edrvctl", "serve", "--store", str(store), "--api-port", "0",
+             "--ocpp-port", "0", "--ocpp-host", "127.0.0.1", *args],
+            stdout=subprocess.DEVNULL, stderr=err, env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        m = re.search(r"edrvctl serve: api (\S+) ocpp (\S+)", log.read_text())
+        if m:
+            return Server(proc, m.group(1), m.group(2), store, env, log,
+                          token=token or (store.parent / "token").read_text().strip())
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"serve did not start:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real server per test module; tests use their own station endpoints."""
+    srv = start_server(tmp_path_factory.mktemp("serve"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def cli_env(server, tmp_path):
+    """Environment for CliRunner: this test's XDG dirs, pointed at the module's server."""
+    env = hermetic_env(tmp_path)
+    env.update(EDRV_API_URL=server.api_url, EDRV_TOKEN=server.token)
+    return env
