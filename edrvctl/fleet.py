@@ -42,15 +42,43 @@ class Fleet:
         self.ocpp_url = ocpp_url  # base URL stations are pointed at; set once the port is bound
         self.heartbeat_interval = heartbeat_interval
         self._tasks: set[asyncio.Task] = set()
+        # Records of connected stations, kept in memory so that a station's message costs one
+        # write and no read. Write-through: the store always holds the same content.
+        self._live: dict[str, dict] = {}
+        self._group = None
+
+    def commit_in_groups(self) -> None:
+        """Server mode: writes are committed per event-loop turn (server/commit.py)."""
+        from edrvctl.server.commit import GroupCommit
+
+        self._group = GroupCommit(self.store)
+
+    async def durable(self) -> None:
+        """Return once every write so far is committed: await before acknowledging."""
+        if self._group is not None:
+            await self._group.durable()
+
+    def _load(self, key: str) -> dict | None:
+        """A record by `_id` or endpoint; the in-memory one while the station is connected."""
+        doc = self._live.get(key)
+        if doc is None:
+            doc = self.store.get_station(key)
+            if doc is not None:
+                doc = self._live.get(doc["endpoint"], doc)
+        return doc
+
+    def _save(self, doc: dict) -> None:
+        self.store.save_station(doc)
+        if doc["endpoint"] in self._live:
+            self._live[doc["endpoint"]] = doc
 
     # --- reading ------------------------------------------------------------------------------
 
     def present(self, doc: dict) -> dict:
-        doc["connection_url"] = self.ocpp_url
-        return doc
+        return {**doc, "connection_url": self.ocpp_url}
 
     def get(self, key: str) -> dict:
-        doc = self.store.get_station(key)
+        doc = self._load(key)
         if doc is None:
             raise NotFound(f"chargestation {key!r} not found",
                            hint="list them with `edrvctl cs list`")
@@ -76,7 +104,7 @@ class Fleet:
         was_active = doc["active"]
         doc.update(changes)
         doc["updatedAt"] = model.utcnow()
-        self.store.save_station(doc)
+        self._save(doc)
         if doc["active"] != was_active:
             self._spawn(self.push_availability(doc["endpoint"]))
         return doc
@@ -84,6 +112,7 @@ class Fleet:
     async def delete(self, key: str) -> dict:
         doc = self.get(key)
         self.store.delete_station(doc["_id"])
+        self._live.pop(doc["endpoint"], None)
         session = self.stations.get(doc["endpoint"])
         if session is not None:
             await session.close(reason="chargestation deleted")
@@ -91,7 +120,7 @@ class Fleet:
 
     # --- commands to live stations ------------------------------------------------------------
 
-    def _live(self, doc: dict):
+    def _session_for(self, doc: dict):
         if not doc["active"]:
             raise Unavailable(f"chargestation {doc['endpoint']} is inactive",
                               hint=f"activate it with `edrvctl cs activate {doc['endpoint']}`")
@@ -105,7 +134,7 @@ class Fleet:
     async def fetch_config(self, key: str, keys: list[str], timeout: float) -> dict:
         """Ask the live station for its configuration, store it as `csconfig`, return it."""
         doc = self.get(key)
-        session = self._live(doc)
+        session = self._session_for(doc)
         entries, unknown = await session.command(lambda cp: cp.fetch_config(keys), timeout)
         now = model.utcnow()
         doc = self.get(doc["_id"])  # re-read: the station may have said things meanwhile
@@ -116,13 +145,13 @@ class Fleet:
             doc["csconfig"] = entries
         doc["csconfigFetchedAt"] = now
         doc["updatedAt"] = now
-        self.store.save_station(doc)
+        self._save(doc)
         return {"_id": doc["_id"], "endpoint": doc["endpoint"], "fetchedAt": now,
                 "csconfig": entries, "unknownKeys": unknown}
 
     async def push_availability(self, endpoint: str) -> None:
         """Tell a connected station what its `active` switch says (whole station)."""
-        doc = self.store.get_station(endpoint)
+        doc = self._load(endpoint)
         session = self.stations.get(endpoint)
         if doc is None or session is None:
             return
@@ -144,7 +173,7 @@ class Fleet:
     def _change(self, endpoint: str, fn: Callable[[dict, str], Any] | None = None,
                 content: bool = True) -> Any:
         """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned."""
-        doc = self.store.get_station(endpoint)
+        doc = self._load(endpoint)
         if doc is None:  # deleted while connected; the session is being closed
             raise NotFound(f"chargestation {endpoint!r} not found")
         now = model.utcnow()
@@ -152,16 +181,20 @@ class Fleet:
         doc["lastMessageAt"] = now
         if content:
             doc["updatedAt"] = now
-        self.store.save_station(doc)
+        self._save(doc)
         return result
 
     def is_known(self, endpoint: str) -> dict | None:
-        return self.store.get_station(endpoint)
+        return self._load(endpoint)
 
     def connected(self, endpoint: str) -> None:
         def apply(doc, now):
             doc["online"] = True
             doc["lastConnectAt"] = now
+        doc = self.store.get_station(endpoint)
+        if doc is None:
+            raise NotFound(f"chargestation {endpoint!r} not found")
+        self._live[endpoint] = doc
         self._change(endpoint, apply)
 
     def disconnected(self, endpoint: str) -> None:
@@ -172,6 +205,7 @@ class Fleet:
             self._change(endpoint, apply)
         except NotFound:
             pass
+        self._live.pop(endpoint, None)
 
     def heartbeat(self, endpoint: str) -> None:
         self._change(endpoint, content=False)
@@ -231,7 +265,12 @@ class Fleet:
         doc = self._change(endpoint, lambda d, now: d, content=False)
         self.store.add_meter_values(doc["_id"], tx_key, connector, values)
 
-    def record_event(self, endpoint: str, kind: str, payload: dict) -> None:
-        """Notifications that are kept as they came (firmware, diagnostics, security, ...)."""
-        doc = self._change(endpoint, lambda d, now: d, content=False)
+    def record_event(self, endpoint: str, kind: str, payload: dict,
+                     from_station: bool = True) -> None:
+        """Notifications kept as they came (firmware, diagnostics, security, ...), and things
+        the server saw happen to a station (from_station=False: not a message from it)."""
+        if from_station:
+            doc = self._change(endpoint, lambda d, now: d, content=False)
+        else:
+            doc = self.get(endpoint)
         self.store.add_event(doc["_id"], model.utcnow(), kind, payload)

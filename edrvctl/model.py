@@ -12,18 +12,26 @@ import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from edrvctl.constants import PROTOCOLS, STATUSES  # noqa: F401  (re-exported)
 
 Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
 
 # OCPP-J identities are URL path segments: RFC 3986 unreserved characters plus ':' (common in
-# 1.6 deployments), at most 48 characters (OCPP 2.0.1 Part 4, 3.1.1).
+# 1.6 deployments), at most 48 characters (OCPP 2.0.1 Part 4, 3.1.1); '.' and '..' alone would
+# be path navigation, not a segment.
 ENDPOINT_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,48}$")
 OBJECT_ID_RE = re.compile(r"^[0-9a-f]{24}$")
 
-Endpoint = Annotated[str, StringConstraints(pattern=ENDPOINT_RE.pattern)]
+def check_endpoint(value: str) -> str:
+    if not ENDPOINT_RE.match(value) or not value.strip("."):
+        raise ValueError("an endpoint is 1 to 48 characters of A-Z a-z 0-9 . _ ~ : - "
+                         "(not only dots)")
+    return value
+
+
+Endpoint = Annotated[str, AfterValidator(check_endpoint)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -76,14 +84,16 @@ class StationUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    protocol: Protocol | None = None
+    # Fields that cannot be null default to None only as "not given" (pydantic does not
+    # validate defaults), so an explicit null is refused with a 422.
+    protocol: Protocol = None  # type: ignore[assignment]
     location: ShortText | None = None
     organization: ShortText | None = None
-    active: bool | None = None
-    public: bool | None = None
-    is_simulator: bool | None = None
+    active: bool = None  # type: ignore[assignment]
+    public: bool = None  # type: ignore[assignment]
+    is_simulator: bool = None  # type: ignore[assignment]
     coordinates: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    meta_data: dict[str, Any] | None = None
+    meta_data: dict[str, Any] = None  # type: ignore[assignment]
 
 
 class GetVariablesRequest(BaseModel):

@@ -48,7 +48,9 @@ def admin_token(store: Path) -> str:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, so that asyncio sets TCP_NODELAY on accepted connections: without it
+    # each kept-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
@@ -72,6 +74,7 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     if stale:
         log.info("marked %d station(s) offline that were online when the last run ended", stale)
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval)
+    fleet.commit_in_groups()
 
     listener = Listener(fleet, cfg.ocpp_host, cfg.ocpp_port, ping_interval=cfg.ping_interval,
                         ping_timeout=cfg.ping_timeout, response_timeout=cfg.response_timeout,
@@ -117,6 +120,7 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
         await api_task
         for session in fleet.stations.all():
             fleet.disconnected(session.endpoint)
+        await fleet.durable()
         store.close()
         try:
             paths.server_file(cfg.store).unlink()

@@ -111,7 +111,7 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
         endpoint: str | None = None,
         paginate_enabled: bool = True,
         paginate_limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-        paginate_page: Annotated[int, Query(ge=1)] = 1,
+        paginate_page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
         sort_by: Annotated[str, Query(description="|".join(SORT_FIELDS))] = "createdAt",
         sort_order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
         created_gte: Annotated[str | None, Query(alias="createdAt[$gte]")] = None,
@@ -137,8 +137,9 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
             if value is not None:
                 try:
                     ranges.append((name, op, model.format_time(model.parse_time(value))))
-                except ValueError:
-                    raise UsageError(f"{name} filter: {value!r} is not an ISO-8601 date-time")
+                except (ValueError, OverflowError):
+                    raise UsageError(f"{name} filter: {value!r} is not an ISO-8601 date-time "
+                                     "within years 1-9999") from None
         limit = paginate_limit if paginate_enabled else None
         offset = (paginate_page - 1) * paginate_limit if paginate_enabled else 0
         docs, total = fleet.list_json(StationQuery(equals, ranges, sort_by,
@@ -153,6 +154,7 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
               summary="Create a chargestation")
     async def create_station(body: model.StationCreate) -> Response:
         doc = fleet.create(body)
+        await fleet.durable()
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} created", 201)
 
     @app.get("/v1.1/chargestations/{id}", dependencies=auth, summary="One chargestation")
@@ -162,11 +164,13 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
     @app.patch("/v1.1/chargestations/{id}", dependencies=auth, summary="Update a chargestation")
     async def update_station(id: Id, body: model.StationUpdate) -> Response:
         doc = fleet.update(id, body)
+        await fleet.durable()
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} updated")
 
     @app.delete("/v1.1/chargestations/{id}", dependencies=auth, summary="Delete a chargestation")
     async def delete_station(id: Id) -> Response:
         doc = await fleet.delete(id)
+        await fleet.durable()
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} deleted")
 
     @app.get("/v1.1/chargestations/{id}/connectors", dependencies=auth,
@@ -181,6 +185,7 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
     ) -> Response:
         body = body or model.GetVariablesRequest()
         result = await fleet.fetch_config(id, body.keys, body.timeout)
+        await fleet.durable()
         return envelope(result, f"{len(result['csconfig'])} configuration entries fetched", 201)
 
     return app

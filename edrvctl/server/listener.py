@@ -49,7 +49,7 @@ class Listener:
         doc = self.fleet.is_known(endpoint) if endpoint else None
         if doc is not None:  # kept on the station, for the admin to see later
             self.fleet.record_event(endpoint, "ConnectionRefused",
-                                    {"status": status, "reason": reason})
+                                    {"status": status, "reason": reason}, from_station=False)
         return conn.respond(status, reason + "\n")
 
     def process_request(self, conn: ServerConnection, request: Request):
@@ -77,7 +77,7 @@ class Listener:
         endpoint = endpoint_of(ws.request.path)
         cp = CHARGE_POINTS[ws.subprotocol](
             endpoint, ws, self.fleet, response_timeout=self.response_timeout,
-            logger=logging.getLogger(f"edrvctl.ocpp.station"))
+            logger=logging.getLogger("edrvctl.ocpp.frames"))
         session = Session(endpoint, ws.subprotocol, cp, ws)
         old = self.fleet.stations.add(session)
         if old is not None:  # newest connection wins; the old one may be half-open
@@ -106,6 +106,9 @@ class Listener:
             select_subprotocol=self.select_subprotocol,
             subprotocols=list(CHARGE_POINTS),
             ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            # A station that missed its pong will not finish a closing handshake either; wait
+            # for it no longer than for the pong, so it shows offline promptly.
+            close_timeout=min(10.0, self.ping_timeout or 10.0),
             max_size=self.max_size, compression=None, server_header=None,
         )
         host, port = self.server.sockets[0].getsockname()[:2]

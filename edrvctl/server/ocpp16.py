@@ -23,7 +23,7 @@ class Station16(RobustChargePoint, ChargePoint):
     @on(Action.boot_notification)
     def on_boot(self, charge_point_vendor, charge_point_model, **kw):
         info = {"chargePointVendor": charge_point_vendor, "chargePointModel": charge_point_model,
-                **{snake_to_camel_case(k): v for k, v in kw.items()}}
+                **snake_to_camel_case(kw)}
         status, interval = self.fleet.boot(self.id, info)
         return call_result.BootNotification(current_time=utcnow(), interval=interval,
                                             status=RegistrationStatus(status))

@@ -3,9 +3,11 @@
 Each station is one row: its whole record as a JSON document, plus copies of the fields that
 lists filter and sort on, as indexed columns. Reads return the document as is.
 
-Durability: every write is its own committed transaction before the server answers. With WAL and
-synchronous=NORMAL a commit is in the WAL file when the call returns, so it survives the process
-being killed; only a power cut can lose the last commits.
+Durability: with `autocommit` (the default) every write is committed at once. The server turns
+it off and commits in groups instead (server/commit.py): writes made in one turn of the event
+loop share one COMMIT, and nothing is acknowledged to a station or an admin before the COMMIT
+that holds it. With WAL and synchronous=NORMAL a commit is in the WAL file when it returns, so it
+survives the process being killed; only a power cut can lose the last commits.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
@@ -87,23 +90,53 @@ class SqliteStore:
         except sqlite3.Error as e:
             raise UsageError(f"cannot open the store at {path}: {e}") from e
         self.path = path
+        self.autocommit = True
+        self.on_write: Callable[[], None] | None = None  # told after each uncommitted write
+
+    def _write(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+        cur = self.db.execute(sql, args)
+        if self._depth == 0:
+            self._written()
+        return cur
+
+    def _written(self) -> None:
+        if self.autocommit:
+            self.commit()
+        elif self.on_write is not None:
+            self.on_write()
+
+    def commit(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+
+    _depth = 0
 
     @contextmanager
     def _transaction(self):
-        # The connection is in autocommit mode, so a multi-statement change opens its own.
-        self.db.execute("BEGIN IMMEDIATE")
+        """Several writes that stand or fall together (a savepoint inside the open
+        transaction, so a failure undoes only them)."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("SAVEPOINT multi")
+        self._depth += 1
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK TO multi")
+            self.db.execute("RELEASE multi")
             raise
-        self.db.execute("COMMIT")
+        finally:
+            self._depth -= 1
+        self.db.execute("RELEASE multi")
+        self._written()
 
     # --- stations ---
 
     def create_station(self, doc: dict) -> None:
         try:
-            self.db.execute(
+            self._write(
                 "INSERT INTO chargestations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", _row(doc)
             )
         except sqlite3.IntegrityError:
@@ -120,15 +153,15 @@ class SqliteStore:
     def save_station(self, doc: dict) -> None:
         sets = ", ".join(f"{c} = ?" for c in _COLUMNS)
         _, _, *values, blob = _row(doc)
-        self.db.execute(
+        self._write(
             f"UPDATE chargestations SET {sets}, doc = ? WHERE id = ?", (*values, blob, doc["_id"])
         )
 
     def delete_station(self, station_id: str) -> bool:
         with self._transaction():  # one transaction: the station and what hangs off it
-            cur = self.db.execute("DELETE FROM chargestations WHERE id = ?", (station_id,))
+            cur = self._write("DELETE FROM chargestations WHERE id = ?", (station_id,))
             for table in ("transactions", "meter_values", "events"):
-                self.db.execute(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
+                self._write(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
         return cur.rowcount > 0
 
     def list_stations(self, query: StationQuery) -> tuple[list[dict], int]:
@@ -171,7 +204,7 @@ class SqliteStore:
     # --- what stations report ---
 
     def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None:
-        self.db.execute(
+        self._write(
             "INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
             (station_id, at, kind, orjson.dumps(payload)),
         )
@@ -188,14 +221,14 @@ class SqliteStore:
     def start_transaction(self, tx: dict) -> int:
         """Insert a transaction; without a `tx_key` (OCPP 1.6) the new row id becomes the key."""
         with self._transaction():
-            cur = self.db.execute(
+            cur = self._write(
                 "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
                 (tx["station_id"], tx.get("tx_key"), orjson.dumps(tx)),
             )
             rowid = cur.lastrowid
             if tx.get("tx_key") is None:
                 tx["tx_key"] = str(rowid)
-                self.db.execute("UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
+                self._write("UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
                                 (tx["tx_key"], orjson.dumps(tx), rowid))
         return rowid
 
@@ -210,7 +243,7 @@ class SqliteStore:
         if tx is None:
             return None
         tx.update(fields)
-        self.db.execute("UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
+        self._write("UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
                         (orjson.dumps(tx), station_id, tx_key))
         return tx
 
@@ -222,7 +255,7 @@ class SqliteStore:
 
     def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
                          values: list[dict]) -> None:
-        self.db.execute(
+        self._write(
             "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
             (station_id, tx_key, connector, orjson.dumps(values)),
         )

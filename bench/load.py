@@ -1,0 +1,115 @@
+"""A load generator: N raw-websocket stations, each sending OCPP 1.6 CALLs one at a time (as
+OCPP-J allows) as fast as the server answers, for a fixed time.
+
+    python bench/load.py ws://127.0.0.1:9000 --stations 100 --seconds 10 [--prefix BENCH]
+
+Prints one JSON object: answered calls per second, latency percentiles, errors. Frames are
+built once; the client does as little work as possible, so that the server is what is measured.
+Raw frames instead of the simulator, because an ocpp ChargePoint per station would cost the
+client more CPU than the server spends answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from urllib.parse import quote
+
+from websockets.asyncio.client import connect
+
+NOW = "2026-01-01T00:00:00.000Z"
+MIX = [  # (action, payload): Heartbeat, StatusNotification, MeterValues, as a station sends them
+    ("Heartbeat", {}),
+    ("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available",
+                            "timestamp": NOW}),
+    ("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": NOW, "sampledValue": [
+        {"value": "1234.5", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+        {"value": "7200", "measurand": "Power.Active.Import", "unit": "W"}]}]}),
+    ("Heartbeat", {}),
+]
+BOOT = ("BootNotification", {"chargePointVendor": "Bench", "chargePointModel": "Load"})
+
+
+def frame(mid: int, action: str, payload: dict) -> str:
+    return json.dumps([2, str(mid), action, payload])
+
+
+class Run:
+    def __init__(self) -> None:
+        self.connected = self.failed = self.errors = 0
+        self.first_error: str | None = None
+        self.latencies: list[float] = []
+        self.go = asyncio.Event()
+        self.stop_at = float("inf")
+
+
+async def station(url: str, endpoint: str, run: Run, handshakes: asyncio.Semaphore) -> None:
+    frames = [json.dumps([2, "ID", a, p]) for a, p in MIX]
+    try:
+        async with handshakes:  # bounded concurrent handshakes
+            ws = await connect(f"{url}/{quote(endpoint)}", subprotocols=["ocpp1.6"],
+                               compression=None, open_timeout=120, ping_interval=None)
+        async with ws:
+            await ws.send(frame(0, *BOOT))
+            await ws.recv()
+            run.connected += 1
+            await run.go.wait()
+            i = 0
+            while (now := time.perf_counter()) < run.stop_at:
+                i += 1
+                await ws.send(frames[i % len(frames)].replace('"ID"', f'"{i}"', 1))
+                reply = await ws.recv()
+                run.latencies.append(time.perf_counter() - now)
+                if not reply.startswith("[3,"):
+                    run.errors += 1
+    except Exception as e:  # count it; one station failing must not end the run
+        run.failed += 1
+        run.first_error = run.first_error or repr(e)
+
+
+async def measure(url: str, n: int, seconds: float, prefix: str, warmup: float) -> dict:
+    run = Run()
+    handshakes = asyncio.Semaphore(200)
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(station(url, f"{prefix}{i:06d}", run, handshakes))
+             for i in range(n)]
+    while run.connected + run.failed < n:
+        await asyncio.sleep(0.05)
+    connect_s = time.perf_counter() - t0
+    run.stop_at = time.perf_counter() + warmup + seconds
+    run.go.set()
+    await asyncio.sleep(warmup)
+    run.latencies.clear()
+    t1 = time.perf_counter()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t1
+    lat = sorted(run.latencies)
+
+    def pct(p: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
+    return {"stations": n, "connected": run.connected, "failed": run.failed,
+            "first_error": run.first_error, "errors": run.errors,
+            "connect_s": round(connect_s, 2), "seconds": round(elapsed, 2), "calls": len(lat),
+            "calls_per_s": round(len(lat) / elapsed, 1), "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("url")
+    ap.add_argument("--stations", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--warmup", type=float, default=1)
+    ap.add_argument("--prefix", default="BENCH")
+    a = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(json.dumps(asyncio.run(measure(a.url.rstrip("/"), a.stations, a.seconds, a.prefix,
+                                     a.warmup))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+complete --command edrvctl --no-files --arguments "(env _EDRVCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) edrvctl)" --condition "env _EDRVCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) edrvctl"

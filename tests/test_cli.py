@@ -1,0 +1,662 @@
+"""The CLI through typer's CliRunner, against a real `edrvctl serve` (the `server` fixture).
+
+stdout and stderr are asserted separately: data goes to stdout, errors and hints to stderr.
+CliRunner's stdin is not a terminal, so disruptive commands without --yes must refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import hermetic_env, start_server
+from edrvctl import __version__
+from edrvctl.cli import app
+
+HEX24 = re.compile(r"^[0-9a-f]{24}$")
+PLAIN_HEADER = "ENDPOINT\tID\tPROTOCOL\tONLINE\tACTIVE\tSTATUS\tMODEL\tLAST SEEN"
+COMMANDS = ["list", "create", "inspect", "activate", "deactivate", "delete", "config"]
+
+runner = CliRunner()
+_seq = itertools.count(1)
+
+# Variables that, if set in the developer's shell, must not leak into a test's invocation
+# (CliRunner's env= only adds to os.environ; None removes).
+_CLEAR = {"EDRV_API_URL": None, "EDRV_TOKEN": None, "EDRVCTL_CONTEXT": None,
+          "_EDRVCTL_COMPLETE": None}
+
+
+def uniq(prefix: str = "cli") -> str:
+    return f"{prefix}-{os.getpid()}-{next(_seq)}-{time.monotonic_ns() % 10**6}"
+
+
+def cli(env: dict, *args: str, input: str | None = None):
+    result = runner.invoke(app, list(args), env={**_CLEAR, **env}, prog_name="edrvctl",
+                           input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"edrvctl {' '.join(args)} crashed: {result.exception!r}\n"
+                             f"stderr: {result.stderr}") from result.exception
+    return result
+
+
+def ok(env: dict, *args: str, **kw):
+    r = cli(env, *args, **kw)
+    assert r.exit_code == 0, f"edrvctl {' '.join(args)} -> {r.exit_code}\n{r.stderr}"
+    return r
+
+
+def fails(code: int, env: dict, *args: str, **kw):
+    """Exit `code`, nothing on stdout, a message on stderr."""
+    r = cli(env, *args, **kw)
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
+    assert r.stdout == "", r.stdout
+    assert r.stderr.strip(), "a failure must say why on stderr"
+    return r
+
+
+def closed_port_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def plain_rows(stdout: str) -> list[list[str]]:
+    return [line.split("\t") for line in stdout.splitlines()]
+
+
+def create(env: dict, *extra: str, endpoint: str | None = None) -> dict:
+    ep = endpoint or uniq("cs")
+    return json.loads(ok(env, "cs", "create", ep, "-o", "json", *extra).stdout)
+
+
+# --------------------------------------------------------------------------- a live station
+
+
+class LiveStation:
+    """A simulated OCPP station (edrvctl.simulator) on its own event loop in a thread."""
+
+    def __init__(self, ocpp_url: str, endpoint: str):
+        from edrvctl.simulator import SimStation
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def make():
+            return SimStation(endpoint, ocpp_url, "ocpp1.6", connectors=1, reconnect=False)
+
+        self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop)
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def live(server):
+    loc = uniq("live-loc")
+    doc = server.create(uniq("live"), location=loc)
+    st = LiveStation(server.ocpp_url, doc["endpoint"])
+    try:
+        deadline = time.monotonic() + 15
+        while not (d := server.get(doc["_id"]))["online"] or d["status"] != "Available":
+            assert time.monotonic() < deadline, d
+            time.sleep(0.05)
+        yield {"doc": d, "location": loc}
+    finally:
+        st.stop()
+
+
+# --------------------------------------------------------------------------- help and version
+
+
+def test_version(tmp_path):
+    r = ok(hermetic_env(tmp_path), "--version")
+    assert r.stdout == f"edrvctl {__version__}\n"
+    assert r.stderr == ""
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_flags(tmp_path, flag):
+    r = ok(hermetic_env(tmp_path), flag)
+    assert r.stdout.startswith("Usage: edrvctl")
+    assert "chargestations" in r.stdout and "serve" in r.stdout
+    assert "--install-completion" in r.stdout
+    assert r.stderr == ""
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help_with_an_example_and_needs_no_network(tmp_path, cmd):
+    env = {**hermetic_env(tmp_path), "EDRV_API_URL": closed_port_url(),
+           "EDRVCTL_CONTEXT": "no-such-context"}
+    r = ok(env, "cs", cmd, "-h")
+    assert r.stdout.startswith(f"Usage: edrvctl cs {cmd}")
+    assert "Example" in r.stdout
+    assert r.stderr == ""
+
+
+def test_no_arguments_shows_usage_on_stderr(tmp_path):
+    r = cli(hermetic_env(tmp_path))
+    assert r.exit_code == 2
+    assert "Usage: edrvctl" in r.stderr and r.stdout == ""
+
+
+def test_alias_cs_is_chargestations(cli_env):
+    loc = uniq("alias")
+    create(cli_env, "--location", loc)
+    long = ok(cli_env, "chargestations", "list", "--location", loc)
+    short = ok(cli_env, "cs", "list", "--location", loc)
+    assert long.stdout == short.stdout and len(plain_rows(short.stdout)) == 2
+    assert ok(cli_env, "cs", "-h").stdout.replace("Alias of `chargestations`.", "") \
+        .startswith("Usage: edrvctl cs")
+
+
+# --------------------------------------------------------------------------- create
+
+
+def test_create_prints_one_line(server, cli_env):
+    ep = uniq()
+    r = ok(cli_env, "cs", "create", ep)
+    assert r.stdout == f"chargestation/{ep} created\n"
+    assert r.stderr == ""  # the connection hint is for terminals only
+    assert server.get(ep)["endpoint"] == ep
+
+
+def test_create_quiet_prints_the_new_id(server, cli_env):
+    ep = uniq()
+    r = ok(cli_env, "cs", "create", ep, "-q")
+    sid = r.stdout.strip()
+    assert r.stdout == sid + "\n" and HEX24.match(sid)
+    assert server.get(sid)["endpoint"] == ep
+
+
+def test_create_json_and_yaml_print_the_object(server, cli_env):
+    doc = create(cli_env)
+    assert doc == server.get(doc["_id"])
+    ep = uniq()
+    y = yaml.safe_load(ok(cli_env, "cs", "create", ep, "-o", "yaml").stdout)
+    assert y == server.get(ep)
+
+
+def test_create_with_every_option(server, cli_env):
+    loc, org, ep = uniq("loc"), uniq("org"), uniq()
+    ok(cli_env, "cs", "create", ep, "--protocol", "ocpp2.0.1", "--location", loc,
+       "--organization", org, "--public", "--simulator", "--inactive")
+    doc = server.get(ep)
+    assert doc["protocol"] == "ocpp2.0.1"
+    assert (doc["location"], doc["organization"]) == (loc, org)
+    assert doc["public"] is True and doc["is_simulator"] is True and doc["active"] is False
+
+
+def test_create_defaults(server, cli_env):
+    doc = create(cli_env)
+    assert doc["protocol"] == "ocpp1.6" and doc["active"] is True and doc["public"] is False
+
+
+# --------------------------------------------------------------------------- list: output modes
+
+
+@pytest.fixture
+def pair(cli_env):
+    """Two stations in a location of their own; newest first."""
+    loc, org = uniq("loc"), uniq("org")
+    a = create(cli_env, "--location", loc, "--organization", org)
+    time.sleep(0.003)
+    b = create(cli_env, "--location", loc, "--organization", org)
+    return loc, [b, a]
+
+
+def test_list_default_is_plain_off_a_terminal(cli_env, pair):
+    loc, docs = pair
+    r = ok(cli_env, "cs", "list", "--location", loc)
+    assert r.stderr == ""
+    rows = plain_rows(r.stdout)
+    assert "\t".join(rows[0]) == PLAIN_HEADER
+    assert [row[:5] for row in rows[1:]] == [
+        [d["endpoint"], d["_id"], "ocpp1.6", "false", "true"] for d in docs]
+    assert all(len(row) == len(rows[0]) for row in rows)
+    assert ok(cli_env, "cs", "list", "--location", loc, "-o", "plain").stdout == r.stdout
+
+
+def test_list_plain_no_headers(cli_env, pair):
+    loc, docs = pair
+    r = ok(cli_env, "cs", "list", "--location", loc, "--no-headers")
+    assert [row[0] for row in plain_rows(r.stdout)] == [d["endpoint"] for d in docs]
+    assert "ENDPOINT" not in r.stdout
+
+
+def test_list_table(cli_env, pair):
+    loc, docs = pair
+    r = ok(cli_env, "cs", "list", "--location", loc, "-o", "table")
+    assert "\t" not in r.stdout
+    head = r.stdout.strip().splitlines()[0].split()
+    assert head[:3] == ["ENDPOINT", "ID", "PROTOCOL"]
+    for d in docs:  # full ids and endpoints, never cut
+        assert re.search(rf"{re.escape(d['endpoint'])}\s+{d['_id']}", r.stdout)
+    nh = ok(cli_env, "cs", "list", "--location", loc, "-o", "table", "--no-headers")
+    assert "ENDPOINT" not in nh.stdout and docs[0]["_id"] in nh.stdout
+
+
+def test_list_wide_has_more_columns(cli_env, pair):
+    loc, docs = pair
+    r = ok(cli_env, "cs", "list", "--location", loc, "-o", "wide")
+    for col in ("LOCATION", "ORGANIZATION", "CONNECTORS", "FIRMWARE", "CREATED"):
+        assert col in r.stdout
+    assert loc in r.stdout and docs[0]["organization"] in r.stdout
+    assert "LOCATION" not in ok(cli_env, "cs", "list", "--location", loc, "-o", "table").stdout
+
+
+def test_list_json(cli_env, pair):
+    loc, docs = pair
+    out = json.loads(ok(cli_env, "cs", "list", "--location", loc, "-o", "json").stdout)
+    assert [d["_id"] for d in out] == [d["_id"] for d in docs]
+    assert out[0]["createdAt"].endswith("Z")
+
+
+def test_list_yaml(cli_env, pair):
+    loc, docs = pair
+    out = yaml.safe_load(ok(cli_env, "cs", "list", "--location", loc, "-o", "yaml").stdout)
+    assert [d["endpoint"] for d in out] == [d["endpoint"] for d in docs]
+
+
+def test_list_quiet_prints_ids_only(cli_env, pair):
+    loc, docs = pair
+    for flag in ("-q", "--quiet"):
+        r = ok(cli_env, "cs", "list", "--location", loc, flag)
+        assert r.stdout == "".join(d["_id"] + "\n" for d in docs)
+
+
+@pytest.mark.parametrize("fmt,expected", [("plain", PLAIN_HEADER + "\n"), ("json", "[]\n"),
+                                          ("yaml", "[]\n")])
+def test_empty_list_is_success(cli_env, fmt, expected):
+    r = ok(cli_env, "cs", "list", "--location", uniq("none"), "-o", fmt)
+    assert r.stdout == expected
+    assert ok(cli_env, "cs", "list", "--location", uniq("none"), "-q").stdout == ""
+
+
+# --------------------------------------------------------------------------- list: limit, filters
+
+
+def test_list_limit_and_all(cli_env):
+    loc = uniq("limit")
+    ids = []
+    for _ in range(3):
+        ids.append(create(cli_env, "--location", loc)["_id"])
+        time.sleep(0.003)
+    newest = ids[::-1]
+    assert ok(cli_env, "cs", "list", "--location", loc, "--limit", "2", "-q").stdout.split() \
+        == newest[:2]
+    assert ok(cli_env, "cs", "list", "--location", loc, "--limit", "1", "-q").stdout.split() \
+        == newest[:1]
+    assert ok(cli_env, "cs", "list", "--location", loc, "--limit", "2", "--all",
+              "-q").stdout.split() == newest
+    assert ok(cli_env, "cs", "list", "--location", loc, "--all", "-q").stdout.split() == newest
+
+
+def test_list_default_limit_is_100(cli_env, server):
+    loc = uniq("limit")
+    # one client, a fresh connection per request (server.create() builds a client per call)
+    with httpx.Client(base_url=server.api_url, headers={"Authorization": f"Bearer {server.token}"},
+                      limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        for _ in range(101):
+            assert c.post("/v1.1/chargestations",
+                          json={"endpoint": uniq("many"), "location": loc}).status_code == 201
+    assert len(ok(cli_env, "cs", "list", "--location", loc, "-q").stdout.split()) == 100
+    assert len(ok(cli_env, "cs", "list", "--location", loc, "--all", "-q").stdout.split()) == 101
+
+
+def test_filter_active_inactive(cli_env):
+    loc = uniq("act")
+    on = create(cli_env, "--location", loc)
+    off = create(cli_env, "--location", loc, "--inactive")
+    assert ok(cli_env, "cs", "list", "--location", loc, "--active", "-q").stdout.split() == [
+        on["_id"]]
+    assert ok(cli_env, "cs", "list", "--location", loc, "--inactive", "-q").stdout.split() == [
+        off["_id"]]
+
+
+def test_filter_protocol(cli_env):
+    loc = uniq("proto")
+    v16 = create(cli_env, "--location", loc)
+    v201 = create(cli_env, "--location", loc, "--protocol", "ocpp2.0.1")
+    q = ("cs", "list", "--location", loc, "-q", "--protocol")
+    assert ok(cli_env, *q, "ocpp1.6").stdout.split() == [v16["_id"]]
+    assert ok(cli_env, *q, "ocpp2.0.1").stdout.split() == [v201["_id"]]
+
+
+def test_filter_location_and_organization(cli_env):
+    loc, org, org2 = uniq("loc"), uniq("org"), uniq("org")
+    a = create(cli_env, "--location", loc, "--organization", org)
+    b = create(cli_env, "--location", loc, "--organization", org2)
+    assert ok(cli_env, "cs", "list", "--organization", org, "-q").stdout.split() == [a["_id"]]
+    assert ok(cli_env, "cs", "list", "--organization", org2, "-q").stdout.split() == [b["_id"]]
+    assert sorted(ok(cli_env, "cs", "list", "--location", loc, "-q").stdout.split()) == sorted(
+        [a["_id"], b["_id"]])
+
+
+def test_filter_online_offline_and_status(cli_env, live):
+    loc, sid = live["location"], live["doc"]["_id"]
+    off = create(cli_env, "--location", loc)
+    q = ("cs", "list", "--location", loc, "-q")
+    assert ok(cli_env, *q, "--online").stdout.split() == [sid]
+    assert ok(cli_env, *q, "--offline").stdout.split() == [off["_id"]]
+    assert ok(cli_env, *q, "--status", "Available").stdout.split() == [sid]
+    assert ok(cli_env, *q, "--status", "Faulted").stdout.split() == []
+    assert ok(cli_env, *q, "--online", "--status", "Available", "--active").stdout.split() == [sid]
+    rows = plain_rows(ok(cli_env, "cs", "list", "--location", loc, "--online").stdout)
+    assert rows[1][3:6] == ["true", "true", "Available"]
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def test_inspect_by_endpoint_and_by_id(server, cli_env):
+    doc = create(cli_env, "--location", uniq("loc"))
+    for key in (doc["endpoint"], doc["_id"]):
+        assert json.loads(ok(cli_env, "cs", "inspect", key, "-o", "json").stdout) == \
+            server.get(doc["_id"])
+    assert yaml.safe_load(ok(cli_env, "cs", "inspect", doc["_id"], "-o", "yaml").stdout)[
+        "endpoint"] == doc["endpoint"]
+
+
+def test_inspect_plain_and_table(cli_env):
+    doc = create(cli_env, "--location", uniq("loc"))
+    r = ok(cli_env, "cs", "inspect", doc["endpoint"])
+    fields = dict(line.split("\t", 1) for line in r.stdout.splitlines())
+    assert fields["ID"] == doc["_id"] and fields["Endpoint"] == doc["endpoint"]
+    assert fields["Location"] == doc["location"] and fields["Online"] == "false"
+    assert fields["Created"] == doc["createdAt"]
+    t = ok(cli_env, "cs", "inspect", doc["endpoint"], "-o", "table").stdout
+    assert re.search(rf"^ID:\s+{doc['_id']}$", t, re.M)
+    assert re.search(rf"^Endpoint:\s+{re.escape(doc['endpoint'])}$", t, re.M)
+
+
+def test_inspect_unknown_is_exit_3(cli_env):
+    r = fails(3, cli_env, "cs", "inspect", "no-such-station")
+    assert r.stderr.startswith("error: ") and "not found" in r.stderr
+
+
+# --------------------------------------------------------------------------- mutations
+
+
+def test_deactivate_and_activate(server, cli_env):
+    doc = create(cli_env)
+    ep = doc["endpoint"]
+    r = ok(cli_env, "cs", "deactivate", ep, "--yes")
+    assert r.stdout == f"chargestation/{ep} deactivated\n" and r.stderr == ""
+    assert server.get(ep)["active"] is False
+    r = ok(cli_env, "cs", "activate", doc["_id"])
+    assert r.stdout == f"chargestation/{ep} activated\n"
+    assert server.get(ep)["active"] is True
+    assert ok(cli_env, "cs", "deactivate", ep, "-y", "-q").stdout == doc["_id"] + "\n"
+    out = json.loads(ok(cli_env, "cs", "activate", ep, "-o", "json").stdout)
+    assert out["_id"] == doc["_id"] and out["active"] is True
+
+
+@pytest.mark.parametrize("verb", ["deactivate", "delete"])
+@pytest.mark.parametrize("given", [None, "y\n"])
+def test_disruptive_commands_refuse_without_yes_off_a_terminal(server, cli_env, verb, given):
+    doc = create(cli_env)
+    r = fails(2, cli_env, "cs", verb, doc["endpoint"], input=given)
+    assert "--yes" in r.stderr
+    assert server.get(doc["_id"]) == doc  # nothing changed
+
+
+def test_delete(server, cli_env):
+    doc = create(cli_env)
+    r = ok(cli_env, "cs", "delete", doc["endpoint"], "--yes")
+    assert r.stdout == f"chargestation/{doc['endpoint']} deleted\n" and r.stderr == ""
+    fails(3, cli_env, "cs", "inspect", doc["_id"])
+    fails(3, cli_env, "cs", "delete", doc["_id"], "--yes")
+    other = create(cli_env)
+    out = json.loads(ok(cli_env, "cs", "delete", other["_id"], "-y", "-o", "json").stdout)
+    assert out["endpoint"] == other["endpoint"]
+
+
+@pytest.mark.parametrize("cmd", ["activate", "deactivate"])
+def test_activate_unknown_is_exit_3(cli_env, cmd):
+    fails(3, cli_env, "cs", cmd, "no-such-station", "--yes" if cmd == "deactivate" else "-q")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_offline_is_exit_6(cli_env):
+    doc = create(cli_env)
+    r = fails(6, cli_env, "cs", "config", doc["endpoint"])
+    assert "offline" in r.stderr
+
+
+def test_config_inactive_is_exit_6_and_says_so(cli_env):
+    doc = create(cli_env, "--inactive")
+    r = fails(6, cli_env, "cs", "config", doc["endpoint"])
+    assert "inactive" in r.stderr and "activate" in r.stderr
+
+
+def test_config_unknown_is_exit_3(cli_env):
+    fails(3, cli_env, "cs", "config", "no-such-station")
+
+
+def test_config_on_a_live_station(server, cli_env, live):
+    ep = live["doc"]["endpoint"]
+    r = ok(cli_env, "cs", "config", ep, "--timeout", "10")
+    rows = plain_rows(r.stdout)
+    assert rows[0] == ["KEY", "VALUE", "READONLY"]
+    keys = {row[0]: row for row in rows[1:]}
+    assert "HeartbeatInterval" in keys
+    assert "KEY" not in ok(cli_env, "cs", "config", ep, "--no-headers").stdout
+    one = json.loads(ok(cli_env, "cs", "config", ep, "-k", "HeartbeatInterval",
+                        "-o", "json").stdout)
+    assert [e["key"] for e in one] == ["HeartbeatInterval"]
+    assert server.get(ep)["csconfig"]  # stored, readable while offline
+    r = ok(cli_env, "cs", "config", ep, "-k", "NoSuchKey", "-o", "json")
+    assert json.loads(r.stdout) == [] and "NoSuchKey" in r.stderr
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+@pytest.mark.parametrize("args", [
+    ("cs", "list", "-o", "bogus"),
+    ("cs", "list", "--status", "Bogus"),
+    ("cs", "list", "--protocol", "ocpp3"),
+    ("cs", "list", "--limit", "0"),
+    ("cs", "list", "--limit", "many"),
+    ("cs", "list", "--no-such-flag"),
+    ("cs", "inspect"),
+    ("cs", "create"),
+    ("cs", "config", "x", "--timeout", "0"),
+    ("cs", "nosuchverb"),
+    ("nosuchnoun",),
+    ("--color", "purple", "cs", "list"),
+], ids=" ".join)
+def test_usage_errors_exit_2(cli_env, args):
+    r = fails(2, cli_env, *args)
+    assert "Usage:" in r.stderr or "error:" in r.stderr
+
+
+@pytest.mark.parametrize("ep", ["has space", "slash/x", "x" * 49, "é"])
+def test_invalid_endpoint_is_exit_2(server, cli_env, ep):
+    r = fails(2, cli_env, "cs", "create", ep)
+    assert r.stderr.startswith("error: ") and "endpoint" in r.stderr
+
+
+def test_duplicate_create_is_exit_5(cli_env):
+    doc = create(cli_env)
+    r = fails(5, cli_env, "cs", "create", doc["endpoint"])
+    assert doc["endpoint"] in r.stderr
+
+
+def test_wrong_token_is_exit_4(cli_env):
+    r = fails(4, {**cli_env, "EDRV_TOKEN": "wrong"}, "cs", "list")
+    assert "token" in r.stderr
+
+
+def test_no_token_is_exit_4(cli_env):
+    env = dict(cli_env)
+    del env["EDRV_TOKEN"]
+    fails(4, env, "cs", "list")
+
+
+def test_unreachable_api_is_exit_6_with_a_hint(cli_env):
+    url = closed_port_url()
+    r = fails(6, {**cli_env, "EDRV_API_URL": url}, "cs", "list")
+    assert url in r.stderr
+    assert "hint:" in r.stderr and "edrvctl serve" in r.stderr
+
+
+def test_debug_lets_the_exception_through(cli_env):
+    r = runner.invoke(app, ["--debug", "cs", "inspect", "no-such-station"],
+                      env={**_CLEAR, **cli_env}, prog_name="edrvctl")
+    from edrvctl.errors import NotFound
+
+    assert isinstance(r.exception, NotFound)
+
+
+def test_color_never_and_no_color_give_no_escape_codes(cli_env, pair):
+    loc, _ = pair
+    env = {k: v for k, v in cli_env.items() if k != "NO_COLOR"}
+    for args in (("--color", "never"), ()):
+        e = env if args else {**env, "NO_COLOR": "1"}
+        r = ok(e, *args, "cs", "list", "--location", loc, "-o", "table")
+        assert "\x1b[" not in r.stdout
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def write_config(env: dict, text: str) -> Path:
+    path = Path(env["XDG_CONFIG_HOME"]) / "edrvctl" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def ctx_env(server, tmp_path):
+    """No EDRV_* variables; a config file whose current context is the test server, and a
+    second context 'down' that points at a closed port."""
+    env = hermetic_env(tmp_path)
+    token_file = tmp_path / "good.token"
+    token_file.write_text(server.token + "\n")
+    write_config(env, f"""
+current-context: good
+contexts:
+  good: {{api_url: "{server.api_url}", token_file: "{token_file}"}}
+  down: {{api_url: "{closed_port_url()}", token_file: "{token_file}"}}
+""")
+    return env
+
+
+def test_api_url_flag_beats_environment(server, cli_env):
+    doc = create(cli_env)
+    env = {**cli_env, "EDRV_API_URL": closed_port_url()}
+    fails(6, env, "cs", "inspect", doc["_id"])
+    r = ok(env, "--api-url", server.api_url, "cs", "inspect", doc["_id"], "-o", "json")
+    assert json.loads(r.stdout)["_id"] == doc["_id"]
+
+
+def test_config_file_current_context(server, ctx_env):
+    doc = server.create()
+    r = ok(ctx_env, "cs", "inspect", doc["endpoint"], "-o", "json")
+    assert json.loads(r.stdout)["_id"] == doc["_id"]
+
+
+def test_context_flag_and_env_choose_another_context(ctx_env):
+    r = fails(6, ctx_env, "--context", "down", "cs", "list")
+    assert "cannot reach" in r.stderr
+    fails(6, {**ctx_env, "EDRVCTL_CONTEXT": "down"}, "cs", "list")
+    ok({**ctx_env, "EDRVCTL_CONTEXT": "down"}, "--context", "good", "cs", "list")
+    ok(ctx_env, "--context", "good", "cs", "list")
+
+
+def test_environment_beats_config_file(server, ctx_env):
+    fails(6, {**ctx_env, "EDRV_API_URL": closed_port_url()}, "cs", "list")
+    fails(4, {**ctx_env, "EDRV_TOKEN": "wrong"}, "cs", "list")
+    ok({**ctx_env, "EDRV_API_URL": server.api_url}, "--context", "down", "cs", "list")
+
+
+def test_flag_beats_config_file(server, ctx_env):
+    ok(ctx_env, "--context", "down", "--api-url", server.api_url, "cs", "list")
+
+
+def test_unknown_context_is_exit_2(ctx_env):
+    r = fails(2, ctx_env, "--context", "nope", "cs", "list")
+    assert "nope" in r.stderr and "good" in r.stderr  # says which contexts exist
+    fails(2, {**ctx_env, "EDRVCTL_CONTEXT": "nope"}, "cs", "list")
+
+
+def test_unknown_context_without_a_config_file_is_exit_2(tmp_path):
+    r = fails(2, hermetic_env(tmp_path), "--context", "prod", "cs", "list")
+    assert "prod" in r.stderr
+
+
+def test_current_context_that_is_not_defined_is_exit_2(tmp_path):
+    env = hermetic_env(tmp_path)
+    write_config(env, "current-context: ghost\ncontexts: {}\n")
+    assert "ghost" in fails(2, env, "cs", "list").stderr
+
+
+@pytest.mark.parametrize("text", ["contexts: [unclosed\n", "- a list\n"])
+def test_broken_config_file_is_exit_2(tmp_path, text):
+    env = hermetic_env(tmp_path)
+    path = write_config(env, text)
+    assert str(path) in fails(2, env, "cs", "list").stderr
+
+
+def test_missing_token_file_is_exit_2(server, tmp_path):
+    env = hermetic_env(tmp_path)
+    missing = tmp_path / "missing.token"
+    write_config(env, f"current-context: a\ncontexts:\n  a: {{api_url: '{server.api_url}', "
+                      f"token_file: '{missing}'}}\n")
+    assert str(missing) in fails(2, env, "cs", "list").stderr
+
+
+def test_help_works_with_a_broken_config_file(tmp_path):
+    env = hermetic_env(tmp_path)
+    write_config(env, "contexts: [unclosed\n")
+    ok(env, "cs", "list", "-h")
+    ok(env, "--version")
+
+
+def test_local_server_is_found_without_any_setting(tmp_path):
+    """`edrvctl serve` with its default store; the CLI, with no EDRV_* variable and no config
+    file, finds its URL and its token by itself."""
+    env = hermetic_env(tmp_path)
+    store = Path(env["XDG_DATA_HOME"]) / "edrvctl" / "edrvctl.db"
+    srv = start_server(tmp_path / "srv", token=None, store=store, env=env)
+    try:
+        token_file = store.parent / "token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE((store.parent / "server.json").stat().st_mode) == 0o600
+        assert srv.token and srv.token == token_file.read_text().strip()
+        assert not any(k.startswith("EDRV") for k in env)
+        ep = uniq("local")
+        sid = ok(env, "cs", "create", ep, "-q").stdout.strip()
+        assert ok(env, "cs", "list", "-q").stdout.split() == [sid]
+        assert json.loads(ok(env, "cs", "inspect", ep, "-o", "json").stdout)[
+            "connection_url"] == srv.ocpp_url
+        # a flag still wins over the local server
+        fails(6, env, "--api-url", closed_port_url(), "cs", "list")
+    finally:
+        assert srv.stop() == 0
+    assert not (store.parent / "server.json").exists()
