@@ -470,6 +470,80 @@ TREE = {
      "value": true
     }
    }
+  },
+  "simulate": {
+   "help": "Run simulated chargestations that boot, heartbeat, report status and answer the",
+   "options": {
+    "--connectors": {
+     "help": "Connectors per station",
+     "value": true
+    },
+    "--count": {
+     "help": "How many stations",
+     "value": true
+    },
+    "--create": {
+     "help": "Register the stations through the admin API first (marked is_simulator)",
+     "value": false
+    },
+    "--duration": {
+     "help": "Stop after S seconds default: run until Ctrl-C",
+     "value": true
+    },
+    "--heartbeat": {
+     "help": "Heartbeat every S seconds instead of the interval the server gives",
+     "value": true
+    },
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "--meter-interval": {
+     "help": "Seconds between meter values in a session",
+     "value": true
+    },
+    "--output": {
+     "choices": [
+      "text",
+      "json"
+     ],
+     "help": "text or json: the final summary on stdout",
+     "value": true
+    },
+    "--prefix": {
+     "help": "Endpoints are PREFIX00001, PREFIX00002, ...",
+     "value": true
+    },
+    "--protocol": {
+     "choices": [
+      "ocpp1.6",
+      "ocpp2.0.1",
+      "mixed"
+     ],
+     "help": "ocpp1.6, ocpp2.0.1, or mixed",
+     "value": true
+    },
+    "--sessions": {
+     "help": "Run charging sessions: authorize, start, meter values, stop",
+     "value": false
+    },
+    "--url": {
+     "help": "Central system's OCPP URL, e.g. ws://127.0.0.1:9000 default: the local server",
+     "value": true
+    },
+    "-n": {
+     "help": "How many stations",
+     "value": true
+    },
+    "-o": {
+     "choices": [
+      "text",
+      "json"
+     ],
+     "help": "text or json: the final summary on stdout",
+     "value": true
+    }
+   }
   }
  },
  "help": "Fleet administration for EV chargestations, and an embedded OCPP central system.",

@@ -171,14 +171,17 @@ class Fleet:
     # --- what stations say --------------------------------------------------------------------
 
     def _change(self, endpoint: str, fn: Callable[[dict, str], Any] | None = None,
-                content: bool = True) -> Any:
-        """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned."""
+                content: bool = True, message: bool = True) -> Any:
+        """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned.
+        `content`: the record's content changed (updatedAt); `message`: the station said
+        something (lastMessageAt)."""
         doc = self._load(endpoint)
         if doc is None:  # deleted while connected; the session is being closed
             raise NotFound(f"chargestation {endpoint!r} not found")
         now = model.utcnow()
         result = fn(doc, now) if fn else None
-        doc["lastMessageAt"] = now
+        if message:
+            doc["lastMessageAt"] = now
         if content:
             doc["updatedAt"] = now
         self._save(doc)
@@ -195,14 +198,14 @@ class Fleet:
         if doc is None:
             raise NotFound(f"chargestation {endpoint!r} not found")
         self._live[endpoint] = doc
-        self._change(endpoint, apply)
+        self._change(endpoint, apply, message=False)
 
     def disconnected(self, endpoint: str) -> None:
         def apply(doc, now):
             doc["online"] = False
             doc["lastDisconnectAt"] = now
         try:
-            self._change(endpoint, apply)
+            self._change(endpoint, apply, message=False)
         except NotFound:
             pass
         self._live.pop(endpoint, None)

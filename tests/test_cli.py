@@ -470,6 +470,14 @@ def test_config_on_a_live_station(server, cli_env, live):
     assert server.get(ep)["csconfig"]  # stored, readable while offline
     r = ok(cli_env, "cs", "config", ep, "-k", "NoSuchKey", "-o", "json")
     assert json.loads(r.stdout) == [] and "NoSuchKey" in r.stderr
+    # what was fetched stays readable with inspect
+    fields = dict(line.split("\t", 1) for line in ok(cli_env, "cs", "inspect", ep).stdout
+                  .splitlines())
+    assert "csconfig.HeartbeatInterval" in fields
+    assert fields["connector.1.1"] == "Available"
+    assert fields["Config fetched"].endswith("Z")
+    table = ok(cli_env, "cs", "inspect", ep, "-o", "table").stdout
+    assert "Connectors" in table and "csconfig" in table and "HeartbeatInterval" in table
 
 
 # --------------------------------------------------------------------------- exit codes
@@ -522,6 +530,23 @@ def test_unreachable_api_is_exit_6_with_a_hint(cli_env):
     r = fails(6, {**cli_env, "EDRV_API_URL": url}, "cs", "list")
     assert url in r.stderr
     assert "hint:" in r.stderr and "edrvctl serve" in r.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: client.py:22 builds httpx.Client from the URL "
+                   "without catching httpx.InvalidURL: a malformed --api-url/EDRV_API_URL "
+                   "prints a Python traceback and exits 1")
+@pytest.mark.parametrize("url", ["http://[::1", "http://256.1.1.1:1"])
+def test_malformed_api_url_is_a_usage_error(cli_env, url):
+    r = fails(2, cli_env, "--api-url", url, "cs", "list")
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: an empty STATION makes the client GET "
+                   "/v1.1/chargestations/ (client.py:78), the API answers 307 and the CLI exits "
+                   "1 with 'unexpected 307 response'")
+def test_empty_station_name_is_a_usage_error(cli_env):
+    r = fails(2, cli_env, "cs", "inspect", "")
+    assert "unexpected" not in r.stderr
 
 
 def test_debug_lets_the_exception_through(cli_env):

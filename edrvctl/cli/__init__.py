@@ -78,13 +78,14 @@ def root(
     output.color_mode = color
 
 
-from edrvctl.cli import chargestations, serve  # noqa: E402  (they register on `app`)
+from edrvctl.cli import chargestations, serve, simulate  # noqa: E402
 
 ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations",
               help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
 app.command("serve")(serve.serve)
+app.command("simulate")(simulate.simulate)
 
 
 def run() -> None:
