@@ -29,7 +29,7 @@ def seed(store: Path, n: int) -> None:
 
     s = SqliteStore(store)
     now = model.utcnow()
-    with s._transaction():
+    with s.transaction():
         for i in range(n):
             doc = model.new_station(model.StationCreate(endpoint=f"BENCH{i:06d}"), now)
             doc.update(manufacturer="ACME", model="X1", status="Available",

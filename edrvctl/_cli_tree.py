@@ -151,6 +151,16 @@ TREE = {
        "help": "Print ids only",
        "value": false
       },
+      "--security": {
+       "choices": [
+        "none",
+        "basic_auth",
+        "tls_basic_auth",
+        "tls_client_cert"
+       ],
+       "help": "OCPP security profile: none, basic_auth (1), tls_basic_auth (2), tls_client_cert (3)",
+       "value": true
+      },
       "--simulator": {
        "help": "Mark as a simulator",
        "value": false
@@ -404,6 +414,48 @@ TREE = {
        "value": false
       }
      }
+    },
+    "rotate-password": {
+     "args": [
+      "station"
+     ],
+     "help": "Issue a new password for a station and retire the old one at once. A station connected",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
     }
    },
    "help": "Manage chargestations (alias: cs).",
@@ -429,12 +481,24 @@ TREE = {
      "help": "Admin API port; 0 picks a free one",
      "value": true
     },
+    "--api-tls": {
+     "help": "Serve the admin API over HTTPS (with --tls-cert)",
+     "value": false
+    },
+    "--handshake-timeout": {
+     "help": "Seconds a station has to finish the websocket upgrade",
+     "value": true
+    },
     "--heartbeat-interval": {
      "help": "Heartbeat interval given to stations at boot, seconds",
      "value": true
     },
     "--help": {
      "help": "Show this message and exit.",
+     "value": false
+    },
+    "--insecure-api": {
+     "help": "Allow a non-loopback --api-host without --api-tls",
      "value": false
     },
     "--log-format": {
@@ -445,12 +509,28 @@ TREE = {
      "help": "debug | info | warning | error",
      "value": true
     },
+    "--max-connections-per-address": {
+     "help": "Open station connections from one IP address; 0 = no limit",
+     "value": true
+    },
+    "--max-frame": {
+     "help": "Largest websocket message a station may send, bytes",
+     "value": true
+    },
+    "--max-rate": {
+     "help": "Messages per second a station may send (burst: twice that); 0 = no limit",
+     "value": true
+    },
     "--ocpp-host": {
      "help": "Address stations connect to",
      "value": true
     },
     "--ocpp-port": {
      "help": "OCPP websocket port; 0 picks a free one",
+     "value": true
+    },
+    "--ocpp-tls-port": {
+     "help": "wss:// port, with --tls-cert; 0 picks a free one",
      "value": true
     },
     "--ping-interval": {
@@ -467,6 +547,18 @@ TREE = {
     },
     "--store": {
      "help": "SQLite file default: $XDG_DATA_HOME/edrvctl/edrvctl.db",
+     "value": true
+    },
+    "--tls-cert": {
+     "help": "Certificate (PEM) for wss:// stations (profiles 2, 3) and --api-tls",
+     "value": true
+    },
+    "--tls-client-ca": {
+     "help": "CA (PEM) that signs station certificates, for profile 3",
+     "value": true
+    },
+    "--tls-key": {
+     "help": "Its private key (PEM)",
      "value": true
     }
    }

@@ -8,7 +8,7 @@ import httpx
 import orjson
 
 from edrvctl import __version__
-from edrvctl.errors import BY_STATUS, EdrvError, StationTimeout, Unavailable
+from edrvctl.errors import BY_STATUS, EdrvError, StationTimeout, Unavailable, UsageError
 
 PAGE = 1000  # the API's largest page
 
@@ -19,7 +19,11 @@ class Client:
         headers = {"User-Agent": f"edrvctl/{__version__}", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+        try:
+            self.http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+            self.http.build_request("GET", "/")  # a bad host or port shows here, not later
+        except (httpx.InvalidURL, ValueError) as e:
+            raise UsageError(f"invalid API URL {api_url!r}: {e}") from None
 
     def close(self) -> None:
         self.http.close()
@@ -81,6 +85,9 @@ class Client:
     def delete_station(self, key: str) -> dict:
         return self.request("DELETE", f"/v1.1/chargestations/{_seg(key)}")["result"]
 
+    def rotate_password(self, key: str) -> dict:
+        return self.request("PATCH", f"/v1.1/chargestations/{_seg(key)}/reset_password")["result"]
+
     def get_variables(self, key: str, keys: list[str], timeout: float) -> dict:
         return self.request("POST", f"/v1.1/chargestations/{_seg(key)}/get_variables",
                             body={"keys": keys, "timeout": timeout},
@@ -88,6 +95,9 @@ class Client:
 
 
 def _seg(key: str) -> str:
+    """A station's `_id` or endpoint as one path segment."""
     from urllib.parse import quote
 
+    if not key.strip():
+        raise UsageError("a chargestation _id or endpoint is required, not an empty string")
     return quote(key, safe="")

@@ -59,6 +59,12 @@ class Unavailable(EdrvError):
     exit_code = 6
 
 
+class Busy(Unavailable):
+    """Too many commands already wait for that station."""
+
+    http_status = 429
+
+
 class StationTimeout(EdrvError):
     http_status = 504
     exit_code = 7
@@ -74,6 +80,7 @@ BY_STATUS: dict[int, type[EdrvError]] = {
     404: NotFound,
     406: Unavailable,
     409: Conflict,
+    429: Busy,
     422: InvalidBody,
     502: StationRejected,
     504: StationTimeout,

@@ -9,14 +9,16 @@ interleaves with another.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import orjson
 
 from edrvctl import model
-from edrvctl.errors import NotFound, StationRejected, Unavailable
+from edrvctl.errors import NotFound, StationRejected, Unavailable, UsageError
 from edrvctl.store import Store, StationQuery
 
 log = logging.getLogger("edrvctl.fleet")
@@ -46,6 +48,8 @@ class Fleet:
         # write and no read. Write-through: the store always holds the same content.
         self._live: dict[str, dict] = {}
         self._group = None
+        self._process_key = os.urandom(32)
+        self._verified: dict[str, bytes] = {}  # endpoint -> keyed digest of a checked password
 
     def commit_in_groups(self) -> None:
         """Server mode: writes are committed per event-loop turn (server/commit.py)."""
@@ -93,10 +97,58 @@ class Fleet:
 
     # --- admin changes ------------------------------------------------------------------------
 
-    def create(self, body: model.StationCreate) -> dict:
-        doc = model.new_station(body, model.utcnow())
-        self.store.create_station(doc)
-        return doc
+    def create(self, body: model.StationCreate) -> tuple[dict, str | None]:
+        """Returns the record, and the station's password when its profile has one (the only
+        time it is ever shown)."""
+        now = model.utcnow()
+        doc = model.new_station(body, now)
+        with self.store.transaction():
+            self.store.create_station(doc)
+            password = self._new_password(doc, now) if model.needs_password(doc["security"]) \
+                else None
+        return doc, password
+
+    def _new_password(self, doc: dict, now: str) -> str:
+        from edrvctl import passwords
+
+        password = passwords.generate()
+        self.store.set_password_hash(doc["_id"], passwords.hash_password(password), now)
+        self._verified.pop(doc["endpoint"], None)
+        return password
+
+    async def rotate_password(self, key: str) -> tuple[dict, str]:
+        """Issue a new password and retire the old one at once; a station connected with the
+        old one is disconnected (it must come back with the new one)."""
+        doc = self.get(key)
+        if not model.needs_password(doc["security"]):
+            raise UsageError(f"chargestation {doc['endpoint']} uses security "
+                             f"{doc['security']['type']!r}, which has no password")
+        now = model.utcnow()
+        password = self._new_password(doc, now)
+        doc["updatedAt"] = now
+        self._save(doc)
+        session = self.stations.get(doc["endpoint"])
+        if session is not None:
+            await session.close(reason="password rotated")
+        return doc, password
+
+    async def check_password(self, endpoint: str, password: str) -> bool:
+        """Constant-time check of a station's password. The slow hash runs in a thread once
+        per station and server run; after that a keyed digest kept in memory answers."""
+        from edrvctl import passwords
+
+        doc = self._load(endpoint)
+        stored = self.store.password_hash(doc["_id"]) if doc else None
+        if stored is None:
+            return False
+        quick = hmac.new(self._process_key, f"{stored}\0{password}".encode(), "sha256").digest()
+        known = self._verified.get(endpoint)
+        if known is not None:
+            return hmac.compare_digest(known, quick)
+        if await asyncio.to_thread(passwords.verify, password, stored):
+            self._verified[endpoint] = quick
+            return True
+        return False
 
     def update(self, key: str, patch: model.StationUpdate) -> dict:
         doc = self.get(key)
@@ -113,6 +165,7 @@ class Fleet:
         doc = self.get(key)
         self.store.delete_station(doc["_id"])
         self._live.pop(doc["endpoint"], None)
+        self._verified.pop(doc["endpoint"], None)
         session = self.stations.get(doc["endpoint"])
         if session is not None:
             await session.close(reason="chargestation deleted")

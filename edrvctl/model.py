@@ -24,6 +24,26 @@ Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
 ENDPOINT_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,48}$")
 OBJECT_ID_RE = re.compile(r"^[0-9a-f]{24}$")
 
+# OCPP security profiles (OCPP security whitepaper / 2.0.1 Part 2 A00): what a station must show
+# to connect. The record's `security` is {"type": ..., "profile": n}.
+SECURITY_PROFILES = {"none": 0, "basic_auth": 1, "tls_basic_auth": 2, "tls_client_cert": 3}
+SecurityType = Literal["none", "basic_auth", "tls_basic_auth", "tls_client_cert"]
+
+
+def needs_password(security: dict) -> bool:
+    return security["type"] in ("basic_auth", "tls_basic_auth")
+
+
+def needs_tls(security: dict) -> bool:
+    return security["type"] in ("tls_basic_auth", "tls_client_cert")
+
+
+class Security(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: SecurityType = "none"
+
+
 def check_endpoint(value: str) -> str:
     if not ENDPOINT_RE.match(value) or not value.strip("."):
         raise ValueError("an endpoint is 1 to 48 characters of A-Z a-z 0-9 . _ ~ : - "
@@ -76,6 +96,10 @@ class StationCreate(BaseModel):
     static_endpoint: bool = False
     coordinates: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     meta_data: dict[str, Any] = Field(default_factory=dict)
+    security: Security = Field(
+        default_factory=Security,
+        description="none; basic_auth (profile 1); tls_basic_auth (2); tls_client_cert (3). "
+                    "With a password, the response carries it once as `password`.")
 
 
 class StationUpdate(BaseModel):
@@ -133,7 +157,8 @@ def new_station(body: StationCreate, now: str) -> dict:
         "static_endpoint": body.static_endpoint,
         "coordinates": body.coordinates,
         "meta_data": body.meta_data,
-        "security": {"type": "none"},
+        "security": {"type": body.security.type,
+                     "profile": SECURITY_PROFILES[body.security.type]},
     }
 
 

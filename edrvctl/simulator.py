@@ -68,6 +68,7 @@ _OCPP_LOG = logging.getLogger("edrvctl.simulator.ocpp")
 _OCPP_LOG.setLevel(logging.WARNING)
 
 BACKOFF_START = 0.5
+RESET_GRACE = 0.25  # a resetting station takes a moment to shut down; lets the CSMS read our reply
 _CALL_FAILED = (OCPPError, asyncio.TimeoutError)
 
 
@@ -1151,6 +1152,7 @@ class SimStation:
                 await asyncio.wait_for(asyncio.gather(*(tx.done.wait() for tx in running)), self.response_timeout)
         self._rebooting = True
         self._boot_reason = "RemoteReset"
+        await asyncio.sleep(RESET_GRACE)
         if self._ws is not None:
             await self._ws.close(1000, "reset")
 

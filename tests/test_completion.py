@@ -3,7 +3,6 @@ answers a TAB without importing typer (edrvctl.__main__ -> edrvctl.completion)."
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,12 @@ HEAVY_FOR_CLI_IMPORT = {"httpx", "ocpp", "websockets", "fastapi", "uvicorn", "py
 
 _COMPLETION_VARS = ("_EDRVCTL_COMPLETE", "COMP_WORDS", "COMP_CWORD", "_TYPER_COMPLETE_ARGS",
                     "_TYPER_COMPLETE_FISH_ACTION")
+
+
+def invoke(args: list[str], env: dict):
+    """The Typer app in-process, without the developer's EDRV*/completion variables."""
+    clear = dict.fromkeys(("EDRV_API_URL", "EDRV_TOKEN", "EDRVCTL_CONTEXT", *_COMPLETION_VARS))
+    return runner.invoke(app, args, env={**clear, **env}, prog_name="edrvctl")
 
 
 def base_env(tmp_path: Path) -> dict:
@@ -61,7 +66,7 @@ def lines(p) -> list[str]:
 @pytest.mark.parametrize("shell,name", [("bash", "edrvctl.bash"), ("zsh", "_edrvctl"),
                                         ("fish", "edrvctl.fish")])
 def test_committed_scripts_match_what_typer_generates(shell, name):
-    r = runner.invoke(app, [], prog_name="edrvctl", env={"_EDRVCTL_COMPLETE": f"source_{shell}"})
+    r = invoke([], {"_EDRVCTL_COMPLETE": f"source_{shell}"})
     assert r.exit_code == 0, r.stderr
     assert "edrvctl" in r.stdout and f"complete_{shell}" in r.stdout
     committed = ROOT / "completions" / name
@@ -91,7 +96,7 @@ def test_cli_tree_knows_every_command_and_option():
 
 
 def test_install_completion_is_kept(tmp_path):
-    r = runner.invoke(app, ["--help"], prog_name="edrvctl", env=base_env(tmp_path))
+    r = invoke(["--help"], base_env(tmp_path))
     assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
 
 
@@ -99,6 +104,7 @@ def test_install_completion_is_kept(tmp_path):
 
 
 def test_bash_completes_a_subcommand_through_the_alias(tmp_path):
+    assert SCRIPT.exists(), f"the console script is not installed at {SCRIPT}"
     p = complete(base_env(tmp_path), words="edrvctl cs ins", cword=2)
     assert p.returncode == 0 and p.stderr == ""
     assert lines(p) == ["inspect"]
@@ -113,7 +119,7 @@ def test_bash_words_as_typers_script_sends_them(tmp_path):
 def test_bash_top_level(tmp_path):
     p = complete(base_env(tmp_path), words="edrvctl ", cword=1)
     assert {"chargestations", "serve"} <= set(lines(p))
-    p = complete(base_env(tmp_path), words="edrvctl s", cword=1)
+    p = complete(base_env(tmp_path), words="edrvctl se", cword=1)
     assert lines(p) == ["serve"]
 
 
@@ -173,7 +179,7 @@ def test_fish_format(tmp_path):
 ])
 def test_fast_path_agrees_with_typers_own_completion(tmp_path, words, cword):
     env = {"_EDRVCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
-    typer_says = set(runner.invoke(app, [], prog_name="edrvctl", env=env).stdout.split())
+    typer_says = set(invoke([], env).stdout.split())
     fast = set(lines(complete(base_env(tmp_path), words=words, cword=cword)))
     assert typer_says - {"-h"} <= fast
     assert fast - typer_says <= {"cs"}  # the alias is hidden from help, offered at a TAB
@@ -240,11 +246,11 @@ def test_stations_are_completed_from_the_cache_a_list_wrote(server, cli_env):
     a = server.create(f"compA-{os.getpid()}", location=loc)
     b = server.create(f"compB-{os.getpid()}", location=loc)
     env = {k: v for k, v in cli_env.items() if k not in _COMPLETION_VARS}
-    words = f"edrvctl cs inspect comp"
+    words = "edrvctl cs inspect comp"
 
     assert lines(complete(env, words=words, cword=3)) == []  # nothing cached yet
 
-    r = runner.invoke(app, ["cs", "list", "--location", loc, "-q"], env=env, prog_name="edrvctl")
+    r = invoke(["cs", "list", "--location", loc, "-q"], env)
     assert r.exit_code == 0, r.stderr
     assert (Path(env["XDG_CACHE_HOME"]) / "edrvctl" / "stations.json").exists()
 
@@ -252,7 +258,7 @@ def test_stations_are_completed_from_the_cache_a_list_wrote(server, cli_env):
     offline_env = {**env, "EDRV_API_URL": "http://127.0.0.1:1"}
     assert sorted(lines(complete(offline_env, words=words, cword=3))) == [a["endpoint"],
                                                                           b["endpoint"]]
-    assert lines(complete(offline_env, words=f"edrvctl cs inspect compB", cword=3)) == [
+    assert lines(complete(offline_env, words="edrvctl cs inspect compB", cword=3)) == [
         b["endpoint"]]
     # an id prefix completes to the id, for every command taking a station
     for verb in ("inspect", "activate", "deactivate", "delete", "config"):
@@ -268,8 +274,8 @@ def test_stations_are_completed_from_the_cache_a_list_wrote(server, cli_env):
 
     # create adds to the cache and delete removes from it
     c_ep = f"compC-{os.getpid()}"
-    assert runner.invoke(app, ["cs", "create", c_ep], env=env).exit_code == 0
-    assert runner.invoke(app, ["cs", "delete", a["endpoint"], "--yes"], env=env).exit_code == 0
+    assert invoke(["cs", "create", c_ep], env).exit_code == 0
+    assert invoke(["cs", "delete", a["endpoint"], "--yes"], env).exit_code == 0
     assert sorted(lines(complete(offline_env, words=words, cword=3))) == [b["endpoint"], c_ep]
 
 

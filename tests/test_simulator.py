@@ -45,7 +45,13 @@ class _Recorder:
             frame = json.loads(raw)
             if frame[0] == 2 and frame[2] in self.csms.ignore:
                 return  # play dead for this action
-        await super().route_message(raw)
+        try:
+            await super().route_message(raw)
+        except ConnectionClosed:
+            # Our reply failed because the station just closed; keep reading, since frames it sent
+            # before closing (e.g. the result of a pending call) are still buffered. The stock
+            # start() would die here and leave that call waiting out its timeout.
+            pass
 
 
 class Csms16(_Recorder, Cp16):

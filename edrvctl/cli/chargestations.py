@@ -17,6 +17,8 @@ app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": [
 Format = Enum("Format", {f: f for f in output.FORMATS}, type=str)
 ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)
 StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)
+SecurityName = Enum("SecurityName", {s: s for s in (
+    "none", "basic_auth", "tls_basic_auth", "tls_client_cert")}, type=str)
 
 
 def _complete_station(incomplete: str):
@@ -124,28 +126,47 @@ def create(
     public: Annotated[bool, typer.Option(help="Visible to the public")] = False,
     simulator: Annotated[bool, typer.Option("--simulator", help="Mark as a simulator")] = False,
     inactive: Annotated[bool, typer.Option("--inactive", help="Create it deactivated")] = False,
+    security: Annotated[SecurityName, typer.Option(
+        help="OCPP security profile: none, basic_auth (1), tls_basic_auth (2), "
+             "tls_client_cert (3)")] = SecurityName["none"],
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Create a chargestation; it may then connect to ws://HOST:PORT/ENDPOINT.
+
+    With --security basic_auth or tls_basic_auth a strong password is generated and shown
+    this once (stderr, or `password` with -o json); only its hash is kept.
 
     Examples:
 
       edrvctl cs create edrv01
 
       edrvctl cs create CP-0042 --protocol ocpp2.0.1 --location depot-north -q
+
+      edrvctl cs create edrv03 --security basic_auth -o json
     """
     body = {"endpoint": endpoint, "protocol": protocol.value, "public": public,
-            "is_simulator": simulator, "active": not inactive}
+            "is_simulator": simulator, "active": not inactive,
+            "security": {"type": security.value}}
     body.update({k: v for k, v in (("location", location), ("organization", organization)) if v})
     client = _client()
     doc = client.create_station(body)
     from edrvctl.completion import remember
 
     remember(client.api_url, [doc])
-    _done(doc, "created", _fmt(out, quiet))
-    if _fmt(out, quiet) not in ("json", "yaml", "ids") and sys.stderr.isatty():
+    fmt = _fmt(out, quiet)
+    _done(doc, "created", fmt)
+    _show_password(doc, fmt)
+    if fmt not in ("json", "yaml", "ids") and sys.stderr.isatty():
         output.info(f"point the station at {doc.get('connection_url')}/{doc['endpoint']}")
+
+
+def _show_password(doc: dict, fmt: str) -> None:
+    """A new password is shown once: inside -o json/yaml output, else on stderr (never in -q
+    id lists that scripts pipe on)."""
+    if doc.get("password") and fmt not in ("json", "yaml"):
+        output.info(f"password for {doc['endpoint']} (shown once; username = endpoint): "
+                    f"{doc['password']}")
 
 
 @app.command()
@@ -207,6 +228,22 @@ def delete(station: Station, yes: YesOpt = False, out: OutputOpt = None,
 
     remember(client.api_url, [], forget=[doc["endpoint"]])
     _done(doc, "deleted", _fmt(out, quiet))
+
+
+@app.command("rotate-password")
+def rotate_password(station: Station, yes: YesOpt = False, out: OutputOpt = None) -> None:
+    """Issue a new password for a station and retire the old one at once. A station connected
+    with the old one is disconnected until it is given the new one.
+
+    Example:
+
+      edrvctl cs rotate-password edrv03 --yes -o json
+    """
+    _confirm("rotate the password of", station, yes)
+    fmt = _fmt(out)
+    doc = _client().rotate_password(station)
+    _done(doc, "password rotated", fmt)
+    _show_password(doc, fmt)
 
 
 @app.command()

@@ -29,6 +29,26 @@ def serve(
         help="Seconds a station has to answer a ping before it is dropped", min=0.1)] = 60,
     response_timeout: Annotated[float, typer.Option(
         help="Default seconds to wait for a station's answer", min=0.1)] = 30,
+    tls_cert: Annotated[Optional[Path], typer.Option(
+        help="Certificate (PEM) for wss:// stations (profiles 2, 3) and --api-tls")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="Its private key (PEM)")] = None,
+    tls_client_ca: Annotated[Optional[Path], typer.Option(
+        help="CA (PEM) that signs station certificates, for profile 3")] = None,
+    ocpp_tls_port: Annotated[int, typer.Option(
+        help="wss:// port, with --tls-cert; 0 picks a free one", min=0, max=65535)] = 9443,
+    api_tls: Annotated[bool, typer.Option(
+        "--api-tls", help="Serve the admin API over HTTPS (with --tls-cert)")] = False,
+    insecure_api: Annotated[bool, typer.Option(
+        "--insecure-api", help="Allow a non-loopback --api-host without --api-tls")] = False,
+    max_frame: Annotated[int, typer.Option(
+        help="Largest websocket message a station may send, bytes", min=1024)] = 1024 * 1024,
+    handshake_timeout: Annotated[float, typer.Option(
+        help="Seconds a station has to finish the websocket upgrade", min=0.1)] = 10,
+    max_connections_per_address: Annotated[int, typer.Option(
+        help="Open station connections from one IP address; 0 = no limit", min=0)] = 1024,
+    max_rate: Annotated[float, typer.Option(
+        help="Messages per second a station may send (burst: twice that); 0 = no limit",
+        min=0)] = 50,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
     log_format: Annotated[str, typer.Option(help="text | json")] = "text",
 ) -> None:
@@ -45,27 +65,50 @@ def serve(
     """
     import asyncio
     import logging
+    import ssl
 
-    from edrvctl.server import ServeConfig, serve as run_server
+    from edrvctl.errors import UsageError
+    from edrvctl.server import ServeConfig, is_loopback, serve as run_server, tls_context
+    from edrvctl.server.listener import ListenerSettings
     from edrvctl.server.logs import setup_logging
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
     if log_format not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--log-format")
+    if bool(tls_cert) != bool(tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if (tls_client_ca or api_tls) and not tls_cert:
+        raise UsageError("--tls-client-ca and --api-tls need --tls-cert and --tls-key")
+    if not is_loopback(api_host) and not api_tls and not insecure_api:
+        raise UsageError(f"refusing to serve the admin API on {api_host} without TLS: add "
+                         "--api-tls (with --tls-cert/--tls-key), or --insecure-api if a proxy "
+                         "in front of it does TLS")
+    try:
+        tls = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"cannot load the TLS certificate or key: {e}") from None
     setup_logging(log_level.upper(), log_format)
     cfg = ServeConfig(
         store=(store or paths.default_store()).expanduser(), api_host=api_host, api_port=api_port,
-        ocpp_host=ocpp_host, ocpp_port=ocpp_port, heartbeat_interval=heartbeat_interval,
-        ping_interval=ping_interval or None, ping_timeout=ping_timeout,
-        response_timeout=response_timeout)
+        heartbeat_interval=heartbeat_interval, api_tls=api_tls, tls_cert=tls_cert,
+        tls_key=tls_key,
+        listener=ListenerSettings(
+            host=ocpp_host, port=ocpp_port, tls_port=ocpp_tls_port, tls=tls,
+            ping_interval=ping_interval or None, ping_timeout=ping_timeout,
+            response_timeout=response_timeout, max_frame=max_frame,
+            handshake_timeout=handshake_timeout, max_per_address=max_connections_per_address,
+            max_rate=max_rate, burst=max(1, int(2 * max_rate))))
 
     def ready(info: dict) -> None:
         log = logging.getLogger("edrvctl.serve")
         log.info("admin API on %s", info["api_url"])
         log.info("OCPP on %s/<endpoint>", info["ocpp_url"])
+        if info["ocpp_tls_url"]:
+            log.info("OCPP over TLS on %s/<endpoint>", info["ocpp_tls_url"])
         log.info("store %s", info["store"])
-        print(f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}", file=sys.stderr,
-              flush=True)
+        tls = f" ocpp-tls {info['ocpp_tls_url']}" if info["ocpp_tls_url"] else ""
+        print(f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}",
+              file=sys.stderr, flush=True)
 
     asyncio.run(run_server(cfg, on_ready=ready))

@@ -9,12 +9,14 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from edrvctl import paths
+from edrvctl.server.listener import ListenerSettings  # noqa: F401  (ServeConfig's type)
 
 log = logging.getLogger("edrvctl.serve")
 
@@ -22,15 +24,37 @@ log = logging.getLogger("edrvctl.serve")
 @dataclass
 class ServeConfig:
     store: Path
+    listener: "ListenerSettings"
     api_host: str = "127.0.0.1"
     api_port: int = 7780
-    ocpp_host: str = "0.0.0.0"
-    ocpp_port: int = 9000
     heartbeat_interval: int = 300
-    ping_interval: float | None = 30
-    ping_timeout: float | None = 60
-    response_timeout: float = 30
-    max_frame: int = 2**20
+    api_tls: bool = False  # serve the admin API over HTTPS with the listener's certificate
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """TLS for wss:// (profiles 2 and 3). With a client CA, certificates are asked for and
+    verified, but optional: profile 2 stations have none; profile 3 ones are checked per
+    station in the listener."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
 
 
 def admin_token(store: Path) -> str:
@@ -76,30 +100,30 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval)
     fleet.commit_in_groups()
 
-    listener = Listener(fleet, cfg.ocpp_host, cfg.ocpp_port, ping_interval=cfg.ping_interval,
-                        ping_timeout=cfg.ping_timeout, response_timeout=cfg.response_timeout,
-                        max_size=cfg.max_frame)
-    fleet.ocpp_url = await listener.start()
+    listener = Listener(fleet, cfg.listener)
+    fleet.ocpp_url, ocpp_tls_url = await listener.start()
 
     api_sock = _bind(cfg.api_host, cfg.api_port)
     host, port = api_sock.getsockname()[:2]
-    api_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    api_url = f"http{'s' if cfg.api_tls else ''}://{f'[{host}]' if ':' in host else host}:{port}"
 
     class ApiServer(uvicorn.Server):
         @contextmanager
         def capture_signals(self):  # serve() owns SIGINT/SIGTERM, not uvicorn
             yield
 
+    api_tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)} \
+        if cfg.api_tls else {}
     api = ApiServer(uvicorn.Config(create_app(fleet, token), log_level="warning",
-                                   access_log=False, lifespan="off"))
+                                   access_log=False, lifespan="off", **api_tls))
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
     while not api.started and not api_task.done():
         await asyncio.sleep(0.01)
     if api_task.done():
         api_task.result()  # raises what stopped it
 
-    info = {"api_url": api_url, "ocpp_url": fleet.ocpp_url, "pid": os.getpid(),
-            "store": str(cfg.store)}
+    info = {"api_url": api_url, "ocpp_url": fleet.ocpp_url, "ocpp_tls_url": ocpp_tls_url,
+            "pid": os.getpid(), "store": str(cfg.store)}
     paths.write_secret(paths.server_file(cfg.store), json.dumps(info) + "\n")
     if on_ready:
         on_ready(info)

@@ -153,9 +153,12 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
     @app.post("/v1.1/chargestations", dependencies=auth, status_code=201,
               summary="Create a chargestation")
     async def create_station(body: model.StationCreate) -> Response:
-        doc = fleet.create(body)
+        doc, password = fleet.create(body)
         await fleet.durable()
-        return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} created", 201)
+        result = fleet.present(doc)
+        if password is not None:  # shown this once; only a hash is kept
+            result["password"] = password
+        return envelope(result, f"chargestation {doc['endpoint']} created", 201)
 
     @app.get("/v1.1/chargestations/{id}", dependencies=auth, summary="One chargestation")
     async def get_station(id: Id) -> Response:
@@ -172,6 +175,15 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
         doc = await fleet.delete(id)
         await fleet.durable()
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} deleted")
+
+    @app.patch("/v1.1/chargestations/{id}/reset_password", dependencies=auth,
+               summary="Issue a new station password and retire the old one")
+    async def reset_password(id: Id) -> Response:
+        doc, password = await fleet.rotate_password(id)
+        await fleet.durable()
+        return envelope({**fleet.present(doc), "password": password},
+                        f"new password for chargestation {doc['endpoint']}; the old one no "
+                        "longer works")
 
     @app.get("/v1.1/chargestations/{id}/connectors", dependencies=auth,
              summary="A chargestation's connectors")

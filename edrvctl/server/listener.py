@@ -1,16 +1,29 @@
-"""The OCPP websocket listener: who may connect, which version they speak, and the session's
-life from upgrade to close."""
+"""The OCPP websocket listener: who may connect (security profiles, limits), which version they
+speak, and the session's life from upgrade to close.
+
+Refusals happen before the upgrade, with an HTTP status and a one-line reason in the body:
+404 unknown endpoint, 400 no or wrong subprotocol, 401 missing or wrong password (with
+WWW-Authenticate), 403 TLS or a client certificate required / certificate for another identity,
+503 too many connections from one address. Each is logged (never with the secret), and kept as
+a `ConnectionRefused` event on a known station.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
+import ssl
+from collections import Counter
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 
+from edrvctl import model
 from edrvctl.fleet import Fleet
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.ocpp201 import Station201
@@ -19,6 +32,22 @@ from edrvctl.server.stations import Session
 log = logging.getLogger("edrvctl.ocpp")
 
 CHARGE_POINTS = {"ocpp1.6": Station16, "ocpp2.0.1": Station201}
+
+
+@dataclass
+class ListenerSettings:
+    host: str = "0.0.0.0"
+    port: int = 9000
+    tls_port: int | None = None  # a wss:// listener too, when `tls` is set
+    tls: ssl.SSLContext | None = None
+    ping_interval: float | None = 30
+    ping_timeout: float | None = 60
+    response_timeout: float = 30
+    max_frame: int = 2**20
+    handshake_timeout: float = 10
+    max_per_address: int = 1024  # open connections from one client address; 0 = no limit
+    max_rate: float = 50  # CALLs per second a station may send, sustained
+    burst: int = 100  # and in a burst
 
 
 def endpoint_of(path: str) -> str | None:
@@ -32,34 +61,81 @@ def offered_protocols(request: Request) -> list[str]:
             for p in h.split(",") if p.strip()]
 
 
-class Listener:
-    def __init__(self, fleet: Fleet, host: str, port: int, *, ping_interval: float | None = 30,
-                 ping_timeout: float | None = 60, response_timeout: float = 30,
-                 max_size: int = 2**20):
-        self.fleet = fleet
-        self.host, self.port = host, port
-        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
-        self.response_timeout = response_timeout
-        self.max_size = max_size
-        self.server = None
+def basic_credentials(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
 
-    def refuse(self, conn: ServerConnection, status: int, endpoint: str | None, reason: str):
+
+def certificate_identity(conn: ServerConnection) -> str | None:
+    """The common name of a verified client certificate (OCPP security profile 3)."""
+    tls = conn.transport.get_extra_info("ssl_object")
+    cert = tls.getpeercert() if tls else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+class Listener:
+    def __init__(self, fleet: Fleet, settings: ListenerSettings):
+        self.fleet = fleet
+        self.s = settings
+        self.servers: list[Server] = []
+        self.per_address: Counter[str] = Counter()
+
+    def refuse(self, conn: ServerConnection, status: int, endpoint: str | None,
+               reason: str) -> Response:
         log.warning("refused %s from %s: %s %s", endpoint or "?", conn.remote_address[0],
                     status, reason)
         doc = self.fleet.is_known(endpoint) if endpoint else None
         if doc is not None:  # kept on the station, for the admin to see later
             self.fleet.record_event(endpoint, "ConnectionRefused",
                                     {"status": status, "reason": reason}, from_station=False)
-        return conn.respond(status, reason + "\n")
+        response = conn.respond(status, reason + "\n")
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="edrvctl", charset="UTF-8"'
+        return response
 
-    def process_request(self, conn: ServerConnection, request: Request):
+    async def process_request(self, conn: ServerConnection, request: Request):
+        address = conn.remote_address[0]
         endpoint = endpoint_of(request.path)
+        if self.s.max_per_address and self.per_address[address] >= self.s.max_per_address:
+            return self.refuse(conn, 503, endpoint, f"too many connections from {address}")
         if endpoint is None:
             return self.refuse(conn, 404, None, "no chargestation identity in the URL path")
         doc = self.fleet.is_known(endpoint)
         if doc is None:
             return self.refuse(conn, 404, endpoint, f"unknown chargestation {endpoint!r}; "
                                "create it with `edrvctl cs create`")
+        security = doc["security"]
+        tls = conn.transport.get_extra_info("ssl_object") is not None
+        if model.needs_tls(security) and not tls:
+            return self.refuse(conn, 403, endpoint, f"security profile {security['type']} "
+                               "requires TLS: connect with wss://")
+        if security["type"] == "tls_client_cert":
+            identity = certificate_identity(conn)
+            if identity is None:
+                return self.refuse(conn, 403, endpoint, "a client certificate is required")
+            if identity != endpoint:
+                return self.refuse(conn, 403, endpoint,
+                                   f"the client certificate is for {identity!r}, not this station")
+        if model.needs_password(security):
+            creds = basic_credentials(request)
+            if creds is None:
+                return self.refuse(conn, 401, endpoint, "HTTP Basic authentication required "
+                                   "(username = the station's endpoint)")
+            if creds[0] != endpoint:
+                return self.refuse(conn, 401, endpoint, "the username must be the endpoint")
+            if not await self.fleet.check_password(endpoint, creds[1]):
+                return self.refuse(conn, 401, endpoint, "wrong password")
         offered = offered_protocols(request)
         if not offered:
             return self.refuse(conn, 400, endpoint, f"no OCPP subprotocol offered; "
@@ -74,10 +150,21 @@ class Listener:
         return self.fleet.is_known(endpoint_of(conn.request.path))["protocol"]
 
     async def handle(self, ws: ServerConnection) -> None:
+        address = ws.remote_address[0]
+        self.per_address[address] += 1
+        try:
+            await self._session(ws)
+        finally:
+            self.per_address[address] -= 1
+            if self.per_address[address] <= 0:
+                del self.per_address[address]
+
+    async def _session(self, ws: ServerConnection) -> None:
         endpoint = endpoint_of(ws.request.path)
         cp = CHARGE_POINTS[ws.subprotocol](
-            endpoint, ws, self.fleet, response_timeout=self.response_timeout,
+            endpoint, ws, self.fleet, response_timeout=self.s.response_timeout,
             logger=logging.getLogger("edrvctl.ocpp.frames"))
+        cp.limit_rate(self.s.max_rate, self.s.burst)
         session = Session(endpoint, ws.subprotocol, cp, ws)
         old = self.fleet.stations.add(session)
         if old is not None:  # newest connection wins; the old one may be half-open
@@ -99,23 +186,34 @@ class Listener:
                 self.fleet.disconnected(endpoint)
                 log.info("%s: disconnected (%s)", endpoint, ws.close_code)
 
-    async def start(self) -> str:
-        self.server = await serve(
-            self.handle, self.host, self.port,
+    async def _serve(self, port: int, tls: ssl.SSLContext | None) -> str:
+        server = await serve(
+            self.handle, self.s.host, port, ssl=tls,
             process_request=self.process_request,
             select_subprotocol=self.select_subprotocol,
             subprotocols=list(CHARGE_POINTS),
-            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            open_timeout=self.s.handshake_timeout,
+            ping_interval=self.s.ping_interval, ping_timeout=self.s.ping_timeout,
             # A station that missed its pong will not finish a closing handshake either; wait
             # for it no longer than for the pong, so it shows offline promptly.
-            close_timeout=min(10.0, self.ping_timeout or 10.0),
-            max_size=self.max_size, compression=None, server_header=None,
+            close_timeout=min(10.0, self.s.ping_timeout or 10.0),
+            max_size=self.s.max_frame, max_queue=4, compression=None, server_header=None,
         )
-        host, port = self.server.sockets[0].getsockname()[:2]
-        shown = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        return f"ws://{shown}:{port}"
+        self.servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        shown = self.s.host if self.s.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        return f"{'wss' if tls else 'ws'}://{shown}:{port}"
+
+    async def start(self) -> tuple[str, str | None]:
+        """Listen; returns the ws:// URL and, with TLS, the wss:// one."""
+        plain = await self._serve(self.s.port, None)
+        secure = None
+        if self.s.tls is not None:
+            secure = await self._serve(self.s.tls_port or 0, self.s.tls)
+        return plain, secure
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()  # closes every station's socket with 1001 (going away)
-            await self.server.wait_closed()
+        for server in self.servers:
+            server.close()  # closes every station's socket with 1001 (going away)
+        for server in self.servers:
+            await server.wait_closed()

@@ -17,6 +17,7 @@ import logging
 from ocpp.exceptions import (
     FormationViolationError,
     FormatViolationError,
+    GenericError,
     InternalError,
     NotImplementedError as OcppNotImplemented,
     NotSupportedError,
@@ -56,10 +57,30 @@ class RobustChargePoint:
     #: frames refused as malformed, by all stations since start (for logs and benchmarks)
     malformed_frames = 0
 
+    #: CALLs waiting for the worker; OCPP-J allows one in flight, so more is a misbehaving peer
+    MAX_PENDING = 16
+
     def __init__(self, endpoint: str, connection, fleet, **kwargs):
         super().__init__(endpoint, connection, **kwargs)
         self.fleet = fleet
         self._after_tasks: set[asyncio.Future] = set()
+        self.limit_rate(50, 100)
+
+    def limit_rate(self, per_second: float, burst: int) -> None:
+        """A token bucket for the station's CALLs; 0 means no limit."""
+        self._rate, self._burst = per_second, max(1, burst)
+        self._tokens, self._refilled = float(self._burst), 0.0
+
+    def _take_token(self) -> bool:
+        if not self._rate:
+            return True
+        now = asyncio.get_running_loop().time()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
     def _malformed_error(self, cause: str) -> OCPPError:
         # OCPP 2.0.1 has RpcFrameworkError for frames that are not a valid RPC; 1.6 only has
@@ -184,7 +205,15 @@ class RobustChargePoint:
                     await self._send_error(e.message_id, e.error)
                     continue
                 if msg.message_type_id == MessageType.Call:
-                    inbox.put_nowait(msg)
+                    # Excess is refused at once, so a flooding station costs no memory.
+                    if not self._take_token():
+                        await self._send_error(msg.unique_id, GenericError(details={
+                            "cause": f"rate limit: at most {self._rate:g} messages per second"}))
+                    elif inbox.qsize() >= self.MAX_PENDING:
+                        await self._send_error(msg.unique_id, GenericError(details={
+                            "cause": "too many requests in flight; OCPP-J allows one"}))
+                    else:
+                        inbox.put_nowait(msg)
                 else:
                     self._response_queue.put_nowait(msg)
         finally:

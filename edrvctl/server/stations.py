@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable
 
-from edrvctl.errors import StationRejected, StationTimeout, Unavailable
+from edrvctl.errors import Busy, StationRejected, StationTimeout, Unavailable
+
+MAX_QUEUED = 16  # admin commands waiting for one station; more are refused, not queued
 
 
 class Session:
@@ -28,6 +30,9 @@ class Session:
         from ocpp.exceptions import OCPPError
         from websockets.exceptions import ConnectionClosed
 
+        if self.queued >= MAX_QUEUED:
+            raise Busy(f"chargestation {self.endpoint} has {self.queued} commands waiting; "
+                       "try again later")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         closed = asyncio.ensure_future(self.ws.wait_closed())

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 # Fields a list can be filtered on exactly, and fields it can be sorted by.
 FILTER_FIELDS = ("online", "active", "location", "organization", "protocol", "status", "endpoint")
@@ -24,6 +24,8 @@ class StationQuery:
 
 
 class Store(Protocol):
+    def transaction(self) -> ContextManager:
+        """Writes inside stand or fall together."""
     def create_station(self, doc: dict) -> None:
         """Insert; raises errors.Conflict if the endpoint exists."""
 
@@ -41,6 +43,10 @@ class Store(Protocol):
         """The same page as JSON texts, for lists that are sent on unchanged."""
 
     def mark_all_offline(self, now: str) -> int: ...
+
+    def set_password_hash(self, station_id: str, hashed: str, at: str) -> None: ...
+
+    def password_hash(self, station_id: str) -> str | None: ...
 
     def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None: ...
 

@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS events (
     doc         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_station ON events(station_id, id);
+CREATE TABLE IF NOT EXISTS credentials (
+    station_id  TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
 """
 
 _COLUMNS = ("protocol", "online", "active", "status", "location", "organization",
@@ -114,7 +119,7 @@ class SqliteStore:
     _depth = 0
 
     @contextmanager
-    def _transaction(self):
+    def transaction(self):
         """Several writes that stand or fall together (a savepoint inside the open
         transaction, so a failure undoes only them)."""
         if not self.db.in_transaction:
@@ -158,9 +163,9 @@ class SqliteStore:
         )
 
     def delete_station(self, station_id: str) -> bool:
-        with self._transaction():  # one transaction: the station and what hangs off it
+        with self.transaction():  # one transaction: the station and what hangs off it
             cur = self._write("DELETE FROM chargestations WHERE id = ?", (station_id,))
-            for table in ("transactions", "meter_values", "events"):
+            for table in ("transactions", "meter_values", "events", "credentials"):
                 self._write(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
         return cur.rowcount > 0
 
@@ -193,13 +198,23 @@ class SqliteStore:
     def mark_all_offline(self, now: str) -> int:
         """At start-up no station is connected, whatever the last run left behind."""
         rows = self.db.execute("SELECT doc FROM chargestations WHERE online = 1").fetchall()
-        with self._transaction():
+        with self.transaction():
             for (blob,) in rows:
                 doc = orjson.loads(blob)
                 doc["online"] = False
                 doc["lastDisconnectAt"] = doc.get("lastDisconnectAt") or now
                 self.save_station(doc)
         return len(rows)
+
+    # --- station passwords (hashes only; never part of the record) ---
+
+    def set_password_hash(self, station_id: str, hashed: str, at: str) -> None:
+        self._write("INSERT OR REPLACE INTO credentials VALUES (?,?,?)", (station_id, hashed, at))
+
+    def password_hash(self, station_id: str) -> str | None:
+        row = self.db.execute("SELECT hash FROM credentials WHERE station_id = ?",
+                              (station_id,)).fetchone()
+        return row[0] if row else None
 
     # --- what stations report ---
 
@@ -220,7 +235,7 @@ class SqliteStore:
 
     def start_transaction(self, tx: dict) -> int:
         """Insert a transaction; without a `tx_key` (OCPP 1.6) the new row id becomes the key."""
-        with self._transaction():
+        with self.transaction():
             cur = self._write(
                 "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
                 (tx["station_id"], tx.get("tx_key"), orjson.dumps(tx)),

@@ -1,0 +1,70 @@
+"""A fleet of simulated stations in a process of its own, for the benchmarks that need one.
+
+    python bench/stations.py ws://127.0.0.1:9000 --count 10000 --status fleet.json \
+        [--heartbeat 60] [--backoff-max 2]
+
+Runs `edrvctl.simulator.run_fleet` until SIGTERM/SIGINT and rewrites the status file twice a
+second: the fleet's `summary()` as JSON, plus `started` (the `time.monotonic()` at which
+`run_fleet` was called; on Linux the same clock in every process). Stations are named as
+bench/cli.py's `seed()` names them (BENCH000000, BENCH000001, ...: prefix "BENCH0" and the
+simulator's five digits from 0), so a seeded store knows them.
+
+The stations skip the simulator's own schema validation (`validate=False`): the client process
+shares the machine with the server, and what is measured is the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+PREFIX, START = "BENCH0", 0  # -> BENCH000000, the names bench/cli.py's seed() writes
+
+
+def endpoint(i: int) -> str:
+    """The name of station i, in the simulator and in the seeded store alike."""
+    return f"{PREFIX}{START + i:05d}"
+
+
+def write_status(path: Path, status: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, path)  # readers never see half a file
+
+
+async def main(a: argparse.Namespace) -> None:
+    from edrvctl.simulator import run_fleet
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    fleet = await run_fleet(a.url, a.count, "ocpp1.6", prefix=PREFIX, start_index=START,
+                            heartbeat_interval_override=a.heartbeat, backoff_max=a.backoff_max,
+                            validate=False)
+    status = Path(a.status)
+    try:
+        while not stop.is_set():
+            write_status(status, {"started": started, **fleet.summary().__dict__})
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+    finally:
+        await fleet.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("url")
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--status", required=True, help="JSON file rewritten twice a second")
+    ap.add_argument("--heartbeat", type=float, default=60, help="seconds between heartbeats")
+    ap.add_argument("--backoff-max", type=float, default=2, help="reconnect backoff cap, s")
+    asyncio.run(main(ap.parse_args()))
