@@ -531,18 +531,12 @@ def test_unreachable_api_is_exit_6_with_a_hint(cli_env):
     assert "hint:" in r.stderr and "edrvctl serve" in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: client.py:22 builds httpx.Client from the URL "
-                   "without catching httpx.InvalidURL: a malformed --api-url/EDRV_API_URL "
-                   "prints a Python traceback and exits 1")
 @pytest.mark.parametrize("url", ["http://[::1", "http://256.1.1.1:1"])
 def test_malformed_api_url_is_a_usage_error(cli_env, url):
     r = fails(2, cli_env, "--api-url", url, "cs", "list")
     assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an empty STATION makes the client GET "
-                   "/v1.1/chargestations/ (client.py:78), the API answers 307 and the CLI exits "
-                   "1 with 'unexpected 307 response'")
 def test_empty_station_name_is_refused_cleanly(cli_env):
     r = cli(cli_env, "cs", "inspect", "")
     assert r.exit_code in (2, 3), (r.exit_code, r.stderr)  # usage, or not found
