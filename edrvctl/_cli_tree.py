@@ -549,6 +549,10 @@ TREE = {
      "help": "SQLite file default: $XDG_DATA_HOME/edrvctl/edrvctl.db",
      "value": true
     },
+    "--store-max-mb": {
+     "help": "Cap the store's size; past it, writes are refused as on a full disk",
+     "value": true
+    },
     "--tls-cert": {
      "help": "Certificate (PEM) for wss:// stations (profiles 2, 3) and --api-tls",
      "value": true

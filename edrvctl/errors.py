@@ -65,6 +65,12 @@ class Busy(Unavailable):
     http_status = 429
 
 
+class StoreUnavailable(EdrvError):
+    """The store cannot be written (disk full, read-only, I/O error): nothing was changed."""
+
+    http_status = 507
+
+
 class StationTimeout(EdrvError):
     http_status = 504
     exit_code = 7

@@ -14,6 +14,9 @@ def serve(
     store: Annotated[Optional[Path], typer.Option(
         help="SQLite file [default: $XDG_DATA_HOME/edrvctl/edrvctl.db]",
         show_default=False)] = None,
+    store_max_mb: Annotated[Optional[int], typer.Option(
+        help="Cap the store's size; past it, writes are refused as on a full disk", min=1,
+        show_default=False)] = None,
     api_host: Annotated[str, typer.Option(help="Admin API address (loopback by default)")] =
         "127.0.0.1",
     api_port: Annotated[int, typer.Option(help="Admin API port; 0 picks a free one",
@@ -91,6 +94,7 @@ def serve(
     setup_logging(log_level.upper(), log_format)
     cfg = ServeConfig(
         store=(store or paths.default_store()).expanduser(), api_host=api_host, api_port=api_port,
+        store_max_bytes=store_max_mb * 1024 * 1024 if store_max_mb else None,
         heartbeat_interval=heartbeat_interval, api_tls=api_tls, tls_cert=tls_cert,
         tls_key=tls_key,
         listener=ListenerSettings(

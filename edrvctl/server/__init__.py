@@ -28,6 +28,7 @@ class ServeConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 7780
     heartbeat_interval: int = 300
+    store_max_bytes: int | None = None
     api_tls: bool = False  # serve the admin API over HTTPS with the listener's certificate
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -92,7 +93,7 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     from edrvctl.server.listener import Listener
     from edrvctl.store import open_store
 
-    store = open_store(cfg.store)
+    store = open_store(cfg.store, cfg.store_max_bytes)
     token = admin_token(cfg.store)
     stale = store.mark_all_offline(utcnow())
     if stale:

@@ -45,8 +45,8 @@ class GroupCommit:
                 w.set_result(None)
 
     async def durable(self) -> None:
-        """Wait until everything written so far is committed."""
-        if not self.store.db.in_transaction:
+        """Wait until everything written so far is committed (raises if it could not be)."""
+        if not self.store.has_pending():
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)

@@ -28,6 +28,7 @@ from ocpp.exceptions import (
 from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.messages import Call, CallError, CallResult, MessageType
 
+from edrvctl.errors import EdrvError
 from edrvctl.server.validation import validate_request
 
 log = logging.getLogger("edrvctl.ocpp")
@@ -148,6 +149,9 @@ class RobustChargePoint:
             await self._handle_call(call)
         except OCPPError as e:
             await self._send_error(call.unique_id, e)
+        except EdrvError as e:  # e.g. the store is full: not acknowledged, and said why
+            log.error("%s: %s not recorded: %s", self.id, call.action, e.message)
+            await self._send_error(call.unique_id, InternalError(details={"cause": e.message}))
         except Exception:
             self.logger.exception("%s: handler for %s failed", self.id, call.action)
             await self._send_error(call.unique_id, InternalError(

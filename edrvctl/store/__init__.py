@@ -62,7 +62,7 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(path: str) -> Store:
+def open_store(path: str, max_bytes: int | None = None) -> Store:
     from edrvctl.store.sqlite import SqliteStore
 
-    return SqliteStore(path)
+    return SqliteStore(path, max_bytes)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import orjson
 
-from edrvctl.errors import Conflict, UsageError
+from edrvctl.errors import Conflict, StoreUnavailable, UsageError
 from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery
 
 SCHEMA = """
@@ -82,26 +82,38 @@ def _row(doc: dict) -> tuple:
 
 
 class SqliteStore:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None):
         path = Path(path)
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if str(path) != ":memory:":
+                path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(SCHEMA)
-        except sqlite3.Error as e:
+            if max_bytes:  # past it, writes fail as on a full disk
+                page = self.db.execute("PRAGMA page_size").fetchone()[0]
+                self.db.execute(f"PRAGMA max_page_count={max(1, max_bytes // page)}")
+        except (sqlite3.Error, OSError) as e:
             raise UsageError(f"cannot open the store at {path}: {e}") from e
         self.path = path
         self.autocommit = True
         self.on_write: Callable[[], None] | None = None  # told after each uncommitted write
 
     def _write(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN IMMEDIATE")
-        cur = self.db.execute(sql, args)
+        try:
+            if not self.db.in_transaction:
+                self.db.execute("BEGIN IMMEDIATE")
+            cur = self.db.execute(sql, args)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as e:  # full disk, read-only file, I/O error
+            if not self.db.in_transaction:
+                # SQLite rolled the whole transaction back (it does on a full disk): earlier
+                # writes in it are gone too, so their commit must fail, not report success.
+                self._lost = e
+            raise StoreUnavailable(f"the store cannot be written: {e}") from e
         if self._depth == 0:
             self._written()
         return cur
@@ -112,9 +124,25 @@ class SqliteStore:
         elif self.on_write is not None:
             self.on_write()
 
+    _lost: sqlite3.Error | None = None
+
+    def has_pending(self) -> bool:
+        """Writes not yet committed (or lost, which commit() will report)."""
+        return self.db.in_transaction or self._lost is not None
+
     def commit(self) -> None:
-        if self.db.in_transaction:
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            raise StoreUnavailable(f"the store cannot be written: {lost}")
+        if not self.db.in_transaction:
+            return
+        try:
             self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            # Nothing in this transaction was acknowledged yet; drop it so the next can try.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise StoreUnavailable(f"the store cannot be written: {e}") from e
 
     _depth = 0
 
@@ -129,8 +157,9 @@ class SqliteStore:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK TO multi")
-            self.db.execute("RELEASE multi")
+            if self.db.in_transaction:  # else SQLite already rolled everything back
+                self.db.execute("ROLLBACK TO multi")
+                self.db.execute("RELEASE multi")
             raise
         finally:
             self._depth -= 1
