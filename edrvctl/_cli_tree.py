@@ -31,6 +31,10 @@ TREE = {
        "help": "Print ids only",
        "value": false
       },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
       "-o": {
        "choices": [
         "table",
@@ -80,6 +84,10 @@ TREE = {
       "--timeout": {
        "help": "Seconds to wait for the station",
        "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
       },
       "-k": {
        "help": "Only this key (1.6 name, or Component.Variable for 2.0.1); repeatable",
@@ -165,6 +173,10 @@ TREE = {
        "help": "Mark as a simulator",
        "value": false
       },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
       "-o": {
        "choices": [
         "table",
@@ -209,6 +221,10 @@ TREE = {
       },
       "--yes": {
        "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
        "value": false
       },
       "-o": {
@@ -261,6 +277,10 @@ TREE = {
        "help": "Do not ask for confirmation",
        "value": false
       },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
       "-o": {
        "choices": [
         "table",
@@ -302,6 +322,10 @@ TREE = {
        ],
        "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
        "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
       },
       "-o": {
        "choices": [
@@ -398,6 +422,10 @@ TREE = {
        "help": "Only stations with this status",
        "value": true
       },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
       "-o": {
        "choices": [
         "table",
@@ -440,6 +468,10 @@ TREE = {
        "help": "Do not ask for confirmation",
        "value": false
       },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
       "-o": {
        "choices": [
         "table",
@@ -461,6 +493,10 @@ TREE = {
    "help": "Manage chargestations (alias: cs).",
    "options": {
     "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-h": {
      "help": "Show this message and exit.",
      "value": false
     }
@@ -564,6 +600,10 @@ TREE = {
     "--tls-key": {
      "help": "Its private key (PEM)",
      "value": true
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
     }
    }
   },
@@ -627,6 +667,10 @@ TREE = {
      "help": "Central system's OCPP URL, e.g. ws://127.0.0.1:9000 default: the local server",
      "value": true
     },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
     "-n": {
      "help": "How many stations",
      "value": true
@@ -674,6 +718,10 @@ TREE = {
   },
   "--version": {
    "help": "Show the version and exit",
+   "value": false
+  },
+  "-h": {
+   "help": "Show this message and exit.",
    "value": false
   }
  }

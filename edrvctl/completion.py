@@ -139,11 +139,11 @@ def _zsh_escape(s: str) -> str:
 
 def complete(shell: str) -> int:
     """Print the candidates in the format Typer's script for `shell` reads; return exit code."""
-    args, incomplete = _args(shell)
     try:
+        args, incomplete = _args(shell)
         items = candidates(args, incomplete)
     except Exception:  # never print an error into the user's command line
-        items = []
+        items, incomplete = [], ""
     if shell == "bash":
         sys.stdout.write("\n".join(value for value, _ in items))
     elif shell == "zsh":
@@ -187,7 +187,8 @@ def build_tree() -> dict:
             for name in [*p.opts, *p.secondary_opts]:
                 options[name] = {"value": not p.is_flag, "help": first_line(p.help),
                                  **({"choices": choices} if choices else {})}
-        options.setdefault("--help", {"value": False, "help": "Show this message and exit."})
+        for name in ("-h", "--help"):  # click adds these itself; they are not in cmd.params
+            options.setdefault(name, {"value": False, "help": "Show this message and exit."})
         node = {"help": first_line(cmd.help or cmd.short_help), "options": options}
         if args:
             node["args"] = args

@@ -762,4 +762,6 @@ def test_keep_alive_requests_are_not_delayed(server):
             c.get(f"{BASE}/no-such-station")
             times.append(time.perf_counter() - t)
     times.sort()
-    assert times[len(times) // 2] < 0.025, times  # the median; a local 404 takes ~2 ms
+    # A local 404 takes ~2 ms; with Nagle on the server every one of these took >= 40 ms.
+    # The third fastest keeps a loaded machine's outliers from failing the test.
+    assert times[2] < 0.02, times

@@ -2,8 +2,8 @@
 `edrvctl.simulator.SimStation` or with raw websocket clients, checked through the REST API, the
 CLI and the SQLite store.
 
-Tests are sync and drive their own event loop with `run()`; state is polled from the API (no
-fixed sleeps). Every test uses its own endpoints on the module's shared server; the restart and
+Tests are sync and drive their own event loop with `run()`; they wait for state by polling the
+API with a deadline rather than sleeping. Every test uses its own endpoints on the module's shared server; the restart and
 keepalive tests start servers of their own. Malformed frames and the schema of every answer are
 in test_ocpp_frames.py.
 """
@@ -21,11 +21,10 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import httpx
 import pytest
-from ocpp.exceptions import OCPPError
 from ocpp.v16 import call as c16
 from ocpp.v201 import call as c201
 from typer.testing import CliRunner
@@ -313,9 +312,14 @@ def test_status_rule_follows_status_notifications(server, proto):
                 else:
                     conn = next(c for c in doc["connectors"] if c["evseId"] == target)
                     assert conn["status"] == status
+            assert doc["evses"] == [1, 2]  # connector 0 is the station, not an EVSE
             async with aapi(server) as c:
                 r = await c.get(BASE, params={"status": steps[-1][1], "endpoint": ep})
             assert [d["endpoint"] for d in r.json()["result"]] == [ep]
+            before = doc["lastMessageAt"]
+            await asyncio.sleep(0.005)
+            await st.send(c16.Heartbeat() if proto == P16 else c201.Heartbeat())
+            assert (await get_doc(server, ep))["lastMessageAt"] > before
             if proto == P16:
                 await st.send(_status16(2, "Faulted", "GroundFailure"))
                 doc = await get_doc(server, ep)
@@ -910,7 +914,7 @@ def test_the_identity_is_the_endpoint_not_the_id(server):
             await raw_boot(ws, P16)
             async with sim_running(server, doc["endpoint"], P16) as st:
                 assert st.booted.is_set()
-                await asyncio.wait_for(ws.wait_closed(), 3)  # the newest connection wins
+                await asyncio.wait_for(ws.wait_closed(), 1.5)  # the newest connection wins
                 r = await get_variables(server, doc["endpoint"], {"timeout": 3})
                 assert r.status_code == 201, r.text
 
@@ -920,54 +924,86 @@ def test_the_identity_is_the_endpoint_not_the_id(server):
 # --------------------------------------------------------------------------- 10. server restart
 
 
-def test_server_restart_marks_everyone_offline_and_stations_come_back(tmp_path):
+@pytest.fixture(scope="module")
+def restart(tmp_path_factory):
+    """Three stations online; the server is SIGKILLed and a new one started on the same store
+    and the same (fixed) OCPP port. Returns what was seen, for the tests below.
+
+    `gone` does not reconnect (and had connected once before, so it has an older
+    lastDisconnectAt); `back16`/`back201` are SimStations with reconnect=True."""
+    root = tmp_path_factory.mktemp("restart")
     port = free_port()
-    srv = start_server(tmp_path / "one", "--ocpp-port", str(port))
-    srv2 = None
+    srv = start_server(root / "one", "--ocpp-port", str(port))
+    seen: dict = {"port": port, "first": srv}
     try:
-        gone = srv.create(uniq("rs-gone"))["endpoint"]
-        back16 = srv.create(uniq("rs-16"))["endpoint"]
-        back201 = srv.create(uniq("rs-201"), protocol=P201)["endpoint"]
-        assert srv.ocpp_url.endswith(f":{port}")
+        eps = {"gone": srv.create(uniq("rs-gone"))["endpoint"],
+               "back16": srv.create(uniq("rs-16"))["endpoint"],
+               "back201": srv.create(uniq("rs-201"), protocol=P201)["endpoint"]}
+        seen["eps"] = eps
 
         async def scenario():
-            nonlocal srv2
+            gone, back16, back201 = eps.values()
+            async with sim_running(srv, gone, P16):  # an earlier session of `gone`
+                pass
+            await wait_doc(srv, gone, lambda d: not d["online"])
             async with sim_running(srv, gone, P16), \
                     sim_running(srv, back16, P16, reconnect=True, backoff_max=0.5) as s16, \
                     sim_running(srv, back201, P201, reconnect=True, backoff_max=0.5) as s201:
-                before = {}
-                for ep in (gone, back16, back201):
-                    before[ep] = await wait_doc(srv, ep, lambda d: d["online"])
+                seen["before"] = {ep: await wait_doc(srv, ep, lambda d: d["online"])
+                                  for ep in eps.values()}
                 # Blocking calls on purpose: this loop (the stations) is frozen until the new
                 # server is up and has been asked, so nobody can reconnect in between.
                 srv.stop(signal.SIGKILL)
-                srv2 = start_server(tmp_path / "two", "--ocpp-port", str(port),
-                                    store=srv.store)
-                for ep in (gone, back16, back201):
-                    doc = srv2.get(ep)
-                    assert doc["online"] is False, ep
-                    assert doc["lastDisconnectAt"], ep
-                    assert doc["lastConnectAt"] == before[ep]["lastConnectAt"]
+                seen["second"] = srv2 = start_server(root / "two", "--ocpp-port", str(port),
+                                                     store=srv.store)
+                seen["at_start"] = {ep: srv2.get(ep) for ep in eps.values()}
                 # now the stations run again and reconnect on their own
-                for ep in (back16, back201):
-                    doc = await wait_doc(srv2, ep, lambda d: d["online"] and
-                                         d["lastConnectAt"] > before[ep]["lastConnectAt"],
-                                         what="back online")
+                seen["back"] = {ep: await wait_doc(
+                    srv2, ep, lambda d: d["online"] and
+                    d["lastConnectAt"] > seen["before"][ep]["lastConnectAt"],
+                    what="back online") for ep in (back16, back201)}
                 await until(lambda: s16.booted.is_set() and s201.booted.is_set(),
                             what="both stations booted again")
-                assert s16.stats.reconnects >= 1 and s201.stats.reconnects >= 1
-                assert (await get_doc(srv2, gone))["online"] is False
-                r = await get_variables(srv2, back201, {"keys": ["OCPPCommCtrlr.HeartbeatInterval"],
-                                                        "timeout": 5})
-                assert r.status_code == 201, r.text
-            for ep in (back16, back201):
-                await wait_doc(srv2, ep, lambda d: not d["online"])
+                seen["reconnects"] = (s16.stats.reconnects, s201.stats.reconnects)
+                seen["gone_later"] = await get_doc(srv2, gone)
+                seen["command"] = await get_variables(
+                    srv2, back201, {"keys": ["OCPPCommCtrlr.HeartbeatInterval"], "timeout": 5})
+            seen["end"] = {ep: await wait_doc(srv2, ep, lambda d: not d["online"])
+                           for ep in (back16, back201)}
 
         run(scenario(), timeout=40)
+        yield seen
     finally:
         srv.stop(signal.SIGKILL)
-        if srv2 is not None:
-            assert srv2.stop() == 0, srv2.logs()
+        if "second" in seen:
+            seen["second"].stop()
+
+
+def test_restart_shows_every_station_offline_until_it_reconnects(restart):
+    assert restart["first"].ocpp_url.endswith(f":{restart['port']}")
+    for ep, doc in restart["at_start"].items():
+        assert doc["online"] is False, ep
+        assert doc["lastDisconnectAt"], ep
+        assert doc["lastConnectAt"] == restart["before"][ep]["lastConnectAt"], ep
+    assert restart["gone_later"]["online"] is False  # it never came back
+
+
+def test_restart_stations_come_back_on_their_own(restart):
+    eps = restart["eps"]
+    for ep in (eps["back16"], eps["back201"]):
+        assert restart["back"][ep]["online"] is True
+        assert restart["end"][ep]["lastDisconnectAt"] >= restart["back"][ep]["lastConnectAt"]
+    assert all(n >= 1 for n in restart["reconnects"]), restart["reconnects"]
+    assert restart["command"].status_code == 201, restart["command"].text
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: SqliteStore.mark_all_offline keeps an older "
+                   "lastDisconnectAt (`doc.get('lastDisconnectAt') or now`), so a station "
+                   "that had disconnected before shows lastDisconnectAt < lastConnectAt "
+                   "while offline after a crash")
+def test_restart_stamps_the_disconnect_after_the_last_connect(restart):
+    doc = restart["at_start"][restart["eps"]["gone"]]
+    assert doc["lastDisconnectAt"] >= doc["lastConnectAt"], doc
 
 
 # --------------------------------------------------------------------------- 11. keepalive

@@ -263,6 +263,7 @@ def test_boot_status_heartbeat(protocol):
                 assert st.config["OCPPCommCtrlr.HeartbeatInterval"] == "1"
             assert all(is_utc_z(s["timestamp"]) for s in statuses)
             assert st.stats.sent >= 1 + len(statuses) + 1
+            await csms.wait(lambda: csms.close_codes)  # the server handler ends a moment later
             assert not st.connected.is_set() and csms.close_codes == [1000]
 
     run(main())
