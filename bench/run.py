@@ -263,7 +263,7 @@ def workdir(name: str) -> Iterator[Path]:
 
 
 def bench_held(quick: bool = False) -> Result:
-    n, idle_s, timeout = (50, 1.0, 60) if quick else (10_000, 10.0, 600)
+    n, idle_s, timeout = (50, 0.5, 60) if quick else (10_000, 10.0, 600)
     res = Result("held", f"Stations held: {n:,} simulated stations on one server",
                  command("held", quick), load=loadavg())
     with workdir("held") as root, edrvctl_server(root, n) as srv, srv.api() as api:
@@ -281,7 +281,7 @@ def bench_held(quick: bool = False) -> Result:
             booted_s = ramp_end - fleet.started()
             got = online(srv, api)
             log(f"held: {got}/{n} online after {online_s} s, booted: {booted}; settling")
-            time.sleep(1 if quick else 5)
+            time.sleep(0.5 if quick else 5)
             rss1 = rss_kib(pid)
             with profiled(pid, "held-idle"):
                 c0, t0 = cpu_s(pid), time.monotonic()
@@ -358,7 +358,7 @@ def stored_meter_values(store: Path) -> int:
 
 
 def bench_throughput(quick: bool = False) -> Result:
-    sizes, rounds, seconds, warmup = ((20, 50), 1, 0.5, 0.2) if quick else ((100, 1000), 3, 10, 1)
+    sizes, rounds, seconds, warmup = ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
     kinds = ("bare", "ocpp", "edrvctl")
     res = Result("throughput", "Message throughput: Heartbeat/StatusNotification/MeterValues "
                  "as fast as answered", command("throughput", quick), load=loadavg(),
