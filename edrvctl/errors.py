@@ -65,7 +65,7 @@ class Busy(Unavailable):
     http_status = 429
 
 
-class StoreUnavailable(EdrvError):
+class StoreUnavailable(Unavailable):
     """The store cannot be written (disk full, read-only, I/O error): nothing was changed."""
 
     http_status = 507
@@ -87,6 +87,7 @@ BY_STATUS: dict[int, type[EdrvError]] = {
     406: Unavailable,
     409: Conflict,
     429: Busy,
+    507: StoreUnavailable,
     422: InvalidBody,
     502: StationRejected,
     504: StationTimeout,
