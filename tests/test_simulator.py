@@ -92,6 +92,16 @@ class Csms16(_Recorder, Cp16):
         self.rec("StopTransaction", kw)
         return r16.StopTransaction()
 
+    @on("DiagnosticsStatusNotification")
+    def t_diag(self, **kw):
+        self.rec("DiagnosticsStatusNotification", kw)
+        return r16.DiagnosticsStatusNotification()
+
+    @on("FirmwareStatusNotification")
+    def t_fw(self, **kw):
+        self.rec("FirmwareStatusNotification", kw)
+        return r16.FirmwareStatusNotification()
+
 
 class Csms201(_Recorder, Cp201):
     @on("BootNotification")
@@ -128,6 +138,16 @@ class Csms201(_Recorder, Cp201):
     def t_notify_report(self, **kw):
         self.rec("NotifyReport", kw)
         return r201.NotifyReport()
+
+    @on("FirmwareStatusNotification")
+    def t_fw(self, **kw):
+        self.rec("FirmwareStatusNotification", kw)
+        return r201.FirmwareStatusNotification()
+
+    @on("LogStatusNotification")
+    def t_log(self, **kw):
+        self.rec("LogStatusNotification", kw)
+        return r201.LogStatusNotification()
 
 
 class Csms:
@@ -502,6 +522,107 @@ def test_trigger_message_201():
                 assert mv["meter_value"][0]["sampled_value"][0]["measurand"] == "Energy.Active.Import.Register"
                 r = await cp.call(c201.TriggerMessage(requested_message="TransactionEvent"), suppress=False)
                 assert r.status == "Rejected"  # nothing is charging
+
+    run(main())
+
+
+def test_every_16_command_gets_a_schema_valid_answer():
+    async def main():
+        async with csms_server() as csms:
+            st = SimStation("ALL16", csms.url, "ocpp1.6", connectors=2, reboot_delay=0.1)
+            async with running(st):
+                await asyncio.wait_for(st.booted.wait(), 5)
+                cp = csms.cps["ALL16"]
+
+                async def status(payload):  # suppress=False: a CALLERROR or invalid reply raises
+                    return (await cp.call(payload, suppress=False)).status
+
+                for msg in ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
+                            "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+                    assert await status(c16.TriggerMessage(requested_message=msg, connector_id=1)) == "Accepted"
+                    await csms.wait(lambda: len(csms.of("ALL16", msg)) >= (2 if msg.endswith("Notification")
+                                                                           and msg.startswith(("Boot", "Status"))
+                                                                           else 1))
+                assert await status(c16.TriggerMessage(requested_message="Heartbeat", connector_id=7)) == "Rejected"
+                assert csms.of("ALL16", "MeterValues")[0]["meter_value"][0]["sampled_value"][0]["context"] \
+                    == "Trigger"
+                assert await status(c16.UnlockConnector(connector_id=2)) == "Unlocked"
+                assert await status(c16.UnlockConnector(connector_id=5)) == "NotSupported"
+                assert await status(c16.ClearCache()) == "Accepted"
+                assert await status(c16.DataTransfer(vendor_id="acme")) == "UnknownVendorId"
+                assert await status(c16.RemoteStartTransaction(id_tag="T", connector_id=3)) == "Rejected"
+                assert await status(c16.Reset(type="Hard")) == "Accepted"
+                await csms.wait(lambda: csms.connections["ALL16"] == 2 and st.booted.is_set())
+                assert st.stats.errors == 0 and st.stats.reboots == 1
+
+    run(main())
+
+
+def test_every_201_command_gets_a_schema_valid_answer():
+    async def main():
+        async with csms_server() as csms:
+            st = SimStation("ALL201", csms.url, "ocpp2.0.1", connectors=2)
+            async with running(st):
+                await asyncio.wait_for(st.booted.wait(), 5)
+                cp = csms.cps["ALL201"]
+
+                async def status(payload):
+                    return (await cp.call(payload, suppress=False)).status
+
+                for msg in ("BootNotification", "StatusNotification", "FirmwareStatusNotification",
+                            "LogStatusNotification"):
+                    before = len(csms.of("ALL201", msg))
+                    assert await status(c201.TriggerMessage(requested_message=msg, evse={"id": 2})) == "Accepted"
+                    await csms.wait(lambda: len(csms.of("ALL201", msg)) > before)
+                assert csms.of("ALL201", "BootNotification")[-1]["reason"] == "Triggered"
+                assert await status(c201.TriggerMessage(requested_message="SignV2GCertificate")) == "NotImplemented"
+                assert await status(c201.UnlockConnector(evse_id=1, connector_id=1)) == "Unlocked"
+                assert await status(c201.UnlockConnector(evse_id=9, connector_id=1)) == "UnknownConnector"
+                assert await status(c201.ClearCache()) == "Accepted"
+                assert await status(c201.DataTransfer(vendor_id="acme")) == "UnknownVendorId"
+                assert await status(c201.Reset(type="Immediate", evse_id=1)) == "Rejected"
+                assert await status(c201.ChangeAvailability(operational_status="Inoperative",
+                                                            evse={"id": 3})) == "Rejected"
+                assert await status(c201.RequestStopTransaction(transaction_id="nope")) == "Rejected"
+                assert await status(c201.GetBaseReport(request_id=1, report_base="SummaryInventory")) == "Accepted"
+                assert st.stats.errors == 0
+
+    run(main())
+
+
+def test_remote_start_stop_201_and_scheduled_availability():
+    async def main():
+        async with csms_server() as csms:
+            st = SimStation("RS2", csms.url, "ocpp2.0.1", session_duration=60, meter_interval=60)
+            async with running(st):
+                await asyncio.wait_for(st.booted.wait(), 5)
+                cp = csms.cps["RS2"]
+                r = await cp.call(c201.RequestStartTransaction(
+                    id_token={"id_token": "RFID1", "type": "ISO14443"}, remote_start_id=42, evse_id=1), suppress=False)
+                assert r.status == "Accepted"
+                await csms.wait(lambda: st.transactions.get(1) is not None)
+                started = csms.of("RS2", "TransactionEvent")[0]
+                assert started["trigger_reason"] == "RemoteStart"
+                assert started["transaction_info"]["remote_start_id"] == 42
+                assert csms.of("RS2", "Authorize")[0]["id_token"]["id_token"] == "RFID1"
+
+                # Going Inoperative while charging is only Scheduled; it happens when the session ends.
+                r = await cp.call(c201.ChangeAvailability(operational_status="Inoperative", evse={"id": 1}),
+                                  suppress=False)
+                assert r.status == "Scheduled" and st.availability[1] == "Operative"
+                tx_id = st.transactions[1]
+                r = await cp.call(c201.RequestStopTransaction(transaction_id=tx_id), suppress=False)
+                assert r.status == "Accepted"
+                await csms.wait(lambda: csms.of("RS2", "TransactionEvent")[-1]["event_type"] == "Ended")
+                ended = csms.of("RS2", "TransactionEvent")[-1]
+                assert ended["transaction_info"]["stopped_reason"] == "Remote"
+                assert ended["trigger_reason"] == "RemoteStop"
+                await csms.wait(lambda: csms.of("RS2", "StatusNotification")[-1]["connector_status"] == "Unavailable")
+                assert st.availability[1] == "Inoperative" and st.transactions == {}
+                # An inoperative EVSE refuses remote starts.
+                r = await cp.call(c201.RequestStartTransaction(
+                    id_token={"id_token": "RFID1", "type": "ISO14443"}, remote_start_id=43, evse_id=1), suppress=False)
+                assert r.status == "Rejected"
 
     run(main())
 
