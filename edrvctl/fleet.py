@@ -12,26 +12,21 @@ import asyncio
 import hmac
 import logging
 import os
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import orjson
 
 from edrvctl import model
+from edrvctl.timefmt import ago
 from edrvctl.errors import NotFound, StationRejected, Unavailable, UsageError
 from edrvctl.store import Store, StationQuery
 
 log = logging.getLogger("edrvctl.fleet")
 
 
-def _ago(iso: str | None) -> str:
-    if not iso:
-        return "never connected"
-    seconds = (datetime.now(timezone.utc) - model.parse_time(iso)).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"last seen {int(seconds // size)} {unit} ago"
-    return f"last seen {int(seconds)} s ago"
+def _last_seen(doc: dict) -> str:
+    when = doc.get("lastMessageAt") or doc.get("lastConnectAt")
+    return f"last seen {ago(when)}" if when else "never connected"
 
 
 class Fleet:
@@ -97,24 +92,27 @@ class Fleet:
 
     # --- admin changes ------------------------------------------------------------------------
 
-    def create(self, body: model.StationCreate) -> tuple[dict, str | None]:
+    async def create(self, body: model.StationCreate) -> tuple[dict, str | None]:
         """Returns the record, and the station's password when its profile has one (the only
         time it is ever shown)."""
         now = model.utcnow()
         doc = model.new_station(body, now)
+        password, hashed = None, None
+        if model.needs_password(doc["security"]):
+            password, hashed = await self._new_password()
         with self.store.transaction():
             self.store.create_station(doc)
-            password = self._new_password(doc, now) if model.needs_password(doc["security"]) \
-                else None
+            if hashed:
+                self.store.set_password_hash(doc["_id"], hashed, now)
         return doc, password
 
-    def _new_password(self, doc: dict, now: str) -> str:
+    @staticmethod
+    async def _new_password() -> tuple[str, str]:
+        """A new password and its hash (the slow hash runs in a thread, off the event loop)."""
         from edrvctl import passwords
 
         password = passwords.generate()
-        self.store.set_password_hash(doc["_id"], passwords.hash_password(password), now)
-        self._verified.pop(doc["endpoint"], None)
-        return password
+        return password, await asyncio.to_thread(passwords.hash_password, password)
 
     async def rotate_password(self, key: str) -> tuple[dict, str]:
         """Issue a new password and retire the old one at once; a station connected with the
@@ -123,8 +121,11 @@ class Fleet:
         if not model.needs_password(doc["security"]):
             raise UsageError(f"chargestation {doc['endpoint']} uses security "
                              f"{doc['security']['type']!r}, which has no password")
+        password, hashed = await self._new_password()
+        doc = self.get(key)  # re-read after the await
         now = model.utcnow()
-        password = self._new_password(doc, now)
+        self.store.set_password_hash(doc["_id"], hashed, now)
+        self._verified.pop(doc["endpoint"], None)
         doc["updatedAt"] = now
         self._save(doc)
         session = self.stations.get(doc["endpoint"])
@@ -180,7 +181,7 @@ class Fleet:
         session = self.stations.get(doc["endpoint"])
         if session is None:
             raise Unavailable(f"chargestation {doc['endpoint']} is offline "
-                              f"({_ago(doc.get('lastMessageAt') or doc.get('lastConnectAt'))})",
+                              f"({_last_seen(doc)})",
                               hint="its stored csconfig is shown by `edrvctl cs inspect`")
         return session
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -125,6 +125,9 @@ UNHANDLED = {
 }
 
 _seq = itertools.count(1)
+import collections, atexit
+STATS = collections.Counter()
+atexit.register(lambda: print('\n'.join(f'{v:5} {k}' for k, v in sorted(STATS.items()))))
 
 
 def uniq(prefix: str = "ff") -> str:
@@ -274,6 +277,8 @@ class Station:
             before = self.sentinel_next(exp.mid if exp.kind == "none_or_error" else None)
             return before[0] if before else None
         reply = self.recv()
+        event(f"{self.proto}: {'CALLRESULT' if reply[0] == 3 else reply[2]}")  # statistics
+        STATS[(exp.call[0] if exp.call else exp.kind, 'CALLRESULT' if reply[0] == 3 else reply[2] + ':' + str(reply[4].get('cause'))[:40])] += 1
         if exp.kind == "error" or reply[0] == 4:
             self.check_callerror(reply, exp.mid)
             assert reply[2] != "InternalError", f"the server failed on {frame[:300]!r}: {reply}"

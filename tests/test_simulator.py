@@ -539,10 +539,10 @@ def test_every_16_command_gets_a_schema_valid_answer():
 
                 for msg in ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
                             "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+                    before = len(csms.of("ALL16", msg))
                     assert await status(c16.TriggerMessage(requested_message=msg, connector_id=1)) == "Accepted"
-                    await csms.wait(lambda: len(csms.of("ALL16", msg)) >= (2 if msg.endswith("Notification")
-                                                                           and msg.startswith(("Boot", "Status"))
-                                                                           else 1))
+                    await csms.wait(lambda: len(csms.of("ALL16", msg)) > before)
+                assert csms.of("ALL16", "StatusNotification")[-1]["connector_id"] == 1
                 assert await status(c16.TriggerMessage(requested_message="Heartbeat", connector_id=7)) == "Rejected"
                 assert csms.of("ALL16", "MeterValues")[0]["meter_value"][0]["sampled_value"][0]["context"] \
                     == "Trigger"

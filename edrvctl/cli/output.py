@@ -12,6 +12,8 @@ import sys
 
 from typing import Any, Callable, Iterable
 
+from edrvctl.timefmt import ago
+
 FORMATS = ("table", "wide", "plain", "json", "yaml")
 
 color_mode = "auto"  # --color auto|always|never, set by the root callback
@@ -40,22 +42,6 @@ def _console(stderr: bool = False):
 def info(message: str) -> None:
     """A progress note or hint: stderr, so stdout stays data."""
     print(message, file=sys.stderr)
-
-
-def ago(iso: str | None) -> str:
-    from datetime import datetime, timezone
-
-    if not iso:
-        return "-"
-    try:
-        t = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return iso
-    s = max(0, int((datetime.now(timezone.utc) - t).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit} ago"
-    return f"{s}s ago"
 
 
 def _text(value: Any) -> str:

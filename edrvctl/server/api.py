@@ -153,7 +153,7 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
     @app.post("/v1.1/chargestations", dependencies=auth, status_code=201,
               summary="Create a chargestation")
     async def create_station(body: model.StationCreate) -> Response:
-        doc, password = fleet.create(body)
+        doc, password = await fleet.create(body)
         await fleet.durable()
         result = fleet.present(doc)
         if password is not None:  # shown this once; only a hash is kept
