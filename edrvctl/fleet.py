@@ -193,6 +193,10 @@ class Fleet:
         now = model.utcnow()
         doc = self.get(doc["_id"])  # re-read: the station may have said things meanwhile
         if keys:  # a partial fetch refreshes those entries and keeps the rest
+            old = {e["key"]: e for e in doc["csconfig"]}
+            for e in entries:  # GetVariables does not say what is read-only; keep what we knew
+                if e.get("readonly") is None and e["key"] in old:
+                    e["readonly"] = old[e["key"]].get("readonly")
             fresh = {e["key"] for e in entries}
             doc["csconfig"] = [e for e in doc["csconfig"] if e["key"] not in fresh] + entries
         else:
@@ -242,7 +246,10 @@ class Fleet:
         return result
 
     def is_known(self, endpoint: str) -> dict | None:
-        return self._load(endpoint)
+        """The station whose endpoint this is (only the endpoint: an `_id` in a station's URL
+        is not its identity)."""
+        doc = self._load(endpoint)
+        return doc if doc is not None and doc["endpoint"] == endpoint else None
 
     def connected(self, endpoint: str) -> None:
         def apply(doc, now):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -125,9 +125,6 @@ UNHANDLED = {
 }
 
 _seq = itertools.count(1)
-import collections, atexit
-STATS = collections.Counter()
-atexit.register(lambda: print('\n'.join(f'{v:5} {k}' for k, v in sorted(STATS.items()))))
 
 
 def uniq(prefix: str = "ff") -> str:
@@ -139,7 +136,8 @@ def uniq(prefix: str = "ff") -> str:
 
 @dataclass
 class Expect:
-    kind: str  # "reply" (CALLRESULT or CALLERROR), "error" (CALLERROR), "none", "none_or_error"
+    # "reply" (CALLRESULT or CALLERROR), "error" (CALLERROR), "none", "none_or_error", "close"
+    kind: str
     mid: str | None = None
     call: tuple[str, object] | None = None  # (action, payload) for a well-formed CALL
 
@@ -155,6 +153,8 @@ def is_type(value, n: int) -> bool:
 def expect(frame: str | bytes) -> Expect:
     """What the server must answer to `frame` (OCPP-J §4: the message id, or "-1" when it
     cannot be read)."""
+    if len(frame.encode() if isinstance(frame, str) else frame) > MAX_FRAME:
+        return Expect("close")
     try:
         msg = json.loads(frame)
     except (ValueError, RecursionError):
@@ -273,12 +273,16 @@ class Station:
         if exp.call is not None:
             self.pace()
         self.send(frame)
+        if exp.kind == "close":  # over the size limit: closed with 1009, and nothing else
+            with pytest.raises(ConnectionClosed) as closed:
+                self.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+            self.open()
+            return None
         if exp.kind in ("none", "none_or_error"):
             before = self.sentinel_next(exp.mid if exp.kind == "none_or_error" else None)
             return before[0] if before else None
         reply = self.recv()
-        event(f"{self.proto}: {'CALLRESULT' if reply[0] == 3 else reply[2]}")  # statistics
-        STATS[(exp.call[0] if exp.call else exp.kind, 'CALLRESULT' if reply[0] == 3 else reply[2] + ':' + str(reply[4].get('cause'))[:40])] += 1
         if exp.kind == "error" or reply[0] == 4:
             self.check_callerror(reply, exp.mid)
             assert reply[2] != "InternalError", f"the server failed on {frame[:300]!r}: {reply}"
@@ -349,6 +353,10 @@ def still_serving(server, stations, proto: str, since: int) -> None:
 
 # --------------------------------------------------------------------------- strategies
 
+def dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=True)
+
+
 scalars = (st.none() | st.booleans() | st.integers(-2**53, 2**53)
            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
 json_values = st.recursive(
@@ -356,8 +364,9 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                 max_size=4),
     max_leaves=12)
+# ~100 KB once in a frame (a NUL is 6 bytes there: \u0000)
 huge_string = st.sampled_from(["x", "é", "\u20ac", "\U0001F600", "\x00"]).map(
-    lambda c: c * (100_000 // len(c.encode())))
+    lambda c: c * (100_000 // len(dumps(c)[1:-1].encode())))
 bad_ids = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
     st.just(""), st.text(min_size=MAX_ID + 1, max_size=60), huge_string,
@@ -375,10 +384,6 @@ def nested(depth: int, kind: str) -> str:
     if kind == "list":
         return "[" * depth + "]" * depth
     return '{"a":' * depth + "1" + "}" * depth
-
-
-def dumps(value) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=True)
 
 
 @st.composite
@@ -491,10 +496,10 @@ def payload_mutations(draw, proto: str) -> str:
     string, or an extra field."""
     action = draw(st.sampled_from(sorted(VALID[proto])))
     payload = copy.deepcopy(VALID[proto][action])
-    for _ in range(draw(st.integers(1, 3))):
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
         path = draw(st.sampled_from(list(_paths(payload))))
-        op = draw(st.sampled_from(["delete", "replace", "type", "enum", "number", "string",
-                                   "extra", "extra"]))
+        op = draw(st.sampled_from(["delete", "replace", "type", "enum", "number", "number",
+                                   "string", "extra"]))
         if op == "extra" or not path:  # into the object at `path`, else at the top
             node = payload
             for p in path:
@@ -697,12 +702,11 @@ UNSTORABLE = {
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: values valid per the OCPP schema that orjson "
-                   "cannot encode (integers outside 64 bits, lone surrogates, >~250 levels) "
-                   "make the handler fail with InternalError + Traceback (store/sqlite.py _row, "
-                   "add_event); fleet._change has already changed the live record, so every "
-                   "later message of that station fails too, until the server restarts")
+                   "cannot encode (integers outside 64 bits, lone surrogates, > ~250 levels) "
+                   "make the handler fail: InternalError + Traceback (orjson.dumps in "
+                   "store/sqlite.py _row / add_event / start_transaction)")
 @pytest.mark.parametrize("case", sorted(UNSTORABLE))
-def test_unstorable_values_are_refused_without_breaking_the_station(server, case):
+def test_unstorable_values_get_a_proper_callerror(server, case):
     proto, action, payload = UNSTORABLE[case]
     st_ = Station(server, proto, uniq("fbig"))
     server.create(st_.endpoint, protocol=proto)
@@ -711,8 +715,31 @@ def test_unstorable_values_are_refused_without_breaking_the_station(server, case
         since = log_offset(server)
         reply = st_.call(action, payload)
         assert reply[0] == 3 or reply[2] != "InternalError", reply
-        st_.heartbeat()  # the station is not broken by it
         assert_no_traceback(server, since)
+    finally:
+        st_.ws.close()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: fleet._change applies a message to the live "
+                   "(in-memory) record before saving it; when the save fails, the bad value "
+                   "stays there: every later message of the station is an InternalError, and "
+                   "GET /v1.1/chargestations/<it> is a 500, until the server restarts")
+@pytest.mark.parametrize("case", ["int>64bit-1.6-StatusNotification",
+                                  "int>64bit-2.0.1-StatusNotification",
+                                  "lone-surrogate-1.6-BootNotification"])
+def test_a_refused_message_does_not_break_the_station(server, case):
+    proto, action, payload = UNSTORABLE[case]
+    st_ = Station(server, proto, uniq("fpoison"))
+    server.create(st_.endpoint, protocol=proto)
+    st_.open()
+    try:
+        st_.call(action, payload)  # refused, one way or another
+        frame = st_.call("Heartbeat", {})
+        with httpx.Client(base_url=server.api_url, timeout=10,
+                          headers={"Authorization": f"Bearer {server.token}"}) as c:
+            r = c.get(f"{BASE}/{st_.endpoint}")
+        assert frame[0] == 3 and r.status_code == 200, \
+            f"the station is broken after one bad message: {frame}; GET: {r.status_code} {r.text}"
     finally:
         st_.ws.close()
 

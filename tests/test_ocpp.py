@@ -899,11 +899,6 @@ def test_endpoints_with_reserved_characters_connect(server, proto):
     run(scenario())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the upgrade looks the identity up with "
-                   "Fleet.is_known -> store.get_station, which matches `_id` as well as "
-                   "`endpoint` (listener.py process_request/handle): ws://host/<_id> is "
-                   "accepted, the record says online, but the session is keyed by the _id so "
-                   "commands say 'offline', and 'newest connection wins' is bypassed")
 def test_the_identity_is_the_endpoint_not_the_id(server):
     doc = server.create(uniq("byid"))
 

@@ -483,12 +483,6 @@ KEPT_AS_SENT = {
 
 
 @pytest.mark.parametrize("proto", PROTOS)
-@pytest.mark.xfail(strict=True, reason="BUG: event payloads are built from the library's "
-                   "snake_case kwargs (`{..., **kw}` in on_data_transfer, on_security_event, "
-                   "on_log_status, on_firmware_status, on_signed_firmware_status in "
-                   "ocpp16.py/ocpp201.py): messageId -> message_id, techInfo -> tech_info, "
-                   "requestId -> request_id, and keys inside 2.0.1 DataTransfer `data` are "
-                   "rewritten (sessionId -> session_id); vendor data is not kept as it came")
 def test_notifications_are_kept_as_they_came(server, proto):
     samples = SAMPLES[proto]()
     kinds = KEPT_AS_SENT[proto]

@@ -65,7 +65,7 @@ class Station16(RobustChargePoint, ChargePoint):
         when = checked_time(timestamp, "timestamp")
         if transaction_data:
             self.fleet.meter_values(self.id, 0, str(transaction_id),
-                                    snake_to_camel_case(transaction_data))
+                                    self.raw["transactionData"])
         self.fleet.stop_transaction(self.id, str(transaction_id), meter_stop, when, reason)
         return call_result.StopTransaction(id_tag_info={"status": "Accepted"}
                                            if kw.get("id_tag") else None)
@@ -76,41 +76,39 @@ class Station16(RobustChargePoint, ChargePoint):
             checked_time(mv.get("timestamp"), "meterValue.timestamp")
         self.fleet.meter_values(self.id, connector_id,
                                 None if transaction_id is None else str(transaction_id),
-                                snake_to_camel_case(meter_value))
+                                self.raw["meterValue"])
         return call_result.MeterValues()
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id, **kw):
-        self.fleet.record_event(self.id, "DataTransfer", {"vendorId": vendor_id, **kw})
+        self.fleet.record_event(self.id, "DataTransfer", self.raw)
         # No vendor extensions are implemented here; the spec's answer for that is this one.
         return call_result.DataTransfer(status="UnknownVendorId")
 
     @on(Action.firmware_status_notification)
     def on_firmware_status(self, status, **kw):
-        self.fleet.record_event(self.id, "FirmwareStatusNotification", {"status": status, **kw})
+        self.fleet.record_event(self.id, "FirmwareStatusNotification", self.raw)
         return call_result.FirmwareStatusNotification()
 
     @on(Action.diagnostics_status_notification)
     def on_diagnostics_status(self, status, **kw):
-        self.fleet.record_event(self.id, "DiagnosticsStatusNotification", {"status": status})
+        self.fleet.record_event(self.id, "DiagnosticsStatusNotification", self.raw)
         return call_result.DiagnosticsStatusNotification()
 
     @on(Action.security_event_notification)
     def on_security_event(self, type, timestamp, **kw):
         checked_time(timestamp, "timestamp")
-        self.fleet.record_event(self.id, "SecurityEventNotification",
-                                {"type": type, "timestamp": timestamp, **kw})
+        self.fleet.record_event(self.id, "SecurityEventNotification", self.raw)
         return call_result.SecurityEventNotification()
 
     @on(Action.log_status_notification)
     def on_log_status(self, status, **kw):
-        self.fleet.record_event(self.id, "LogStatusNotification", {"status": status, **kw})
+        self.fleet.record_event(self.id, "LogStatusNotification", self.raw)
         return call_result.LogStatusNotification()
 
     @on(Action.signed_firmware_status_notification)
     def on_signed_firmware_status(self, status, **kw):
-        self.fleet.record_event(self.id, "SignedFirmwareStatusNotification",
-                                {"status": status, **kw})
+        self.fleet.record_event(self.id, "SignedFirmwareStatusNotification", self.raw)
         return call_result.SignedFirmwareStatusNotification()
 
     # --- what the central system asks (always through Session.command) ---

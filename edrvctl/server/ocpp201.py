@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from ocpp.charge_point import snake_to_camel_case
 from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint, call, call_result, datatypes
 from ocpp.v201.enums import (
@@ -101,7 +100,7 @@ class Station201(RobustChargePoint, ChargePoint):
         elif id_token is not None:  # a token presented mid-transaction is authorized too
             status = self.fleet.authorize(self.id, id_token["id_token"])
         if meter_value:
-            self.fleet.meter_values(self.id, connector, tx_key, snake_to_camel_case(meter_value))
+            self.fleet.meter_values(self.id, connector, tx_key, self.raw["meterValue"])
         if event_type == "Ended":
             self.fleet.stop_transaction(self.id, tx_key, None, when,
                                         transaction_info.get("stopped_reason"))
@@ -112,37 +111,34 @@ class Station201(RobustChargePoint, ChargePoint):
     def on_meter_values(self, evse_id, meter_value, **kw):
         for mv in meter_value:
             checked_time(mv.get("timestamp"), "meterValue.timestamp")
-        self.fleet.meter_values(self.id, evse_id, None, snake_to_camel_case(meter_value))
+        self.fleet.meter_values(self.id, evse_id, None, self.raw["meterValue"])
         return call_result.MeterValues()
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id, **kw):
-        self.fleet.record_event(self.id, "DataTransfer", {"vendorId": vendor_id, **kw})
+        self.fleet.record_event(self.id, "DataTransfer", self.raw)
         return call_result.DataTransfer(status="UnknownVendorId")
 
     @on(Action.firmware_status_notification)
     def on_firmware_status(self, status, **kw):
-        self.fleet.record_event(self.id, "FirmwareStatusNotification", {"status": status, **kw})
+        self.fleet.record_event(self.id, "FirmwareStatusNotification", self.raw)
         return call_result.FirmwareStatusNotification()
 
     @on(Action.log_status_notification)
     def on_log_status(self, status, **kw):
-        self.fleet.record_event(self.id, "LogStatusNotification", {"status": status, **kw})
+        self.fleet.record_event(self.id, "LogStatusNotification", self.raw)
         return call_result.LogStatusNotification()
 
     @on(Action.security_event_notification)
     def on_security_event(self, type, timestamp, **kw):
         checked_time(timestamp, "timestamp")
-        self.fleet.record_event(self.id, "SecurityEventNotification",
-                                {"type": type, "timestamp": timestamp, **kw})
+        self.fleet.record_event(self.id, "SecurityEventNotification", self.raw)
         return call_result.SecurityEventNotification()
 
     @on(Action.notify_event)
     def on_notify_event(self, generated_at, seq_no, event_data, tbc=False, **kw):
         checked_time(generated_at, "generatedAt")
-        self.fleet.record_event(self.id, "NotifyEvent", {
-            "generatedAt": generated_at, "seqNo": seq_no, "tbc": tbc,
-            "eventData": snake_to_camel_case(event_data)})
+        self.fleet.record_event(self.id, "NotifyEvent", self.raw)
         return call_result.NotifyEvent()
 
     @on(Action.notify_report)
@@ -151,9 +147,7 @@ class Station201(RobustChargePoint, ChargePoint):
         checked_time(generated_at, "generatedAt")
         pending = self._reports.get(request_id)
         if pending is None:  # a report nobody here asked for is kept as an event
-            self.fleet.record_event(self.id, "NotifyReport", {
-                "requestId": request_id, "seqNo": seq_no, "tbc": tbc,
-                "reportData": snake_to_camel_case(report_data or [])})
+            self.fleet.record_event(self.id, "NotifyReport", self.raw)
         else:
             entries, done = pending
             entries.extend(report_data or [])

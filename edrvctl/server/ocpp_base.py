@@ -65,6 +65,7 @@ class RobustChargePoint:
         super().__init__(endpoint, connection, **kwargs)
         self.fleet = fleet
         self._after_tasks: set[asyncio.Future] = set()
+        self.raw: dict = {}  # the payload of the CALL being handled, exactly as received
         self.limit_rate(50, 100)
 
     def limit_rate(self, per_second: float, burst: int) -> None:
@@ -173,6 +174,9 @@ class RobustChargePoint:
         handlers = self.route_map[call.action]
         if not handlers.get("_skip_schema_validation", False):
             validate_request(call, self._ocpp_version)
+        # Handlers get snake_case kwargs; what is stored as the station sent it (vendor keys
+        # inside DataTransfer data or customData must not be rewritten) is read from `raw`.
+        self.raw = call.payload
         kwargs = camel_to_snake_case(call.payload)
         response = handlers["_on_action"](**kwargs)
         if inspect.isawaitable(response):

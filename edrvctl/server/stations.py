@@ -58,8 +58,9 @@ class Session:
                 f"chargestation {self.endpoint} did not answer within {timeout:g} s",
                 hint="try again with a longer --timeout, or check the station") from None
         except OCPPError as e:
-            raise StationRejected(f"chargestation {self.endpoint} answered with a CALLERROR: "
-                                  f"{type(e).__name__}: {e.description}") from None
+            # a CALLERROR from the station, or an answer that broke the schema
+            raise StationRejected(f"chargestation {self.endpoint} answered with a CALLERROR or an "
+                                  f"invalid reply: {e.code}: {e.description}") from None
         except ConnectionClosed:
             raise Unavailable(f"chargestation {self.endpoint} went offline") from None
         finally:

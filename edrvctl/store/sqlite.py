@@ -231,7 +231,7 @@ class SqliteStore:
             for (blob,) in rows:
                 doc = orjson.loads(blob)
                 doc["online"] = False
-                doc["lastDisconnectAt"] = doc.get("lastDisconnectAt") or now
+                doc["lastDisconnectAt"] = now  # when it was found disconnected: after any connect
                 self.save_station(doc)
         return len(rows)
 
