@@ -995,10 +995,6 @@ def test_restart_stations_come_back_on_their_own(restart):
     assert restart["command"].status_code == 201, restart["command"].text
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SqliteStore.mark_all_offline keeps an older "
-                   "lastDisconnectAt (`doc.get('lastDisconnectAt') or now`), so a station "
-                   "that had disconnected before shows lastDisconnectAt < lastConnectAt "
-                   "while offline after a crash")
 def test_restart_stamps_the_disconnect_after_the_last_connect(restart):
     doc = restart["at_start"][restart["eps"]["gone"]]
     assert doc["lastDisconnectAt"] >= doc["lastConnectAt"], doc
