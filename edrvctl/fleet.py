@@ -67,9 +67,15 @@ class Fleet:
         return doc
 
     def _save(self, doc: dict) -> None:
-        self.store.save_station(doc)
-        if doc["endpoint"] in self._live:
-            self._live[doc["endpoint"]] = doc
+        endpoint = doc["endpoint"]
+        try:
+            self.store.save_station(doc)
+        except Exception:
+            if endpoint in self._live:  # drop the unsaved change from the in-memory record
+                self._live[endpoint] = self.store.get_station(endpoint) or self._live[endpoint]
+            raise
+        if endpoint in self._live:
+            self._live[endpoint] = doc
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ store persists it, the API returns it as is. The server imports this module, the
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -36,6 +37,33 @@ def needs_password(security: dict) -> bool:
 
 def needs_tls(security: dict) -> bool:
     return security["type"] in ("tls_basic_auth", "tls_client_cert")
+
+
+def check_json_value(value: Any, depth: int = 0) -> Any:
+    """Free-form data (meta_data) must be plain JSON that can be stored and given back as it
+    came: finite numbers, 64-bit integers, nesting of at most 32 levels."""
+    if depth > 32:
+        raise ValueError("nested more than 32 levels")
+    if isinstance(value, dict):
+        for v in value.values():
+            check_json_value(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            check_json_value(v, depth + 1)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        pass
+    elif isinstance(value, int):
+        if not -2**63 <= value < 2**64:
+            raise ValueError("an integer outside 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("a number that is not finite (NaN or Infinity)")
+    return value
+
+
+MetaData = Annotated[dict[str, Any], AfterValidator(check_json_value)]
+Coordinates = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
+                        Field(min_length=2, max_length=2)]
 
 
 class Security(BaseModel):
@@ -94,8 +122,8 @@ class StationCreate(BaseModel):
     public: bool = False
     is_simulator: bool = False
     static_endpoint: bool = False
-    coordinates: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    meta_data: dict[str, Any] = Field(default_factory=dict)
+    coordinates: Coordinates | None = None
+    meta_data: MetaData = Field(default_factory=dict)
     security: Security = Field(
         default_factory=Security,
         description="none; basic_auth (profile 1); tls_basic_auth (2); tls_client_cert (3). "
@@ -116,8 +144,8 @@ class StationUpdate(BaseModel):
     active: bool = None  # type: ignore[assignment]
     public: bool = None  # type: ignore[assignment]
     is_simulator: bool = None  # type: ignore[assignment]
-    coordinates: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    meta_data: dict[str, Any] = None  # type: ignore[assignment]
+    coordinates: Coordinates | None = None
+    meta_data: MetaData = None  # type: ignore[assignment]
 
 
 class GetVariablesRequest(BaseModel):

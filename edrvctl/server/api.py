@@ -65,6 +65,7 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
         description="eDRV-style chargestation API served by `edrvctl serve`. Every response is "
                     "`{ok, message, result}`; send `Authorization: Bearer <token>`.",
         docs_url=None, redoc_url=None,
+        redirect_slashes=False,  # a bare 307 would be the one answer without an envelope
     )
     expected = f"Bearer {token}".encode()
 

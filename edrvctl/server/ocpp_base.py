@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
+
+import orjson
 
 from ocpp.exceptions import (
     FormationViolationError,
@@ -28,13 +29,20 @@ from ocpp.exceptions import (
 from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.messages import Call, CallError, CallResult, MessageType
 
-from edrvctl.errors import EdrvError
+from edrvctl.errors import EdrvError, UsageError
 from edrvctl.server.validation import validate_request
 
 log = logging.getLogger("edrvctl.ocpp")
 frame_log = logging.getLogger("edrvctl.ocpp.frames")
 
 MAX_ID_LENGTH = 36  # OCPP-J: a message id is at most 36 characters
+
+
+class MessageTypeNotSupportedError(OCPPError):
+    """OCPP 2.0.1's code for an unknown MessageTypeId."""
+
+    code = "MessageTypeNotSupported"
+    default_description = "A message with a MessageTypeId this peer does not support"
 
 
 class RpcFrameworkError(OCPPError):
@@ -94,7 +102,9 @@ class RobustChargePoint:
     def parse_frame(self, raw: str | bytes) -> Call | CallResult | CallError:
         """Check a frame's RPC shape; raise FrameError with the CALLERROR to send back."""
         try:
-            msg = json.loads(raw)
+            # orjson refuses what JSON does not allow (NaN, lone surrogates, nesting beyond
+            # 1024) that the json module would let through.
+            msg = orjson.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise FrameError("-1", self._malformed_error("message is not valid JSON")) from None
         if not isinstance(msg, list) or not msg:
@@ -115,7 +125,10 @@ class RobustChargePoint:
             return CallError(*msg[1:])
         if kind in (MessageType.CallResult, MessageType.CallError):
             raise FrameError(mid, self._malformed_error("malformed CALLRESULT/CALLERROR"))
-        raise FrameError(mid, self._malformed_error(f"unknown MessageTypeId {kind!r}"))
+        if self._ocpp_version == "1.6":
+            raise FrameError(mid, self._malformed_error(f"unknown MessageTypeId {kind!r}"))
+        raise FrameError(mid, MessageTypeNotSupportedError(  # OCPP 2.0.1 Part 4, 4.3
+            details={"cause": f"unknown MessageTypeId {kind!r}"}))
 
     def _error_for_1_6(self, error: OCPPError) -> OCPPError:
         # The library raises 2.0.1 spellings on every version; 1.6 peers expect their own.
@@ -150,6 +163,9 @@ class RobustChargePoint:
             await self._handle_call(call)
         except OCPPError as e:
             await self._send_error(call.unique_id, e)
+        except UsageError as e:  # valid per the schema, but not storable (e.g. nesting)
+            await self._send_error(call.unique_id, FormatViolationError(
+                details={"cause": e.message}))
         except EdrvError as e:  # e.g. the store is full: not acknowledged, and said why
             log.error("%s: %s not recorded: %s", self.id, call.action, e.message)
             await self._send_error(call.unique_id, InternalError(details={"cause": e.message}))
@@ -222,8 +238,10 @@ class RobustChargePoint:
                             "cause": "too many requests in flight; OCPP-J allows one"}))
                     else:
                         inbox.put_nowait(msg)
-                else:
-                    self._response_queue.put_nowait(msg)
+                elif self._call_lock.locked() and self._response_queue.qsize() < 4:
+                    self._response_queue.put_nowait(msg)  # for the call() waiting on it
+                else:  # nobody asked: a late or unsolicited reply is dropped, never kept
+                    log.debug("%s: dropped a reply nobody waits for: %.100r", self.id, raw)
         finally:
             task.cancel()
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import orjson
 
-from edrvctl.errors import Conflict, StoreUnavailable, UsageError
+from edrvctl.errors import Conflict, InvalidBody, StoreUnavailable, UsageError
 from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery
 
 SCHEMA = """
@@ -75,10 +75,19 @@ _COLUMNS = ("protocol", "online", "active", "status", "location", "organization"
             "createdAt", "updatedAt", "lastMessageAt", "lastConnectAt")
 
 
+def _json(value) -> bytes:
+    """Encode for storage. What JSON cannot hold (nesting beyond 254 levels, integers beyond 64
+    bits) is refused as bad input, before anything is written."""
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError) as e:
+        raise InvalidBody(f"this value cannot be stored: {e}") from None
+
+
 def _row(doc: dict) -> tuple:
     # The document is stored as TEXT so that sqlite3 hands it back as str, ready to splice.
     return (doc["_id"], doc["endpoint"], *(doc.get(c) for c in _COLUMNS),
-            orjson.dumps(doc).decode())
+            _json(doc).decode())
 
 
 class SqliteStore:
@@ -250,7 +259,7 @@ class SqliteStore:
     def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None:
         self._write(
             "INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
-            (station_id, at, kind, orjson.dumps(payload)),
+            (station_id, at, kind, _json(payload)),
         )
 
     def events(self, station_id: str, kind: str | None = None) -> list[dict]:
@@ -267,13 +276,13 @@ class SqliteStore:
         with self.transaction():
             cur = self._write(
                 "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-                (tx["station_id"], tx.get("tx_key"), orjson.dumps(tx)),
+                (tx["station_id"], tx.get("tx_key"), _json(tx)),
             )
             rowid = cur.lastrowid
             if tx.get("tx_key") is None:
                 tx["tx_key"] = str(rowid)
                 self._write("UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
-                                (tx["tx_key"], orjson.dumps(tx), rowid))
+                                (tx["tx_key"], _json(tx), rowid))
         return rowid
 
     def get_transaction(self, station_id: str, tx_key: str) -> dict | None:
@@ -288,7 +297,7 @@ class SqliteStore:
             return None
         tx.update(fields)
         self._write("UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
-                        (orjson.dumps(tx), station_id, tx_key))
+                        (_json(tx), station_id, tx_key))
         return tx
 
     def transactions(self, station_id: str) -> list[dict]:
@@ -301,7 +310,7 @@ class SqliteStore:
                          values: list[dict]) -> None:
         self._write(
             "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
-            (station_id, tx_key, connector, orjson.dumps(values)),
+            (station_id, tx_key, connector, _json(values)),
         )
 
     def meter_values(self, station_id: str) -> list[dict]:
