@@ -73,13 +73,15 @@ class Security(BaseModel):
 
 
 def check_endpoint(value: str) -> str:
-    if not ENDPOINT_RE.match(value) or not value.strip("."):
-        raise ValueError("an endpoint is 1 to 48 characters of A-Z a-z 0-9 . _ ~ : - "
-                         "(not only dots)")
+    if not value.strip("."):
+        raise ValueError("an endpoint cannot be only dots")
     return value
 
 
-Endpoint = Annotated[str, AfterValidator(check_endpoint)]
+# The pattern is in the OpenAPI document too; "not only dots" is checked after it.
+Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=48,
+                                           pattern=ENDPOINT_RE.pattern),
+                     AfterValidator(check_endpoint)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 

@@ -31,6 +31,8 @@ LIST_PARAMS = {
     "createdAt[$gte]", "createdAt[$lte]", "updatedAt[$gte]", "updatedAt[$lte]",
 }
 
+MAX_BODY = 256 * 1024  # no admin request needs more; a bigger body is a 413
+
 # Route signatures are resolved from module globals (postponed annotations), so types live here.
 Id = Annotated[str, Path(description="the station's _id or its endpoint")]
 
@@ -59,13 +61,14 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def create_app(fleet: Fleet, token: str) -> FastAPI:
+def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
     app = FastAPI(
         title="edrvctl admin API", version=__version__,
         description="eDRV-style chargestation API served by `edrvctl serve`. Every response is "
                     "`{ok, message, result}`; send `Authorization: Bearer <token>`.",
         docs_url=None, redoc_url=None,
         redirect_slashes=False,  # a bare 307 would be the one answer without an envelope
+        max_body_size=MAX_BODY,
     )
     expected = f"Bearer {token}".encode()
 
@@ -201,4 +204,33 @@ def create_app(fleet: Fleet, token: str) -> FastAPI:
         await fleet.durable()
         return envelope(result, f"{len(result['csconfig'])} configuration entries fetched", 201)
 
-    return app
+    return EnvelopeTooLarge(app)
+
+
+class EnvelopeTooLarge:
+    """Starlette's body limit answers 413 in plain text, outside FastAPI's exception handlers;
+    this gives that answer the same envelope as every other."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+    def __getattr__(self, name: str):  # the wrapped app's routes, openapi(), ...
+        return getattr(self.app, name)
+
+    async def __call__(self, scope, receive, send) -> None:
+        replaced = False
+
+        async def send_enveloped(message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                replaced = True
+                body = orjson.dumps({"ok": False, "result": None,
+                                     "message": f"request body over {MAX_BODY} bytes"})
+                await send({"type": "http.response.start", "status": 413, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+            elif not replaced:
+                await send(message)
+
+        await self.app(scope, receive, send_enveloped)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import uuid
 
 import orjson
 
@@ -74,7 +75,14 @@ class RobustChargePoint:
         self.fleet = fleet
         self._after_tasks: set[asyncio.Future] = set()
         self.raw: dict = {}  # the payload of the CALL being handled, exactly as received
+        # The id of our CALL awaiting its answer (one at a time); any other reply is dropped.
+        self._awaited: str | None = None
+        self._unique_id_generator = self._next_call_id
         self.limit_rate(50, 100)
+
+    def _next_call_id(self) -> str:
+        self._awaited = str(uuid.uuid4())
+        return self._awaited
 
     def limit_rate(self, per_second: float, burst: int) -> None:
         """A token bucket for the station's CALLs; 0 means no limit."""
@@ -238,7 +246,8 @@ class RobustChargePoint:
                             "cause": "too many requests in flight; OCPP-J allows one"}))
                     else:
                         inbox.put_nowait(msg)
-                elif self._call_lock.locked() and self._response_queue.qsize() < 4:
+                elif self._call_lock.locked() and msg.unique_id == self._awaited:
+                    self._awaited = None
                     self._response_queue.put_nowait(msg)  # for the call() waiting on it
                 else:  # nobody asked: a late or unsolicited reply is dropped, never kept
                     log.debug("%s: dropped a reply nobody waits for: %.100r", self.id, raw)

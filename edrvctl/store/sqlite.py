@@ -117,6 +117,8 @@ class SqliteStore:
             cur = self.db.execute(sql, args)
         except sqlite3.IntegrityError:
             raise
+        except OverflowError:  # an integer SQLite cannot hold (beyond signed 64 bits)
+            raise InvalidBody("a number is out of range (beyond 64 bits)") from None
         except sqlite3.Error as e:  # full disk, read-only file, I/O error
             if not self.db.in_transaction:
                 # SQLite rolled the whole transaction back (it does on a full disk): earlier
