@@ -104,6 +104,11 @@ def rpc_error(proto: str) -> str:
     return "FormationViolation" if proto == P16 else "RpcFrameworkError"
 
 
+def type_error(proto: str) -> str:
+    """The code for an unknown MessageTypeId (OCPP 2.0.1 Part 4, 4.3 has its own)."""
+    return "FormationViolation" if proto == P16 else "MessageTypeNotSupported"
+
+
 def format_error(proto: str) -> str:
     return "FormationViolation" if proto == P16 else "FormatViolation"
 
@@ -120,8 +125,8 @@ FRAME_CASES = [
     ("null-id", [2, None, "Heartbeat", {}], "-1", rpc_error),
     ("empty-id", [2, "", "Heartbeat", {}], "-1", rpc_error),
     ("id-too-long", [2, "x" * 37, "Heartbeat", {}], "-1", rpc_error),
-    ("unknown-type-id", [7, "mt-1", "Heartbeat", {}], "mt-1", rpc_error),
-    ("string-type-id", ["2", "mt-2", "Heartbeat", {}], "mt-2", rpc_error),
+    ("unknown-type-id", [7, "mt-1", "Heartbeat", {}], "mt-1", type_error),
+    ("string-type-id", ["2", "mt-2", "Heartbeat", {}], "mt-2", type_error),
     ("call-without-payload", [2, "cp-1", "Heartbeat"], "cp-1", rpc_error),
     ("call-with-extra-element", [2, "cp-2", "Heartbeat", {}, {}], "cp-2", rpc_error),
     ("payload-not-an-object", [2, "cp-3", "Heartbeat", []], "cp-3", rpc_error),
