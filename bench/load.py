@@ -1,9 +1,11 @@
 """A load generator: N raw-websocket stations, each sending OCPP 1.6 CALLs one at a time (as
 OCPP-J allows) as fast as the server answers, for a fixed time.
 
-    python bench/load.py ws://127.0.0.1:9000 --stations 100 --seconds 10 [--prefix BENCH]
+    python bench/load.py ws://127.0.0.1:9000 --stations 100 --seconds 10 [--prefix BENCH] \
+        [--server-pid PID]
 
-Prints one JSON object: answered calls per second, latency percentiles, errors. Frames are
+Prints one JSON object: answered calls per second, latency percentiles, errors, and the CPU
+used in the measured window by this process and (with --server-pid) by the server. Frames are
 built once; the client does as little work as possible, so that the server is what is measured.
 Raw frames instead of the simulator, because an ocpp ChargePoint per station would cost the
 client more CPU than the server spends answering.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import time
 from urllib.parse import quote
@@ -35,6 +38,16 @@ BOOT = ("BootNotification", {"chargePointVendor": "Bench", "chargePointModel": "
 
 def frame(mid: int, action: str, payload: dict) -> str:
     return json.dumps([2, str(mid), action, payload])
+
+
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process `pid`, or by this one."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Run:
@@ -70,7 +83,8 @@ async def station(url: str, endpoint: str, run: Run, handshakes: asyncio.Semapho
         run.first_error = run.first_error or repr(e)
 
 
-async def measure(url: str, n: int, seconds: float, prefix: str, warmup: float) -> dict:
+async def measure(url: str, n: int, seconds: float, prefix: str, warmup: float,
+                  server_pid: int | None = None) -> dict:
     run = Run()
     handshakes = asyncio.Semaphore(200)
     t0 = time.perf_counter()
@@ -84,8 +98,11 @@ async def measure(url: str, n: int, seconds: float, prefix: str, warmup: float) 
     await asyncio.sleep(warmup)
     run.latencies.clear()
     t1 = time.perf_counter()
+    cpu0 = cpu_s(None), cpu_s(server_pid) if server_pid else 0.0
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t1
+    client_cpu = cpu_s(None) - cpu0[0]
+    server_cpu = cpu_s(server_pid) - cpu0[1] if server_pid else None
     lat = sorted(run.latencies)
 
     def pct(p: float) -> float | None:
@@ -94,7 +111,10 @@ async def measure(url: str, n: int, seconds: float, prefix: str, warmup: float) 
             "first_error": run.first_error, "errors": run.errors,
             "connect_s": round(connect_s, 2), "seconds": round(elapsed, 2), "calls": len(lat),
             "calls_per_s": round(len(lat) / elapsed, 1), "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99)}
+            "p99_ms": pct(0.99), "client_cpu_pct": round(100 * client_cpu / elapsed, 1),
+            "server_cpu_pct": round(100 * server_cpu / elapsed, 1) if server_pid else None,
+            "server_cpu_us_per_call": round(1e6 * server_cpu / len(lat), 1)
+            if server_pid and lat else None}
 
 
 def main() -> None:
@@ -104,11 +124,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--warmup", type=float, default=1)
     ap.add_argument("--prefix", default="BENCH")
+    ap.add_argument("--server-pid", type=int, help="also report this process's CPU use")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(json.dumps(asyncio.run(measure(a.url.rstrip("/"), a.stations, a.seconds, a.prefix,
-                                     a.warmup))))
+                                     a.warmup, a.server_pid))))
 
 
 if __name__ == "__main__":

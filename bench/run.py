@@ -136,7 +136,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -196,7 +196,7 @@ def edrvctl_server(root: Path, stations: int, *flags: str) -> Iterator[Server]:
             srv.stop(timeout=60)
 
 
-def online(srv: Server, api) -> int:
+def online(api) -> int:
     r = api.get("/v1.1/chargestations", params={"online": "true", "paginate_limit": 1})
     r.raise_for_status()
     return r.json()["total"]
@@ -238,16 +238,22 @@ class FleetProcess:
         self.close()
 
 
-def all_online(srv: Server, api, fleet: FleetProcess, n: int, timeout: float) -> float | None:
+def all_online(api, fleet: FleetProcess, n: int, timeout: float) -> float | None:
     """Seconds from the fleet's start until the API counts n stations online (None: timeout)."""
     started = fleet.started()
-    if not wait_for(lambda: online(srv, api) >= n, timeout):
+    if not wait_for(lambda: online(api) >= n, timeout):
         return None
     return time.monotonic() - started
 
 
 def all_booted(fleet: FleetProcess, n: int, timeout: float) -> bool:
     return wait_for(lambda: fleet.status().get("booted", 0) >= n, timeout)
+
+
+def require_fleet(api, fleet: FleetProcess, n: int, what: str, timeout: float = 600) -> None:
+    """Wait until all n stations are online and booted, or fail the benchmark."""
+    if all_online(api, fleet, n, timeout) is None or not all_booted(fleet, n, timeout):
+        raise RuntimeError(f"{what}: the {n} stations did not all come online")
 
 
 @contextlib.contextmanager
@@ -268,18 +274,18 @@ def bench_held(quick: bool = False) -> Result:
                  command("held", quick), load=loadavg())
     with workdir("held") as root, edrvctl_server(root, n) as srv, srv.api() as api:
         pid = srv.proc.pid
-        online(srv, api)  # the API's first request, before the baseline
+        online(api)  # the API's first request, before the baseline
         rss0, cpu0 = rss_kib(pid), cpu_s(pid)
         log(f"held: server RSS {rss0} KiB before connecting; starting {n} stations")
         with FleetProcess(srv.ocpp_url, n, root) as fleet:
             with profiled(pid, "held-connect"):
-                online_s = all_online(srv, api, fleet, n, timeout)
+                online_s = all_online(api, fleet, n, timeout)
                 booted = all_booted(fleet, n, timeout)
             ramp_end = time.monotonic()
             ramp_cpu = cpu_s(pid) - cpu0
             ramp_client_cpu = cpu_s(fleet.proc.pid)
             booted_s = ramp_end - fleet.started()
-            got = online(srv, api)
+            got = online(api)
             log(f"held: {got}/{n} online after {online_s} s, booted: {booted}; settling")
             time.sleep(0.5 if quick else 5)
             rss1 = rss_kib(pid)
@@ -287,7 +293,7 @@ def bench_held(quick: bool = False) -> Result:
                 c0, t0 = cpu_s(pid), time.monotonic()
                 time.sleep(idle_s)
                 idle_pct = 100 * (cpu_s(pid) - c0) / (time.monotonic() - t0)
-            still = online(srv, api)
+            still = online(api)
             fleet_status = fleet.status()
     per_station = (rss1 - rss0) / n
     res.figures = {"stations": n, "online": got, "online_s": online_s, "booted": booted,
@@ -308,6 +314,13 @@ def bench_held(quick: bool = False) -> Result:
         ("online after the idle period", f"{still:,}"),
         ("simulator reconnects / errors", f"{fleet_status.get('reconnects')} / "
                                           f"{fleet_status.get('errors')}"),
+    ]
+    res.notes = [
+        "Times run from the moment the simulator process starts its fleet (run_fleet, at most "
+        "200 handshakes at a time); online is counted through the API every 0.25 s. The "
+        "simulator shares the machine's cores with the server, and uses about as much CPU.",
+        "RSS per station = (VmRSS once all are booted, after a pause - VmRSS before the "
+        "first connection) / stations; idle CPU = utime+stime over the idle window.",
     ]
     res.checks = [
         (f"all {n:,} online within 30 s: "
@@ -345,9 +358,10 @@ def reference_server(kind: str, template: Path) -> Iterator[tuple[str, int, Path
         stop_process(proc)
 
 
-def run_load(url: str, stations: int, seconds: float, warmup: float) -> dict:
+def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid: int) -> dict:
     out = subprocess.run([PY, str(HERE / "load.py"), url, "--stations", str(stations),
-                          "--seconds", str(seconds), "--warmup", str(warmup)],
+                          "--seconds", str(seconds), "--warmup", str(warmup),
+                          "--server-pid", str(server_pid)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -362,7 +376,8 @@ def bench_throughput(quick: bool = False) -> Result:
     kinds = ("bare", "ocpp", "edrvctl")
     res = Result("throughput", "Message throughput: Heartbeat/StatusNotification/MeterValues "
                  "as fast as answered", command("throughput", quick), load=loadavg(),
-                 header=("server", "stations", "calls/s (median)", "p50 ms", "p99 ms",
+                 header=("server", "stations", "calls/s", "p50 ms", "p99 ms",
+                         "server CPU µs/call", "server CPU", "load generator CPU",
                          "calls/s of each round", "failed / errors"))
     runs: dict[tuple[str, int], list[dict]] = {(k, n): [] for k in kinds for n in sizes}
     persisted = []  # (MeterValues rows stored, calls answered) per edrvctl run
@@ -375,7 +390,7 @@ def bench_throughput(quick: bool = False) -> Result:
                     for n in sizes:
                         before = stored_meter_values(store) if store else 0
                         with profiled(pid, f"throughput-{kind}-{n}-round{r + 1}"):
-                            out = run_load(url, n, seconds, warmup)
+                            out = run_load(url, n, seconds, warmup, pid)
                         if store:
                             persisted.append((stored_meter_values(store) - before, out["calls"]))
                         runs[(kind, n)].append(out)
@@ -390,21 +405,29 @@ def bench_throughput(quick: bool = False) -> Result:
             rs = runs[(kind, n)]
             res.rows.append((kind, n, f"{med(kind, n, 'calls_per_s'):,.0f}",
                              med(kind, n, "p50_ms"), med(kind, n, "p99_ms"),
+                             f"{med(kind, n, 'server_cpu_us_per_call'):.0f}",
+                             f"{med(kind, n, 'server_cpu_pct'):.0f}%",
+                             f"{med(kind, n, 'client_cpu_pct'):.0f}%",
                              ", ".join(f"{x['calls_per_s']:.0f}" for x in rs),
                              f"{sum(x['failed'] for x in rs)} / {sum(x['errors'] for x in rs)}"))
-            for key in ("calls_per_s", "p50_ms", "p99_ms"):
+            for key in ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call"):
                 res.figures[f"{kind}_{n}_{key}"] = med(kind, n, key)
         ratio = med("edrvctl", n, "calls_per_s") / med("bare", n, "calls_per_s")
         gain = med("edrvctl", n, "calls_per_s") / med("ocpp", n, "calls_per_s")
         res.figures[f"ratio_{n}"], res.figures[f"gain_over_ocpp_{n}"] = ratio, gain
+        cost = med("edrvctl", n, "server_cpu_us_per_call") / med("bare", n,
+                                                                 "server_cpu_us_per_call")
         res.checks.append((f"{n} stations: edrvctl = {100 * ratio:.0f}% of the bare ceiling "
                            f"(target >= 60%), p99 {med('edrvctl', n, 'p99_ms')} ms; "
-                           f"{gain:.2f}x the ocpp library's rate", ratio >= 0.6))
+                           f"{gain:.2f}x the ocpp library's rate; server CPU per call "
+                           f"{cost:.1f}x bare's", ratio >= 0.6))
     rows, calls = sum(p[0] for p in persisted), sum(p[1] for p in persisted)
     res.figures["edrvctl_meter_values_stored"] = rows
     res.notes = [
         f"{rounds} round(s), each bare -> ocpp -> edrvctl, a fresh server per round; each run "
-        f"{warmup:g} s warm-up + {seconds:g} s measured (bench/load.py); medians over rounds.",
+        f"{warmup:g} s warm-up + {seconds:g} s measured (bench/load.py); medians over rounds. "
+        "CPU columns: share of one core used in the measured window (/proc/PID/stat); "
+        "µs/call = server CPU time / calls answered, which the machine's noise barely moves.",
         f"Persisted: edrvctl stored {rows:,} MeterValues rows for {calls:,} answered calls "
         f"(MeterValues are 1/4 of the mix; warm-up calls are stored too).",
         "edrvctl runs with " + " ".join(NO_LIMITS) + ": one client address, and stations that "
@@ -424,8 +447,7 @@ def bench_csconfig(quick: bool = False) -> Result:
     rng = random.Random(1)
     with workdir("csconfig") as root, edrvctl_server(root, n) as srv, srv.api() as api:
         with FleetProcess(srv.ocpp_url, n, root) as fleet:
-            if all_online(srv, api, fleet, n, 600) is None or not all_booted(fleet, n, 600):
-                raise RuntimeError(f"csconfig: the {n} stations did not all come online")
+            require_fleet(api, fleet, n, "csconfig")
             log(f"csconfig: {n} online; {requests} requests")
             latencies, errors = [], []
             with profiled(srv.proc.pid, "csconfig"):
@@ -478,9 +500,7 @@ def bench_storm(quick: bool = False) -> Result:
     with workdir("storm") as root, edrvctl_server(root, n, *ports) as srv:
         with FleetProcess(srv.ocpp_url, n, root, backoff_max=2) as fleet:
             with srv.api() as api:
-                if all_online(srv, api, fleet, n, timeout) is None or \
-                        not all_booted(fleet, n, timeout):
-                    raise RuntimeError(f"storm: the {n} stations did not all come online")
+                require_fleet(api, fleet, n, "storm", timeout)
                 before = station_ids(api)
             log(f"storm: {n} online; SIGKILL")
             srv.proc.kill()
@@ -489,9 +509,9 @@ def bench_storm(quick: bool = False) -> Result:
             with edrvctl_server(root, n, *ports) as srv2, srv2.api() as api2:
                 ready = time.monotonic() - killed
                 with profiled(srv2.proc.pid, "storm-reconnect"):
-                    ok = wait_for(lambda: online(srv2, api2) >= n, timeout)
+                    ok = wait_for(lambda: online(api2) >= n, timeout)
                 back_s = time.monotonic() - killed if ok else None
-                got = online(srv2, api2)
+                got = online(api2)
                 after = station_ids(api2)
                 with contextlib.closing(sqlite3.connect(
                         f"file:{srv2.store}?mode=ro", uri=True)) as db:

@@ -47,6 +47,7 @@ def test_throughput():
         for n in (20, 50):
             assert positive(f[f"{kind}_{n}_calls_per_s"])
             assert 0 < f[f"{kind}_{n}_p50_ms"] <= f[f"{kind}_{n}_p99_ms"]
+            assert positive(f[f"{kind}_{n}_server_cpu_us_per_call"])
     assert positive(f["ratio_50"]) and positive(f["gain_over_ocpp_50"])
     assert f["edrvctl_meter_values_stored"] > 0  # answered means persisted
     assert "| 0 / 0 |" in res.markdown()  # no failed station, no CALLERROR
