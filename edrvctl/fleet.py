@@ -24,6 +24,9 @@ from edrvctl.store import Store, StationQuery
 log = logging.getLogger("edrvctl.fleet")
 
 
+UNCHANGED = object()  # what a _change function returns when the message changed nothing
+
+
 def _last_seen(doc: dict) -> str:
     when = doc.get("lastMessageAt") or doc.get("lastConnectAt")
     return f"last seen {ago(when)}" if when else "never connected"
@@ -39,9 +42,10 @@ class Fleet:
         self.ocpp_url = ocpp_url  # base URL stations are pointed at; set once the port is bound
         self.heartbeat_interval = heartbeat_interval
         self._tasks: set[asyncio.Task] = set()
-        # Records of connected stations, kept in memory so that a station's message costs one
-        # write and no read. Write-through: the store always holds the same content.
-        self._live: dict[str, dict] = {}
+        # lastMessageAt of stations whose message changed nothing else, not yet written:
+        # written at most once a second per station (flush_seen), not once per Heartbeat.
+        self._seen: dict[str, str] = {}
+        self._ids: dict[str, str] = {}  # endpoint -> _id of connected stations
         self._group = None
         self._process_key = os.urandom(32)
         self._verified: dict[str, bytes] = {}  # endpoint -> keyed digest of a checked password
@@ -58,24 +62,32 @@ class Fleet:
             await self._group.durable()
 
     def _load(self, key: str) -> dict | None:
-        """A record by `_id` or endpoint; the in-memory one while the station is connected."""
-        doc = self._live.get(key)
-        if doc is None:
-            doc = self.store.get_station(key)
-            if doc is not None:
-                doc = self._live.get(doc["endpoint"], doc)
+        """A record by `_id` or endpoint, with its latest lastMessageAt."""
+        doc = self.store.get_station(key)
+        if doc is not None and doc["endpoint"] in self._seen:
+            doc["lastMessageAt"] = self._seen[doc["endpoint"]]
         return doc
 
     def _save(self, doc: dict) -> None:
-        endpoint = doc["endpoint"]
-        try:
-            self.store.save_station(doc)
-        except Exception:
-            if endpoint in self._live:  # drop the unsaved change from the in-memory record
-                self._live[endpoint] = self.store.get_station(endpoint) or self._live[endpoint]
-            raise
-        if endpoint in self._live:
-            self._live[endpoint] = doc
+        self.store.save_station(doc)
+
+    def _touch(self, endpoint: str) -> None:
+        self._seen[endpoint] = model.utcnow()
+
+    def flush_seen(self) -> None:
+        """Write the pending lastMessageAt stamps (the server calls this every second)."""
+        if self._seen:
+            seen, self._seen = self._seen, {}
+            self.store.set_last_message_at(seen)
+
+    def _station_id(self, endpoint: str) -> str:
+        sid = self._ids.get(endpoint)
+        if sid is None:
+            doc = self._load(endpoint)
+            if doc is None:  # deleted while connected; the session is being closed
+                raise NotFound(f"chargestation {endpoint!r} not found")
+            sid = doc["_id"]
+        return sid
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -171,8 +183,8 @@ class Fleet:
     async def delete(self, key: str) -> dict:
         doc = self.get(key)
         self.store.delete_station(doc["_id"])
-        self._live.pop(doc["endpoint"], None)
-        self._verified.pop(doc["endpoint"], None)
+        for memo in (self._seen, self._ids, self._verified):
+            memo.pop(doc["endpoint"], None)
         session = self.stations.get(doc["endpoint"])
         if session is not None:
             await session.close(reason="chargestation deleted")
@@ -236,16 +248,23 @@ class Fleet:
 
     def _change(self, endpoint: str, fn: Callable[[dict, str], Any] | None = None,
                 content: bool = True, message: bool = True) -> Any:
-        """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned.
+        """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned
+        (fn returns UNCHANGED when there is nothing to save).
         `content`: the record's content changed (updatedAt); `message`: the station said
         something (lastMessageAt)."""
-        doc = self._load(endpoint)
+        doc = self.store.get_station(endpoint)
         if doc is None:  # deleted while connected; the session is being closed
             raise NotFound(f"chargestation {endpoint!r} not found")
         now = model.utcnow()
         result = fn(doc, now) if fn else None
+        if result is UNCHANGED:
+            self._touch(endpoint)
+            return None
+        seen = self._seen.pop(endpoint, None)
         if message:
             doc["lastMessageAt"] = now
+        elif seen:
+            doc["lastMessageAt"] = seen
         if content:
             doc["updatedAt"] = now
         self._save(doc)
@@ -261,24 +280,21 @@ class Fleet:
         def apply(doc, now):
             doc["online"] = True
             doc["lastConnectAt"] = now
-        doc = self.store.get_station(endpoint)
-        if doc is None:
-            raise NotFound(f"chargestation {endpoint!r} not found")
-        self._live[endpoint] = doc
-        self._change(endpoint, apply, message=False)
+            return doc["_id"]
+        self._ids[endpoint] = self._change(endpoint, apply, message=False)
 
     def disconnected(self, endpoint: str) -> None:
         def apply(doc, now):
             doc["online"] = False
             doc["lastDisconnectAt"] = now
+        self._ids.pop(endpoint, None)
         try:
             self._change(endpoint, apply, message=False)
         except NotFound:
             pass
-        self._live.pop(endpoint, None)
 
     def heartbeat(self, endpoint: str) -> None:
-        self._change(endpoint, content=False)
+        self._touch(endpoint)
 
     def boot(self, endpoint: str, boot_info: dict) -> tuple[str, int]:
         """Record BootNotification; every known station is Accepted (unknown ones never get
@@ -294,8 +310,14 @@ class Fleet:
                             error_code: str | None = None, info: str | None = None) -> None:
         def apply(doc, now):
             if evse_id == 0:
+                if doc.get("stationStatus") == status:
+                    return UNCHANGED
                 doc["stationStatus"] = status
             else:
+                known = model.find_connector(doc, evse_id, connector_id)
+                if known and (known["status"], known["errorCode"], known.get("info")) == \
+                        (status, error_code, info):
+                    return UNCHANGED  # stations repeat their status; no write for a repeat
                 model.upsert_connector(doc, evse_id, connector_id, now, status=status,
                                        errorCode=error_code, info=info)
             doc["status"] = model.station_status(doc["connectors"], doc.get("stationStatus"))
@@ -304,14 +326,21 @@ class Fleet:
     def authorize(self, endpoint: str, id_tag: str) -> str:
         """Id tags are not managed here: every tag is accepted on an active station. An inactive
         station is Blocked, so it cannot start charging."""
-        doc = self._change(endpoint, lambda d, now: d, content=False)
-        return "Accepted" if doc["active"] else "Blocked"
+        return "Accepted" if self._message_from(endpoint)["active"] else "Blocked"
+
+    def _message_from(self, endpoint: str) -> dict:
+        """The record of a station that just said something that changes nothing in it."""
+        doc = self._load(endpoint)
+        if doc is None:  # deleted while connected; the session is being closed
+            raise NotFound(f"chargestation {endpoint!r} not found")
+        self._touch(endpoint)
+        return doc
 
     def start_transaction(self, endpoint: str, connector: int, id_tag: str | None,
                           meter_start: float | None, timestamp: str,
                           tx_key: str | None = None) -> tuple[str, str]:
         """Record a transaction start. Returns (transaction key, id-tag status)."""
-        doc = self._change(endpoint, lambda d, now: d, content=False)
+        doc = self._message_from(endpoint)
         status = "Accepted" if doc["active"] else "Blocked"
         tx = {"station_id": doc["_id"], "tx_key": tx_key, "connector": connector,
               "idTag": id_tag, "meterStart": meter_start, "startedAt": timestamp,
@@ -324,23 +353,24 @@ class Fleet:
 
     def stop_transaction(self, endpoint: str, tx_key: str, meter_stop: float | None,
                          timestamp: str, reason: str | None) -> bool:
-        doc = self._change(endpoint, lambda d, now: d, content=False)
-        tx = self.store.update_transaction(doc["_id"], tx_key, {
+        sid = self._station_id(endpoint)
+        self._touch(endpoint)
+        tx = self.store.update_transaction(sid, tx_key, {
             "meterStop": meter_stop, "stoppedAt": timestamp, "stopReason": reason,
             "status": "Completed"})
         return tx is not None
 
     def meter_values(self, endpoint: str, connector: int, tx_key: str | None,
                      values: list[dict]) -> None:
-        doc = self._change(endpoint, lambda d, now: d, content=False)
-        self.store.add_meter_values(doc["_id"], tx_key, connector, values)
+        sid = self._station_id(endpoint)
+        self._touch(endpoint)
+        self.store.add_meter_values(sid, tx_key, connector, values)
 
     def record_event(self, endpoint: str, kind: str, payload: dict,
                      from_station: bool = True) -> None:
         """Notifications kept as they came (firmware, diagnostics, security, ...), and things
         the server saw happen to a station (from_station=False: not a message from it)."""
+        sid = self._station_id(endpoint)
         if from_station:
-            doc = self._change(endpoint, lambda d, now: d, content=False)
-        else:
-            doc = self.get(endpoint)
-        self.store.add_event(doc["_id"], model.utcnow(), kind, payload)
+            self._touch(endpoint)
+        self.store.add_event(sid, model.utcnow(), kind, payload)

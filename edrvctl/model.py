@@ -85,9 +85,18 @@ Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=48,
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def utcnow() -> str:
-    """ISO-8601 UTC with milliseconds and 'Z', as eDRV writes timestamps."""
-    return format_time(datetime.now(timezone.utc))
+    """ISO-8601 UTC with milliseconds and 'Z', as eDRV writes timestamps. (Called for every
+    message: the formatted second is reused, ~5x cheaper than datetime.isoformat.)"""
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def format_time(t: datetime) -> str:
@@ -219,14 +228,19 @@ def station_status(connectors: list[dict], station_level: str | None) -> str | N
     return min(statuses, key=_RANK.__getitem__)
 
 
+def find_connector(station: dict, evse_id: int, connector_id: int) -> dict | None:
+    for c in station["connectors"]:
+        if c["evseId"] == evse_id and c["connectorId"] == connector_id:
+            return c
+    return None
+
+
 def upsert_connector(
     station: dict, evse_id: int, connector_id: int, now: str, **fields: Any
 ) -> dict:
     """Find or add the connector (evse_id, connector_id) of a station record and update it."""
-    for c in station["connectors"]:
-        if c["evseId"] == evse_id and c["connectorId"] == connector_id:
-            break
-    else:
+    c = find_connector(station, evse_id, connector_id)
+    if c is None:
         c = {
             "_id": new_id(),
             "evseId": evse_id,

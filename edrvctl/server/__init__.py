@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -93,6 +94,10 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     from edrvctl.server.listener import Listener
     from edrvctl.store import open_store
 
+    # Thousands of connections make many long-lived objects: with the default thresholds the
+    # collector took ~27% of the CPU while 10,000 stations connected, in pauses of up to 0.8 s.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     store = open_store(cfg.store, cfg.store_max_bytes)
     token = admin_token(cfg.store)
     stale = store.mark_all_offline(utcnow())
@@ -129,6 +134,15 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     if on_ready:
         on_ready(info)
 
+    async def flush_seen() -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                fleet.flush_seen()
+            except Exception as e:  # a full store: the next second tries again
+                log.error("lastMessageAt not written: %s", e)
+
+    flusher = asyncio.create_task(flush_seen())
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,6 +159,8 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
         await api_task
         for session in fleet.stations.all():
             fleet.disconnected(session.endpoint)
+        flusher.cancel()
+        fleet.flush_seen()
         await fleet.durable()
         store.close()
         try:

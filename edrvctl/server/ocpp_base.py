@@ -1,10 +1,11 @@
 """What both OCPP versions' ChargePoints share: a receive path that never blocks and never dies.
 
-The stock `ocpp.ChargePoint.start()` runs handlers inline in the reader loop, so a CALLRESULT to
-one of our own calls waits behind a handler, and a malformed frame gets no answer at all
-(ocpp-notes.md §1.4, §1.6). Here the reader routes responses at once, queues the station's
-CALLs for one worker (in order, as OCPP-J asks), answers every malformed frame with a CALLERROR,
-and keeps the connection up whatever a handler does.
+The stock `ocpp.ChargePoint.start()` gives a malformed frame no answer at all, answers unknown
+and unsupported actions with each other's codes, validates in a thread pool, and dies when a
+handler misbehaves (ocpp-notes.md §1.4-1.6). Here every malformed frame gets its CALLERROR,
+replies to our own calls are matched to the one call awaiting them (anything else is dropped),
+and the connection stays up whatever a handler does. Handlers never await a call to the
+station (those run as their own tasks), so answering a CALL in the reader cannot deadlock.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from ocpp.exceptions import (
     OccurenceConstraintViolationError,
     OccurrenceConstraintViolationError,
 )
-from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.messages import Call, CallError, CallResult, MessageType
+from ocpp.routing import create_route_map
 
 from edrvctl.errors import EdrvError, UsageError
+from edrvctl.server import keys
 from edrvctl.server.validation import validate_request
 
 log = logging.getLogger("edrvctl.ocpp")
@@ -67,18 +69,32 @@ class RobustChargePoint:
     #: frames refused as malformed, by all stations since start (for logs and benchmarks)
     malformed_frames = 0
 
-    #: CALLs waiting for the worker; OCPP-J allows one in flight, so more is a misbehaving peer
-    MAX_PENDING = 16
-
-    def __init__(self, endpoint: str, connection, fleet, **kwargs):
-        super().__init__(endpoint, connection, **kwargs)
+    def __init__(self, endpoint: str, connection, fleet, response_timeout: float = 30,
+                 logger: logging.Logger = frame_log):
+        # The library's __init__ is not called: it builds a route map per connection (time and
+        # ~4 KB each), where one per class does (`_routes`). These are the attributes its
+        # call() uses.
+        self.id = endpoint
+        self._connection = connection
+        self._response_timeout = response_timeout
+        self._call_lock = asyncio.Lock()
+        self._response_queue: asyncio.Queue = asyncio.Queue()
+        self._unique_id_generator = self._next_call_id
+        self.logger = logger
+        self.route_map = self._routes()
         self.fleet = fleet
-        self._after_tasks: set[asyncio.Future] = set()
         self.raw: dict = {}  # the payload of the CALL being handled, exactly as received
         # The id of our CALL awaiting its answer (one at a time); any other reply is dropped.
         self._awaited: str | None = None
-        self._unique_id_generator = self._next_call_id
+        self._after_tasks: set[asyncio.Future] = set()
         self.limit_rate(50, 100)
+
+    @classmethod
+    def _routes(cls) -> dict:
+        """action -> {"_on_action": function, ...}, built once per class."""
+        if "_route_cache" not in cls.__dict__:
+            cls._route_cache = create_route_map(cls)
+        return cls._route_cache
 
     def _next_call_id(self) -> str:
         self._awaited = str(uuid.uuid4())
@@ -201,58 +217,45 @@ class RobustChargePoint:
         # Handlers get snake_case kwargs; what is stored as the station sent it (vendor keys
         # inside DataTransfer data or customData must not be rewritten) is read from `raw`.
         self.raw = call.payload
-        kwargs = camel_to_snake_case(call.payload)
-        response = handlers["_on_action"](**kwargs)
+        kwargs = keys.to_snake(call.payload)
+        response = handlers["_on_action"](self, **kwargs)
         if inspect.isawaitable(response):
             response = await response
-        payload = snake_to_camel_case(remove_nones(serialize_as_dict(response)))
+        payload = keys.to_camel(keys.payload_of(response))
         await self.fleet.durable()  # what the station is told is on disk first
-        await self._send(call.create_call_result(payload).to_json())
+        await self._send(orjson.dumps([3, call.unique_id, payload]).decode())
         after = handlers.get("_after_action")
         if after is not None:
-            task = asyncio.ensure_future(after(**kwargs))  # after the reply, never blocking it
+            task = asyncio.ensure_future(after(self, **kwargs))  # after the reply, not before
             self._after_tasks.add(task)
             task.add_done_callback(self._after_tasks.discard)
 
+
     async def start(self) -> None:
-        inbox: asyncio.Queue[Call] = asyncio.Queue()
-
-        async def worker() -> None:
-            while True:
-                call = await inbox.get()
-                try:
-                    await self._answer(call)
-                except Exception:  # the socket went away mid-reply; the reader will see it
-                    self.logger.debug("%s: reply to %s not sent", self.id, call.action)
-
-        task = asyncio.create_task(worker())
-        try:
-            async for raw in self._connection:  # ends normally when the socket closes
-                try:
-                    msg = self.parse_frame(raw)
-                except FrameError as e:
-                    RobustChargePoint.malformed_frames += 1
-                    log.warning("%s: malformed frame %.200r: %s", self.id, raw,
-                                e.error.details.get("cause"))
-                    await self._send_error(e.message_id, e.error)
-                    continue
-                if msg.message_type_id == MessageType.Call:
-                    # Excess is refused at once, so a flooding station costs no memory.
-                    if not self._take_token():
-                        await self._send_error(msg.unique_id, GenericError(details={
-                            "cause": f"rate limit: at most {self._rate:g} messages per second"}))
-                    elif inbox.qsize() >= self.MAX_PENDING:
-                        await self._send_error(msg.unique_id, GenericError(details={
-                            "cause": "too many requests in flight; OCPP-J allows one"}))
-                    else:
-                        inbox.put_nowait(msg)
-                elif self._call_lock.locked() and msg.unique_id == self._awaited:
-                    self._awaited = None
-                    self._response_queue.put_nowait(msg)  # for the call() waiting on it
-                else:  # nobody asked: a late or unsolicited reply is dropped, never kept
-                    log.debug("%s: dropped a reply nobody waits for: %.100r", self.id, raw)
-        finally:
-            task.cancel()
+        """Read frames until the socket closes. A station's CALL is answered right here, in
+        order: no handler awaits anything but the commit and the send (calls to the station
+        run as their own tasks), so answers to our own calls are never held up for long."""
+        async for raw in self._connection:  # ends normally when the socket closes
+            try:
+                msg = self.parse_frame(raw)
+            except FrameError as e:
+                RobustChargePoint.malformed_frames += 1
+                log.warning("%s: malformed frame %.200r: %s", self.id, raw,
+                            e.error.details.get("cause"))
+                await self._send_error(e.message_id, e.error)
+                continue
+            if msg.message_type_id == MessageType.Call:
+                # Excess is refused at once, so a flooding station costs no memory.
+                if not self._take_token():
+                    await self._send_error(msg.unique_id, GenericError(details={
+                        "cause": f"rate limit: at most {self._rate:g} messages per second"}))
+                else:
+                    await self._answer(msg)
+            elif self._call_lock.locked() and msg.unique_id == self._awaited:
+                self._awaited = None
+                self._response_queue.put_nowait(msg)  # for the call() waiting on it
+            else:  # nobody asked: a late or unsolicited reply is dropped, never kept
+                log.debug("%s: dropped a reply nobody waits for: %.100r", self.id, raw)
 
 
 def checked_time(value: str | None, field: str) -> str | None:

@@ -34,6 +34,9 @@ class Store(Protocol):
 
     def save_station(self, doc: dict) -> None: ...
 
+    def set_last_message_at(self, seen: dict[str, str]) -> None:
+        """endpoint -> lastMessageAt, for many stations at once."""
+
     def delete_station(self, station_id: str) -> bool: ...
 
     def list_stations(self, query: StationQuery) -> tuple[list[dict], int]:

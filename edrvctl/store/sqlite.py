@@ -202,6 +202,14 @@ class SqliteStore:
             f"UPDATE chargestations SET {sets}, doc = ? WHERE id = ?", (*values, blob, doc["_id"])
         )
 
+    def set_last_message_at(self, seen: dict[str, str]) -> None:
+        """endpoint -> time: only that field, without rewriting each whole record in Python."""
+        with self.transaction():
+            for endpoint, at in seen.items():
+                self._write("UPDATE chargestations SET lastMessageAt = ?, "
+                            "doc = json_set(doc, '$.lastMessageAt', ?) WHERE endpoint = ?",
+                            (at, at, endpoint))
+
     def delete_station(self, station_id: str) -> bool:
         with self.transaction():  # one transaction: the station and what hangs off it
             cur = self._write("DELETE FROM chargestations WHERE id = ?", (station_id,))
