@@ -24,9 +24,6 @@ from edrvctl.store import Store, StationQuery
 log = logging.getLogger("edrvctl.fleet")
 
 
-UNCHANGED = object()  # what a _change function returns when the message changed nothing
-
-
 def _last_seen(doc: dict) -> str:
     when = doc.get("lastMessageAt") or doc.get("lastConnectAt")
     return f"last seen {ago(when)}" if when else "never connected"
@@ -46,6 +43,8 @@ class Fleet:
         # written at most once a second per station (flush_seen), not once per Heartbeat.
         self._seen: dict[str, str] = {}
         self._ids: dict[str, str] = {}  # endpoint -> _id of connected stations
+        # endpoint -> {(evse, connector): what it last said}, while connected
+        self._statuses: dict[str, dict[tuple[int, int], tuple]] = {}
         self._group = None
         self._process_key = os.urandom(32)
         self._verified: dict[str, bytes] = {}  # endpoint -> keyed digest of a checked password
@@ -183,7 +182,7 @@ class Fleet:
     async def delete(self, key: str) -> dict:
         doc = self.get(key)
         self.store.delete_station(doc["_id"])
-        for memo in (self._seen, self._ids, self._verified):
+        for memo in (self._seen, self._ids, self._verified, self._statuses):
             memo.pop(doc["endpoint"], None)
         session = self.stations.get(doc["endpoint"])
         if session is not None:
@@ -248,8 +247,7 @@ class Fleet:
 
     def _change(self, endpoint: str, fn: Callable[[dict, str], Any] | None = None,
                 content: bool = True, message: bool = True) -> Any:
-        """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned
-        (fn returns UNCHANGED when there is nothing to save).
+        """Load a station, apply fn(doc, now), stamp it, save it; returns what fn returned.
         `content`: the record's content changed (updatedAt); `message`: the station said
         something (lastMessageAt)."""
         doc = self.store.get_station(endpoint)
@@ -257,9 +255,6 @@ class Fleet:
             raise NotFound(f"chargestation {endpoint!r} not found")
         now = model.utcnow()
         result = fn(doc, now) if fn else None
-        if result is UNCHANGED:
-            self._touch(endpoint)
-            return None
         seen = self._seen.pop(endpoint, None)
         if message:
             doc["lastMessageAt"] = now
@@ -288,6 +283,7 @@ class Fleet:
             doc["online"] = False
             doc["lastDisconnectAt"] = now
         self._ids.pop(endpoint, None)
+        self._statuses.pop(endpoint, None)
         try:
             self._change(endpoint, apply, message=False)
         except NotFound:
@@ -308,20 +304,21 @@ class Fleet:
 
     def status_notification(self, endpoint: str, evse_id: int, connector_id: int, status: str,
                             error_code: str | None = None, info: str | None = None) -> None:
+        said = (status, error_code, info)
+        last = self._statuses.setdefault(endpoint, {})
+        if last.get((evse_id, connector_id)) == said:
+            self._touch(endpoint)  # stations repeat their status: no read, no write
+            return
+
         def apply(doc, now):
             if evse_id == 0:
-                if doc.get("stationStatus") == status:
-                    return UNCHANGED
                 doc["stationStatus"] = status
             else:
-                known = model.find_connector(doc, evse_id, connector_id)
-                if known and (known["status"], known["errorCode"], known.get("info")) == \
-                        (status, error_code, info):
-                    return UNCHANGED  # stations repeat their status; no write for a repeat
                 model.upsert_connector(doc, evse_id, connector_id, now, status=status,
                                        errorCode=error_code, info=info)
             doc["status"] = model.station_status(doc["connectors"], doc.get("stationStatus"))
         self._change(endpoint, apply)
+        last[(evse_id, connector_id)] = said
 
     def authorize(self, endpoint: str, id_tag: str) -> str:
         """Id tags are not managed here: every tag is accepted on an active station. An inactive

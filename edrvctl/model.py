@@ -228,19 +228,14 @@ def station_status(connectors: list[dict], station_level: str | None) -> str | N
     return min(statuses, key=_RANK.__getitem__)
 
 
-def find_connector(station: dict, evse_id: int, connector_id: int) -> dict | None:
-    for c in station["connectors"]:
-        if c["evseId"] == evse_id and c["connectorId"] == connector_id:
-            return c
-    return None
-
-
 def upsert_connector(
     station: dict, evse_id: int, connector_id: int, now: str, **fields: Any
 ) -> dict:
     """Find or add the connector (evse_id, connector_id) of a station record and update it."""
-    c = find_connector(station, evse_id, connector_id)
-    if c is None:
+    for c in station["connectors"]:
+        if c["evseId"] == evse_id and c["connectorId"] == connector_id:
+            break
+    else:
         c = {
             "_id": new_id(),
             "evseId": evse_id,

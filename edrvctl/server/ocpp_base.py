@@ -32,6 +32,7 @@ from ocpp.messages import Call, CallError, CallResult, MessageType
 from ocpp.routing import create_route_map
 
 from edrvctl.errors import EdrvError, UsageError
+from edrvctl.model import format_time, parse_time
 from edrvctl.server import keys
 from edrvctl.server.validation import validate_request
 
@@ -198,11 +199,14 @@ class RobustChargePoint:
             await self._send_error(call.unique_id, InternalError(
                 details={"cause": "the central system failed to handle this request"}))
 
-    async def _send(self, message: str) -> None:
+    async def _send(self, message: str | bytes) -> None:
         # The library logs every frame at INFO (id tags included); frames are DEBUG here.
         if frame_log.isEnabledFor(logging.DEBUG):
             frame_log.debug("%s: send %s", self.id, message)
-        await self._connection.send(message)
+        if isinstance(message, bytes):  # UTF-8 JSON from orjson: a text frame, not re-encoded
+            await self._connection.send(message, text=True)
+        else:
+            await self._connection.send(message)
 
     async def _handle_call(self, call: Call) -> None:
         """Validate, run the handler, reply, then start the async @after hook.
@@ -223,7 +227,7 @@ class RobustChargePoint:
             response = await response
         payload = keys.to_camel(keys.payload_of(response))
         await self.fleet.durable()  # what the station is told is on disk first
-        await self._send(orjson.dumps([3, call.unique_id, payload]).decode())
+        await self._send(orjson.dumps([3, call.unique_id, payload]))
         after = handlers.get("_after_action")
         if after is not None:
             task = asyncio.ensure_future(after(self, **kwargs))  # after the reply, not before
@@ -263,10 +267,11 @@ def checked_time(value: str | None, field: str) -> str | None:
     store every time in one form."""
     if value is None:
         return None
-    from edrvctl.model import format_time, parse_time
-
     try:
-        return format_time(parse_time(value))
+        t = parse_time(value)
+        # already in the stored form (what most stations send): keep it, skip formatting
+        canonical = len(value) == 24 and value[10] == "T" and value[19] == "." and value[-1] == "Z"
+        return value if canonical else format_time(t)
     except (ValueError, TypeError):
         raise FormatViolationError(
             details={"cause": f"{field}: {value!r} is not an RFC 3339 date-time"}) from None
