@@ -12,7 +12,7 @@ from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action, AvailabilityType, RegistrationStatus
 
 from edrvctl.model import utcnow
-from edrvctl.server.ocpp_base import RobustChargePoint, checked_time
+from edrvctl.server.ocpp_base import RobustChargePoint, checked_time, kept_as_event
 
 
 class Station16(RobustChargePoint, ChargePoint):
@@ -79,37 +79,21 @@ class Station16(RobustChargePoint, ChargePoint):
                                 self.raw["meterValue"])
         return call_result.MeterValues()
 
-    @on(Action.data_transfer)
-    def on_data_transfer(self, vendor_id, **kw):
-        self.fleet.record_event(self.id, "DataTransfer", self.raw)
-        # No vendor extensions are implemented here; the spec's answer for that is this one.
-        return call_result.DataTransfer(status="UnknownVendorId")
-
-    @on(Action.firmware_status_notification)
-    def on_firmware_status(self, status, **kw):
-        self.fleet.record_event(self.id, "FirmwareStatusNotification", self.raw)
-        return call_result.FirmwareStatusNotification()
-
-    @on(Action.diagnostics_status_notification)
-    def on_diagnostics_status(self, status, **kw):
-        self.fleet.record_event(self.id, "DiagnosticsStatusNotification", self.raw)
-        return call_result.DiagnosticsStatusNotification()
-
-    @on(Action.security_event_notification)
-    def on_security_event(self, type, timestamp, **kw):
-        checked_time(timestamp, "timestamp")
-        self.fleet.record_event(self.id, "SecurityEventNotification", self.raw)
-        return call_result.SecurityEventNotification()
-
-    @on(Action.log_status_notification)
-    def on_log_status(self, status, **kw):
-        self.fleet.record_event(self.id, "LogStatusNotification", self.raw)
-        return call_result.LogStatusNotification()
-
-    @on(Action.signed_firmware_status_notification)
-    def on_signed_firmware_status(self, status, **kw):
-        self.fleet.record_event(self.id, "SignedFirmwareStatusNotification", self.raw)
-        return call_result.SignedFirmwareStatusNotification()
+    # Notifications that are only kept, as the station sent them (DataTransfer: no vendor
+    # extension is implemented, and UnknownVendorId is the spec's answer for that).
+    on_data_transfer = kept_as_event(
+        Action.data_transfer, lambda: call_result.DataTransfer(status="UnknownVendorId"))
+    on_firmware_status_notification = kept_as_event(
+        Action.firmware_status_notification, call_result.FirmwareStatusNotification)
+    on_diagnostics_status_notification = kept_as_event(
+        Action.diagnostics_status_notification, call_result.DiagnosticsStatusNotification)
+    on_security_event_notification = kept_as_event(
+        Action.security_event_notification, call_result.SecurityEventNotification, "timestamp")
+    on_log_status_notification = kept_as_event(
+        Action.log_status_notification, call_result.LogStatusNotification)
+    on_signed_firmware_status_notification = kept_as_event(
+        Action.signed_firmware_status_notification,
+        call_result.SignedFirmwareStatusNotification)
 
     # --- what the central system asks (always through Session.command) ---
 

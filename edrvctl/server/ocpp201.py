@@ -20,7 +20,7 @@ from ocpp.v201.enums import (
 
 from edrvctl.errors import StationRejected, UsageError
 from edrvctl.model import utcnow
-from edrvctl.server.ocpp_base import RobustChargePoint, checked_time
+from edrvctl.server.ocpp_base import RobustChargePoint, checked_time, kept_as_event
 
 
 def config_key(component: dict, variable: dict) -> str:
@@ -114,32 +114,18 @@ class Station201(RobustChargePoint, ChargePoint):
         self.fleet.meter_values(self.id, evse_id, None, self.raw["meterValue"])
         return call_result.MeterValues()
 
-    @on(Action.data_transfer)
-    def on_data_transfer(self, vendor_id, **kw):
-        self.fleet.record_event(self.id, "DataTransfer", self.raw)
-        return call_result.DataTransfer(status="UnknownVendorId")
-
-    @on(Action.firmware_status_notification)
-    def on_firmware_status(self, status, **kw):
-        self.fleet.record_event(self.id, "FirmwareStatusNotification", self.raw)
-        return call_result.FirmwareStatusNotification()
-
-    @on(Action.log_status_notification)
-    def on_log_status(self, status, **kw):
-        self.fleet.record_event(self.id, "LogStatusNotification", self.raw)
-        return call_result.LogStatusNotification()
-
-    @on(Action.security_event_notification)
-    def on_security_event(self, type, timestamp, **kw):
-        checked_time(timestamp, "timestamp")
-        self.fleet.record_event(self.id, "SecurityEventNotification", self.raw)
-        return call_result.SecurityEventNotification()
-
-    @on(Action.notify_event)
-    def on_notify_event(self, generated_at, seq_no, event_data, tbc=False, **kw):
-        checked_time(generated_at, "generatedAt")
-        self.fleet.record_event(self.id, "NotifyEvent", self.raw)
-        return call_result.NotifyEvent()
+    # Notifications that are only kept, as the station sent them (DataTransfer: no vendor
+    # extension is implemented, and UnknownVendorId is the spec's answer for that).
+    on_data_transfer = kept_as_event(
+        Action.data_transfer, lambda: call_result.DataTransfer(status="UnknownVendorId"))
+    on_firmware_status_notification = kept_as_event(
+        Action.firmware_status_notification, call_result.FirmwareStatusNotification)
+    on_log_status_notification = kept_as_event(
+        Action.log_status_notification, call_result.LogStatusNotification)
+    on_security_event_notification = kept_as_event(
+        Action.security_event_notification, call_result.SecurityEventNotification, "timestamp")
+    on_notify_event = kept_as_event(
+        Action.notify_event, call_result.NotifyEvent, "generated_at")
 
     @on(Action.notify_report)
     def on_notify_report(self, request_id, generated_at, seq_no, report_data=None, tbc=False,

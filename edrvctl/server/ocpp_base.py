@@ -29,7 +29,7 @@ from ocpp.exceptions import (
     OccurrenceConstraintViolationError,
 )
 from ocpp.messages import Call, CallError, CallResult, MessageType
-from ocpp.routing import create_route_map
+from ocpp.routing import create_route_map, on
 
 from edrvctl.errors import EdrvError, UsageError
 from edrvctl.model import format_time, parse_time
@@ -260,6 +260,20 @@ class RobustChargePoint:
                 self._response_queue.put_nowait(msg)  # for the call() waiting on it
             else:  # nobody asked: a late or unsolicited reply is dropped, never kept
                 log.debug("%s: dropped a reply nobody waits for: %.100r", self.id, raw)
+
+
+def kept_as_event(action, answer, time_field: str | None = None):
+    """The handler of a notification that is only kept: stored as it came, as an event named
+    after its action, and answered with `answer()`. Assign it in the class body to the name
+    `on_<action member name>` (the library routes handlers by function name)."""
+    def handler(self, **kw):
+        if time_field:
+            checked_time(kw.get(time_field), time_field)
+        self.fleet.record_event(self.id, action.value, self.raw)
+        return answer()
+
+    handler.__name__ = handler.__qualname__ = f"on_{action.name}"
+    return on(action)(handler)
 
 
 def checked_time(value: str | None, field: str) -> str | None:
