@@ -81,7 +81,7 @@ def start_server(root: Path, *args: str, token: str | None = TOKEN, store: Path 
             stdout=subprocess.DEVNULL, stderr=err, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        m = re.search(r"edrvctl serve: api (\S+) ocpp (\S+)", log.read_text())
+        m = re.search(r'edrvctl serve: api ([^\s"]+) ocpp ([^\s"]+)', log.read_text())
         if m:
             return Server(proc, m.group(1), m.group(2), store, env, log,
                           token=token or (store.parent / "token").read_text().strip())

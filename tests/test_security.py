@@ -271,3 +271,18 @@ def test_limits(tmp_path):
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+def test_json_logs_are_one_object_per_line(tmp_path):
+    srv = start_server(tmp_path, "--log-format", "json")
+    try:
+        ep = srv.create(security={"type": "basic_auth"})["endpoint"]
+        asyncio.run(try_connect(srv.ocpp_url, ep, basic(ep, "wrong")))
+        asyncio.run(try_connect(srv.ocpp_url, ep, basic(ep, "wrong")))  # same: logged once
+    finally:
+        assert srv.stop() == 0
+    lines = [json.loads(line) for line in srv.logs().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in lines)
+    assert any(e["message"].startswith("edrvctl serve: api ") for e in lines)
+    refusals = [e for e in lines if "wrong password" in e["message"]]
+    assert len(refusals) == 1 and refusals[0]["level"] == "WARNING"

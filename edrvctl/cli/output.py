@@ -90,20 +90,32 @@ WIDE_COLUMNS: list[Column] = STATION_COLUMNS + [
 ]
 
 
+FREE_TEXT = {"MODEL", "LOCATION", "ORGANIZATION", "FIRMWARE", "VALUE", "ERROR"}
+
+
 def _table(columns: list[str], rows: Iterable[list[str]],
            no_headers: bool = False, title: str | None = None) -> None:
-    from rich import box
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD, show_header=not no_headers, pad_edge=False, title=title,
-                  title_justify="left")
-    for header in columns:
-        # ids and endpoints are never cut: people copy them
-        table.add_column(header, no_wrap=header in ("ID", "ENDPOINT", "KEY"),
-                         overflow="fold")
+    rows = list(rows)
+    # kubectl-like: no borders, one line per row. When the terminal is narrow, only free-text
+    # columns (model, location, ...) are cut, with an ellipsis; ids, endpoints, statuses and
+    # times never are.
+    console = _console()
+    table = Table(box=None, show_header=not no_headers, pad_edge=False, padding=(0, 2, 0, 0),
+                  header_style="bold", title=title, title_justify="left")
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(columns)]
+    free = [i for i, h in enumerate(columns) if h in FREE_TEXT]
+    fixed = sum(w + 2 for i, w in enumerate(widths) if i not in free)
+    share = max(5, (console.width - fixed) // len(free) - 2) if free else 0
+    for i, header in enumerate(columns):
+        if i in free:
+            table.add_column(header, no_wrap=True, overflow="ellipsis", max_width=share)
+        else:
+            table.add_column(header, no_wrap=True, min_width=widths[i])
     for row in rows:
         table.add_row(*row)
-    _console().print(table)
+    console.print(table)
 
 
 def _plain(headers: list[str], rows: Iterable[list[str]], no_headers: bool) -> None:

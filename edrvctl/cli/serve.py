@@ -112,7 +112,10 @@ def serve(
             log.info("OCPP over TLS on %s/<endpoint>", info["ocpp_tls_url"])
         log.info("store %s", info["store"])
         tls = f" ocpp-tls {info['ocpp_tls_url']}" if info["ocpp_tls_url"] else ""
-        print(f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}",
-              file=sys.stderr, flush=True)
+        line = f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}"
+        if log_format == "json":  # stderr stays one JSON object per line
+            log.info(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     asyncio.run(run_server(cfg, on_ready=ready))

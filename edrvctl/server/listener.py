@@ -33,7 +33,7 @@ from edrvctl.server.stations import Session
 log = logging.getLogger("edrvctl.ocpp")
 
 CHARGE_POINTS = {"ocpp1.6": Station16, "ocpp2.0.1": Station201}
-REFUSAL_EVERY = 60.0  # seconds between two stored ConnectionRefused events that say the same
+REFUSAL_EVERY = 60.0  # seconds between two logged/stored refusals that say the same
 
 
 @dataclass
@@ -92,25 +92,28 @@ class Listener:
         self.s = settings
         self.servers: list[Server] = []
         self.per_address: Counter[str] = Counter()
-        # (endpoint, status, reason) -> when that refusal was last stored
+        # (endpoint, status, reason) -> when that refusal was last logged and stored
         self.refusals_kept: dict[tuple, float] = {}
 
     def refuse(self, conn: ServerConnection, status: int, endpoint: str | None,
                reason: str) -> Response:
-        log.warning("refused %s from %s: %s %s", endpoint or "?", conn.remote_address[0],
-                    status, reason)
-        doc = self.fleet.is_known(endpoint) if endpoint else None
-        now = time.monotonic()
+        # The same refusal is logged, and kept on a known station for the admin, once a minute
+        # at most: a station (or anyone who knows its name) retrying in a loop must grow
+        # neither the log nor the store.
         key = (endpoint, status, reason)
-        if doc is not None and now - self.refusals_kept.get(key, -REFUSAL_EVERY) \
-                >= REFUSAL_EVERY:
-            # kept on the station for the admin, the same refusal once a minute at most: a
-            # station (or anyone who knows its name) retrying in a loop must not grow the store
+        now = time.monotonic()
+        if now - self.refusals_kept.get(key, -REFUSAL_EVERY) >= REFUSAL_EVERY:
             if len(self.refusals_kept) > 100_000:
                 self.refusals_kept.clear()
             self.refusals_kept[key] = now
-            self.fleet.record_event(endpoint, "ConnectionRefused",
-                                    {"status": status, "reason": reason}, from_station=False)
+            log.warning("refused %s from %s: %s %s", endpoint or "?", conn.remote_address[0],
+                        status, reason)
+            if endpoint and self.fleet.is_known(endpoint) is not None:
+                self.fleet.record_event(endpoint, "ConnectionRefused",
+                                        {"status": status, "reason": reason},
+                                        from_station=False)
+        else:
+            log.debug("refused %s again: %s %s", endpoint, status, reason)
         response = conn.respond(status, reason + "\n")
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="edrvctl", charset="UTF-8"'
