@@ -30,13 +30,12 @@ def _last_seen(doc: dict) -> str:
 
 
 class Fleet:
-    def __init__(self, store: Store, stations: Any = None, ocpp_url: str | None = None,
-                 heartbeat_interval: int = 300):
+    def __init__(self, store: Store, heartbeat_interval: int = 300):
         from edrvctl.server.stations import Stations
 
         self.store = store
-        self.stations = stations or Stations()
-        self.ocpp_url = ocpp_url  # base URL stations are pointed at; set once the port is bound
+        self.stations = Stations()
+        self.ocpp_url: str | None = None  # base URL stations are pointed at, once it is bound
         self.heartbeat_interval = heartbeat_interval
         self._tasks: set[asyncio.Task] = set()
         # lastMessageAt of stations whose message changed nothing else, not yet written:

@@ -7,7 +7,7 @@ Handlers take **kwargs: optional fields the station may add must never fail a me
 from __future__ import annotations
 
 from ocpp.charge_point import snake_to_camel_case
-from ocpp.routing import after, on
+from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action, AvailabilityType, RegistrationStatus
 
@@ -27,17 +27,6 @@ class Station16(RobustChargePoint, ChargePoint):
         status, interval = self.fleet.boot(self.id, info)
         return call_result.BootNotification(current_time=utcnow(), interval=interval,
                                             status=RegistrationStatus(status))
-
-    @after(Action.boot_notification)
-    async def after_boot(self, **kw):
-        doc = self.fleet.is_known(self.id)
-        if doc is not None and not doc["active"]:  # an inactive station is told again at boot
-            await self.fleet.push_availability(self.id)
-
-    @on(Action.heartbeat)
-    def on_heartbeat(self, **kw):
-        self.fleet.heartbeat(self.id)
-        return call_result.Heartbeat(current_time=utcnow())
 
     @on(Action.status_notification)
     def on_status(self, connector_id, error_code, status, info=None, timestamp=None, **kw):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from ocpp.routing import after, on
+from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call, call_result, datatypes
 from ocpp.v201.enums import (
     Action,
@@ -64,17 +64,6 @@ class Station201(RobustChargePoint, ChargePoint):
         status, interval = self.fleet.boot(self.id, info)
         return call_result.BootNotification(current_time=utcnow(), interval=interval,
                                             status=RegistrationStatusEnumType(status))
-
-    @after(Action.boot_notification)
-    async def after_boot(self, **kw):
-        doc = self.fleet.is_known(self.id)
-        if doc is not None and not doc["active"]:  # an inactive station is told again at boot
-            await self.fleet.push_availability(self.id)
-
-    @on(Action.heartbeat)
-    def on_heartbeat(self, **kw):
-        self.fleet.heartbeat(self.id)
-        return call_result.Heartbeat(current_time=utcnow())
 
     @on(Action.status_notification)
     def on_status(self, timestamp, connector_status, evse_id, connector_id, **kw):

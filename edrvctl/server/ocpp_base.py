@@ -29,10 +29,10 @@ from ocpp.exceptions import (
     OccurrenceConstraintViolationError,
 )
 from ocpp.messages import Call, CallError, CallResult, MessageType
-from ocpp.routing import create_route_map, on
+from ocpp.routing import after, create_route_map, on
 
 from edrvctl.errors import EdrvError, UsageError
-from edrvctl.model import format_time, parse_time
+from edrvctl.model import format_time, parse_time, utcnow
 from edrvctl.server import keys
 from edrvctl.server.validation import validate_request
 
@@ -67,9 +67,6 @@ class RobustChargePoint:
 
     #: the version's `Action` enum; set by the subclass
     actions: type
-    #: frames refused as malformed, by all stations since start (for logs and benchmarks)
-    malformed_frames = 0
-
     def __init__(self, endpoint: str, connection, fleet, response_timeout: float = 30,
                  logger: logging.Logger = frame_log):
         # The library's __init__ is not called: it builds a route map per connection (time and
@@ -96,6 +93,19 @@ class RobustChargePoint:
         if "_route_cache" not in cls.__dict__:
             cls._route_cache = create_route_map(cls)
         return cls._route_cache
+
+    # --- what both versions say alike (the action names are the same in 1.6 and 2.0.1) ---
+
+    @after("BootNotification")
+    async def after_boot(self, **kw):
+        doc = self.fleet.is_known(self.id)
+        if doc is not None and not doc["active"]:  # an inactive station is told again at boot
+            await self.fleet.push_availability(self.id)
+
+    @on("Heartbeat")
+    def on_heartbeat(self, **kw):
+        self.fleet.heartbeat(self.id)
+        return self._call_result.Heartbeat(current_time=utcnow())
 
     def _next_call_id(self) -> str:
         self._awaited = str(uuid.uuid4())
@@ -243,7 +253,6 @@ class RobustChargePoint:
             try:
                 msg = self.parse_frame(raw)
             except FrameError as e:
-                RobustChargePoint.malformed_frames += 1
                 log.warning("%s: malformed frame %.200r: %s", self.id, raw,
                             e.error.details.get("cause"))
                 await self._send_error(e.message_id, e.error)

@@ -36,7 +36,7 @@ def validate_request(call: Call, version: str) -> None:
     """Raise the OCPPError the library would raise for an invalid CALL payload."""
     try:
         _compiled(call.action, version)(call.payload)
-    except fastjsonschema.JsonSchemaException as e:
+    except fastjsonschema.JsonSchemaException:
         # The library is the authority: it raises its error for this payload, or, if the two
         # validators ever disagree, lets it through as it would have.
         _validate_payload(call, version)

@@ -39,11 +39,8 @@ class Store(Protocol):
 
     def delete_station(self, station_id: str) -> bool: ...
 
-    def list_stations(self, query: StationQuery) -> tuple[list[dict], int]:
-        """The page, and how many match in all."""
-
     def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
-        """The same page as JSON texts, for lists that are sent on unchanged."""
+        """A page as the stored JSON texts (sent on unchanged), and how many match in all."""
 
     def mark_all_offline(self, now: str) -> int: ...
 

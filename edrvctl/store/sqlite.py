@@ -217,10 +217,6 @@ class SqliteStore:
                 self._write(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
         return cur.rowcount > 0
 
-    def list_stations(self, query: StationQuery) -> tuple[list[dict], int]:
-        docs, total = self.list_stations_json(query)
-        return [orjson.loads(d) for d in docs], total
-
     def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
         """The page as the stored JSON texts, unparsed: a list is mostly copying text."""
         where, args = [], []
@@ -272,15 +268,6 @@ class SqliteStore:
             (station_id, at, kind, _json(payload)),
         )
 
-    def events(self, station_id: str, kind: str | None = None) -> list[dict]:
-        sql = "SELECT at, kind, doc FROM events WHERE station_id = ?"
-        args: list = [station_id]
-        if kind:
-            sql += " AND kind = ?"
-            args.append(kind)
-        return [{"at": at, "kind": k, "payload": orjson.loads(d)}
-                for at, k, d in self.db.execute(sql + " ORDER BY id", args)]
-
     def start_transaction(self, tx: dict) -> int:
         """Insert a transaction; without a `tx_key` (OCPP 1.6) the new row id becomes the key."""
         with self.transaction():
@@ -310,28 +297,12 @@ class SqliteStore:
                         (_json(tx), station_id, tx_key))
         return tx
 
-    def transactions(self, station_id: str) -> list[dict]:
-        rows = self.db.execute(
-            "SELECT doc FROM transactions WHERE station_id = ? ORDER BY id", (station_id,)
-        )
-        return [orjson.loads(r[0]) for r in rows]
-
     def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
                          values: list[dict]) -> None:
         self._write(
             "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
             (station_id, tx_key, connector, _json(values)),
         )
-
-    def meter_values(self, station_id: str) -> list[dict]:
-        rows = self.db.execute(
-            "SELECT tx_key, connector, doc FROM meter_values WHERE station_id = ? ORDER BY id",
-            (station_id,),
-        )
-        return [{"tx_key": t, "connector": c, "values": orjson.loads(d)} for t, c, d in rows]
-
-    def integrity_check(self) -> str:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
