@@ -103,6 +103,14 @@ def format_time(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def canonical_time(text: str) -> str:
+    """A station's date-time (already checked by the schema) in the stored form; most
+    stations send that form already, and it is kept as it is."""
+    if len(text) == 24 and text[10] == "T" and text[19] == "." and text[-1] == "Z":
+        return text
+    return format_time(parse_time(text))
+
+
 def parse_time(text: str) -> datetime:
     """Parse an ISO-8601 date-time; naive times are taken as UTC. Raises ValueError."""
     t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))

@@ -89,7 +89,6 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     import uvicorn
 
     from edrvctl.fleet import Fleet
-    from edrvctl.model import utcnow
     from edrvctl.server.api import create_app
     from edrvctl.server.listener import Listener
     from edrvctl.store import open_store
@@ -100,11 +99,10 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     gc.set_threshold(50_000, 50, 1000)
     store = open_store(cfg.store, cfg.store_max_bytes)
     token = admin_token(cfg.store)
-    stale = store.mark_all_offline(utcnow())
+    fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval)
+    stale = await fleet.mark_all_offline()
     if stale:
         log.info("marked %d station(s) offline that were online when the last run ended", stale)
-    fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval)
-    fleet.commit_in_groups()
 
     listener = Listener(fleet, cfg.listener)
     fleet.ocpp_url, ocpp_tls_url = await listener.start()
@@ -138,7 +136,7 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
         while True:
             await asyncio.sleep(1)
             try:
-                fleet.flush_seen()
+                await fleet.flush_seen()
             except Exception as e:  # a full store: the next second tries again
                 log.error("lastMessageAt not written: %s", e)
 
@@ -157,12 +155,11 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
         api.should_exit = True
         await listener.stop()  # stations see a clean close and are marked offline
         await api_task
-        for session in fleet.stations.all():
-            fleet.disconnected(session.endpoint)
+        for session in listener.stations.all():
+            await listener.stations.detach(session)
         flusher.cancel()
-        fleet.flush_seen()
-        await fleet.durable()
-        store.close()
+        await fleet.flush_seen()
+        await store.close()
         try:
             paths.server_file(cfg.store).unlink()
         except FileNotFoundError:

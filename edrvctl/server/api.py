@@ -146,7 +146,7 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
                                      "within years 1-9999") from None
         limit = paginate_limit if paginate_enabled else None
         offset = (paginate_page - 1) * paginate_limit if paginate_enabled else 0
-        docs, total = fleet.list_json(StationQuery(equals, ranges, sort_by,
+        docs, total = await fleet.list_json(StationQuery(equals, ranges, sort_by,
                                                    sort_order == "desc", limit, offset))
         if not paginate_enabled:
             return envelope_of_json(docs, f"{total} chargestation(s)")
@@ -158,7 +158,6 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
               summary="Create a chargestation")
     async def create_station(body: model.StationCreate) -> Response:
         doc, password = await fleet.create(body)
-        await fleet.durable()
         result = fleet.present(doc)
         if password is not None:  # shown this once; only a hash is kept
             result["password"] = password
@@ -166,25 +165,22 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
 
     @app.get("/v1.1/chargestations/{id}", dependencies=auth, summary="One chargestation")
     async def get_station(id: Id) -> Response:
-        return envelope(fleet.present(fleet.get(id)))
+        return envelope(fleet.present(await fleet.get(id)))
 
     @app.patch("/v1.1/chargestations/{id}", dependencies=auth, summary="Update a chargestation")
     async def update_station(id: Id, body: model.StationUpdate) -> Response:
-        doc = fleet.update(id, body)
-        await fleet.durable()
+        doc = await fleet.update(id, body)
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} updated")
 
     @app.delete("/v1.1/chargestations/{id}", dependencies=auth, summary="Delete a chargestation")
     async def delete_station(id: Id) -> Response:
         doc = await fleet.delete(id)
-        await fleet.durable()
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} deleted")
 
     @app.patch("/v1.1/chargestations/{id}/reset_password", dependencies=auth,
                summary="Issue a new station password and retire the old one")
     async def reset_password(id: Id) -> Response:
         doc, password = await fleet.rotate_password(id)
-        await fleet.durable()
         return envelope({**fleet.present(doc), "password": password},
                         f"new password for chargestation {doc['endpoint']}; the old one no "
                         "longer works")
@@ -192,7 +188,7 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
     @app.get("/v1.1/chargestations/{id}/connectors", dependencies=auth,
              summary="A chargestation's connectors")
     async def get_connectors(id: Id) -> Response:
-        return envelope(fleet.get(id)["connectors"])
+        return envelope((await fleet.get(id))["connectors"])
 
     @app.post("/v1.1/chargestations/{id}/get_variables", dependencies=auth, status_code=201,
               summary="Fetch the live station's configuration and store it as csconfig")
@@ -201,7 +197,6 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
     ) -> Response:
         body = body or model.GetVariablesRequest()
         result = await fleet.fetch_config(id, body.keys, body.timeout)
-        await fleet.durable()
         return envelope(result, f"{len(result['csconfig'])} configuration entries fetched", 201)
 
     return EnvelopeTooLarge(app)

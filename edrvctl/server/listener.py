@@ -26,9 +26,10 @@ from websockets.http11 import Request, Response
 
 from edrvctl import model
 from edrvctl.fleet import Fleet
+from edrvctl.ocppj import TokenBucket
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.ocpp201 import Station201
-from edrvctl.server.stations import Session
+from edrvctl.server.stations import Registry
 
 log = logging.getLogger("edrvctl.ocpp")
 
@@ -89,14 +90,17 @@ def certificate_identity(conn: ServerConnection) -> str | None:
 class Listener:
     def __init__(self, fleet: Fleet, settings: ListenerSettings):
         self.fleet = fleet
+        self.stations = Registry(fleet)
+        fleet.live = self.stations
         self.s = settings
         self.servers: list[Server] = []
         self.per_address: Counter[str] = Counter()
+        self.buckets: dict[str, TokenBucket] = {}
         # (endpoint, status, reason) -> when that refusal was last logged and stored
         self.refusals_kept: dict[tuple, float] = {}
 
-    def refuse(self, conn: ServerConnection, status: int, endpoint: str | None,
-               reason: str) -> Response:
+    async def refuse(self, conn: ServerConnection, status: int, endpoint: str | None,
+                     reason: str) -> Response:
         # The same refusal is logged, and kept on a known station for the admin, once a minute
         # at most: a station (or anyone who knows its name) retrying in a loop must grow
         # neither the log nor the store.
@@ -108,8 +112,8 @@ class Listener:
             self.refusals_kept[key] = now
             log.warning("refused %s from %s: %s %s", endpoint or "?", conn.remote_address[0],
                         status, reason)
-            if endpoint and self.fleet.is_known(endpoint) is not None:
-                self.fleet.record_event(endpoint, "ConnectionRefused",
+            if endpoint and await self.fleet.is_known(endpoint) is not None:
+                await self.fleet.record_event(endpoint, "ConnectionRefused",
                                         {"status": status, "reason": reason},
                                         from_station=False)
         else:
@@ -123,46 +127,47 @@ class Listener:
         address = conn.remote_address[0]
         endpoint = endpoint_of(request.path)
         if self.s.max_per_address and self.per_address[address] >= self.s.max_per_address:
-            return self.refuse(conn, 503, endpoint, f"too many connections from {address}")
+            return await self.refuse(conn, 503, endpoint, f"too many connections from {address}")
         if endpoint is None:
-            return self.refuse(conn, 404, None, "no chargestation identity in the URL path")
-        doc = self.fleet.is_known(endpoint)
+            return await self.refuse(conn, 404, None, "no chargestation identity in the URL path")
+        doc = await self.fleet.is_known(endpoint)
         if doc is None:
-            return self.refuse(conn, 404, endpoint, f"unknown chargestation {endpoint!r}; "
+            return await self.refuse(conn, 404, endpoint, f"unknown chargestation {endpoint!r}; "
                                "create it with `edrvctl cs create`")
         security = doc["security"]
         tls = conn.transport.get_extra_info("ssl_object") is not None
         if model.needs_tls(security) and not tls:
-            return self.refuse(conn, 403, endpoint, f"security profile {security['type']} "
+            return await self.refuse(conn, 403, endpoint, f"security profile {security['type']} "
                                "requires TLS: connect with wss://")
         if security["type"] == "tls_client_cert":
             identity = certificate_identity(conn)
             if identity is None:
-                return self.refuse(conn, 403, endpoint, "a client certificate is required")
+                return await self.refuse(conn, 403, endpoint, "a client certificate is required")
             if identity != endpoint:
-                return self.refuse(conn, 403, endpoint,
+                return await self.refuse(conn, 403, endpoint,
                                    f"the client certificate is for {identity!r}, not this station")
         if model.needs_password(security):
             creds = basic_credentials(request)
             if creds is None:
-                return self.refuse(conn, 401, endpoint, "HTTP Basic authentication required "
+                return await self.refuse(conn, 401, endpoint, "HTTP Basic authentication required "
                                    "(username = the station's endpoint)")
             if creds[0] != endpoint:
-                return self.refuse(conn, 401, endpoint, "the username must be the endpoint")
+                return await self.refuse(conn, 401, endpoint, "the username must be the endpoint")
             if not await self.fleet.check_password(endpoint, creds[1]):
-                return self.refuse(conn, 401, endpoint, "wrong password")
+                return await self.refuse(conn, 401, endpoint, "wrong password")
         offered = offered_protocols(request)
         if not offered:
-            return self.refuse(conn, 400, endpoint, f"no OCPP subprotocol offered; "
+            return await self.refuse(conn, 400, endpoint, f"no OCPP subprotocol offered; "
                                f"this station is registered for {doc['protocol']}")
         if doc["protocol"] not in offered:
-            return self.refuse(conn, 400, endpoint, f"this station is registered for "
+            return await self.refuse(conn, 400, endpoint, f"this station is registered for "
                                f"{doc['protocol']} but offered {', '.join(offered)}")
+        conn.ocpp_protocol = doc["protocol"]  # type: ignore[attr-defined]  (for select_subprotocol)
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered):
-        # process_request already checked that the registered protocol is among those offered
-        return self.fleet.is_known(endpoint_of(conn.request.path))["protocol"]
+        # process_request checked that the registered protocol is among those offered
+        return getattr(conn, "ocpp_protocol", None)
 
     async def handle(self, ws: ServerConnection) -> None:
         address = ws.remote_address[0]
@@ -174,32 +179,31 @@ class Listener:
             if self.per_address[address] <= 0:
                 del self.per_address[address]
 
+    def _bucket(self, endpoint: str) -> TokenBucket:
+        """The station's message budget, kept across its reconnects."""
+        bucket = self.buckets.get(endpoint)
+        if bucket is None:
+            if len(self.buckets) >= 1_000_000:
+                self.buckets.clear()
+            bucket = self.buckets[endpoint] = TokenBucket(self.s.max_rate, self.s.burst)
+        return bucket
+
     async def _session(self, ws: ServerConnection) -> None:
-        endpoint = endpoint_of(ws.request.path)
-        cp = CHARGE_POINTS[ws.subprotocol](
-            endpoint, ws, self.fleet, response_timeout=self.s.response_timeout,
-            logger=logging.getLogger("edrvctl.ocpp.frames"))
-        cp.limit_rate(self.s.max_rate, self.s.burst)
-        session = Session(endpoint, ws.subprotocol, cp, ws)
-        old = self.fleet.stations.add(session)
-        if old is not None:  # newest connection wins; the old one may be half-open
-            log.info("%s: reconnected, closing the previous connection", endpoint)
-            asyncio.ensure_future(old.close("replaced by a newer connection"))
+        endpoint = endpoint_of(ws.request.path) or ""  # process_request refused none
+        session = CHARGE_POINTS[ws.subprotocol](endpoint, ws.subprotocol, ws, self.fleet,
+                                                self._bucket(endpoint))
         try:
-            self.fleet.connected(endpoint)
-        except Exception:  # deleted between the upgrade and now
-            self.fleet.stations.remove(session)
-            await ws.close(1008, "unknown chargestation")
+            await self.stations.attach(session)
+        except Exception as e:  # deleted between the upgrade and now
+            log.info("%s: not attached: %s", endpoint, e)
+            await session.close("unknown chargestation")
             return
         log.info("%s: connected (%s) from %s", endpoint, ws.subprotocol, ws.remote_address[0])
         try:
-            await cp.start()
-        except ConnectionClosed:
-            pass
+            await session.run()
         finally:
-            if self.fleet.stations.remove(session):
-                self.fleet.disconnected(endpoint)
-                log.info("%s: disconnected (%s)", endpoint, ws.close_code)
+            await self.stations.detach(session)
+            log.info("%s: disconnected (%s)", endpoint, ws.close_code)
 
     async def _serve(self, port: int, tls: ssl.SSLContext | None) -> str:
         server = await serve(

@@ -1,100 +1,97 @@
-"""OCPP 1.6-J: the central system's answers to a station, and the calls it sends.
+"""OCPP 1.6-J: the central system's answers to a station, and its commands in 1.6.
 
-Each handler translates the message into a `Fleet` call and its result back into OCPP 1.6.
-Handlers take **kwargs: optional fields the station may add must never fail a message.
+Each handler gets the payload exactly as the station sent it (validated against the official
+schema, date-times included) and translates it into a `Fleet` call; what it returns is the
+answer's payload (validated too before it is sent).
 """
 
 from __future__ import annotations
 
-from ocpp.charge_point import snake_to_camel_case
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint, call, call_result
-from ocpp.v16.enums import Action, AvailabilityType, RegistrationStatus
+from typing import Any
 
-from edrvctl.model import utcnow
-from edrvctl.server.ocpp_base import RobustChargePoint, checked_time, kept_as_event
+from edrvctl.fleet.live import ChangeAvailability
+from edrvctl.model import canonical_time, utcnow
+from edrvctl.server.stations import StationSession
 
 
-class Station16(RobustChargePoint, ChargePoint):
-    actions = Action
+async def boot(s: StationSession, p: dict) -> dict:
+    status, interval = await s.fleet.boot(s.endpoint, p)
+    return {"currentTime": utcnow(), "interval": interval, "status": status}
 
-    # --- what the station says ---
 
-    @on(Action.boot_notification)
-    def on_boot(self, charge_point_vendor, charge_point_model, **kw):
-        info = {"chargePointVendor": charge_point_vendor, "chargePointModel": charge_point_model,
-                **snake_to_camel_case(kw)}
-        status, interval = self.fleet.boot(self.id, info)
-        return call_result.BootNotification(current_time=utcnow(), interval=interval,
-                                            status=RegistrationStatus(status))
+def heartbeat(s: StationSession, p: dict) -> dict:
+    s.fleet.heartbeat(s.endpoint)
+    return {"currentTime": utcnow()}
 
-    @on(Action.status_notification)
-    def on_status(self, connector_id, error_code, status, info=None, timestamp=None, **kw):
-        checked_time(timestamp, "timestamp")
-        # 1.6 has no EVSEs: connector n is recorded as EVSE n, connector n; 0 is the station
-        self.fleet.status_notification(self.id, connector_id, connector_id, status,
-                                       error_code=error_code, info=info)
-        return call_result.StatusNotification()
 
-    @on(Action.authorize)
-    def on_authorize(self, id_tag, **kw):
-        return call_result.Authorize(id_tag_info={"status": self.fleet.authorize(self.id, id_tag)})
+async def status_notification(s: StationSession, p: dict) -> dict:
+    # 1.6 has no EVSEs: connector n is recorded as EVSE n, connector n; 0 is the station
+    c = p["connectorId"]
+    await s.fleet.status_notification(s.endpoint, c, c, p["status"],
+                                      error_code=p["errorCode"], info=p.get("info"))
+    return {}
 
-    @on(Action.start_transaction)
-    def on_start(self, connector_id, id_tag, meter_start, timestamp, **kw):
-        when = checked_time(timestamp, "timestamp")
-        tx_key, status = self.fleet.start_transaction(self.id, connector_id, id_tag,
-                                                      meter_start, when)
-        return call_result.StartTransaction(transaction_id=int(tx_key),
-                                            id_tag_info={"status": status})
 
-    @on(Action.stop_transaction)
-    def on_stop(self, meter_stop, timestamp, transaction_id, reason=None, transaction_data=None,
-                **kw):
-        when = checked_time(timestamp, "timestamp")
-        if transaction_data:
-            self.fleet.meter_values(self.id, 0, str(transaction_id),
-                                    self.raw["transactionData"])
-        self.fleet.stop_transaction(self.id, str(transaction_id), meter_stop, when, reason)
-        return call_result.StopTransaction(id_tag_info={"status": "Accepted"}
-                                           if kw.get("id_tag") else None)
+async def authorize(s: StationSession, p: dict) -> dict:
+    return {"idTagInfo": {"status": await s.fleet.authorize(s.endpoint, p["idTag"])}}
 
-    @on(Action.meter_values)
-    def on_meter_values(self, connector_id, meter_value, transaction_id=None, **kw):
-        for mv in meter_value:
-            checked_time(mv.get("timestamp"), "meterValue.timestamp")
-        self.fleet.meter_values(self.id, connector_id,
-                                None if transaction_id is None else str(transaction_id),
-                                self.raw["meterValue"])
-        return call_result.MeterValues()
 
-    # Notifications that are only kept, as the station sent them (DataTransfer: no vendor
-    # extension is implemented, and UnknownVendorId is the spec's answer for that).
-    on_data_transfer = kept_as_event(
-        Action.data_transfer, lambda: call_result.DataTransfer(status="UnknownVendorId"))
-    on_firmware_status_notification = kept_as_event(
-        Action.firmware_status_notification, call_result.FirmwareStatusNotification)
-    on_diagnostics_status_notification = kept_as_event(
-        Action.diagnostics_status_notification, call_result.DiagnosticsStatusNotification)
-    on_security_event_notification = kept_as_event(
-        Action.security_event_notification, call_result.SecurityEventNotification, "timestamp")
-    on_log_status_notification = kept_as_event(
-        Action.log_status_notification, call_result.LogStatusNotification)
-    on_signed_firmware_status_notification = kept_as_event(
-        Action.signed_firmware_status_notification,
-        call_result.SignedFirmwareStatusNotification)
+async def start_transaction(s: StationSession, p: dict) -> dict:
+    tx_key, status = await s.fleet.start_transaction(
+        s.endpoint, p["connectorId"], p["idTag"], p["meterStart"], canonical_time(p["timestamp"]))
+    return {"transactionId": int(tx_key), "idTagInfo": {"status": status}}
 
-    # --- what the central system asks (always through Session.command) ---
 
-    async def fetch_config(self, keys: list[str]) -> tuple[list[dict], list[str]]:
-        r = await self.call(call.GetConfiguration(key=keys or None), suppress=False)
+async def stop_transaction(s: StationSession, p: dict) -> dict:
+    await s.fleet.stop_transaction(s.endpoint, str(p["transactionId"]), p["meterStop"],
+                                   canonical_time(p["timestamp"]), p.get("reason"),
+                                   meter_values=p.get("transactionData"))
+    return {"idTagInfo": {"status": "Accepted"}} if p.get("idTag") else {}
+
+
+async def meter_values(s: StationSession, p: dict) -> dict:
+    tx = p.get("transactionId")
+    await s.fleet.meter_values(s.endpoint, p["connectorId"], None if tx is None else str(tx),
+                               p["meterValue"])
+    return {}
+
+
+def kept_as_event(action: str, answer: dict) -> Any:
+    """A notification that is only kept, as the station sent it, as an event named after its
+    action."""
+    async def handler(s: StationSession, p: dict) -> dict:
+        await s.fleet.record_event(s.endpoint, action, p)
+        return answer
+    return handler
+
+
+class Station16(StationSession):
+    __slots__ = ()
+    HANDLERS = {
+        "BootNotification": boot,
+        "Heartbeat": heartbeat,
+        "StatusNotification": status_notification,
+        "Authorize": authorize,
+        "StartTransaction": start_transaction,
+        "StopTransaction": stop_transaction,
+        "MeterValues": meter_values,
+        # no vendor extension is implemented, and UnknownVendorId is the spec's answer for that
+        "DataTransfer": kept_as_event("DataTransfer", {"status": "UnknownVendorId"}),
+        **{action: kept_as_event(action, {}) for action in (
+            "FirmwareStatusNotification", "DiagnosticsStatusNotification",
+            "SecurityEventNotification", "LogStatusNotification",
+            "SignedFirmwareStatusNotification")},
+    }
+
+    async def fetch_config(self, keys: tuple[str, ...],
+                           timeout: float) -> tuple[list[dict], list[str]]:
+        r = await self.call("GetConfiguration", {"key": list(keys)} if keys else {}, timeout)
         entries = [{"key": e["key"], "value": e.get("value"), "readonly": e["readonly"]}
-                   for e in r.configuration_key or []]
-        return entries, list(r.unknown_key or [])
+                   for e in r.get("configurationKey") or []]
+        return entries, list(r.get("unknownKey") or [])
 
-    async def change_availability(self, operative: bool) -> str:
-        r = await self.call(call.ChangeAvailability(
-            connector_id=0,
-            type=AvailabilityType.operative if operative else AvailabilityType.inoperative),
-            suppress=False)
-        return r.status
+    async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
+        r = await self.call("ChangeAvailability", {
+            "connectorId": command.connector or 0,
+            "type": "Operative" if command.operative else "Inoperative"}, timeout)
+        return r["status"]

@@ -1,26 +1,21 @@
-"""OCPP 2.0.1: the central system's answers to a station, and the calls it sends.
+"""OCPP 2.0.1: the central system's answers to a station, and its commands in 2.0.1.
 
-Each handler translates the message into a `Fleet` call and its result back into OCPP 2.0.1.
-Nested objects arrive as snake_case dicts (ocpp-notes.md §1.2). Handlers take **kwargs.
+Handlers get the payload exactly as sent (camelCase, validated against the official schema,
+date-times included) and return the answer's payload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-
-from ocpp.routing import on
-from ocpp.v201 import ChargePoint, call, call_result, datatypes
-from ocpp.v201.enums import (
-    Action,
-    OperationalStatusEnumType,
-    RegistrationStatusEnumType,
-    ReportBaseEnumType,
-)
+from typing import Any
 
 from edrvctl.errors import StationRejected, UsageError
-from edrvctl.model import utcnow
-from edrvctl.server.ocpp_base import RobustChargePoint, checked_time, kept_as_event
+from edrvctl.fleet.live import ChangeAvailability
+from edrvctl.model import canonical_time, utcnow
+from edrvctl.ocppj import RpcClosed
+from edrvctl.server.ocpp16 import heartbeat, kept_as_event
+from edrvctl.server.stations import StationSession
 
 
 def config_key(component: dict, variable: dict) -> str:
@@ -42,137 +37,135 @@ def parse_key(key: str) -> tuple[dict, dict]:
     return part(component), part(variable)
 
 
-class Station201(RobustChargePoint, ChargePoint):
-    actions = Action
+async def boot(s: StationSession, p: dict) -> dict:
+    cs = p["chargingStation"]
+    modem = cs.get("modem") or {}
+    info = {"chargePointVendor": cs.get("vendorName"), "chargePointModel": cs.get("model"),
+            "chargePointSerialNumber": cs.get("serialNumber"),
+            "firmwareVersion": cs.get("firmwareVersion"),
+            "iccid": modem.get("iccid"), "imsi": modem.get("imsi"), "reason": p["reason"]}
+    status, interval = await s.fleet.boot(s.endpoint, info)
+    return {"currentTime": utcnow(), "interval": interval, "status": status}
+
+
+async def status_notification(s: StationSession, p: dict) -> dict:
+    await s.fleet.status_notification(s.endpoint, p["evseId"], p["connectorId"],
+                                      p["connectorStatus"])
+    return {}
+
+
+async def authorize(s: StationSession, p: dict) -> dict:
+    status = await s.fleet.authorize(s.endpoint, p["idToken"]["idToken"])
+    return {"idTokenInfo": {"status": status}}
+
+
+async def transaction_event(s: StationSession, p: dict) -> dict:
+    when = canonical_time(p["timestamp"])
+    info = p["transactionInfo"]
+    tx_key = info["transactionId"]
+    connector = (p.get("evse") or {}).get("id", 0)
+    id_token = p.get("idToken")
+    status = None
+    if p["eventType"] == "Started":
+        _, status = await s.fleet.start_transaction(
+            s.endpoint, connector, (id_token or {}).get("idToken"), None, when, tx_key=tx_key)
+    elif id_token is not None:  # a token presented mid-transaction is authorized too
+        status = await s.fleet.authorize(s.endpoint, id_token["idToken"])
+    if p.get("meterValue"):
+        await s.fleet.meter_values(s.endpoint, connector, tx_key, p["meterValue"])
+    if p["eventType"] == "Ended":
+        await s.fleet.stop_transaction(s.endpoint, tx_key, None, when, info.get("stoppedReason"))
+    return {"idTokenInfo": {"status": status}} if id_token is not None and status else {}
+
+
+async def meter_values(s: StationSession, p: dict) -> dict:
+    await s.fleet.meter_values(s.endpoint, p["evseId"], None, p["meterValue"])
+    return {}
+
+
+async def notify_report(s: "Station201", p: dict) -> dict:
+    pending = s.reports.get(p["requestId"]) if s.reports else None
+    if pending is None:  # a report nobody here asked for is kept as an event
+        await s.fleet.record_event(s.endpoint, "NotifyReport", p)
+    else:
+        entries, done = pending
+        entries.extend(p.get("reportData") or [])
+        if not p.get("tbc", False) and not done.done():
+            done.set_result(entries)
+    return {}
+
+
+class Station201(StationSession):
+    __slots__ = ("reports",)
     _request_ids = itertools.count(1)
+    HANDLERS = {
+        "BootNotification": boot,
+        "Heartbeat": heartbeat,
+        "StatusNotification": status_notification,
+        "Authorize": authorize,
+        "TransactionEvent": transaction_event,
+        "MeterValues": meter_values,
+        "NotifyReport": notify_report,
+        # no vendor extension is implemented, and UnknownVendorId is the spec's answer for that
+        "DataTransfer": kept_as_event("DataTransfer", {"status": "UnknownVendorId"}),
+        **{action: kept_as_event(action, {}) for action in (
+            "FirmwareStatusNotification", "LogStatusNotification",
+            "SecurityEventNotification", "NotifyEvent")},
+    }
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # request id -> (entries so far, future set when the last part arrives)
-        self._reports: dict[int, tuple[list, asyncio.Future]] = {}
+        # request id -> (report parts so far, future set by the last part); made on first use
+        self.reports: dict[int, tuple[list, asyncio.Future]] | None = None
 
-    # --- what the station says ---
+    def closed(self) -> None:
+        super().closed()
+        for _, done in (self.reports or {}).values():
+            if not done.done():
+                done.set_exception(RpcClosed("the station went offline"))
 
-    @on(Action.boot_notification)
-    def on_boot(self, charging_station, reason, **kw):
-        modem = charging_station.get("modem") or {}
-        info = {"chargePointVendor": charging_station.get("vendor_name"),
-                "chargePointModel": charging_station.get("model"),
-                "chargePointSerialNumber": charging_station.get("serial_number"),
-                "firmwareVersion": charging_station.get("firmware_version"),
-                "iccid": modem.get("iccid"), "imsi": modem.get("imsi"), "reason": reason}
-        status, interval = self.fleet.boot(self.id, info)
-        return call_result.BootNotification(current_time=utcnow(), interval=interval,
-                                            status=RegistrationStatusEnumType(status))
-
-    @on(Action.status_notification)
-    def on_status(self, timestamp, connector_status, evse_id, connector_id, **kw):
-        checked_time(timestamp, "timestamp")
-        self.fleet.status_notification(self.id, evse_id, connector_id, connector_status)
-        return call_result.StatusNotification()
-
-    @on(Action.authorize)
-    def on_authorize(self, id_token, **kw):
-        status = self.fleet.authorize(self.id, id_token["id_token"])
-        return call_result.Authorize(id_token_info={"status": status})
-
-    @on(Action.transaction_event)
-    def on_transaction_event(self, event_type, timestamp, trigger_reason, seq_no,
-                             transaction_info, evse=None, id_token=None, meter_value=None, **kw):
-        when = checked_time(timestamp, "timestamp")
-        tx_key = transaction_info["transaction_id"]
-        connector = (evse or {}).get("id", 0)
-        status = None
-        if event_type == "Started":
-            _, status = self.fleet.start_transaction(
-                self.id, connector, (id_token or {}).get("id_token"), None, when, tx_key=tx_key)
-        elif id_token is not None:  # a token presented mid-transaction is authorized too
-            status = self.fleet.authorize(self.id, id_token["id_token"])
-        if meter_value:
-            self.fleet.meter_values(self.id, connector, tx_key, self.raw["meterValue"])
-        if event_type == "Ended":
-            self.fleet.stop_transaction(self.id, tx_key, None, when,
-                                        transaction_info.get("stopped_reason"))
-        return call_result.TransactionEvent(
-            id_token_info={"status": status} if id_token is not None and status else None)
-
-    @on(Action.meter_values)
-    def on_meter_values(self, evse_id, meter_value, **kw):
-        for mv in meter_value:
-            checked_time(mv.get("timestamp"), "meterValue.timestamp")
-        self.fleet.meter_values(self.id, evse_id, None, self.raw["meterValue"])
-        return call_result.MeterValues()
-
-    # Notifications that are only kept, as the station sent them (DataTransfer: no vendor
-    # extension is implemented, and UnknownVendorId is the spec's answer for that).
-    on_data_transfer = kept_as_event(
-        Action.data_transfer, lambda: call_result.DataTransfer(status="UnknownVendorId"))
-    on_firmware_status_notification = kept_as_event(
-        Action.firmware_status_notification, call_result.FirmwareStatusNotification)
-    on_log_status_notification = kept_as_event(
-        Action.log_status_notification, call_result.LogStatusNotification)
-    on_security_event_notification = kept_as_event(
-        Action.security_event_notification, call_result.SecurityEventNotification, "timestamp")
-    on_notify_event = kept_as_event(
-        Action.notify_event, call_result.NotifyEvent, "generated_at")
-
-    @on(Action.notify_report)
-    def on_notify_report(self, request_id, generated_at, seq_no, report_data=None, tbc=False,
-                         **kw):
-        checked_time(generated_at, "generatedAt")
-        pending = self._reports.get(request_id)
-        if pending is None:  # a report nobody here asked for is kept as an event
-            self.fleet.record_event(self.id, "NotifyReport", self.raw)
-        else:
-            entries, done = pending
-            entries.extend(report_data or [])
-            if not tbc and not done.done():
-                done.set_result(entries)
-        return call_result.NotifyReport()
-
-    # --- what the central system asks (always through Session.command) ---
-
-    async def fetch_config(self, keys: list[str]) -> tuple[list[dict], list[str]]:
+    async def fetch_config(self, keys: tuple[str, ...],
+                           timeout: float) -> tuple[list[dict], list[str]]:
         if keys:
-            return await self._get_variables(keys)
-        return await self._base_report(), []
+            return await self._get_variables(keys, timeout)
+        return await self._base_report(timeout), []
 
-    async def _get_variables(self, keys: list[str]) -> tuple[list[dict], list[str]]:
+    async def _get_variables(self, keys: tuple[str, ...],
+                             timeout: float) -> tuple[list[dict], list[str]]:
         wanted = []
         for key in keys:
             component, variable = parse_key(key)
-            wanted.append(datatypes.GetVariableDataType(
-                component=datatypes.ComponentType(**component),
-                variable=datatypes.VariableType(**variable)))
-        r = await self.call(call.GetVariables(get_variable_data=wanted), suppress=False)
+            wanted.append({"component": component, "variable": variable})
+        r = await self.call("GetVariables", {"getVariableData": wanted}, timeout)
         entries, unknown = [], []
-        for res in r.get_variable_result:
+        for res in r["getVariableResult"]:
             key = config_key(res["component"], res["variable"])
-            if res["attribute_status"] == "Accepted":
-                entries.append({"key": key, "value": res.get("attribute_value"),
+            if res["attributeStatus"] == "Accepted":
+                entries.append({"key": key, "value": res.get("attributeValue"),
                                 "readonly": None, "component": res["component"]["name"],
                                 "variable": res["variable"]["name"]})
             else:
-                unknown.append(f"{key} ({res['attribute_status']})")
+                unknown.append(f"{key} ({res['attributeStatus']})")
         return entries, unknown
 
-    async def _base_report(self) -> list[dict]:
+    async def _base_report(self, timeout: float) -> list[dict]:
         request_id = next(self._request_ids)
         done = asyncio.get_running_loop().create_future()
-        self._reports[request_id] = ([], done)
+        if self.reports is None:
+            self.reports = {}
+        self.reports[request_id] = ([], done)
         try:
-            r = await self.call(call.GetBaseReport(
-                request_id=request_id, report_base=ReportBaseEnumType.full_inventory),
-                suppress=False)
-            if r.status != "Accepted":
-                raise StationRejected(f"chargestation {self.id} refused GetBaseReport: "
-                                      f"{r.status}")
+            r = await self.call("GetBaseReport", {"requestId": request_id,
+                                                  "reportBase": "FullInventory"}, timeout)
+            if r["status"] != "Accepted":
+                raise StationRejected(f"chargestation {self.endpoint} refused GetBaseReport: "
+                                      f"{r['status']}")
             report = await done  # the caller's deadline bounds this wait
         finally:
-            self._reports.pop(request_id, None)
+            self.reports.pop(request_id, None)
         entries = []
         for item in report:
-            for attr in item.get("variable_attribute") or []:
+            for attr in item.get("variableAttribute") or []:
                 if attr.get("type", "Actual") != "Actual":
                     continue
                 entry = {"key": config_key(item["component"], item["variable"]),
@@ -185,8 +178,11 @@ class Station201(RobustChargePoint, ChargePoint):
                 entries.append(entry)
         return entries
 
-    async def change_availability(self, operative: bool) -> str:
-        r = await self.call(call.ChangeAvailability(
-            operational_status=OperationalStatusEnumType.operative if operative
-            else OperationalStatusEnumType.inoperative), suppress=False)
-        return r.status
+    async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
+        payload: dict = {"operationalStatus": "Operative" if command.operative
+                         else "Inoperative"}
+        if command.evse is not None:
+            payload["evse"] = {"id": command.evse, **({"connectorId": command.connector}
+                                                      if command.connector is not None else {})}
+        r = await self.call("ChangeAvailability", payload, timeout)
+        return r["status"]

@@ -1,101 +1,173 @@
-"""The registry of live station connections: endpoint -> Session.
+"""The live-stations port, for one process: endpoint -> the session holding its websocket.
 
-A Session owns one websocket and its OCPP ChargePoint. `command()` is the only way to send a
-call to a station: commands go out one at a time and in order (a FIFO lock), each with one
-overall deadline that includes the time spent queued, and a disconnect fails the pending command
-at once instead of after the library's response timeout.
+Attach/detach, newest-connection-wins, online bookkeeping and the "is this session still the
+current one" guard live here and nowhere else. A command (fleet.live) is carried out by the
+station's session in its version's OCPP, within one deadline that includes the wait behind
+earlier commands (ocppj.Rpc sends one CALL at a time, FIFO, with a cap).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+import logging
+from typing import Any, ClassVar, Mapping
 
-from edrvctl.errors import Busy, StationRejected, StationTimeout, Unavailable
+from websockets.exceptions import ConnectionClosed
+
+from edrvctl.errors import (
+    Busy,
+    EdrvError,
+    StationRejected,
+    StationTimeout,
+    Unavailable,
+    UsageError,
+)
+from edrvctl.fleet.live import ChangeAvailability, Command, Disconnect, FetchConfig
+from edrvctl.ocppj import (
+    VERSIONS,
+    InvalidCall,
+    QueueFull,
+    RemoteError,
+    Rpc,
+    RpcClosed,
+    RpcError,
+    TokenBucket,
+)
+from edrvctl.ocppj.rpc import Handler
+
+log = logging.getLogger("edrvctl.ocpp")
 
 MAX_QUEUED = 16  # admin commands waiting for one station; more are refused, not queued
+CLOSE_TIMEOUT = 10.0  # seconds a close may take before the socket is dropped
 
 
-class Session:
-    def __init__(self, endpoint: str, protocol: str, cp: Any, ws: Any):
+def rpc_error_for(exc: Exception) -> RpcError:
+    """What a station is told when its message could not be handled."""
+    if isinstance(exc, UsageError):  # valid per the schema, but not storable (e.g. nesting)
+        return RpcError("FormatViolation", exc.message)
+    if isinstance(exc, EdrvError):  # e.g. the store is full: not acknowledged, and said why
+        log.error("a station message was not recorded: %s", exc.message)
+        return RpcError("InternalError", exc.message)
+    log.error("a station message handler failed", exc_info=exc)
+    return RpcError("InternalError", "the central system failed to handle this request")
+
+
+class StationSession:
+    """One station's connection: its websocket, its Rpc, and its version's handlers
+    (`HANDLERS`, action -> function(session, payload), built once per class)."""
+
+    HANDLERS: ClassVar[Mapping[str, Handler]] = {}
+    __slots__ = ("endpoint", "protocol", "ws", "fleet", "rpc")
+
+    def __init__(self, endpoint: str, protocol: str, ws: Any, fleet: Any,
+                 bucket: TokenBucket | None = None) -> None:
         self.endpoint = endpoint
         self.protocol = protocol
-        self.cp = cp
         self.ws = ws
-        self._order = asyncio.Lock()  # asyncio.Lock wakes waiters first come, first served
-        self.queued = 0
+        self.fleet = fleet
+        self.rpc = Rpc(ws, VERSIONS[protocol], self.HANDLERS, self, name=endpoint,
+                       max_queued=MAX_QUEUED, bucket=bucket, on_error=rpc_error_for)
 
-    async def command(self, fn: Callable[[Any], Awaitable[Any]], timeout: float) -> Any:
-        """Run fn(cp) (which sends OCPP calls) in this station's queue, within `timeout` s."""
-        from ocpp.exceptions import OCPPError
-        from websockets.exceptions import ConnectionClosed
-
-        if self.queued >= MAX_QUEUED:
-            raise Busy(f"chargestation {self.endpoint} has {self.queued} commands waiting; "
-                       "try again later")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        closed = asyncio.ensure_future(self.ws.wait_closed())
-        self.queued += 1
-        waiting, work = True, None
+    async def run(self) -> None:
+        """Answer the station until its socket closes."""
         try:
-            async with asyncio.timeout_at(deadline):
-                async with self._order:
-                    self.queued -= 1
-                    waiting = False
-                    # The library's own timeout is what is left of ours, so that a late answer
-                    # is dropped by the library itself (no orphan reply confusing the next call).
-                    self.cp._response_timeout = max(0.001, deadline - loop.time())
-                    work = asyncio.ensure_future(fn(self.cp))
-                    done, _ = await asyncio.wait({work, closed},
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                    if work not in done:
-                        raise Unavailable(f"chargestation {self.endpoint} went offline "
-                                          "while the command was pending")
-                    return work.result()
-        except TimeoutError:
-            raise StationTimeout(
-                f"chargestation {self.endpoint} did not answer within {timeout:g} s",
-                hint="try again with a longer --timeout, or check the station") from None
-        except OCPPError as e:
-            # a CALLERROR from the station, or an answer that broke the schema
-            raise StationRejected(f"chargestation {self.endpoint} answered with a CALLERROR or an "
-                                  f"invalid reply: {e.code}: {e.description}") from None
+            await self.rpc.run()
         except ConnectionClosed:
-            raise Unavailable(f"chargestation {self.endpoint} went offline") from None
+            pass
         finally:
-            if waiting:
-                self.queued -= 1
-            if work is not None and not work.done():
-                work.cancel()
-            closed.cancel()
+            self.closed()
+
+    def closed(self) -> None:
+        """The socket is gone: whatever waits on this station fails now."""
+        self.rpc.close()
 
     async def close(self, reason: str = "") -> None:
-        await self.ws.close(1000, reason[:120])
+        """Close the socket with a deadline, whatever the station does."""
+        try:
+            await asyncio.wait_for(self.ws.close(1000, reason[:120]), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self.ws.transport.abort()
+
+    async def call(self, action: str, payload: dict, timeout: float) -> dict:
+        return await self.rpc.call(action, payload, timeout)
+
+    # the version's translation of each command (server/ocpp16.py, server/ocpp201.py)
+    async def fetch_config(self, keys: tuple[str, ...],
+                           timeout: float) -> tuple[list[dict], list[str]]:
+        raise NotImplementedError
+
+    async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
+        raise NotImplementedError
 
 
-class Stations:
-    def __init__(self) -> None:
-        self._sessions: dict[str, Session] = {}
+class Registry:
+    """fleet.live.LiveStations for the stations connected to this process."""
 
-    def get(self, endpoint: str) -> Session | None:
+    def __init__(self, fleet: Any) -> None:
+        self.fleet = fleet
+        self._sessions: dict[str, StationSession] = {}
+
+    def is_online(self, endpoint: str) -> bool:
+        return endpoint in self._sessions
+
+    def get(self, endpoint: str) -> StationSession | None:
         return self._sessions.get(endpoint)
-
-    def add(self, session: Session) -> Session | None:
-        """Register a new connection; returns the one it replaces (newest connection wins)."""
-        old = self._sessions.get(session.endpoint)
-        self._sessions[session.endpoint] = session
-        return old
-
-    def remove(self, session: Session) -> bool:
-        """Forget a connection, unless a newer one has already replaced it."""
-        if self._sessions.get(session.endpoint) is session:
-            del self._sessions[session.endpoint]
-            return True
-        return False
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def all(self) -> list[Session]:
+    def all(self) -> list[StationSession]:
         return list(self._sessions.values())
+
+    async def attach(self, session: StationSession) -> bool:
+        """A new connection becomes the station's (newest wins: an older one, perhaps
+        half-open, is closed). False if the station was deleted meanwhile."""
+        old = self._sessions.get(session.endpoint)
+        self._sessions[session.endpoint] = session
+        if old is not None:
+            log.info("%s: reconnected, closing the previous connection", session.endpoint)
+            old.closed()
+            asyncio.ensure_future(old.close("replaced by a newer connection"))
+        try:
+            await self.fleet.connected(session.endpoint)
+        except Exception:  # deleted between the upgrade and now, or the store failed
+            if self._sessions.get(session.endpoint) is session:
+                del self._sessions[session.endpoint]
+            raise
+        return True
+
+    async def detach(self, session: StationSession) -> None:
+        """A connection ended; the station is offline unless a newer one replaced it."""
+        if self._sessions.get(session.endpoint) is not session:
+            return
+        del self._sessions[session.endpoint]
+        await self.fleet.disconnected(session.endpoint)
+
+    async def send(self, endpoint: str, command: Command, timeout: float) -> Any:
+        session = self._sessions.get(endpoint)
+        if session is None:
+            raise Unavailable(f"chargestation {endpoint} is offline")
+        try:
+            async with asyncio.timeout(timeout):
+                if isinstance(command, Disconnect):
+                    return await session.close(command.reason)
+                if isinstance(command, FetchConfig):
+                    return await session.fetch_config(command.keys, timeout)
+                if isinstance(command, ChangeAvailability):
+                    return await session.change_availability(command, timeout)
+                raise UsageError(f"unknown command {command!r}")
+        except TimeoutError:
+            raise StationTimeout(
+                f"chargestation {endpoint} did not answer within {timeout:g} s",
+                hint="try again with a longer --timeout, or check the station") from None
+        except QueueFull:
+            raise Busy(f"chargestation {endpoint} has {session.rpc.queued} commands "
+                       "waiting; try again later") from None
+        except RemoteError as e:
+            raise StationRejected(f"chargestation {endpoint} answered with a CALLERROR or an "
+                                  f"invalid reply: {e.code}: {e.description}") from None
+        except (RpcClosed, ConnectionClosed):
+            raise Unavailable(f"chargestation {endpoint} went offline while the command "
+                              "was pending") from None
+        except InvalidCall as e:
+            raise UsageError(f"not sent: {e}") from None

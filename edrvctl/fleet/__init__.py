@@ -1,0 +1,438 @@
+"""Domain rules: the one place that decides what an admin request or a station message does.
+
+The REST routes (server/api.py) and the OCPP handlers (server/ocpp16.py, server/ocpp201.py) are
+thin translators into the methods below. `Fleet` owns two ports and imports nothing from the
+server:
+
+- `store` (edrvctl.store.Store): every operation is one unit of work, and returns only after
+  its unit has committed, so whatever the caller acknowledges (an API response, a CALLRESULT)
+  is durable first. That rule lives here, once, not in each adapter.
+- `live` (fleet.live.LiveStations): the stations connected now; commands are plain data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from edrvctl import model
+from edrvctl.errors import NotFound, StaleRecord, Unavailable, UsageError
+from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig, LiveStations
+from edrvctl.store import StationQuery, Store, Unit
+from edrvctl.timefmt import ago
+
+log = logging.getLogger("edrvctl.fleet")
+
+MAX_SAVE_TRIES = 5  # a record changed by another writer meanwhile is read and changed again
+MAX_REMEMBERED = 100_000  # memos keyed by something a station sends are cleared past this
+
+
+def _last_seen(doc: dict) -> str:
+    when = doc.get("lastMessageAt") or doc.get("lastConnectAt")
+    return f"last seen {ago(when)}" if when else "never connected"
+
+
+class NoLiveStations:
+    """Before a server attaches its listener: every station is offline."""
+
+    def is_online(self, endpoint: str) -> bool:
+        return False
+
+    async def send(self, endpoint: str, command: Any, timeout: float) -> Any:
+        raise Unavailable(f"chargestation {endpoint} is offline")
+
+
+class Fleet:
+    def __init__(self, store: Store, live: LiveStations | None = None,
+                 heartbeat_interval: int = 300):
+        self.store = store
+        self.live: LiveStations = live or NoLiveStations()
+        self.ocpp_url: str | None = None  # base URL stations are pointed at, once it is bound
+        self.heartbeat_interval = heartbeat_interval
+        self._tasks: set[asyncio.Task] = set()
+        # lastMessageAt of stations whose message changed nothing else, not yet written:
+        # written at most once a second per station (flush_seen), not once per Heartbeat.
+        self._seen: dict[str, str] = {}
+        self._ids: dict[str, str] = {}  # endpoint -> _id of connected stations
+        # endpoint -> {(evse, connector): what it last said and we committed}, while connected
+        self._statuses: dict[str, dict[tuple[int, int], tuple]] = {}
+        self._process_key = os.urandom(32)
+        # stored password hash -> keyed digest of the password that matched it: a hash
+        # changed elsewhere misses here and is checked in full again
+        self._verified: dict[str, bytes] = {}
+
+    # --- units of work ------------------------------------------------------------------------
+
+    async def _read(self, key: str) -> dict | None:
+        async with self.store.unit() as tx:
+            return await self._load(tx, key)
+
+    async def _load(self, tx: Unit, key: str) -> dict | None:
+        """A record by `_id` or endpoint, with its latest lastMessageAt."""
+        doc = await tx.get_station(key)
+        if doc is not None and doc["endpoint"] in self._seen:
+            doc["lastMessageAt"] = self._seen[doc["endpoint"]]
+        return doc
+
+    async def _change(self, key: str, fn: Callable[[dict, str], Any], content: bool = True,
+                      message: bool = True) -> tuple[dict, Any]:
+        """Read a station, apply fn(doc, now), stamp it, save it, in one unit; read and apply
+        again if another writer saved the record meanwhile. Returns (record, fn's result).
+        `content`: the record's content changed (updatedAt); `message`: the station said
+        something (lastMessageAt)."""
+        for attempt in range(MAX_SAVE_TRIES):
+            try:
+                async with self.store.unit() as tx:
+                    doc = await tx.get_station(key)
+                    if doc is None:  # deleted meanwhile (its session is being closed)
+                        raise NotFound(f"chargestation {key!r} not found",
+                                       hint="list them with `edrvctl cs list`")
+                    now = model.utcnow()
+                    result = fn(doc, now)
+                    seen = self._seen.pop(doc["endpoint"], None)
+                    if message:
+                        doc["lastMessageAt"] = now
+                    elif seen:
+                        doc["lastMessageAt"] = seen
+                    if content:
+                        doc["updatedAt"] = now
+                    await tx.save_station(doc)
+                return doc, result
+            except StaleRecord:
+                if attempt == MAX_SAVE_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _touch(self, endpoint: str) -> None:
+        self._seen[endpoint] = model.utcnow()
+
+    async def flush_seen(self) -> None:
+        """Write the pending lastMessageAt stamps (the server calls this every second)."""
+        if self._seen:
+            seen, self._seen = self._seen, {}
+            async with self.store.unit() as tx:
+                await tx.set_last_message_at(seen)
+
+    async def _station_id(self, endpoint: str) -> str:
+        sid = self._ids.get(endpoint)
+        if sid is None:
+            doc = await self._read(endpoint)
+            if doc is None:  # deleted while connected; the session is being closed
+                raise NotFound(f"chargestation {endpoint!r} not found")
+            sid = doc["_id"]
+        return sid
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def present(self, doc: dict) -> dict:
+        return {**doc, "connection_url": self.ocpp_url}
+
+    async def get(self, key: str) -> dict:
+        doc = await self._read(key)
+        if doc is None:
+            raise NotFound(f"chargestation {key!r} not found",
+                           hint="list them with `edrvctl cs list`")
+        return doc
+
+    async def list_json(self, query: StationQuery) -> tuple[list[str], int]:
+        """A page of records as JSON texts, `connection_url` included. Parsing and re-encoding
+        10,000 records costs more than the rest of a list request; splicing costs nothing."""
+        async with self.store.unit() as tx:
+            docs, total = await tx.list_stations_json(query)
+        extra = ',"connection_url":' + orjson.dumps(self.ocpp_url).decode() + "}"
+        return [d[:-1] + extra for d in docs], total
+
+    # --- admin changes ------------------------------------------------------------------------
+
+    async def create(self, body: model.StationCreate) -> tuple[dict, str | None]:
+        """Returns the record, and the station's password when its profile has one (the only
+        time it is ever shown)."""
+        now = model.utcnow()
+        doc = model.new_station(body, now)
+        password, hashed = None, None
+        if model.needs_password(doc["security"]):
+            password, hashed = await self._new_password()
+        async with self.store.unit() as tx:
+            await tx.create_station(doc)
+            if hashed:
+                await tx.set_password_hash(doc["_id"], hashed, now)
+        return doc, password
+
+    @staticmethod
+    async def _new_password() -> tuple[str, str]:
+        """A new password and its hash (the slow hash runs in a thread, off the event loop)."""
+        from edrvctl import passwords
+
+        password = passwords.generate()
+        return password, await asyncio.to_thread(passwords.hash_password, password)
+
+    async def rotate_password(self, key: str) -> tuple[dict, str]:
+        """Issue a new password and retire the old one at once; a station connected with the
+        old one is disconnected (it must come back with the new one)."""
+        doc = await self.get(key)
+        if not model.needs_password(doc["security"]):
+            raise UsageError(f"chargestation {doc['endpoint']} uses security "
+                             f"{doc['security']['type']!r}, which has no password")
+        password, hashed = await self._new_password()
+        for attempt in range(MAX_SAVE_TRIES):
+            try:
+                async with self.store.unit() as tx:
+                    doc = await self._load(tx, key)
+                    if doc is None:
+                        raise NotFound(f"chargestation {key!r} not found")
+                    now = model.utcnow()
+                    await tx.set_password_hash(doc["_id"], hashed, now)
+                    doc["updatedAt"] = now
+                    await tx.save_station(doc)
+                break
+            except StaleRecord:
+                if attempt == MAX_SAVE_TRIES - 1:
+                    raise
+        await self._disconnect(doc["endpoint"], "password rotated")
+        return doc, password
+
+    async def check_password(self, endpoint: str, password: str) -> bool:
+        """Constant-time check of a station's password. The slow hash runs in a thread once
+        per stored hash and server run; after that a keyed digest kept in memory answers."""
+        from edrvctl import passwords
+
+        async with self.store.unit() as tx:
+            doc = await tx.get_station(endpoint)
+            stored = await tx.password_hash(doc["_id"]) if doc else None
+        if stored is None:
+            return False
+        quick = hmac.new(self._process_key, f"{stored}\0{password}".encode(), "sha256").digest()
+        known = self._verified.get(stored)
+        if known is not None:
+            return hmac.compare_digest(known, quick)
+        if await asyncio.to_thread(passwords.verify, password, stored):
+            if len(self._verified) >= MAX_REMEMBERED:
+                self._verified.clear()
+            self._verified[stored] = quick
+            return True
+        return False
+
+    async def update(self, key: str, patch: model.StationUpdate) -> dict:
+        changes = patch.model_dump(exclude_unset=True)
+        was: dict[str, bool] = {}
+
+        def apply(doc: dict, now: str) -> None:
+            was["active"] = doc["active"]
+            doc.update(changes)
+
+        doc, _ = await self._change(key, apply, message=False)
+        if doc["active"] != was["active"]:
+            self._spawn(self.push_availability(doc["endpoint"]))
+        return doc
+
+    async def delete(self, key: str) -> dict:
+        async with self.store.unit() as tx:
+            doc = await self._load(tx, key)
+            if doc is None:
+                raise NotFound(f"chargestation {key!r} not found",
+                               hint="list them with `edrvctl cs list`")
+            await tx.delete_station(doc["_id"])
+        for memo in (self._seen, self._ids, self._statuses):
+            memo.pop(doc["endpoint"], None)
+        await self._disconnect(doc["endpoint"], "chargestation deleted")
+        return doc
+
+    async def _disconnect(self, endpoint: str, reason: str) -> None:
+        if self.live.is_online(endpoint):
+            try:
+                await self.live.send(endpoint, Disconnect(reason), timeout=10)
+            except Unavailable:
+                pass  # gone already
+
+    # --- commands to live stations ------------------------------------------------------------
+
+    def _check_reachable(self, doc: dict) -> None:
+        if not doc["active"]:
+            raise Unavailable(f"chargestation {doc['endpoint']} is inactive",
+                              hint=f"activate it with `edrvctl cs activate {doc['endpoint']}`")
+        if not self.live.is_online(doc["endpoint"]):
+            raise Unavailable(f"chargestation {doc['endpoint']} is offline "
+                              f"({_last_seen(doc)})",
+                              hint="its stored csconfig is shown by `edrvctl cs inspect`")
+
+    async def fetch_config(self, key: str, keys: list[str], timeout: float) -> dict:
+        """Ask the live station for its configuration, store it as `csconfig`, return it."""
+        doc = await self.get(key)
+        self._check_reachable(doc)
+        entries, unknown = await self.live.send(doc["endpoint"], FetchConfig(tuple(keys)),
+                                                timeout)
+
+        def apply(doc: dict, now: str) -> None:
+            if keys:  # a partial fetch refreshes those entries and keeps the rest
+                old = {e["key"]: e for e in doc["csconfig"]}
+                for e in entries:  # GetVariables does not say what is read-only: keep it
+                    if e.get("readonly") is None and e["key"] in old:
+                        e["readonly"] = old[e["key"]].get("readonly")
+                fresh = {e["key"] for e in entries}
+                doc["csconfig"] = [e for e in doc["csconfig"] if e["key"] not in fresh] \
+                    + entries
+            else:
+                doc["csconfig"] = entries
+            doc["csconfigFetchedAt"] = now
+
+        doc, _ = await self._change(doc["_id"], apply, message=False)
+        return {"_id": doc["_id"], "endpoint": doc["endpoint"],
+                "fetchedAt": doc["csconfigFetchedAt"], "csconfig": entries,
+                "unknownKeys": unknown}
+
+    async def push_availability(self, endpoint: str) -> None:
+        """Tell a connected station what its `active` switch says (whole station)."""
+        doc = await self._read(endpoint)
+        if doc is None or not self.live.is_online(endpoint):
+            return
+        state = "Operative" if doc["active"] else "Inoperative"
+        try:
+            status = await self.live.send(endpoint, ChangeAvailability(doc["active"]),
+                                          timeout=60)
+            log.info("%s: ChangeAvailability %s -> %s", endpoint, state, status)
+        except Exception as e:  # logged: nobody waits for this answer
+            log.warning("%s: ChangeAvailability %s failed: %s", endpoint, state, e)
+
+    def _spawn(self, coro: Awaitable) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- what stations say --------------------------------------------------------------------
+
+    async def is_known(self, endpoint: str) -> dict | None:
+        """The station whose endpoint this is (only the endpoint: an `_id` in a station's URL
+        is not its identity)."""
+        doc = await self._read(endpoint)
+        return doc if doc is not None and doc["endpoint"] == endpoint else None
+
+    async def connected(self, endpoint: str) -> None:
+        def apply(doc: dict, now: str) -> str:
+            doc["online"] = True
+            doc["lastConnectAt"] = now
+            return doc["_id"]
+
+        _, self._ids[endpoint] = await self._change(endpoint, apply, message=False)
+
+    async def disconnected(self, endpoint: str) -> None:
+        def apply(doc: dict, now: str) -> None:
+            doc["online"] = False
+            doc["lastDisconnectAt"] = now
+
+        self._ids.pop(endpoint, None)
+        self._statuses.pop(endpoint, None)
+        try:
+            await self._change(endpoint, apply, message=False)
+        except NotFound:
+            pass
+
+    def heartbeat(self, endpoint: str) -> None:
+        self._touch(endpoint)
+
+    async def boot(self, endpoint: str, boot_info: dict) -> tuple[str, int]:
+        """Record BootNotification; every known station is Accepted (unknown ones never get
+        past the websocket upgrade). Returns (registration status, heartbeat interval). An
+        inactive station is told again that it is Inoperative, after this answer."""
+        def apply(doc: dict, now: str) -> None:
+            doc["bootInfo"] = {k: v for k, v in boot_info.items() if v is not None}
+            doc["manufacturer"] = boot_info.get("chargePointVendor")
+            doc["model"] = boot_info.get("chargePointModel")
+
+        doc, _ = await self._change(endpoint, apply)
+        if not doc["active"]:
+            self._spawn(self.push_availability(endpoint))
+        return "Accepted", self.heartbeat_interval
+
+    async def status_notification(self, endpoint: str, evse_id: int, connector_id: int,
+                                  status: str, error_code: str | None = None,
+                                  info: str | None = None) -> None:
+        said = (status, error_code, info)
+        last = self._statuses.get(endpoint)
+        if last is not None and last.get((evse_id, connector_id)) == said:
+            self._touch(endpoint)  # stations repeat their status: no read, no write
+            return
+
+        def apply(doc: dict, now: str) -> None:
+            if evse_id == 0:
+                doc["stationStatus"] = status
+            else:
+                model.upsert_connector(doc, evse_id, connector_id, now, status=status,
+                                       errorCode=error_code, info=info)
+            doc["status"] = model.station_status(doc["connectors"], doc.get("stationStatus"))
+
+        await self._change(endpoint, apply)
+        # remembered only once committed: a retry after a failed commit is written again
+        self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = said
+
+    async def authorize(self, endpoint: str, id_tag: str) -> str:
+        """Id tags are not managed here: every tag is accepted on an active station. An inactive
+        station is Blocked, so it cannot start charging."""
+        return "Accepted" if (await self._message_from(endpoint))["active"] else "Blocked"
+
+    async def _message_from(self, endpoint: str) -> dict:
+        """The record of a station that just said something that changes nothing in it."""
+        doc = await self._read(endpoint)
+        if doc is None:  # deleted while connected; the session is being closed
+            raise NotFound(f"chargestation {endpoint!r} not found")
+        self._touch(endpoint)
+        return doc
+
+    async def start_transaction(self, endpoint: str, connector: int, id_tag: str | None,
+                                meter_start: float | None, timestamp: str,
+                                tx_key: str | None = None) -> tuple[str, str]:
+        """Record a transaction start. Returns (transaction key, id-tag status)."""
+        async with self.store.unit() as tx:
+            doc = await self._load(tx, endpoint)
+            if doc is None:
+                raise NotFound(f"chargestation {endpoint!r} not found")
+            self._touch(endpoint)
+            status = "Accepted" if doc["active"] else "Blocked"
+            if tx_key is not None and await tx.get_transaction(doc["_id"], tx_key):
+                return tx_key, status  # a repeated start (2.0.1 Started resent): recorded
+            key = await tx.start_transaction({
+                "station_id": doc["_id"], "tx_key": tx_key, "connector": connector,
+                "idTag": id_tag, "meterStart": meter_start, "startedAt": timestamp,
+                "stoppedAt": None, "meterStop": None, "stopReason": None,
+                "status": "Active" if status == "Accepted" else "Refused"})
+        return key, status
+
+    async def stop_transaction(self, endpoint: str, tx_key: str, meter_stop: float | None,
+                               timestamp: str, reason: str | None,
+                               meter_values: list[dict] | None = None) -> bool:
+        """Record a transaction's end, and the meter values sent with it (one unit)."""
+        sid = await self._station_id(endpoint)
+        self._touch(endpoint)
+        async with self.store.unit() as tx:
+            if meter_values:
+                await tx.add_meter_values(sid, tx_key, 0, meter_values)
+            found = await tx.update_transaction(sid, tx_key, {
+                "meterStop": meter_stop, "stoppedAt": timestamp, "stopReason": reason,
+                "status": "Completed"})
+        return found is not None
+
+    async def meter_values(self, endpoint: str, connector: int, tx_key: str | None,
+                           values: list[dict]) -> None:
+        sid = await self._station_id(endpoint)
+        self._touch(endpoint)
+        async with self.store.unit() as tx:
+            await tx.add_meter_values(sid, tx_key, connector, values)
+
+    async def record_event(self, endpoint: str, kind: str, payload: dict,
+                           from_station: bool = True) -> None:
+        """Notifications kept as they came (firmware, diagnostics, security, ...), and things
+        the server saw happen to a station (from_station=False: not a message from it)."""
+        sid = await self._station_id(endpoint)
+        if from_station:
+            self._touch(endpoint)
+        async with self.store.unit() as tx:
+            await tx.add_event(sid, model.utcnow(), kind, payload)
+
+    async def mark_all_offline(self) -> int:
+        """At start-up no station is connected here, whatever the last run left behind."""
+        async with self.store.unit() as tx:
+            return await tx.mark_all_offline(model.utcnow())

@@ -1,0 +1,221 @@
+"""An OCPP-J RPC endpoint over one websocket, for either side (central system or station).
+
+One reader answers the peer's CALLs from a table of handlers (action -> function of the peer
+object and the JSON payload as sent, returning the answer's payload, directly or as an
+awaitable) and resolves our
+own CALLs' futures by message id. Our CALLs go out one at a time (OCPP-J allows one in flight),
+later ones wait FIFO up to a cap, and each has one deadline that includes the wait. When the
+socket closes, every pending and queued CALL fails at once.
+
+Handlers must not await a CALL to the same peer (the reader would wait on itself): start such
+follow-ups as tasks. Every payload is validated against the official schema, the peer's and our
+own, so an invalid frame is never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol, Union
+
+from edrvctl.ocppj import frames, schemas
+from edrvctl.ocppj.frames import Call, CallError, FrameError, RpcError
+
+log = logging.getLogger("edrvctl.ocppj")
+
+# A handler gets the Rpc's `peer` object (whatever the owner keeps per connection) and the
+# payload as sent; tables are built once per class, so a connection costs no bound methods.
+Handler = Callable[[Any, dict], Union[dict, Awaitable[dict]]]
+
+
+class Socket(Protocol):
+    """What Rpc needs of a websocket (websockets' asyncio connections have it)."""
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def send(self, message: Any, text: bool | None = None) -> None: ...
+
+
+class RpcClosed(ConnectionError):
+    """The connection closed before our CALL was answered."""
+
+
+class QueueFull(RuntimeError):
+    """Too many of our CALLs already wait for this peer."""
+
+
+class InvalidCall(ValueError):
+    """What we were asked to send breaks the schema: nothing was sent."""
+
+
+class RemoteError(Exception):
+    """The peer answered our CALL with a CALLERROR, or with a payload that breaks the schema."""
+
+    def __init__(self, code: str, description: str, details: Any = None):
+        super().__init__(f"{code}: {description}")
+        self.code, self.description, self.details = code, description, details
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "refilled")
+    """`rate` messages a second with bursts of `burst`; rate 0 means no limit. One bucket may
+    outlive a connection (a station that reconnects keeps its budget)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, max(1, burst)
+        self.tokens, self.refilled = float(self.burst), 0.0
+
+    def take(self, now: float) -> bool:
+        if not self.rate:
+            return True
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def internal_error(exc: Exception) -> RpcError:
+    """The default for a handler that failed: logged, and an InternalError to the peer."""
+    log.error("handler failed", exc_info=exc)
+    return RpcError("InternalError", "the receiver failed to handle this request")
+
+
+class Rpc:
+    __slots__ = ("ws", "version", "handlers", "peer", "name", "max_queued", "bucket",
+                 "on_error", "closed", "_pending", "_order", "_queued", "_known")
+
+    def __init__(self, ws: Socket, version: str, handlers: Mapping[str, Handler],
+                 peer: Any = None, *, name: str = "", max_queued: int = 16, bucket: TokenBucket | None = None,
+                 on_error: Callable[[Exception], RpcError] = internal_error) -> None:
+        self.ws = ws
+        self.version = version
+        self.handlers = handlers
+        self.peer = peer
+        self.name = name  # for log lines: the station's endpoint
+        self.max_queued = max_queued
+        self.bucket = bucket
+        self.on_error = on_error
+        self.closed = False
+        self._pending: dict[str, asyncio.Future] = {}
+        self._order = asyncio.Lock()  # FIFO: one CALL of ours in flight
+        self._queued = 0
+        self._known = schemas.actions(version)
+
+    # --- the peer's frames ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read frames until the socket closes (returns, or raises the socket's error)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async for raw in self.ws:
+                try:
+                    msg = frames.parse(raw, self.version)
+                except FrameError as e:
+                    log.debug("%s: malformed frame %.200r: %s", self.name, raw, e.cause)
+                    await self._send(frames.encode_error(e.message_id, e, self.version))
+                    continue
+                if type(msg) is Call:
+                    if self.bucket is not None and not self.bucket.take(loop.time()):
+                        # refused at once: a flooding peer costs no memory
+                        await self._send_error(msg.id, RpcError(
+                            "GenericError",
+                            f"rate limit: at most {self.bucket.rate:g} messages per second"))
+                    else:
+                        await self._answer(msg)
+                else:
+                    fut = self._pending.pop(msg.id, None)
+                    if fut is None or fut.done():
+                        log.debug("%s: dropped a reply nobody waits for: %.100r", self.name, raw)
+                    else:
+                        fut.set_result(msg)
+        finally:
+            self.close()
+
+    async def _answer(self, call: Call) -> None:
+        """Run one CALL and send exactly one reply."""
+        handler = self.handlers.get(call.action)
+        try:
+            if handler is None:
+                if call.action in self._known:
+                    raise RpcError("NotSupported", f"{call.action} is not supported here")
+                raise RpcError("NotImplemented",
+                               f"{call.action} is not an OCPP {self.version} action")
+            schemas.validate(self.version, call.action, schemas.REQUEST, call.payload)
+            answer = handler(self.peer, call.payload)
+            if not isinstance(answer, dict):
+                answer = await answer
+            schemas.validate(self.version, call.action, schemas.RESPONSE, answer)
+        except RpcError as e:
+            await self._send_error(call.id, e)
+            return
+        except Exception as e:
+            await self._send_error(call.id, self.on_error(e))
+            return
+        await self._send(frames.encode_result(call.id, answer))
+
+    async def _send_error(self, message_id: str, error: RpcError) -> None:
+        await self._send(frames.encode_error(message_id, error, self.version))
+
+    async def _send(self, frame: bytes) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: send %s", self.name, frame)
+        await self.ws.send(frame, text=True)  # UTF-8 JSON: a text frame, not re-encoded
+
+    # --- our CALLs ------------------------------------------------------------------------------
+
+    async def call(self, action: str, payload: dict, timeout: float) -> dict:
+        """Send a CALL and return the answer's payload, within `timeout` seconds including
+        the wait behind earlier CALLs. Raises InvalidCall (nothing sent), QueueFull,
+        RemoteError (CALLERROR or invalid answer), RpcClosed, TimeoutError."""
+        try:
+            schemas.validate(self.version, action, schemas.REQUEST, payload)
+        except RpcError as e:
+            raise InvalidCall(f"{action}: {e.cause}") from None
+        if self.closed:
+            raise RpcClosed("the connection is closed")
+        if self._queued >= self.max_queued:
+            raise QueueFull(f"{self._queued} calls already wait")
+        self._queued += 1
+        queued = True
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._order:
+                    self._queued -= 1
+                    queued = False
+                    if self.closed:
+                        raise RpcClosed("the connection is closed")
+                    mid = str(uuid.uuid4())
+                    fut = asyncio.get_running_loop().create_future()
+                    self._pending[mid] = fut
+                    try:
+                        await self._send(frames.encode_call(mid, action, payload))
+                        reply = await fut
+                    finally:
+                        self._pending.pop(mid, None)  # a late answer is dropped, never kept
+        finally:
+            if queued:
+                self._queued -= 1
+        if type(reply) is CallError:
+            raise RemoteError(reply.code, reply.description, reply.details)
+        answer: dict = reply.payload
+        try:
+            schemas.validate(self.version, action, schemas.RESPONSE, answer)
+        except RpcError as e:
+            raise RemoteError(e.code, f"invalid {action} answer: {e.cause}") from None
+        return answer
+
+    @property
+    def queued(self) -> int:
+        """Our CALLs waiting for their turn (not counting the one in flight)."""
+        return self._queued
+
+    def close(self) -> None:
+        """Fail every pending CALL at once (the socket is gone or going)."""
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(RpcClosed("the connection closed"))
