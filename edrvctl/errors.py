@@ -52,6 +52,10 @@ class StationRejected(Conflict):
     http_status = 502
 
 
+class StaleRecord(Conflict):
+    """The record changed since it was read (another writer saved it): read it again."""
+
+
 class Unavailable(EdrvError):
     """The API is unreachable, or the station is offline or inactive."""
 

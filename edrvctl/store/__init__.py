@@ -1,12 +1,17 @@
-"""Persistence behind one small interface, so that `fleet` never sees SQL.
+"""Persistence behind one small asynchronous port, so that `fleet` never sees SQL.
 
-`open_store(path)` gives the SQLite store; a PostgreSQL one would implement the same `Store`.
+Every operation is a unit of work: `async with store.unit() as tx:`. Its writes stand or fall
+together, and it returns only once they are durable, so whatever a caller acknowledges after it
+cannot be lost. `open_store(path)` gives the SQLite store; a PostgreSQL one implements the same
+two protocols (methods are async because that one really waits on the network).
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Protocol
+from typing import Any, Protocol
 
 # Fields a list can be filtered on exactly, and fields it can be sorted by.
 FILTER_FIELDS = ("online", "active", "location", "organization", "protocol", "status", "endpoint")
@@ -23,46 +28,74 @@ class StationQuery:
     offset: int = 0
 
 
-class Store(Protocol):
-    def transaction(self) -> ContextManager:
-        """Writes inside stand or fall together."""
-    def create_station(self, doc: dict) -> None:
-        """Insert; raises errors.Conflict if the endpoint exists."""
+class Unit(Protocol):
+    """One unit of work. Not shared between tasks; units do not nest."""
 
-    def get_station(self, key: str) -> dict | None:
-        """By `_id` or by endpoint."""
+    async def create_station(self, doc: dict) -> None:
+        """Raises errors.Conflict if the endpoint exists."""
 
-    def save_station(self, doc: dict) -> None: ...
+    async def get_station(self, key: str) -> dict | None:
+        """By `_id` or endpoint. Remembers the row's revision for save_station."""
 
-    def set_last_message_at(self, seen: dict[str, str]) -> None:
-        """endpoint -> lastMessageAt, for many stations at once."""
+    async def save_station(self, doc: dict) -> None:
+        """Compare-and-set against the revision read in this unit, so that a concurrent
+        writer's change is never overwritten unseen: errors.StaleRecord if the row changed
+        since, or if this unit never read it."""
 
-    def delete_station(self, station_id: str) -> bool: ...
+    async def set_last_message_at(self, seen: dict[str, str]) -> None:
+        """endpoint -> lastMessageAt for many stations, without rewriting their records."""
 
-    def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
+    async def delete_station(self, station_id: str) -> bool:
+        """With everything that hangs off the station; False if there was none."""
+
+    async def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
         """A page as the stored JSON texts (sent on unchanged), and how many match in all."""
 
-    def mark_all_offline(self, now: str) -> int: ...
+    async def mark_all_offline(self, now: str) -> int:
+        """At start-up no station is connected, whatever the last run left behind."""
 
-    def set_password_hash(self, station_id: str, hashed: str, at: str) -> None: ...
+    async def set_password_hash(self, station_id: str, hashed: str, at: str) -> None: ...
 
-    def password_hash(self, station_id: str) -> str | None: ...
+    async def password_hash(self, station_id: str) -> str | None: ...
 
-    def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None: ...
+    async def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None: ...
 
-    def start_transaction(self, tx: dict) -> int: ...
+    async def events(self, station_id: str | None = None, kind: str | None = None,
+                     limit: int = 1000) -> list[dict]:
+        """The latest `limit` events, oldest first: {id, station_id, at, kind, payload}."""
 
-    def update_transaction(self, station_id: str, tx_key: str, fields: dict) -> dict | None: ...
+    async def start_transaction(self, tx: dict) -> str:
+        """Returns the tx_key; without one (OCPP 1.6) the new row's id becomes it."""
 
-    def get_transaction(self, station_id: str, tx_key: str) -> dict | None: ...
+    async def get_transaction(self, station_id: str, tx_key: str) -> dict | None: ...
 
-    def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
-                         values: list[dict]) -> None: ...
+    async def update_transaction(self, station_id: str, tx_key: str,
+                                 fields: dict) -> dict | None: ...
 
-    def close(self) -> None: ...
+    async def transactions(self, station_id: str | None = None) -> list[dict]:
+        """Oldest first."""
+
+    async def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
+                               values: list[dict]) -> None: ...
+
+    async def meter_values(self, station_id: str | None = None,
+                           tx_key: str | None = None) -> list[dict]:
+        """Oldest first: {station_id, tx_key, connector, values}."""
 
 
-def open_store(path: str, max_bytes: int | None = None) -> Store:
+class Store(Protocol):
+    def unit(self) -> AbstractAsyncContextManager[Unit]:
+        """Exits only after a commit holding the unit's writes (or anything it read that was
+        not yet committed); errors.StoreUnavailable if that commit failed."""
+
+    async def close(self) -> None:
+        """Commits what is pending, then closes."""
+
+
+def open_store(location: str | os.PathLike, max_bytes: int | None = None,
+               readonly: bool = False) -> Store:
+    """`location`: a file path, or ":memory:". `readonly`: read a store another process
+    writes (never migrates; writes raise errors.StoreUnavailable)."""
     from edrvctl.store.sqlite import SqliteStore
 
-    return SqliteStore(path, max_bytes)
+    return SqliteStore(location, max_bytes, readonly)

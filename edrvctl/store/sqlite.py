@@ -1,29 +1,47 @@
-"""The SQLite store: one file, WAL journal, one connection owned by the server's event loop.
+"""The SQLite store: one file, WAL journal, one connection owned by one event loop.
 
 Each station is one row: its whole record as a JSON document, plus copies of the fields that
-lists filter and sort on, as indexed columns. Reads return the document as is.
+lists filter and sort on, as indexed columns, and `rev`, bumped by every write to the row (the
+document never holds it: API output is the document as stored).
 
-Durability: with `autocommit` (the default) every write is committed at once. The server turns
-it off and commits in groups instead (server/commit.py): writes made in one turn of the event
-loop share one COMMIT, and nothing is acknowledged to a station or an admin before the COMMIT
-that holds it. With WAL and synchronous=NORMAL a commit is in the WAL file when it returns, so it
-survives the process being killed; only a power cut can lose the last commits.
+Group commit: a COMMIT per station message was the largest cost of a busy server. The
+connection stays in an open transaction; each unit's writes are a SAVEPOINT in it, and the
+first unit to finish in an event-loop turn schedules one COMMIT for the end of the turn, which
+every unit of that turn awaits before it returns. With WAL and synchronous=NORMAL a commit is
+in the WAL file when it returns, so it survives the process being killed; only a power cut can
+lose the last commits.
+
+Units must not interleave on the one connection: the first write of a unit takes a lock that
+it keeps to its end (a unit that only reads takes it only to wait for a writer in the middle of
+its unit), and no COMMIT runs while a unit holds it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from types import TracebackType
+from typing import Self
 
 import orjson
 
-from edrvctl.errors import Conflict, InvalidBody, StoreUnavailable, UsageError
+from edrvctl.errors import (
+    Conflict,
+    InvalidBody,
+    StaleRecord,
+    StoreUnavailable,
+    UsageError,
+)
 from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery
 
-SCHEMA = """
+log = logging.getLogger("edrvctl.store")
+
+# Schema 1 is the schema as edrvctl shipped it before user_version was kept (it left
+# user_version at 0): copied unchanged, so that such a file passes through every step.
+SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS chargestations (
     id            TEXT PRIMARY KEY,
     endpoint      TEXT NOT NULL UNIQUE,
@@ -71,8 +89,20 @@ CREATE TABLE IF NOT EXISTS credentials (
 );
 """
 
+# MIGRATIONS[n] takes a store from schema n to n + 1. Append only; never edit a shipped step.
+MIGRATIONS: list[str] = [
+    SCHEMA_1,
+    # 2: compare-and-set saves
+    "ALTER TABLE chargestations ADD COLUMN rev INTEGER NOT NULL DEFAULT 1;",
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
 _COLUMNS = ("protocol", "online", "active", "status", "location", "organization",
             "createdAt", "updatedAt", "lastMessageAt", "lastConnectAt")
+_INSERT = (f"INSERT INTO chargestations (id, endpoint, {', '.join(_COLUMNS)}, doc, rev) "
+           f"VALUES ({', '.join('?' * (len(_COLUMNS) + 3))}, 1)")
+_SAVE = (f"UPDATE chargestations SET {', '.join(f'{c} = ?' for c in _COLUMNS)}, doc = ?, "
+         "rev = rev + 1 WHERE id = ? AND rev = ?")
 
 
 def _json(value) -> bytes:
@@ -84,225 +114,472 @@ def _json(value) -> bytes:
         raise InvalidBody(f"this value cannot be stored: {e}") from None
 
 
-def _row(doc: dict) -> tuple:
-    # The document is stored as TEXT so that sqlite3 hands it back as str, ready to splice.
-    return (doc["_id"], doc["endpoint"], *(doc.get(c) for c in _COLUMNS),
-            _json(doc).decode())
+def _unwritable(e: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"the store cannot be written: {e}")
+
+
+class _Batch:
+    """Writes of finished units that one COMMIT makes durable, or that are lost together."""
+
+    __slots__ = ("done", "error", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future] = []
+        self.done = False
+        self.error: str | None = None
+
+    def finish(self, error: str | None = None) -> None:
+        self.done, self.error = True, error
+        for w in self.waiters:
+            if not w.done():
+                w.set_result(None)  # each unit raises its own exception, not a shared one
+        self.waiters = []
 
 
 class SqliteStore:
-    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None):
-        path = Path(path)
+    def __init__(self, location: str | os.PathLike, max_bytes: int | None = None,
+                 readonly: bool = False):
+        self.path: str | Path = location if location == ":memory:" else Path(location)
+        self.readonly = readonly
+        self.commits = 0  # COMMITs that succeeded (group commit is observable in tests)
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner: SqliteUnit | None = None  # the unit inside its writes, holding _lock
+        self._savepoint = False  # the owner's SAVEPOINT is open
+        self._batch: _Batch | None = None  # writes of finished units, not yet committed
+        self._scheduled = False
+        self._closed = False
         try:
-            if str(path) != ":memory:":
-                path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(SCHEMA)
-            if max_bytes:  # past it, writes fail as on a full disk
-                page = self.db.execute("PRAGMA page_size").fetchone()[0]
-                self.db.execute(f"PRAGMA max_page_count={max(1, max_bytes // page)}")
+            self.db = self._connect(max_bytes)
         except (sqlite3.Error, OSError) as e:
-            raise UsageError(f"cannot open the store at {path}: {e}") from e
-        self.path = path
-        self.autocommit = True
-        self.on_write: Callable[[], None] | None = None  # told after each uncommitted write
+            raise UsageError(f"cannot open the store at {location}: {e}") from e
 
-    def _write(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
+    def _connect(self, max_bytes: int | None) -> sqlite3.Connection:
+        if self.path == ":memory:":
+            db = sqlite3.connect(":memory:", isolation_level=None)
+            self._migrate(db)
+        elif self.readonly:
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=5000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                db.close()
+                raise UsageError(f"cannot open the store at {self.path} read-only: it has "
+                                 f"schema {version}, this edrvctl reads {SCHEMA_VERSION}")
+            return db
+        else:
+            # Station passwords' hashes and the fleet live here: owner only. The -wal and
+            # -shm files take the database file's mode.
+            old = os.umask(0o077)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, isolation_level=None)
+            finally:
+                os.umask(old)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA busy_timeout=5000")
+                self._migrate(db)
+            except BaseException:
+                db.close()
+                raise
+        if max_bytes:  # past it, writes fail as on a full disk
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count={max(1, max_bytes // page)}")
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'chargestations'").fetchone():
+            version = 1  # written before user_version was kept
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise UsageError(f"the store has schema {version}, newer than this edrvctl "
+                             f"({SCHEMA_VERSION}): upgrade edrvctl")
+        if version:
+            log.info("store: migrating %s from schema %d to %d", self.path, version,
+                     SCHEMA_VERSION)
+        # One transaction: a failed step leaves the file as it was. (executescript would
+        # commit an open transaction first, so BEGIN is part of the script.)
         try:
-            if not self.db.in_transaction:
-                self.db.execute("BEGIN IMMEDIATE")
-            cur = self.db.execute(sql, args)
+            db.executescript("BEGIN IMMEDIATE;" + "".join(MIGRATIONS[version:])
+                             + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def unit(self) -> SqliteUnit:
+        return SqliteUnit(self)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._bind()
+        async with self._lock:  # not in the middle of a unit's writes
+            try:
+                if self._batch is not None or self.db.in_transaction:
+                    error = self._commit()
+                    if error is not None:
+                        raise StoreUnavailable(error)
+            finally:
+                self._closed = True
+                self.db.close()
+
+    # --- units and group commit ---
+
+    def _bind(self) -> None:
+        """Follow the running event loop: a store outlives a loop in tests and tools (each
+        asyncio.run is a new loop), and a Lock or Future belongs to one loop."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        self._loop = loop
+        self._lock = asyncio.Lock()
+        self._owner, self._scheduled = None, False
+        if self._batch is not None:  # its waiters were of the old loop: commit it here
+            self._batch.waiters = []
+            self._schedule()
+
+    async def _begin(self, unit: SqliteUnit) -> None:
+        """Before a unit's first write: own the connection, open its savepoint."""
+        if self.readonly:
+            raise StoreUnavailable(f"the store at {self.path} is open read-only")
+        if self._owner is not unit:
+            await self._lock.acquire()
+            self._owner = unit
+        db = self.db
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
+            db.execute("SAVEPOINT unit")
+        except sqlite3.Error as e:  # busy, read-only file, I/O error
+            raise _unwritable(e) from e
+        self._savepoint = True
+        if self._batch is None:
+            self._batch = _Batch()
+        unit._saw(self._batch)
+
+    def _end(self, unit: SqliteUnit, failed: bool) -> None:
+        """The owner's body ended: keep or undo its writes, let the next unit in."""
+        db = self.db
+        try:
+            if self._savepoint and db.in_transaction:  # else SQLite rolled it all back
+                if failed:
+                    db.execute("ROLLBACK TO unit")
+                db.execute("RELEASE unit")
+        finally:
+            self._savepoint = False
+            self._owner = None
+            self._lock.release()
+            if self._batch is not None or db.in_transaction:
+                self._schedule()
+
+    def _run(self, sql: str, args: tuple | list = (), many: bool = False) -> sqlite3.Cursor:
+        """Execute a write of the owning unit, mapping failures to our errors."""
+        try:
+            return self.db.executemany(sql, args) if many else self.db.execute(sql, args)
         except sqlite3.IntegrityError:
             raise
         except OverflowError:  # an integer SQLite cannot hold (beyond signed 64 bits)
             raise InvalidBody("a number is out of range (beyond 64 bits)") from None
         except sqlite3.Error as e:  # full disk, read-only file, I/O error
-            if not self.db.in_transaction:
-                # SQLite rolled the whole transaction back (it does on a full disk): earlier
-                # writes in it are gone too, so their commit must fail, not report success.
-                self._lost = e
-            raise StoreUnavailable(f"the store cannot be written: {e}") from e
-        if self._depth == 0:
-            self._written()
-        return cur
+            self._check_lost(e)
+            raise _unwritable(e) from e
 
-    def _written(self) -> None:
-        if self.autocommit:
-            self.commit()
-        elif self.on_write is not None:
-            self.on_write()
-
-    _lost: sqlite3.Error | None = None
-
-    def has_pending(self) -> bool:
-        """Writes not yet committed (or lost, which commit() will report)."""
-        return self.db.in_transaction or self._lost is not None
-
-    def commit(self) -> None:
-        lost, self._lost = self._lost, None
-        if lost is not None:
-            raise StoreUnavailable(f"the store cannot be written: {lost}")
+    def _check_lost(self, e: sqlite3.Error) -> None:
         if not self.db.in_transaction:
-            return
-        try:
-            self.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            # Nothing in this transaction was acknowledged yet; drop it so the next can try.
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise StoreUnavailable(f"the store cannot be written: {e}") from e
+            # SQLite rolled the whole transaction back (it does on a full disk): the writes
+            # of every unit in it are gone, so none of them may report success.
+            self._savepoint = False
+            batch, self._batch = self._batch, None
+            if batch is not None:
+                batch.finish(f"the store cannot be written: {e}")
 
-    _depth = 0
+    def _schedule(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._commit_soon)
 
-    @contextmanager
-    def transaction(self):
-        """Several writes that stand or fall together (a savepoint inside the open
-        transaction, so a failure undoes only them)."""
-        if not self.db.in_transaction:
-            self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("SAVEPOINT multi")
-        self._depth += 1
-        try:
-            yield
-        except BaseException:
-            if self.db.in_transaction:  # else SQLite already rolled everything back
-                self.db.execute("ROLLBACK TO multi")
-                self.db.execute("RELEASE multi")
-            raise
-        finally:
-            self._depth -= 1
-        self.db.execute("RELEASE multi")
-        self._written()
+    def _commit_soon(self) -> None:
+        self._scheduled = False
+        if self._owner is None and not self._closed:  # else the owner schedules again when it ends
+            self._commit()
+
+    def _commit(self) -> str | None:
+        """COMMIT the open transaction; returns why it failed, if it did."""
+        batch, self._batch = self._batch, None
+        db = self.db
+        error = None
+        if db.in_transaction:
+            try:
+                db.execute("COMMIT")
+                self.commits += 1
+            except sqlite3.Error as e:
+                error = f"the store cannot be written: {e}"
+                log.error("commit failed: %s", e)
+                if db.in_transaction:  # drop it, so the next transaction can try
+                    db.execute("ROLLBACK")
+        elif batch is not None:  # rolled back under us, and not noticed by a write
+            error = "the store cannot be written: its transaction was rolled back"
+        if batch is not None:
+            batch.finish(error)
+        return error
+
+    async def _durable(self, batches: list[_Batch]) -> None:
+        last = batches[-1]
+        if not last.done:  # batches finish in order: the last one done means all are
+            fut = asyncio.get_running_loop().create_future()
+            last.waiters.append(fut)
+            self._schedule()
+            await fut
+        for batch in batches:
+            if batch.error is not None:
+                raise StoreUnavailable(batch.error)
+
+
+class SqliteUnit:
+    __slots__ = ("_batches", "_db", "_revs", "_s")
+
+    def __init__(self, store: SqliteStore):
+        self._s = store
+        self._db = store.db
+        self._revs: dict[str, int] = {}  # _id -> rev, of the rows this unit read or wrote
+        self._batches: list[_Batch] | None = None  # uncommitted writes it made or saw
+
+    async def __aenter__(self) -> Self:
+        self._s._bind()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        s = self._s
+        if s._owner is self:
+            s._end(self, failed=et is not None)
+        if et is None and self._batches:
+            await s._durable(self._batches)
+
+    def _saw(self, batch: _Batch) -> None:
+        if self._batches is None:
+            self._batches = [batch]
+        elif self._batches[-1] is not batch:
+            self._batches.append(batch)
+
+    async def _read(self) -> None:
+        """Wait while another unit is in the middle of its writes (they may yet be undone)."""
+        s = self._s
+        if s._owner is not None and s._owner is not self:
+            async with s._lock:
+                pass
+
+    def _read_done(self) -> None:
+        """What was just read may hold uncommitted writes: acknowledge nothing before them."""
+        batch = self._s._batch
+        if batch is not None:
+            self._saw(batch)
 
     # --- stations ---
 
-    def create_station(self, doc: dict) -> None:
+    async def create_station(self, doc: dict) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        row = (doc["_id"], doc["endpoint"], *(doc.get(c) for c in _COLUMNS),
+               _json(doc).decode())  # TEXT, so that sqlite3 hands it back as str to splice
         try:
-            self._write(
-                "INSERT INTO chargestations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", _row(doc)
-            )
+            s._run(_INSERT, row)
         except sqlite3.IntegrityError:
             raise Conflict(f"a chargestation with endpoint {doc['endpoint']!r} exists") from None
+        self._revs[doc["_id"]] = 1
 
-    def get_station(self, key: str) -> dict | None:
-        row = self.db.execute(
-            "SELECT doc FROM chargestations WHERE id = ? UNION ALL "
-            "SELECT doc FROM chargestations WHERE endpoint = ? LIMIT 1",
+    async def get_station(self, key: str) -> dict | None:
+        await self._read()
+        row = self._db.execute(
+            "SELECT id, rev, doc FROM chargestations WHERE id = ? UNION ALL "
+            "SELECT id, rev, doc FROM chargestations WHERE endpoint = ? LIMIT 1",
             (key, key),
         ).fetchone()
-        return orjson.loads(row[0]) if row else None
+        self._read_done()
+        if row is None:
+            return None
+        self._revs[row[0]] = row[1]
+        return orjson.loads(row[2])
 
-    def save_station(self, doc: dict) -> None:
-        sets = ", ".join(f"{c} = ?" for c in _COLUMNS)
-        _, _, *values, blob = _row(doc)
-        self._write(
-            f"UPDATE chargestations SET {sets}, doc = ? WHERE id = ?", (*values, blob, doc["_id"])
-        )
+    async def save_station(self, doc: dict) -> None:
+        sid = doc["_id"]
+        rev = self._revs.get(sid)
+        if rev is None:
+            raise StaleRecord(f"chargestation {doc.get('endpoint', sid)} was not read in this "
+                              "unit of work: read it first")
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run(_SAVE, (*(doc.get(c) for c in _COLUMNS), _json(doc).decode(), sid, rev))
+        if cur.rowcount == 0:
+            raise StaleRecord(f"chargestation {doc.get('endpoint', sid)} was changed or deleted "
+                              "since it was read")
+        self._revs[sid] = rev + 1
 
-    def set_last_message_at(self, seen: dict[str, str]) -> None:
-        """endpoint -> time: only that field, without rewriting each whole record in Python."""
-        with self.transaction():
-            for endpoint, at in seen.items():
-                self._write("UPDATE chargestations SET lastMessageAt = ?, "
-                            "doc = json_set(doc, '$.lastMessageAt', ?) WHERE endpoint = ?",
-                            (at, at, endpoint))
+    async def set_last_message_at(self, seen: dict[str, str]) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        s._run("UPDATE chargestations SET lastMessageAt = ?, rev = rev + 1, "
+               "doc = json_set(doc, '$.lastMessageAt', ?) WHERE endpoint = ?",
+               [(at, at, endpoint) for endpoint, at in seen.items()], many=True)
 
-    def delete_station(self, station_id: str) -> bool:
-        with self.transaction():  # one transaction: the station and what hangs off it
-            cur = self._write("DELETE FROM chargestations WHERE id = ?", (station_id,))
-            for table in ("transactions", "meter_values", "events", "credentials"):
-                self._write(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
+    async def delete_station(self, station_id: str) -> bool:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run("DELETE FROM chargestations WHERE id = ?", (station_id,))
+        for table in ("transactions", "meter_values", "events", "credentials"):
+            s._run(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
+        self._revs.pop(station_id, None)
         return cur.rowcount > 0
 
-    def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
+    async def list_stations_json(self, query: StationQuery) -> tuple[list[str], int]:
         """The page as the stored JSON texts, unparsed: a list is mostly copying text."""
         where, args = [], []
         for name, value in query.equals.items():
-            assert name in FILTER_FIELDS, name
+            if name not in FILTER_FIELDS:
+                raise UsageError(f"cannot filter on {name!r}; fields: {', '.join(FILTER_FIELDS)}")
             where.append(f"{name} IS ?")
             args.append(value)
         for name, op, value in query.ranges:
-            assert name in SORT_FIELDS and op in (">=", "<="), (name, op)
+            if name not in SORT_FIELDS or op not in (">=", "<="):
+                raise UsageError(f"cannot compare {name!r} with {op!r}; fields: "
+                                 f"{', '.join(SORT_FIELDS)}, operators: >=, <=")
             where.append(f"{name} {op} ?")
             args.append(value)
-        assert query.sort_by in SORT_FIELDS, query.sort_by
+        if query.sort_by not in SORT_FIELDS:
+            raise UsageError(f"cannot sort by {query.sort_by!r}; fields: {', '.join(SORT_FIELDS)}")
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
-        total = self.db.execute(f"SELECT count(*) FROM chargestations{sql_where}", args).fetchone()[0]
         order = "DESC" if query.descending else "ASC"
         sql = (f"SELECT doc FROM chargestations{sql_where} "
                f"ORDER BY {query.sort_by} {order}, id {order}")
+        page_args = list(args)
         if query.limit is not None:
             sql += " LIMIT ? OFFSET ?"
-            args += [query.limit, query.offset]
-        return [r[0] for r in self.db.execute(sql, args)], total
+            page_args += [query.limit, query.offset]
+        await self._read()
+        db = self._db
+        total = db.execute(f"SELECT count(*) FROM chargestations{sql_where}", args).fetchone()[0]
+        docs = [r[0] for r in db.execute(sql, page_args)]
+        self._read_done()
+        return docs, total
 
-    def mark_all_offline(self, now: str) -> int:
-        """At start-up no station is connected, whatever the last run left behind."""
-        rows = self.db.execute("SELECT doc FROM chargestations WHERE online = 1").fetchall()
-        with self.transaction():
-            for (blob,) in rows:
-                doc = orjson.loads(blob)
-                doc["online"] = False
-                doc["lastDisconnectAt"] = now  # when it was found disconnected: after any connect
-                self.save_station(doc)
-        return len(rows)
+    async def mark_all_offline(self, now: str) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        # lastDisconnectAt: when it was found disconnected, which is after any connect
+        cur = s._run("UPDATE chargestations SET online = 0, rev = rev + 1, doc = json_set(doc, "
+                     "'$.online', json('false'), '$.lastDisconnectAt', ?) WHERE online = 1",
+                     (now,))
+        return cur.rowcount
 
     # --- station passwords (hashes only; never part of the record) ---
 
-    def set_password_hash(self, station_id: str, hashed: str, at: str) -> None:
-        self._write("INSERT OR REPLACE INTO credentials VALUES (?,?,?)", (station_id, hashed, at))
+    async def set_password_hash(self, station_id: str, hashed: str, at: str) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        s._run("INSERT OR REPLACE INTO credentials VALUES (?,?,?)", (station_id, hashed, at))
 
-    def password_hash(self, station_id: str) -> str | None:
-        row = self.db.execute("SELECT hash FROM credentials WHERE station_id = ?",
-                              (station_id,)).fetchone()
+    async def password_hash(self, station_id: str) -> str | None:
+        await self._read()
+        row = self._db.execute("SELECT hash FROM credentials WHERE station_id = ?",
+                               (station_id,)).fetchone()
+        self._read_done()
         return row[0] if row else None
 
     # --- what stations report ---
 
-    def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None:
-        self._write(
-            "INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
-            (station_id, at, kind, _json(payload)),
-        )
+    async def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        s._run("INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
+               (station_id, at, kind, _json(payload)))
 
-    def start_transaction(self, tx: dict) -> int:
-        """Insert a transaction; without a `tx_key` (OCPP 1.6) the new row id becomes the key."""
-        with self.transaction():
-            cur = self._write(
-                "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-                (tx["station_id"], tx.get("tx_key"), _json(tx)),
-            )
+    async def events(self, station_id: str | None = None, kind: str | None = None,
+                     limit: int = 1000) -> list[dict]:
+        where, args = _where(station_id=station_id, kind=kind)
+        await self._read()
+        rows = self._db.execute(f"SELECT id, station_id, at, kind, doc FROM events{where} "
+                                "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        self._read_done()
+        return [{"id": i, "station_id": sid, "at": at, "kind": k, "payload": orjson.loads(d)}
+                for i, sid, at, k, d in reversed(rows)]
+
+    async def start_transaction(self, tx: dict) -> str:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+                     (tx["station_id"], tx.get("tx_key"), _json(tx)))
+        if tx.get("tx_key") is None:
             rowid = cur.lastrowid
-            if tx.get("tx_key") is None:
-                tx["tx_key"] = str(rowid)
-                self._write("UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
-                                (tx["tx_key"], _json(tx), rowid))
-        return rowid
+            tx["tx_key"] = str(rowid)
+            s._run("UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
+                   (tx["tx_key"], _json(tx), rowid))
+        return tx["tx_key"]
 
-    def get_transaction(self, station_id: str, tx_key: str) -> dict | None:
-        row = self.db.execute(
+    async def get_transaction(self, station_id: str, tx_key: str) -> dict | None:
+        await self._read()
+        row = self._db.execute(
             "SELECT doc FROM transactions WHERE station_id = ? AND tx_key = ?", (station_id, tx_key)
         ).fetchone()
+        self._read_done()
         return orjson.loads(row[0]) if row else None
 
-    def update_transaction(self, station_id: str, tx_key: str, fields: dict) -> dict | None:
-        tx = self.get_transaction(station_id, tx_key)
+    async def update_transaction(self, station_id: str, tx_key: str, fields: dict) -> dict | None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)  # the read and the write are one step
+        tx = await self.get_transaction(station_id, tx_key)
         if tx is None:
             return None
         tx.update(fields)
-        self._write("UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
-                        (_json(tx), station_id, tx_key))
+        s._run("UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
+               (_json(tx), station_id, tx_key))
         return tx
 
-    def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
-                         values: list[dict]) -> None:
-        self._write(
-            "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
-            (station_id, tx_key, connector, _json(values)),
-        )
+    async def transactions(self, station_id: str | None = None) -> list[dict]:
+        where, args = _where(station_id=station_id)
+        await self._read()
+        rows = self._db.execute(f"SELECT doc FROM transactions{where} ORDER BY id",
+                                args).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows]
 
-    def close(self) -> None:
-        self.db.close()
+    async def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
+                               values: list[dict]) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        s._run("INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
+               (station_id, tx_key, connector, _json(values)))
+
+    async def meter_values(self, station_id: str | None = None,
+                           tx_key: str | None = None) -> list[dict]:
+        where, args = _where(station_id=station_id, tx_key=tx_key)
+        await self._read()
+        rows = self._db.execute("SELECT station_id, tx_key, connector, doc FROM meter_values"
+                                f"{where} ORDER BY id", args).fetchall()
+        self._read_done()
+        return [{"station_id": sid, "tx_key": key, "connector": c, "values": orjson.loads(d)}
+                for sid, key, c, d in rows]
+
+
+def _where(**equals: str | None) -> tuple[str, list]:
+    """A WHERE clause over the columns given a value (names are ours, never a caller's)."""
+    given = {k: v for k, v in equals.items() if v is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in given), list(given.values())
