@@ -10,6 +10,7 @@ request, and `edrvctl cs list --all -o json` over N stations served by a real `e
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import shutil
@@ -24,12 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def seed(store: Path, n: int) -> None:
-    from edrvctl import model
-    from edrvctl.store.sqlite import SqliteStore
+    asyncio.run(_seed(store, n))
 
-    s = SqliteStore(store)
+
+async def _seed(store: Path, n: int) -> None:
+    from edrvctl import model
+    from edrvctl.store import open_store
+
+    s = open_store(store)
     now = model.utcnow()
-    with s.transaction():
+    async with s.unit() as tx:
         for i in range(n):
             doc = model.new_station(model.StationCreate(endpoint=f"BENCH{i:06d}"), now)
             doc.update(manufacturer="ACME", model="X1", status="Available",
@@ -37,8 +42,8 @@ def seed(store: Path, n: int) -> None:
                                  "firmwareVersion": "1.2.3"})
             for c in (1, 2):
                 model.upsert_connector(doc, c, c, now, status="Available", errorCode="NoError")
-            s.create_station(doc)
-    s.close()
+            await tx.create_station(doc)
+    await s.close()
 
 
 def timed(cmd: list[str], env: dict, runs: int) -> list[float]:

@@ -23,6 +23,7 @@ from edrvctl.ocppj import frames, schemas
 from edrvctl.ocppj.frames import Call, CallError, FrameError, RpcError
 
 log = logging.getLogger("edrvctl.ocppj")
+WARN_EVERY = 60.0  # seconds between two logged malformed frames of one connection
 
 # A handler gets the Rpc's `peer` object (whatever the owner keeps per connection) and the
 # payload as sent; tables are built once per class, so a connection costs no bound methods.
@@ -85,7 +86,7 @@ def internal_error(exc: Exception) -> RpcError:
 
 class Rpc:
     __slots__ = ("ws", "version", "handlers", "peer", "name", "max_queued", "bucket",
-                 "on_error", "closed", "_pending", "_order", "_queued", "_known")
+                 "on_error", "closed", "_pending", "_order", "_queued", "_known", "_warned")
 
     def __init__(self, ws: Socket, version: str, handlers: Mapping[str, Handler],
                  peer: Any = None, *, name: str = "", max_queued: int = 16, bucket: TokenBucket | None = None,
@@ -103,6 +104,7 @@ class Rpc:
         self._order = asyncio.Lock()  # FIFO: one CALL of ours in flight
         self._queued = 0
         self._known = schemas.actions(version)
+        self._warned = -WARN_EVERY
 
     # --- the peer's frames ----------------------------------------------------------------------
 
@@ -114,7 +116,7 @@ class Rpc:
                 try:
                     msg = frames.parse(raw, self.version)
                 except FrameError as e:
-                    log.debug("%s: malformed frame %.200r: %s", self.name, raw, e.cause)
+                    self._malformed(raw, e, loop.time())
                     await self._send(frames.encode_error(e.message_id, e, self.version))
                     continue
                 if type(msg) is Call:
@@ -133,6 +135,16 @@ class Rpc:
                         fut.set_result(msg)
         finally:
             self.close()
+
+    def _malformed(self, raw: str | bytes, e: FrameError, now: float) -> None:
+        # a WARNING once a minute per connection, the rest at DEBUG: a peer sending garbage
+        # in a loop must not grow the log
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning("%s: malformed frame %.200r: %s (repeats within %g s are not "
+                        "logged)", self.name, raw, e.cause, WARN_EVERY)
+        else:
+            log.debug("%s: malformed frame %.200r: %s", self.name, raw, e.cause)
 
     async def _answer(self, call: Call) -> None:
         """Run one CALL and send exactly one reply."""

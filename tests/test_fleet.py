@@ -1,0 +1,343 @@
+"""Domain rules, in process and fast: a fresh in-memory fleet with fake live stations.
+
+No sockets and no server: each test builds `Fleet(open_store(":memory:"), FakeLive())` and calls
+its operations as the OCPP handlers and the API routes would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from typing import Any
+
+import pytest
+
+from edrvctl import model
+from edrvctl.errors import StoreUnavailable, Unavailable
+from edrvctl.fleet import Fleet
+from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig
+from edrvctl.ocppj import Rpc
+from edrvctl.server.ocpp16 import Station16
+from edrvctl.server.stations import Registry
+from edrvctl.store import open_store
+
+
+class FakeLive:
+    """LiveStations: the given endpoints are online; each command gets `answers[type]`."""
+
+    def __init__(self) -> None:
+        self.online: set[str] = set()
+        self.sent: list[tuple[str, Any]] = []
+        self.answers: dict[type, Any] = {}
+
+    def is_online(self, endpoint: str) -> bool:
+        return endpoint in self.online
+
+    async def send(self, endpoint: str, command: Any, timeout: float) -> Any:
+        if endpoint not in self.online:
+            raise Unavailable(f"chargestation {endpoint} is offline")
+        self.sent.append((endpoint, command))
+        if isinstance(command, Disconnect):
+            self.online.discard(endpoint)
+            return None
+        return self.answers.get(type(command))
+
+
+_names = itertools.count(1)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def fresh_fleet():
+    """A Fleet over an in-memory store, with fake live stations (fleet.live)."""
+    return Fleet(open_store(":memory:"), FakeLive())
+
+
+async def create(fleet: Fleet, **body: Any) -> dict:
+    body.setdefault("endpoint", f"CS-{next(_names)}")
+    doc, _ = await fleet.create(model.StationCreate(**body))
+    return doc
+
+
+async def online(fleet: Fleet, doc: dict) -> None:
+    fleet.live.online.add(doc["endpoint"])  # type: ignore[attr-defined]
+    await fleet.connected(doc["endpoint"])
+
+
+# --- the status rule ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", model.STATUS_PRECEDENCE)
+def test_a_connector_status_sets_the_station_status(fresh_fleet, status):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await fresh_fleet.status_notification(doc["endpoint"], 1, 1, "Available")
+        await fresh_fleet.status_notification(doc["endpoint"], 2, 1, status)
+        got = await fresh_fleet.get(doc["_id"])
+        # the most urgent of (Available, status) wins
+        want = min(("Available", status), key=model.STATUS_PRECEDENCE.index)
+        assert got["status"] == want
+        assert [(c["evseId"], c["status"]) for c in got["connectors"]] == \
+            [(1, "Available"), (2, status)]
+    run(scenario())
+
+
+@pytest.mark.parametrize("station_level", ["Unavailable", "Faulted"])
+def test_station_level_unavailable_or_faulted_covers_every_connector(fresh_fleet, station_level):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await fresh_fleet.status_notification(doc["endpoint"], 1, 1, "Charging")
+        await fresh_fleet.status_notification(doc["endpoint"], 0, 0, station_level)
+        assert (await fresh_fleet.get(doc["endpoint"]))["status"] == station_level
+        await fresh_fleet.status_notification(doc["endpoint"], 0, 0, "Available")
+        assert (await fresh_fleet.get(doc["endpoint"]))["status"] == "Charging"
+    run(scenario())
+
+
+def test_every_pair_of_statuses_follows_the_precedence(fresh_fleet):
+    for a, b in itertools.product(model.STATUS_PRECEDENCE, repeat=2):
+        got = model.station_status([{"status": a}, {"status": b}], None)
+        assert got == min((a, b), key=model.STATUS_PRECEDENCE.index)
+    assert model.station_status([], "Available") == "Available"
+    assert model.station_status([{"status": "Bogus"}], None) is None
+
+
+# --- status de-duplication -----------------------------------------------------------------------
+
+
+def test_a_repeated_status_is_not_written_again(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await online(fresh_fleet, doc)
+        await fresh_fleet.status_notification(doc["endpoint"], 1, 1, "Available")
+        first = await fresh_fleet.get(doc["_id"])
+        commits = fresh_fleet.store.commits  # type: ignore[attr-defined]
+        for _ in range(5):
+            await fresh_fleet.status_notification(doc["endpoint"], 1, 1, "Available")
+        assert fresh_fleet.store.commits == commits  # type: ignore[attr-defined]
+        assert (await fresh_fleet.get(doc["_id"]))["updatedAt"] == first["updatedAt"]
+        await fresh_fleet.status_notification(doc["endpoint"], 1, 1, "Charging")
+        assert (await fresh_fleet.get(doc["_id"]))["status"] == "Charging"
+    run(scenario())
+
+
+def test_a_status_whose_commit_failed_is_written_when_repeated(tmp_path):
+    """Acknowledged only once committed: after a failed commit, the station's retry of the
+    same StatusNotification must be written, not skipped as a repeat."""
+    async def scenario():
+        store = open_store(tmp_path / "s.db")
+        fleet = Fleet(store, FakeLive())
+        doc = await create(fleet)
+        await online(fleet, doc)
+        store_fail = FailingCommits(store)
+        store_fail.failing = True
+        with pytest.raises(StoreUnavailable):
+            await fleet.status_notification(doc["endpoint"], 1, 1, "Faulted", "GroundFailure")
+        store_fail.failing = False
+        await fleet.status_notification(doc["endpoint"], 1, 1, "Faulted", "GroundFailure")
+        await store.close()
+        reopened = Fleet(open_store(tmp_path / "s.db"))
+        assert (await reopened.get(doc["_id"]))["status"] == "Faulted"
+    run(scenario())
+
+
+class FailingCommits:
+    """Makes the store's COMMIT fail, as on a full disk (SQLite rolls the transaction back),
+    while `failing` is set."""
+
+    def __init__(self, store: Any) -> None:
+        self.failing = False
+        self.db = store.db
+        store.db = self
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.failing and sql == "COMMIT":
+            self.db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full (simulated)")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+# --- csconfig ---------------------------------------------------------------------------------
+
+
+def test_a_partial_csconfig_fetch_keeps_the_rest_and_what_was_read_only(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await online(fresh_fleet, doc)
+        live = fresh_fleet.live
+        live.answers[FetchConfig] = ([
+            {"key": "HeartbeatInterval", "value": "300", "readonly": False},
+            {"key": "ChargePointModel", "value": "X1", "readonly": True}], [])
+        await fresh_fleet.fetch_config(doc["_id"], [], 5)
+        # GetVariables-style answer: readonly unknown (None) for the key asked again
+        live.answers[FetchConfig] = ([
+            {"key": "ChargePointModel", "value": "X2", "readonly": None}], ["Nope"])
+        result = await fresh_fleet.fetch_config(doc["_id"], ["ChargePointModel", "Nope"], 5)
+        assert result["unknownKeys"] == ["Nope"]
+        stored = {e["key"]: e for e in (await fresh_fleet.get(doc["_id"]))["csconfig"]}
+        assert stored["ChargePointModel"] == {"key": "ChargePointModel", "value": "X2",
+                                              "readonly": True}
+        assert stored["HeartbeatInterval"]["value"] == "300"
+        assert live.sent[-1] == (doc["endpoint"], FetchConfig(("ChargePointModel", "Nope")))
+    run(scenario())
+
+
+def test_commands_to_an_offline_or_inactive_station_are_refused_before_sending(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        with pytest.raises(Unavailable, match="offline"):
+            await fresh_fleet.fetch_config(doc["_id"], [], 5)
+        inactive = await create(fresh_fleet, active=False)
+        await online(fresh_fleet, inactive)
+        with pytest.raises(Unavailable, match="inactive"):
+            await fresh_fleet.fetch_config(inactive["_id"], [], 5)
+        assert fresh_fleet.live.sent == []
+    run(scenario())
+
+
+def test_deactivating_a_connected_station_tells_it_inoperative(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await online(fresh_fleet, doc)
+        fresh_fleet.live.answers[ChangeAvailability] = "Accepted"
+        await fresh_fleet.update(doc["_id"], model.StationUpdate(active=False))
+        while not fresh_fleet.live.sent:
+            await asyncio.sleep(0)
+        assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
+    run(scenario())
+
+
+def test_an_inactive_station_is_told_again_at_boot(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet, active=False)
+        await online(fresh_fleet, doc)
+        assert await fresh_fleet.boot(doc["endpoint"], {"chargePointVendor": "V"}) == \
+            ("Accepted", 300)
+        while not fresh_fleet.live.sent:
+            await asyncio.sleep(0)
+        assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
+        assert await fresh_fleet.authorize(doc["endpoint"], "TAG") == "Blocked"
+    run(scenario())
+
+
+# --- the password cache -----------------------------------------------------------------------
+
+
+def test_the_password_cache_follows_the_stored_hash(fresh_fleet):
+    async def scenario():
+        doc, password = await fresh_fleet.create(model.StationCreate(
+            endpoint=f"PW-{next(_names)}", security={"type": "basic_auth"}))
+        assert password
+        assert await fresh_fleet.check_password(doc["endpoint"], password)
+        assert await fresh_fleet.check_password(doc["endpoint"], password)  # from the cache
+        assert not await fresh_fleet.check_password(doc["endpoint"], password + "x")
+        # the hash changed elsewhere (another process or node): the new password works,
+        # the old one no longer does
+        from edrvctl import passwords
+        new = passwords.generate()
+        async with fresh_fleet.store.unit() as tx:
+            await tx.set_password_hash(doc["_id"], passwords.hash_password(new), model.utcnow())
+        assert await fresh_fleet.check_password(doc["endpoint"], new)
+        assert not await fresh_fleet.check_password(doc["endpoint"], password)
+    run(scenario())
+
+
+# --- acknowledged only after commit -------------------------------------------------------------
+
+
+class RecordingSocket:
+    """A websocket stand-in: frames to read, and what was sent with the commit count then."""
+
+    def __init__(self, frames: list[str], store: Any) -> None:
+        self.frames = frames
+        self.store = store
+        self.sent: list[tuple[bytes, int]] = []
+
+    def __aiter__(self):
+        return self._read()
+
+    async def _read(self):
+        for f in self.frames:
+            yield f
+
+    async def send(self, message: Any, text: bool | None = None) -> None:
+        self.sent.append((message, self.store.commits))
+
+
+def test_no_answer_leaves_before_its_commit(fresh_fleet):
+    """Each CALLRESULT for a message that writes is sent only after a COMMIT holding it."""
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await online(fresh_fleet, doc)
+        t = model.utcnow()
+        frames = [
+            f'[2,"s{i}","StatusNotification",{{"connectorId":{i},"errorCode":"NoError",'
+            f'"status":"Available","timestamp":"{t}"}}]' for i in range(1, 4)]
+        frames.append(f'[2,"m1","MeterValues",{{"connectorId":1,"meterValue":[{{"timestamp":'
+                      f'"{t}","sampledValue":[{{"value":"12"}}]}}]}}]')
+        ws = RecordingSocket(frames, fresh_fleet.store)
+        session = Station16(doc["endpoint"], "ocpp1.6", ws, fresh_fleet)
+        before = fresh_fleet.store.commits
+        await session.run()
+        assert len(ws.sent) == 4
+        for n, (frame, commits) in enumerate(ws.sent, start=1):
+            assert frame.startswith(b"[3,"), frame
+            assert commits >= before + n, f"answer {n} left before its commit"
+        stored = await fresh_fleet.get(doc["_id"])
+        assert len(stored["connectors"]) == 3
+    run(scenario())
+
+
+# --- newest connection wins -----------------------------------------------------------------
+
+
+class FakeSession:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.closed_with: str | None = None
+        self.rpc = Rpc(RecordingSocket([], None), "1.6", {}, None)
+
+    def closed(self) -> None:
+        self.rpc.close()
+
+    async def close(self, reason: str = "") -> None:
+        self.closed_with = reason
+
+
+def test_the_newest_connection_wins(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        registry = Registry(fresh_fleet)
+        fresh_fleet.live = registry
+        old, new = FakeSession(doc["endpoint"]), FakeSession(doc["endpoint"])
+        await registry.attach(old)  # type: ignore[arg-type]
+        assert (await fresh_fleet.get(doc["_id"]))["online"] is True
+        await registry.attach(new)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert old.closed_with == "replaced by a newer connection"
+        assert old.rpc.closed and not new.rpc.closed
+        await registry.detach(old)  # type: ignore[arg-type]  (the old one's end comes late)
+        assert registry.is_online(doc["endpoint"])
+        assert (await fresh_fleet.get(doc["_id"]))["online"] is True
+        await registry.detach(new)  # type: ignore[arg-type]
+        assert not registry.is_online(doc["endpoint"])
+        got = await fresh_fleet.get(doc["_id"])
+        assert got["online"] is False and got["lastDisconnectAt"]
+    run(scenario())
+
+
+def test_deleting_a_connected_station_disconnects_it(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await online(fresh_fleet, doc)
+        await fresh_fleet.delete(doc["endpoint"])
+        assert fresh_fleet.live.sent == [(doc["endpoint"], Disconnect("chargestation deleted"))]
+        assert await fresh_fleet.is_known(doc["endpoint"]) is None
+    run(scenario())
