@@ -23,10 +23,5 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # The ocpp library logs every frame at INFO (with id tags); only its warnings are wanted.
-    logging.getLogger("ocpp").setLevel(max(logging.WARNING, root.level))
-    # Every frame, sent or received, only with --log-level debug.
-    logging.getLogger("edrvctl.ocpp.frames").setLevel(
-        logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn").setLevel(max(logging.WARNING, root.level))
