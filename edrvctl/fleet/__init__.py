@@ -54,6 +54,7 @@ class Fleet:
         self.live: LiveStations = live or NoLiveStations()
         self.ocpp_url: str | None = None  # base URL stations are pointed at, once it is bound
         self.heartbeat_interval = heartbeat_interval
+        self.command_timeout = 60.0  # for commands nobody waits on (push_availability)
         self._tasks: set[asyncio.Task] = set()
         # lastMessageAt of stations whose message changed nothing else, not yet written:
         # written at most once a second per station (flush_seen), not once per Heartbeat.
@@ -293,7 +294,7 @@ class Fleet:
         state = "Operative" if doc["active"] else "Inoperative"
         try:
             status = await self.live.send(endpoint, ChangeAvailability(doc["active"]),
-                                          timeout=60)
+                                          timeout=self.command_timeout)
             log.info("%s: ChangeAvailability %s -> %s", endpoint, state, status)
         except Exception as e:  # logged: nobody waits for this answer
             log.warning("%s: ChangeAvailability %s failed: %s", endpoint, state, e)

@@ -100,6 +100,7 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     store = open_store(cfg.store, cfg.store_max_bytes)
     token = admin_token(cfg.store)
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval)
+    fleet.command_timeout = cfg.listener.response_timeout
     stale = await fleet.mark_all_offline()
     if stale:
         log.info("marked %d station(s) offline that were online when the last run ended", stale)
