@@ -209,6 +209,34 @@ def new_station(body: StationCreate, now: str) -> dict:
     }
 
 
+# --- meter values ----------------------------------------------------------------------------
+
+ENERGY_REGISTER = "Energy.Active.Import.Register"  # the measurand when a sample names none
+
+
+def energy_register_wh(meter_values: list[dict] | None) -> float | None:
+    """The last reading of the energy register in Wh, from 1.6 or 2.0.1 meter values (1.6:
+    value as text, `unit`; 2.0.1: value as a number, `unitOfMeasure` with a power-of-ten
+    multiplier), or None when there is none."""
+    found = None
+    for mv in meter_values or []:
+        for sv in mv.get("sampledValue") or []:
+            if sv.get("measurand", ENERGY_REGISTER) != ENERGY_REGISTER or sv.get("phase"):
+                continue
+            try:
+                value = float(sv["value"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            uom = sv.get("unitOfMeasure") or {}
+            unit = uom.get("unit") or sv.get("unit") or "Wh"
+            value *= 10 ** uom.get("multiplier", 0)
+            if unit == "kWh":
+                value *= 1000
+            if math.isfinite(value):
+                found = value
+    return found
+
+
 # --- the status rule -------------------------------------------------------------------------
 
 # A station's `status` is the most urgent status among its connectors, in this order: a fault
@@ -230,10 +258,18 @@ def station_status(connectors: list[dict], station_level: str | None) -> str | N
     """
     if station_level in ("Unavailable", "Faulted"):
         return station_level
-    statuses = [c["status"] for c in connectors if c.get("status") in _RANK]
+    # a connector with a reported problem (2.0.1 NotifyEvent Problem=true) is Faulted
+    statuses = ["Faulted" if c.get("problem") else c["status"] for c in connectors
+                if c.get("problem") or c.get("status") in _RANK]
     if not statuses:
         return station_level
     return min(statuses, key=_RANK.__getitem__)
+
+
+def status_of(doc: dict) -> str | None:
+    """A record's `status`, from what its connectors and the station itself reported."""
+    level = "Faulted" if doc.get("stationProblem") else doc.get("stationStatus")
+    return station_status(doc["connectors"], level)
 
 
 def upsert_connector(

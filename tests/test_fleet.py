@@ -63,9 +63,18 @@ async def create(fleet: Fleet, **body: Any) -> dict:
     return doc
 
 
-async def online(fleet: Fleet, doc: dict) -> None:
+async def online(fleet: Fleet, doc: dict, boot: bool = True) -> None:
     fleet.live.online.add(doc["endpoint"])  # type: ignore[attr-defined]
     await fleet.connected(doc["endpoint"])
+    if boot:
+        await fleet.boot(doc["endpoint"], {"chargePointVendor": "V", "chargePointModel": "M"})
+        await settle(fleet)
+
+
+async def settle(fleet: Fleet) -> None:
+    """Let the tasks a fleet operation started (pushes to stations) finish."""
+    while fleet._tasks:
+        await asyncio.gather(*fleet._tasks)
 
 
 # --- the status rule ---------------------------------------------------------------------------
@@ -196,9 +205,10 @@ def test_commands_to_an_offline_or_inactive_station_are_refused_before_sending(f
             await fresh_fleet.fetch_config(doc["_id"], [], 5)
         inactive = await create(fresh_fleet, active=False)
         await online(fresh_fleet, inactive)
+        told = list(fresh_fleet.live.sent)  # at boot: Inoperative
         with pytest.raises(Unavailable, match="inactive"):
             await fresh_fleet.fetch_config(inactive["_id"], [], 5)
-        assert fresh_fleet.live.sent == []
+        assert fresh_fleet.live.sent == told
     run(scenario())
 
 
@@ -208,8 +218,7 @@ def test_deactivating_a_connected_station_tells_it_inoperative(fresh_fleet):
         await online(fresh_fleet, doc)
         fresh_fleet.live.answers[ChangeAvailability] = "Accepted"
         await fresh_fleet.update(doc["_id"], model.StationUpdate(active=False))
-        while not fresh_fleet.live.sent:
-            await asyncio.sleep(0)
+        await settle(fresh_fleet)
         assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
     run(scenario())
 
@@ -217,13 +226,120 @@ def test_deactivating_a_connected_station_tells_it_inoperative(fresh_fleet):
 def test_an_inactive_station_is_told_again_at_boot(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet, active=False)
-        await online(fresh_fleet, doc)
+        await online(fresh_fleet, doc, boot=False)
         assert await fresh_fleet.boot(doc["endpoint"], {"chargePointVendor": "V"}) == \
             ("Accepted", 300)
-        while not fresh_fleet.live.sent:
-            await asyncio.sleep(0)
+        await settle(fresh_fleet)
         assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
         assert await fresh_fleet.authorize(doc["endpoint"], "TAG") == "Blocked"
+    run(scenario())
+
+
+def test_a_station_activated_while_offline_is_told_operative_at_its_next_boot(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        fresh_fleet.live.answers[ChangeAvailability] = "Accepted"
+        await online(fresh_fleet, doc)
+        await fresh_fleet.update(doc["_id"], model.StationUpdate(active=False))
+        await settle(fresh_fleet)
+        assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
+        fresh_fleet.live.online.clear()
+        await fresh_fleet.disconnected(doc["endpoint"])
+        await fresh_fleet.update(doc["_id"], model.StationUpdate(active=True))  # offline
+        await settle(fresh_fleet)
+        assert (await fresh_fleet.get(doc["_id"]))["availabilityPending"] is True
+        await online(fresh_fleet, doc)  # reconnects and boots: still Inoperative by OCPP
+        assert fresh_fleet.live.sent[-1] == (doc["endpoint"], ChangeAvailability(True))
+        assert "availabilityPending" not in await fresh_fleet.get(doc["_id"])
+        sent = len(fresh_fleet.live.sent)
+        await online(fresh_fleet, doc)  # told once: the next boot sends nothing
+        assert len(fresh_fleet.live.sent) == sent
+    run(scenario())
+
+
+def test_no_command_before_the_first_boot(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await online(fresh_fleet, doc, boot=False)
+        with pytest.raises(Unavailable, match="BootNotification"):
+            await fresh_fleet.fetch_config(doc["_id"], [], 5)
+        assert fresh_fleet.live.sent == []
+    run(scenario())
+
+
+def test_a_key_fetched_in_another_case_replaces_the_stored_one(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet)
+        await online(fresh_fleet, doc)
+        fresh_fleet.live.answers[FetchConfig] = ([
+            {"key": "OCPPCommCtrlr.HeartbeatInterval", "value": "300", "readonly": False}], [])
+        await fresh_fleet.fetch_config(doc["_id"], [], 5)
+        fresh_fleet.live.answers[FetchConfig] = ([
+            {"key": "ocppcommctrlr.heartbeatinterval", "value": "60", "readonly": None}], [])
+        await fresh_fleet.fetch_config(doc["_id"], ["ocppcommctrlr.heartbeatinterval"], 5)
+        assert (await fresh_fleet.get(doc["_id"]))["csconfig"] == [
+            {"key": "ocppcommctrlr.heartbeatinterval", "value": "60", "readonly": False}]
+    run(scenario())
+
+
+# --- transactions ------------------------------------------------------------------------------
+
+
+def test_a_transaction_refused_at_start_ends_refused_not_completed(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet, active=False)
+        await online(fresh_fleet, doc)
+        key, status = await fresh_fleet.start_transaction(doc["endpoint"], 1, "TAG", 100,
+                                                          model.utcnow(), tx_key="tx-1")
+        assert (key, status) == ("tx-1", "Blocked")
+        assert await fresh_fleet.transaction_connector(doc["endpoint"], "tx-1") == 1
+        await fresh_fleet.stop_transaction(doc["endpoint"], "tx-1", 150, model.utcnow(),
+                                           "DeAuthorized")
+        async with fresh_fleet.store.unit() as tx:
+            (stored,) = await tx.transactions(doc["_id"])
+        assert stored["status"] == "Refused"
+        assert (stored["meterStart"], stored["meterStop"]) == (100, 150)
+    run(scenario())
+
+
+@pytest.mark.parametrize("values,wh", [
+    ([{"sampledValue": [{"value": "1500"}]}], 1500.0),  # 1.6: text, Wh by default
+    ([{"sampledValue": [{"value": "1.5", "unit": "kWh"}]}], 1500.0),
+    ([{"sampledValue": [{"value": 2.5, "unitOfMeasure": {"unit": "kWh"}}]}], 2500.0),
+    ([{"sampledValue": [{"value": 25, "unitOfMeasure": {"unit": "Wh", "multiplier": 2}}]}],
+     2500.0),
+    ([{"sampledValue": [{"value": 230, "measurand": "Voltage"},
+                        {"value": 7, "measurand": "Energy.Active.Import.Register"}]}], 7.0),
+    ([{"sampledValue": [{"value": 5, "phase": "L1"}]}], None),
+    ([], None),
+])
+def test_the_energy_register_in_wh(values, wh):
+    assert model.energy_register_wh(values) == wh
+
+
+# --- problems reported by NotifyEvent -------------------------------------------------------
+
+
+def test_a_reported_problem_faults_the_connector_until_cleared(fresh_fleet):
+    async def scenario():
+        doc = await create(fresh_fleet, protocol="ocpp2.0.1")
+        await online(fresh_fleet, doc)
+        ep = doc["endpoint"]
+        await fresh_fleet.status_notification(ep, 1, 1, "Available")
+        await fresh_fleet.status_notification(ep, 2, 1, "Charging")
+        await fresh_fleet.problem(ep, 1, 1, True, "RCD tripped")
+        assert (await fresh_fleet.get(ep))["status"] == "Faulted"
+        await fresh_fleet.status_notification(ep, 1, 1, "Available")  # said again: still faulted
+        assert (await fresh_fleet.get(ep))["status"] == "Faulted"
+        await fresh_fleet.problem(ep, 1, 1, False)
+        assert (await fresh_fleet.get(ep))["status"] == "Charging"
+        await fresh_fleet.problem(ep, None, None, True)  # the whole station
+        assert (await fresh_fleet.get(ep))["status"] == "Faulted"
+        await fresh_fleet.problem(ep, None, None, False)
+        await fresh_fleet.problem(ep, 2, None, True)  # an EVSE
+        got = await fresh_fleet.get(ep)
+        assert got["status"] == "Faulted"
+        assert [c.get("problem") for c in got["connectors"]] == [False, True]
     run(scenario())
 
 

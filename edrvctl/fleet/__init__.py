@@ -225,6 +225,10 @@ class Fleet:
         def apply(doc: dict, now: str) -> None:
             was["active"] = doc["active"]
             doc.update(changes)
+            if doc["active"] != was["active"]:
+                # told at once if connected, else at its next boot (an Inoperative station
+                # stays so across reboots, OCPP says)
+                doc["availabilityPending"] = True
 
         doc, _ = await self._change(key, apply, message=False)
         if doc["active"] != was["active"]:
@@ -260,6 +264,9 @@ class Fleet:
             raise Unavailable(f"chargestation {doc['endpoint']} is offline "
                               f"({_last_seen(doc)})",
                               hint="its stored csconfig is shown by `edrvctl cs inspect`")
+        if not doc.get("bootInfo"):  # OCPP: nothing is asked before the first boot
+            raise Unavailable(f"chargestation {doc['endpoint']} is connected but has not "
+                              "sent its BootNotification yet", hint="try again in a moment")
 
     async def fetch_config(self, key: str, keys: list[str], timeout: float) -> dict:
         """Ask the live station for its configuration, store it as `csconfig`, return it."""
@@ -270,13 +277,15 @@ class Fleet:
 
         def apply(doc: dict, now: str) -> None:
             if keys:  # a partial fetch refreshes those entries and keeps the rest
-                old = {e["key"]: e for e in doc["csconfig"]}
+                # keys are case-insensitive in OCPP: the station's spelling replaces ours
+                old = {e["key"].casefold(): e for e in doc["csconfig"]}
                 for e in entries:  # GetVariables does not say what is read-only: keep it
-                    if e.get("readonly") is None and e["key"] in old:
-                        e["readonly"] = old[e["key"]].get("readonly")
-                fresh = {e["key"] for e in entries}
-                doc["csconfig"] = [e for e in doc["csconfig"] if e["key"] not in fresh] \
-                    + entries
+                    known = old.get(e["key"].casefold())
+                    if e.get("readonly") is None and known is not None:
+                        e["readonly"] = known.get("readonly")
+                fresh = {e["key"].casefold() for e in entries}
+                doc["csconfig"] = [e for e in doc["csconfig"]
+                                   if e["key"].casefold() not in fresh] + entries
             else:
                 doc["csconfig"] = entries
             doc["csconfigFetchedAt"] = now
@@ -298,6 +307,12 @@ class Fleet:
             log.info("%s: ChangeAvailability %s -> %s", endpoint, state, status)
         except Exception as e:  # logged: nobody waits for this answer
             log.warning("%s: ChangeAvailability %s failed: %s", endpoint, state, e)
+            return
+        if status in ("Accepted", "Scheduled") and doc.get("availabilityPending"):
+            def told(doc: dict, now: str) -> None:
+                if doc["active"] == (state == "Operative"):  # not switched again meanwhile
+                    doc.pop("availabilityPending", None)
+            await self._change(endpoint, told, message=False)
 
     def _spawn(self, coro: Awaitable) -> None:
         task = asyncio.ensure_future(coro)
@@ -345,7 +360,7 @@ class Fleet:
             doc["model"] = boot_info.get("chargePointModel")
 
         doc, _ = await self._change(endpoint, apply)
-        if not doc["active"]:
+        if not doc["active"] or doc.get("availabilityPending"):
             self._spawn(self.push_availability(endpoint))
         return "Accepted", self.heartbeat_interval
 
@@ -364,11 +379,30 @@ class Fleet:
             else:
                 model.upsert_connector(doc, evse_id, connector_id, now, status=status,
                                        errorCode=error_code, info=info)
-            doc["status"] = model.station_status(doc["connectors"], doc.get("stationStatus"))
+            doc["status"] = model.status_of(doc)
 
         await self._change(endpoint, apply)
         # remembered only once committed: a retry after a failed commit is written again
         self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = said
+
+    async def problem(self, endpoint: str, evse_id: int | None, connector_id: int | None,
+                      present: bool, info: str | None = None) -> None:
+        """A problem reported (or cleared) for the station (no EVSE), one EVSE's connectors,
+        or one connector: Faulted while present, whatever status they report."""
+        def apply(doc: dict, now: str) -> None:
+            if evse_id is None:
+                doc["stationProblem"] = present
+            elif connector_id is None:
+                for c in doc["connectors"]:
+                    if c["evseId"] == evse_id:
+                        c.update(problem=present, problemInfo=info, updatedAt=now)
+            else:
+                model.upsert_connector(doc, evse_id, connector_id, now, problem=present,
+                                       problemInfo=info)
+            doc["status"] = model.status_of(doc)
+
+        await self._change(endpoint, apply)
+        self._statuses.pop(endpoint, None)  # what a connector last said is no longer enough
 
     async def authorize(self, endpoint: str, id_tag: str) -> str:
         """Id tags are not managed here: every tag is accepted on an active station. An inactive
@@ -409,12 +443,25 @@ class Fleet:
         sid = await self._station_id(endpoint)
         self._touch(endpoint)
         async with self.store.unit() as tx:
+            known = await tx.get_transaction(sid, tx_key)
             if meter_values:
-                await tx.add_meter_values(sid, tx_key, 0, meter_values)
-            found = await tx.update_transaction(sid, tx_key, {
+                connector = known["connector"] if known else 0
+                await tx.add_meter_values(sid, tx_key, connector, meter_values)
+            if known is None:
+                return False
+            # a transaction whose token was refused stays so: it never was a charge
+            status = "Refused" if known.get("status") == "Refused" else "Completed"
+            await tx.update_transaction(sid, tx_key, {
                 "meterStop": meter_stop, "stoppedAt": timestamp, "stopReason": reason,
-                "status": "Completed"})
-        return found is not None
+                "status": status})
+        return True
+
+    async def transaction_connector(self, endpoint: str, tx_key: str) -> int | None:
+        """The connector a transaction started on (2.0.1 names it only in the first event)."""
+        sid = await self._station_id(endpoint)
+        async with self.store.unit() as tx:
+            known = await tx.get_transaction(sid, tx_key)
+        return known["connector"] if known else None
 
     async def meter_values(self, endpoint: str, connector: int, tx_key: str | None,
                            values: list[dict]) -> None:

@@ -64,15 +64,20 @@ def offered_protocols(request: Request) -> list[str]:
             for p in h.split(",") if p.strip()]
 
 
-def basic_credentials(request: Request) -> tuple[str, str] | None:
+def basic_credentials(request: Request, endpoint: str) -> tuple[str, str] | None:
+    """(username, password) from HTTP Basic auth. The username is the station's endpoint,
+    which may itself contain ':' (RFC 7617 splits at the first one): split after it."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
         return None
     try:
-        user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
+    if decoded.startswith(endpoint + ":"):
+        return endpoint, decoded[len(endpoint) + 1:]
+    user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
 
 
@@ -147,7 +152,7 @@ class Listener:
                 return await self.refuse(conn, 403, endpoint,
                                    f"the client certificate is for {identity!r}, not this station")
         if model.needs_password(security):
-            creds = basic_credentials(request)
+            creds = basic_credentials(request, endpoint)
             if creds is None:
                 return await self.refuse(conn, 401, endpoint, "HTTP Basic authentication required "
                                    "(username = the station's endpoint)")

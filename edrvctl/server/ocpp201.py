@@ -8,33 +8,66 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from typing import Any
 
 from edrvctl.errors import StationRejected, UsageError
 from edrvctl.fleet.live import ChangeAvailability
-from edrvctl.model import canonical_time, utcnow
+from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
 from edrvctl.ocppj import RpcClosed
 from edrvctl.server.ocpp16 import heartbeat, kept_as_event
 from edrvctl.server.stations import StationSession
 
 
 def config_key(component: dict, variable: dict) -> str:
-    """'Component.Variable', with '[instance]' after either part when it has one."""
-    def part(d: dict) -> str:
-        return d["name"] + (f"[{d['instance']}]" if d.get("instance") else "")
-    return f"{part(component)}.{part(variable)}"
+    """One spelling for a 2.0.1 variable, unique per EVSE and connector, that `cs config`
+    prints and `-k` takes back: `Component[instance][evse,connector].Variable[instance]`,
+    e.g. `OCPPCommCtrlr.HeartbeatInterval`, `EVSE[2].Power`, `Connector[1,2].ConnectorType`.
+    An EVSE alone is one bracket of digits; an instance of only digits without an EVSE is
+    followed by `[]`, so that it is not read as one."""
+    instance = component.get("instance")
+    evse = component.get("evse") or {}
+    text = component["name"]
+    if instance:
+        text += f"[{instance}]"
+    if "id" in evse:
+        text += f"[{evse['id']}" + (f",{evse['connectorId']}]" if "connectorId" in evse
+                                    else "]")
+    elif instance and instance.isdigit():
+        text += "[]"
+    var = variable["name"] + (f"[{variable['instance']}]" if variable.get("instance") else "")
+    return f"{text}.{var}"
+
+
+_KEY_RE = re.compile(r"^([^.\[\]]+)((?:\[[^\[\]]*\]){0,2})\.([^.\[\]]+)(?:\[([^\[\]]+)\])?$")
 
 
 def parse_key(key: str) -> tuple[dict, dict]:
-    component, dot, variable = key.partition(".")
-    if not dot or not component or not variable:
+    """`config_key`'s spelling back into (component, variable); UsageError if it is not."""
+    m = _KEY_RE.match(key)
+    if m is None:
         raise UsageError(f"OCPP 2.0.1 keys are written Component.Variable, not {key!r} "
-                         "(e.g. OCPPCommCtrlr.HeartbeatInterval)")
-
-    def part(text: str) -> dict:
-        name, _, instance = text.partition("[")
-        return {"name": name, **({"instance": instance.rstrip("]")} if instance else {})}
-    return part(component), part(variable)
+                         "(e.g. OCPPCommCtrlr.HeartbeatInterval, EVSE[1].Power, "
+                         "Connector[1,2].ConnectorType)")
+    name, groups, var_name, var_instance = m.groups()
+    parts = re.findall(r"\[([^\[\]]*)\]", groups)
+    component: dict = {"name": name}
+    evse_text = None
+    if len(parts) == 2:
+        component["instance"], evse_text = parts
+    elif len(parts) == 1:
+        if re.fullmatch(r"\d+(,\d+)?", parts[0]):
+            evse_text = parts[0]
+        else:
+            component["instance"] = parts[0]
+    if evse_text:
+        if not re.fullmatch(r"\d+(,\d+)?", evse_text):
+            raise UsageError(f"{key!r}: the EVSE is written [evse] or [evse,connector]")
+        ids = [int(x) for x in evse_text.split(",")]
+        component["evse"] = {"id": ids[0], **({"connectorId": ids[1]} if len(ids) > 1
+                                              else {})}
+    variable: dict = {"name": var_name, **({"instance": var_instance} if var_instance else {})}
+    return component, variable
 
 
 async def boot(s: StationSession, p: dict) -> dict:
@@ -63,23 +96,49 @@ async def transaction_event(s: StationSession, p: dict) -> dict:
     when = canonical_time(p["timestamp"])
     info = p["transactionInfo"]
     tx_key = info["transactionId"]
-    connector = (p.get("evse") or {}).get("id", 0)
+    evse = p.get("evse")
     id_token = p.get("idToken")
+    meter = p.get("meterValue")
     status = None
     if p["eventType"] == "Started":
+        connector = (evse or {}).get("id", 0)
         _, status = await s.fleet.start_transaction(
-            s.endpoint, connector, (id_token or {}).get("idToken"), None, when, tx_key=tx_key)
-    elif id_token is not None:  # a token presented mid-transaction is authorized too
-        status = await s.fleet.authorize(s.endpoint, id_token["idToken"])
-    if p.get("meterValue"):
-        await s.fleet.meter_values(s.endpoint, connector, tx_key, p["meterValue"])
+            s.endpoint, connector, (id_token or {}).get("idToken"),
+            energy_register_wh(meter), when, tx_key=tx_key)
+    else:  # later events name the EVSE only if it changed: the stored one holds
+        connector = evse["id"] if evse else await s.fleet.transaction_connector(
+            s.endpoint, tx_key) or 0
+        if id_token is not None:  # a token presented mid-transaction is authorized too
+            status = await s.fleet.authorize(s.endpoint, id_token["idToken"])
+    if meter:
+        await s.fleet.meter_values(s.endpoint, connector, tx_key, meter)
     if p["eventType"] == "Ended":
-        await s.fleet.stop_transaction(s.endpoint, tx_key, None, when, info.get("stoppedReason"))
+        await s.fleet.stop_transaction(s.endpoint, tx_key, energy_register_wh(meter), when,
+                                       info.get("stoppedReason"))
     return {"idTokenInfo": {"status": status}} if id_token is not None and status else {}
 
 
 async def meter_values(s: StationSession, p: dict) -> dict:
     await s.fleet.meter_values(s.endpoint, p["evseId"], None, p["meterValue"])
+    return {}
+
+
+async def notify_event(s: StationSession, p: dict) -> dict:
+    """Kept as sent; a Problem or an AvailabilityState of the station, an EVSE or a
+    connector also reaches its status (some stations report faults only this way)."""
+    await s.fleet.record_event(s.endpoint, "NotifyEvent", p)
+    for e in p["eventData"]:
+        component, variable = e["component"], e["variable"]["name"]
+        if component["name"] not in ("ChargingStation", "EVSE", "Connector"):
+            continue
+        evse = component.get("evse") or {}
+        if variable == "Problem":
+            await s.fleet.problem(s.endpoint, evse.get("id"), evse.get("connectorId"),
+                                  e["actualValue"].strip().lower() == "true", e.get("techInfo"))
+        elif variable == "AvailabilityState" and e["actualValue"] in STATUSES \
+                and "id" in evse and "connectorId" in evse:
+            await s.fleet.status_notification(s.endpoint, evse["id"], evse["connectorId"],
+                                              e["actualValue"])
     return {}
 
 
@@ -106,11 +165,12 @@ class Station201(StationSession):
         "TransactionEvent": transaction_event,
         "MeterValues": meter_values,
         "NotifyReport": notify_report,
+        "NotifyEvent": notify_event,
         # no vendor extension is implemented, and UnknownVendorId is the spec's answer for that
         "DataTransfer": kept_as_event("DataTransfer", {"status": "UnknownVendorId"}),
         **{action: kept_as_event(action, {}) for action in (
             "FirmwareStatusNotification", "LogStatusNotification",
-            "SecurityEventNotification", "NotifyEvent")},
+            "SecurityEventNotification")},
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -173,8 +233,11 @@ class Station201(StationSession):
                          "readonly": attr.get("mutability") == "ReadOnly",
                          "component": item["component"]["name"],
                          "variable": item["variable"]["name"]}
-                if (item["component"].get("evse") or {}).get("id") is not None:
-                    entry["evse"] = item["component"]["evse"]["id"]
+                evse = item["component"].get("evse") or {}
+                if "id" in evse:
+                    entry["evse"] = evse["id"]
+                    if "connectorId" in evse:
+                        entry["connector"] = evse["connectorId"]
                 entries.append(entry)
         return entries
 
