@@ -10,6 +10,7 @@ request, and `edrvctl cs list --all -o json` over N stations served by a real `e
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import shutil
@@ -24,12 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def seed(store: Path, n: int) -> None:
+    """Stations BENCH000000... written straight into a new store, through the store of the
+    edrvctl package imported: the synchronous one (transaction()) or the async one (unit())."""
     from edrvctl import model
     from edrvctl.store.sqlite import SqliteStore
 
     s = SqliteStore(store)
     now = model.utcnow()
-    with s.transaction():
+
+    def docs():
         for i in range(n):
             doc = model.new_station(model.StationCreate(endpoint=f"BENCH{i:06d}"), now)
             doc.update(manufacturer="ACME", model="X1", status="Available",
@@ -37,8 +41,22 @@ def seed(store: Path, n: int) -> None:
                                  "firmwareVersion": "1.2.3"})
             for c in (1, 2):
                 model.upsert_connector(doc, c, c, now, status="Available", errorCode="NoError")
-            s.create_station(doc)
-    s.close()
+            yield doc
+
+    if hasattr(s, "transaction"):
+        with s.transaction():
+            for doc in docs():
+                s.create_station(doc)
+        s.close()
+        return
+
+    async def write() -> None:
+        async with s.unit() as unit:
+            for doc in docs():
+                await unit.create_station(doc)
+        await s.close()
+
+    asyncio.run(write())
 
 
 def timed(cmd: list[str], env: dict, runs: int) -> list[float]:
