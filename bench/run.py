@@ -315,8 +315,10 @@ def seed(store: Path, n: int, contender: Contender | None = None) -> None:
     store.parent.mkdir(parents=True, exist_ok=True)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
             "from cli import seed; seed(Path(sys.argv[2]), int(sys.argv[3]))")
-    subprocess.run([PY, "-c", code, str(c.bench), str(store), str(n)],
-                   env=tree_env(c.tree, dict(os.environ)), check=True)
+    if subprocess.run([PY, "-c", code, str(c.bench), str(store), str(n)],
+                      env=tree_env(c.tree, dict(os.environ)), check=False).returncode:
+        raise RuntimeError(f"{c.label}: bench/cli.py's seed() could not write a store with "
+                           f"{c.tree / 'edrvctl'} (its error is above)")
 
 
 @contextlib.contextmanager
