@@ -528,7 +528,8 @@ def bench_held(quick: bool = False, before: Contender | None = None) -> Result:
 
 
 @contextlib.contextmanager
-def reference_server(c: Contender, template: Path | None) -> Iterator[tuple[str, int, Path | None]]:
+def reference_server(c: Contender,
+                     template: Path | None) -> Iterator[tuple[str, int, Path | None]]:
     """(ocpp URL, pid, store) of a fresh server: bench/baselines.py bare|ocpp (no store), or
     edrvctl over a copy of its seeded template store."""
     if c.tree:
