@@ -10,13 +10,14 @@ straight on the library reaches. Both print 'ready' once listening.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def bare(port: int) -> None:
@@ -58,10 +59,8 @@ async def ocpp_default(port: int) -> None:
             return call_result.MeterValues()
 
     async def handle(ws):
-        try:
+        with contextlib.suppress(Exception):  # the station went away
             await CP(ws.request.path.strip("/"), ws).start()
-        except Exception:
-            pass
 
     async with serve(handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None,
                      ping_interval=None):

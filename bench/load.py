@@ -78,7 +78,7 @@ async def station(url: str, endpoint: str, run: Run, handshakes: asyncio.Semapho
                 run.latencies.append(time.perf_counter() - now)
                 if not reply.startswith("[3,"):
                     run.errors += 1
-    except Exception as e:  # count it; one station failing must not end the run
+    except Exception as e:  # noqa: BLE001  (counted; one station failing must not end the run)
         run.failed += 1
         run.first_error = run.first_error or repr(e)
 
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--prefix", default="BENCH")
     ap.add_argument("--server-pid", type=int, help="also report this process's CPU use")
     a = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(json.dumps(asyncio.run(measure(a.url.rstrip("/"), a.stations, a.seconds, a.prefix,
                                      a.warmup, a.server_pid))))

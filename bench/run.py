@@ -1,6 +1,7 @@
 """The benchmark suite: runs one benchmark or all, and prints a Markdown section for each.
 
     python bench/run.py [held|throughput|csconfig|storm|cli|all] [--quick] [--profile DIR]
+                        [--before REV]
 
 held        10,000 simulated stations against one `edrvctl serve`: time until all are online,
             server RSS per station, server CPU at idle
@@ -16,12 +17,21 @@ Every server, load generator and fleet of simulated stations (bench/stations.py)
 of its own. `--quick` shrinks everything to tens of stations and a second or two (for
 tests/test_bench_smoke.py). `--profile DIR` records the server with py-spy (raw format) during
 each measured phase. Progress goes to stderr, the report to stdout.
+
+`--before REV` (a git revision: main~5, a hash) compares two versions in one run: REV's
+edrvctl/ is exported (git archive) into a temporary directory, and held, throughput and
+csconfig also measure `edrvctl serve` started from it ("edrvctl@<short hash>", before) beside
+the package this script imports (after), one after the other in every round; the tables get a
+column or row per version and the change after / before. Only the servers differ: the
+simulated stations and load.py are the same for both, from this tree.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib.util
 import json
 import os
 import platform
@@ -35,16 +45,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Self
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-from cli import seed  # noqa: E402  (bench/cli.py)
-from conftest import Server, start_server  # noqa: E402  (tests/conftest.py)
-from stations import endpoint  # noqa: E402  (bench/stations.py)
+from conftest import Server, hermetic_env, start_server  # tests/conftest.py
+from stations import endpoint  # bench/stations.py
 
 PY = sys.executable
 # Every simulated station comes from 127.0.0.1, and load.py's stations send as fast as they are
@@ -53,6 +63,10 @@ PY = sys.executable
 NO_LIMITS = ("--max-connections-per-address", "0", "--max-rate", "0")
 HEARTBEAT = 60  # s, given by the server at boot and used by the simulator
 PROFILE_DIR: Path | None = None
+# What the new OCPP runtime must keep (checked with --before, on the "after" server): calls/s
+# as a share of the bare ceiling no lower than before's, and these.
+RSS_TARGET = 23  # KiB of server RSS per idle station
+P50_TARGET = 10  # ms, csconfig round trip p50 with 1,000 stations connected
 
 
 def log(msg: str) -> None:
@@ -74,7 +88,7 @@ def machine() -> str:
 
 
 def loadavg() -> str:
-    return "%.1f" % os.getloadavg()[0]
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 @dataclass
@@ -90,10 +104,13 @@ class Result:
     checks: list[tuple[str, bool]] = field(default_factory=list)  # (target text, met)
     notes: list[str] = field(default_factory=list)
     load: str = ""  # load average at start -> end: how noisy the machine was
+    versions: str = ""  # with --before: which code is before, which after
 
     def markdown(self) -> str:
-        out = [f"## {self.title}", "", f"Command: `{self.command}`  ", f"Machine: {machine()}; "
-               f"load average {self.load} (1 min, start -> end)", ""]
+        out = [f"## {self.title}", "", f"Command: `{self.command}`  "]
+        if self.versions:
+            out.append(f"Versions: {self.versions}  ")
+        out += [f"Machine: {machine()}; load average {self.load} (1 min, start -> end)", ""]
         out.append("| " + " | ".join(self.header) + " |")
         out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.header)))
                    + "|")
@@ -104,8 +121,9 @@ class Result:
         return "\n".join(out) + "\n"
 
 
-def command(name: str, quick: bool) -> str:
-    return f"python bench/run.py {name}" + (" --quick" if quick else "")
+def command(name: str, quick: bool, before: Contender | None = None) -> str:
+    return (f"python bench/run.py {name}" + (f" --before {before.rev}" if before else "")
+            + (" --quick" if quick else ""))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -139,11 +157,9 @@ def free_port() -> int:
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        try:
+        with contextlib.suppress(Exception):  # a server still starting refuses connections
             if check():
                 return True
-        except Exception:  # noqa: BLE001  (a server still starting refuses connections)
-            pass
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
@@ -181,14 +197,141 @@ def profiled(pid: int, label: str) -> Iterator[None]:
         log(f"profile: {out}")
 
 
+# --------------------------------------------------------------------------- what is measured
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A server that a benchmark measures: `edrvctl serve` importing the edrvctl package found
+    in `tree`, or (tree None) the bench/baselines.py reference server of kind `key`."""
+
+    key: str  # figure prefix: edrvctl (the package this script imports), before, bare, ocpp
+    label: str  # its name in the tables
+    tree: Path | None = None  # the directory holding its edrvctl/
+    bench: Path = HERE  # the directory holding the bench/cli.py whose seed() fills its stores
+    about: str = ""  # which code it is, for the report
+    rev: str = ""  # --before as given
+
+    def phase(self, name: str) -> str:
+        """A profile's file name: the current package's phases keep their plain names."""
+        return name if self.key == "edrvctl" else f"{name}-{self.key}"
+
+
+BARE, OCPP = Contender("bare", "bare"), Contender("ocpp", "ocpp")
+
+
+def git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                         check=False)
+    if out.returncode:
+        raise RuntimeError(f"git {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def tree_env(tree: Path, env: dict) -> dict:
+    """`env`, for a Python that imports the edrvctl package in `tree`: `tree` first on
+    PYTHONPATH, and PYTHONSAFEPATH, or `python -m edrvctl` would put the working directory
+    (maybe another checkout) in front of it."""
+    path = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
+    return {**env, "PYTHONPATH": path, "PYTHONSAFEPATH": "1"}
+
+
+def check_tree(tree: Path) -> None:
+    """Fail now, not with a wrong report, unless tree_env(tree) imports tree's edrvctl."""
+    out = subprocess.run([PY, "-c", "import edrvctl; print(edrvctl.__file__)"],
+                         env=tree_env(tree, dict(os.environ)), capture_output=True, text=True,
+                         check=False)
+    want = (tree / "edrvctl" / "__init__.py").resolve()
+    if out.returncode or Path(out.stdout.strip()).resolve() != want:
+        raise RuntimeError(f"a server started for {tree} imports {out.stdout.strip()!r}, "
+                           f"not {want}: {out.stderr[-500:]}")
+
+
+@functools.cache
+def current() -> Contender:
+    """edrvctl as this process imports it (PYTHONPATH, else the installed package): what the
+    simulated stations run, and the "after" of --before."""
+    tree = Path(importlib.util.find_spec("edrvctl").origin).resolve().parent.parent
+    check_tree(tree)
+    about = f"`{tree / 'edrvctl'}`"
+    with contextlib.suppress(RuntimeError, OSError):
+        head = git(tree, "log", "-1", "--format=%h %s")
+        dirty = git(tree, "status", "--porcelain", "--", "edrvctl")
+        about += f" (HEAD `{head.split()[0]}` {head.partition(' ')[2]}" + (
+            ", with uncommitted changes" if dirty else "") + ")"
+    return Contender("edrvctl", "edrvctl", tree, about=about)
+
+
+def export_revision(rev: str, dest: Path) -> Contender:
+    """--before REV: REV's edrvctl/ exported into `dest`, with REV's bench/cli.py when it has
+    one (its seed() is the one that writes stores for that package)."""
+    repo = HERE.parent
+    try:
+        commit = git(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}")
+    except RuntimeError as e:
+        raise SystemExit(f"--before {rev}: not a commit of {repo}: {e}") from None
+    short, subject = git(repo, "log", "-1", "--format=%h%n%s", commit).split("\n", 1)
+    paths = ["edrvctl"]
+    with contextlib.suppress(RuntimeError):
+        git(repo, "cat-file", "-e", f"{commit}:bench/cli.py")
+        paths.append("bench/cli.py")
+    archive = subprocess.Popen(["git", "-C", str(repo), "archive", commit, *paths],
+                               stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=False)
+    archive.stdout.close()
+    if archive.wait() or tar.returncode:
+        raise SystemExit(f"--before {rev}: could not export {' '.join(paths)} of {short}")
+    check_tree(dest)
+    return Contender("before", f"edrvctl@{short}", dest,
+                     bench=dest / "bench" if "bench/cli.py" in paths else HERE,
+                     about=f"`{short}` {subject}", rev=rev)
+
+
+def edrvctls(before: Contender | None) -> list[Contender]:
+    """The edrvctl servers a benchmark measures, in the order each round runs them."""
+    return [before, current()] if before else [current()]
+
+
+def versions(before: Contender | None) -> str:
+    """The report's line naming the two versions (nothing without --before)."""
+    if not before:
+        return ""
+    return (f"before = {before.label}, {before.about}; after = {current().label}, "
+            f"{current().about}")
+
+
+def change(before: float | None, after: float | None) -> str:
+    """after / before, as a table cell."""
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)) or not before:
+        return ""
+    return f"{after / before:.2f}×"
+
+
+def seed(store: Path, n: int, contender: Contender | None = None) -> None:
+    """A new store with stations BENCH000000..., written by the contender's own package through
+    the seed() of its revision's bench/cli.py, in a process of its own: each version of the
+    store is written by the code that reads it."""
+    c = contender or current()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+            "from cli import seed; seed(Path(sys.argv[2]), int(sys.argv[3]))")
+    if subprocess.run([PY, "-c", code, str(c.bench), str(store), str(n)],
+                      env=tree_env(c.tree, dict(os.environ)), check=False).returncode:
+        raise RuntimeError(f"{c.label}: bench/cli.py's seed() could not write a store with "
+                           f"{c.tree / 'edrvctl'} (its error is above)")
+
+
 @contextlib.contextmanager
-def edrvctl_server(root: Path, stations: int, *flags: str) -> Iterator[Server]:
-    """`edrvctl serve` over a store seeded with BENCH000000... (unless it exists already)."""
+def edrvctl_server(root: Path, stations: int, *flags: str,
+                   contender: Contender | None = None) -> Iterator[Server]:
+    """`edrvctl serve` of the contender (default: the current package) over a store seeded
+    with BENCH000000... (unless it exists already)."""
+    c = contender or current()
     store = root / "store" / "edrvctl.db"
     if not store.exists():
-        seed(store, stations)
+        seed(store, stations, c)
     srv = start_server(root, *NO_LIMITS, "--heartbeat-interval", str(HEARTBEAT), *flags,
-                       store=store)
+                       store=store, env=tree_env(c.tree, hermetic_env(root)))
     try:
         yield srv
     finally:
@@ -207,18 +350,19 @@ class FleetProcess:
 
     def __init__(self, url: str, count: int, root: Path, backoff_max: float = 2):
         self.status_file = root / f"fleet-{time.monotonic_ns()}.json"
-        self.err = open(root / f"fleet-{time.monotonic_ns()}.log", "w")
-        self.proc = subprocess.Popen(
-            [PY, str(HERE / "stations.py"), url, "--count", str(count), "--status",
-             str(self.status_file), "--heartbeat", str(HEARTBEAT), "--backoff-max",
-             str(backoff_max)], stdout=subprocess.DEVNULL, stderr=self.err)
+        self.log = root / f"fleet-{time.monotonic_ns()}.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [PY, str(HERE / "stations.py"), url, "--count", str(count), "--status",
+                 str(self.status_file), "--heartbeat", str(HEARTBEAT), "--backoff-max",
+                 str(backoff_max)], stdout=subprocess.DEVNULL, stderr=err)
 
     def status(self) -> dict:
         try:
             return json.loads(self.status_file.read_text())
         except (OSError, ValueError):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the fleet exited: {Path(self.err.name).read_text()[-2000:]}")
+                raise RuntimeError(f"the fleet exited: {self.log.read_text()[-2000:]}")
             return {}
 
     def started(self) -> float:
@@ -229,9 +373,8 @@ class FleetProcess:
 
     def close(self) -> None:
         stop_process(self.proc, timeout=120)
-        self.err.close()
 
-    def __enter__(self) -> "FleetProcess":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -268,17 +411,37 @@ def workdir(name: str) -> Iterator[Path]:
 # --------------------------------------------------------------------------- 1. stations held
 
 
-def bench_held(quick: bool = False) -> Result:
-    n, idle_s, timeout = (50, 0.5, 60) if quick else (10_000, 10.0, 600)
-    res = Result("held", f"Stations held: {n:,} simulated stations on one server",
-                 command("held", quick), load=loadavg())
-    with workdir("held") as root, edrvctl_server(root, n) as srv, srv.api() as api:
+Row = tuple[str, Callable[[dict], str], str | None]  # (figure, cell from figures, key)
+
+
+def compare(res: Result, contenders: list[Contender], figs: dict[str, dict],
+            rows: list[Row]) -> None:
+    """res's figures, and its table: a value column, or with --before one column per version
+    and the change (after / before) of the rows that name a figure."""
+    for c in contenders:
+        prefix = "" if c.key == "edrvctl" else f"{c.key}_"
+        res.figures.update({prefix + k: v for k, v in figs[c.key].items()})
+    if len(contenders) == 1:
+        res.header = ("figure", "value")
+        res.rows = [(name, cell(figs[contenders[0].key])) for name, cell, _ in rows]
+        return
+    (b, before), (a, after) = ((figs[c.key], c) for c in contenders)
+    res.header = ("figure", f"{before.label} (before)", f"{after.label} (after)",
+                  "after / before")
+    res.rows = [(name, cell(b), cell(a), change(b.get(key), a.get(key)) if key else "")
+                for name, cell, key in rows]
+
+
+def held_once(c: Contender, n: int, idle_s: float, timeout: float, quick: bool) -> dict:
+    """One server of `c` with n stations: the figures of bench_held."""
+    with workdir("held") as root, edrvctl_server(root, n, contender=c) as srv, \
+            srv.api() as api:
         pid = srv.proc.pid
         online(api)  # the API's first request, before the baseline
         rss0, cpu0 = rss_kib(pid), cpu_s(pid)
-        log(f"held: server RSS {rss0} KiB before connecting; starting {n} stations")
+        log(f"held: {c.label}: server RSS {rss0} KiB before connecting; starting {n} stations")
         with FleetProcess(srv.ocpp_url, n, root) as fleet:
-            with profiled(pid, "held-connect"):
+            with profiled(pid, c.phase("held-connect")):
                 online_s = all_online(api, fleet, n, timeout)
                 booted = all_booted(fleet, n, timeout)
             ramp_end = time.monotonic()
@@ -286,49 +449,77 @@ def bench_held(quick: bool = False) -> Result:
             ramp_client_cpu = cpu_s(fleet.proc.pid)
             booted_s = ramp_end - fleet.started()
             got = online(api)
-            log(f"held: {got}/{n} online after {online_s} s, booted: {booted}; settling")
+            log(f"held: {c.label}: {got}/{n} online after {online_s} s, booted: {booted}; "
+                "settling")
             time.sleep(0.5 if quick else 5)
             rss1 = rss_kib(pid)
-            with profiled(pid, "held-idle"):
+            with profiled(pid, c.phase("held-idle")):
                 c0, t0 = cpu_s(pid), time.monotonic()
                 time.sleep(idle_s)
                 idle_pct = 100 * (cpu_s(pid) - c0) / (time.monotonic() - t0)
             still = online(api)
             fleet_status = fleet.status()
-    per_station = (rss1 - rss0) / n
-    res.figures = {"stations": n, "online": got, "online_s": online_s, "booted": booted,
-                   "booted_s": booted_s, "rss_before_kib": rss0, "rss_after_kib": rss1,
-                   "rss_per_station_kib": per_station, "idle_cpu_pct": idle_pct,
-                   "online_after_idle": still, "server_cpu_s_connecting": ramp_cpu,
-                   "client_cpu_s_connecting": ramp_client_cpu}
-    res.rows = [
-        ("stations online (API count)", f"{got:,} / {n:,}"),
-        ("time until all online", "not reached" if online_s is None else f"{online_s:.1f} s"),
-        ("time until all booted (+ StatusNotifications sent)", f"{booted_s:.1f} s"),
+    return {"stations": n, "online": got, "online_s": online_s, "booted": booted,
+            "booted_s": booted_s, "rss_before_kib": rss0, "rss_after_kib": rss1,
+            "rss_per_station_kib": (rss1 - rss0) / n, "idle_cpu_pct": idle_pct,
+            "online_after_idle": still, "server_cpu_s_connecting": ramp_cpu,
+            "client_cpu_s_connecting": ramp_client_cpu,
+            "simulator_reconnects": fleet_status.get("reconnects"),
+            "simulator_errors": fleet_status.get("errors")}
+
+
+def bench_held(quick: bool = False, before: Contender | None = None) -> Result:
+    n, idle_s, timeout = (50, 0.5, 60) if quick else (10_000, 10.0, 600)
+    res = Result("held", f"Stations held: {n:,} simulated stations on one server",
+                 command("held", quick, before), load=loadavg(), versions=versions(before))
+    contenders = edrvctls(before)
+    figs = {c.key: held_once(c, n, idle_s, timeout, quick) for c in contenders}
+    compare(res, contenders, figs, [
+        ("stations online (API count)", lambda f: f"{f['online']:,} / {n:,}", None),
+        ("time until all online", lambda f: "not reached" if f["online_s"] is None
+         else f"{f['online_s']:.1f} s", "online_s"),
+        ("time until all booted (+ StatusNotifications sent)",
+         lambda f: f"{f['booted_s']:.1f} s", "booted_s"),
         ("server CPU time while connecting (its % of that time)",
-         f"{ramp_cpu:.1f} s ({100 * ramp_cpu / booted_s:.0f}%)"),
-        ("simulator CPU time while connecting", f"{ramp_client_cpu:.1f} s"),
-        ("server RSS before / with all connected", f"{rss0 / 1024:.1f} / {rss1 / 1024:.1f} MiB"),
-        ("server RSS per station", f"{per_station:.1f} KiB"),
-        (f"server CPU at idle ({idle_s:g} s, heartbeat {HEARTBEAT} s)", f"{idle_pct:.1f}%"),
-        ("online after the idle period", f"{still:,}"),
-        ("simulator reconnects / errors", f"{fleet_status.get('reconnects')} / "
-                                          f"{fleet_status.get('errors')}"),
-    ]
+         lambda f: f"{f['server_cpu_s_connecting']:.1f} s "
+                   f"({100 * f['server_cpu_s_connecting'] / f['booted_s']:.0f}%)",
+         "server_cpu_s_connecting"),
+        ("simulator CPU time while connecting",
+         lambda f: f"{f['client_cpu_s_connecting']:.1f} s", "client_cpu_s_connecting"),
+        ("server RSS before / with all connected",
+         lambda f: f"{f['rss_before_kib'] / 1024:.1f} / {f['rss_after_kib'] / 1024:.1f} MiB",
+         "rss_after_kib"),
+        ("server RSS per station", lambda f: f"{f['rss_per_station_kib']:.1f} KiB",
+         "rss_per_station_kib"),
+        (f"server CPU at idle ({idle_s:g} s, heartbeat {HEARTBEAT} s)",
+         lambda f: f"{f['idle_cpu_pct']:.1f}%", "idle_cpu_pct"),
+        ("online after the idle period", lambda f: f"{f['online_after_idle']:,}", None),
+        ("simulator reconnects / errors",
+         lambda f: f"{f['simulator_reconnects']} / {f['simulator_errors']}", None),
+    ])
     res.notes = [
-        "Times run from the moment the simulator process starts its fleet (run_fleet, at most "
-        "200 handshakes at a time); online is counted through the API every 0.25 s. The "
-        "simulator shares the machine's cores with the server, and uses about as much CPU.",
-        "RSS per station = (VmRSS once all are booted, after a pause - VmRSS before the "
-        "first connection) / stations; idle CPU = utime+stime over the idle window.",
+        ("Times run from the moment the simulator process starts its fleet (run_fleet, at most "
+         "200 handshakes at a time); online is counted through the API every 0.25 s. The "
+         "simulator shares the machine's cores with the server, and uses about as much CPU."),
+        ("RSS per station = (VmRSS once all are booted, after a pause - VmRSS before the "
+         "first connection) / stations; idle CPU = utime+stime over the idle window."),
     ]
+    f = figs["edrvctl"]
     res.checks = [
         (f"all {n:,} online within 30 s: "
-         + ("not all came online" if online_s is None else f"{online_s:.1f} s"),
-         online_s is not None and online_s <= 30),
-        (f"at most 25 KB of server RSS per station: {per_station:.1f} KiB",
-         per_station <= 25),
+         + ("not all came online" if f["online_s"] is None else f"{f['online_s']:.1f} s"),
+         f["online_s"] is not None and f["online_s"] <= 30),
+        (f"at most 25 KB of server RSS per station: {f['rss_per_station_kib']:.1f} KiB",
+         f["rss_per_station_kib"] <= 25),
     ]
+    if before:
+        b = figs["before"]
+        res.checks.append(((f"before -> after, server RSS per station at most {RSS_TARGET:g} "
+                            f"KiB: {b['rss_per_station_kib']:.1f} -> "
+                            f"{f['rss_per_station_kib']:.1f} KiB"),
+                           f["rss_per_station_kib"] <= RSS_TARGET))
+        res.notes.append(f"The two servers ran one after the other ({before.label}, then "
+                         f"{current().label}), each on a fresh store and fleet.")
     res.load += f" -> {loadavg()}"
     return res
 
@@ -337,22 +528,23 @@ def bench_held(quick: bool = False) -> Result:
 
 
 @contextlib.contextmanager
-def reference_server(kind: str, template: Path) -> Iterator[tuple[str, int, Path | None]]:
+def reference_server(c: Contender,
+                     template: Path | None) -> Iterator[tuple[str, int, Path | None]]:
     """(ocpp URL, pid, store) of a fresh server: bench/baselines.py bare|ocpp (no store), or
-    edrvctl over a copy of the seeded template store."""
-    if kind == "edrvctl":
-        with workdir("throughput-edrvctl") as root:
+    edrvctl over a copy of its seeded template store."""
+    if c.tree:
+        with workdir(f"throughput-{c.key}") as root:
             (root / "store").mkdir()
             shutil.copy(template, root / "store" / "edrvctl.db")
-            with edrvctl_server(root, 0) as srv:
+            with edrvctl_server(root, 0, contender=c) as srv:
                 yield srv.ocpp_url, srv.proc.pid, srv.store
         return
     port = free_port()
-    proc = subprocess.Popen([PY, str(HERE / "baselines.py"), kind, str(port)],
+    proc = subprocess.Popen([PY, str(HERE / "baselines.py"), c.key, str(port)],
                             stdout=subprocess.PIPE, text=True)
     try:
         if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"baselines.py {kind} did not start")
+            raise RuntimeError(f"baselines.py {c.key} did not start")
         yield f"ws://127.0.0.1:{port}", proc.pid, None
     finally:
         stop_process(proc)
@@ -366,73 +558,102 @@ def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def stored_meter_values(store: Path) -> int:
+def stored_meter_values(store: Path) -> int | None:
+    """MeterValues rows in a store (None: a schema without a meter_values table)."""
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
-        return db.execute("SELECT count(*) FROM meter_values").fetchone()[0]
+        try:
+            return db.execute("SELECT count(*) FROM meter_values").fetchone()[0]
+        except sqlite3.OperationalError:
+            return None
 
 
-def bench_throughput(quick: bool = False) -> Result:
+def bench_throughput(quick: bool = False, before: Contender | None = None) -> Result:
     sizes, rounds, seconds, warmup = ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
-    kinds = ("bare", "ocpp", "edrvctl")
+    trees = edrvctls(before)
+    contenders = [BARE, OCPP, *trees]
     res = Result("throughput", "Message throughput: Heartbeat/StatusNotification/MeterValues "
-                 "as fast as answered", command("throughput", quick), load=loadavg(),
+                 "as fast as answered", command("throughput", quick, before), load=loadavg(),
+                 versions=versions(before),
                  header=("server", "stations", "calls/s", "p50 ms", "p99 ms",
                          "server CPU µs/call", "server CPU", "load generator CPU",
                          "calls/s of each round", "failed / errors"))
-    runs: dict[tuple[str, int], list[dict]] = {(k, n): [] for k in kinds for n in sizes}
-    persisted = []  # (MeterValues rows stored, calls answered) per edrvctl run
+    runs: dict[tuple[str, int], list[dict]] = {(c.key, n): [] for c in contenders for n in sizes}
+    persisted = {c.key: [] for c in trees}  # (MeterValues rows stored, calls answered) per run
     with workdir("throughput") as root:
-        template = root / "template.db"
-        seed(template, max(sizes))
+        templates = {c.key: root / f"template-{c.key}.db" for c in trees}
+        for c in trees:
+            seed(templates[c.key], max(sizes), c)
         for r in range(rounds):
-            for kind in kinds:
-                with reference_server(kind, template) as (url, pid, store):
+            for c in contenders:
+                with reference_server(c, templates.get(c.key)) as (url, pid, store):
                     for n in sizes:
-                        before = stored_meter_values(store) if store else 0
-                        with profiled(pid, f"throughput-{kind}-{n}-round{r + 1}"):
+                        rows0 = stored_meter_values(store) if store else None
+                        with profiled(pid, f"throughput-{c.key}-{n}-round{r + 1}"):
                             out = run_load(url, n, seconds, warmup, pid)
-                        if store:
-                            persisted.append((stored_meter_values(store) - before, out["calls"]))
-                        runs[(kind, n)].append(out)
-                        log(f"throughput round {r + 1}: {kind} {n} stations: "
+                        if rows0 is not None:
+                            persisted[c.key].append((stored_meter_values(store) - rows0,
+                                                     out["calls"]))
+                        runs[(c.key, n)].append(out)
+                        log(f"throughput round {r + 1}: {c.label} {n} stations: "
                             f"{out['calls_per_s']:.0f} calls/s, p99 {out['p99_ms']} ms")
 
-    def med(kind: str, n: int, key: str) -> float:
-        return statistics.median(x[key] for x in runs[(kind, n)])
+    def med(key: str, n: int, metric: str) -> float:
+        return statistics.median(x[metric] for x in runs[(key, n)])
 
+    compared = ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call", "server_cpu_pct",
+                "client_cpu_pct")
     for n in sizes:
-        for kind in kinds:
-            rs = runs[(kind, n)]
-            res.rows.append((kind, n, f"{med(kind, n, 'calls_per_s'):,.0f}",
-                             med(kind, n, "p50_ms"), med(kind, n, "p99_ms"),
-                             f"{med(kind, n, 'server_cpu_us_per_call'):.0f}",
-                             f"{med(kind, n, 'server_cpu_pct'):.0f}%",
-                             f"{med(kind, n, 'client_cpu_pct'):.0f}%",
+        for c in contenders:
+            rs = runs[(c.key, n)]
+            res.rows.append((c.label, n, f"{med(c.key, n, 'calls_per_s'):,.0f}",
+                             med(c.key, n, "p50_ms"), med(c.key, n, "p99_ms"),
+                             f"{med(c.key, n, 'server_cpu_us_per_call'):.0f}",
+                             f"{med(c.key, n, 'server_cpu_pct'):.0f}%",
+                             f"{med(c.key, n, 'client_cpu_pct'):.0f}%",
                              ", ".join(f"{x['calls_per_s']:.0f}" for x in rs),
                              f"{sum(x['failed'] for x in rs)} / {sum(x['errors'] for x in rs)}"))
-            for key in ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call"):
-                res.figures[f"{kind}_{n}_{key}"] = med(kind, n, key)
-        ratio = med("edrvctl", n, "calls_per_s") / med("bare", n, "calls_per_s")
-        gain = med("edrvctl", n, "calls_per_s") / med("ocpp", n, "calls_per_s")
-        res.figures[f"ratio_{n}"], res.figures[f"gain_over_ocpp_{n}"] = ratio, gain
+            for metric in ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call"):
+                res.figures[f"{c.key}_{n}_{metric}"] = med(c.key, n, metric)
+        if before:  # the change, after / before, of each median
+            res.rows.append((f"after / before ({current().label} / {before.label})", n,
+                             *(change(med(before.key, n, m), med(current().key, n, m))
+                               for m in compared), "", ""))
+        for c in trees:
+            prefix = "" if c.key == "edrvctl" else f"{c.key}_"
+            res.figures[f"{prefix}ratio_{n}"] = (med(c.key, n, "calls_per_s")
+                                                 / med("bare", n, "calls_per_s"))
+            res.figures[f"{prefix}gain_over_ocpp_{n}"] = (med(c.key, n, "calls_per_s")
+                                                          / med("ocpp", n, "calls_per_s"))
+        ratio, gain = res.figures[f"ratio_{n}"], res.figures[f"gain_over_ocpp_{n}"]
         cost = med("edrvctl", n, "server_cpu_us_per_call") / med("bare", n,
                                                                  "server_cpu_us_per_call")
-        res.checks.append((f"{n} stations: edrvctl = {100 * ratio:.0f}% of the bare ceiling "
-                           f"(target >= 60%), p99 {med('edrvctl', n, 'p99_ms')} ms; "
-                           f"{gain:.2f}x the ocpp library's rate; server CPU per call "
-                           f"{cost:.1f}x bare's", ratio >= 0.6))
-    rows, calls = sum(p[0] for p in persisted), sum(p[1] for p in persisted)
-    res.figures["edrvctl_meter_values_stored"] = rows
+        res.checks.append(((f"{n} stations: edrvctl = {100 * ratio:.0f}% of the bare ceiling "
+                            f"(target >= 60%), p99 {med('edrvctl', n, 'p99_ms')} ms; "
+                            f"{gain:.2f}x the ocpp library's rate; server CPU per call "
+                            f"{cost:.1f}x bare's"), ratio >= 0.6))
+        if before:
+            was = res.figures[f"before_ratio_{n}"]
+            res.checks.append(((f"{n} stations, before -> after, share of the bare ceiling "
+                                f"not lower: {100 * was:.0f}% -> {100 * ratio:.0f}%"),
+                               ratio >= was))
     res.notes = [
-        f"{rounds} round(s), each bare -> ocpp -> edrvctl, a fresh server per round; each run "
-        f"{warmup:g} s warm-up + {seconds:g} s measured (bench/load.py); medians over rounds. "
-        "CPU columns: share of one core used in the measured window (/proc/PID/stat); "
-        "µs/call = server CPU time / calls answered, which the machine's noise barely moves.",
-        f"Persisted: edrvctl stored {rows:,} MeterValues rows for {calls:,} answered calls "
-        f"(MeterValues are 1/4 of the mix; warm-up calls are stored too).",
-        "edrvctl runs with " + " ".join(NO_LIMITS) + ": one client address, and stations that "
-        "send as fast as answered (the default 50 msg/s per station would be what is measured).",
+        (f"{rounds} round(s), each {' -> '.join(c.label for c in contenders)}, a fresh server "
+         f"per round; each run {warmup:g} s warm-up + {seconds:g} s measured (bench/load.py); "
+         "medians over rounds. CPU columns: share of one core used in the measured window "
+         "(/proc/PID/stat); µs/call = server CPU time / calls answered, which the machine's "
+         "noise barely moves."),
     ]
+    for c in trees:
+        rows, calls = (sum(p[i] for p in persisted[c.key]) for i in (0, 1))
+        res.figures[f"{c.key}_meter_values_stored"] = rows if persisted[c.key] else None
+        res.notes.append(
+            f"Persisted: {c.label} stored {rows:,} MeterValues rows for {calls:,} answered "
+            "calls (MeterValues are 1/4 of the mix; warm-up calls are stored too)."
+            if persisted[c.key] else f"Persisted: {c.label}'s store has no meter_values table; "
+            "not counted.")
+    res.notes.append(
+        "edrvctl runs with " + " ".join(NO_LIMITS) + ": one client address, and stations that "
+        "send as fast as answered (the default 50 msg/s per station would be what is measured).")
     res.load += f" -> {loadavg()}"
     return res
 
@@ -440,45 +661,66 @@ def bench_throughput(quick: bool = False) -> Result:
 # --------------------------------------------------------------------------- 3. csconfig
 
 
-def bench_csconfig(quick: bool = False) -> Result:
+def csconfig_once(c: Contender, n: int, requests: int, warm: int) -> dict:
+    """One server of `c` with n stations online: the figures of bench_csconfig."""
+    rng = random.Random(1)  # the same stations, in the same order, for every server
+    with (workdir("csconfig") as root, edrvctl_server(root, n, contender=c) as srv,
+          srv.api() as api, FleetProcess(srv.ocpp_url, n, root) as fleet):
+        require_fleet(api, fleet, n, "csconfig")
+        log(f"csconfig: {c.label}: {n} online; {requests} requests")
+        latencies, errors = [], []
+        with profiled(srv.proc.pid, c.phase("csconfig")):
+            for i in range(warm + requests):
+                path = f"/v1.1/chargestations/{endpoint(rng.randrange(n))}/get_variables"
+                t0 = time.perf_counter()
+                r = api.post(path)  # empty body: everything, 1.6 GetConfiguration
+                dt = (time.perf_counter() - t0) * 1000
+                if r.status_code != 201 or not r.json()["result"]["csconfig"]:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+                if i >= warm:
+                    latencies.append(dt)
+        stored = api.get(f"/v1.1/chargestations/{path.split('/')[3]}").json()["result"]
+    p50, p90, p99 = (pct(latencies, p) for p in (0.5, 0.9, 0.99))
+    return {"stations": n, "requests": len(latencies), "errors": len(errors),
+            "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max(latencies),
+            "mean_ms": statistics.mean(latencies),
+            "stored_entries": len(stored.get("csconfig") or []), "error_texts": errors[:3]}
+
+
+def bench_csconfig(quick: bool = False, before: Contender | None = None) -> Result:
     n, requests, warm = (50, 30, 5) if quick else (1000, 300, 20)
     res = Result("csconfig", f"csconfig round trip: get_variables with {n:,} stations "
-                 "connected", command("csconfig", quick), load=loadavg())
-    rng = random.Random(1)
-    with workdir("csconfig") as root, edrvctl_server(root, n) as srv, srv.api() as api:
-        with FleetProcess(srv.ocpp_url, n, root) as fleet:
-            require_fleet(api, fleet, n, "csconfig")
-            log(f"csconfig: {n} online; {requests} requests")
-            latencies, errors = [], []
-            with profiled(srv.proc.pid, "csconfig"):
-                for i in range(warm + requests):
-                    path = f"/v1.1/chargestations/{endpoint(rng.randrange(n))}/get_variables"
-                    t0 = time.perf_counter()
-                    r = api.post(path)  # empty body: everything, 1.6 GetConfiguration
-                    dt = (time.perf_counter() - t0) * 1000
-                    if r.status_code != 201 or not r.json()["result"]["csconfig"]:
-                        errors.append(f"{r.status_code} {r.text[:200]}")
-                    if i >= warm:
-                        latencies.append(dt)
-            stored = api.get(f"/v1.1/chargestations/{path.split('/')[3]}").json()["result"]
-    p50, p90, p99 = (pct(latencies, p) for p in (0.5, 0.9, 0.99))
-    res.figures = {"stations": n, "requests": len(latencies), "errors": len(errors),
-                   "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max(latencies),
-                   "mean_ms": statistics.mean(latencies),
-                   "stored_entries": len(stored.get("csconfig") or [])}
-    res.rows = [("requests (after warm-up)", f"{len(latencies)} (+{warm})"),
-                ("errors", len(errors)),
-                ("p50 / p90 / p99 / max", f"{p50:.1f} / {p90:.1f} / {p99:.1f} / "
-                                          f"{max(latencies):.1f} ms"),
-                ("mean", f"{statistics.mean(latencies):.1f} ms"),
-                ("stored csconfig entries (last station)", len(stored.get("csconfig") or []))]
-    res.checks = [(f"p50 under 20 ms: {p50:.1f} ms", p50 < 20),
-                  (f"p99 under 100 ms: {p99:.1f} ms", p99 < 100),
-                  (f"every request answered 201 with a csconfig: {len(errors)} errors",
-                   not errors)]
-    res.notes = ["Sequential POST /v1.1/chargestations/{endpoint}/get_variables (empty body) "
-                 "to random connected stations over one kept-alive httpx client; "
-                 f"the first {warm} are warm-up."] + [f"error: {e}" for e in errors[:3]]
+                 "connected", command("csconfig", quick, before), load=loadavg(),
+                 versions=versions(before))
+    contenders = edrvctls(before)
+    figs = {c.key: csconfig_once(c, n, requests, warm) for c in contenders}
+    errors = {key: f.pop("error_texts") for key, f in figs.items()}
+    compare(res, contenders, figs, [
+        ("requests (after warm-up)", lambda f: f"{f['requests']} (+{warm})", None),
+        ("errors", lambda f: f"{f['errors']}", None),
+        *((name, lambda f, key=key: f"{f[key]:.1f} ms", key) for name, key in (
+            ("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("max", "max_ms"),
+            ("mean", "mean_ms"))),
+        ("stored csconfig entries (last station)", lambda f: f"{f['stored_entries']}", None),
+    ])
+    f = figs["edrvctl"]
+    res.checks = [(f"p50 under 20 ms: {f['p50_ms']:.1f} ms", f["p50_ms"] < 20),
+                  (f"p99 under 100 ms: {f['p99_ms']:.1f} ms", f["p99_ms"] < 100),
+                  (f"every request answered 201 with a csconfig: {f['errors']} errors",
+                   not f["errors"])]
+    if before:
+        b = figs["before"]
+        res.checks.append(((f"before -> after, p50 under {P50_TARGET:g} ms: "
+                            f"{b['p50_ms']:.1f} -> {f['p50_ms']:.1f} ms"),
+                           f["p50_ms"] < P50_TARGET))
+    res.notes = [("Sequential POST /v1.1/chargestations/{endpoint}/get_variables (empty body) "
+                  "to random connected stations over one kept-alive httpx client; "
+                  f"the first {warm} are warm-up.")]
+    if before:
+        res.notes.append(f"The two servers ran one after the other ({before.label}, then "
+                         f"{current().label}), each on a fresh store and fleet, asked for the "
+                         "same stations in the same order.")
+    res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
     res.load += f" -> {loadavg()}"
     return res
 
@@ -497,26 +739,26 @@ def bench_storm(quick: bool = False) -> Result:
     res = Result("storm", f"Reconnect storm: {n:,} stations, server SIGKILLed and restarted",
                  command("storm", quick), load=loadavg())
     ports = ("--api-port", str(free_port()), "--ocpp-port", str(free_port()))
-    with workdir("storm") as root, edrvctl_server(root, n, *ports) as srv:
-        with FleetProcess(srv.ocpp_url, n, root, backoff_max=2) as fleet:
-            with srv.api() as api:
-                require_fleet(api, fleet, n, "storm", timeout)
-                before = station_ids(api)
-            log(f"storm: {n} online; SIGKILL")
-            srv.proc.kill()
-            killed = time.monotonic()
-            srv.proc.wait()
-            with edrvctl_server(root, n, *ports) as srv2, srv2.api() as api2:
-                ready = time.monotonic() - killed
-                with profiled(srv2.proc.pid, "storm-reconnect"):
-                    ok = wait_for(lambda: online(api2) >= n, timeout)
-                back_s = time.monotonic() - killed if ok else None
-                got = online(api2)
-                after = station_ids(api2)
-                with contextlib.closing(sqlite3.connect(
-                        f"file:{srv2.store}?mode=ro", uri=True)) as db:
-                    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-            status = fleet.status()
+    with (workdir("storm") as root, edrvctl_server(root, n, *ports) as srv,
+          FleetProcess(srv.ocpp_url, n, root, backoff_max=2) as fleet):
+        with srv.api() as api:
+            require_fleet(api, fleet, n, "storm", timeout)
+            before = station_ids(api)
+        log(f"storm: {n} online; SIGKILL")
+        srv.proc.kill()
+        killed = time.monotonic()
+        srv.proc.wait()
+        with edrvctl_server(root, n, *ports) as srv2, srv2.api() as api2:
+            ready = time.monotonic() - killed
+            with profiled(srv2.proc.pid, "storm-reconnect"):
+                ok = wait_for(lambda: online(api2) >= n, timeout)
+            back_s = time.monotonic() - killed if ok else None
+            got = online(api2)
+            after = station_ids(api2)
+            with contextlib.closing(sqlite3.connect(
+                    f"file:{srv2.store}?mode=ro", uri=True)) as db:
+                integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+        status = fleet.status()
     lost = len(before - after)
     res.figures = {"stations": n, "online_again": got, "back_online_s": back_s,
                    "server_ready_s": ready, "before": len(before), "after": len(after),
@@ -539,8 +781,8 @@ def bench_storm(quick: bool = False) -> Result:
          lost == 0 and len(before) == len(after) == n),
         (f"integrity_check: {integrity}", integrity == "ok"),
     ]
-    res.notes = [f"Same store and fixed ports ({' '.join(ports)}); simulator backoff capped "
-                 "at 2 s (jittered 0.5-1x)."]
+    res.notes = [(f"Same store and fixed ports ({' '.join(ports)}); simulator backoff capped "
+                  "at 2 s (jittered 0.5-1x).")]
     res.load += f" -> {loadavg()}"
     return res
 
@@ -559,7 +801,7 @@ def bench_cli(quick: bool = False) -> Result:
         if line.startswith("| ") and len(cells) == 2 and cells[1].replace(".", "").isdigit():
             res.rows.append(tuple(cells))
             res.figures[cells[0]] = float(cells[1])
-        elif line.startswith("- met: ") or line.startswith("- MISSED: "):
+        elif line.startswith(("- met: ", "- MISSED: ")):
             met, _, text = line[2:].partition(": ")
             res.checks.append((text, met == "met"))
         elif line.startswith("machine:"):
@@ -572,6 +814,7 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "held": bench_held, "throughput": bench_throughput, "csconfig": bench_csconfig,
     "storm": bench_storm, "cli": bench_cli,
 }
+COMPARED = ("held", "throughput", "csconfig")  # the benchmarks that take --before
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
@@ -581,20 +824,32 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke tests")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy record the server into DIR during each measured phase")
+    ap.add_argument("--before", metavar="REV",
+                    help="a git revision (main~5, a hash): its edrvctl/ is measured too, beside "
+                         f"the current one, in {', '.join(COMPARED)}")
     a = ap.parse_args(argv)
+    if a.before and a.which not in (*COMPARED, "all"):
+        ap.error(f"--before applies to {', '.join(COMPARED)} (and all)")
     PROFILE_DIR = a.profile
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
     names = list(BENCHMARKS) if a.which == "all" else [a.which]
     results = []
-    for name in names:
-        log(f"{name} ...")
-        t0 = time.monotonic()
-        results.append(BENCHMARKS[name](quick=a.quick))
-        print(results[-1].markdown(), flush=True)
-        log(f"{name} done in {time.monotonic() - t0:.0f} s")
+    with contextlib.ExitStack() as stack:
+        before = None
+        if a.before:
+            before = export_revision(a.before, stack.enter_context(workdir("before")))
+            log(f"before: {before.label}, {before.about}, exported to {before.tree}; "
+                f"after: {current().about}")
+        for name in names:
+            log(f"{name} ...")
+            t0 = time.monotonic()
+            kwargs = {"before": before} if name in COMPARED else {}
+            results.append(BENCHMARKS[name](quick=a.quick, **kwargs))
+            print(results[-1].markdown(), flush=True)
+            log(f"{name} done in {time.monotonic() - t0:.0f} s")
     return results
 
 
