@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from edrvctl import model
-from edrvctl.errors import NotFound, StaleRecord, Unavailable, UsageError
+from edrvctl.errors import Busy, NotFound, StaleRecord, Unavailable, UsageError
 from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig, LiveStations
 from edrvctl.store import StationQuery, Store, Unit
 from edrvctl.timefmt import ago
@@ -30,6 +30,7 @@ log = logging.getLogger("edrvctl.fleet")
 
 MAX_SAVE_TRIES = 5  # a record changed by another writer meanwhile is read and changed again
 MAX_REMEMBERED = 100_000  # memos keyed by something a station sends are cleared past this
+MAX_HASHING = 8  # slow password checks at once (each holds a thread and ~8 MB for ~50 ms)
 
 
 def _last_seen(doc: dict) -> str:
@@ -66,6 +67,7 @@ class Fleet:
         # stored password hash -> keyed digest of the password that matched it: a hash
         # changed elsewhere misses here and is checked in full again
         self._verified: dict[str, bytes] = {}
+        self._hashing = 0  # slow checks running
 
     # --- units of work ------------------------------------------------------------------------
 
@@ -199,7 +201,8 @@ class Fleet:
 
     async def check_password(self, endpoint: str, password: str) -> bool:
         """Constant-time check of a station's password. The slow hash runs in a thread once
-        per stored hash and server run; after that a keyed digest kept in memory answers."""
+        per stored hash and server run; after that a keyed digest kept in memory answers.
+        Slow checks are few at a time: errors.Busy past that."""
         from edrvctl import passwords
 
         async with self.store.unit() as tx:
@@ -209,14 +212,20 @@ class Fleet:
             return False
         quick = hmac.new(self._process_key, f"{stored}\0{password}".encode(), "sha256").digest()
         known = self._verified.get(stored)
-        if known is not None:
-            return hmac.compare_digest(known, quick)
-        if await asyncio.to_thread(passwords.verify, password, stored):
+        if known is not None and hmac.compare_digest(known, quick):
+            return True
+        if self._hashing >= MAX_HASHING:
+            raise Busy("too many password checks at once; retry in a moment")
+        self._hashing += 1
+        try:
+            ok = await asyncio.to_thread(passwords.verify, password, stored)
+        finally:
+            self._hashing -= 1
+        if ok:
             if len(self._verified) >= MAX_REMEMBERED:
                 self._verified.clear()
             self._verified[stored] = quick
-            return True
-        return False
+        return ok
 
     async def update(self, key: str, patch: model.StationUpdate) -> dict:
         changes = patch.model_dump(exclude_unset=True)

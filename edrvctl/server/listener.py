@@ -25,16 +25,21 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from edrvctl import model
+from edrvctl.errors import Busy, NotFound, StoreUnavailable
 from edrvctl.fleet import Fleet
 from edrvctl.ocppj import TokenBucket
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.ocpp201 import Station201
 from edrvctl.server.stations import Registry
+from edrvctl.textsafe import printable
 
 log = logging.getLogger("edrvctl.ocpp")
 
 CHARGE_POINTS = {"ocpp1.6": Station16, "ocpp2.0.1": Station201}
 REFUSAL_EVERY = 60.0  # seconds between two logged/stored refusals that say the same
+MAX_UNREAD = 1 << 20  # bytes written to a peer and not read by it, before it is dropped
+CLOSE_DEADLINE = 10.0  # s for every station's socket to close at shutdown
+MAX_REASON = 200  # characters of a refusal's reason kept (it may quote what the client sent)
 
 
 @dataclass
@@ -92,6 +97,136 @@ def certificate_identity(conn: ServerConnection) -> str | None:
     return None
 
 
+class Refusals:
+    """Refused upgrades within a fixed budget of memory, log and store, whatever is sent.
+
+    A known station's refusal (wrong password, wrong subprotocol, ...) is logged and kept as a
+    `ConnectionRefused` event once a minute per (station, status, kind of reason). Everything else (unknown
+    endpoints, over-limit addresses) keeps no state per endpoint or address: the first of a
+    minute is logged in full, the rest are counted and summarised in one line a minute.
+    """
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.kept: dict[tuple[str, int, str], float] = {}  # (endpoint, status, kind) -> when
+        self.window = time.monotonic()
+        self.logged_in_window = False
+        self.suppressed: Counter[int] = Counter()  # status -> refusals not logged
+        self.last = ""
+
+    def count(self, endpoint: str | None, status: int, address: str,
+              reason: str = "") -> None:
+        now = time.monotonic()
+        if now - self.window >= REFUSAL_EVERY:
+            self.summarise()
+            self.window, self.logged_in_window = now, False
+        line = (f"refused {printable(endpoint or '?', 60)} from {printable(address, 60)}: "
+                f"{status} {printable(reason, MAX_REASON)}")
+        if not self.logged_in_window:
+            self.logged_in_window = True
+            log.warning("%s", line)
+        else:
+            self.suppressed[status] += 1
+            self.last = line
+
+    def summarise(self) -> None:
+        if self.suppressed:
+            statuses = ", ".join(f"{n} × {status}" for status, n in sorted(self.suppressed.items()))
+            log.warning("refused %d more upgrade(s) in the last %g s (%s); the last: %s",
+                        sum(self.suppressed.values()), REFUSAL_EVERY, statuses, self.last)
+            self.suppressed.clear()
+
+    async def refused(self, endpoint: str | None, status: int, address: str, reason: str,
+                      known: bool) -> None:
+        if not known or endpoint is None:
+            self.count(endpoint, status, address, reason)
+            return
+        # the reason's fixed start tells the kinds apart; what follows may quote the client
+        key, now = (endpoint, status, reason[:32]), time.monotonic()
+        if now - self.kept.get(key, -REFUSAL_EVERY) < REFUSAL_EVERY:
+            log.debug("refused %s again: %s", printable(endpoint, 60), status)
+            return
+        if len(self.kept) >= 100_000:
+            self.kept.clear()
+        self.kept[key] = now
+        log.warning("refused %s from %s: %s %s", printable(endpoint, 60), printable(address),
+                    status, printable(reason, MAX_REASON))
+        try:  # kept for the admin, best effort: a full store must not fail the refusal
+            await self.fleet.record_event(endpoint, "ConnectionRefused", {
+                "status": status, "reason": reason[:MAX_REASON], "address": address},
+                from_station=False)
+        except Exception as e:
+            log.error("refusal of %s not recorded: %s", printable(endpoint, 60), e)
+
+
+class Guesses:
+    """Wrong passwords per client address: past a few in a row, that address waits a second
+    per further wrong one before its next check (the hash is slow on purpose; guessing must
+    cost the guesser, not the other stations). Bounded: addresses quiet for a minute are
+    forgotten, and the table is cleared if it ever holds too many."""
+
+    FREE = 5  # wrong passwords in a row before pauses begin
+    PAUSE = 1.0  # seconds per wrong password past those
+
+    def __init__(self) -> None:
+        self.wrong: dict[str, tuple[int, float]] = {}  # address -> (in a row, last at)
+
+    def paused(self, address: str) -> bool:
+        n, at = self.wrong.get(address, (0, 0.0))
+        now = time.monotonic()
+        if now - at > 60:
+            self.wrong.pop(address, None)
+            return False
+        return n >= self.FREE and now - at < self.PAUSE * (n - self.FREE + 1)
+
+    def record(self, address: str, ok: bool) -> None:
+        if ok:
+            self.wrong.pop(address, None)
+            return
+        if len(self.wrong) >= 100_000:
+            self.wrong.clear()
+        n, _ = self.wrong.get(address, (0, 0.0))
+        self.wrong[address] = (n + 1, time.monotonic())
+
+
+class StationConnection(ServerConnection):
+    """A websocket connection counted per client address from its first byte (half-open
+    upgrades count too), refused with a 503 past the limit before anything is read."""
+
+    listener: "Listener"  # set on the subclass made per listener
+    refused = False
+    stuck_since: float | None = None  # since when its write buffer has not drained
+    unread = 0  # bytes in its write buffer at the last look
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.address = peer[0] if peer else "?"
+        listener = self.listener
+        listener.per_address[self.address] += 1
+        limit = listener.s.max_per_address
+        if limit and listener.per_address[self.address] > limit:
+            self.refused = True
+            listener.refusals.count(None, 503, self.address)
+            body = f"too many connections from {self.address}\n".encode()
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                            b"Content-Type: text/plain\r\nContent-Length: "
+                            + str(len(body)).encode() + b"\r\n\r\n" + body)
+            transport.close()
+            return
+        listener.open.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        listener = self.listener
+        listener.per_address[self.address] -= 1
+        if listener.per_address[self.address] <= 0:
+            del listener.per_address[self.address]
+        if self.refused:
+            return
+        listener.open.discard(self)
+        super().connection_lost(exc)
+
+
 class Listener:
     def __init__(self, fleet: Fleet, settings: ListenerSettings):
         self.fleet = fleet
@@ -99,75 +234,76 @@ class Listener:
         fleet.live = self.stations
         self.s = settings
         self.servers: list[Server] = []
+        self.watchdog: asyncio.Future | None = None
         self.per_address: Counter[str] = Counter()
         self.buckets: dict[str, TokenBucket] = {}
-        # (endpoint, status, reason) -> when that refusal was last logged and stored
-        self.refusals_kept: dict[tuple, float] = {}
+        self.refusals = Refusals(fleet)
+        self.guesses = Guesses()
+        self.open: set[StationConnection] = set()  # every accepted TCP connection
+        self.connection_class = type("StationConnection", (StationConnection,),
+                                     {"listener": self})
 
     async def refuse(self, conn: ServerConnection, status: int, endpoint: str | None,
-                     reason: str) -> Response:
-        # The same refusal is logged, and kept on a known station for the admin, once a minute
-        # at most: a station (or anyone who knows its name) retrying in a loop must grow
-        # neither the log nor the store.
-        key = (endpoint, status, reason)
-        now = time.monotonic()
-        if now - self.refusals_kept.get(key, -REFUSAL_EVERY) >= REFUSAL_EVERY:
-            if len(self.refusals_kept) > 100_000:
-                self.refusals_kept.clear()
-            self.refusals_kept[key] = now
-            log.warning("refused %s from %s: %s %s", endpoint or "?", conn.remote_address[0],
-                        status, reason)
-            if endpoint and await self.fleet.is_known(endpoint) is not None:
-                await self.fleet.record_event(endpoint, "ConnectionRefused",
-                                        {"status": status, "reason": reason},
-                                        from_station=False)
-        else:
-            log.debug("refused %s again: %s %s", endpoint, status, reason)
-        response = conn.respond(status, reason + "\n")
+                     reason: str, known: bool = False) -> Response:
+        await self.refusals.refused(endpoint, status, conn.remote_address[0], reason, known)
+        response = conn.respond(status, printable(reason, MAX_REASON) + "\n")
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="edrvctl", charset="UTF-8"'
         return response
 
     async def process_request(self, conn: ServerConnection, request: Request):
-        address = conn.remote_address[0]
         endpoint = endpoint_of(request.path)
-        if self.s.max_per_address and self.per_address[address] >= self.s.max_per_address:
-            return await self.refuse(conn, 503, endpoint, f"too many connections from {address}")
         if endpoint is None:
             return await self.refuse(conn, 404, None, "no chargestation identity in the URL path")
-        doc = await self.fleet.is_known(endpoint)
+        try:
+            doc = await self.fleet.is_known(endpoint)
+        except StoreUnavailable as e:
+            return await self.refuse(conn, 503, endpoint, f"try again later: {e.message}")
         if doc is None:
             return await self.refuse(conn, 404, endpoint, f"unknown chargestation {endpoint!r}; "
-                               "create it with `edrvctl cs create`")
+                                     "create it with `edrvctl cs create`")
+        reason = await self._refusal(conn, request, endpoint, doc)
+        if reason is not None:
+            return await self.refuse(conn, reason[0], endpoint, reason[1], known=True)
+        conn.ocpp_protocol = doc["protocol"]  # type: ignore[attr-defined]  (select_subprotocol)
+        return None
+
+    async def _refusal(self, conn: ServerConnection, request: Request, endpoint: str,
+                       doc: dict) -> tuple[int, str] | None:
+        """Why a known station may not connect, if it may not: (HTTP status, reason)."""
         security = doc["security"]
         tls = conn.transport.get_extra_info("ssl_object") is not None
         if model.needs_tls(security) and not tls:
-            return await self.refuse(conn, 403, endpoint, f"security profile {security['type']} "
-                               "requires TLS: connect with wss://")
+            return 403, f"security profile {security['type']} requires TLS: connect with wss://"
         if security["type"] == "tls_client_cert":
             identity = certificate_identity(conn)
             if identity is None:
-                return await self.refuse(conn, 403, endpoint, "a client certificate is required")
+                return 403, "a client certificate is required"
             if identity != endpoint:
-                return await self.refuse(conn, 403, endpoint,
-                                   f"the client certificate is for {identity!r}, not this station")
+                return 403, f"the client certificate is for {identity!r}, not this station"
         if model.needs_password(security):
             creds = basic_credentials(request, endpoint)
             if creds is None:
-                return await self.refuse(conn, 401, endpoint, "HTTP Basic authentication required "
-                                   "(username = the station's endpoint)")
+                return 401, "HTTP Basic authentication required (username = the endpoint)"
             if creds[0] != endpoint:
-                return await self.refuse(conn, 401, endpoint, "the username must be the endpoint")
-            if not await self.fleet.check_password(endpoint, creds[1]):
-                return await self.refuse(conn, 401, endpoint, "wrong password")
+                return 401, "the username must be the endpoint"
+            address = conn.remote_address[0]
+            if self.guesses.paused(address):
+                return 429, "too many wrong passwords from this address; retry later"
+            try:
+                ok = await self.fleet.check_password(endpoint, creds[1])
+            except Busy as e:
+                return 503, e.message
+            self.guesses.record(address, ok)
+            if not ok:
+                return 401, "wrong password"
         offered = offered_protocols(request)
         if not offered:
-            return await self.refuse(conn, 400, endpoint, f"no OCPP subprotocol offered; "
-                               f"this station is registered for {doc['protocol']}")
+            return 400, f"no OCPP subprotocol offered; this station is registered for " \
+                        f"{doc['protocol']}"
         if doc["protocol"] not in offered:
-            return await self.refuse(conn, 400, endpoint, f"this station is registered for "
-                               f"{doc['protocol']} but offered {', '.join(offered)}")
-        conn.ocpp_protocol = doc["protocol"]  # type: ignore[attr-defined]  (for select_subprotocol)
+            return 400, f"this station is registered for {doc['protocol']} but offered " \
+                        f"{', '.join(offered)}"
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered):
@@ -175,14 +311,7 @@ class Listener:
         return getattr(conn, "ocpp_protocol", None)
 
     async def handle(self, ws: ServerConnection) -> None:
-        address = ws.remote_address[0]
-        self.per_address[address] += 1
-        try:
-            await self._session(ws)
-        finally:
-            self.per_address[address] -= 1
-            if self.per_address[address] <= 0:
-                del self.per_address[address]
+        await self._session(ws)
 
     def _bucket(self, endpoint: str) -> TokenBucket:
         """The station's message budget, kept across its reconnects."""
@@ -199,9 +328,12 @@ class Listener:
                                                 self._bucket(endpoint))
         try:
             await self.stations.attach(session)
-        except Exception as e:  # deleted between the upgrade and now
-            log.info("%s: not attached: %s", endpoint, e)
+        except NotFound:  # deleted between the upgrade and now
             await session.close("unknown chargestation")
+            return
+        except Exception as e:  # the store cannot record it: come back later
+            log.error("%s: connection not recorded: %s", endpoint, e)
+            await session.close("the central system cannot record this connection; retry")
             return
         log.info("%s: connected (%s) from %s", endpoint, ws.subprotocol, ws.remote_address[0])
         try:
@@ -214,6 +346,7 @@ class Listener:
         server = await serve(
             self.handle, self.s.host, port, ssl=tls,
             process_request=self.process_request,
+            create_connection=self.connection_class,
             select_subprotocol=self.select_subprotocol,
             subprotocols=list(CHARGE_POINTS),
             open_timeout=self.s.handshake_timeout,
@@ -234,10 +367,49 @@ class Listener:
         secure = None
         if self.s.tls is not None:
             secure = await self._serve(self.s.tls_port or 0, self.s.tls)
+        self.watchdog = asyncio.ensure_future(self._watch())
         return plain, secure
 
+    async def _watch(self) -> None:
+        """Drop peers that do not read: what we write them (answers, pongs to their pings)
+        piles up in our buffer, and websockets' own keepalive waits for it to drain before
+        its pong deadline even starts. Past MAX_UNREAD bytes, or not draining for the ping
+        timeout, the connection is aborted."""
+        deadline = self.s.ping_timeout or 60.0
+        every = min(5.0, deadline / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for conn in list(self.open):
+                transport = getattr(conn, "transport", None)
+                if transport is None or transport.is_closing():
+                    continue
+                size = transport.get_write_buffer_size()
+                if size == 0:
+                    conn.stuck_since = None
+                    continue
+                if conn.stuck_since is None or size < conn.unread:
+                    conn.stuck_since = now  # (still) draining
+                conn.unread = size
+                if size > MAX_UNREAD or now - conn.stuck_since > deadline:
+                    log.warning("%s: dropped: it does not read what it is sent (%d bytes "
+                                "waiting)", printable(conn.address), size)
+                    transport.abort()
+
     async def stop(self) -> None:
+        """Close every station's socket (1001, going away), within CLOSE_DEADLINE whatever
+        the stations do: those that do not finish the closing handshake are aborted."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
         for server in self.servers:
-            server.close()  # closes every station's socket with 1001 (going away)
-        for server in self.servers:
-            await server.wait_closed()
+            server.close()
+        waiting = asyncio.gather(*(server.wait_closed() for server in self.servers))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), CLOSE_DEADLINE)
+        except TimeoutError:
+            log.warning("%d connection(s) did not close in %g s: aborted", len(self.open),
+                        CLOSE_DEADLINE)
+            for conn in list(self.open):
+                conn.transport.abort()
+            await waiting

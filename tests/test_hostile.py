@@ -1,0 +1,183 @@
+"""Hostile clients and stations against a real `edrvctl serve`: every resource they can grow
+(memory, log, store, connections, time) stays within its budget. Floods here are small and
+bounded (seconds); `bench/abuse.py` runs them at full size."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+
+import pytest
+from conftest import start_server
+from test_security import basic, refused, try_connect
+from timing import scaled, until
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from edrvctl.store import open_store
+
+P16 = "ocpp1.6"
+
+
+def events(srv, station_id: str, kind: str) -> list[dict]:
+    async def read():
+        store = open_store(srv.store, readonly=True)
+        try:
+            async with store.unit() as tx:
+                return await tx.events(station_id, kind)
+        finally:
+            await store.close()
+    return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory):
+    """A server with short keepalive deadlines and small per-address limits."""
+    srv = start_server(tmp_path_factory.mktemp("hostile"), "--ping-interval", "0.5",
+                       "--ping-timeout", "1", "--max-connections-per-address", "20",
+                       "--max-rate", "5")
+    yield srv
+    srv.stop()
+
+
+def test_refusals_of_unknown_endpoints_keep_no_state_and_are_summarised(tight):
+    """Each unknown 2 KB endpoint is refused; the log gets one line, not one per refusal."""
+    mark = len(tight.logs())
+
+    async def flood():
+        for i in range(150):
+            result = await try_connect(tight.ocpp_url, f"u{i:04d}" + "x" * 2000)
+            assert result[0] == "refused" and result[1] == 404
+    asyncio.run(flood())
+    log = tight.logs()[mark:]
+    assert log.count("refused ") <= 2, log[-2000:]
+    assert len(log) < 3000  # not 150 × 2 KB
+
+
+def test_a_known_station_offering_ever_new_subprotocols_is_stored_once(tight):
+    doc = tight.create()
+
+    async def flood():
+        for i in range(60):
+            result = await try_connect(tight.ocpp_url, doc["endpoint"],
+                                       protocol=f"bogus{i}-" + "p" * 500)
+            assert result[0] == "refused" and result[1] == 400
+    asyncio.run(flood())
+    kept = events(tight, doc["_id"], "ConnectionRefused")
+    assert len(kept) == 1, kept
+    assert len(json.dumps(kept[0]["payload"])) < 600  # the reason is cut
+
+
+def test_half_open_upgrades_count_against_the_per_address_limit(tight):
+    ep = tight.create()["endpoint"]
+    host, port = tight.ocpp_url.removeprefix("ws://").rsplit(":", 1)
+    held = [socket.create_connection((host, int(port))) for _ in range(20)]  # never upgrade
+    try:
+        time.sleep(scaled(0.2))  # the server has accepted them (nothing to poll for)
+        refused(asyncio.run(try_connect(tight.ocpp_url, ep)), 503, "too many connections")
+    finally:
+        for s in held:
+            s.close()
+    assert until(lambda: asyncio.run(try_connect(tight.ocpp_url, ep))[0] == "ok",
+                 timeout=5, what="a connection once the held ones are gone")
+
+
+def test_the_rate_limit_holds_across_reconnects(tight):
+    ep = tight.create()["endpoint"]
+
+    async def burst() -> list:
+        async with connect(f"{tight.ocpp_url}/{ep}", subprotocols=[P16]) as ws:
+            codes = []
+            for i in range(12):
+                await ws.send(json.dumps([2, str(i), "Heartbeat", {}]))
+                frame = json.loads(await ws.recv())
+                codes.append(frame[0] if frame[0] == 3 else frame[2])
+            return codes
+
+    async def scenario():
+        first = await burst()
+        assert first[:10] == [3] * 10 and "GenericError" in first
+        second = await burst()  # reconnected at once: the budget is the station's
+        assert second[0] == "GenericError", second
+    asyncio.run(scenario())
+
+
+def test_guessing_passwords_is_paused_per_address(tight):
+    ep = tight.create(security={"type": "basic_auth"})["endpoint"]
+
+    async def guesses():
+        statuses = []
+        for i in range(8):
+            result = await try_connect(tight.ocpp_url, ep, basic(ep, f"guess{i}"))
+            statuses.append(result[1])
+        return statuses
+    statuses = asyncio.run(guesses())
+    assert statuses[:5] == [401] * 5
+    assert 429 in statuses[5:], statuses
+
+
+def raw_client(url: str, endpoint: str) -> tuple[socket.socket, ClientProtocol]:
+    """A websocket client on a plain socket that reads nothing after the upgrade."""
+    proto = ClientProtocol(parse_uri(f"{url}/{endpoint}"), subprotocols=[Subprotocol(P16)])
+    proto.send_request(proto.connect())
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"".join(proto.data_to_send()))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)  # only the handshake: nothing after it is ever read
+    assert response.startswith(b"HTTP/1.1 101"), response
+    proto.receive_data(response)
+    return sock, proto
+
+
+def test_a_station_that_does_not_read_is_dropped(tmp_path):
+    """It floods pings and reads nothing: the pongs owed to it pile up in the server, and
+    websockets' keepalive waits for them to drain before its own deadline starts."""
+    srv = start_server(tmp_path, "--ping-interval", "2", "--ping-timeout", "2")
+    doc = srv.create()
+    sock, proto = raw_client(srv.ocpp_url, doc["endpoint"])
+    sock.settimeout(scaled(0.2))
+    started = time.monotonic()
+    try:
+        dropped = False
+        while not dropped and time.monotonic() - started < scaled(25):
+            for _ in range(500):
+                proto.send_ping(b"p" * 125)
+            try:
+                sock.sendall(b"".join(proto.data_to_send()))
+            except TimeoutError:
+                pass  # the server stopped reading us too: not a drop yet
+            except OSError:
+                dropped = True  # reset by the server
+        assert dropped, "a station that does not read was never dropped"
+        assert time.monotonic() - started < scaled(15)
+        until(lambda: not srv.get(doc["_id"])["online"], timeout=5, what="offline")
+        assert srv.proc.poll() is None
+    finally:
+        sock.close()
+        srv.stop()
+
+
+def test_shutdown_is_bounded_whatever_the_stations_do(tmp_path):
+    srv = start_server(tmp_path, "--ping-interval", "0")
+    doc = srv.create()
+    sock, proto = raw_client(srv.ocpp_url, doc["endpoint"])  # never answers the close
+    sock.settimeout(scaled(0.2))
+    try:
+        until(lambda: srv.get(doc["_id"])["online"], timeout=5, what="online")
+        for _ in range(2000):  # ~260 KB of pongs owed to it, under the unread budget
+            proto.send_ping(b"p" * 125)
+        with contextlib.suppress(TimeoutError):
+            sock.sendall(b"".join(proto.data_to_send()))
+        started = time.monotonic()
+        assert srv.stop(timeout=scaled(30)) == 0
+        assert time.monotonic() - started < scaled(15)
+    finally:
+        sock.close()
