@@ -75,6 +75,14 @@ class StoreUnavailable(Unavailable):
     http_status = 507
 
 
+class OverBudget(EdrvError):
+    """A station sent more than its budget allows (connectors, stored bytes, payload size):
+    not stored, answered with a CALLERROR, and kept as one event for the admin."""
+
+    http_status = 413
+    exit_code = 5
+
+
 class StationTimeout(EdrvError):
     http_status = 504
     exit_code = 7

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edrvctl import model
-from edrvctl.errors import StoreUnavailable, Unavailable
+from edrvctl.errors import OverBudget, StoreUnavailable, Unavailable
 from edrvctl.fleet import Fleet
 from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig
 from edrvctl.ocppj import Rpc
@@ -456,4 +456,52 @@ def test_deleting_a_connected_station_disconnects_it(fresh_fleet):
         await fresh_fleet.delete(doc["endpoint"])
         assert fresh_fleet.live.sent == [(doc["endpoint"], Disconnect("chargestation deleted"))]
         assert await fresh_fleet.is_known(doc["endpoint"]) is None
+    run(scenario())
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+
+def budget_fleet(**budgets: int) -> Fleet:
+    from edrvctl.fleet import Budgets
+    return Fleet(open_store(":memory:"), FakeLive(), budgets=Budgets(**budgets))
+
+
+def test_a_record_holds_at_most_its_budget_of_connectors():
+    async def scenario():
+        fleet = budget_fleet(connectors=3)
+        doc = await create(fleet)
+        for c in (1, 2, 3):
+            await fleet.status_notification(doc["endpoint"], c, c, "Available")
+        with pytest.raises(OverBudget, match="at most 3 connectors"):
+            await fleet.status_notification(doc["endpoint"], 4, 4, "Available")
+        with pytest.raises(OverBudget):
+            await fleet.problem(doc["endpoint"], 5, 1, True)
+        await fleet.status_notification(doc["endpoint"], 2, 2, "Charging")  # known: fine
+        got = await fleet.get(doc["_id"])
+        assert len(got["connectors"]) == 3 and got["status"] == "Charging"
+    run(scenario())
+
+
+def test_what_a_station_keeps_a_day_is_bounded():
+    async def scenario():
+        fleet = budget_fleet(stored_per_day=2000, payload=500)
+        doc = await create(fleet)
+        ep = doc["endpoint"]
+        sample = [{"timestamp": model.utcnow(), "sampledValue": [{"value": "1"}]}]
+        with pytest.raises(OverBudget, match="per message"):
+            await fleet.record_event(ep, "DataTransfer", {"data": "x" * 600})
+        kept = 0
+        with pytest.raises(OverBudget, match="per day"):
+            for _ in range(100):
+                await fleet.meter_values(ep, 1, None, sample)
+                kept += 1
+        assert 0 < kept < 100
+        with pytest.raises(OverBudget):  # events count against the same budget
+            await fleet.record_event(ep, "SecurityEventNotification", {"type": "x"})
+        async with fleet.store.unit() as tx:
+            assert len(await tx.meter_values(doc["_id"])) == kept
+            assert await tx.events(doc["_id"]) == []
+        await fleet.record_event(ep, "ConnectionRefused", {"status": 401},
+                                 from_station=False)  # what the server saw is not charged
     run(scenario())

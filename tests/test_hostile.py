@@ -181,3 +181,29 @@ def test_shutdown_is_bounded_whatever_the_stations_do(tmp_path):
         assert time.monotonic() - started < scaled(15)
     finally:
         sock.close()
+
+
+def test_budgets_answer_a_callerror_and_keep_nothing(tmp_path):
+    srv = start_server(tmp_path, "--max-connectors", "2", "--max-payload-kb", "1")
+    try:
+        doc = srv.create()
+
+        async def scenario():
+            async with connect(f"{srv.ocpp_url}/{doc['endpoint']}",
+                               subprotocols=[P16]) as ws:
+                async def call(i: int, action: str, payload: dict) -> list:
+                    await ws.send(json.dumps([2, str(i), action, payload]))
+                    return json.loads(await ws.recv())
+                for c in (1, 2, 3):
+                    frame = await call(c, "StatusNotification", {
+                        "connectorId": c, "errorCode": "NoError", "status": "Available"})
+                    assert frame[0] == (3 if c < 3 else 4), frame
+                assert frame[2] == "PropertyConstraintViolation" and "at most 2" in frame[4][
+                    "cause"]
+                big = await call(9, "DataTransfer", {"vendorId": "v", "data": "x" * 2000})
+                assert big[0] == 4 and big[2] == "PropertyConstraintViolation", big
+        asyncio.run(scenario())
+        assert len(srv.get(doc["_id"])["connectors"]) == 2
+        assert events(srv, doc["_id"], "DataTransfer") == []
+    finally:
+        srv.stop()

@@ -52,6 +52,15 @@ def serve(
     max_rate: Annotated[float, typer.Option(
         help="Messages per second a station may send (burst: twice that); 0 = no limit",
         min=0)] = 50,
+    max_connectors: Annotated[int, typer.Option(
+        help="Connectors a station's record may hold", min=1)] = 128,
+    max_stored_mb_per_day: Annotated[float, typer.Option(
+        help="MB of messages (meter values, events, ...) kept per station and UTC day",
+        min=0.001)] = 50,
+    max_payload_kb: Annotated[float, typer.Option(
+        help="KB of one kept station message", min=1)] = 64,
+    max_report_mb: Annotated[float, typer.Option(
+        help="MB of one assembled 2.0.1 report (GetBaseReport)", min=0.001)] = 8,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
     log_format: Annotated[str, typer.Option(help="text | json")] = "text",
 ) -> None:
@@ -71,6 +80,7 @@ def serve(
     import ssl
 
     from edrvctl.errors import UsageError
+    from edrvctl.fleet import Budgets
     from edrvctl.server import ServeConfig, is_loopback, serve as run_server, tls_context
     from edrvctl.server.listener import ListenerSettings
     from edrvctl.server.logs import setup_logging
@@ -96,6 +106,9 @@ def serve(
         store=(store or paths.default_store()).expanduser(), api_host=api_host, api_port=api_port,
         store_max_bytes=store_max_mb * 1024 * 1024 if store_max_mb else None,
         heartbeat_interval=heartbeat_interval, api_tls=api_tls, tls_cert=tls_cert,
+        budgets=Budgets(connectors=max_connectors,
+                        stored_per_day=int(max_stored_mb_per_day * (1 << 20)),
+                        payload=int(max_payload_kb * 1024), report=int(max_report_mb * (1 << 20))),
         tls_key=tls_key,
         listener=ListenerSettings(
             host=ocpp_host, port=ocpp_port, tls_port=ocpp_tls_port, tls=tls,

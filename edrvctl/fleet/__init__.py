@@ -16,12 +16,13 @@ import asyncio
 import hmac
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import orjson
 
 from edrvctl import model
-from edrvctl.errors import Busy, NotFound, StaleRecord, Unavailable, UsageError
+from edrvctl.errors import Busy, NotFound, OverBudget, StaleRecord, Unavailable, UsageError
 from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig, LiveStations
 from edrvctl.store import StationQuery, Store, Unit
 from edrvctl.timefmt import ago
@@ -31,6 +32,17 @@ log = logging.getLogger("edrvctl.fleet")
 MAX_SAVE_TRIES = 5  # a record changed by another writer meanwhile is read and changed again
 MAX_REMEMBERED = 100_000  # memos keyed by something a station sends are cleared past this
 MAX_HASHING = 8  # slow password checks at once (each holds a thread and ~8 MB for ~50 ms)
+
+
+@dataclass
+class Budgets:
+    """What one station may grow. Defaults no real charger reaches (one stores well under
+    10 MB a day); `serve` flags change them."""
+
+    connectors: int = 128  # (EVSE, connector) pairs in its record
+    stored_per_day: int = 50 << 20  # bytes of messages kept (meter values, events, ...) a day
+    payload: int = 64 << 10  # bytes of one kept message
+    report: int = 8 << 20  # bytes of one assembled 2.0.1 report (csconfig)
 
 
 def _last_seen(doc: dict) -> str:
@@ -50,8 +62,11 @@ class NoLiveStations:
 
 class Fleet:
     def __init__(self, store: Store, live: LiveStations | None = None,
-                 heartbeat_interval: int = 300):
+                 heartbeat_interval: int = 300, budgets: Budgets | None = None):
         self.store = store
+        self.budgets = budgets or Budgets()
+        # endpoint -> (UTC day, bytes kept that day); in memory: a restart forgives the day
+        self._kept: dict[str, tuple[str, int]] = {}
         self.live: LiveStations = live or NoLiveStations()
         self.ocpp_url: str | None = None  # base URL stations are pointed at, once it is bound
         self.heartbeat_interval = heartbeat_interval
@@ -110,6 +125,29 @@ class Fleet:
                 if attempt == MAX_SAVE_TRIES - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _charge(self, endpoint: str, payload: object) -> None:
+        """Count what a station's message will keep against its budgets; OverBudget (and
+        nothing kept) past them. The first refusal of a day is logged."""
+        size = len(orjson.dumps(payload))
+        if size > self.budgets.payload:
+            raise OverBudget(f"a message of {size} bytes: a station may have at most "
+                             f"{self.budgets.payload} bytes kept per message")
+        day = model.utcnow()[:10]
+        kept_day, kept = self._kept.get(endpoint, (day, 0))
+        if kept_day != day:
+            kept = 0
+        if kept + size > self.budgets.stored_per_day:
+            if kept <= self.budgets.stored_per_day:
+                log.warning("%s: over its budget of %d bytes kept a day; its messages are "
+                            "refused until tomorrow (UTC)", endpoint, self.budgets.stored_per_day)
+                kept = self.budgets.stored_per_day + 1  # logged once
+                self._kept[endpoint] = (day, kept)
+            raise OverBudget(f"this station used its budget of {self.budgets.stored_per_day} "
+                             "bytes kept per day")
+        if len(self._kept) >= MAX_REMEMBERED:
+            self._kept.clear()
+        self._kept[endpoint] = (day, kept + size)
 
     def _touch(self, endpoint: str) -> None:
         self._seen[endpoint] = model.utcnow()
@@ -386,6 +424,7 @@ class Fleet:
             if evse_id == 0:
                 doc["stationStatus"] = status
             else:
+                self._check_connectors(doc, evse_id, connector_id)
                 model.upsert_connector(doc, evse_id, connector_id, now, status=status,
                                        errorCode=error_code, info=info)
             doc["status"] = model.status_of(doc)
@@ -406,12 +445,24 @@ class Fleet:
                     if c["evseId"] == evse_id:
                         c.update(problem=present, problemInfo=info, updatedAt=now)
             else:
+                self._check_connectors(doc, evse_id, connector_id)
                 model.upsert_connector(doc, evse_id, connector_id, now, problem=present,
                                        problemInfo=info)
             doc["status"] = model.status_of(doc)
 
         await self._change(endpoint, apply)
         self._statuses.pop(endpoint, None)  # what a connector last said is no longer enough
+
+    def _check_connectors(self, doc: dict, evse_id: int, connector_id: int) -> None:
+        """A record holds at most `budgets.connectors` connectors: a station inventing ever
+        new ones must not grow it (and the cost of every later message) without bound."""
+        if len(doc["connectors"]) < self.budgets.connectors:
+            return
+        if any(c["evseId"] == evse_id and c["connectorId"] == connector_id
+               for c in doc["connectors"]):
+            return
+        raise OverBudget(f"EVSE {evse_id} connector {connector_id}: a station may have at "
+                         f"most {self.budgets.connectors} connectors")
 
     async def authorize(self, endpoint: str, id_tag: str) -> str:
         """Id tags are not managed here: every tag is accepted on an active station. An inactive
@@ -450,6 +501,8 @@ class Fleet:
                                meter_values: list[dict] | None = None) -> bool:
         """Record a transaction's end, and the meter values sent with it (one unit)."""
         sid = await self._station_id(endpoint)
+        if meter_values:
+            self._charge(endpoint, meter_values)
         self._touch(endpoint)
         async with self.store.unit() as tx:
             known = await tx.get_transaction(sid, tx_key)
@@ -475,6 +528,7 @@ class Fleet:
     async def meter_values(self, endpoint: str, connector: int, tx_key: str | None,
                            values: list[dict]) -> None:
         sid = await self._station_id(endpoint)
+        self._charge(endpoint, values)
         self._touch(endpoint)
         async with self.store.unit() as tx:
             await tx.add_meter_values(sid, tx_key, connector, values)
@@ -485,6 +539,7 @@ class Fleet:
         the server saw happen to a station (from_station=False: not a message from it)."""
         sid = await self._station_id(endpoint)
         if from_station:
+            self._charge(endpoint, payload)
             self._touch(endpoint)
         async with self.store.unit() as tx:
             await tx.add_event(sid, model.utcnow(), kind, payload)

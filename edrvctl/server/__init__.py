@@ -14,10 +14,13 @@ import ssl
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edrvctl import paths
 from edrvctl.server.listener import ListenerSettings  # noqa: F401  (ServeConfig's type)
+
+if TYPE_CHECKING:
+    from edrvctl.fleet import Budgets
 
 log = logging.getLogger("edrvctl.serve")
 
@@ -33,6 +36,7 @@ class ServeConfig:
     api_tls: bool = False  # serve the admin API over HTTPS with the listener's certificate
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    budgets: "Budgets | None" = None
 
 
 def is_loopback(host: str) -> bool:
@@ -99,7 +103,7 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
     gc.set_threshold(50_000, 50, 1000)
     store = open_store(cfg.store, cfg.store_max_bytes)
     token = admin_token(cfg.store)
-    fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval)
+    fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
     fleet.command_timeout = cfg.listener.response_timeout
     stale = await fleet.mark_all_offline()
     if stale:

@@ -11,7 +11,9 @@ import itertools
 import re
 from typing import Any
 
-from edrvctl.errors import StationRejected, UsageError
+import orjson
+
+from edrvctl.errors import OverBudget, StationRejected, UsageError
 from edrvctl.fleet.live import ChangeAvailability
 from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
 from edrvctl.ocppj import RpcClosed
@@ -146,10 +148,16 @@ async def notify_report(s: "Station201", p: dict) -> dict:
     pending = s.reports.get(p["requestId"]) if s.reports else None
     if pending is None:  # a report nobody here asked for is kept as an event
         await s.fleet.record_event(s.endpoint, "NotifyReport", p)
-    else:
-        entries, done = pending
-        entries.extend(p.get("reportData") or [])
-        if not p.get("tbc", False) and not done.done():
+    elif not pending[1].done():
+        entries, done, size = pending
+        part = p.get("reportData") or []
+        entries.extend(part)
+        pending[2] = size = size + len(orjson.dumps(part))
+        if size > s.fleet.budgets.report:
+            done.set_exception(OverBudget(
+                f"chargestation {s.endpoint}: its report is over the "
+                f"{s.fleet.budgets.report} bytes a report may have"))
+        elif not p.get("tbc", False):
             done.set_result(entries)
     return {}
 
@@ -175,12 +183,13 @@ class Station201(StationSession):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # request id -> (report parts so far, future set by the last part); made on first use
-        self.reports: dict[int, tuple[list, asyncio.Future]] | None = None
+        # request id -> [report parts so far, future set by the last part, bytes so far];
+        # made on first use
+        self.reports: dict[int, list] | None = None
 
     def closed(self) -> None:
         super().closed()
-        for _, done in (self.reports or {}).values():
+        for _, done, _ in (self.reports or {}).values():
             if not done.done():
                 done.set_exception(RpcClosed("the station went offline"))
 
@@ -213,7 +222,7 @@ class Station201(StationSession):
         done = asyncio.get_running_loop().create_future()
         if self.reports is None:
             self.reports = {}
-        self.reports[request_id] = ([], done)
+        self.reports[request_id] = [[], done, 0]
         try:
             r = await self.call("GetBaseReport", {"requestId": request_id,
                                                   "reportBase": "FullInventory"}, timeout)
@@ -221,6 +230,8 @@ class Station201(StationSession):
                 raise StationRejected(f"chargestation {self.endpoint} refused GetBaseReport: "
                                       f"{r['status']}")
             report = await done  # the caller's deadline bounds this wait
+        except OverBudget as e:
+            raise StationRejected(e.message) from None
         finally:
             self.reports.pop(request_id, None)
         entries = []

@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from edrvctl.errors import (
     Busy,
     EdrvError,
+    OverBudget,
     StationRejected,
     StationTimeout,
     Unavailable,
@@ -43,6 +44,8 @@ CLOSE_TIMEOUT = 10.0  # seconds a close may take before the socket is dropped
 
 def rpc_error_for(exc: Exception) -> RpcError:
     """What a station is told when its message could not be handled."""
+    if isinstance(exc, OverBudget):  # valid, but more than a station may keep
+        return RpcError("PropertyConstraintViolation", exc.message)
     if isinstance(exc, UsageError):  # valid per the schema, but not storable (e.g. nesting)
         return RpcError("FormatViolation", exc.message)
     if isinstance(exc, EdrvError):  # e.g. the store is full: not acknowledged, and said why
