@@ -215,7 +215,8 @@ def payload_cases(version: str) -> list[tuple[str, str, dict, str]]:
              "FormationViolation"),
         ]
     status = {"timestamp": NOW, "connectorStatus": "Available", "evseId": 1, "connectorId": 1}
-    boot: dict[str, Any] = {"reason": "PowerUp", "chargingStation": {"vendorName": "RawCo", "model": "Raw-1"}}
+    boot: dict[str, Any] = {"reason": "PowerUp",
+                            "chargingStation": {"vendorName": "RawCo", "model": "Raw-1"}}
     return [
         ("known-action-not-taken", "Reset", {"type": "Immediate"}, "NotSupported"),
         ("wrong-type", "StatusNotification", {**status, "evseId": "one"},

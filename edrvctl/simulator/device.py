@@ -76,7 +76,9 @@ class Var:
         return d
 
     def variable_dict(self) -> dict:
-        return {"name": self.name, "instance": self.instance} if self.instance else {"name": self.name}
+        if self.instance:
+            return {"name": self.name, "instance": self.instance}
+        return {"name": self.name}
 
 
 def component_key(name: str, instance: str | None, evse: int | None, connector: int | None) -> str:

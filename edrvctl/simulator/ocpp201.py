@@ -276,12 +276,14 @@ class V201:
 
     @staticmethod
     async def meter_tx(st: SimStation, tx: Tx) -> None:
-        await st._call("TransactionEvent", _updated(st, tx, "MeterValuePeriodic", "Sample.Periodic"))
+        await st._call("TransactionEvent",
+                       _updated(st, tx, "MeterValuePeriodic", "Sample.Periodic"))
 
     @staticmethod
     async def stop_tx(st: SimStation, tx: Tx) -> None:
         wh, _ = st._sample(tx.connector)
-        reason, trigger = STOP_REASONS.get(tx.stop_reason or "Local", ("Other", "AbnormalCondition"))
+        reason, trigger = STOP_REASONS.get(tx.stop_reason or "Local",
+                                           ("Other", "AbnormalCondition"))
         await st._call("TransactionEvent", _event(
             tx, "Ended", trigger, _meter(wh, None, "Transaction.End"),
             chargingState="EVConnected", stoppedReason=reason))

@@ -25,6 +25,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.typing import Subprotocol
 
 from edrvctl.ocppj import Call, FrameError, InvalidCall, QueueFull, RemoteError, Rpc
 from edrvctl.ocppj.frames import parse
@@ -371,10 +372,10 @@ class SimStation:
         async with self.connect_limiter or contextlib.nullcontext():
             try:
                 ws = await connect(
-                    self.url, subprotocols=[self.protocol],  # type: ignore[list-item]
+                    self.url, subprotocols=[Subprotocol(self.protocol)],
                     additional_headers=headers,
                     compression=None,  # ~14 KiB instead of ~64 KiB per connection
-                    proxy=None,  # a simulator talks to its target directly, whatever HTTP_PROXY says
+                    proxy=None,  # straight to the target, whatever HTTP_PROXY says
                     open_timeout=self.open_timeout, ping_interval=ping, ping_timeout=ping,
                     user_agent_header="edrvctl-simulator", **kwargs)
             except InvalidStatus as e:
