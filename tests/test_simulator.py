@@ -700,7 +700,8 @@ def test_send_fails_fast_when_socket_closes():
     async def main():
         async with csms_server() as csms:
             csms.ignore.add("DataTransfer")
-            st = SimStation("FF", csms.url, "ocpp1.6", reconnect=False, response_timeout=10)
+            st = SimStation("FF", csms.url, "ocpp1.6", reconnect=False,
+                            response_timeout=scaled(10))
             async with running(st):
                 await booted(st)
                 t0 = time.monotonic()
