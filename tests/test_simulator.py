@@ -1,4 +1,9 @@
-"""Tests for edrvctl.simulator against a tiny in-test CSMS (real websockets on 127.0.0.1)."""
+"""Tests for edrvctl.simulator against a tiny in-test CSMS (real websockets on 127.0.0.1).
+
+The CSMS runs on edrvctl.ocppj.Rpc too: one handler table per OCPP version that records every
+CALL it gets (the payload exactly as sent) and answers it. Waiting is polling (tests/timing.py),
+with every timeout scaled by EDRV_TEST_TIME_SCALE.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,18 @@ import contextlib
 import json
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import pytest
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint as Cp16
-from ocpp.v16 import call as c16
-from ocpp.v16 import call_result as r16
-from ocpp.v201 import ChargePoint as Cp201
-from ocpp.v201 import call as c201
-from ocpp.v201 import call_result as r201
+from timing import scaled, until_async
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
+from edrvctl.ocppj import Rpc
+from edrvctl.ocppj.frames import CALL
 from edrvctl.simulator import SimStation, run_fleet, utcnow
 
 NOW = "2024-01-01T00:00:00.000Z"
@@ -31,133 +33,119 @@ NOW = "2024-01-01T00:00:00.000Z"
 # --------------------------------------------------------------------------- in-test CSMS
 
 
-class _Recorder:
-    """Shared by the 1.6 and 2.0.1 CSMS ChargePoints: log every CALL, keep raw frames."""
+class _Wire:
+    """The CSMS side of one websocket: keeps every frame received, plays dead for the actions
+    in `csms.ignore`, and keeps reading when a reply can no longer be sent (frames the station
+    sent before closing, e.g. the result of a pending call, are still buffered)."""
 
-    csms: "Csms"
+    def __init__(self, conn: CsmsConn):
+        self.conn = conn
 
-    def rec(self, action: str, kw: dict) -> None:
-        self.csms.msgs[self.id].append((action, kw))
+    def __aiter__(self):
+        return self
 
-    async def route_message(self, raw):
-        self.csms.raw[self.id].append(raw)
-        with contextlib.suppress(ValueError, IndexError, KeyError, TypeError):
-            frame = json.loads(raw)
-            if frame[0] == 2 and frame[2] in self.csms.ignore:
-                return  # play dead for this action
-        try:
-            await super().route_message(raw)
-        except ConnectionClosed:
-            # Our reply failed because the station just closed; keep reading, since frames it sent
-            # before closing (e.g. the result of a pending call) are still buffered. The stock
-            # start() would die here and leave that call waiting out its timeout.
-            pass
+    async def __anext__(self):
+        conn = self.conn
+        while True:
+            try:
+                raw = await conn.ws.recv()
+            except ConnectionClosed:
+                raise StopAsyncIteration from None
+            conn.csms.raw[conn.id].append(raw)
+            with contextlib.suppress(ValueError, IndexError, KeyError, TypeError):
+                frame = json.loads(raw)
+                if frame[0] == CALL and frame[2] in conn.csms.ignore:
+                    continue  # play dead for this action
+            return raw
 
-
-class Csms16(_Recorder, Cp16):
-    @on("BootNotification")
-    def t_boot(self, **kw):
-        self.rec("BootNotification", kw)
-        return r16.BootNotification(current_time=NOW, interval=self.csms.interval, status=self.csms.next_boot())
-
-    @on("StatusNotification")
-    def t_status(self, **kw):
-        self.rec("StatusNotification", kw)
-        return r16.StatusNotification()
-
-    @on("Heartbeat")
-    def t_heartbeat(self, **kw):
-        self.rec("Heartbeat", kw)
-        return r16.Heartbeat(current_time=utcnow())
-
-    @on("Authorize")
-    def t_authorize(self, id_tag, **kw):
-        self.rec("Authorize", {"id_tag": id_tag, **kw})
-        return r16.Authorize(id_tag_info={"status": self.csms.tag_status(id_tag)})
-
-    @on("StartTransaction")
-    def t_start(self, **kw):
-        self.rec("StartTransaction", kw)
-        self.csms.tx_counter += 1
-        return r16.StartTransaction(transaction_id=self.csms.tx_counter,
-                                    id_tag_info={"status": self.csms.tag_status(kw["id_tag"])})
-
-    @on("MeterValues")
-    def t_meter(self, **kw):
-        self.rec("MeterValues", kw)
-        return r16.MeterValues()
-
-    @on("StopTransaction")
-    def t_stop(self, **kw):
-        self.rec("StopTransaction", kw)
-        return r16.StopTransaction()
-
-    @on("DiagnosticsStatusNotification")
-    def t_diag(self, **kw):
-        self.rec("DiagnosticsStatusNotification", kw)
-        return r16.DiagnosticsStatusNotification()
-
-    @on("FirmwareStatusNotification")
-    def t_fw(self, **kw):
-        self.rec("FirmwareStatusNotification", kw)
-        return r16.FirmwareStatusNotification()
+    async def send(self, frame, text=None):
+        if frame.startswith(b"[4,"):
+            self.conn.csms.callerrors.append((self.conn.id, json.loads(frame)))
+        with contextlib.suppress(ConnectionClosed):
+            await self.conn.ws.send(frame, text=text)
 
 
-class Csms201(_Recorder, Cp201):
-    @on("BootNotification")
-    def t_boot(self, **kw):
-        self.rec("BootNotification", kw)
-        return r201.BootNotification(current_time=NOW, interval=self.csms.interval, status=self.csms.next_boot())
+def recorded(action: str, answer: Callable[[Any, dict], dict]):
+    """A handler that records the CALL, then answers it."""
+    def handler(conn: CsmsConn, p: dict) -> dict:
+        conn.csms.msgs[conn.id].append((action, p))
+        return answer(conn, p)
+    return handler
 
-    @on("StatusNotification")
-    def t_status(self, **kw):
-        self.rec("StatusNotification", kw)
-        return r201.StatusNotification()
 
-    @on("Heartbeat")
-    def t_heartbeat(self, **kw):
-        self.rec("Heartbeat", kw)
-        return r201.Heartbeat(current_time=utcnow())
+def _boot(conn, p):
+    return {"currentTime": NOW, "interval": conn.csms.interval, "status": conn.csms.next_boot()}
 
-    @on("Authorize")
-    def t_authorize(self, id_token, **kw):
-        self.rec("Authorize", {"id_token": id_token, **kw})
-        return r201.Authorize(id_token_info={"status": self.csms.tag_status(id_token["id_token"])})
 
-    @on("TransactionEvent")
-    def t_tx_event(self, **kw):
-        self.rec("TransactionEvent", kw)
-        return r201.TransactionEvent()
+def _heartbeat(conn, p):
+    return {"currentTime": utcnow()}
 
-    @on("MeterValues")
-    def t_meter(self, **kw):
-        self.rec("MeterValues", kw)
-        return r201.MeterValues()
 
-    @on("NotifyReport")
-    def t_notify_report(self, **kw):
-        self.rec("NotifyReport", kw)
-        return r201.NotifyReport()
+def _start16(conn, p):
+    conn.csms.tx_counter += 1
+    return {"transactionId": conn.csms.tx_counter,
+            "idTagInfo": {"status": conn.csms.tag_status(p["idTag"])}}
 
-    @on("FirmwareStatusNotification")
-    def t_fw(self, **kw):
-        self.rec("FirmwareStatusNotification", kw)
-        return r201.FirmwareStatusNotification()
 
-    @on("LogStatusNotification")
-    def t_log(self, **kw):
-        self.rec("LogStatusNotification", kw)
-        return r201.LogStatusNotification()
+def _empty(conn, p):
+    return {}
+
+
+class CsmsConn:
+    """One station's connection to the in-test CSMS."""
+
+    VERSION: ClassVar[str] = ""
+    HANDLERS: ClassVar[dict] = {}
+
+    def __init__(self, csms: Csms, sid: str, ws):
+        self.csms, self.id, self.ws = csms, sid, ws
+        self.rpc = Rpc(_Wire(self), self.VERSION, self.HANDLERS, self, name=sid)
+
+    async def call(self, action: str, payload: dict) -> dict:
+        """A CSMS CALL; the answer's payload (RemoteError for a CALLERROR or invalid answer)."""
+        return await self.rpc.call(action, payload, self.csms.response_timeout)
+
+
+class Csms16(CsmsConn):
+    VERSION = "1.6"
+    HANDLERS: ClassVar[dict] = {action: recorded(action, answer) for action, answer in {
+        "BootNotification": _boot,
+        "StatusNotification": _empty,
+        "Heartbeat": _heartbeat,
+        "Authorize": lambda conn, p: {"idTagInfo": {"status": conn.csms.tag_status(p["idTag"])}},
+        "StartTransaction": _start16,
+        "MeterValues": _empty,
+        "StopTransaction": _empty,
+        "DiagnosticsStatusNotification": _empty,
+        "FirmwareStatusNotification": _empty,
+    }.items()}
+
+
+class Csms201(CsmsConn):
+    VERSION = "2.0.1"
+    HANDLERS: ClassVar[dict] = {action: recorded(action, answer) for action, answer in {
+        "BootNotification": _boot,
+        "StatusNotification": _empty,
+        "Heartbeat": _heartbeat,
+        "Authorize": lambda conn, p: {"idTokenInfo": {
+            "status": conn.csms.tag_status(p["idToken"]["idToken"])}},
+        "TransactionEvent": _empty,
+        "MeterValues": _empty,
+        "NotifyReport": _empty,
+        "FirmwareStatusNotification": _empty,
+        "LogStatusNotification": _empty,
+    }.items()}
 
 
 class Csms:
-    def __init__(self, interval: int = 300, boot_plan: tuple[str, ...] = (), reject_tags: tuple[str, ...] = (),
-                 refuse: dict[str, int] | None = None, response_timeout: float = 5):
+    def __init__(self, interval: int = 300, boot_plan: tuple[str, ...] = (),
+                 reject_tags: tuple[str, ...] = (), refuse: dict[str, int] | None = None,
+                 response_timeout: float = 5):
         self.interval = interval
         self.boot_plan = list(boot_plan)
         self.reject_tags = set(reject_tags)
         self.refuse = refuse or {}
-        self.response_timeout = response_timeout
+        self.response_timeout = scaled(response_timeout)
         self.msgs: dict[str, list[tuple[str, dict]]] = defaultdict(list)
         self.raw: dict[str, list[str]] = defaultdict(list)
         self.cps: dict[str, Any] = {}
@@ -165,6 +153,7 @@ class Csms:
         self.connections: dict[str, int] = defaultdict(int)
         self.headers: dict[str, Any] = {}
         self.close_codes: list[int | None] = []
+        self.callerrors: list[tuple[str, list]] = []  # CALLERRORs the CSMS sent
         self.tx_counter = 0
         self.url = ""
         self.ignore: set[str] = set()
@@ -182,25 +171,22 @@ class Csms:
         return [kw for a, kw in self.msgs[sid] if a == action]
 
     async def wait(self, pred: Callable[[], Any], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s; received: "
-                                     f"{ {sid: [a for a, _ in m] for sid, m in self.msgs.items()} }")
-            await asyncio.sleep(0.02)
+        """Poll `pred` for `timeout` (scaled) seconds; on failure, say what was received."""
+        try:
+            await until_async(pred, timeout)
+        except AssertionError as e:
+            received = {sid: [a for a, _ in m] for sid, m in self.msgs.items()}
+            raise AssertionError(f"{e}; received: {received}") from None
 
     async def _handler(self, ws):
         sid = unquote(ws.request.path.strip("/"))
         self.connections[sid] += 1
         self.headers[sid] = ws.request.headers
         cls = Csms16 if ws.subprotocol == "ocpp1.6" else Csms201
-        cp = cls(sid, ws, response_timeout=self.response_timeout)
-        cp.csms = self
-        self.cps[sid], self.ws[sid] = cp, ws
+        conn = cls(self, sid, ws)
+        self.cps[sid], self.ws[sid] = conn, ws
         try:
-            await cp.start()
-        except ConnectionClosed:
-            pass
+            await conn.rpc.run()
         finally:
             self.close_codes.append(ws.close_code)
 
@@ -219,12 +205,16 @@ class Csms:
 
 
 @contextlib.asynccontextmanager
-async def csms_server(**kw):
+async def csms_server(callerrors_expected: bool = False, **kw):
+    """An in-test CSMS; unless told otherwise, it must not have refused any station CALL (the
+    simulator's payloads are all valid against the official schemas)."""
     csms = Csms(**kw)
     async with serve(csms._handler, "127.0.0.1", 0, select_subprotocol=Csms._select,
                      process_request=csms._process_request, compression=None) as server:
         csms.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         yield csms
+    if not callerrors_expected:
+        assert csms.callerrors == []
 
 
 @contextlib.asynccontextmanager
@@ -240,12 +230,16 @@ async def running(*stations: SimStation):
             assert t.exception() is None
 
 
+async def booted(st: SimStation, timeout: float = 5) -> None:
+    await asyncio.wait_for(st.booted.wait(), scaled(timeout))
+
+
 def run(coro, timeout: float = 15):
-    asyncio.run(asyncio.wait_for(coro, timeout))
+    asyncio.run(asyncio.wait_for(coro, scaled(timeout)))
 
 
 def is_utc_z(ts: str) -> bool:
-    return ts.endswith("Z") and datetime.fromisoformat(ts.replace("Z", "+00:00")).tzinfo == timezone.utc
+    return ts.endswith("Z") and datetime.fromisoformat(ts).tzinfo == UTC
 
 
 # --------------------------------------------------------------------------- boot, status, heartbeat
@@ -257,7 +251,7 @@ def test_boot_status_heartbeat(protocol):
         async with csms_server(interval=1) as csms:
             st = SimStation("CP 01/a", csms.url, protocol, connectors=2, password="s3cret")
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 await csms.wait(lambda: "Heartbeat" in csms.actions("CP 01/a"), 3)
                 assert st.connected.is_set() and st.registration_status == "Accepted"
 
@@ -271,14 +265,14 @@ def test_boot_status_heartbeat(protocol):
             assert acts[1:first_hb] == ["StatusNotification"] * len(statuses)
             boot = csms.of(sid, "BootNotification")[0]
             if protocol == "ocpp1.6":
-                assert boot["charge_point_vendor"] == "edrvctl" and boot["charge_point_model"] == "SimCharger"
-                assert [(s["connector_id"], s["status"]) for s in statuses] == [
+                assert boot["chargePointVendor"] == "edrvctl" and boot["chargePointModel"] == "SimCharger"
+                assert [(s["connectorId"], s["status"]) for s in statuses] == [
                     (0, "Available"), (1, "Available"), (2, "Available")]
-                assert all(s["error_code"] == "NoError" for s in statuses)
+                assert all(s["errorCode"] == "NoError" for s in statuses)
                 assert st.config["HeartbeatInterval"] == "1"
             else:
-                assert boot["charging_station"]["vendor_name"] == "edrvctl" and boot["reason"] == "PowerUp"
-                assert [(s["evse_id"], s["connector_id"], s["connector_status"]) for s in statuses] == [
+                assert boot["chargingStation"]["vendorName"] == "edrvctl" and boot["reason"] == "PowerUp"
+                assert [(s["evseId"], s["connectorId"], s["connectorStatus"]) for s in statuses] == [
                     (1, 1, "Available"), (2, 1, "Available")]
                 assert st.config["OCPPCommCtrlr.HeartbeatInterval"] == "1"
             assert all(is_utc_z(s["timestamp"]) for s in statuses)
@@ -295,12 +289,13 @@ def test_boot_pending_then_accepted():
             st = SimStation("CP2", csms.url, "ocpp1.6")
             async with running(st):
                 await csms.wait(lambda: len(csms.of("CP2", "BootNotification")) == 1)
-                await asyncio.sleep(0.5)
-                assert st.registration_status == "Pending" and not st.booted.is_set()
+                first = time.monotonic()
+                await until_async(lambda: st.registration_status == "Pending", what="Pending")
+                assert not st.booted.is_set()
                 assert csms.actions("CP2") == ["BootNotification"]  # nothing else while Pending
-                t0 = time.monotonic()
-                await asyncio.wait_for(st.booted.wait(), 3)
-                assert time.monotonic() - t0 <= 1.5
+                await booted(st, 3)
+                # retried after the interval the CSMS gave (1 s), not before, not much later
+                assert 0.9 <= time.monotonic() - first <= scaled(2)
                 await csms.wait(lambda: "StatusNotification" in csms.actions("CP2"))
                 assert csms.actions("CP2")[:3] == ["BootNotification", "BootNotification", "StatusNotification"]
                 assert st.registration_status == "Accepted"
@@ -316,23 +311,24 @@ def test_get_and_change_configuration_16():
         async with csms_server() as csms:
             st = SimStation("CFG", csms.url, "ocpp1.6", connectors=3)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["CFG"]
-                r = await cp.call(c16.GetConfiguration(key=["HeartbeatInterval", "NumberOfConnectors", "Foo"]),
-                                  suppress=False)
-                got = {k["key"]: k for k in r.configuration_key}
+                r = await cp.call("GetConfiguration",
+                                  {"key": ["HeartbeatInterval", "NumberOfConnectors", "Foo"]})
+                got = {k["key"]: k for k in r["configurationKey"]}
                 assert got["HeartbeatInterval"] == {"key": "HeartbeatInterval", "readonly": False, "value": "300"}
                 assert got["NumberOfConnectors"] == {"key": "NumberOfConnectors", "readonly": True, "value": "3"}
-                assert r.unknown_key == ["Foo"]
+                assert r["unknownKey"] == ["Foo"]
 
-                everything = await cp.call(c16.GetConfiguration(), suppress=False)
-                keys = {k["key"] for k in everything.configuration_key}
+                everything = await cp.call("GetConfiguration", {})
+                keys = {k["key"] for k in everything["configurationKey"]}
                 assert {"MeterValueSampleInterval", "ConnectionTimeOut", "AuthorizeRemoteTxRequests",
                         "LocalAuthorizeOffline", "WebSocketPingInterval"} <= keys
                 assert keys == set(st.config)
+                assert "unknownKey" not in everything
 
                 async def change(key, value):
-                    return (await cp.call(c16.ChangeConfiguration(key=key, value=value), suppress=False)).status
+                    return (await cp.call("ChangeConfiguration", {"key": key, "value": value}))["status"]
 
                 assert await change("HeartbeatInterval", "120") == "Accepted"
                 assert st.config["HeartbeatInterval"] == "120"
@@ -343,56 +339,57 @@ def test_get_and_change_configuration_16():
                 assert await change("LocalAuthorizeOffline", "FALSE") == "Accepted"
                 assert st.config["LocalAuthorizeOffline"] == "false"
                 assert st.stats.answered == 8
+                assert await change("MeterValueSampleInterval", "7") == "Accepted"
+                assert st.meter_interval == 7.0
 
     run(main())
 
 
 def _gv(component, variable, evse=None, var_instance=None):
-    from ocpp.v201 import datatypes as dt
-
-    return dt.GetVariableDataType(component=dt.ComponentType(name=component, evse=evse),
-                                  variable=dt.VariableType(name=variable, instance=var_instance))
+    c = {"name": component, **({"evse": evse} if evse else {})}
+    v = {"name": variable, **({"instance": var_instance} if var_instance else {})}
+    return {"component": c, "variable": v}
 
 
 def test_get_and_set_variables_201():
-    from ocpp.v201 import datatypes as dt
-
     async def main():
         async with csms_server() as csms:
             st = SimStation("GV", csms.url, "ocpp2.0.1")
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["GV"]
-                r = await cp.call(c201.GetVariables(get_variable_data=[
+                r = await cp.call("GetVariables", {"getVariableData": [
                     _gv("OCPPCommCtrlr", "HeartbeatInterval"),
                     _gv("SampledDataCtrlr", "TxUpdatedInterval"),
                     _gv("AuthCtrlr", "AuthorizeRemoteStart"),
                     _gv("DeviceDataCtrlr", "ItemsPerMessage", var_instance="GetReport"),
-                    _gv("Connector", "ConnectorType", evse=dt.EVSEType(id=2, connector_id=1)),
+                    _gv("Connector", "ConnectorType", evse={"id": 2, "connectorId": 1}),
                     _gv("NoSuchCtrlr", "HeartbeatInterval"),
                     _gv("OCPPCommCtrlr", "NoSuchVariable"),
-                ]), suppress=False)
-                res = [(x["attribute_status"], x.get("attribute_value")) for x in r.get_variable_result]
+                    {**_gv("OCPPCommCtrlr", "HeartbeatInterval"), "attributeType": "Target"},
+                ]})
+                res = [(x["attributeStatus"], x.get("attributeValue")) for x in r["getVariableResult"]]
                 assert res == [("Accepted", "300"), ("Accepted", "10"), ("Accepted", "true"), ("Accepted", "5"),
-                               ("Accepted", "cType2"), ("UnknownComponent", None), ("UnknownVariable", None)]
-                assert r.get_variable_result[4]["component"]["evse"] == {"id": 2, "connector_id": 1}
+                               ("Accepted", "cType2"), ("UnknownComponent", None), ("UnknownVariable", None),
+                               ("NotSupportedAttributeType", None)]
+                assert r["getVariableResult"][4]["component"]["evse"] == {"id": 2, "connectorId": 1}
+                assert r["getVariableResult"][7]["attributeType"] == "Target"
 
                 def sv(component, variable, value):
-                    return dt.SetVariableDataType(attribute_value=value, component=dt.ComponentType(name=component),
-                                                  variable=dt.VariableType(name=variable))
+                    return {"attributeValue": value, "component": {"name": component},
+                            "variable": {"name": variable}}
 
-                r = await cp.call(c201.SetVariables(set_variable_data=[
+                r = await cp.call("SetVariables", {"setVariableData": [
                     sv("OCPPCommCtrlr", "HeartbeatInterval", "60"),
                     sv("SampledDataCtrlr", "TxUpdatedInterval", "abc"),
                     sv("ChargingStation", "Model", "Other"),
                     sv("Nope", "X", "1"),
-                ]), suppress=False)
-                assert [x["attribute_status"] for x in r.set_variable_result] == [
+                ]})
+                assert [x["attributeStatus"] for x in r["setVariableResult"]] == [
                     "Accepted", "Rejected", "Rejected", "UnknownComponent"]
                 assert st.config["OCPPCommCtrlr.HeartbeatInterval"] == "60"
-                r = await cp.call(c201.GetVariables(get_variable_data=[_gv("OCPPCommCtrlr", "HeartbeatInterval")]),
-                                  suppress=False)
-                assert r.get_variable_result[0]["attribute_value"] == "60"
+                r = await cp.call("GetVariables", {"getVariableData": [_gv("OCPPCommCtrlr", "HeartbeatInterval")]})
+                assert r["getVariableResult"][0]["attributeValue"] == "60"
 
     run(main())
 
@@ -402,24 +399,28 @@ def test_get_base_report_sends_notify_report_parts():
         async with csms_server() as csms:
             st = SimStation("REP", csms.url, "ocpp2.0.1", connectors=2)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["REP"]
-                r = await cp.call(c201.GetBaseReport(request_id=7, report_base="FullInventory"), suppress=False)
-                assert r.status == "Accepted"
+                r = await cp.call("GetBaseReport", {"requestId": 7, "reportBase": "FullInventory"})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: any(not p["tbc"] for p in csms.of("REP", "NotifyReport")))
                 parts = csms.of("REP", "NotifyReport")
 
-                assert [p["seq_no"] for p in parts] == list(range(len(parts)))
+                assert [p["seqNo"] for p in parts] == list(range(len(parts)))
                 assert [p["tbc"] for p in parts] == [True] * (len(parts) - 1) + [False]
-                assert all(p["request_id"] == 7 for p in parts) and len(parts) > 2
-                assert all(len(p["report_data"]) <= 5 for p in parts)
-                entries = [e for p in parts for e in p["report_data"]]
+                assert all(p["requestId"] == 7 for p in parts) and len(parts) > 2
+                assert all(len(p["reportData"]) <= 5 for p in parts)
+                assert all(is_utc_z(p["generatedAt"]) for p in parts)
+                entries = [e for p in parts for e in p["reportData"]]
                 assert len(entries) == len(st.config)
-                hb = [e for e in entries if e["variable"]["name"] == "HeartbeatInterval"][0]
+                hb = next(e for e in entries if e["variable"]["name"] == "HeartbeatInterval")
                 assert hb["component"] == {"name": "OCPPCommCtrlr"}
-                assert hb["variable_attribute"][0]["value"] == "300"
-                assert hb["variable_attribute"][0]["mutability"] == "ReadWrite"
-                assert hb["variable_characteristics"]["data_type"] == "integer"
+                assert hb["variableAttribute"][0]["value"] == "300"
+                assert hb["variableAttribute"][0]["mutability"] == "ReadWrite"
+                assert hb["variableCharacteristics"]["dataType"] == "integer"
+                ct = [e for e in entries if e["variable"]["name"] == "ConnectorType"]
+                assert [e["component"] for e in ct] == [
+                    {"name": "Connector", "evse": {"id": i, "connectorId": 1}} for i in (1, 2)]
 
                 # The CALLRESULT went out before the first NotifyReport CALL.
                 frames = [json.loads(f) for f in csms.raw["REP"]]
@@ -428,14 +429,13 @@ def test_get_base_report_sends_notify_report_parts():
                 first_report = next(i for i, f in enumerate(frames) if f[0] == 2 and f[2] == "NotifyReport")
                 assert result_at < first_report
 
-                r = await cp.call(c201.GetBaseReport(request_id=8, report_base="ConfigurationInventory"),
-                                  suppress=False)
-                assert r.status == "Accepted"
-                await csms.wait(lambda: any(p["request_id"] == 8 and not p["tbc"]
+                r = await cp.call("GetBaseReport", {"requestId": 8, "reportBase": "ConfigurationInventory"})
+                assert r["status"] == "Accepted"
+                await csms.wait(lambda: any(p["requestId"] == 8 and not p["tbc"]
                                             for p in csms.of("REP", "NotifyReport")))
-                config_entries = [e for p in csms.of("REP", "NotifyReport") if p["request_id"] == 8
-                                  for e in p["report_data"]]
-                assert config_entries and all(e["variable_attribute"][0]["mutability"] == "ReadWrite"
+                config_entries = [e for p in csms.of("REP", "NotifyReport") if p["requestId"] == 8
+                                  for e in p["reportData"]]
+                assert config_entries and all(e["variableAttribute"][0]["mutability"] == "ReadWrite"
                                               for e in config_entries)
                 assert len(config_entries) < len(entries)
 
@@ -450,22 +450,22 @@ def test_change_availability_16():
         async with csms_server() as csms:
             st = SimStation("AV", csms.url, "ocpp1.6", connectors=2)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 await csms.wait(lambda: len(csms.of("AV", "StatusNotification")) == 3)
                 cp = csms.cps["AV"]
-                r = await cp.call(c16.ChangeAvailability(connector_id=2, type="Inoperative"), suppress=False)
-                assert r.status == "Accepted"
+                r = await cp.call("ChangeAvailability", {"connectorId": 2, "type": "Inoperative"})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: len(csms.of("AV", "StatusNotification")) == 4)
                 last = csms.of("AV", "StatusNotification")[-1]
-                assert (last["connector_id"], last["status"]) == (2, "Unavailable")
+                assert (last["connectorId"], last["status"]) == (2, "Unavailable")
                 assert st.availability == {0: "Operative", 1: "Operative", 2: "Inoperative"}
 
-                r = await cp.call(c16.ChangeAvailability(connector_id=0, type="Operative"), suppress=False)
-                assert r.status == "Accepted"
+                r = await cp.call("ChangeAvailability", {"connectorId": 0, "type": "Operative"})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: len(csms.of("AV", "StatusNotification")) == 7)
                 assert all(s["status"] == "Available" for s in csms.of("AV", "StatusNotification")[-3:])
-                r = await cp.call(c16.ChangeAvailability(connector_id=9, type="Operative"), suppress=False)
-                assert r.status == "Rejected"
+                r = await cp.call("ChangeAvailability", {"connectorId": 9, "type": "Operative"})
+                assert r["status"] == "Rejected"
 
     run(main())
 
@@ -475,13 +475,13 @@ def test_change_availability_201_station_wide():
         async with csms_server() as csms:
             st = SimStation("AV2", csms.url, "ocpp2.0.1", connectors=2)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 await csms.wait(lambda: len(csms.of("AV2", "StatusNotification")) == 2)
                 cp = csms.cps["AV2"]
-                r = await cp.call(c201.ChangeAvailability(operational_status="Inoperative"), suppress=False)
-                assert r.status == "Accepted"
+                r = await cp.call("ChangeAvailability", {"operationalStatus": "Inoperative"})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: len(csms.of("AV2", "StatusNotification")) == 4)
-                assert [(s["evse_id"], s["connector_status"]) for s in csms.of("AV2", "StatusNotification")[2:]] \
+                assert [(s["evseId"], s["connectorStatus"]) for s in csms.of("AV2", "StatusNotification")[2:]] \
                     == [(1, "Unavailable"), (2, "Unavailable")]
                 assert set(st.availability.values()) == {"Inoperative"}
 
@@ -493,9 +493,9 @@ def test_reset_reboots_and_boots_again():
         async with csms_server() as csms:
             st = SimStation("RST", csms.url, "ocpp2.0.1", reboot_delay=0.1)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
-                r = await csms.cps["RST"].call(c201.Reset(type="Immediate"), suppress=False)
-                assert r.status == "Accepted"
+                await booted(st)
+                r = await csms.cps["RST"].call("Reset", {"type": "Immediate"})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: len(csms.of("RST", "BootNotification")) == 2)
                 assert csms.of("RST", "BootNotification")[1]["reason"] == "RemoteReset"
                 assert csms.connections["RST"] == 2 and st.stats.reboots == 1
@@ -508,20 +508,19 @@ def test_trigger_message_201():
         async with csms_server() as csms:
             st = SimStation("TRG", csms.url, "ocpp2.0.1")
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["TRG"]
-                assert (await cp.call(c201.TriggerMessage(requested_message="Heartbeat"), suppress=False)).status \
+                assert (await cp.call("TriggerMessage", {"requestedMessage": "Heartbeat"}))["status"] \
                     == "Accepted"
                 await csms.wait(lambda: "Heartbeat" in csms.actions("TRG"))
-                r = await cp.call(c201.TriggerMessage(requested_message="MeterValues", evse={"id": 1}),
-                                  suppress=False)
-                assert r.status == "Accepted"
+                r = await cp.call("TriggerMessage", {"requestedMessage": "MeterValues", "evse": {"id": 1}})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: "MeterValues" in csms.actions("TRG"))
                 mv = csms.of("TRG", "MeterValues")[0]
-                assert mv["evse_id"] == 1
-                assert mv["meter_value"][0]["sampled_value"][0]["measurand"] == "Energy.Active.Import.Register"
-                r = await cp.call(c201.TriggerMessage(requested_message="TransactionEvent"), suppress=False)
-                assert r.status == "Rejected"  # nothing is charging
+                assert mv["evseId"] == 1
+                assert mv["meterValue"][0]["sampledValue"][0]["measurand"] == "Energy.Active.Import.Register"
+                r = await cp.call("TriggerMessage", {"requestedMessage": "TransactionEvent"})
+                assert r["status"] == "Rejected"  # nothing is charging
 
     run(main())
 
@@ -531,27 +530,29 @@ def test_every_16_command_gets_a_schema_valid_answer():
         async with csms_server() as csms:
             st = SimStation("ALL16", csms.url, "ocpp1.6", connectors=2, reboot_delay=0.1)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["ALL16"]
 
-                async def status(payload):  # suppress=False: a CALLERROR or invalid reply raises
-                    return (await cp.call(payload, suppress=False)).status
+                async def status(action, payload):  # a CALLERROR or invalid reply raises
+                    return (await cp.call(action, payload))["status"]
 
                 for msg in ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
                             "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
                     before = len(csms.of("ALL16", msg))
-                    assert await status(c16.TriggerMessage(requested_message=msg, connector_id=1)) == "Accepted"
-                    await csms.wait(lambda: len(csms.of("ALL16", msg)) > before)
-                assert csms.of("ALL16", "StatusNotification")[-1]["connector_id"] == 1
-                assert await status(c16.TriggerMessage(requested_message="Heartbeat", connector_id=7)) == "Rejected"
-                assert csms.of("ALL16", "MeterValues")[0]["meter_value"][0]["sampled_value"][0]["context"] \
+                    assert await status("TriggerMessage", {"requestedMessage": msg, "connectorId": 1}) \
+                        == "Accepted"
+                    await csms.wait(lambda msg=msg, before=before: len(csms.of("ALL16", msg)) > before)
+                assert csms.of("ALL16", "StatusNotification")[-1]["connectorId"] == 1
+                assert await status("TriggerMessage", {"requestedMessage": "Heartbeat", "connectorId": 7}) \
+                    == "Rejected"
+                assert csms.of("ALL16", "MeterValues")[0]["meterValue"][0]["sampledValue"][0]["context"] \
                     == "Trigger"
-                assert await status(c16.UnlockConnector(connector_id=2)) == "Unlocked"
-                assert await status(c16.UnlockConnector(connector_id=5)) == "NotSupported"
-                assert await status(c16.ClearCache()) == "Accepted"
-                assert await status(c16.DataTransfer(vendor_id="acme")) == "UnknownVendorId"
-                assert await status(c16.RemoteStartTransaction(id_tag="T", connector_id=3)) == "Rejected"
-                assert await status(c16.Reset(type="Hard")) == "Accepted"
+                assert await status("UnlockConnector", {"connectorId": 2}) == "Unlocked"
+                assert await status("UnlockConnector", {"connectorId": 5}) == "NotSupported"
+                assert await status("ClearCache", {}) == "Accepted"
+                assert await status("DataTransfer", {"vendorId": "acme"}) == "UnknownVendorId"
+                assert await status("RemoteStartTransaction", {"idTag": "T", "connectorId": 3}) == "Rejected"
+                assert await status("Reset", {"type": "Hard"}) == "Accepted"
                 await csms.wait(lambda: csms.connections["ALL16"] == 2 and st.booted.is_set())
                 assert st.stats.errors == 0 and st.stats.reboots == 1
 
@@ -563,28 +564,31 @@ def test_every_201_command_gets_a_schema_valid_answer():
         async with csms_server() as csms:
             st = SimStation("ALL201", csms.url, "ocpp2.0.1", connectors=2)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["ALL201"]
 
-                async def status(payload):
-                    return (await cp.call(payload, suppress=False)).status
+                async def status(action, payload):
+                    return (await cp.call(action, payload))["status"]
 
                 for msg in ("BootNotification", "StatusNotification", "FirmwareStatusNotification",
                             "LogStatusNotification"):
                     before = len(csms.of("ALL201", msg))
-                    assert await status(c201.TriggerMessage(requested_message=msg, evse={"id": 2})) == "Accepted"
-                    await csms.wait(lambda: len(csms.of("ALL201", msg)) > before)
+                    assert await status("TriggerMessage", {"requestedMessage": msg, "evse": {"id": 2}}) \
+                        == "Accepted"
+                    await csms.wait(lambda msg=msg, before=before: len(csms.of("ALL201", msg)) > before)
                 assert csms.of("ALL201", "BootNotification")[-1]["reason"] == "Triggered"
-                assert await status(c201.TriggerMessage(requested_message="SignV2GCertificate")) == "NotImplemented"
-                assert await status(c201.UnlockConnector(evse_id=1, connector_id=1)) == "Unlocked"
-                assert await status(c201.UnlockConnector(evse_id=9, connector_id=1)) == "UnknownConnector"
-                assert await status(c201.ClearCache()) == "Accepted"
-                assert await status(c201.DataTransfer(vendor_id="acme")) == "UnknownVendorId"
-                assert await status(c201.Reset(type="Immediate", evse_id=1)) == "Rejected"
-                assert await status(c201.ChangeAvailability(operational_status="Inoperative",
-                                                            evse={"id": 3})) == "Rejected"
-                assert await status(c201.RequestStopTransaction(transaction_id="nope")) == "Rejected"
-                assert await status(c201.GetBaseReport(request_id=1, report_base="SummaryInventory")) == "Accepted"
+                assert await status("TriggerMessage", {"requestedMessage": "SignV2GCertificate"}) \
+                    == "NotImplemented"
+                assert await status("UnlockConnector", {"evseId": 1, "connectorId": 1}) == "Unlocked"
+                assert await status("UnlockConnector", {"evseId": 9, "connectorId": 1}) == "UnknownConnector"
+                assert await status("ClearCache", {}) == "Accepted"
+                assert await status("DataTransfer", {"vendorId": "acme"}) == "UnknownVendorId"
+                assert await status("Reset", {"type": "Immediate", "evseId": 1}) == "Rejected"
+                assert await status("ChangeAvailability", {"operationalStatus": "Inoperative",
+                                                           "evse": {"id": 3}}) == "Rejected"
+                assert await status("RequestStopTransaction", {"transactionId": "nope"}) == "Rejected"
+                assert await status("GetBaseReport", {"requestId": 1, "reportBase": "SummaryInventory"}) \
+                    == "Accepted"
                 assert st.stats.errors == 0
 
     run(main())
@@ -595,34 +599,33 @@ def test_remote_start_stop_201_and_scheduled_availability():
         async with csms_server() as csms:
             st = SimStation("RS2", csms.url, "ocpp2.0.1", session_duration=60, meter_interval=60)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["RS2"]
-                r = await cp.call(c201.RequestStartTransaction(
-                    id_token={"id_token": "RFID1", "type": "ISO14443"}, remote_start_id=42, evse_id=1), suppress=False)
-                assert r.status == "Accepted"
+                r = await cp.call("RequestStartTransaction", {
+                    "idToken": {"idToken": "RFID1", "type": "ISO14443"}, "remoteStartId": 42, "evseId": 1})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: st.transactions.get(1) is not None)
                 started = csms.of("RS2", "TransactionEvent")[0]
-                assert started["trigger_reason"] == "RemoteStart"
-                assert started["transaction_info"]["remote_start_id"] == 42
-                assert csms.of("RS2", "Authorize")[0]["id_token"]["id_token"] == "RFID1"
+                assert started["triggerReason"] == "RemoteStart"
+                assert started["transactionInfo"]["remoteStartId"] == 42
+                assert csms.of("RS2", "Authorize")[0]["idToken"]["idToken"] == "RFID1"
 
                 # Going Inoperative while charging is only Scheduled; it happens when the session ends.
-                r = await cp.call(c201.ChangeAvailability(operational_status="Inoperative", evse={"id": 1}),
-                                  suppress=False)
-                assert r.status == "Scheduled" and st.availability[1] == "Operative"
+                r = await cp.call("ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 1}})
+                assert r["status"] == "Scheduled" and st.availability[1] == "Operative"
                 tx_id = st.transactions[1]
-                r = await cp.call(c201.RequestStopTransaction(transaction_id=tx_id), suppress=False)
-                assert r.status == "Accepted"
-                await csms.wait(lambda: csms.of("RS2", "TransactionEvent")[-1]["event_type"] == "Ended")
+                r = await cp.call("RequestStopTransaction", {"transactionId": tx_id})
+                assert r["status"] == "Accepted"
+                await csms.wait(lambda: csms.of("RS2", "TransactionEvent")[-1]["eventType"] == "Ended")
                 ended = csms.of("RS2", "TransactionEvent")[-1]
-                assert ended["transaction_info"]["stopped_reason"] == "Remote"
-                assert ended["trigger_reason"] == "RemoteStop"
-                await csms.wait(lambda: csms.of("RS2", "StatusNotification")[-1]["connector_status"] == "Unavailable")
+                assert ended["transactionInfo"]["stoppedReason"] == "Remote"
+                assert ended["triggerReason"] == "RemoteStop"
+                await csms.wait(lambda: csms.of("RS2", "StatusNotification")[-1]["connectorStatus"] == "Unavailable")
                 assert st.availability[1] == "Inoperative" and st.transactions == {}
                 # An inoperative EVSE refuses remote starts.
-                r = await cp.call(c201.RequestStartTransaction(
-                    id_token={"id_token": "RFID1", "type": "ISO14443"}, remote_start_id=43, evse_id=1), suppress=False)
-                assert r.status == "Rejected"
+                r = await cp.call("RequestStartTransaction", {
+                    "idToken": {"idToken": "RFID1", "type": "ISO14443"}, "remoteStartId": 43, "evseId": 1})
+                assert r["status"] == "Rejected"
 
     run(main())
 
@@ -635,10 +638,10 @@ def test_reconnects_after_server_closes_connection():
         async with csms_server() as csms:
             st = SimStation("RC", csms.url, "ocpp1.6")
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 await csms.ws["RC"].close(1001, "going away")
                 await csms.wait(lambda: len(csms.of("RC", "BootNotification")) == 2, 5)
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 assert csms.connections["RC"] == 2 and st.stats.reconnects == 1
 
     run(main())
@@ -648,7 +651,7 @@ def test_http_refusal_is_recorded():
     async def main():
         async with csms_server(refuse={"BAD": 401}) as csms:
             st = SimStation("BAD", csms.url, "ocpp1.6", reconnect=False)
-            await asyncio.wait_for(st.start(), 5)  # gives up: reconnect=False
+            await asyncio.wait_for(st.start(), scaled(5))  # gives up: reconnect=False
             assert st.last_status_code == 401 and st.last_error == "HTTP 401"
             assert st.stats.connect_failures == 1 and not st.connected.is_set()
 
@@ -660,29 +663,35 @@ def test_silent_station_never_answers():
         async with csms_server(response_timeout=0.5) as csms:
             st = SimStation("MUTE", csms.url, "ocpp1.6", silent=True)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)  # it still boots: results are routed
-                with pytest.raises(asyncio.TimeoutError):
-                    await csms.cps["MUTE"].call(c16.GetConfiguration(), suppress=False)
+                await booted(st)  # it still boots: results are routed
+                with pytest.raises(TimeoutError):
+                    await csms.cps["MUTE"].call("GetConfiguration", {})
                 assert st.stats.answered == 0 and st.stats.received >= 2
+                assert not any(json.loads(f)[0] == 3 for f in csms.raw["MUTE"])
 
     run(main())
 
 
 def test_malformed_frames_are_survived_and_send_raw():
     async def main():
-        async with csms_server() as csms:
+        async with csms_server(callerrors_expected=True) as csms:
             st = SimStation("RAW", csms.url, "ocpp1.6")
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 await csms.ws["RAW"].send("this is not json")
                 await csms.ws["RAW"].send('[2, "x"]')
-                r = await csms.cps["RAW"].call(c16.UnlockConnector(connector_id=1), suppress=False)
-                assert r.status == "Unlocked"
+                r = await csms.cps["RAW"].call("UnlockConnector", {"connectorId": 1})
+                assert r["status"] == "Unlocked"
                 assert st.stats.errors == 2 and st.connected.is_set()
+                # each malformed frame got its CALLERROR, with the id it could be read with
+                errors = [json.loads(f) for f in csms.raw["RAW"] if json.loads(f)[0] == 4]
+                assert [(e[1], e[2]) for e in errors] == [("-1", "FormationViolation"),
+                                                          ("x", "FormationViolation")]
                 await st.send_raw("[2, broken")
-                res = await st.send(c16.Heartbeat())
-                assert is_utc_z(res.current_time)
+                res = await st.send("Heartbeat", {})
+                assert is_utc_z(res["currentTime"])
                 assert st.connected.is_set()
+                assert [(sid, e[1]) for sid, e in csms.callerrors] == [("RAW", "-1")]
 
     run(main())
 
@@ -691,18 +700,44 @@ def test_send_fails_fast_when_socket_closes():
     async def main():
         async with csms_server() as csms:
             csms.ignore.add("DataTransfer")
-            st = SimStation("FF", csms.url, "ocpp1.6", reconnect=False, response_timeout=10)
+            st = SimStation("FF", csms.url, "ocpp1.6", reconnect=False,
+                            response_timeout=scaled(10))
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 t0 = time.monotonic()
-                pending = asyncio.create_task(st.send(c16.DataTransfer(vendor_id="x")))
+                pending = asyncio.create_task(st.send("DataTransfer", {"vendorId": "x"}))
                 await csms.wait(lambda: any('"DataTransfer"' in f for f in csms.raw["FF"]))
                 await csms.ws["FF"].close()
                 with pytest.raises(ConnectionError):
                     await pending  # not after response_timeout (10 s)
-                assert time.monotonic() - t0 < 3
+                assert time.monotonic() - t0 < scaled(3)
                 with pytest.raises(ConnectionError):
-                    await st.send(c16.Heartbeat())  # offline now
+                    await st.send("Heartbeat", {})  # offline now
+
+    run(main())
+
+
+def test_send_returns_answers_and_raises_remote_errors():
+    from edrvctl.ocppj import InvalidCall, RemoteError
+
+    async def main():
+        async with csms_server(callerrors_expected=True) as csms:
+            st = SimStation("SND", csms.url, "ocpp2.0.1")
+            async with running(st):
+                await booted(st)
+                res = await st.send("Authorize", {"idToken": {"idToken": "T1", "type": "ISO14443"}})
+                assert res == {"idTokenInfo": {"status": "Accepted"}}
+                with pytest.raises(RemoteError) as info:  # the CSMS has no handler for it
+                    await st.send("DataTransfer", {"vendorId": "acme"})
+                assert info.value.code == "NotSupported"
+                sent = len(csms.raw["SND"])
+                with pytest.raises(InvalidCall):  # never sent: it breaks the schema
+                    await st.send("Heartbeat", {"bogus": 1})
+                with pytest.raises(TimeoutError):
+                    csms.ignore.add("Heartbeat")
+                    await st.send("Heartbeat", {}, timeout=scaled(0.2))
+                assert len(csms.raw["SND"]) == sent + 1  # only the Heartbeat went out
+                assert st.stats.errors == 3 and st.connected.is_set()
 
     run(main())
 
@@ -724,17 +759,19 @@ def test_session_16_runs_in_order():
             stop_at = acts.index("StopTransaction")
             session = acts[:stop_at + 2]
             assert session[:3] == ["Authorize", "StartTransaction", "StatusNotification"]
-            assert msgs[2][1]["status"] == "Charging" and msgs[2][1]["connector_id"] == 1
+            assert msgs[2][1]["status"] == "Charging" and msgs[2][1]["connectorId"] == 1
             meters = [kw for a, kw in msgs[3:stop_at] if a == "MeterValues"]
             assert set(session[3:stop_at]) == {"MeterValues"} and len(meters) >= 2
             assert session[stop_at + 1] == "StatusNotification" and msgs[stop_at + 1][1]["status"] == "Available"
             start, stop = msgs[1][1], msgs[stop_at][1]
-            assert start["id_tag"] == "SIMTAG0001" and start["connector_id"] == 1
-            assert all(m["transaction_id"] == stop["transaction_id"] == 1 for m in meters)
-            measurands = {sv["measurand"] for sv in meters[0]["meter_value"][0]["sampled_value"]}
+            assert start["idTag"] == "SIMTAG0001" and start["connectorId"] == 1
+            assert all(m["transactionId"] == stop["transactionId"] == 1 for m in meters)
+            measurands = {sv["measurand"] for sv in meters[0]["meterValue"][0]["sampledValue"]}
             assert measurands == {"Energy.Active.Import.Register", "Power.Active.Import"}
-            assert stop["meter_stop"] >= start["meter_start"] and stop["reason"] == "Local"
-            assert is_utc_z(start["timestamp"]) and is_utc_z(meters[0]["meter_value"][0]["timestamp"])
+            assert stop["meterStop"] >= start["meterStart"] and stop["reason"] == "Local"
+            assert stop["idTag"] == "SIMTAG0001"
+            assert stop["transactionData"][0]["sampledValue"][0]["context"] == "Transaction.End"
+            assert is_utc_z(start["timestamp"]) and is_utc_z(meters[0]["meterValue"][0]["timestamp"])
 
     run(main())
 
@@ -745,20 +782,24 @@ def test_session_201_runs_in_order():
             st = SimStation("S201", csms.url, "ocpp2.0.1", sessions=True, session_interval=0.1,
                             session_duration=0.9, meter_interval=0.25)
             async with running(st):
-                await csms.wait(lambda: any(e["event_type"] == "Ended" for e in csms.of("S201", "TransactionEvent")))
-                await csms.wait(lambda: csms.of("S201", "StatusNotification")[-1]["connector_status"] == "Available")
+                await csms.wait(lambda: any(e["eventType"] == "Ended" for e in csms.of("S201", "TransactionEvent")))
+                await csms.wait(lambda: csms.of("S201", "StatusNotification")[-1]["connectorStatus"] == "Available")
             acts = [a for a in csms.actions("S201") if a not in ("BootNotification", "Heartbeat")][2:]
             assert acts[:3] == ["Authorize", "TransactionEvent", "StatusNotification"]
             events = csms.of("S201", "TransactionEvent")
-            kinds = [e["event_type"] for e in events]
+            kinds = [e["eventType"] for e in events]
             assert kinds[0] == "Started" and kinds[-1] == "Ended" and set(kinds[1:-1]) == {"Updated"}
             assert len(kinds) >= 4
-            assert [e["seq_no"] for e in events] == list(range(len(events)))
-            assert len({e["transaction_info"]["transaction_id"] for e in events}) == 1
-            assert events[0]["evse"] == {"id": 1, "connector_id": 1}
-            updated = events[1]["meter_value"][0]["sampled_value"]
+            assert [e["seqNo"] for e in events] == list(range(len(events)))
+            assert len({e["transactionInfo"]["transactionId"] for e in events}) == 1
+            assert events[0]["evse"] == {"id": 1, "connectorId": 1}
+            assert events[0]["idToken"] == {"idToken": "SIMTAG0001", "type": "ISO14443"}
+            assert "remoteStartId" not in events[0]["transactionInfo"]
+            assert all("evse" not in e and "idToken" not in e for e in events[1:-1])
+            assert events[-1]["transactionInfo"]["stoppedReason"] == "Local"
+            updated = events[1]["meterValue"][0]["sampledValue"]
             assert {sv["measurand"] for sv in updated} == {"Energy.Active.Import.Register", "Power.Active.Import"}
-            statuses = [s["connector_status"] for s in csms.of("S201", "StatusNotification")[2:]]
+            statuses = [s["connectorStatus"] for s in csms.of("S201", "StatusNotification")[2:]]
             assert statuses[:2] == ["Occupied", "Available"]
 
     run(main())
@@ -781,22 +822,23 @@ def test_remote_start_and_stop_16():
         async with csms_server() as csms:
             st = SimStation("RS", csms.url, "ocpp1.6", session_duration=60, meter_interval=60)
             async with running(st):
-                await asyncio.wait_for(st.booted.wait(), 5)
+                await booted(st)
                 cp = csms.cps["RS"]
-                r = await cp.call(c16.RemoteStartTransaction(id_tag="TAG1", connector_id=2), suppress=False)
-                assert r.status == "Accepted"
-                r = await cp.call(c16.RemoteStartTransaction(id_tag="TAG2", connector_id=2), suppress=False)
-                assert r.status == "Rejected"  # connector already taken
+                r = await cp.call("RemoteStartTransaction", {"idTag": "TAG1", "connectorId": 2})
+                assert r["status"] == "Accepted"
+                r = await cp.call("RemoteStartTransaction", {"idTag": "TAG2", "connectorId": 2})
+                assert r["status"] == "Rejected"  # connector already taken
                 await csms.wait(lambda: st.transactions.get(2) is not None)
                 tx_id = st.transactions[2]
-                assert csms.of("RS", "StartTransaction")[0]["id_tag"] == "TAG1"
-                assert (await cp.call(c16.RemoteStopTransaction(transaction_id=999), suppress=False)).status \
+                assert csms.of("RS", "StartTransaction")[0]["idTag"] == "TAG1"
+                assert (await cp.call("RemoteStopTransaction", {"transactionId": 999}))["status"] \
                     == "Rejected"
-                r = await cp.call(c16.RemoteStopTransaction(transaction_id=tx_id), suppress=False)
-                assert r.status == "Accepted"
+                r = await cp.call("RemoteStopTransaction", {"transactionId": tx_id})
+                assert r["status"] == "Accepted"
                 await csms.wait(lambda: "StopTransaction" in csms.actions("RS"))
                 stop = csms.of("RS", "StopTransaction")[0]
-                assert stop["transaction_id"] == tx_id and stop["reason"] == "Remote"
+                assert stop["transactionId"] == tx_id and stop["reason"] == "Remote"
+                assert "idTag" not in stop  # only a local stop names the tag
                 await csms.wait(lambda: st.transactions == {})
 
     run(main())
@@ -811,7 +853,7 @@ def test_run_fleet_mixed_and_summary():
             fleet = await run_fleet(csms.url, 6, protocol="mixed", prefix="FLT", start_index=3,
                                     concurrency_of_connects=2)
             try:
-                assert await fleet.wait_booted(timeout=8)
+                assert await fleet.wait_booted(timeout=scaled(8))
                 names = [s.endpoint for s in fleet]
                 assert names == [f"FLT{i:05d}" for i in range(3, 9)]
                 assert [s.protocol for s in fleet] == ["ocpp1.6", "ocpp2.0.1"] * 3
