@@ -710,12 +710,9 @@ def test_a_handler_gets_the_peer_and_the_payload_as_sent():
     assert sent[0][0] == 3 and datetime.fromisoformat(sent[0][2]["currentTime"]).tzinfo == UTC
 
 
-# --------------------------------------------------------------------------- known gaps in the core
-# strict: when the core is fixed these pass, and the marker must go
+# --------------------------------------------------------------------------- what we cannot send
 
 
-@pytest.mark.xfail(strict=True, reason="ocppj: encode_result is outside _answer's try; a "
-                   "handler's int beyond 64 bits raises out of run()")
 def test_an_answer_that_cannot_be_encoded_is_an_internal_error():
     boot = {"chargePointVendor": "V", "chargePointModel": "M"}
     sent = replies(P16, [[2, "a", "BootNotification", boot], heartbeat("b")], {
@@ -725,15 +722,11 @@ def test_an_answer_that_cannot_be_encoded_is_an_internal_error():
     assert [f[:3] for f in sent] == [[4, "a", "InternalError"], [3, "b", {"currentTime": NOW}]]
 
 
-@pytest.mark.xfail(strict=True, reason="ocppj: our own schema-invalid answer is reported with "
-                   "the validation's code, as if the peer's request were at fault")
 def test_an_invalid_answer_of_ours_is_an_internal_error():
     sent = replies(P201, [heartbeat("x")], {"Heartbeat": _answer({"currentTime": "yesterday"})})
     assert sent[0][:3] == [4, "x", "InternalError"]
 
 
-@pytest.mark.xfail(strict=True, reason="ocppj: a payload orjson cannot encode (an int beyond 64 "
-                   "bits) raises TypeError from call(), not InvalidCall")
 def test_a_payload_that_cannot_be_encoded_is_an_invalid_call():
     async def scenario():
         sock = FakeSocket()

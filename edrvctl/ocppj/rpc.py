@@ -159,14 +159,21 @@ class Rpc:
             answer = handler(self.peer, call.payload)
             if not isinstance(answer, dict):
                 answer = await answer
-            schemas.validate(self.version, call.action, schemas.RESPONSE, answer)
         except RpcError as e:
             await self._send_error(call.id, e)
             return
         except Exception as e:
             await self._send_error(call.id, self.on_error(e))
             return
-        await self._send(frames.encode_result(call.id, answer))
+        try:  # what we answer is ours to get right: never blame the peer's request for it
+            schemas.validate(self.version, call.action, schemas.RESPONSE, answer)
+            frame = frames.encode_result(call.id, answer)
+        except (RpcError, TypeError) as e:
+            log.error("%s: our %s answer is invalid, not sent: %s", self.name, call.action, e)
+            await self._send_error(call.id, RpcError(
+                "InternalError", "the receiver could not build a valid answer"))
+            return
+        await self._send(frame)
 
     async def _send_error(self, message_id: str, error: RpcError) -> None:
         await self._send(frames.encode_error(message_id, error, self.version))
@@ -184,8 +191,12 @@ class Rpc:
         RemoteError (CALLERROR or invalid answer), RpcClosed, TimeoutError."""
         try:
             schemas.validate(self.version, action, schemas.REQUEST, payload)
+            frame = frames.encode_call("-", action, payload)  # encodable at all?
         except RpcError as e:
             raise InvalidCall(f"{action}: {e.cause}") from None
+        except TypeError as e:  # orjson: an integer beyond 64 bits, a non-JSON value
+            raise InvalidCall(f"{action}: {e}") from None
+        del frame
         if self.closed:
             raise RpcClosed("the connection is closed")
         if self._queued >= self.max_queued:
