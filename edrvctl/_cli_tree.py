@@ -549,12 +549,28 @@ TREE = {
      "help": "Open station connections from one IP address; 0 = no limit",
      "value": true
     },
+    "--max-connectors": {
+     "help": "Connectors a station's record may hold",
+     "value": true
+    },
     "--max-frame": {
      "help": "Largest websocket message a station may send, bytes",
      "value": true
     },
+    "--max-payload-kb": {
+     "help": "KB of one kept station message",
+     "value": true
+    },
     "--max-rate": {
      "help": "Messages per second a station may send (burst: twice that); 0 = no limit",
+     "value": true
+    },
+    "--max-report-mb": {
+     "help": "MB of one assembled 2.0.1 report (GetBaseReport)",
+     "value": true
+    },
+    "--max-stored-mb-per-day": {
+     "help": "MB of messages (meter values, events, ...) kept per station and UTC day",
      "value": true
     },
     "--ocpp-host": {

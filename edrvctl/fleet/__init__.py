@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from edrvctl import model
-from edrvctl.errors import Busy, NotFound, OverBudget, StaleRecord, Unavailable, UsageError
+from edrvctl.errors import Busy, InvalidBody, NotFound, OverBudget, StaleRecord, Unavailable, UsageError
 from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig, LiveStations
 from edrvctl.store import StationQuery, Store, Unit
 from edrvctl.timefmt import ago
@@ -129,7 +129,10 @@ class Fleet:
     def _charge(self, endpoint: str, payload: object) -> None:
         """Count what a station's message will keep against its budgets; OverBudget (and
         nothing kept) past them. The first refusal of a day is logged."""
-        size = len(orjson.dumps(payload))
+        try:
+            size = len(orjson.dumps(payload))
+        except orjson.JSONEncodeError as e:  # nesting beyond what JSON storage holds
+            raise InvalidBody(f"this value cannot be stored: {e}") from None
         if size > self.budgets.payload:
             raise OverBudget(f"a message of {size} bytes: a station may have at most "
                              f"{self.budgets.payload} bytes kept per message")

@@ -380,22 +380,27 @@ class Listener:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(every)
-            now = loop.time()
-            for conn in list(self.open):
-                transport = getattr(conn, "transport", None)
-                if transport is None or transport.is_closing():
-                    continue
-                size = transport.get_write_buffer_size()
-                if size == 0:
-                    conn.stuck_since = None
-                    continue
-                if conn.stuck_since is None or size < conn.unread:
-                    conn.stuck_since = now  # (still) draining
-                conn.unread = size
-                if size > MAX_UNREAD or now - conn.stuck_since > deadline:
-                    log.warning("%s: dropped: it does not read what it is sent (%d bytes "
-                                "waiting)", printable(conn.address), size)
-                    transport.abort()
+            try:
+                self._drop_stuck(loop.time(), deadline)
+            except Exception:  # never let the watchdog die
+                log.exception("watchdog")
+
+    def _drop_stuck(self, now: float, deadline: float) -> None:
+        for conn in list(self.open):
+            transport = getattr(conn, "transport", None)
+            if transport is None or transport.is_closing():
+                continue
+            size = transport.get_write_buffer_size()
+            if size == 0:
+                conn.stuck_since = None
+                continue
+            if conn.stuck_since is None or size < conn.unread:
+                conn.stuck_since = now  # (still) draining
+            conn.unread = size
+            if size > MAX_UNREAD or now - conn.stuck_since > deadline:
+                log.warning("%s: dropped: it does not read what it is sent (%d bytes "
+                            "waiting)", printable(conn.address), size)
+                transport.abort()
 
     async def stop(self) -> None:
         """Close every station's socket (1001, going away), within CLOSE_DEADLINE whatever
