@@ -521,8 +521,12 @@ class SqliteUnit:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        cur = s._run("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-                     (tx["station_id"], tx.get("tx_key"), _json(tx)))
+        try:
+            cur = s._run("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+                         (tx["station_id"], tx.get("tx_key"), _json(tx)))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"transaction {tx.get('tx_key')!r} of station {tx['station_id']} "
+                           "exists") from None
         if tx.get("tx_key") is None:
             rowid = cur.lastrowid
             tx["tx_key"] = str(rowid)
