@@ -240,7 +240,10 @@ class SqliteStore:
             return
         self._loop = loop
         self._lock = asyncio.Lock()
-        self._owner, self._scheduled = None, False
+        if self._savepoint and self.db.in_transaction:  # a unit left behind by its loop
+            self.db.execute("ROLLBACK TO unit")
+            self.db.execute("RELEASE unit")
+        self._owner, self._scheduled, self._savepoint = None, False, False
         if self._batch is not None:  # its waiters were of the old loop: commit it here
             self._batch.waiters = []
             self._schedule()
