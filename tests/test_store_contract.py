@@ -924,3 +924,23 @@ def test_sqlite_close_commits_what_is_pending(tmp_path):
     reader = open_store(path, readonly=True)
     assert run(get(reader, doc["_id"])) == doc
     run(reader.close())
+
+
+def test_sqlite_a_unit_inside_one_that_has_written_fails_rather_than_hangs():
+    store = open_store(":memory:")
+    doc = station()
+
+    async def scenario():
+        async with store.unit() as outer:
+            await outer.create_station(doc)
+            with pytest.raises(RuntimeError, match="wait for itself"):
+                async with store.unit() as inner:
+                    await inner.get_station(doc["_id"])
+            with pytest.raises(RuntimeError, match="wait for itself"):
+                async with store.unit() as inner:
+                    await inner.add_event(doc["_id"], "t", "k", {})
+        assert await get(store, doc["_id"]) == doc
+        async with store.unit() as tx:
+            assert await tx.events() == []
+        await store.close()
+    run(scenario())
