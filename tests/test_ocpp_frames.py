@@ -3,7 +3,9 @@
 * malformed frames and invalid payloads get the right CALLERROR, and the connection lives on;
 * every CALL a station can send gets an answer that is valid against the official schema
   shipped in the ocpp package, and what it reports lands in the store (transactions,
-  meter_values, events).
+  meter_values, events), read through a read-only store once the station has its answer.
+
+Every timeout is in the scaled units of timing.py.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import asyncio
 import itertools
 import json
 import os
-import sqlite3
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 import pytest
 from ocpp.messages import MessageType, get_validator
+from stored import read
+from timing import scaled, until
 from websockets.asyncio.client import connect
 
 P16, P201 = "ocpp1.6", "ocpp2.0.1"
@@ -36,7 +38,7 @@ def uniq(prefix: str = "f") -> str:
 
 
 def run(coro, timeout: float = 20):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    return asyncio.run(asyncio.wait_for(coro, scaled(timeout)))
 
 
 def now() -> str:
@@ -53,14 +55,15 @@ async def open_station(server, proto: str, endpoint: str | None = None):
     """Create a station, connect a raw client and boot it; returns (websocket, station record)."""
     doc = server.create(endpoint or uniq(), protocol=proto)
     ws = await connect(f"{server.ocpp_url}/{doc['endpoint']}", subprotocols=[proto], proxy=None,
-                       ping_interval=None, compression=None, open_timeout=5, close_timeout=2)
+                       ping_interval=None, compression=None, open_timeout=scaled(5),
+                       close_timeout=scaled(2))
     frame = await call(ws, "BootNotification", BOOT[proto])
     assert frame[0] == 3 and frame[2]["status"] == "Accepted", frame
     return ws, doc
 
 
 async def recv(ws, timeout: float = 5) -> list:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return json.loads(await asyncio.wait_for(ws.recv(), scaled(timeout)))
 
 
 async def call(ws, action: str, payload: dict, mid: str | None = None) -> list:
@@ -78,22 +81,10 @@ async def heartbeat_ok(ws) -> None:
     assert frame[0] == 3 and "currentTime" in frame[2], frame
 
 
-def db_rows(store: Path, sql: str, args: tuple) -> list[tuple]:
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
-
-
-def wait_rows(store: Path, sql: str, args: tuple, n: int, timeout: float = 10) -> list[tuple]:
-    """Poll: the server commits once per event-loop turn, just after (or as) it replies."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = db_rows(store, sql, args)
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.02)
+def events(server, station_id: str) -> list[dict]:
+    """The station's events, oldest first. Read at once, without polling: nothing is answered
+    to a station before the commit that holds what it said."""
+    return read(server.store, lambda tx: tx.events(station_id))
 
 
 # --------------------------------------------------------------------------- 8. malformed frames
@@ -241,7 +232,8 @@ def test_bad_frames_leave_the_connection_and_the_log_clean(server, proto):
 
     doc = run(scenario())
     assert server.get(doc["_id"])["model"] == "Raw-1"
-    time.sleep(0.2)  # let the server write its log lines for the connection's end
+    # the server has handled the connection's end (and logged it) once the record says offline
+    until(lambda: server.get(doc["_id"])["online"] is False, what="the connection's end")
     log = server.logs()[mark:]
     assert "Traceback" not in log, log[-3000:]
     assert "malformed frame" in log
@@ -383,21 +375,22 @@ def test_16_transaction_lands_in_the_store(server):
         return doc, tx_id
 
     doc, tx_id = run(scenario())
-    rows = wait_rows(server.store, "SELECT tx_key, doc FROM transactions WHERE station_id = ? "
-                     "ORDER BY id", (doc["_id"],), 2)
-    assert len(rows) == 2, rows
-    key, tx = rows[0][0], json.loads(rows[0][1])
-    assert key == str(tx_id)
+    # read at once: each was answered, so each is committed
+    txs = read(server.store, lambda t: t.transactions(doc["_id"]))
+    assert len(txs) == 2, txs
+    tx = txs[0]
+    assert tx["tx_key"] == str(tx_id) and tx["station_id"] == doc["_id"]
+    assert read(server.store, lambda t: t.get_transaction(doc["_id"], str(tx_id))) == tx
     assert (tx["connector"], tx["idTag"], tx["meterStart"], tx["meterStop"]) == \
         (2, "TAG-16", 1000, 2500)
     assert (tx["status"], tx["stopReason"]) == ("Completed", "EVDisconnected")
     assert tx["startedAt"] and tx["stoppedAt"] and tx["stoppedAt"] >= tx["startedAt"]
-    assert json.loads(rows[1][1])["status"] == "Active"
-    mvs = db_rows(server.store, "SELECT tx_key, connector, doc FROM meter_values "
-                  "WHERE station_id = ? ORDER BY id", (doc["_id"],))
-    assert [(k, json.loads(d)[0]["sampledValue"][0]["value"]) for k, _, d in mvs] == \
+    assert txs[1]["status"] == "Active" and txs[1]["tx_key"] != tx["tx_key"]
+    mvs = read(server.store, lambda t: t.meter_values(doc["_id"]))
+    assert [(m["tx_key"], m["values"][0]["sampledValue"][0]["value"]) for m in mvs] == \
         [(str(tx_id), "1500"), (str(tx_id), "2500")]
-    assert mvs[0][1] == 2
+    assert mvs[0]["connector"] == 2
+    assert read(server.store, lambda t: t.meter_values(doc["_id"], str(tx_id))) == mvs
 
 
 def test_201_transaction_lands_in_the_store(server):
@@ -429,17 +422,17 @@ def test_201_transaction_lands_in_the_store(server):
         return doc
 
     doc = run(scenario())
-    rows = wait_rows(server.store, "SELECT tx_key, doc FROM transactions WHERE station_id = ?",
-                     (doc["_id"],), 1)
-    assert len(rows) == 1, rows
-    key, tx = rows[0][0], json.loads(rows[0][1])
-    assert key == tx_id
+    # read at once: each was answered, so each is committed
+    txs = read(server.store, lambda t: t.transactions(doc["_id"]))
+    assert len(txs) == 1, txs
+    tx = txs[0]
+    assert tx["tx_key"] == tx_id and tx["station_id"] == doc["_id"]
+    assert read(server.store, lambda t: t.get_transaction(doc["_id"], tx_id)) == tx
     assert (tx["connector"], tx["idTag"], tx["status"], tx["stopReason"]) == \
         (2, "TAG-201", "Completed", "Local")
     assert tx["startedAt"] and tx["stoppedAt"]
-    mvs = db_rows(server.store, "SELECT tx_key, doc FROM meter_values WHERE station_id = ? "
-                  "ORDER BY id", (doc["_id"],))
-    assert [(k, json.loads(d)[0]["sampledValue"][0]["value"]) for k, d in mvs] == \
+    mvs = read(server.store, lambda t: t.meter_values(doc["_id"]))
+    assert [(m["tx_key"], m["values"][0]["sampledValue"][0]["value"]) for m in mvs] == \
         [(tx_id, 100.0), (tx_id, 150.0), (tx_id, 300.0)]
 
 
@@ -466,10 +459,10 @@ def test_notifications_are_kept_as_events(server, proto):
         return doc
 
     doc = run(scenario())
-    rows = wait_rows(server.store, "SELECT kind, doc FROM events WHERE station_id = ? "
-                     "ORDER BY id", (doc["_id"],), len(kinds))
-    assert [k for k, _ in rows] == kinds
-    got = {k: json.loads(d) for k, d in rows}
+    rows = events(server, doc["_id"])
+    assert [e["kind"] for e in rows] == kinds
+    assert all(e["station_id"] == doc["_id"] and e["at"] for e in rows), rows
+    got = {e["kind"]: e["payload"] for e in rows}
     assert got["FirmwareStatusNotification"]["status"] == "Installed"
     assert got["SecurityEventNotification"]["type"] == "FirmwareUpdated"
     assert got["DataTransfer"]["vendorId"] == "com.example"
@@ -500,9 +493,9 @@ def test_notifications_are_kept_as_they_came(server, proto):
         return doc
 
     doc = run(scenario())
-    rows = wait_rows(server.store, "SELECT kind, doc FROM events WHERE station_id = ? "
-                     "ORDER BY id", (doc["_id"],), len(kinds))
-    wrong = {k: json.loads(d) for k, d in rows if json.loads(d) != samples[k]}
+    rows = events(server, doc["_id"])
+    assert [e["kind"] for e in rows] == kinds
+    wrong = {e["kind"]: e["payload"] for e in rows if e["payload"] != samples[e["kind"]]}
     assert not wrong, wrong
 
 
@@ -516,7 +509,7 @@ def test_boot_info_and_status_from_raw_frames(server, proto):
         async with ws:
             assert (await call(ws, "BootNotification", samples["BootNotification"]))[0] == 3
             assert (await call(ws, "StatusNotification", samples["StatusNotification"]))[0] == 3
-            async with httpx.AsyncClient(base_url=server.api_url, headers={
+            async with httpx.AsyncClient(base_url=server.api_url, timeout=scaled(5), headers={
                     "Authorization": f"Bearer {server.token}"}) as c:
                 return (await c.get(f"{BASE}/{doc['endpoint']}")).json()["result"]
 

@@ -1,20 +1,22 @@
 """Faults: the server killed mid-traffic loses nothing it acknowledged; a full store refuses
-cleanly; connection churn leaks nothing."""
+cleanly; connection churn leaks nothing. Every timeout is in the scaled units of timing.py; the
+store is read through a read-only Store."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
+from conftest import hermetic_env, start_server
+from stored import read, sqlite_intact
+from timing import scaled, until_async
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import hermetic_env, start_server
+from edrvctl.store import StationQuery
 
 P16 = "ocpp1.6"
 NOW = "2026-01-01T00:00:00Z"
@@ -31,7 +33,8 @@ async def send_meter_values(url: str, endpoint: str, acked: list, stop: asyncio.
     """Send MeterValues with a unique value each until the server dies; record what was
     acknowledged with a CALLRESULT."""
     try:
-        async with connect(f"{url}/{endpoint}", subprotocols=[P16]) as ws:
+        async with connect(f"{url}/{endpoint}", subprotocols=[P16],
+                           open_timeout=scaled(10)) as ws:
             await ws.send(json.dumps([2, "boot", "BootNotification",
                                       {"chargePointVendor": "V", "chargePointModel": "M"}]))
             await ws.recv()
@@ -51,28 +54,36 @@ async def send_meter_values(url: str, endpoint: str, acked: list, stop: asyncio.
 
 def test_kill_9_loses_nothing_that_was_acknowledged(tmp_path):
     srv = start_server(tmp_path)
-    endpoints = [srv.create()["endpoint"] for _ in range(20)]
+    ids = {d["endpoint"]: d["_id"] for d in (srv.create() for _ in range(20))}
+    endpoints = list(ids)
     acked: list[str] = []
+
+    def in_full_swing() -> bool:
+        senders = {v.rsplit("/", 1)[0] for v in acked}
+        return len(senders) == len(endpoints) and len(acked) > 500
 
     async def scenario():
         stop = asyncio.Event()
         tasks = [asyncio.create_task(send_meter_values(srv.ocpp_url, ep, acked, stop))
                  for ep in endpoints]
-        await asyncio.sleep(1.5)
+        await until_async(in_full_swing, timeout=30, what="every station sending")
         srv.proc.send_signal(signal.SIGKILL)  # mid-traffic, no chance to clean up
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await asyncio.wait_for(asyncio.gather(*tasks), scaled(10))
     asyncio.run(scenario())
-    srv.proc.wait(10)
+    srv.proc.wait(scaled(10))
     assert len(acked) > 200, "the load did not get going"
 
-    db = sqlite3.connect(srv.store)
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    stored = {json.loads(doc)[0]["sampledValue"][0]["value"]
-              for (doc,) in db.execute("SELECT doc FROM meter_values")}
+    assert sqlite_intact(srv.store)
+    rows = read(srv.store, lambda tx: tx.meter_values())
+    stored = {m["values"][0]["sampledValue"][0]["value"]: m for m in rows}
     missing = [v for v in acked if v not in stored]
     assert not missing, f"{len(missing)} acknowledged meter values lost, e.g. {missing[:3]}"
-    assert db.execute("SELECT count(*) FROM chargestations WHERE online = 1").fetchone()[0] > 0
-    db.close()
+    misfiled = [v for v in acked if stored[v]["station_id"] != ids[v.rsplit("/", 1)[0]]
+                or stored[v]["connector"] != 1]
+    assert not misfiled, f"stored under the wrong station or connector: {misfiled[:3]}"
+    _, online = read(srv.store, lambda tx: tx.list_stations_json(
+        StationQuery(equals={"online": True}, limit=1)))
+    assert online > 0
 
     again = start_server(tmp_path, store=srv.store)  # same store, after the crash
     try:
@@ -106,7 +117,8 @@ def test_a_full_store_refuses_clearly_and_keeps_serving(tmp_path):
 
         async def station():
             """Send meter values until one is refused; return that reply."""
-            async with connect(f"{srv.ocpp_url}/full-0", subprotocols=[P16]) as ws:
+            async with connect(f"{srv.ocpp_url}/full-0", subprotocols=[P16],
+                               open_timeout=scaled(10)) as ws:
                 for i in range(500):
                     await ws.send(json.dumps([2, str(i), "MeterValues", {
                         "connectorId": 1, "meterValue": [{"timestamp": NOW, "sampledValue": [
@@ -114,7 +126,8 @@ def test_a_full_store_refuses_clearly_and_keeps_serving(tmp_path):
                     frame = json.loads(await ws.recv())
                     if frame[0] != 3:
                         return frame
-                    await asyncio.sleep(0.025)  # stay under the station rate limit (50/s)
+                    # a pace, not a wait: stay under the station rate limit (50/s)
+                    await asyncio.sleep(0.025)
         frame = asyncio.run(station())
         assert frame is not None and frame[0] == 4 and frame[2] == "InternalError", frame
         assert "cannot be written" in frame[4]["cause"]
@@ -128,28 +141,36 @@ def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path):
     blocker.write_text("")
     r = subprocess.run([sys.executable, "-m", "edrvctl", "serve", "--store",
                         str(blocker / "edrvctl.db"), "--api-port", "0", "--ocpp-port", "0"],
-                       env=hermetic_env(tmp_path), capture_output=True, text=True, timeout=30)
+                       env=hermetic_env(tmp_path), capture_output=True, text=True,
+                       timeout=scaled(30), check=False)
     assert r.returncode == 2, r.stderr
     assert "cannot open the store" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_connection_churn_and_silent_stations_leak_nothing(tmp_path):
-    srv = start_server(tmp_path, "--ping-interval", "0.3", "--ping-timeout", "0.3")
+    srv = start_server(tmp_path, "--ping-interval", str(scaled(0.3)),
+                       "--ping-timeout", str(scaled(0.3)))
     try:
         ep = srv.create()["endpoint"]
         mute = srv.create()["endpoint"]
 
         async def churn(n: int):
             for i in range(n):
-                async with connect(f"{srv.ocpp_url}/{ep}", subprotocols=[P16]) as ws:
+                async with connect(f"{srv.ocpp_url}/{ep}", subprotocols=[P16],
+                                   open_timeout=scaled(10)) as ws:
                     if i % 2:
                         await ws.send(json.dumps([2, "1", "Heartbeat", {}]))
                         await ws.recv()
 
+        async def mute_is(online: bool) -> bool:
+            return (await asyncio.to_thread(srv.get, mute))["online"] is online
+
         async def never_pong():
-            ws = await connect(f"{srv.ocpp_url}/{mute}", subprotocols=[P16])
-            ws.transport.pause_reading()
-            await asyncio.sleep(1.5)
+            ws = await connect(f"{srv.ocpp_url}/{mute}", subprotocols=[P16],
+                               open_timeout=scaled(10))
+            await until_async(lambda: mute_is(True), what="the mute station online")
+            ws.transport.pause_reading()  # no more pongs: the keepalive must drop it
+            await until_async(lambda: mute_is(False), what="the mute station dropped")
             ws.transport.abort()
 
         asyncio.run(churn(300))  # warm up: allocator and caches settle

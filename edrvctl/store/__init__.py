@@ -29,7 +29,9 @@ class StationQuery:
 
 
 class Unit(Protocol):
-    """One unit of work. Not shared between tasks; units do not nest."""
+    """One unit of work, used by one task. Units may overlap (other tasks, or one opened
+    inside another that has only read); once a unit has written it may hold the connection
+    until it ends, so keep slow awaits (the network) out of it after its first write."""
 
     async def create_station(self, doc: dict) -> None:
         """Raises errors.Conflict if the endpoint exists."""

@@ -145,6 +145,7 @@ class SqliteStore:
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: SqliteUnit | None = None  # the unit inside its writes, holding _lock
+        self._owner_task: asyncio.Task | None = None
         self._savepoint = False  # the owner's SAVEPOINT is open
         self._batch: _Batch | None = None  # writes of finished units, not yet committed
         self._scheduled = False
@@ -240,7 +241,10 @@ class SqliteStore:
             return
         self._loop = loop
         self._lock = asyncio.Lock()
-        self._owner, self._scheduled = None, False
+        if self._savepoint and self.db.in_transaction:  # a unit left behind by its loop
+            self.db.execute("ROLLBACK TO unit")
+            self.db.execute("RELEASE unit")
+        self._owner, self._scheduled, self._savepoint = None, False, False
         if self._batch is not None:  # its waiters were of the old loop: commit it here
             self._batch.waiters = []
             self._schedule()
@@ -250,8 +254,9 @@ class SqliteStore:
         if self.readonly:
             raise StoreUnavailable(f"the store at {self.path} is open read-only")
         if self._owner is not unit:
+            self._not_own_task()
             await self._lock.acquire()
-            self._owner = unit
+            self._owner, self._owner_task = unit, asyncio.current_task()
         db = self.db
         try:
             if not db.in_transaction:
@@ -274,10 +279,21 @@ class SqliteStore:
                 db.execute("RELEASE unit")
         finally:
             self._savepoint = False
-            self._owner = None
+            self._owner = self._owner_task = None
             self._lock.release()
             if self._batch is not None or db.in_transaction:
                 self._schedule()
+
+    async def _wait_for_owner(self) -> None:
+        """Wait while another unit is in the middle of its writes (they may yet be undone)."""
+        self._not_own_task()
+        async with self._lock:
+            pass
+
+    def _not_own_task(self) -> None:
+        if self._owner is not None and self._owner_task is asyncio.current_task():
+            raise RuntimeError("a unit of work was opened inside one that has written: "
+                               "it would wait for itself")
 
     def _run(self, sql: str, args: tuple | list = (), many: bool = False) -> sqlite3.Cursor:
         """Execute a write of the owning unit, mapping failures to our errors."""
@@ -370,11 +386,9 @@ class SqliteUnit:
             self._batches.append(batch)
 
     async def _read(self) -> None:
-        """Wait while another unit is in the middle of its writes (they may yet be undone)."""
         s = self._s
         if s._owner is not None and s._owner is not self:
-            async with s._lock:
-                pass
+            await s._wait_for_owner()
 
     def _read_done(self) -> None:
         """What was just read may hold uncommitted writes: acknowledge nothing before them."""
@@ -521,8 +535,12 @@ class SqliteUnit:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        cur = s._run("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-                     (tx["station_id"], tx.get("tx_key"), _json(tx)))
+        try:
+            cur = s._run("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+                         (tx["station_id"], tx.get("tx_key"), _json(tx)))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"transaction {tx.get('tx_key')!r} of station {tx['station_id']} "
+                           "exists") from None
         if tx.get("tx_key") is None:
             rowid = cur.lastrowid
             tx["tx_key"] = str(rowid)

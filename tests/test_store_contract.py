@@ -1,0 +1,946 @@
+"""The Store contract: what `fleet` may rely on, whichever backend holds the data.
+
+Every test in the first part runs against each backend through the `store` fixture and uses
+only the Store / Unit protocols (a PostgreSQL backend joins by adding to BACKENDS). The last
+part checks what only the SQLite backend has: its file, its schema versions, read-only opening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sqlite3
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from timing import scaled
+
+from edrvctl.errors import (
+    Conflict,
+    InvalidBody,
+    StaleRecord,
+    StoreUnavailable,
+    UsageError,
+)
+from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery, Store, open_store
+
+BACKENDS = ["sqlite-file", "sqlite-memory"]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, scaled(5)))
+
+
+class Backend:
+    """Opens stores of one kind: `fresh` ones, and a read-only `reader` of the test's store."""
+
+    def __init__(self, kind: str, root: Path):
+        self.kind, self.root = kind, root
+        self.path = root / "store" / "edrvctl.db"
+        self._n = itertools.count()
+        self.opened: list[Store] = []
+
+    def _open(self, location, **kw) -> Store:
+        s = open_store(location, **kw)
+        self.opened.append(s)
+        return s
+
+    def main(self) -> Store:
+        return self._open(self.path if self.kind == "sqlite-file" else ":memory:")
+
+    def fresh(self, **kw) -> Store:
+        """Another, empty store of this kind."""
+        if self.kind == "sqlite-file":
+            return self._open(self.root / f"other-{next(self._n)}.db", **kw)
+        return self._open(":memory:", **kw)
+
+    def reader(self) -> Store | None:
+        """A read-only store on the same data through another connection, if the kind has
+        one (an in-memory database is private to its connection)."""
+        if self.kind == "sqlite-file":
+            return self._open(self.path, readonly=True)
+        return None
+
+    def close_all(self) -> None:
+        async def close():
+            for s in reversed(self.opened):
+                await s.close()
+        run(close())
+
+
+BACKEND = pytest.StashKey[Backend]()
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path) -> Store:
+    backend = Backend(request.param, tmp_path)
+    request.node.stash[BACKEND] = backend
+    yield backend.main()
+    backend.close_all()
+
+
+@pytest.fixture
+def backend(request, store) -> Backend:
+    return request.node.stash[BACKEND]
+
+
+_seq = itertools.count()
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def station(endpoint: str | None = None, **fields) -> dict:
+    """A record shaped like model.new_station's; createdAt increases with each one."""
+    n = next(_seq)
+    at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    doc = {"_id": f"{n:024x}", "endpoint": endpoint or f"ep-{n}", "protocol": "ocpp1.6",
+           "online": False, "active": True, "status": None, "evses": [], "connectors": [],
+           "location": None, "organization": None, "manufacturer": None, "model": None,
+           "bootInfo": {}, "createdAt": at, "updatedAt": at, "lastConnectAt": None,
+           "lastDisconnectAt": None, "lastMessageAt": None, "csconfig": [],
+           "security": {"type": "none", "profile": 0}}
+    doc.update(fields)
+    return doc
+
+
+async def create(store: Store, *docs: dict) -> None:
+    async with store.unit() as tx:
+        for doc in docs:
+            await tx.create_station(doc)
+
+
+async def get(store: Store, key: str) -> dict | None:
+    async with store.unit() as tx:
+        return await tx.get_station(key)
+
+
+# --- stations ---------------------------------------------------------------------------------
+
+def test_create_then_get_by_id_and_by_endpoint(store):
+    doc = station(location="depot", meta={"nested": [1, 2.5, None, "ü"]})
+
+    async def scenario():
+        await create(store, doc)
+        assert await get(store, doc["_id"]) == doc
+        assert await get(store, doc["endpoint"]) == doc
+        assert await get(store, "no-such-station") is None
+        async with store.unit() as tx:  # the revision is the store's, never in the record
+            page, total = await tx.list_stations_json(StationQuery())
+        assert total == 1 and '"rev"' not in page[0]
+        assert "rev" not in await get(store, doc["_id"])
+    run(scenario())
+
+
+def test_a_duplicate_endpoint_is_a_conflict_and_undoes_its_unit(store):
+    first = station()
+
+    async def scenario():
+        await create(store, first)
+        other = station(first["endpoint"])
+        with pytest.raises(Conflict):
+            async with store.unit() as tx:
+                await tx.add_event(first["_id"], "t", "Before", {})
+                await tx.create_station(other)
+        assert await get(store, other["_id"]) is None
+        assert await get(store, first["endpoint"]) == first
+        async with store.unit() as tx:
+            assert await tx.events() == []
+    run(scenario())
+
+
+def test_save_is_a_compare_and_set_on_what_this_unit_read(store):
+    doc = station()
+
+    async def scenario():
+        await create(store, doc)
+        a_read, b_read, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def a():
+            async with store.unit() as tx:
+                mine = await tx.get_station(doc["_id"])
+                a_read.set()
+                await b_read.wait()
+                mine["status"] = "Charging"
+                await tx.save_station(mine)
+            a_done.set()
+
+        async def b():
+            await a_read.wait()
+            async with store.unit() as tx:
+                mine = await tx.get_station(doc["endpoint"])
+                b_read.set()
+                await a_done.wait()
+                mine["location"] = "would overwrite Charging unseen"
+                with pytest.raises(StaleRecord) as e:
+                    await tx.save_station(mine)
+                assert isinstance(e.value, Conflict)
+
+        await asyncio.gather(a(), b())
+        assert (await get(store, doc["_id"]))["status"] == "Charging"
+        assert (await get(store, doc["_id"]))["location"] is None
+
+        # Read again, and the save goes through; a unit may save what it saved again.
+        async with store.unit() as tx:
+            mine = await tx.get_station(doc["_id"])
+            mine["location"] = "depot"
+            await tx.save_station(mine)
+            mine["organization"] = "acme"
+            await tx.save_station(mine)
+        assert await get(store, doc["_id"]) == {**doc, "status": "Charging",
+                                                "location": "depot", "organization": "acme"}
+    run(scenario())
+
+
+def test_saving_a_record_not_read_in_this_unit_is_stale(store):
+    doc = station()
+
+    async def scenario():
+        await create(store, doc)
+        old = await get(store, doc["_id"])
+        old["status"] = "Faulted"
+        with pytest.raises(StaleRecord):
+            async with store.unit() as tx:
+                await tx.save_station(old)
+        with pytest.raises(StaleRecord):  # nor one read by another unit
+            async with store.unit() as tx:
+                await tx.get_station("something else")
+                await tx.save_station(old)
+        async with store.unit() as tx:  # deleted since it was read: stale too
+            gone = await tx.get_station(doc["_id"])
+            async with store.unit() as other:
+                assert await other.delete_station(doc["_id"]) is True
+            with pytest.raises(StaleRecord):
+                await tx.save_station(gone)
+        assert await get(store, doc["_id"]) is None
+    run(scenario())
+
+
+def test_a_unit_that_raises_writes_nothing(store):
+    doc, kept = station(), station()
+
+    class Boom(Exception):
+        pass
+
+    async def scenario():
+        await create(store, doc)
+
+        async def failing():
+            with pytest.raises(Boom):
+                async with store.unit() as tx:
+                    mine = await tx.get_station(doc["_id"])
+                    mine["status"] = "Faulted"
+                    await tx.save_station(mine)
+                    await tx.create_station(station())
+                    await tx.add_event(doc["_id"], "t", "Lost", {"x": 1})
+                    await tx.set_password_hash(doc["_id"], "h", "t")
+                    await tx.start_transaction({"station_id": doc["_id"], "tx_key": None})
+                    await tx.add_meter_values(doc["_id"], None, 1, [{"v": 1}])
+                    await tx.set_last_message_at({doc["endpoint"]: "t"})
+                    assert await tx.delete_station(kept["_id"]) is False
+                    raise Boom
+
+        async def succeeding():  # in the same turn, so in the same transaction
+            await create(store, kept)
+
+        await asyncio.gather(failing(), succeeding())
+        assert await get(store, doc["_id"]) == doc
+        assert await get(store, kept["_id"]) == kept
+        async with store.unit() as tx:
+            assert (await tx.list_stations_json(StationQuery()))[1] == 2
+            assert await tx.events() == []
+            assert await tx.password_hash(doc["_id"]) is None
+            assert await tx.transactions() == []
+            assert await tx.meter_values() == []
+        # and the revision did not move: a fresh read saves
+        async with store.unit() as tx:
+            mine = await tx.get_station(doc["_id"])
+            await tx.save_station(mine)
+    run(scenario())
+
+
+def test_a_unit_never_reads_another_units_unfinished_writes(store):
+    doc, kept = station(), station()
+
+    class Boom(Exception):
+        pass
+
+    async def scenario():
+        written, release = asyncio.Event(), asyncio.Event()
+
+        async def writer(d, fail):
+            try:
+                async with store.unit() as tx:
+                    await tx.create_station(d)
+                    written.set()
+                    await release.wait()  # in the middle of its unit
+                    if fail:
+                        raise Boom
+            except Boom:
+                pass
+
+        async def reader(d):
+            await written.wait()
+            async with store.unit() as tx:
+                release.set()
+                return await tx.get_station(d["_id"])
+
+        _, seen = await asyncio.gather(writer(doc, True), reader(doc))
+        assert seen is None  # it waited, and the writer's unit was undone
+        written.clear()
+        release.clear()
+        _, seen = await asyncio.gather(writer(kept, False), reader(kept))
+        assert seen == kept
+    run(scenario())
+
+
+def test_units_of_one_loop_turn_share_one_commit(store):
+    if not hasattr(store, "commits"):
+        pytest.skip("this backend does not commit in groups")
+    docs = [station() for _ in range(25)]
+
+    async def one(doc):
+        async with store.unit() as tx:
+            await tx.create_station(doc)
+            await tx.add_event(doc["_id"], "t", "Created", {})
+
+    async def scenario():
+        before = store.commits
+        await asyncio.gather(*(one(d) for d in docs))
+        assert store.commits == before + 1
+        await one(station())  # alone, outside any batch: still committed before returning
+        assert store.commits == before + 2
+        async with store.unit() as tx:  # reading committed data commits nothing
+            assert len(await tx.events()) == 26
+        assert store.commits == before + 2
+    run(scenario())
+
+
+def test_a_unit_returns_only_once_its_writes_are_committed(store, backend):
+    reader = backend.reader()
+    doc = station()
+
+    async def visible(key: str) -> bool:
+        if reader is None:
+            return False
+        return await get(reader, key) is not None
+
+    async def scenario():
+        before = getattr(store, "commits", 0)
+        async with store.unit() as tx:
+            await tx.create_station(doc)
+            assert not await visible(doc["_id"])
+        if reader is not None:
+            assert await visible(doc["_id"])
+        if hasattr(store, "commits"):
+            assert store.commits == before + 1
+
+        # A unit that only read another unit's uncommitted write waits for its commit too.
+        later = station()
+
+        async def writer():
+            await create(store, later)
+
+        async def reads_it():
+            async with store.unit() as tx:
+                seen = await tx.get_station(later["endpoint"])
+                assert seen is not None  # not committed yet: same turn as the writer
+                if reader is not None:
+                    assert not await visible(later["_id"])
+            if reader is not None:
+                assert await visible(later["_id"])
+            if hasattr(store, "commits"):
+                assert store.commits == before + 2
+
+        await asyncio.gather(writer(), reads_it())
+    run(scenario())
+
+
+def test_a_lost_transaction_fails_every_unit_in_it(backend):
+    store = backend.fresh(max_bytes=256 * 1024)
+    docs = [station() for _ in range(3)]
+    results: dict[str, BaseException | None] = {}
+
+    async def small(doc):
+        try:
+            await create(store, doc)
+            results[doc["_id"]] = None
+        except StoreUnavailable as e:
+            results[doc["_id"]] = e
+
+    async def read_pending():
+        try:
+            async with store.unit() as tx:
+                seen = await tx.get_station(docs[0]["_id"])
+            results["reader"] = None
+            return seen
+        except StoreUnavailable as e:
+            results["reader"] = e
+
+    async def huge():
+        with pytest.raises(StoreUnavailable):
+            async with store.unit() as tx:
+                await tx.add_event(docs[0]["_id"], "t", "Huge", {"x": "x" * 1024 * 1024})
+
+    late = station()
+
+    async def scenario():
+        await asyncio.gather(*(small(d) for d in docs), read_pending(), huge(), small(late))
+        for doc in (*docs, late):  # whatever returned is stored, whatever raised is not
+            stored = await get(store, doc["_id"])
+            assert (stored is None) == (results[doc["_id"]] is not None), results
+        if hasattr(store, "commits"):  # one transaction for the turn: all lost together
+            assert all(isinstance(results[k], StoreUnavailable)
+                       for k in (*(d["_id"] for d in docs), "reader")), results
+        # and the store goes on: the next unit writes and commits
+        after = station()
+        await create(store, after)
+        assert await get(store, after["_id"]) == after
+    run(scenario())
+
+
+def test_values_that_cannot_be_stored_are_refused_before_writing(store):
+    doc = station()
+
+    async def scenario():
+        await create(store, doc)
+        with pytest.raises(InvalidBody):
+            async with store.unit() as tx:
+                await tx.add_event(doc["_id"], "t", "Fine", {})
+                await tx.add_event(doc["_id"], "t", "Big", {"n": 2**70})
+        with pytest.raises(InvalidBody):
+            async with store.unit() as tx:
+                mine = await tx.get_station(doc["_id"])
+                mine["meta"] = {"n": 2**64}
+                await tx.save_station(mine)
+        async with store.unit() as tx:
+            assert await tx.events() == []
+        assert await get(store, doc["_id"]) == doc
+    run(scenario())
+
+
+# --- lists ------------------------------------------------------------------------------------
+
+def test_list_filters_sorts_pages_and_ranges(store):
+    a = station(online=True, location="north", organization="o1", status="Available",
+                updatedAt="2024-02-03T00:00:00.000Z", lastMessageAt="2024-03-01T00:00:00.000Z")
+    b = station(online=False, location="south", organization="o1", status="Charging",
+                protocol="ocpp2.0.1", updatedAt="2024-02-01T00:00:00.000Z")
+    c = station(online=True, location="north", organization="o2", status=None, active=False,
+                updatedAt="2024-02-02T00:00:00.000Z", lastMessageAt="2024-01-01T00:00:00.000Z")
+    by_created = [a, b, c]  # station() hands out increasing createdAt
+
+    async def page(**kw) -> tuple[list[str], int]:
+        async with store.unit() as tx:
+            docs, total = await tx.list_stations_json(StationQuery(**kw))
+        return docs, total
+
+    async def ids(**kw) -> list[str]:
+        docs, _ = await page(**kw)
+        return [orjson.loads(d)["_id"] for d in docs]
+
+    def of(*docs) -> list[str]:
+        return [d["_id"] for d in docs]
+
+    async def scenario():
+        await create(store, *by_created)
+        assert await ids() == of(c, b, a)  # newest first by default
+        assert await ids(descending=False) == of(a, b, c)
+        assert await ids(equals={"online": True}) == of(c, a)
+        assert await ids(equals={"online": False}) == of(b)
+        assert await ids(equals={"active": False}) == of(c)
+        assert await ids(equals={"location": "north", "organization": "o1"}) == of(a)
+        assert await ids(equals={"protocol": "ocpp2.0.1"}) == of(b)
+        assert await ids(equals={"status": None}) == of(c)  # null matches null
+        assert await ids(equals={"endpoint": b["endpoint"]}) == of(b)
+        assert await ids(equals={"location": "nowhere"}) == []
+        assert await ids(sort_by="updatedAt", descending=False) == of(b, c, a)
+        assert await ids(sort_by="endpoint", descending=False) == \
+            of(*sorted(by_created, key=lambda d: d["endpoint"]))
+        assert (await ids(sort_by="lastMessageAt", descending=True))[:2] == of(a, c)
+
+        docs, total = await page(limit=2)
+        assert total == 3 and len(docs) == 2
+        assert await ids(limit=2, offset=2) == of(a)
+        assert await ids(limit=1, offset=1, descending=False) == of(b)
+        assert (await page(limit=2, offset=5)) == ([], 3)
+        assert (await page(limit=None))[1] == 3 and len((await page(limit=None))[0]) == 3
+        _, total = await page(equals={"online": True}, limit=1)
+        assert total == 2  # the total counts every match, not the page
+
+        assert await ids(ranges=[("createdAt", ">=", b["createdAt"])]) == of(c, b)
+        assert await ids(ranges=[("createdAt", "<=", b["createdAt"])]) == of(b, a)
+        assert await ids(ranges=[("createdAt", ">=", b["createdAt"]),
+                                 ("createdAt", "<=", b["createdAt"])]) == of(b)
+        assert await ids(ranges=[("updatedAt", ">=", "2024-02-02T00:00:00.000Z")],
+                         equals={"online": True}) == of(c, a)
+    run(scenario())
+
+
+@pytest.mark.parametrize("query", [
+    StationQuery(equals={"doc": "x"}),
+    StationQuery(equals={"online = 1 OR 1": 1}),
+    StationQuery(ranges=[("doc", ">=", "x")]),
+    StationQuery(ranges=[("createdAt", "!=", "x")]),
+    StationQuery(ranges=[("createdAt", "; DROP TABLE chargestations; --", "x")]),
+    StationQuery(sort_by="doc"),
+    StationQuery(sort_by="createdAt; DROP TABLE chargestations"),
+], ids=["filter", "filter-sql", "range-field", "range-op", "range-sql", "sort", "sort-sql"])
+def test_list_refuses_fields_it_does_not_know(store, query):
+    doc = station()
+
+    async def scenario():
+        await create(store, doc)
+        async with store.unit() as tx:
+            with pytest.raises(UsageError):  # an explicit check: holds under python -O too
+                await tx.list_stations_json(query)
+            assert (await tx.list_stations_json(StationQuery()))[1] == 1
+    run(scenario())
+    assert set(FILTER_FIELDS) and set(SORT_FIELDS)
+
+
+# --- targeted writes --------------------------------------------------------------------------
+
+def test_set_last_message_at_writes_only_that_field_and_bumps_the_revision(store):
+    a, b, untouched = station(), station(), station()
+
+    async def scenario():
+        await create(store, a, b, untouched)
+        async with store.unit() as tx:
+            read_before = await tx.get_station(a["_id"])
+        async with store.unit() as tx:
+            stale = await tx.get_station(a["_id"])
+            async with store.unit() as other:
+                await other.set_last_message_at({a["endpoint"]: "2024-05-01T00:00:00.000Z",
+                                                 b["endpoint"]: "2024-05-02T00:00:00.000Z",
+                                                 "unknown-endpoint": "2024-05-03T00:00:00.000Z"})
+            with pytest.raises(StaleRecord):
+                await tx.save_station(stale)
+        assert await get(store, a["_id"]) == {**read_before,
+                                              "lastMessageAt": "2024-05-01T00:00:00.000Z"}
+        assert (await get(store, b["_id"]))["lastMessageAt"] == "2024-05-02T00:00:00.000Z"
+        assert await get(store, untouched["_id"]) == untouched
+        async with store.unit() as tx:  # the sort column follows the record
+            page, _ = await tx.list_stations_json(StationQuery(sort_by="lastMessageAt"))
+        assert [orjson.loads(d)["_id"] for d in page][:2] == [b["_id"], a["_id"]]
+        async with store.unit() as tx:
+            await tx.set_last_message_at({})  # nothing to do is fine
+    run(scenario())
+
+
+def test_delete_takes_everything_that_hangs_off_the_station(store):
+    gone, stays = station(), station()
+
+    async def fill(tx, doc):
+        await tx.add_event(doc["_id"], "t", "Kind", {"of": doc["_id"]})
+        key = await tx.start_transaction({"station_id": doc["_id"], "tx_key": None})
+        await tx.add_meter_values(doc["_id"], key, 1, [{"v": 1}])
+        await tx.set_password_hash(doc["_id"], f"hash-{doc['_id']}", "t")
+
+    async def scenario():
+        async with store.unit() as tx:
+            for doc in (gone, stays):
+                await tx.create_station(doc)
+                await fill(tx, doc)
+        async with store.unit() as tx:
+            assert await tx.delete_station(gone["_id"]) is True
+        async with store.unit() as tx:
+            assert await tx.get_station(gone["_id"]) is None
+            assert await tx.get_station(gone["endpoint"]) is None
+            assert await tx.events(gone["_id"]) == []
+            assert await tx.transactions(gone["_id"]) == []
+            assert await tx.meter_values(gone["_id"]) == []
+            assert await tx.password_hash(gone["_id"]) is None
+            assert await tx.get_station(stays["_id"]) == stays
+            assert len(await tx.events(stays["_id"])) == 1
+            assert len(await tx.transactions(stays["_id"])) == 1
+            assert len(await tx.meter_values(stays["_id"])) == 1
+            assert await tx.password_hash(stays["_id"]) == f"hash-{stays['_id']}"
+            assert await tx.delete_station(gone["_id"]) is False
+        async with store.unit() as tx:  # the endpoint is free again
+            await tx.create_station(station(gone["endpoint"]))
+    run(scenario())
+
+
+def test_mark_all_offline(store):
+    on1 = station(online=True, lastConnectAt="2024-01-01T00:00:00.000Z")
+    on2 = station(online=True)
+    off = station(online=False, lastDisconnectAt="2023-01-01T00:00:00.000Z")
+    now = "2024-06-01T00:00:00.000Z"
+
+    async def scenario():
+        await create(store, on1, on2, off)
+        async with store.unit() as tx:
+            stale = await tx.get_station(on1["_id"])
+            async with store.unit() as other:
+                assert await other.mark_all_offline(now) == 2
+            with pytest.raises(StaleRecord):  # a write to the row like any other
+                await tx.save_station(stale)
+        assert await get(store, on1["_id"]) == {**on1, "online": False, "lastDisconnectAt": now}
+        assert await get(store, on2["_id"]) == {**on2, "online": False, "lastDisconnectAt": now}
+        assert await get(store, off["_id"]) == off
+        async with store.unit() as tx:
+            assert (await tx.list_stations_json(StationQuery(equals={"online": True})))[1] == 0
+            assert (await tx.list_stations_json(StationQuery(equals={"online": False})))[1] == 3
+            assert await tx.mark_all_offline(now) == 0
+    run(scenario())
+
+
+def test_passwords(store):
+    doc = station()
+
+    async def scenario():
+        await create(store, doc)
+        async with store.unit() as tx:
+            assert await tx.password_hash(doc["_id"]) is None
+            await tx.set_password_hash(doc["_id"], "first", "2024-01-01T00:00:00.000Z")
+            assert await tx.password_hash(doc["_id"]) == "first"  # a unit reads its writes
+        async with store.unit() as tx:
+            assert await tx.password_hash(doc["_id"]) == "first"
+            await tx.set_password_hash(doc["_id"], "second", "2024-01-02T00:00:00.000Z")
+        async with store.unit() as tx:
+            assert await tx.password_hash(doc["_id"]) == "second"
+        assert "first" not in str(await get(store, doc["_id"]))  # never part of the record
+    run(scenario())
+
+
+# --- what stations report ---------------------------------------------------------------------
+
+def test_events_oldest_first_filtered_and_limited(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            for i in range(5):
+                await tx.add_event(a["_id"], f"2024-01-01T00:00:0{i}.000Z",
+                                   "Odd" if i % 2 else "Even", {"i": i, "deep": {"x": [i]}})
+            await tx.add_event(b["_id"], "2024-01-02T00:00:00.000Z", "Even", {"i": 99})
+        async with store.unit() as tx:
+            every = await tx.events()
+            assert [e["payload"]["i"] for e in every] == [0, 1, 2, 3, 4, 99]
+            assert [e["id"] for e in every] == sorted(e["id"] for e in every)
+            first = every[0]
+            assert first == {"id": first["id"], "station_id": a["_id"],
+                             "at": "2024-01-01T00:00:00.000Z", "kind": "Even",
+                             "payload": {"i": 0, "deep": {"x": [0]}}}
+            assert [e["payload"]["i"] for e in await tx.events(a["_id"])] == [0, 1, 2, 3, 4]
+            assert [e["payload"]["i"] for e in await tx.events(kind="Even")] == [0, 2, 4, 99]
+            assert [e["payload"]["i"] for e in await tx.events(a["_id"], "Odd")] == [1, 3]
+            # a limit keeps the latest, still oldest first
+            assert [e["payload"]["i"] for e in await tx.events(a["_id"], limit=2)] == [3, 4]
+            assert await tx.events("nobody") == []
+    run(scenario())
+
+
+def test_transactions(store):
+    a, b = station(), station()
+
+    def tx_doc(doc, key=None, **kw):
+        return {"station_id": doc["_id"], "tx_key": key, "connector": 1, "idTag": "TAG",
+                "meterStart": 10.5, "startedAt": "2024-01-01T00:00:00.000Z", "stoppedAt": None,
+                "meterStop": None, "stopReason": None, "status": "Active", **kw}
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            k1 = await tx.start_transaction(tx_doc(a))  # OCPP 1.6: the store picks the key
+            k2 = await tx.start_transaction(tx_doc(a))
+            k3 = await tx.start_transaction(tx_doc(b, "uuid-201"))  # OCPP 2.0.1: the station's
+        assert isinstance(k1, str) and isinstance(k2, str) and k1 != k2
+        assert int(k1) > 0 and int(k2) > 0
+        assert k3 == "uuid-201"
+        with pytest.raises(Conflict):  # one key per station
+            async with store.unit() as tx:
+                await tx.start_transaction(tx_doc(b, "uuid-201"))
+        async with store.unit() as tx:
+            assert await tx.get_transaction(a["_id"], k1) == tx_doc(a, k1)
+            assert await tx.get_transaction(b["_id"], k3) == tx_doc(b, "uuid-201")
+            assert await tx.get_transaction(b["_id"], k1) is None  # keys are per station
+            done = await tx.update_transaction(a["_id"], k1, {"meterStop": 20.0,
+                                                              "status": "Completed"})
+            assert done == tx_doc(a, k1, meterStop=20.0, status="Completed")
+            assert await tx.update_transaction(a["_id"], "nope", {"status": "x"}) is None
+        async with store.unit() as tx:
+            assert await tx.get_transaction(a["_id"], k1) == done
+            assert [t["tx_key"] for t in await tx.transactions(a["_id"])] == [k1, k2]
+            assert [t["tx_key"] for t in await tx.transactions()] == [k1, k2, k3]
+            assert await tx.transactions("nobody") == []
+    run(scenario())
+
+
+def test_meter_values(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        values = [{"timestamp": "2024-01-01T00:00:00.000Z",
+                   "sampledValue": [{"value": "12.5", "measurand": "Energy.Active.Import.Register"}]}]
+        async with store.unit() as tx:
+            await tx.add_meter_values(a["_id"], "7", 1, values)
+            await tx.add_meter_values(a["_id"], None, 2, [{"v": 2}])
+            await tx.add_meter_values(b["_id"], "7", 1, [{"v": 3}])
+        async with store.unit() as tx:
+            every = await tx.meter_values()
+            assert every == [
+                {"station_id": a["_id"], "tx_key": "7", "connector": 1, "values": values},
+                {"station_id": a["_id"], "tx_key": None, "connector": 2, "values": [{"v": 2}]},
+                {"station_id": b["_id"], "tx_key": "7", "connector": 1, "values": [{"v": 3}]},
+            ]
+            assert await tx.meter_values(a["_id"]) == every[:2]
+            assert await tx.meter_values(a["_id"], "7") == every[:1]
+            assert await tx.meter_values(tx_key="7") == [every[0], every[2]]
+    run(scenario())
+
+
+def test_read_only_store_refuses_writes(store, backend):
+    doc = station()
+    run(create(store, doc))
+    reader = backend.reader()
+    if reader is None:
+        pytest.skip("this backend has no second connection to the same data")
+
+    async def scenario():
+        assert await get(reader, doc["_id"]) == doc
+        writes = [
+            lambda tx: tx.create_station(station()),
+            lambda tx: tx.add_event(doc["_id"], "t", "k", {}),
+            lambda tx: tx.set_last_message_at({doc["endpoint"]: "t"}),
+            lambda tx: tx.mark_all_offline("t"),
+            lambda tx: tx.delete_station(doc["_id"]),
+            lambda tx: tx.set_password_hash(doc["_id"], "h", "t"),
+            lambda tx: tx.start_transaction({"station_id": doc["_id"], "tx_key": None}),
+            lambda tx: tx.add_meter_values(doc["_id"], None, 1, []),
+        ]
+        for write in writes:
+            with pytest.raises(StoreUnavailable):
+                async with reader.unit() as tx:
+                    await write(tx)
+        async with reader.unit() as tx:
+            mine = await tx.get_station(doc["_id"])
+            with pytest.raises(StoreUnavailable):
+                await tx.save_station(mine)
+        assert await get(store, doc["_id"]) == doc
+        async with store.unit() as tx:
+            assert await tx.events() == []
+    run(scenario())
+
+
+# --- SQLite only ------------------------------------------------------------------------------
+
+# The schema exactly as edrvctl wrote it before schema versions were kept (user_version 0).
+SCHEMA_BEFORE_VERSIONS = """
+CREATE TABLE IF NOT EXISTS chargestations (
+    id            TEXT PRIMARY KEY,
+    endpoint      TEXT NOT NULL UNIQUE,
+    protocol      TEXT NOT NULL,
+    online        INTEGER NOT NULL,
+    active        INTEGER NOT NULL,
+    status        TEXT,
+    location      TEXT,
+    organization  TEXT,
+    createdAt     TEXT NOT NULL,
+    updatedAt     TEXT NOT NULL,
+    lastMessageAt TEXT,
+    lastConnectAt TEXT,
+    doc           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cs_created ON chargestations(createdAt, id);
+CREATE INDEX IF NOT EXISTS cs_updated ON chargestations(updatedAt, id);
+CREATE INDEX IF NOT EXISTS cs_online ON chargestations(online);
+CREATE TABLE IF NOT EXISTS transactions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    station_id  TEXT NOT NULL,
+    tx_key      TEXT,
+    doc         TEXT NOT NULL,
+    UNIQUE (station_id, tx_key)
+);
+CREATE TABLE IF NOT EXISTS meter_values (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    station_id  TEXT NOT NULL,
+    tx_key      TEXT,
+    connector   INTEGER NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    station_id  TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_station ON events(station_id, id);
+CREATE TABLE IF NOT EXISTS credentials (
+    station_id  TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+"""
+
+
+def old_store(path: Path, doc: dict) -> None:
+    """A store file as the previous edrvctl left it, holding one station and its data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(SCHEMA_BEFORE_VERSIONS)
+    db.execute("INSERT INTO chargestations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               (doc["_id"], doc["endpoint"], doc["protocol"], doc["online"], doc["active"],
+                doc["status"], doc["location"], doc["organization"], doc["createdAt"],
+                doc["updatedAt"], doc["lastMessageAt"], doc["lastConnectAt"], json.dumps(doc)))
+    db.execute("INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
+               (doc["_id"], "t", "Old", '{"kept": true}'))
+    db.execute("INSERT INTO credentials VALUES (?,?,?)", (doc["_id"], "old-hash", "t"))
+    db.execute("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+               (doc["_id"], "1", json.dumps({"station_id": doc["_id"], "tx_key": "1"})))
+    db.close()
+
+
+def user_version(path: Path) -> int:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog):
+    path = tmp_path / "old.db"
+    doc = station(online=True)
+    old_store(path, doc)
+    assert user_version(path) == 0
+
+    async def scenario():
+        store = open_store(path)
+        try:
+            async with store.unit() as tx:
+                assert await tx.get_station(doc["endpoint"]) == doc
+                assert [e["payload"] for e in await tx.events(doc["_id"])] == [{"kept": True}]
+                assert await tx.password_hash(doc["_id"]) == "old-hash"
+                assert await tx.get_transaction(doc["_id"], "1") is not None
+                assert await tx.mark_all_offline("now") == 1
+            async with store.unit() as tx:  # rows from before have a revision to compare
+                mine = await tx.get_station(doc["_id"])
+                mine["status"] = "Available"
+                await tx.save_station(mine)
+            async with store.unit() as tx:
+                stale = await tx.get_station(doc["_id"])
+                async with store.unit() as other:
+                    await other.save_station(await other.get_station(doc["_id"]))
+                with pytest.raises(StaleRecord):
+                    await tx.save_station(stale)
+        finally:
+            await store.close()
+
+    with caplog.at_level("INFO", logger="edrvctl.store"):
+        run(scenario())
+    assert f"store: migrating {path} from schema 1 to 2" in caplog.messages
+    assert user_version(path) == 2
+    caplog.clear()
+    with caplog.at_level("INFO", logger="edrvctl.store"):
+        run(open_store(path).close())  # already current: nothing to do
+    assert not [m for m in caplog.messages if "migrating" in m]
+
+
+def test_sqlite_schema_versions(tmp_path):
+    path = tmp_path / "new.db"
+    run(open_store(path).close())
+    assert user_version(path) == 2  # a new store starts at the latest schema
+
+    newer = tmp_path / "newer.db"
+    run(open_store(newer).close())
+    db = sqlite3.connect(newer)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(UsageError, match="newer"):
+        open_store(newer)
+
+    old = tmp_path / "old.db"
+    old_store(old, station())
+    with pytest.raises(UsageError, match="schema"):  # read-only never migrates
+        open_store(old, readonly=True)
+    assert user_version(old) == 0
+
+
+def test_sqlite_unopenable_store_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="cannot open the store"):
+        open_store(tmp_path / "missing.db", readonly=True)
+    (tmp_path / "a-dir.db").mkdir()
+    with pytest.raises(UsageError, match="cannot open the store"):
+        open_store(tmp_path / "a-dir.db")
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_sqlite_files_are_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "made" / "by-us" / "edrvctl.db"
+        store = open_store(path)
+
+        async def write_and_look():
+            await create(store, station())
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode)
+                     for p in path.parent.iterdir()}
+            await store.close()
+            return modes
+
+        modes = run(write_and_look())
+    finally:
+        os.umask(old)
+    assert modes == {"edrvctl.db": 0o600, "edrvctl.db-wal": 0o600, "edrvctl.db-shm": 0o600}
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+
+
+def test_sqlite_memory_stores_are_separate():
+    async def scenario():
+        one, two = open_store(":memory:"), open_store(":memory:")
+        doc = station()
+        await create(one, doc)
+        assert await get(one, doc["_id"]) == doc
+        assert await get(two, doc["_id"]) is None
+        await one.close()
+        await two.close()
+    run(scenario())
+
+
+def test_sqlite_close_commits_what_is_pending(tmp_path):
+    path = tmp_path / "s.db"
+    doc = station()
+
+    async def scenario():
+        store = open_store(path)
+        # a unit that never awaited its commit (its task was cancelled while waiting)
+        task = asyncio.ensure_future(create(store, doc))
+        await asyncio.sleep(0)
+        task.cancel()
+        await store.close()
+        await store.close()  # twice is harmless
+
+    run(scenario())
+    reader = open_store(path, readonly=True)
+    assert run(get(reader, doc["_id"])) == doc
+    run(reader.close())
+
+
+def test_sqlite_a_unit_inside_one_that_has_written_fails_rather_than_hangs():
+    store = open_store(":memory:")
+    doc = station()
+
+    async def scenario():
+        async with store.unit() as outer:
+            await outer.create_station(doc)
+            with pytest.raises(RuntimeError, match="wait for itself"):
+                async with store.unit() as inner:
+                    await inner.get_station(doc["_id"])
+            with pytest.raises(RuntimeError, match="wait for itself"):
+                async with store.unit() as inner:
+                    await inner.add_event(doc["_id"], "t", "k", {})
+        assert await get(store, doc["_id"]) == doc
+        async with store.unit() as tx:
+            assert await tx.events() == []
+        await store.close()
+    run(scenario())
