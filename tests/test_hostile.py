@@ -12,6 +12,7 @@ import time
 
 import pytest
 from conftest import start_server
+from stored import read
 from test_security import basic, refused, try_connect
 from timing import scaled, until
 from websockets.asyncio.client import connect
@@ -19,20 +20,12 @@ from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from edrvctl.store import open_store
 
 P16 = "ocpp1.6"
 
 
 def events(srv, station_id: str, kind: str) -> list[dict]:
-    async def read():
-        store = open_store(srv.store, readonly=True)
-        try:
-            async with store.unit() as tx:
-                return await tx.events(station_id, kind)
-        finally:
-            await store.close()
-    return asyncio.run(read())
+    return read(srv.store, lambda tx: tx.events(station_id, kind))
 
 
 @pytest.fixture(scope="module")

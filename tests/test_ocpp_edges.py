@@ -9,22 +9,17 @@ import json
 
 import httpx
 import pytest
+from stored import read_async
 from test_ocpp_frames import BOOT, P16, P201, call, now, open_station, recv, run, uniq
 from timing import scaled, until_async
 from websockets.asyncio.client import connect
 
-from edrvctl.store import open_store
 
 BASE = "/v1.1/chargestations"
 
 
 async def stored(server, what: str, station_id: str) -> list[dict]:
-    store = open_store(server.store, readonly=True)
-    try:
-        async with store.unit() as tx:
-            return await getattr(tx, what)(station_id)
-    finally:
-        await store.close()
+    return await read_async(server.store, lambda tx: getattr(tx, what)(station_id))
 
 
 async def api(server, method: str, path: str, **kw) -> httpx.Response:
