@@ -5,7 +5,8 @@ and any schema version."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,5 +38,20 @@ def sqlite_intact(path: str | Path) -> bool:
     db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     try:
         return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def write_lock_held(path: str | Path) -> Iterator[None]:
+    """Another process's view: SQLite's write lock on a store file held, as a backup tool or
+    the sqlite3 shell would hold it."""
+    import sqlite3
+
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("ROLLBACK")
     finally:
         db.close()

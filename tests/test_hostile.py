@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import start_server
-from stored import read
+from stored import read, write_lock_held
 from test_security import basic, refused, try_connect
 from timing import scaled, until
 from websockets.asyncio.client import connect
@@ -196,5 +196,34 @@ def test_budgets_answer_a_callerror_and_keep_nothing(tmp_path):
         asyncio.run(scenario())
         assert len(srv.get(doc["_id"])["connectors"]) == 2
         assert events(srv, doc["_id"], "DataTransfer") == []
+    finally:
+        srv.stop()
+
+
+def test_another_process_holding_the_write_lock_stalls_nothing(tmp_path):
+    """Writes are refused quickly (and said why) while the lock is held elsewhere; messages
+    that write nothing are answered at once; all is well once the lock is released."""
+    srv = start_server(tmp_path)
+    try:
+        doc = srv.create()
+
+        async def scenario():
+            async with connect(f"{srv.ocpp_url}/{doc['endpoint']}",
+                               subprotocols=[P16]) as ws:
+                async def call(i: str, action: str, payload: dict) -> tuple[list, float]:
+                    t0 = time.monotonic()
+                    await ws.send(json.dumps([2, i, action, payload]))
+                    return json.loads(await ws.recv()), time.monotonic() - t0
+                status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+                with write_lock_held(srv.store):
+                    frame, took = await call("s1", "StatusNotification", status)
+                    assert frame[0] == 4 and frame[2] == "InternalError", frame
+                    assert took < scaled(1.5), took
+                    frame, took = await call("h1", "Heartbeat", {})
+                    assert frame[0] == 3 and took < scaled(0.5), (frame, took)
+                frame, _ = await call("s2", "StatusNotification", status)
+                assert frame[0] == 3, frame
+        asyncio.run(scenario())
+        assert srv.get(doc["_id"])["status"] == "Available"
     finally:
         srv.stop()

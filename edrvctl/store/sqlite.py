@@ -96,6 +96,7 @@ MIGRATIONS: list[str] = [
     "ALTER TABLE chargestations ADD COLUMN rev INTEGER NOT NULL DEFAULT 1;",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
 
 _COLUMNS = ("protocol", "online", "active", "status", "location", "organization",
             "createdAt", "updatedAt", "lastMessageAt", "lastConnectAt")
@@ -181,7 +182,10 @@ class SqliteStore:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA busy_timeout=5000")
+                # Another process holding the write lock (a backup, the sqlite3 shell) must not
+                # freeze the event loop: wait briefly, then refuse the write (InternalError to
+                # the station, 507 to the admin) rather than stall every station for seconds.
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self._migrate(db)
             except BaseException:
                 db.close()
