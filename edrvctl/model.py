@@ -24,6 +24,9 @@ Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
 # be path navigation, not a segment.
 ENDPOINT_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,48}$")
 OBJECT_ID_RE = re.compile(r"^[0-9a-f]{24}$")
+# What an endpoint may not be, so that it can never be taken for an _id (either case: a person
+# reading or typing one does not see the difference).
+LOOKS_LIKE_ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
 
 # OCPP security profiles (OCPP security whitepaper / 2.0.1 Part 2 A00): what a station must show
 # to connect. The record's `security` is {"type": ..., "profile": n}.
@@ -75,10 +78,16 @@ class Security(BaseModel):
 def check_endpoint(value: str) -> str:
     if not value.strip("."):
         raise ValueError("an endpoint cannot be only dots")
+    if LOOKS_LIKE_ID_RE.match(value):
+        # A station is named by its _id or its endpoint (API paths, `cs delete KEY`) and an _id
+        # wins: such an endpoint could name another station, or this one could not be named.
+        raise ValueError("an endpoint cannot be 24 hex digits: that is the shape of a station "
+                         "_id, and a station is named by either")
     return value
 
 
-# The pattern is in the OpenAPI document too; "not only dots" is checked after it.
+# The pattern is in the OpenAPI document too; "not only dots" and "not an _id" are checked after
+# it.
 Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=48,
                                            pattern=ENDPOINT_RE.pattern),
                      AfterValidator(check_endpoint)]
@@ -125,7 +134,9 @@ def new_id() -> str:
 class StationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: Endpoint = Field(description="OCPP identity; the station connects to <connection_url>/<endpoint>")
+    endpoint: Endpoint = Field(
+        description="OCPP identity; the station connects to <connection_url>/<endpoint>. "
+                    "Not only dots, and not 24 hex digits (the shape of an _id).")
     protocol: Protocol = "ocpp1.6"
     location: ShortText | None = None
     organization: ShortText | None = None

@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -284,6 +285,21 @@ def test_create_invalid_body_is_422(api, body):
         body = [{k: fill(v) for k, v in b.items()} for b in body]
     envelope(api.post(BASE, json=body), 422)
     envelope(api.get(f"{BASE}/ok-{n}"), 404)  # nothing was created
+
+
+def test_endpoint_shaped_like_an_id_is_422(api):
+    """A path names a station by `_id` or endpoint and an `_id` wins, so an endpoint of 24 hex
+    digits could name another station (DELETE it, for one): refused at create, saying why."""
+    other = create(api)
+    fresh = uuid.uuid4().hex[:24]
+    for ep in (other["_id"], other["_id"].upper(), fresh, fresh.upper()):
+        msg = envelope(api.post(BASE, json={"endpoint": ep}), 422)["message"]
+        assert "endpoint" in msg and "_id" in msg, msg
+    envelope(api.get(f"{BASE}/{fresh}"), 404)  # nothing was created
+    assert envelope(api.get(f"{BASE}/{other['_id']}"), 200)["result"] == other
+    # one digit fewer or more, or one character that is not hex: an ordinary endpoint
+    for ep in (uuid.uuid4().hex[:23], uuid.uuid4().hex[:25], uuid.uuid4().hex[:23] + "g"):
+        assert create(api, endpoint=ep)["endpoint"] == ep
 
 
 def test_create_422_names_the_bad_field(api):

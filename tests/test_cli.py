@@ -507,6 +507,15 @@ def test_invalid_endpoint_is_exit_2(server, cli_env, ep):
     assert r.stderr.startswith("error: ") and "endpoint" in r.stderr
 
 
+def test_endpoint_shaped_like_an_id_is_exit_2(server, cli_env):
+    """`cs delete KEY` takes an _id or an endpoint: an endpoint that is another station's _id
+    would make it delete that station. Refused at create."""
+    other = create(cli_env)
+    r = fails(2, cli_env, "cs", "create", other["_id"])
+    assert r.stderr.startswith("error: ") and "_id" in r.stderr
+    assert server.get(other["_id"]) == other
+
+
 def test_duplicate_create_is_exit_5(cli_env):
     doc = create(cli_env)
     r = fails(5, cli_env, "cs", "create", doc["endpoint"])
