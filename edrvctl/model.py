@@ -70,7 +70,7 @@ Coordinates = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
 
 
 class Security(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: SecurityType = "none"
 
@@ -129,10 +129,12 @@ def new_id() -> str:
 
 
 # --- request bodies (also the OpenAPI schema) ---------------------------------------------------
+# Strict, like the schema they publish: a boolean is true or false (not 0, "yes" or "off"), a
+# number is a JSON number (not "1.5"). Lax coercion accepted what /openapi.json says is invalid.
 
 
 class StationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     endpoint: Endpoint = Field(
         description="OCPP identity; the station connects to <connection_url>/<endpoint>. "
@@ -156,7 +158,7 @@ class StationUpdate(BaseModel):
     """PATCH body: only the fields given are changed. The endpoint is the station's identity and
     does not change; delete and create instead."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # Fields that cannot be null default to None only as "not given" (pydantic does not
     # validate defaults), so an explicit null is refused with a 422.
@@ -171,7 +173,7 @@ class StationUpdate(BaseModel):
 
 
 class GetVariablesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     keys: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         default_factory=list,

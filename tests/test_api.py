@@ -262,6 +262,11 @@ def test_create_duplicate_endpoint_is_409_and_changes_nothing(server, api):
     {"endpoint": 123},
     {"endpoint": ["a"]},
     {"endpoint": "ok-{n}", "active": "maybe"},
+    {"endpoint": "ok-{n}", "active": "true"},
+    {"endpoint": "ok-{n}", "active": 1},
+    {"endpoint": "ok-{n}", "is_simulator": 0.0},
+    {"endpoint": "ok-{n}", "coordinates": ["4.9", "52.4"]},
+    {"endpoint": "ok-{n}", "security": {"type": 1}},
     {"endpoint": "ok-{n}", "coordinates": "here"},
     {"endpoint": "ok-{n}", "coordinates": [1.0]},
     {"endpoint": "ok-{n}", "meta_data": [1, 2]},
@@ -443,6 +448,9 @@ def test_patch_empty_body_changes_nothing_but_stays_200(server, api):
     {"_id": "0123456789abcdef01234567"},
     {"online": True},
     {"active": "maybe"},
+    {"active": 0},
+    {"public": "yes"},
+    {"coordinates": [1, "2"]},
     {"protocol": "ocpp3"},
     {"location": ""},
     {"coordinates": [1, 2, 3]},
@@ -759,7 +767,8 @@ def test_get_variables_on_a_live_but_inactive_station_is_406(server, api, live):
         envelope(api.patch(f"{BASE}/{ep}", json={"active": True}), 200)
 
 
-@pytest.mark.parametrize("body", [{"timeout": 0}, {"timeout": 301}, {"keys": "HeartbeatInterval"},
+@pytest.mark.parametrize("body", [{"timeout": 0}, {"timeout": 301}, {"timeout": "5"},
+                                  {"timeout": True}, {"keys": "HeartbeatInterval"},
                                   {"keys": [""]}, {"bogus": 1}], ids=repr)
 def test_get_variables_bad_body_is_422(api, body):
     doc = create(api)
