@@ -23,6 +23,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import hermetic_env, start_server
+from timing import scaled, until, until_past
 from edrvctl import __version__
 from edrvctl.cli import app
 
@@ -100,15 +101,15 @@ class LiveStation:
         async def make():
             return SimStation(endpoint, ocpp_url, "ocpp1.6", connectors=1, reconnect=False)
 
-        self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(scaled(10))
         asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop)
 
     def stop(self) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(10)
+            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(scaled(10))
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
+            self.thread.join(scaled(5))
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +117,12 @@ def live(server):
     loc = uniq("live-loc")
     doc = server.create(uniq("live"), location=loc)
     st = LiveStation(server.ocpp_url, doc["endpoint"])
+    def available():
+        d = server.get(doc["_id"])
+        return d if d["online"] and d["status"] == "Available" else None
+
     try:
-        deadline = time.monotonic() + 15
-        while not (d := server.get(doc["_id"]))["online"] or d["status"] != "Available":
-            assert time.monotonic() < deadline, d
-            time.sleep(0.05)
+        d = until(available, timeout=15, interval=0.05, what=f"{doc['endpoint']} to be Available")
         yield {"doc": d, "location": loc}
     finally:
         st.stop()
@@ -219,7 +221,7 @@ def pair(cli_env):
     """Two stations in a location of their own; newest first."""
     loc, org = uniq("loc"), uniq("org")
     a = create(cli_env, "--location", loc, "--organization", org)
-    time.sleep(0.003)
+    until_past(a["createdAt"])  # b is newer
     b = create(cli_env, "--location", loc, "--organization", org)
     return loc, [b, a]
 
@@ -299,8 +301,9 @@ def test_list_limit_and_all(cli_env):
     loc = uniq("limit")
     ids = []
     for _ in range(3):
-        ids.append(create(cli_env, "--location", loc)["_id"])
-        time.sleep(0.003)
+        doc = create(cli_env, "--location", loc)
+        ids.append(doc["_id"])
+        until_past(doc["createdAt"])  # the next one is newer
     newest = ids[::-1]
     assert ok(cli_env, "cs", "list", "--location", loc, "--limit", "2", "-q").stdout.split() \
         == newest[:2]
@@ -315,7 +318,7 @@ def test_list_default_limit_is_100(cli_env, server):
     loc = uniq("limit")
     # one client, a fresh connection per request (server.create() builds a client per call)
     with httpx.Client(base_url=server.api_url, headers={"Authorization": f"Bearer {server.token}"},
-                      limits=httpx.Limits(max_keepalive_connections=0)) as c:
+                      limits=httpx.Limits(max_keepalive_connections=0), timeout=scaled(30)) as c:
         for _ in range(101):
             assert c.post("/v1.1/chargestations",
                           json={"endpoint": uniq("many"), "location": loc}).status_code == 201
@@ -457,7 +460,7 @@ def test_config_unknown_is_exit_3(cli_env):
 
 def test_config_on_a_live_station(server, cli_env, live):
     ep = live["doc"]["endpoint"]
-    r = ok(cli_env, "cs", "config", ep, "--timeout", "10")
+    r = ok(cli_env, "cs", "config", ep, "--timeout", str(scaled(10)))
     rows = plain_rows(r.stdout)
     assert rows[0] == ["KEY", "VALUE", "READONLY"]
     keys = {row[0]: row for row in rows[1:]}

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import hermetic_env
 from edrvctl.cli import app
+from timing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("edrvctl")  # the installed console script
@@ -53,7 +54,7 @@ def complete(env: dict, shell: str = "bash", words: str | None = None,
     if fish_action is not None:
         env["_TYPER_COMPLETE_FISH_ACTION"] = fish_action
     cmd = [sys.executable, *python_flags, "-m", "edrvctl"] if python_flags else [str(SCRIPT)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=scaled(30))
 
 
 def lines(p) -> list[str]:
@@ -225,7 +226,8 @@ def test_completion_does_not_import_heavy_modules(tmp_path):
 
 def test_importing_the_cli_does_not_import_network_or_ocpp_modules(tmp_path):
     p = subprocess.run([sys.executable, "-X", "importtime", "-c", "import edrvctl.cli"],
-                       env=base_env(tmp_path), capture_output=True, text=True, timeout=30)
+                       env=base_env(tmp_path), capture_output=True, text=True,
+                       timeout=scaled(30))
     assert p.returncode == 0, p.stderr
     imported = {line.split("|")[-1].strip() for line in p.stderr.splitlines()
                 if line.startswith("import time:")}

@@ -28,6 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 
+from timing import scaled
+
 BASE = "/v1.1/chargestations"
 _seq = itertools.count(1)
 
@@ -75,7 +77,7 @@ def request(server, method: str, path, *, token: bool = True, **kw) -> httpx.Res
     client = _clients.get(server.api_url)
     if client is None:
         client = _clients[server.api_url] = httpx.Client(
-            base_url=server.api_url, timeout=30,
+            base_url=server.api_url, timeout=scaled(30),
             limits=httpx.Limits(max_keepalive_connections=0))
     headers = {**(auth(server) if token else {}), **kw.pop("headers", {})}
     return client.request(method, path, headers=headers, **kw)
@@ -144,8 +146,9 @@ def test_openapi_operations_never_5xx_and_always_envelope(server, api_schema, ex
             if mode is GenerationMode.POSITIVE and op.path.endswith("/get_variables") \
                     and isinstance(case.body, dict) \
                     and isinstance(case.body.get("timeout"), (int, float)):
-                case.body["timeout"] = min(case.body["timeout"], 1)  # stations here are offline
-            response = case.call(headers=auth(server), timeout=30, session=session)
+                # stations here are offline: nothing is waited for, but keep it short anyway
+                case.body["timeout"] = min(case.body["timeout"], scaled(1))
+            response = case.call(headers=auth(server), timeout=scaled(30), session=session)
             what = f"{mode.value} {case.method} {case.formatted_path} {case.as_curl_command()}"
             assert_envelope(response.status_code,
                             (response.headers.get("content-type") or [None])[0],
@@ -271,7 +274,7 @@ def test_oversized_bodies(server, existing):
     many = {"endpoint": uniq(), "meta_data": {f"k{i}": i for i in range(100_000)}}
     check(request(server, "POST", BASE, json=many), "100k keys")
     r = request(server, "POST", f"{BASE}/{existing[0]}/get_variables",
-                json={"keys": ["K"] * 100_000, "timeout": 1})
+                json={"keys": ["K"] * 100_000, "timeout": scaled(1)})
     check(r, "100k get_variables keys", expect=(400, 404, 406, 413, 422))
     # the server is still fine
     check(request(server, "GET", BASE, params={"paginate_limit": 5}), expect=200)
@@ -327,7 +330,7 @@ ODD_IDS = ["a%2Fb", "%2F..%2F", "..%2F..%2Fopenapi.json", "%252F", "%25", "%00",
 def test_path_ids_with_slashes_and_percent_encoding(server, raw_id):
     for method, suffix, kw in (("GET", "", {}), ("PATCH", "", {"json": {"location": "x"}}),
                                ("DELETE", "", {}), ("GET", "/connectors", {}),
-                               ("POST", "/get_variables", {"json": {"timeout": 1}})):
+                               ("POST", "/get_variables", {"json": {"timeout": scaled(1)}})):
         path = f"{BASE}/{raw_id}{suffix}"
         r = request(server, method, raw(server, path), **kw)
         body = check(r, f"{method} {path}", expect=(400, 404, 405))

@@ -43,6 +43,8 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from timing import scaled, until
+
 BASE = "/v1.1/chargestations"
 P16, P201 = "ocpp1.6", "ocpp2.0.1"
 PROTOS = [P16, P201]
@@ -211,7 +213,8 @@ class Station:
             self.ws.close()
         # entered at once: a long-lived connection, closed by the fixture or the test
         self.ws = connect(f"{self.server.ocpp_url}/{self.endpoint}", subprotocols=[self.proto],
-                          proxy=None, compression=None, open_timeout=5, close_timeout=2,
+                          proxy=None, compression=None, open_timeout=scaled(5),
+                          close_timeout=scaled(2),
                           max_size=None).__enter__()
         frame = self.call("BootNotification", VALID[self.proto]["BootNotification"])
         assert frame[0] == 3 and frame[2]["status"] == "Accepted", frame
@@ -220,8 +223,8 @@ class Station:
         """Start a test from a clean connection: reopened if an earlier test left it closed,
         and nothing left over from it (a failing test must not fail the next ones)."""
         try:
-            while True:
-                self.ws.recv(timeout=0.05)
+            while True:  # until nothing more comes for a moment
+                self.ws.recv(timeout=scaled(0.05))
         except TimeoutError:
             return
         except ConnectionClosed:
@@ -229,8 +232,10 @@ class Station:
 
     def pace(self) -> None:
         """Stay under the server's per-station CALL rate (50/s, burst 100): a rate-limited
-        CALL only gets GenericError and would never reach validation or a handler."""
-        wait = self.last_call + 1 / 40 - time.monotonic()
+        CALL only gets GenericError and would never reach validation or a handler. This must be
+        a wait: the server counts CALLs per second of the wall clock, and there is nothing to
+        poll (its bucket is not visible; a refusal would already be the failure)."""
+        wait = self.last_call + scaled(1 / 40) - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         self.last_call = time.monotonic()
@@ -239,9 +244,9 @@ class Station:
         self.ws.send(frame)
 
     def recv(self, timeout: float = 15) -> list:
-        """The next reply (a CALL from the server is not one: skipped)."""
+        """The next reply (a CALL from the server is not one: skipped); `timeout` is scaled."""
         while True:
-            raw = self.ws.recv(timeout=timeout)
+            raw = self.ws.recv(timeout=scaled(timeout))
             frame = json.loads(raw)
             assert isinstance(frame, list) and frame and frame[0] in (2, 3, 4), raw[:300]
             if frame[0] != 2:
@@ -261,14 +266,16 @@ class Station:
 
     def heartbeat(self) -> list:
         """A Heartbeat is answered with a CALLRESULT (a rate-limit refusal is retried)."""
-        deadline = time.monotonic() + 15
-        while True:
+
+        def answered() -> list | None:
             frame = self.call("Heartbeat", {})
-            if frame[0] == 3 or time.monotonic() > deadline:
-                break
-            assert frame[2] == "GenericError", frame
-            time.sleep(0.2)
-        assert frame[0] == 3 and "currentTime" in frame[2], frame
+            if frame[0] == 3:
+                return frame
+            assert frame[2] == "GenericError", frame  # rate-limited: tokens come back
+            return None
+
+        frame = until(answered, timeout=15, interval=0.2, what="a Heartbeat answered")
+        assert "currentTime" in frame[2], frame
         return frame
 
     def check_callerror(self, frame: list, mid: str) -> None:
@@ -347,6 +354,19 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def settled_rss_mb(pid: int) -> float:
+    """The server's RSS once it has stopped changing (within 0.5 MB over 0.1 s): what it keeps
+    after the work just done, not memory it is still taking or giving back."""
+    readings = [rss_mb(pid)]
+
+    def steady() -> float | None:
+        readings.append(rss_mb(pid))
+        return readings[-1] if len(readings) > 2 and abs(readings[-1] - readings[-2]) < 0.5 \
+            else None
+
+    return until(steady, timeout=5, interval=0.1, what="the server's RSS to settle")
+
+
 @pytest.fixture(scope="module")
 def stations(server):
     made = {}
@@ -374,9 +394,9 @@ def still_serving(server, stations, proto: str, since: int) -> None:
         raise AssertionError(f"the fuzzed connection was closed: {e}") from None
     bystander = stations["bystander"]
     with pytest.raises(TimeoutError):  # nothing of the fuzzing leaked to another station
-        bystander.ws.recv(timeout=0.05)
+        bystander.ws.recv(timeout=scaled(0.05))
     bystander.heartbeat()
-    with httpx.Client(base_url=server.api_url, timeout=10,
+    with httpx.Client(base_url=server.api_url, timeout=scaled(10),
                       headers={"Authorization": f"Bearer {server.token}"}) as c:
         for s in (st_, stations["bystander"]):
             doc = c.get(f"{BASE}/{s.endpoint}").json()["result"]
@@ -622,14 +642,14 @@ def test_responses_with_unknown_ids_get_no_reply(server, stations, proto):
     @given(frame=unknown_responses())
     def prop(frame):
         assert st_.exchange(frame) is None
-        # and really nothing: not even late
+        # and really nothing: not even late (a wait by nature: nothing is what is asserted)
         with pytest.raises(TimeoutError):
-            st_.ws.recv(timeout=0.01)
+            st_.ws.recv(timeout=scaled(0.01))
 
     prop()
     # a longer wait once: nothing arrives for any of them
     with pytest.raises(TimeoutError):
-        st_.ws.recv(timeout=0.5)
+        st_.ws.recv(timeout=scaled(0.5))
     still_serving(server, stations, proto, since)
 
 
@@ -689,15 +709,13 @@ def test_flood_of_bad_frames_and_refused_upgrades_does_not_grow_memory(server, s
         for i in range(n_upgrades):
             with pytest.raises(InvalidStatus) as refused:
                 connect(f"{server.ocpp_url}/no-such-station-{i}", subprotocols=[P16],
-                        proxy=None, open_timeout=5)
+                        proxy=None, open_timeout=scaled(5))
             assert refused.value.response.status_code == 404
 
     flood(300, 50)  # warm-up: caches, allocator arenas
-    time.sleep(0.3)
-    before = rss_mb(pid)
+    before = settled_rss_mb(pid)
     flood(2000, 500)
-    time.sleep(0.3)
-    after = rss_mb(pid)
+    after = settled_rss_mb(pid)
     print(f"server RSS {before:.1f} MB -> {after:.1f} MB over the flood")
     assert after - before < 20, f"RSS grew from {before:.0f} to {after:.0f} MB"
     for proto in PROTOS:
@@ -793,7 +811,7 @@ def test_a_refused_message_does_not_break_the_station(server, case):
     try:
         st_.call(action, payload, refusable=True)  # refused, one way or another
         frame = st_.call("Heartbeat", {})
-        with httpx.Client(base_url=server.api_url, timeout=10,
+        with httpx.Client(base_url=server.api_url, timeout=scaled(10),
                           headers={"Authorization": f"Bearer {server.token}"}) as c:
             r = c.get(f"{BASE}/{st_.endpoint}")
         assert frame[0] == 3 and r.status_code == 200, \
@@ -810,14 +828,12 @@ def test_unsolicited_replies_are_dropped_not_kept(server):
     st_.open()
     try:
         st_.heartbeat()
-        time.sleep(0.3)
-        before = rss_mb(server.proc.pid)
+        before = settled_rss_mb(server.proc.pid)
         big = "q" * 100_000
         for i in range(600):
             st_.send(dumps([3, f"unknown-{i}", {"blob": big}]))
         st_.heartbeat()  # all read by now
-        time.sleep(0.3)
-        after = rss_mb(server.proc.pid)
+        after = settled_rss_mb(server.proc.pid)
         assert after - before < 20, f"RSS grew from {before:.0f} to {after:.0f} MB"
     finally:
         st_.ws.close()
@@ -833,14 +849,15 @@ def _command_with_noise(server, st_: Station, noise_before: int, noise_during: i
     result = {}
 
     def fetch():
-        with httpx.Client(base_url=server.api_url, timeout=30, headers={
+        with httpx.Client(base_url=server.api_url, timeout=scaled(30), headers={
                 "Authorization": f"Bearer {server.token}"}) as c:
-            result["r"] = c.post(f"{BASE}/{st_.endpoint}/get_variables", json={"timeout": 5})
+            result["r"] = c.post(f"{BASE}/{st_.endpoint}/get_variables",
+                                 json={"timeout": scaled(5)})
 
     t = threading.Thread(target=fetch)
     t.start()
     try:
-        call = json.loads(st_.ws.recv(timeout=6))
+        call = json.loads(st_.ws.recv(timeout=scaled(6)))
         assert call[0] == 2 and call[2] == "GetConfiguration", call
         for i in range(noise_during):
             st_.send(dumps([3 if i % 2 else 4, f"noise-{i}", *(
@@ -848,7 +865,7 @@ def _command_with_noise(server, st_: Station, noise_before: int, noise_during: i
         st_.send(dumps([3, call[1], {"configurationKey": [
             {"key": "K", "readonly": False, "value": "1"}], "unknownKey": []}]))
     finally:
-        t.join(30)
+        t.join(scaled(30))
     r = result["r"]
     assert r.status_code == 201, r.text
     assert r.json()["result"]["csconfig"][0]["key"] == "K", r.text
