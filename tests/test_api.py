@@ -764,14 +764,18 @@ def test_get_variables_on_a_live_station(server, api, live):
     assert one["unknownKeys"] == ["NoSuchKey"]
 
 
-def test_get_variables_on_a_live_but_inactive_station_is_406(server, api, live):
-    ep = live["doc"]["endpoint"]
-    envelope(api.patch(f"{BASE}/{ep}", json={"active": False}), 200)
+def test_get_variables_on_a_live_but_inactive_station_is_406(server, api):
+    # A station of its own, not the module's `live`: deactivating one tells it Inoperative and
+    # changes its connectors, which the tests sharing `live` compare with its record.
+    doc = server.create(uniq("inactive"))
+    st = LiveStation(server.ocpp_url, doc["endpoint"])
     try:
-        body = envelope(api.post(f"{BASE}/{ep}/get_variables"), 406)
+        wait_for(server, doc["_id"], lambda d: d["online"] and d["status"] == "Available")
+        envelope(api.patch(f"{BASE}/{doc['_id']}", json={"active": False}), 200)
+        body = envelope(api.post(f"{BASE}/{doc['endpoint']}/get_variables"), 406)
         assert "inactive" in body["message"]
     finally:
-        envelope(api.patch(f"{BASE}/{ep}", json={"active": True}), 200)
+        st.stop()
 
 
 @pytest.mark.parametrize("body", [{"timeout": 0}, {"timeout": 301}, {"timeout": "5"},
