@@ -14,10 +14,12 @@ from edrvctl.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
-Format = Enum("Format", {f: f for f in output.FORMATS}, type=str)
-ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)
-StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)
-SecurityName = Enum("SecurityName", {s: s for s in (
+# Choices for Typer, made from the constants (member names like "ocpp1.6" cannot be class
+# attributes); mypy cannot see the members of an Enum made this way.
+Format = Enum("Format", {f: f for f in output.FORMATS}, type=str)  # type: ignore[misc]
+ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)  # type: ignore[misc]
+StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)  # type: ignore[misc]
+SecurityName = Enum("SecurityName", {s: s for s in (  # type: ignore[misc]
     "none", "basic_auth", "tls_basic_auth", "tls_client_cert")}, type=str)
 
 

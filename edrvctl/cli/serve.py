@@ -88,7 +88,7 @@ def serve(
                          "--api-tls (with --tls-cert/--tls-key), or --insecure-api if a proxy "
                          "in front of it does TLS")
     try:
-        tls = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
+        tls = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
     except (OSError, ssl.SSLError) as e:
         raise UsageError(f"cannot load the TLS certificate or key: {e}") from None
     setup_logging(log_level.upper(), log_format)

@@ -8,8 +8,12 @@ import typer
 
 from edrvctl.cli import output
 
-SimProtocol = Enum("SimProtocol", {p: p for p in ("ocpp1.6", "ocpp2.0.1", "mixed")}, type=str)
-SummaryFormat = Enum("SummaryFormat", {f: f for f in ("text", "json")}, type=str)
+# Choices for Typer (member names like "ocpp1.6" cannot be class attributes); mypy cannot see
+# the members of an Enum made this way.
+SimProtocol = Enum(  # type: ignore[misc]
+    "SimProtocol", {p: p for p in ("ocpp1.6", "ocpp2.0.1", "mixed")}, type=str)
+SummaryFormat = Enum(  # type: ignore[misc]
+    "SummaryFormat", {f: f for f in ("text", "json")}, type=str)
 
 
 def _local_ocpp_url() -> Optional[str]:
