@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def bare(port: int) -> None:
@@ -25,11 +25,13 @@ async def bare(port: int) -> None:
     async def handle(ws):
         async for raw in ws:
             mid = json.loads(raw)[1]
-            await ws.send(f'[3,"{mid}",{{"currentTime":"{now()}","interval":300,'
-                          f'"status":"Accepted"}}]')
+            await ws.send(
+                f'[3,"{mid}",{{"currentTime":"{now()}","interval":300,"status":"Accepted"}}]'
+            )
 
-    async with serve(handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None,
-                     ping_interval=None):
+    async with serve(
+        handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None, ping_interval=None
+    ):
         print("ready", flush=True)
         await asyncio.Future()
 
@@ -42,8 +44,7 @@ async def ocpp_default(port: int) -> None:
     class CP(ChargePoint):
         @on("BootNotification")
         def boot(self, **kw):
-            return call_result.BootNotification(current_time=now(), interval=300,
-                                                status="Accepted")
+            return call_result.BootNotification(current_time=now(), interval=300, status="Accepted")
 
         @on("Heartbeat")
         def heartbeat(self, **kw):
@@ -63,8 +64,9 @@ async def ocpp_default(port: int) -> None:
         except Exception:
             pass
 
-    async with serve(handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None,
-                     ping_interval=None):
+    async with serve(
+        handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None, ping_interval=None
+    ):
         print("ready", flush=True)
         await asyncio.Future()
 

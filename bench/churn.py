@@ -21,13 +21,14 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import start_server  # noqa: E402
+from conftest import start_server
 
 
 def rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     return 0
 
 
@@ -66,8 +67,15 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=10000)
     ap.add_argument("--parallel", type=int, default=20)
     a = ap.parse_args()
-    srv = start_server(Path(tempfile.mkdtemp(prefix="edrvctl-churn-")),
-                       "--ping-interval", "1", "--ping-timeout", "1", "--log-level", "warning")
+    srv = start_server(
+        Path(tempfile.mkdtemp(prefix="edrvctl-churn-")),
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "1",
+        "--log-level",
+        "warning",
+    )
     try:
         endpoints = [srv.create()["endpoint"] for _ in range(a.parallel)]
         asyncio.run(churn(srv.ocpp_url, endpoints, 500))  # warm-up
@@ -82,9 +90,20 @@ def main() -> None:
             online = api.get("/v1.1/chargestations", params={"online": "true"}).json()["total"]
     finally:
         srv.stop()
-    print(json.dumps({"cycles": a.cycles, "parallel": a.parallel, "seconds": round(took, 1),
-                      "failures": failures, "rss_before_kb": before, "rss_after_kb": after,
-                      "rss_growth_kb": after - before, "online_after": online}))
+    print(
+        json.dumps(
+            {
+                "cycles": a.cycles,
+                "parallel": a.parallel,
+                "seconds": round(took, 1),
+                "failures": failures,
+                "rss_before_kb": before,
+                "rss_after_kb": after,
+                "rss_growth_kb": after - before,
+                "online_after": online,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

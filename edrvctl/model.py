@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -55,18 +55,17 @@ def check_json_value(value: Any, depth: int = 0) -> Any:
             check_json_value(v, depth + 1)
     elif isinstance(value, bool) or value is None or isinstance(value, str):
         pass
-    elif isinstance(value, int):
-        if not -2**63 <= value < 2**64:
-            raise ValueError("an integer outside 64 bits")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("a number that is not finite (NaN or Infinity)")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValueError("an integer outside 64 bits")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a number that is not finite (NaN or Infinity)")
     return value
 
 
 MetaData = Annotated[dict[str, Any], AfterValidator(check_json_value)]
-Coordinates = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
-                        Field(min_length=2, max_length=2)]
+Coordinates = Annotated[
+    list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=2, max_length=2)
+]
 
 
 class Security(BaseModel):
@@ -81,16 +80,20 @@ def check_endpoint(value: str) -> str:
     if LOOKS_LIKE_ID_RE.match(value):
         # A station is named by its _id or its endpoint (API paths, `cs delete KEY`) and an _id
         # wins: such an endpoint could name another station, or this one could not be named.
-        raise ValueError("an endpoint cannot be 24 hex digits: that is the shape of a station "
-                         "_id, and a station is named by either")
+        raise ValueError(
+            "an endpoint cannot be 24 hex digits: that is the shape of a station "
+            "_id, and a station is named by either"
+        )
     return value
 
 
 # The pattern is in the OpenAPI document too; "not only dots" and "not an _id" are checked after
 # it.
-Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=48,
-                                           pattern=ENDPOINT_RE.pattern),
-                     AfterValidator(check_endpoint)]
+Endpoint = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=48, pattern=ENDPOINT_RE.pattern),
+    AfterValidator(check_endpoint),
+]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -109,13 +112,13 @@ def utcnow() -> str:
 
 
 def format_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> datetime:
     """Parse an ISO-8601 date-time; naive times are taken as UTC. Raises ValueError."""
     t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 _counter = int.from_bytes(os.urandom(3), "big")
@@ -138,7 +141,8 @@ class StationCreate(BaseModel):
 
     endpoint: Endpoint = Field(
         description="OCPP identity; the station connects to <connection_url>/<endpoint>. "
-                    "Not only dots, and not 24 hex digits (the shape of an _id).")
+        "Not only dots, and not 24 hex digits (the shape of an _id)."
+    )
     protocol: Protocol = "ocpp1.6"
     location: ShortText | None = None
     organization: ShortText | None = None
@@ -151,7 +155,8 @@ class StationCreate(BaseModel):
     security: Security = Field(
         default_factory=Security,
         description="none; basic_auth (profile 1); tls_basic_auth (2); tls_client_cert (3). "
-                    "With a password, the response carries it once as `password`.")
+        "With a password, the response carries it once as `password`.",
+    )
 
 
 class StationUpdate(BaseModel):
@@ -209,8 +214,7 @@ def new_station(body: StationCreate, now: str) -> dict:
         "static_endpoint": body.static_endpoint,
         "coordinates": body.coordinates,
         "meta_data": body.meta_data,
-        "security": {"type": body.security.type,
-                     "profile": SECURITY_PROFILES[body.security.type]},
+        "security": {"type": body.security.type, "profile": SECURITY_PROFILES[body.security.type]},
     }
 
 
@@ -219,8 +223,16 @@ def new_station(body: StationCreate, now: str) -> dict:
 # A station's `status` is the most urgent status among its connectors, in this order: a fault
 # needs the admin first, then what is in use, then what could be used, then what cannot.
 STATUS_PRECEDENCE = (
-    "Faulted", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing", "Preparing", "Occupied",
-    "Reserved", "Available", "Unavailable",
+    "Faulted",
+    "Charging",
+    "SuspendedEVSE",
+    "SuspendedEV",
+    "Finishing",
+    "Preparing",
+    "Occupied",
+    "Reserved",
+    "Available",
+    "Unavailable",
 )
 _RANK = {s: i for i, s in enumerate(STATUS_PRECEDENCE)}
 

@@ -32,8 +32,11 @@ class Server:
     _n: list = field(default_factory=lambda: [0])
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url, timeout=scaled(30),
-                            headers={"Authorization": f"Bearer {self.token}"})
+        return httpx.Client(
+            base_url=self.api_url,
+            timeout=scaled(30),
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
 
     def create(self, endpoint: str | None = None, **body) -> dict:
         """Create a station through the API; returns its record."""
@@ -62,15 +65,23 @@ class Server:
 
 
 def hermetic_env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("EDRV", "XDG_"))}
-    env.update(XDG_DATA_HOME=str(root / "data"), XDG_CONFIG_HOME=str(root / "config"),
-               XDG_CACHE_HOME=str(root / "cache"), NO_COLOR="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDRV", "XDG_"))}
+    env.update(
+        XDG_DATA_HOME=str(root / "data"),
+        XDG_CONFIG_HOME=str(root / "config"),
+        XDG_CACHE_HOME=str(root / "cache"),
+        NO_COLOR="1",
+    )
     return env
 
 
-def start_server(root: Path, *args: str, token: str | None = TOKEN, store: Path | None = None,
-                 env: dict | None = None) -> Server:
+def start_server(
+    root: Path,
+    *args: str,
+    token: str | None = TOKEN,
+    store: Path | None = None,
+    env: dict | None = None,
+) -> Server:
     root.mkdir(parents=True, exist_ok=True)
     env = dict(env or hermetic_env(root))
     if token:
@@ -79,9 +90,25 @@ def start_server(root: Path, *args: str, token: str | None = TOKEN, store: Path 
     log = root / f"serve-{time.monotonic_ns()}.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edrvctl", "serve", "--store", str(store), "--api-port", "0",
-             "--ocpp-port", "0", "--ocpp-host", "127.0.0.1", *args],
-            stdout=subprocess.DEVNULL, stderr=err, env=env)
+            [
+                sys.executable,
+                "-m",
+                "edrvctl",
+                "serve",
+                "--store",
+                str(store),
+                "--api-port",
+                "0",
+                "--ocpp-port",
+                "0",
+                "--ocpp-host",
+                "127.0.0.1",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
 
     def ready() -> re.Match | None:
         if proc.poll() is not None:
@@ -94,8 +121,15 @@ def start_server(root: Path, *args: str, token: str | None = TOKEN, store: Path 
         proc.kill()
         proc.wait()
         raise RuntimeError(f"serve did not start ({e}):\n{log.read_text()}") from None
-    return Server(proc, m.group(1), m.group(2), store, env, log,
-                  token=token or (store.parent / "token").read_text().strip())
+    return Server(
+        proc,
+        m.group(1),
+        m.group(2),
+        store,
+        env,
+        log,
+        token=token or (store.parent / "token").read_text().strip(),
+    )
 
 
 @pytest.fixture(scope="module")

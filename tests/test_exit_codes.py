@@ -30,10 +30,19 @@ def test_ctrl_c_while_waiting_for_a_station_is_exit_130(server, cli_env):
 
     def silent_station():
         async def run():
-            async with connect(f"{server.ocpp_url}/{ep}", subprotocols=["ocpp1.6"],
-                               open_timeout=scaled(10)) as ws:
-                await ws.send(json.dumps([2, "b", "BootNotification",
-                                          {"chargePointVendor": "V", "chargePointModel": "M"}]))
+            async with connect(
+                f"{server.ocpp_url}/{ep}", subprotocols=["ocpp1.6"], open_timeout=scaled(10)
+            ) as ws:
+                await ws.send(
+                    json.dumps(
+                        [
+                            2,
+                            "b",
+                            "BootNotification",
+                            {"chargePointVendor": "V", "chargePointModel": "M"},
+                        ]
+                    )
+                )
                 await ws.recv()
                 booted.set()
                 while not stop.is_set():  # read what the server asks, never answer
@@ -43,6 +52,7 @@ def test_ctrl_c_while_waiting_for_a_station_is_exit_130(server, cli_env):
                         continue
                     if frame[0] == 2 and frame[2] == "GetConfiguration":
                         asked.set()
+
         asyncio.run(run())
 
     t = threading.Thread(target=silent_station, daemon=True)
@@ -50,9 +60,13 @@ def test_ctrl_c_while_waiting_for_a_station_is_exit_130(server, cli_env):
     p = None
     try:
         assert booted.wait(scaled(10))
-        p = subprocess.Popen([sys.executable, "-m", "edrvctl", "cs", "config", ep,
-                              "--timeout", str(scaled(60))], env=cli_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "edrvctl", "cs", "config", ep, "--timeout", str(scaled(60))],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # The station was asked: the CLI's request is out and it is waiting for the answer.
         assert asked.wait(scaled(20)), "the station was never asked for its configuration"
         p.send_signal(signal.SIGINT)
