@@ -26,11 +26,13 @@ async def bare(port: int) -> None:
     async def handle(ws):
         async for raw in ws:
             mid = json.loads(raw)[1]
-            await ws.send(f'[3,"{mid}",{{"currentTime":"{now()}","interval":300,'
-                          f'"status":"Accepted"}}]')
+            await ws.send(
+                f'[3,"{mid}",{{"currentTime":"{now()}","interval":300,"status":"Accepted"}}]'
+            )
 
-    async with serve(handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None,
-                     ping_interval=None):
+    async with serve(
+        handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None, ping_interval=None
+    ):
         print("ready", flush=True)
         await asyncio.Future()
 
@@ -43,8 +45,7 @@ async def ocpp_default(port: int) -> None:
     class CP(ChargePoint):
         @on("BootNotification")
         def boot(self, **kw):
-            return call_result.BootNotification(current_time=now(), interval=300,
-                                                status="Accepted")
+            return call_result.BootNotification(current_time=now(), interval=300, status="Accepted")
 
         @on("Heartbeat")
         def heartbeat(self, **kw):
@@ -62,8 +63,9 @@ async def ocpp_default(port: int) -> None:
         with contextlib.suppress(Exception):  # the station went away
             await CP(ws.request.path.strip("/"), ws).start()
 
-    async with serve(handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None,
-                     ping_interval=None):
+    async with serve(
+        handle, "127.0.0.1", port, subprotocols=["ocpp1.6"], compression=None, ping_interval=None
+    ):
         print("ready", flush=True)
         await asyncio.Future()
 

@@ -36,9 +36,16 @@ def seed(store: Path, n: int) -> None:
     def docs():
         for i in range(n):
             doc = model.new_station(model.StationCreate(endpoint=f"BENCH{i:06d}"), now)
-            doc.update(manufacturer="ACME", model="X1", status="Available",
-                       bootInfo={"chargePointVendor": "ACME", "chargePointModel": "X1",
-                                 "firmwareVersion": "1.2.3"})
+            doc.update(
+                manufacturer="ACME",
+                model="X1",
+                status="Available",
+                bootInfo={
+                    "chargePointVendor": "ACME",
+                    "chargePointModel": "X1",
+                    "firmwareVersion": "1.2.3",
+                },
+            )
             for c in (1, 2):
                 model.upsert_connector(doc, c, c, now, status="Available", errorCode="NoError")
             yield doc
@@ -97,16 +104,20 @@ def main() -> None:
     try:
         env = hermetic_env(root)
         env.update(EDRV_API_URL=srv.api_url, EDRV_TOKEN=srv.token)
-        complete_env = dict(env, _EDRVCTL_COMPLETE="complete_bash",
-                            COMP_WORDS="edrvctl cs ins", COMP_CWORD="2")
+        complete_env = dict(
+            env, _EDRVCTL_COMPLETE="complete_bash", COMP_WORDS="edrvctl cs ins", COMP_CWORD="2"
+        )
         py = sys.executable
         cases = [
             ("python -c pass", [py, "-c", "pass"], env),
             ("python -c 'import typer'", [py, "-c", "import typer"], env),
             ("edrvctl --help", [edrvctl, "--help"], env),
             ("completion request (bash)", [edrvctl], complete_env),
-            (f"edrvctl cs list --all -o json ({args.stations})",
-             [edrvctl, "cs", "list", "--all", "-o", "json"], env),
+            (
+                f"edrvctl cs list --all -o json ({args.stations})",
+                [edrvctl, "cs", "list", "--all", "-o", "json"],
+                env,
+            ),
         ]
         # Interleave the cases run by run, so machine noise hits them alike.
         samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
@@ -121,18 +132,26 @@ def main() -> None:
     base, typer_ms = med["python -c pass"], med["python -c 'import typer'"]
     help_ms, comp_ms = med["edrvctl --help"], med["completion request (bash)"]
     list_ms = med[cases[-1][0]]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; {args.runs} interleaved runs, medians")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; {args.runs} interleaved runs, medians"
+    )
     print("| command | median ms |\n|---|---:|")
     for name, ms in med.items():
         print(f"| {name} | {ms:.1f} |")
     checks = [
-        (f"--help / import typer = {help_ms / typer_ms:.2f}x (target <= 1.3x)",
-         help_ms <= 1.3 * typer_ms),
-        (f"completion / python -c pass = {comp_ms / base:.2f}x (target <= 2.5x)",
-         comp_ms <= 2.5 * base),
-        (f"list --all -o json over {args.stations} = {list_ms / 1000:.2f} s (target <= 1.5 s)",
-         list_ms <= 1500),
+        (
+            f"--help / import typer = {help_ms / typer_ms:.2f}x (target <= 1.3x)",
+            help_ms <= 1.3 * typer_ms,
+        ),
+        (
+            f"completion / python -c pass = {comp_ms / base:.2f}x (target <= 2.5x)",
+            comp_ms <= 2.5 * base,
+        ),
+        (
+            f"list --all -o json over {args.stations} = {list_ms / 1000:.2f} s (target <= 1.5 s)",
+            list_ms <= 1500,
+        ),
     ]
     for text, ok in checks:
         print(f"- {'met' if ok else 'MISSED'}: {text}")

@@ -26,11 +26,29 @@ from websockets.asyncio.client import connect
 NOW = "2026-01-01T00:00:00.000Z"
 MIX = [  # (action, payload): Heartbeat, StatusNotification, MeterValues, as a station sends them
     ("Heartbeat", {}),
-    ("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available",
-                            "timestamp": NOW}),
-    ("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": NOW, "sampledValue": [
-        {"value": "1234.5", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-        {"value": "7200", "measurand": "Power.Active.Import", "unit": "W"}]}]}),
+    (
+        "StatusNotification",
+        {"connectorId": 1, "errorCode": "NoError", "status": "Available", "timestamp": NOW},
+    ),
+    (
+        "MeterValues",
+        {
+            "connectorId": 1,
+            "meterValue": [
+                {
+                    "timestamp": NOW,
+                    "sampledValue": [
+                        {
+                            "value": "1234.5",
+                            "measurand": "Energy.Active.Import.Register",
+                            "unit": "Wh",
+                        },
+                        {"value": "7200", "measurand": "Power.Active.Import", "unit": "W"},
+                    ],
+                }
+            ],
+        },
+    ),
     ("Heartbeat", {}),
 ]
 BOOT = ("BootNotification", {"chargePointVendor": "Bench", "chargePointModel": "Load"})
@@ -63,8 +81,13 @@ async def station(url: str, endpoint: str, run: Run, handshakes: asyncio.Semapho
     frames = [json.dumps([2, "ID", a, p]) for a, p in MIX]
     try:
         async with handshakes:  # bounded concurrent handshakes
-            ws = await connect(f"{url}/{quote(endpoint)}", subprotocols=["ocpp1.6"],
-                               compression=None, open_timeout=120, ping_interval=None)
+            ws = await connect(
+                f"{url}/{quote(endpoint)}",
+                subprotocols=["ocpp1.6"],
+                compression=None,
+                open_timeout=120,
+                ping_interval=None,
+            )
         async with ws:
             await ws.send(frame(0, *BOOT))
             await ws.recv()
@@ -83,13 +106,15 @@ async def station(url: str, endpoint: str, run: Run, handshakes: asyncio.Semapho
         run.first_error = run.first_error or repr(e)
 
 
-async def measure(url: str, n: int, seconds: float, prefix: str, warmup: float,
-                  server_pid: int | None = None) -> dict:
+async def measure(
+    url: str, n: int, seconds: float, prefix: str, warmup: float, server_pid: int | None = None
+) -> dict:
     run = Run()
     handshakes = asyncio.Semaphore(200)
     t0 = time.perf_counter()
-    tasks = [asyncio.create_task(station(url, f"{prefix}{i:06d}", run, handshakes))
-             for i in range(n)]
+    tasks = [
+        asyncio.create_task(station(url, f"{prefix}{i:06d}", run, handshakes)) for i in range(n)
+    ]
     while run.connected + run.failed < n:
         await asyncio.sleep(0.05)
     connect_s = time.perf_counter() - t0
@@ -107,14 +132,25 @@ async def measure(url: str, n: int, seconds: float, prefix: str, warmup: float,
 
     def pct(p: float) -> float | None:
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
-    return {"stations": n, "connected": run.connected, "failed": run.failed,
-            "first_error": run.first_error, "errors": run.errors,
-            "connect_s": round(connect_s, 2), "seconds": round(elapsed, 2), "calls": len(lat),
-            "calls_per_s": round(len(lat) / elapsed, 1), "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99), "client_cpu_pct": round(100 * client_cpu / elapsed, 1),
-            "server_cpu_pct": round(100 * server_cpu / elapsed, 1) if server_pid else None,
-            "server_cpu_us_per_call": round(1e6 * server_cpu / len(lat), 1)
-            if server_pid and lat else None}
+
+    return {
+        "stations": n,
+        "connected": run.connected,
+        "failed": run.failed,
+        "first_error": run.first_error,
+        "errors": run.errors,
+        "connect_s": round(connect_s, 2),
+        "seconds": round(elapsed, 2),
+        "calls": len(lat),
+        "calls_per_s": round(len(lat) / elapsed, 1),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "client_cpu_pct": round(100 * client_cpu / elapsed, 1),
+        "server_cpu_pct": round(100 * server_cpu / elapsed, 1) if server_pid else None,
+        "server_cpu_us_per_call": round(1e6 * server_cpu / len(lat), 1)
+        if server_pid and lat
+        else None,
+    }
 
 
 def main() -> None:
@@ -128,8 +164,13 @@ def main() -> None:
     a = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(json.dumps(asyncio.run(measure(a.url.rstrip("/"), a.stations, a.seconds, a.prefix,
-                                     a.warmup, a.server_pid))))
+    print(
+        json.dumps(
+            asyncio.run(
+                measure(a.url.rstrip("/"), a.stations, a.seconds, a.prefix, a.warmup, a.server_pid)
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ class GcClock:
         r[0], r[1], r[2] = r[0] + 1, r[1] + took, max(r[2], took)
 
     def report(self) -> str:
-        return "\n".join(f"  gen{g}: {n} collections, {total:.2f} s, longest {1000 * m:.0f} ms"
-                         for g, (n, total, m) in self.runs.items())
+        return "\n".join(
+            f"  gen{g}: {n} collections, {total:.2f} s, longest {1000 * m:.0f} ms"
+            for g, (n, total, m) in self.runs.items()
+        )
 
 
 def top_lines(before, after, n: int, stations: int) -> str:
@@ -48,8 +50,9 @@ def top_lines(before, after, n: int, stations: int) -> str:
     lines = []
     for d in after.compare_to(before, "lineno")[:n]:
         where = str(d.traceback[0]).split(site)[-1]
-        lines.append(f"  {d.size_diff / stations:7.0f} B  {d.count_diff / stations:5.1f} objects"
-                     f"  {where}")
+        lines.append(
+            f"  {d.size_diff / stations:7.0f} B  {d.count_diff / stations:5.1f} objects  {where}"
+        )
     return "\n".join(lines)
 
 
@@ -62,8 +65,12 @@ async def probe(a: argparse.Namespace, root: Path) -> None:
     seed(store, a.stations)
     os.environ.update(EDRV_TOKEN="probe-token-0123456789", XDG_DATA_HOME=str(root / "data"))
     setup_logging("WARNING", "text")
-    cfg = ServeConfig(store=store, api_port=0, heartbeat_interval=60, listener=ListenerSettings(
-        host="127.0.0.1", port=0, max_per_address=0, max_rate=0))
+    cfg = ServeConfig(
+        store=store,
+        api_port=0,
+        heartbeat_interval=60,
+        listener=ListenerSettings(host="127.0.0.1", port=0, max_per_address=0, max_rate=0),
+    )
     ready: dict = {}
     stop = asyncio.Event()
     server = asyncio.create_task(serve(cfg, on_ready=ready.update, stop=stop))
@@ -85,9 +92,11 @@ async def probe(a: argparse.Namespace, root: Path) -> None:
         booted_s = time.monotonic() - fleet.started()
         cpu = time.process_time() - cpu0
         await asyncio.sleep(2)
-        print(f"{a.stations} stations booted in {booted_s:.1f} s; server CPU {cpu:.1f} s; "
-              f"RSS +{(rss_kib(os.getpid()) - rss0) / a.stations:.1f} KiB per station; "
-              f"{len(gc.get_objects()):,} objects tracked by the collector")
+        print(
+            f"{a.stations} stations booted in {booted_s:.1f} s; server CPU {cpu:.1f} s; "
+            f"RSS +{(rss_kib(os.getpid()) - rss0) / a.stations:.1f} KiB per station; "
+            f"{len(gc.get_objects()):,} objects tracked by the collector"
+        )
         print("collector while connecting" + (" (disabled)" if a.no_gc else "") + ":")
         print(clock.report())
         if a.tracemalloc:

@@ -45,9 +45,16 @@ async def main(a: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
-    fleet = await run_fleet(a.url, a.count, "ocpp1.6", prefix=PREFIX, start_index=START,
-                            heartbeat_interval_override=a.heartbeat, backoff_max=a.backoff_max,
-                            validate=False)
+    fleet = await run_fleet(
+        a.url,
+        a.count,
+        "ocpp1.6",
+        prefix=PREFIX,
+        start_index=START,
+        heartbeat_interval_override=a.heartbeat,
+        backoff_max=a.backoff_max,
+        validate=False,
+    )
     status = Path(a.status)
     try:
         while not stop.is_set():

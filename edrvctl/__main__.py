@@ -11,7 +11,7 @@ def main() -> None:
     if os.environ.get("_EDRVCTL_COMPLETE", "").startswith("complete_"):
         from edrvctl.completion import complete
 
-        sys.exit(complete(os.environ["_EDRVCTL_COMPLETE"][len("complete_"):]))
+        sys.exit(complete(os.environ["_EDRVCTL_COMPLETE"][len("complete_") :]))
     from edrvctl.cli import run
 
     run()

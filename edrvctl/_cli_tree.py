@@ -2,7 +2,7 @@
 
 true, false, null = True, False, None
 
-TREE = {
+TREE: dict = {
  "commands": {
   "chargestations": {
    "commands": {

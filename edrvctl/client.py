@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -28,8 +29,15 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, *, params: dict | None = None,
-                body: Any = None, timeout: float | None = None) -> dict:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> dict:
         """Send one request; return the whole envelope, or raise the error it stands for."""
         kwargs: dict[str, Any] = {"params": params}
         if body is not None:
@@ -42,15 +50,18 @@ class Client:
         except httpx.TimeoutException:
             raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
         except httpx.TransportError as e:
-            raise Unavailable(f"cannot reach the API at {self.api_url} ({e})",
-                              hint="start one with `edrvctl serve`, or set --api-url / "
-                                   "EDRV_API_URL") from None
+            raise Unavailable(
+                f"cannot reach the API at {self.api_url} ({e})",
+                hint="start one with `edrvctl serve`, or set --api-url / EDRV_API_URL",
+            ) from None
         try:
             envelope = orjson.loads(r.content)
             ok, message = envelope["ok"], envelope.get("message") or ""
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise EdrvError(f"{method} {path}: unexpected {r.status_code} response from "
-                            f"{self.api_url}: {r.text[:200]!r}") from None
+            raise EdrvError(
+                f"{method} {path}: unexpected {r.status_code} response from "
+                f"{self.api_url}: {r.text[:200]!r}"
+            ) from None
         if not ok or r.status_code >= 400:
             raise BY_STATUS.get(r.status_code, EdrvError)(message or f"HTTP {r.status_code}")
         return envelope
@@ -62,8 +73,11 @@ class Client:
         size = PAGE if limit is None else max(1, min(PAGE, limit))
         page, seen = 1, 0
         while True:
-            env = self.request("GET", "/v1.1/chargestations", params={
-                **filters, "paginate_limit": size, "paginate_page": page})
+            env = self.request(
+                "GET",
+                "/v1.1/chargestations",
+                params={**filters, "paginate_limit": size, "paginate_page": page},
+            )
             for doc in env["result"]:
                 if limit is not None and seen >= limit:
                     return
@@ -89,9 +103,12 @@ class Client:
         return self.request("PATCH", f"/v1.1/chargestations/{_seg(key)}/reset_password")["result"]
 
     def get_variables(self, key: str, keys: list[str], timeout: float) -> dict:
-        return self.request("POST", f"/v1.1/chargestations/{_seg(key)}/get_variables",
-                            body={"keys": keys, "timeout": timeout},
-                            timeout=timeout + 10)["result"]
+        return self.request(
+            "POST",
+            f"/v1.1/chargestations/{_seg(key)}/get_variables",
+            body={"keys": keys, "timeout": timeout},
+            timeout=timeout + 10,
+        )["result"]
 
 
 def _seg(key: str) -> str:

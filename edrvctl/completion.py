@@ -37,8 +37,9 @@ def _read_cache() -> dict:
         return {}
 
 
-def remember(api_url: str, docs: list[dict], replace: bool = False,
-             forget: list[str] = ()) -> None:
+def remember(
+    api_url: str, docs: list[dict], replace: bool = False, forget: list[str] | tuple[str, ...] = ()
+) -> None:
     """Record stations for completion. Never fails the command that called it."""
     import orjson
 
@@ -116,11 +117,17 @@ def candidates(args: list[str], incomplete: str) -> list[tuple[str, str]]:
     if pending is not None:
         return [(c, "") for c in pending.get("choices", []) if c.startswith(incomplete)]
     if incomplete.startswith("-"):
-        return [(name, spec["help"]) for name, spec in node["options"].items()
-                if name.startswith(incomplete)]
+        return [
+            (name, spec["help"])
+            for name, spec in node["options"].items()
+            if name.startswith(incomplete)
+        ]
     if node.get("commands"):
-        return [(name, sub["help"]) for name, sub in node["commands"].items()
-                if name.startswith(incomplete) and not sub.get("hidden")]
+        return [
+            (name, sub["help"])
+            for name, sub in node["commands"].items()
+            if name.startswith(incomplete) and not sub.get("hidden")
+        ]
     kinds = node.get("args", [])
     kind = kinds[min(positional, len(kinds) - 1)] if kinds else None
     if kind == "station":
@@ -136,8 +143,13 @@ def _resolve(node: dict) -> dict:
 
 
 def _zsh_escape(s: str) -> str:
-    return (s.replace('"', '""').replace("'", "''").replace("$", "\\$")
-            .replace("`", "\\`").replace(":", r"\\:"))
+    return (
+        s.replace('"', '""')
+        .replace("'", "''")
+        .replace("$", "\\$")
+        .replace("`", "\\`")
+        .replace(":", r"\\:")
+    )
 
 
 def complete(shell: str) -> int:
@@ -150,15 +162,16 @@ def complete(shell: str) -> int:
     if shell == "bash":
         sys.stdout.write("\n".join(value for value, _ in items))
     elif shell == "zsh":
-        lines = [f'"{_zsh_escape(v)}":"{_zsh_escape(h)}"' if h else f'"{_zsh_escape(v)}"'
-                 for v, h in items]
+        lines = [
+            f'"{_zsh_escape(v)}":"{_zsh_escape(h)}"' if h else f'"{_zsh_escape(v)}"'
+            for v, h in items
+        ]
         sys.stdout.write(f"_arguments '*: :(({chr(10).join(lines)}))'" if lines else "_files")
     elif shell == "fish":
         action = os.environ.get("_TYPER_COMPLETE_FISH_ACTION", "")
         if action == "is-args":
             return 0 if items else 1
-        sys.stdout.write("\n".join(v + "\t" + " ".join(h.split()) if h else v
-                                   for v, h in items))
+        sys.stdout.write("\n".join(v + "\t" + " ".join(h.split()) if h else v for v, h in items))
     else:
         sys.stdout.write("\n".join(f"{v}:::{h or ' '}" for v, h in items))
     return 0
@@ -185,14 +198,18 @@ def build_tree() -> dict:
                 args.append("station" if p.name in ("station", "stations") else "value")
                 continue
             ann = p.type_descriptor.annotation
-            choices = [m.value for m in ann] if isinstance(ann, type) and issubclass(ann, Enum) \
-                else []
+            choices = (
+                [m.value for m in ann] if isinstance(ann, type) and issubclass(ann, Enum) else []
+            )
             for name in [*p.opts, *p.secondary_opts]:
-                options[name] = {"value": not p.is_flag, "help": first_line(p.help),
-                                 **({"choices": choices} if choices else {})}
+                options[name] = {
+                    "value": not p.is_flag,
+                    "help": first_line(p.help),
+                    **({"choices": choices} if choices else {}),
+                }
         for name in ("-h", "--help"):  # click adds these itself; they are not in cmd.params
             options.setdefault(name, {"value": False, "help": "Show this message and exit."})
-        node = {"help": first_line(cmd.help or cmd.short_help), "options": options}
+        node: dict = {"help": first_line(cmd.help or cmd.short_help), "options": options}
         if args:
             node["args"] = args
         subs = getattr(cmd, "commands", None)
@@ -200,8 +217,10 @@ def build_tree() -> dict:
             node["commands"] = {}
             for name, sub in subs.items():
                 if name in ALIASES:
-                    node["commands"][name] = {"alias": ALIASES[name],
-                                              "help": f"alias of {ALIASES[name]}"}
+                    node["commands"][name] = {
+                        "alias": ALIASES[name],
+                        "help": f"alias of {ALIASES[name]}",
+                    }
                     continue
                 node["commands"][name] = walk(sub)
                 if sub.hidden:
@@ -215,9 +234,11 @@ def render_tree() -> str:
     import json
 
     # JSON is a Python literal once these three names exist.
-    return ('"""Generated by `python -m edrvctl.completion --write`; do not edit."""\n\n'
-            "true, false, null = True, False, None\n\n"
-            f"TREE = {json.dumps(build_tree(), indent=1, sort_keys=True)}\n")
+    return (
+        '"""Generated by `python -m edrvctl.completion --write`; do not edit."""\n\n'
+        "true, false, null = True, False, None\n\n"
+        f"TREE: dict = {json.dumps(build_tree(), indent=1, sort_keys=True)}\n"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,14 @@ PROTOCOLS = ("ocpp1.6", "ocpp2.0.1")
 
 # Every status a StatusNotification can carry (1.6 and 2.0.1 together).
 STATUSES = (
-    "Available", "Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing",
-    "Reserved", "Unavailable", "Faulted", "Occupied",
+    "Available",
+    "Preparing",
+    "Charging",
+    "SuspendedEV",
+    "SuspendedEVSE",
+    "Finishing",
+    "Reserved",
+    "Unavailable",
+    "Faulted",
+    "Occupied",
 )

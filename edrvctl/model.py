@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -24,6 +24,9 @@ Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
 # be path navigation, not a segment.
 ENDPOINT_RE = re.compile(r"^[A-Za-z0-9._~:-]{1,48}$")
 OBJECT_ID_RE = re.compile(r"^[0-9a-f]{24}$")
+# What an endpoint may not be, so that it can never be taken for an _id (either case: a person
+# reading or typing one does not see the difference).
+LOOKS_LIKE_ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
 
 # OCPP security profiles (OCPP security whitepaper / 2.0.1 Part 2 A00): what a station must show
 # to connect. The record's `security` is {"type": ..., "profile": n}.
@@ -52,22 +55,21 @@ def check_json_value(value: Any, depth: int = 0) -> Any:
             check_json_value(v, depth + 1)
     elif isinstance(value, bool) or value is None or isinstance(value, str):
         pass
-    elif isinstance(value, int):
-        if not -2**63 <= value < 2**64:
-            raise ValueError("an integer outside 64 bits")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("a number that is not finite (NaN or Infinity)")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValueError("an integer outside 64 bits")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a number that is not finite (NaN or Infinity)")
     return value
 
 
 MetaData = Annotated[dict[str, Any], AfterValidator(check_json_value)]
-Coordinates = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
-                        Field(min_length=2, max_length=2)]
+Coordinates = Annotated[
+    list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=2, max_length=2)
+]
 
 
 class Security(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: SecurityType = "none"
 
@@ -75,13 +77,23 @@ class Security(BaseModel):
 def check_endpoint(value: str) -> str:
     if not value.strip("."):
         raise ValueError("an endpoint cannot be only dots")
+    if LOOKS_LIKE_ID_RE.match(value):
+        # A station is named by its _id or its endpoint (API paths, `cs delete KEY`) and an _id
+        # wins: such an endpoint could name another station, or this one could not be named.
+        raise ValueError(
+            "an endpoint cannot be 24 hex digits: that is the shape of a station "
+            "_id, and a station is named by either"
+        )
     return value
 
 
-# The pattern is in the OpenAPI document too; "not only dots" is checked after it.
-Endpoint = Annotated[str, StringConstraints(min_length=1, max_length=48,
-                                           pattern=ENDPOINT_RE.pattern),
-                     AfterValidator(check_endpoint)]
+# The pattern is in the OpenAPI document too; "not only dots" and "not an _id" are checked after
+# it.
+Endpoint = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=48, pattern=ENDPOINT_RE.pattern),
+    AfterValidator(check_endpoint),
+]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -100,7 +112,7 @@ def utcnow() -> str:
 
 
 def format_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def canonical_time(text: str) -> str:
@@ -114,7 +126,7 @@ def canonical_time(text: str) -> str:
 def parse_time(text: str) -> datetime:
     """Parse an ISO-8601 date-time; naive times are taken as UTC. Raises ValueError."""
     t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 _counter = int.from_bytes(os.urandom(3), "big")
@@ -128,12 +140,17 @@ def new_id() -> str:
 
 
 # --- request bodies (also the OpenAPI schema) ---------------------------------------------------
+# Strict, like the schema they publish: a boolean is true or false (not 0, "yes" or "off"), a
+# number is a JSON number (not "1.5"). Lax coercion accepted what /openapi.json says is invalid.
 
 
 class StationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    endpoint: Endpoint = Field(description="OCPP identity; the station connects to <connection_url>/<endpoint>")
+    endpoint: Endpoint = Field(
+        description="OCPP identity; the station connects to <connection_url>/<endpoint>. "
+        "Not only dots, and not 24 hex digits (the shape of an _id)."
+    )
     protocol: Protocol = "ocpp1.6"
     location: ShortText | None = None
     organization: ShortText | None = None
@@ -146,14 +163,15 @@ class StationCreate(BaseModel):
     security: Security = Field(
         default_factory=Security,
         description="none; basic_auth (profile 1); tls_basic_auth (2); tls_client_cert (3). "
-                    "With a password, the response carries it once as `password`.")
+        "With a password, the response carries it once as `password`.",
+    )
 
 
 class StationUpdate(BaseModel):
     """PATCH body: only the fields given are changed. The endpoint is the station's identity and
     does not change; delete and create instead."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # Fields that cannot be null default to None only as "not given" (pydantic does not
     # validate defaults), so an explicit null is refused with a 422.
@@ -168,7 +186,7 @@ class StationUpdate(BaseModel):
 
 
 class GetVariablesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     keys: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         default_factory=list,
@@ -204,8 +222,7 @@ def new_station(body: StationCreate, now: str) -> dict:
         "static_endpoint": body.static_endpoint,
         "coordinates": body.coordinates,
         "meta_data": body.meta_data,
-        "security": {"type": body.security.type,
-                     "profile": SECURITY_PROFILES[body.security.type]},
+        "security": {"type": body.security.type, "profile": SECURITY_PROFILES[body.security.type]},
     }
 
 
@@ -242,8 +259,16 @@ def energy_register_wh(meter_values: list[dict] | None) -> float | None:
 # A station's `status` is the most urgent status among its connectors, in this order: a fault
 # needs the admin first, then what is in use, then what could be used, then what cannot.
 STATUS_PRECEDENCE = (
-    "Faulted", "Charging", "SuspendedEVSE", "SuspendedEV", "Finishing", "Preparing", "Occupied",
-    "Reserved", "Available", "Unavailable",
+    "Faulted",
+    "Charging",
+    "SuspendedEVSE",
+    "SuspendedEV",
+    "Finishing",
+    "Preparing",
+    "Occupied",
+    "Reserved",
+    "Available",
+    "Unavailable",
 )
 _RANK = {s: i for i, s in enumerate(STATUS_PRECEDENCE)}
 

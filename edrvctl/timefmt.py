@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 
 def ago(iso: str | None, never: str = "-") -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if not iso:
         return never
@@ -12,7 +14,7 @@ def ago(iso: str | None, never: str = "-") -> str:
         t = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
         return iso
-    s = max(0, int((datetime.now(timezone.utc) - t).total_seconds()))
+    s = max(0, int((datetime.now(UTC) - t).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size:
             return f"{s // size}{unit} ago"

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from timing import scaled, until
+
 TOKEN = "test-token-0123456789"
 
 
@@ -30,8 +32,11 @@ class Server:
     _n: list = field(default_factory=lambda: [0])
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url, timeout=30,
-                            headers={"Authorization": f"Bearer {self.token}"})
+        return httpx.Client(
+            base_url=self.api_url,
+            timeout=scaled(30),
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
 
     def create(self, endpoint: str | None = None, **body) -> dict:
         """Create a station through the API; returns its record."""
@@ -53,21 +58,30 @@ class Server:
         return self.log.read_text()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        """Signal the server and wait for it to exit (`timeout` is scaled); its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        return self.proc.wait(scaled(timeout))
 
 
 def hermetic_env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("EDRV", "XDG_"))}
-    env.update(XDG_DATA_HOME=str(root / "data"), XDG_CONFIG_HOME=str(root / "config"),
-               XDG_CACHE_HOME=str(root / "cache"), NO_COLOR="1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDRV", "XDG_"))}
+    env.update(
+        XDG_DATA_HOME=str(root / "data"),
+        XDG_CONFIG_HOME=str(root / "config"),
+        XDG_CACHE_HOME=str(root / "cache"),
+        NO_COLOR="1",
+    )
     return env
 
 
-def start_server(root: Path, *args: str, token: str | None = TOKEN, store: Path | None = None,
-                 env: dict | None = None) -> Server:
+def start_server(
+    root: Path,
+    *args: str,
+    token: str | None = TOKEN,
+    store: Path | None = None,
+    env: dict | None = None,
+) -> Server:
     root.mkdir(parents=True, exist_ok=True)
     env = dict(env or hermetic_env(root))
     if token:
@@ -76,20 +90,46 @@ def start_server(root: Path, *args: str, token: str | None = TOKEN, store: Path 
     log = root / f"serve-{time.monotonic_ns()}.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edrvctl", "serve", "--store", str(store), "--api-port", "0",
-             "--ocpp-port", "0", "--ocpp-host", "127.0.0.1", *args],
-            stdout=subprocess.DEVNULL, stderr=err, env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        m = re.search(r'edrvctl serve: api ([^\s"]+) ocpp ([^\s"]+)', log.read_text())
-        if m:
-            return Server(proc, m.group(1), m.group(2), store, env, log,
-                          token=token or (store.parent / "token").read_text().strip())
+            [
+                sys.executable,
+                "-m",
+                "edrvctl",
+                "serve",
+                "--store",
+                str(store),
+                "--api-port",
+                "0",
+                "--ocpp-port",
+                "0",
+                "--ocpp-host",
+                "127.0.0.1",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+
+    def ready() -> re.Match | None:
         if proc.poll() is not None:
             raise RuntimeError(f"serve exited {proc.returncode}:\n{log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"serve did not start:\n{log.read_text()}")
+        return re.search(r'edrvctl serve: api ([^\s"]+) ocpp ([^\s"]+)', log.read_text())
+
+    try:
+        m = until(ready, timeout=20, interval=0.05, what="`edrvctl serve` to print its ready line")
+    except AssertionError as e:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"serve did not start ({e}):\n{log.read_text()}") from None
+    return Server(
+        proc,
+        m.group(1),
+        m.group(2),
+        store,
+        env,
+        log,
+        token=token or (store.parent / "token").read_text().strip(),
+    )
 
 
 @pytest.fixture(scope="module")

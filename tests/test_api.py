@@ -12,10 +12,13 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
+
+from timing import scaled, until, until_past
 
 BASE = "/v1.1/chargestations"
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
@@ -23,10 +26,32 @@ ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 # Every field of eDRV's Chargestation object (v1.0 and the v1.1 fields edrvctl keeps).
 STATION_FIELDS = {
-    "_id", "protocol", "online", "active", "status", "evses", "endpoint", "location",
-    "manufacturer", "model", "createdAt", "updatedAt", "lastConnectAt", "lastDisconnectAt",
-    "lastMessageAt", "organization", "csconfig", "bootInfo", "connectors", "security",
-    "connection_url", "public", "is_simulator", "static_endpoint", "coordinates", "meta_data",
+    "_id",
+    "protocol",
+    "online",
+    "active",
+    "status",
+    "evses",
+    "endpoint",
+    "location",
+    "manufacturer",
+    "model",
+    "createdAt",
+    "updatedAt",
+    "lastConnectAt",
+    "lastDisconnectAt",
+    "lastMessageAt",
+    "organization",
+    "csconfig",
+    "bootInfo",
+    "connectors",
+    "security",
+    "connection_url",
+    "public",
+    "is_simulator",
+    "static_endpoint",
+    "coordinates",
+    "meta_data",
 }
 
 _seq = itertools.count(1)
@@ -63,9 +88,12 @@ def assert_iso(value: str) -> datetime:
 def api(server):
     # A fresh connection per request, so that a slow kept-alive connection (see
     # test_keep_alive_requests_are_not_delayed) is one failure, not a slow module.
-    with httpx.Client(base_url=server.api_url, timeout=30,
-                      headers={"Authorization": f"Bearer {server.token}"},
-                      limits=httpx.Limits(max_keepalive_connections=0)) as c:
+    with httpx.Client(
+        base_url=server.api_url,
+        timeout=scaled(30),
+        headers={"Authorization": f"Bearer {server.token}"},
+        limits=httpx.Limits(max_keepalive_connections=0),
+    ) as c:
         yield c
 
 
@@ -97,32 +125,43 @@ class LiveStation:
         self.thread.start()
 
         async def make():
-            return SimStation(endpoint, ocpp_url, protocol, connectors=1, reconnect=False,
-                              vendor="Acme", model="Volt-1", firmware="9.8.7")
+            return SimStation(
+                endpoint,
+                ocpp_url,
+                protocol,
+                connectors=1,
+                reconnect=False,
+                vendor="Acme",
+                model="Volt-1",
+                firmware="9.8.7",
+            )
 
         self.sim = self._run(make())
         self.task = asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop)
 
     def _run(self, coro, timeout: float = 10):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(scaled(timeout))
 
     def stop(self) -> None:
         try:
             self._run(self.sim.stop())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
+            self.thread.join(scaled(5))
 
 
 def wait_for(server, key: str, pred, timeout: float = 15) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = server.get(key)
-        if pred(doc):
-            return doc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"station {key} never reached the expected state: {doc}")
-        time.sleep(0.05)
+    """The station's record once `pred` holds for it (polled; `timeout` is scaled)."""
+    seen: dict = {}
+
+    def reached():
+        seen["doc"] = doc = server.get(key)
+        return doc if pred(doc) else None
+
+    try:
+        return until(reached, timeout, interval=0.05, what=f"station {key}'s expected state")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen: {seen.get('doc')}") from None
 
 
 @pytest.fixture(scope="module")
@@ -141,42 +180,49 @@ def live(server):
 # --------------------------------------------------------------------------- auth and docs
 
 
-@pytest.mark.parametrize("method,path,body", [
-    ("GET", BASE, None),
-    ("POST", BASE, {"endpoint": "never-created-401"}),
-    ("GET", f"{BASE}/whatever", None),
-    ("PATCH", f"{BASE}/whatever", {"active": False}),
-    ("DELETE", f"{BASE}/whatever", None),
-    ("GET", f"{BASE}/whatever/connectors", None),
-    ("POST", f"{BASE}/whatever/get_variables", None),
-])
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("GET", BASE, None),
+        ("POST", BASE, {"endpoint": "never-created-401"}),
+        ("GET", f"{BASE}/whatever", None),
+        ("PATCH", f"{BASE}/whatever", {"active": False}),
+        ("DELETE", f"{BASE}/whatever", None),
+        ("GET", f"{BASE}/whatever/connectors", None),
+        ("POST", f"{BASE}/whatever/get_variables", None),
+    ],
+)
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dGVzdDp0ZXN0", "{token}"])
 def test_401_without_a_valid_bearer_token(server, api, method, path, body, auth):
     headers = {}
     if auth:
         headers["Authorization"] = auth.format(token=server.token)  # "{token}": no "Bearer "
-    r = httpx.request(method, server.api_url + path, json=body, headers=headers, timeout=10)
+    r = httpx.request(method, server.api_url + path, json=body, headers=headers, timeout=scaled(10))
     envelope(r, 401)
     if method == "POST" and path == BASE:
         envelope(api.get(f"{BASE}/never-created-401"), 404)  # nothing was created
 
 
 def test_401_messages_tell_missing_from_wrong(server):
-    missing = httpx.get(server.api_url + BASE, timeout=10).json()["message"]
-    wrong = httpx.get(server.api_url + BASE, headers={"Authorization": "Bearer nope"},
-                      timeout=10).json()["message"]
+    missing = httpx.get(server.api_url + BASE, timeout=scaled(10)).json()["message"]
+    wrong = httpx.get(
+        server.api_url + BASE, headers={"Authorization": "Bearer nope"}, timeout=scaled(10)
+    ).json()["message"]
     assert "Bearer" in missing
     assert missing != wrong
 
 
 def test_valid_token_is_accepted(server):
-    r = httpx.get(server.api_url + BASE, headers={"Authorization": f"Bearer {server.token}"},
-                  timeout=10)
+    r = httpx.get(
+        server.api_url + BASE,
+        headers={"Authorization": f"Bearer {server.token}"},
+        timeout=scaled(10),
+    )
     envelope(r, 200)
 
 
 def test_openapi_is_reachable_and_lists_the_chargestation_paths(server):
-    r = httpx.get(server.api_url + "/openapi.json", timeout=10)
+    r = httpx.get(server.api_url + "/openapi.json", timeout=scaled(10))
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.")
@@ -196,12 +242,12 @@ def test_unknown_path_and_wrong_method_still_use_the_envelope(api):
 
 
 def test_create_returns_201_with_every_edrv_field(server, api):
-    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    before = datetime.now(UTC) - timedelta(seconds=1)
     ep = uniq("new")
     body = envelope(api.post(BASE, json={"endpoint": ep}), 201)
     doc = body["result"]
     assert ep in body["message"]
-    assert STATION_FIELDS <= set(doc), STATION_FIELDS - set(doc)
+    assert set(doc) >= STATION_FIELDS, STATION_FIELDS - set(doc)
     assert HEX24.match(doc["_id"])
     assert doc["endpoint"] == ep
     assert doc["protocol"] == "ocpp1.6"
@@ -219,16 +265,25 @@ def test_create_returns_201_with_every_edrv_field(server, api):
     assert doc["public"] is False and doc["is_simulator"] is False
     created, updated = assert_iso(doc["createdAt"]), assert_iso(doc["updatedAt"])
     assert created == updated
-    assert before <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert before <= created <= datetime.now(UTC) + timedelta(seconds=1)
     # what POST returned is what GET returns
     assert server.get(doc["_id"]) == doc
 
 
 def test_create_with_every_optional_field(api):
     loc, org = uniq("loc"), uniq("org")
-    doc = create(api, protocol="ocpp2.0.1", location=loc, organization=org, active=False,
-                 public=True, is_simulator=True, static_endpoint=True, coordinates=[4.9, 52.4],
-                 meta_data={"site": "north", "bays": 4})
+    doc = create(
+        api,
+        protocol="ocpp2.0.1",
+        location=loc,
+        organization=org,
+        active=False,
+        public=True,
+        is_simulator=True,
+        static_endpoint=True,
+        coordinates=[4.9, 52.4],
+        meta_data={"site": "north", "bays": 4},
+    )
     assert doc["protocol"] == "ocpp2.0.1"
     assert (doc["location"], doc["organization"]) == (loc, org)
     assert doc["active"] is False and doc["public"] is True and doc["is_simulator"] is True
@@ -249,29 +304,38 @@ def test_create_duplicate_endpoint_is_409_and_changes_nothing(server, api):
     assert server.get(first["endpoint"]) == first
 
 
-@pytest.mark.parametrize("body", [
-    {},
-    {"location": "x"},
-    {"endpoint": ""},
-    {"endpoint": "has space"},
-    {"endpoint": "slash/inside"},
-    {"endpoint": "percent%41"},
-    {"endpoint": "x" * 49},
-    {"endpoint": "ok-{n}", "bogus": 1},
-    {"endpoint": 123},
-    {"endpoint": ["a"]},
-    {"endpoint": "ok-{n}", "active": "maybe"},
-    {"endpoint": "ok-{n}", "coordinates": "here"},
-    {"endpoint": "ok-{n}", "coordinates": [1.0]},
-    {"endpoint": "ok-{n}", "meta_data": [1, 2]},
-    {"endpoint": "ok-{n}", "location": ""},
-    {"endpoint": "ok-{n}", "protocol": "ocpp2.0"},
-    {"endpoint": "ok-{n}", "protocol": "OCPP1.6"},
-    {"endpoint": "ok-{n}", "online": True},
-    {"endpoint": "ok-{n}", "_id": "0123456789abcdef01234567"},
-    [{"endpoint": "ok-{n}"}],
-    "just a string",
-], ids=repr)
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"location": "x"},
+        {"endpoint": ""},
+        {"endpoint": "has space"},
+        {"endpoint": "slash/inside"},
+        {"endpoint": "percent%41"},
+        {"endpoint": "x" * 49},
+        {"endpoint": "ok-{n}", "bogus": 1},
+        {"endpoint": 123},
+        {"endpoint": ["a"]},
+        {"endpoint": "ok-{n}", "active": "maybe"},
+        {"endpoint": "ok-{n}", "active": "true"},
+        {"endpoint": "ok-{n}", "active": 1},
+        {"endpoint": "ok-{n}", "is_simulator": 0.0},
+        {"endpoint": "ok-{n}", "coordinates": ["4.9", "52.4"]},
+        {"endpoint": "ok-{n}", "security": {"type": 1}},
+        {"endpoint": "ok-{n}", "coordinates": "here"},
+        {"endpoint": "ok-{n}", "coordinates": [1.0]},
+        {"endpoint": "ok-{n}", "meta_data": [1, 2]},
+        {"endpoint": "ok-{n}", "location": ""},
+        {"endpoint": "ok-{n}", "protocol": "ocpp2.0"},
+        {"endpoint": "ok-{n}", "protocol": "OCPP1.6"},
+        {"endpoint": "ok-{n}", "online": True},
+        {"endpoint": "ok-{n}", "_id": "0123456789abcdef01234567"},
+        [{"endpoint": "ok-{n}"}],
+        "just a string",
+    ],
+    ids=repr,
+)
 def test_create_invalid_body_is_422(api, body):
     n = uniq("n")
 
@@ -284,6 +348,21 @@ def test_create_invalid_body_is_422(api, body):
         body = [{k: fill(v) for k, v in b.items()} for b in body]
     envelope(api.post(BASE, json=body), 422)
     envelope(api.get(f"{BASE}/ok-{n}"), 404)  # nothing was created
+
+
+def test_endpoint_shaped_like_an_id_is_422(api):
+    """A path names a station by `_id` or endpoint and an `_id` wins, so an endpoint of 24 hex
+    digits could name another station (DELETE it, for one): refused at create, saying why."""
+    other = create(api)
+    fresh = uuid.uuid4().hex[:24]
+    for ep in (other["_id"], other["_id"].upper(), fresh, fresh.upper()):
+        msg = envelope(api.post(BASE, json={"endpoint": ep}), 422)["message"]
+        assert "endpoint" in msg and "_id" in msg, msg
+    envelope(api.get(f"{BASE}/{fresh}"), 404)  # nothing was created
+    assert envelope(api.get(f"{BASE}/{other['_id']}"), 200)["result"] == other
+    # one digit fewer or more, or one character that is not hex: an ordinary endpoint
+    for ep in (uuid.uuid4().hex[:23], uuid.uuid4().hex[:25], uuid.uuid4().hex[:23] + "g"):
+        assert create(api, endpoint=ep)["endpoint"] == ep
 
 
 def test_create_422_names_the_bad_field(api):
@@ -353,8 +432,19 @@ def test_connectors_of_a_live_station(api, live):
     assert conns == doc["connectors"]
     assert len(conns) == 1
     c = conns[0]
-    assert {"_id", "active", "status", "type", "format", "power_type", "power", "chargestation",
-            "evseId", "createdAt", "updatedAt"} <= set(c)
+    assert {
+        "_id",
+        "active",
+        "status",
+        "type",
+        "format",
+        "power_type",
+        "power",
+        "chargestation",
+        "evseId",
+        "createdAt",
+        "updatedAt",
+    } <= set(c)
     assert HEX24.match(c["_id"])
     assert c["chargestation"] == doc["_id"]
     assert c["status"] == "Available"
@@ -387,7 +477,7 @@ def test_live_16_boot_info_uses_edrv_camel_case_names(live):
 
 def test_patch_active_false_then_true(server, api):
     doc = create(api)
-    time.sleep(0.005)
+    until_past(doc["updatedAt"])  # so that the PATCH's updatedAt is later
     off = envelope(api.patch(f"{BASE}/{doc['_id']}", json={"active": False}), 200)
     assert off["result"]["active"] is False
     assert doc["endpoint"] in off["message"]
@@ -402,9 +492,20 @@ def test_patch_active_false_then_true(server, api):
 def test_patch_other_fields_changes_only_those(server, api):
     doc = create(api, location=uniq("loc"), organization=uniq("org"))
     loc = uniq("loc")
-    new = envelope(api.patch(f"{BASE}/{doc['_id']}", json={
-        "location": loc, "protocol": "ocpp2.0.1", "public": True, "is_simulator": True,
-        "coordinates": [1.5, -2.5], "meta_data": {"k": "v"}}), 200)["result"]
+    new = envelope(
+        api.patch(
+            f"{BASE}/{doc['_id']}",
+            json={
+                "location": loc,
+                "protocol": "ocpp2.0.1",
+                "public": True,
+                "is_simulator": True,
+                "coordinates": [1.5, -2.5],
+                "meta_data": {"k": "v"},
+            },
+        ),
+        200,
+    )["result"]
     assert new["location"] == loc
     assert new["protocol"] == "ocpp2.0.1"
     assert new["public"] is True and new["is_simulator"] is True
@@ -421,17 +522,24 @@ def test_patch_empty_body_changes_nothing_but_stays_200(server, api):
         assert new[k] == doc[k], k
 
 
-@pytest.mark.parametrize("body", [
-    {"bogus": True},
-    {"endpoint": "renamed"},
-    {"_id": "0123456789abcdef01234567"},
-    {"online": True},
-    {"active": "maybe"},
-    {"protocol": "ocpp3"},
-    {"location": ""},
-    {"coordinates": [1, 2, 3]},
-    [1, 2],
-], ids=repr)
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"bogus": True},
+        {"endpoint": "renamed"},
+        {"_id": "0123456789abcdef01234567"},
+        {"online": True},
+        {"active": "maybe"},
+        {"active": 0},
+        {"public": "yes"},
+        {"coordinates": [1, "2"]},
+        {"protocol": "ocpp3"},
+        {"location": ""},
+        {"coordinates": [1, 2, 3]},
+        [1, 2],
+    ],
+    ids=repr,
+)
 def test_patch_invalid_body_is_422_and_changes_nothing(server, api, body):
     doc = create(api)
     envelope(api.patch(f"{BASE}/{doc['_id']}", json=body), 422)
@@ -440,8 +548,9 @@ def test_patch_invalid_body_is_422_and_changes_nothing(server, api, body):
 
 def test_patch_malformed_json_is_400(server, api):
     doc = create(api)
-    r = api.patch(f"{BASE}/{doc['_id']}", content=b"{nope",
-                  headers={"Content-Type": "application/json"})
+    r = api.patch(
+        f"{BASE}/{doc['_id']}", content=b"{nope", headers={"Content-Type": "application/json"}
+    )
     envelope(r, 400)
     assert server.get(doc["_id"]) == doc
 
@@ -501,8 +610,10 @@ def test_filter_active(api):
     assert endpoints(listing(api, location=loc, active="true")) == [on["endpoint"]]
     assert endpoints(listing(api, location=loc, active="false")) == [off["endpoint"]]
     envelope(api.patch(f"{BASE}/{off['_id']}", json={"active": True}), 200)
-    assert set(endpoints(listing(api, location=loc, active="true"))) == {on["endpoint"],
-                                                                        off["endpoint"]}
+    assert set(endpoints(listing(api, location=loc, active="true"))) == {
+        on["endpoint"],
+        off["endpoint"],
+    }
 
 
 def test_filter_protocol(api):
@@ -533,11 +644,12 @@ def test_filter_endpoint(api):
 
 
 def make_batch(api, n: int, **body) -> list[dict]:
-    """n stations with strictly increasing createdAt (ms resolution)."""
+    """n stations with strictly increasing createdAt (ms resolution); the clock is past the
+    last one's when this returns."""
     docs = []
     for _ in range(n):
         docs.append(create(api, **body))
-        time.sleep(0.003)
+        until_past(docs[-1]["createdAt"])
     return docs
 
 
@@ -546,8 +658,12 @@ def test_pagination(api):
     docs = make_batch(api, 5, location=loc)
     newest_first = [d["endpoint"] for d in reversed(docs)]
     pages = [listing(api, location=loc, paginate_limit=2, paginate_page=p) for p in (1, 2, 3, 4)]
-    assert [endpoints(p) for p in pages] == [newest_first[0:2], newest_first[2:4],
-                                             newest_first[4:], []]
+    assert [endpoints(p) for p in pages] == [
+        newest_first[0:2],
+        newest_first[2:4],
+        newest_first[4:],
+        [],
+    ]
     assert [p["hasNext"] for p in pages[:3]] == [True, True, False]
     assert [p["hasPrevious"] for p in pages[:3]] == [False, True, True]
 
@@ -573,8 +689,7 @@ def test_default_page_size_is_20(api):
 def test_paginate_enabled_false_returns_everything_unpaged(api):
     loc = uniq("page")
     docs = make_batch(api, 3, location=loc)
-    body = listing(api, location=loc, paginate_enabled="false", paginate_limit=1,
-                   paginate_page=2)
+    body = listing(api, location=loc, paginate_enabled="false", paginate_limit=1, paginate_page=2)
     assert set(endpoints(body)) == {d["endpoint"] for d in docs}
     assert "hasNext" not in body and "hasPrevious" not in body
 
@@ -602,18 +717,26 @@ def test_sort_by_endpoint(api):
     for name in ("b", "c", "a"):
         create(api, endpoint=f"{name}-{tag}", location=loc)
     assert endpoints(listing(api, location=loc, sort_by="endpoint", sort_order="asc")) == [
-        f"a-{tag}", f"b-{tag}", f"c-{tag}"]
+        f"a-{tag}",
+        f"b-{tag}",
+        f"c-{tag}",
+    ]
     assert endpoints(listing(api, location=loc, sort_by="endpoint", sort_order="desc")) == [
-        f"c-{tag}", f"b-{tag}", f"a-{tag}"]
+        f"c-{tag}",
+        f"b-{tag}",
+        f"a-{tag}",
+    ]
 
 
 def test_sort_by_updated_at(api):
     loc = uniq("sort")
     a, b = make_batch(api, 2, location=loc)
-    time.sleep(0.003)
+    until_past(b["updatedAt"])
     envelope(api.patch(f"{BASE}/{a['_id']}", json={"public": True}), 200)
-    assert endpoints(listing(api, location=loc, sort_by="updatedAt")) == [a["endpoint"],
-                                                                          b["endpoint"]]
+    assert endpoints(listing(api, location=loc, sort_by="updatedAt")) == [
+        a["endpoint"],
+        b["endpoint"],
+    ]
 
 
 def test_created_at_range_filters(api):
@@ -621,17 +744,23 @@ def test_created_at_range_filters(api):
     a, b, c = make_batch(api, 3, location=loc)
     mid = b["createdAt"]
     asc = {"location": loc, "sort_order": "asc"}
-    assert endpoints(listing(api, **asc, **{"createdAt[$gte]": mid})) == [b["endpoint"],
-                                                                          c["endpoint"]]
-    assert endpoints(listing(api, **asc, **{"createdAt[$lte]": mid})) == [a["endpoint"],
-                                                                          b["endpoint"]]
-    assert endpoints(listing(api, **asc, **{"createdAt[$gte]": mid,
-                                            "createdAt[$lte]": mid})) == [b["endpoint"]]
+    assert endpoints(listing(api, **asc, **{"createdAt[$gte]": mid})) == [
+        b["endpoint"],
+        c["endpoint"],
+    ]
+    assert endpoints(listing(api, **asc, **{"createdAt[$lte]": mid})) == [
+        a["endpoint"],
+        b["endpoint"],
+    ]
+    assert endpoints(listing(api, **asc, **{"createdAt[$gte]": mid, "createdAt[$lte]": mid})) == [
+        b["endpoint"]
+    ]
     # the same instant written with an offset, and a date far away
-    t = datetime.fromisoformat(mid.replace("Z", "+00:00")).astimezone(
-        timezone(timedelta(hours=2)))
+    t = datetime.fromisoformat(mid.replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=2)))
     assert endpoints(listing(api, **asc, **{"createdAt[$gte]": t.isoformat()})) == [
-        b["endpoint"], c["endpoint"]]
+        b["endpoint"],
+        c["endpoint"],
+    ]
     assert endpoints(listing(api, **asc, **{"createdAt[$lte]": "2000-01-01T00:00:00Z"})) == []
     assert len(listing(api, **asc, **{"createdAt[$gte]": "2000-01-01"})["result"]) == 3
 
@@ -639,41 +768,47 @@ def test_created_at_range_filters(api):
 def test_updated_at_range_filters(api):
     loc = uniq("range")
     a, b = make_batch(api, 2, location=loc)
-    time.sleep(0.003)
+    until_past(b["updatedAt"])
     new = envelope(api.patch(f"{BASE}/{a['_id']}", json={"public": True}), 200)["result"]
     assert endpoints(listing(api, location=loc, **{"updatedAt[$gte]": new["updatedAt"]})) == [
-        a["endpoint"]]
+        a["endpoint"]
+    ]
     assert endpoints(listing(api, location=loc, **{"updatedAt[$lte]": b["updatedAt"]})) == [
-        b["endpoint"]]
+        b["endpoint"]
+    ]
 
 
-@pytest.mark.parametrize("params", [
-    {"paginate_limit": "0"},
-    {"paginate_limit": "1001"},
-    {"paginate_limit": "abc"},
-    {"paginate_limit": ""},
-    {"paginate_limit": "-1"},
-    {"paginate_page": "0"},
-    {"paginate_page": "x"},
-    {"paginate_enabled": "perhaps"},
-    {"sort_by": "bogus"},
-    {"sort_by": "doc"},
-    {"sort_by": "createdAt; DROP TABLE chargestations"},
-    {"sort_order": "up"},
-    {"sort_order": "ASC"},
-    {"status": "Bogus"},
-    {"status": ""},
-    {"online": "maybe"},
-    {"active": "2"},
-    {"protocol": "ocpp2.0"},
-    {"bogus": "1"},
-    {"location": "x", "include_everything": "true"},
-    {"createdAt[$gte]": "not-a-date"},
-    {"createdAt[$lte]": "2020-13-01"},
-    {"updatedAt[$gte]": "yesterday"},
-    {"updatedAt[$lte]": ""},
-    {"createdAt[$gt]": "2020-01-01"},
-], ids=repr)
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"paginate_limit": "0"},
+        {"paginate_limit": "1001"},
+        {"paginate_limit": "abc"},
+        {"paginate_limit": ""},
+        {"paginate_limit": "-1"},
+        {"paginate_page": "0"},
+        {"paginate_page": "x"},
+        {"paginate_enabled": "perhaps"},
+        {"sort_by": "bogus"},
+        {"sort_by": "doc"},
+        {"sort_by": "createdAt; DROP TABLE chargestations"},
+        {"sort_order": "up"},
+        {"sort_order": "ASC"},
+        {"status": "Bogus"},
+        {"status": ""},
+        {"online": "maybe"},
+        {"active": "2"},
+        {"protocol": "ocpp2.0"},
+        {"bogus": "1"},
+        {"location": "x", "include_everything": "true"},
+        {"createdAt[$gte]": "not-a-date"},
+        {"createdAt[$lte]": "2020-13-01"},
+        {"updatedAt[$gte]": "yesterday"},
+        {"updatedAt[$lte]": ""},
+        {"createdAt[$gt]": "2020-01-01"},
+    ],
+    ids=repr,
+)
 def test_bad_query_values_are_400(api, params):
     body = envelope(api.get(BASE, params=params), 400)
     assert "internal" not in body["message"]
@@ -681,8 +816,7 @@ def test_bad_query_values_are_400(api, params):
 
 
 def test_400_messages_name_the_parameter(api):
-    assert "paginate_limit" in envelope(api.get(BASE, params={"paginate_limit": 0}), 400)[
-        "message"]
+    assert "paginate_limit" in envelope(api.get(BASE, params={"paginate_limit": 0}), 400)["message"]
     assert "sort_by" in envelope(api.get(BASE, params={"sort_by": "x"}), 400)["message"]
     assert "bogus" in envelope(api.get(BASE, params={"bogus": 1}), 400)["message"]
 
@@ -717,7 +851,7 @@ def test_get_variables_inactive_is_406_with_another_message(api):
 
 def test_get_variables_on_a_live_station(server, api, live):
     ep = live["doc"]["endpoint"]
-    body = envelope(api.post(f"{BASE}/{ep}/get_variables", json={"timeout": 10}), 201)
+    body = envelope(api.post(f"{BASE}/{ep}/get_variables", json={"timeout": scaled(10)}), 201)
     res = body["result"]
     assert res["endpoint"] == ep and res["_id"] == live["doc"]["_id"]
     keys = {e["key"]: e for e in res["csconfig"]}
@@ -727,24 +861,41 @@ def test_get_variables_on_a_live_station(server, api, live):
     assert stored["csconfig"] == res["csconfig"]
     assert stored["csconfigFetchedAt"] == res["fetchedAt"]
 
-    one = envelope(api.post(f"{BASE}/{ep}/get_variables",
-                            json={"keys": ["HeartbeatInterval", "NoSuchKey"]}), 201)["result"]
+    one = envelope(
+        api.post(f"{BASE}/{ep}/get_variables", json={"keys": ["HeartbeatInterval", "NoSuchKey"]}),
+        201,
+    )["result"]
     assert [e["key"] for e in one["csconfig"]] == ["HeartbeatInterval"]
     assert one["unknownKeys"] == ["NoSuchKey"]
 
 
-def test_get_variables_on_a_live_but_inactive_station_is_406(server, api, live):
-    ep = live["doc"]["endpoint"]
-    envelope(api.patch(f"{BASE}/{ep}", json={"active": False}), 200)
+def test_get_variables_on_a_live_but_inactive_station_is_406(server, api):
+    # A station of its own, not the module's `live`: deactivating one tells it Inoperative and
+    # changes its connectors, which the tests sharing `live` compare with its record.
+    doc = server.create(uniq("inactive"))
+    st = LiveStation(server.ocpp_url, doc["endpoint"])
     try:
-        body = envelope(api.post(f"{BASE}/{ep}/get_variables"), 406)
+        wait_for(server, doc["_id"], lambda d: d["online"] and d["status"] == "Available")
+        envelope(api.patch(f"{BASE}/{doc['_id']}", json={"active": False}), 200)
+        body = envelope(api.post(f"{BASE}/{doc['endpoint']}/get_variables"), 406)
         assert "inactive" in body["message"]
     finally:
-        envelope(api.patch(f"{BASE}/{ep}", json={"active": True}), 200)
+        st.stop()
 
 
-@pytest.mark.parametrize("body", [{"timeout": 0}, {"timeout": 301}, {"keys": "HeartbeatInterval"},
-                                  {"keys": [""]}, {"bogus": 1}], ids=repr)
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"timeout": 0},
+        {"timeout": 301},
+        {"timeout": "5"},
+        {"timeout": True},
+        {"keys": "HeartbeatInterval"},
+        {"keys": [""]},
+        {"bogus": 1},
+    ],
+    ids=repr,
+)
 def test_get_variables_bad_body_is_422(api, body):
     doc = create(api)
     envelope(api.post(f"{BASE}/{doc['_id']}/get_variables", json=body), 422)
@@ -763,5 +914,6 @@ def test_keep_alive_requests_are_not_delayed(server):
             times.append(time.perf_counter() - t)
     times.sort()
     # A local 404 takes ~2 ms; with Nagle on the server every one of these took >= 40 ms.
-    # The third fastest keeps a loaded machine's outliers from failing the test.
-    assert times[2] < 0.02, times
+    # The third fastest keeps a loaded machine's outliers from failing the test. The bound is
+    # scaled but stays under the 40 ms it tells apart, or a slow machine would pass anything.
+    assert times[2] < min(scaled(0.02), 0.035), times

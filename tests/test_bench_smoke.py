@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 _spec = importlib.util.spec_from_file_location(
-    "bench_run", Path(__file__).resolve().parents[1] / "bench" / "run.py")
+    "bench_run", Path(__file__).resolve().parents[1] / "bench" / "run.py"
+)
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench_run"] = bench  # dataclasses look their module up
 _spec.loader.exec_module(bench)

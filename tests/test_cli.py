@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from conftest import hermetic_env, start_server
 from edrvctl import __version__
 from edrvctl.cli import app
+from timing import scaled, until, until_past
 
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
 PLAIN_HEADER = "ENDPOINT\tID\tPROTOCOL\tONLINE\tACTIVE\tSTATUS\tMODEL\tLAST SEEN"
@@ -35,8 +36,12 @@ _seq = itertools.count(1)
 
 # Variables that, if set in the developer's shell, must not leak into a test's invocation
 # (CliRunner's env= only adds to os.environ; None removes).
-_CLEAR = {"EDRV_API_URL": None, "EDRV_TOKEN": None, "EDRVCTL_CONTEXT": None,
-          "_EDRVCTL_COMPLETE": None}
+_CLEAR = {
+    "EDRV_API_URL": None,
+    "EDRV_TOKEN": None,
+    "EDRVCTL_CONTEXT": None,
+    "_EDRVCTL_COMPLETE": None,
+}
 
 
 def uniq(prefix: str = "cli") -> str:
@@ -44,11 +49,11 @@ def uniq(prefix: str = "cli") -> str:
 
 
 def cli(env: dict, *args: str, input: str | None = None):
-    result = runner.invoke(app, list(args), env={**_CLEAR, **env}, prog_name="edrvctl",
-                           input=input)
+    result = runner.invoke(app, list(args), env={**_CLEAR, **env}, prog_name="edrvctl", input=input)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"edrvctl {' '.join(args)} crashed: {result.exception!r}\n"
-                             f"stderr: {result.stderr}") from result.exception
+        raise AssertionError(
+            f"edrvctl {' '.join(args)} crashed: {result.exception!r}\nstderr: {result.stderr}"
+        ) from result.exception
     return result
 
 
@@ -100,15 +105,15 @@ class LiveStation:
         async def make():
             return SimStation(endpoint, ocpp_url, "ocpp1.6", connectors=1, reconnect=False)
 
-        self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(scaled(10))
         asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop)
 
     def stop(self) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(10)
+            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(scaled(10))
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
+            self.thread.join(scaled(5))
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +121,13 @@ def live(server):
     loc = uniq("live-loc")
     doc = server.create(uniq("live"), location=loc)
     st = LiveStation(server.ocpp_url, doc["endpoint"])
+
+    def available():
+        d = server.get(doc["_id"])
+        return d if d["online"] and d["status"] == "Available" else None
+
     try:
-        deadline = time.monotonic() + 15
-        while not (d := server.get(doc["_id"]))["online"] or d["status"] != "Available":
-            assert time.monotonic() < deadline, d
-            time.sleep(0.05)
+        d = until(available, timeout=15, interval=0.05, what=f"{doc['endpoint']} to be Available")
         yield {"doc": d, "location": loc}
     finally:
         st.stop()
@@ -146,8 +153,11 @@ def test_help_flags(tmp_path, flag):
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_command_has_help_with_an_example_and_needs_no_network(tmp_path, cmd):
-    env = {**hermetic_env(tmp_path), "EDRV_API_URL": closed_port_url(),
-           "EDRVCTL_CONTEXT": "no-such-context"}
+    env = {
+        **hermetic_env(tmp_path),
+        "EDRV_API_URL": closed_port_url(),
+        "EDRVCTL_CONTEXT": "no-such-context",
+    }
     r = ok(env, "cs", cmd, "-h")
     assert r.stdout.startswith(f"Usage: edrvctl cs {cmd}")
     assert "Example" in r.stdout
@@ -198,8 +208,21 @@ def test_create_json_and_yaml_print_the_object(server, cli_env):
 
 def test_create_with_every_option(server, cli_env):
     loc, org, ep = uniq("loc"), uniq("org"), uniq()
-    ok(cli_env, "cs", "create", ep, "--protocol", "ocpp2.0.1", "--location", loc,
-       "--organization", org, "--public", "--simulator", "--inactive")
+    ok(
+        cli_env,
+        "cs",
+        "create",
+        ep,
+        "--protocol",
+        "ocpp2.0.1",
+        "--location",
+        loc,
+        "--organization",
+        org,
+        "--public",
+        "--simulator",
+        "--inactive",
+    )
     doc = server.get(ep)
     assert doc["protocol"] == "ocpp2.0.1"
     assert (doc["location"], doc["organization"]) == (loc, org)
@@ -219,7 +242,7 @@ def pair(cli_env):
     """Two stations in a location of their own; newest first."""
     loc, org = uniq("loc"), uniq("org")
     a = create(cli_env, "--location", loc, "--organization", org)
-    time.sleep(0.003)
+    until_past(a["createdAt"])  # b is newer
     b = create(cli_env, "--location", loc, "--organization", org)
     return loc, [b, a]
 
@@ -231,7 +254,8 @@ def test_list_default_is_plain_off_a_terminal(cli_env, pair):
     rows = plain_rows(r.stdout)
     assert "\t".join(rows[0]) == PLAIN_HEADER
     assert [row[:5] for row in rows[1:]] == [
-        [d["endpoint"], d["_id"], "ocpp1.6", "false", "true"] for d in docs]
+        [d["endpoint"], d["_id"], "ocpp1.6", "false", "true"] for d in docs
+    ]
     assert all(len(row) == len(rows[0]) for row in rows)
     assert ok(cli_env, "cs", "list", "--location", loc, "-o", "plain").stdout == r.stdout
 
@@ -284,8 +308,9 @@ def test_list_quiet_prints_ids_only(cli_env, pair):
         assert r.stdout == "".join(d["_id"] + "\n" for d in docs)
 
 
-@pytest.mark.parametrize("fmt,expected", [("plain", PLAIN_HEADER + "\n"), ("json", "[]\n"),
-                                          ("yaml", "[]\n")])
+@pytest.mark.parametrize(
+    "fmt,expected", [("plain", PLAIN_HEADER + "\n"), ("json", "[]\n"), ("yaml", "[]\n")]
+)
 def test_empty_list_is_success(cli_env, fmt, expected):
     r = ok(cli_env, "cs", "list", "--location", uniq("none"), "-o", fmt)
     assert r.stdout == expected
@@ -299,26 +324,41 @@ def test_list_limit_and_all(cli_env):
     loc = uniq("limit")
     ids = []
     for _ in range(3):
-        ids.append(create(cli_env, "--location", loc)["_id"])
-        time.sleep(0.003)
+        doc = create(cli_env, "--location", loc)
+        ids.append(doc["_id"])
+        until_past(doc["createdAt"])  # the next one is newer
     newest = ids[::-1]
-    assert ok(cli_env, "cs", "list", "--location", loc, "--limit", "2", "-q").stdout.split() \
+    assert (
+        ok(cli_env, "cs", "list", "--location", loc, "--limit", "2", "-q").stdout.split()
         == newest[:2]
-    assert ok(cli_env, "cs", "list", "--location", loc, "--limit", "1", "-q").stdout.split() \
+    )
+    assert (
+        ok(cli_env, "cs", "list", "--location", loc, "--limit", "1", "-q").stdout.split()
         == newest[:1]
-    assert ok(cli_env, "cs", "list", "--location", loc, "--limit", "2", "--all",
-              "-q").stdout.split() == newest
+    )
+    assert (
+        ok(cli_env, "cs", "list", "--location", loc, "--limit", "2", "--all", "-q").stdout.split()
+        == newest
+    )
     assert ok(cli_env, "cs", "list", "--location", loc, "--all", "-q").stdout.split() == newest
 
 
 def test_list_default_limit_is_100(cli_env, server):
     loc = uniq("limit")
     # one client, a fresh connection per request (server.create() builds a client per call)
-    with httpx.Client(base_url=server.api_url, headers={"Authorization": f"Bearer {server.token}"},
-                      limits=httpx.Limits(max_keepalive_connections=0)) as c:
+    with httpx.Client(
+        base_url=server.api_url,
+        headers={"Authorization": f"Bearer {server.token}"},
+        limits=httpx.Limits(max_keepalive_connections=0),
+        timeout=scaled(30),
+    ) as c:
         for _ in range(101):
-            assert c.post("/v1.1/chargestations",
-                          json={"endpoint": uniq("many"), "location": loc}).status_code == 201
+            assert (
+                c.post(
+                    "/v1.1/chargestations", json={"endpoint": uniq("many"), "location": loc}
+                ).status_code
+                == 201
+            )
     assert len(ok(cli_env, "cs", "list", "--location", loc, "-q").stdout.split()) == 100
     assert len(ok(cli_env, "cs", "list", "--location", loc, "--all", "-q").stdout.split()) == 101
 
@@ -328,9 +368,11 @@ def test_filter_active_inactive(cli_env):
     on = create(cli_env, "--location", loc)
     off = create(cli_env, "--location", loc, "--inactive")
     assert ok(cli_env, "cs", "list", "--location", loc, "--active", "-q").stdout.split() == [
-        on["_id"]]
+        on["_id"]
+    ]
     assert ok(cli_env, "cs", "list", "--location", loc, "--inactive", "-q").stdout.split() == [
-        off["_id"]]
+        off["_id"]
+    ]
 
 
 def test_filter_protocol(cli_env):
@@ -349,7 +391,8 @@ def test_filter_location_and_organization(cli_env):
     assert ok(cli_env, "cs", "list", "--organization", org, "-q").stdout.split() == [a["_id"]]
     assert ok(cli_env, "cs", "list", "--organization", org2, "-q").stdout.split() == [b["_id"]]
     assert sorted(ok(cli_env, "cs", "list", "--location", loc, "-q").stdout.split()) == sorted(
-        [a["_id"], b["_id"]])
+        [a["_id"], b["_id"]]
+    )
 
 
 def test_filter_online_offline_and_status(cli_env, live):
@@ -371,10 +414,13 @@ def test_filter_online_offline_and_status(cli_env, live):
 def test_inspect_by_endpoint_and_by_id(server, cli_env):
     doc = create(cli_env, "--location", uniq("loc"))
     for key in (doc["endpoint"], doc["_id"]):
-        assert json.loads(ok(cli_env, "cs", "inspect", key, "-o", "json").stdout) == \
-            server.get(doc["_id"])
-    assert yaml.safe_load(ok(cli_env, "cs", "inspect", doc["_id"], "-o", "yaml").stdout)[
-        "endpoint"] == doc["endpoint"]
+        assert json.loads(ok(cli_env, "cs", "inspect", key, "-o", "json").stdout) == server.get(
+            doc["_id"]
+        )
+    assert (
+        yaml.safe_load(ok(cli_env, "cs", "inspect", doc["_id"], "-o", "yaml").stdout)["endpoint"]
+        == doc["endpoint"]
+    )
 
 
 def test_inspect_plain_and_table(cli_env):
@@ -457,21 +503,23 @@ def test_config_unknown_is_exit_3(cli_env):
 
 def test_config_on_a_live_station(server, cli_env, live):
     ep = live["doc"]["endpoint"]
-    r = ok(cli_env, "cs", "config", ep, "--timeout", "10")
+    r = ok(cli_env, "cs", "config", ep, "--timeout", str(scaled(10)))
     rows = plain_rows(r.stdout)
     assert rows[0] == ["KEY", "VALUE", "READONLY"]
     keys = {row[0]: row for row in rows[1:]}
     assert "HeartbeatInterval" in keys
     assert "KEY" not in ok(cli_env, "cs", "config", ep, "--no-headers").stdout
-    one = json.loads(ok(cli_env, "cs", "config", ep, "-k", "HeartbeatInterval",
-                        "-o", "json").stdout)
+    one = json.loads(
+        ok(cli_env, "cs", "config", ep, "-k", "HeartbeatInterval", "-o", "json").stdout
+    )
     assert [e["key"] for e in one] == ["HeartbeatInterval"]
     assert server.get(ep)["csconfig"]  # stored, readable while offline
     r = ok(cli_env, "cs", "config", ep, "-k", "NoSuchKey", "-o", "json")
     assert json.loads(r.stdout) == [] and "NoSuchKey" in r.stderr
     # what was fetched stays readable with inspect
-    fields = dict(line.split("\t", 1) for line in ok(cli_env, "cs", "inspect", ep).stdout
-                  .splitlines())
+    fields = dict(
+        line.split("\t", 1) for line in ok(cli_env, "cs", "inspect", ep).stdout.splitlines()
+    )
     assert "csconfig.HeartbeatInterval" in fields
     assert fields["connector.1.1"] == "Available"
     assert fields["Config fetched"].endswith("Z")
@@ -482,20 +530,24 @@ def test_config_on_a_live_station(server, cli_env, live):
 # --------------------------------------------------------------------------- exit codes
 
 
-@pytest.mark.parametrize("args", [
-    ("cs", "list", "-o", "bogus"),
-    ("cs", "list", "--status", "Bogus"),
-    ("cs", "list", "--protocol", "ocpp3"),
-    ("cs", "list", "--limit", "0"),
-    ("cs", "list", "--limit", "many"),
-    ("cs", "list", "--no-such-flag"),
-    ("cs", "inspect"),
-    ("cs", "create"),
-    ("cs", "config", "x", "--timeout", "0"),
-    ("cs", "nosuchverb"),
-    ("nosuchnoun",),
-    ("--color", "purple", "cs", "list"),
-], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("cs", "list", "-o", "bogus"),
+        ("cs", "list", "--status", "Bogus"),
+        ("cs", "list", "--protocol", "ocpp3"),
+        ("cs", "list", "--limit", "0"),
+        ("cs", "list", "--limit", "many"),
+        ("cs", "list", "--no-such-flag"),
+        ("cs", "inspect"),
+        ("cs", "create"),
+        ("cs", "config", "x", "--timeout", "0"),
+        ("cs", "nosuchverb"),
+        ("nosuchnoun",),
+        ("--color", "purple", "cs", "list"),
+    ],
+    ids=" ".join,
+)
 def test_usage_errors_exit_2(cli_env, args):
     r = fails(2, cli_env, *args)
     assert "Usage:" in r.stderr or "error:" in r.stderr
@@ -505,6 +557,15 @@ def test_usage_errors_exit_2(cli_env, args):
 def test_invalid_endpoint_is_exit_2(server, cli_env, ep):
     r = fails(2, cli_env, "cs", "create", ep)
     assert r.stderr.startswith("error: ") and "endpoint" in r.stderr
+
+
+def test_endpoint_shaped_like_an_id_is_exit_2(server, cli_env):
+    """`cs delete KEY` takes an _id or an endpoint: an endpoint that is another station's _id
+    would make it delete that station. Refused at create."""
+    other = create(cli_env)
+    r = fails(2, cli_env, "cs", "create", other["_id"])
+    assert r.stderr.startswith("error: ") and "_id" in r.stderr
+    assert server.get(other["_id"]) == other
 
 
 def test_duplicate_create_is_exit_5(cli_env):
@@ -545,8 +606,12 @@ def test_empty_station_name_is_refused_cleanly(cli_env):
 
 
 def test_debug_lets_the_exception_through(cli_env):
-    r = runner.invoke(app, ["--debug", "cs", "inspect", "no-such-station"],
-                      env={**_CLEAR, **cli_env}, prog_name="edrvctl")
+    r = runner.invoke(
+        app,
+        ["--debug", "cs", "inspect", "no-such-station"],
+        env={**_CLEAR, **cli_env},
+        prog_name="edrvctl",
+    )
     from edrvctl.errors import NotFound
 
     assert isinstance(r.exception, NotFound)
@@ -578,12 +643,15 @@ def ctx_env(server, tmp_path):
     env = hermetic_env(tmp_path)
     token_file = tmp_path / "good.token"
     token_file.write_text(server.token + "\n")
-    write_config(env, f"""
+    write_config(
+        env,
+        f"""
 current-context: good
 contexts:
   good: {{api_url: "{server.api_url}", token_file: "{token_file}"}}
   down: {{api_url: "{closed_port_url()}", token_file: "{token_file}"}}
-""")
+""",
+    )
     return env
 
 
@@ -646,8 +714,11 @@ def test_broken_config_file_is_exit_2(tmp_path, text):
 def test_missing_token_file_is_exit_2(server, tmp_path):
     env = hermetic_env(tmp_path)
     missing = tmp_path / "missing.token"
-    write_config(env, f"current-context: a\ncontexts:\n  a: {{api_url: '{server.api_url}', "
-                      f"token_file: '{missing}'}}\n")
+    write_config(
+        env,
+        f"current-context: a\ncontexts:\n  a: {{api_url: '{server.api_url}', "
+        f"token_file: '{missing}'}}\n",
+    )
     assert str(missing) in fails(2, env, "cs", "list").stderr
 
 
@@ -673,8 +744,10 @@ def test_local_server_is_found_without_any_setting(tmp_path):
         ep = uniq("local")
         sid = ok(env, "cs", "create", ep, "-q").stdout.strip()
         assert ok(env, "cs", "list", "-q").stdout.split() == [sid]
-        assert json.loads(ok(env, "cs", "inspect", ep, "-o", "json").stdout)[
-            "connection_url"] == srv.ocpp_url
+        assert (
+            json.loads(ok(env, "cs", "inspect", ep, "-o", "json").stdout)["connection_url"]
+            == srv.ocpp_url
+        )
         # a flag still wins over the local server
         fails(6, env, "--api-url", closed_port_url(), "cs", "list")
     finally:

@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
 from edrvctl.cli import app
+from timing import scaled
 
 
 def test_an_unexpected_response_is_exit_1(server, cli_env):
@@ -26,34 +26,56 @@ def test_an_unexpected_response_is_exit_1(server, cli_env):
 
 def test_ctrl_c_while_waiting_for_a_station_is_exit_130(server, cli_env):
     ep = server.create()["endpoint"]
-    booted, stop = threading.Event(), threading.Event()
+    booted, asked, stop = threading.Event(), threading.Event(), threading.Event()
 
     def silent_station():
         async def run():
-            async with connect(f"{server.ocpp_url}/{ep}", subprotocols=["ocpp1.6"]) as ws:
-                await ws.send(json.dumps([2, "b", "BootNotification",
-                                          {"chargePointVendor": "V", "chargePointModel": "M"}]))
+            async with connect(
+                f"{server.ocpp_url}/{ep}", subprotocols=["ocpp1.6"], open_timeout=scaled(10)
+            ) as ws:
+                await ws.send(
+                    json.dumps(
+                        [
+                            2,
+                            "b",
+                            "BootNotification",
+                            {"chargePointVendor": "V", "chargePointModel": "M"},
+                        ]
+                    )
+                )
                 await ws.recv()
                 booted.set()
                 while not stop.is_set():  # read what the server asks, never answer
                     try:
-                        await asyncio.wait_for(ws.recv(), 0.2)
-                    except TimeoutError:
-                        pass
+                        frame = json.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                    except TimeoutError:  # (only to look at `stop` again)
+                        continue
+                    if frame[0] == 2 and frame[2] == "GetConfiguration":
+                        asked.set()
+
         asyncio.run(run())
 
     t = threading.Thread(target=silent_station, daemon=True)
     t.start()
+    p = None
     try:
-        assert booted.wait(10)
-        p = subprocess.Popen([sys.executable, "-m", "edrvctl", "cs", "config", ep,
-                              "--timeout", "60"], env=cli_env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)  # the request is out and waiting for the station
+        assert booted.wait(scaled(10))
+        p = subprocess.Popen(
+            [sys.executable, "-m", "edrvctl", "cs", "config", ep, "--timeout", str(scaled(60))],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # The station was asked: the CLI's request is out and it is waiting for the answer.
+        assert asked.wait(scaled(20)), "the station was never asked for its configuration"
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=10)
+        out, err = p.communicate(timeout=scaled(10))
         assert p.returncode == 130, err
         assert "interrupted" in err and "Traceback" not in err and out == ""
     finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
         stop.set()
-        t.join(5)
+        t.join(scaled(5))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from conftest import hermetic_env, start_server
+from timing import scaled, until_async
 
 P16 = "ocpp1.6"
 
@@ -26,17 +26,31 @@ def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-async def try_connect(url: str, endpoint: str, headers: dict | None = None,
-                      tls: ssl.SSLContext | None = None, protocol: str = P16):
+async def try_connect(
+    url: str,
+    endpoint: str,
+    headers: dict | None = None,
+    tls: ssl.SSLContext | None = None,
+    protocol: str = P16,
+):
     """Connect, send a Heartbeat, return ("ok", reply) or ("refused", status, body, headers)."""
     try:
-        async with connect(f"{url}/{endpoint}", subprotocols=[protocol],
-                           additional_headers=headers or {}, ssl=tls, open_timeout=10) as ws:
+        async with connect(
+            f"{url}/{endpoint}",
+            subprotocols=[protocol],
+            additional_headers=headers or {},
+            ssl=tls,
+            open_timeout=scaled(10),
+        ) as ws:
             await ws.send(json.dumps([2, "1", "Heartbeat", {}]))
             return ("ok", json.loads(await ws.recv()))
     except InvalidStatus as e:
-        return ("refused", e.response.status_code, bytes(e.response.body).decode(),
-                e.response.headers)
+        return (
+            "refused",
+            e.response.status_code,
+            bytes(e.response.body).decode(),
+            e.response.headers,
+        )
 
 
 def refused(result, status: int, words: str):
@@ -58,10 +72,18 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory, pki):
-    ca, d = pki
-    srv = start_server(tmp_path_factory.mktemp("tls"), "--tls-cert", str(d / "server.pem"),
-                       "--tls-key", str(d / "server.key"), "--tls-client-ca", str(d / "ca.pem"),
-                       "--ocpp-tls-port", "0")
+    _ca, d = pki
+    srv = start_server(
+        tmp_path_factory.mktemp("tls"),
+        "--tls-cert",
+        str(d / "server.pem"),
+        "--tls-key",
+        str(d / "server.key"),
+        "--tls-client-ca",
+        str(d / "ca.pem"),
+        "--ocpp-tls-port",
+        "0",
+    )
     srv.tls_url = next(w for w in srv.logs().split() if w.startswith("wss://"))
     yield srv
     srv.stop()
@@ -90,12 +112,20 @@ def test_basic_auth_accepts_the_right_password_only(server):
         no_auth = await try_connect(server.ocpp_url, ep)
         refused(no_auth, 401, "Basic authentication required")
         assert no_auth[3]["WWW-Authenticate"].startswith("Basic")
-        refused(await try_connect(server.ocpp_url, ep, basic(ep, password + "x")), 401,
-                "wrong password")
-        refused(await try_connect(server.ocpp_url, ep, basic("someone-else", password)), 401,
-                "username must be the endpoint")
-        refused(await try_connect(server.ocpp_url, ep, {"Authorization": "Basic !!!"}), 401,
-                "Basic authentication required")
+        refused(
+            await try_connect(server.ocpp_url, ep, basic(ep, password + "x")), 401, "wrong password"
+        )
+        refused(
+            await try_connect(server.ocpp_url, ep, basic("someone-else", password)),
+            401,
+            "username must be the endpoint",
+        )
+        refused(
+            await try_connect(server.ocpp_url, ep, {"Authorization": "Basic !!!"}),
+            401,
+            "Basic authentication required",
+        )
+
     asyncio.run(scenario())
     # the password is never shown again, and no hash is ever shown
     again = server.get(ep)
@@ -109,18 +139,22 @@ def test_rotate_password_retires_the_old_one_and_drops_the_station(server):
     ep, old = doc["endpoint"], doc["password"]
 
     async def scenario():
-        async with connect(f"{server.ocpp_url}/{ep}", subprotocols=[P16],
-                           additional_headers=basic(ep, old)) as ws:
+        async with connect(
+            f"{server.ocpp_url}/{ep}",
+            subprotocols=[P16],
+            additional_headers=basic(ep, old),
+            open_timeout=scaled(10),
+        ) as ws:
             with server.api() as api:
-                r = await asyncio.to_thread(api.patch,
-                                            f"/v1.1/chargestations/{ep}/reset_password")
+                r = await asyncio.to_thread(api.patch, f"/v1.1/chargestations/{ep}/reset_password")
             assert r.status_code == 200, r.text
             new = r.json()["result"]["password"]
             assert new != old
             with pytest.raises(ConnectionClosed):  # the old session is closed at once
-                await asyncio.wait_for(ws.recv(), 5)
+                await asyncio.wait_for(ws.recv(), scaled(5))
         refused(await try_connect(server.ocpp_url, ep, basic(ep, old)), 401, "wrong password")
         assert (await try_connect(server.ocpp_url, ep, basic(ep, new)))[0] == "ok"
+
     asyncio.run(scenario())
 
 
@@ -138,8 +172,12 @@ def test_cli_create_shows_the_password_once_and_rotates_it(server, cli_env):
 
     runner = CliRunner()
     ep = f"cli-sec-{time.monotonic_ns()}"
-    r = runner.invoke(app, ["cs", "create", ep, "--security", "basic_auth", "-o", "json"],
-                      env=cli_env, prog_name="edrvctl")
+    r = runner.invoke(
+        app,
+        ["cs", "create", ep, "--security", "basic_auth", "-o", "json"],
+        env=cli_env,
+        prog_name="edrvctl",
+    )
     assert r.exit_code == 0, r.output
     created = json.loads(r.stdout)
     assert created["password"]
@@ -170,17 +208,29 @@ def test_tls_profiles_accept_the_right_station_and_refuse_the_wrong_one(tls_serv
         # profile 2: TLS and the password
         assert (await try_connect(srv.tls_url, ep2, basic(ep2, pw2), client_tls(ca)))[0] == "ok"
         refused(await try_connect(srv.ocpp_url, ep2, basic(ep2, pw2)), 403, "requires TLS")
-        refused(await try_connect(srv.tls_url, ep2, basic(ep2, "nope"), client_tls(ca)), 401,
-                "wrong password")
-        refused(await try_connect(srv.tls_url, ep2, None, client_tls(ca)), 401,
-                "Basic authentication required")
+        refused(
+            await try_connect(srv.tls_url, ep2, basic(ep2, "nope"), client_tls(ca)),
+            401,
+            "wrong password",
+        )
+        refused(
+            await try_connect(srv.tls_url, ep2, None, client_tls(ca)),
+            401,
+            "Basic authentication required",
+        )
         # profile 3: a client certificate for exactly this endpoint
         ep3 = p3["endpoint"]
         assert (await try_connect(srv.tls_url, ep3, None, client_tls(ca, ep3)))[0] == "ok"
-        refused(await try_connect(srv.tls_url, ep3, None, client_tls(ca, "another-station")),
-                403, "for 'another-station'")
-        refused(await try_connect(srv.tls_url, ep3, None, client_tls(ca)), 403,
-                "client certificate is required")
+        refused(
+            await try_connect(srv.tls_url, ep3, None, client_tls(ca, "another-station")),
+            403,
+            "for 'another-station'",
+        )
+        refused(
+            await try_connect(srv.tls_url, ep3, None, client_tls(ca)),
+            403,
+            "client certificate is required",
+        )
         refused(await try_connect(srv.ocpp_url, ep3), 403, "requires TLS")
         # a certificate from a CA the server does not trust fails the TLS handshake itself
         other = trustme.CA()
@@ -191,6 +241,7 @@ def test_tls_profiles_accept_the_right_station_and_refuse_the_wrong_one(tls_serv
         # profile 0 may use either
         assert (await try_connect(srv.tls_url, p0["endpoint"], None, client_tls(ca)))[0] == "ok"
         assert (await try_connect(srv.ocpp_url, p0["endpoint"]))[0] == "ok"
+
     asyncio.run(scenario())
     assert p2["password"] not in srv.logs()
 
@@ -200,35 +251,65 @@ def test_tls_profiles_accept_the_right_station_and_refuse_the_wrong_one(tls_serv
 
 def test_api_refuses_requests_without_the_token(server):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.token}):
-        r = httpx.get(f"{server.api_url}/v1.1/chargestations", headers=headers)
+        r = httpx.get(f"{server.api_url}/v1.1/chargestations", headers=headers, timeout=scaled(10))
         assert r.status_code == 401 and r.json()["ok"] is False
 
 
 def test_serve_refuses_a_public_api_without_tls(tmp_path):
     env = hermetic_env(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "edrvctl", "serve", "--store",
-                        str(tmp_path / "s.db"), "--api-host", "0.0.0.0", "--api-port", "0",
-                        "--ocpp-port", "0"], env=env, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edrvctl",
+            "serve",
+            "--store",
+            str(tmp_path / "s.db"),
+            "--api-host",
+            "0.0.0.0",
+            "--api-port",
+            "0",
+            "--ocpp-port",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )
     assert r.returncode == 2
     assert "without TLS" in r.stderr and "--api-tls" in r.stderr
 
 
 def test_api_over_tls(tmp_path, pki):
-    ca, d = pki
-    srv = start_server(tmp_path, "--tls-cert", str(d / "server.pem"), "--tls-key",
-                       str(d / "server.key"), "--api-tls", "--ocpp-tls-port", "0")
+    _ca, d = pki
+    srv = start_server(
+        tmp_path,
+        "--tls-cert",
+        str(d / "server.pem"),
+        "--tls-key",
+        str(d / "server.key"),
+        "--api-tls",
+        "--ocpp-tls-port",
+        "0",
+    )
     try:
         assert srv.api_url.startswith("https://")
-        with httpx.Client(verify=ssl.create_default_context(cafile=str(d / "ca.pem"))) as c:
-            r = c.get(f"{srv.api_url}/v1.1/chargestations",
-                      headers={"Authorization": f"Bearer {srv.token}"})
+        with httpx.Client(
+            verify=ssl.create_default_context(cafile=str(d / "ca.pem")), timeout=scaled(10)
+        ) as c:
+            r = c.get(
+                f"{srv.api_url}/v1.1/chargestations",
+                headers={"Authorization": f"Bearer {srv.token}"},
+            )
         assert r.status_code == 200 and r.json()["ok"] is True
     finally:
         srv.stop()
 
 
 def test_the_token_is_not_in_the_process_list(server):
-    args = open(f"/proc/{server.proc.pid}/cmdline", "rb").read().decode()
+    with open(f"/proc/{server.proc.pid}/cmdline", "rb") as f:
+        args = f.read().decode()
     assert server.token not in args
 
 
@@ -236,13 +317,16 @@ def test_the_token_is_not_in_the_process_list(server):
 
 
 def test_limits(tmp_path):
-    srv = start_server(tmp_path, "--max-rate", "5", "--max-connections-per-address", "3",
-                       "--max-frame", "4096")
+    srv = start_server(
+        tmp_path, "--max-rate", "5", "--max-connections-per-address", "3", "--max-frame", "4096"
+    )
     try:
         eps = [srv.create()["endpoint"] for _ in range(4)]
 
         async def scenario():
-            async with connect(f"{srv.ocpp_url}/{eps[0]}", subprotocols=[P16]) as ws:
+            async with connect(
+                f"{srv.ocpp_url}/{eps[0]}", subprotocols=[P16], open_timeout=scaled(10)
+            ) as ws:
                 # a burst of 10 (twice the rate) is answered; beyond it, GenericError at once
                 codes = []
                 for i in range(40):
@@ -251,22 +335,36 @@ def test_limits(tmp_path):
                     codes.append(frame[0] if frame[0] == 3 else frame[2])
                 assert codes[:10] == [3] * 10
                 assert "GenericError" in codes
-                await asyncio.sleep(1.0)  # tokens come back at 5/s
-                await ws.send(json.dumps([2, "again", "Heartbeat", {}]))
-                assert json.loads(await ws.recv())[0] == 3
+                # tokens come back (5/s): before long a Heartbeat is answered again
+                tries = iter(range(10**6))
+
+                async def answered() -> bool:
+                    await ws.send(json.dumps([2, f"again-{next(tries)}", "Heartbeat", {}]))
+                    frame = json.loads(await ws.recv())
+                    assert frame[0] == 3 or frame[2] == "GenericError", frame
+                    return frame[0] == 3
+
+                await until_async(
+                    answered, timeout=1, interval=0.05, what="a Heartbeat answered after the burst"
+                )
                 # a frame over --max-frame closes the connection (1009: too big)
-                await ws.send(json.dumps([2, "big", "DataTransfer",
-                                          {"vendorId": "x", "data": "y" * 10000}]))
+                await ws.send(
+                    json.dumps([2, "big", "DataTransfer", {"vendorId": "x", "data": "y" * 10000}])
+                )
                 with pytest.raises(ConnectionClosed) as e:
                     await ws.recv()
                 assert e.value.rcvd.code == 1009
             # three connections from one address at most
-            conns = [await connect(f"{srv.ocpp_url}/{ep}", subprotocols=[P16]) for ep in eps[:3]]
+            conns = [
+                await connect(f"{srv.ocpp_url}/{ep}", subprotocols=[P16], open_timeout=scaled(10))
+                for ep in eps[:3]
+            ]
             try:
                 refused(await try_connect(srv.ocpp_url, eps[3]), 503, "too many connections")
             finally:
                 for c in conns:
                     await c.close()
+
         asyncio.run(scenario())
         assert srv.proc.poll() is None
     finally:

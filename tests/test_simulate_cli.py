@@ -6,20 +6,40 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from typer.testing import CliRunner
 
 from edrvctl.cli import app
+from timing import scaled, until
 
 runner = CliRunner()
 
 
 def test_simulate_creates_and_runs_stations(server, cli_env):
     prefix = f"SIMCLI{os.getpid() % 1000}x"
-    r = runner.invoke(app, ["simulate", "--url", server.ocpp_url, "-n", "3", "--protocol",
-                            "mixed", "--prefix", prefix, "--create", "--duration", "2.5",
-                            "-o", "json"], env=cli_env, prog_name="edrvctl")
+    # --duration is the behaviour under test (run that long, then stop every station): a wait
+    # by nature, long enough for three stations to boot and report.
+    r = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--url",
+            server.ocpp_url,
+            "-n",
+            "3",
+            "--protocol",
+            "mixed",
+            "--prefix",
+            prefix,
+            "--create",
+            "--duration",
+            str(scaled(2.5)),
+            "-o",
+            "json",
+        ],
+        env=cli_env,
+        prog_name="edrvctl",
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["total"] == 3 and summary["booted"] == 3 and summary["errors"] == 0
@@ -35,19 +55,45 @@ def test_simulate_creates_and_runs_stations(server, cli_env):
 def test_simulate_stops_cleanly_on_sigint(server, cli_env):
     prefix = f"SIMINT{os.getpid() % 1000}x"
     env = dict(cli_env)
-    p = subprocess.Popen([sys.executable, "-m", "edrvctl", "simulate", "--url", server.ocpp_url,
-                          "-n", "2", "--prefix", prefix, "--create"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edrvctl",
+            "simulate",
+            "--url",
+            server.ocpp_url,
+            "-n",
+            "2",
+            "--prefix",
+            prefix,
+            "--create",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def online(endpoint: str) -> bool:
         try:
-            if server.get(f"{prefix}00002")["online"]:
-                break
+            return server.get(endpoint)["online"]
         except AssertionError:  # not created yet
-            pass
-        time.sleep(0.1)
+            return False
+
+    try:
+        until(
+            lambda: online(f"{prefix}00001") and online(f"{prefix}00002"),
+            timeout=15,
+            interval=0.1,
+            what="both simulated stations online",
+        )
+    except AssertionError:
+        p.kill()
+        p.communicate()
+        raise
     p.send_signal(2)
-    out, err = p.communicate(timeout=15)
+    out, err = p.communicate(timeout=scaled(15))
     assert p.returncode == 0, err
     assert "2/2 booted" in out
 

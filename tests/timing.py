@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -22,8 +24,9 @@ def scaled(seconds: float) -> float:
     return seconds * UNIT
 
 
-def until(condition: Callable[[], T], timeout: float = 10, interval: float = 0.02,
-          what: str = "condition") -> T:
+def until(
+    condition: Callable[[], T], timeout: float = 10, interval: float = 0.02, what: str = "condition"
+) -> T:
     """Poll `condition` until it returns something truthy; return that. Fails the test after
     `timeout` (scaled) seconds."""
     deadline = time.monotonic() + scaled(timeout)
@@ -36,8 +39,12 @@ def until(condition: Callable[[], T], timeout: float = 10, interval: float = 0.0
         time.sleep(interval)
 
 
-async def until_async(condition: Callable[[], Awaitable[T] | T], timeout: float = 10,
-                      interval: float = 0.02, what: str = "condition") -> T:
+async def until_async(
+    condition: Callable[[], Awaitable[T] | T],
+    timeout: float = 10,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
     """`until` for coroutines: `condition` may be sync or async."""
     deadline = time.monotonic() + scaled(timeout)
     while True:
@@ -49,3 +56,16 @@ async def until_async(condition: Callable[[], Awaitable[T] | T], timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {scaled(timeout):g} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def until_past(stamp: str, timeout: float = 5) -> None:
+    """Wait until the wall clock is past the millisecond of `stamp` (the server's ISO-8601
+    `...T10:00:00.123Z`), so that the next timestamp the server writes is later than it. Records
+    are stamped with millisecond resolution; this is what orders two of them, not a sleep."""
+    after = datetime.fromisoformat(stamp.replace("Z", "+00:00")) + timedelta(milliseconds=1)
+    until(
+        lambda: datetime.now(UTC) >= after,
+        timeout,
+        interval=0.001,
+        what=f"the clock to pass {stamp}",
+    )

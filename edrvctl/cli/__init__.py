@@ -1,9 +1,8 @@
 """The Typer app. Heavy libraries (httpx, rich tables, ocpp, websockets) are imported inside
 the commands that use them, so `--help` and completion stay fast."""
 
-
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -35,7 +34,7 @@ app = typer.Typer(
     cls=Root,
     name="edrvctl",
     help="Fleet administration for EV chargestations, and an embedded OCPP central system.\n\n"
-         "Start a server with `edrvctl serve`, then manage stations with `edrvctl cs ...`.",
+    "Start a server with `edrvctl serve`, then manage stations with `edrvctl cs ...`.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -60,16 +59,31 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    api_url: Annotated[Optional[str], typer.Option(
-        "--api-url", envvar="EDRV_API_URL", show_envvar=True,
-        help="Admin API base URL [default: the local server]")] = None,
-    context: Annotated[Optional[str], typer.Option(
-        "--context", envvar="EDRVCTL_CONTEXT", help="Named context from the config file")] = None,
-    color: Annotated[str, typer.Option(
-        "--color", help="Colour: auto, always or never", metavar="WHEN")] = "auto",
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api-url",
+            envvar="EDRV_API_URL",
+            show_envvar=True,
+            help="Admin API base URL [default: the local server]",
+        ),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context", envvar="EDRVCTL_CONTEXT", help="Named context from the config file"
+        ),
+    ] = None,
+    color: Annotated[
+        str, typer.Option("--color", help="Colour: auto, always or never", metavar="WHEN")
+    ] = "auto",
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors")] = False,
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Show the version and exit")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit"
+        ),
+    ] = False,
 ) -> None:
     """Fleet administration for EV chargestations."""
     if color not in ("auto", "always", "never"):
@@ -81,8 +95,7 @@ def root(
 from edrvctl.cli import chargestations, serve, simulate  # noqa: E402
 
 ALIASES = {"cs": "chargestations"}
-app.add_typer(chargestations.app, name="chargestations",
-              help="Manage chargestations (alias: cs).")
+app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
 app.command("serve")(serve.serve)
 app.command("simulate")(simulate.simulate)

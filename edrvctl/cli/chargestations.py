@@ -1,10 +1,9 @@
 """`edrvctl chargestations` (alias `cs`): list, create, inspect, activate, deactivate, delete,
 config."""
 
-
 import sys
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,11 +13,13 @@ from edrvctl.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
-Format = Enum("Format", {f: f for f in output.FORMATS}, type=str)
-ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)
-StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)
-SecurityName = Enum("SecurityName", {s: s for s in (
-    "none", "basic_auth", "tls_basic_auth", "tls_client_cert")}, type=str)
+# Choices for Typer, made from the constants (member names like "ocpp1.6" cannot be class
+# attributes); mypy cannot see the members of an Enum made this way.
+Format = Enum("Format", {f: f for f in output.FORMATS}, type=str)  # type: ignore[misc]
+ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)  # type: ignore[misc]
+StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)  # type: ignore[misc]
+SECURITY_TYPES = ("none", "basic_auth", "tls_basic_auth", "tls_client_cert")
+SecurityName = Enum("SecurityName", {s: s for s in SECURITY_TYPES}, type=str)  # type: ignore[misc]
 
 
 def _complete_station(incomplete: str):
@@ -27,11 +28,21 @@ def _complete_station(incomplete: str):
     return station_candidates(incomplete)
 
 
-Station = Annotated[str, typer.Argument(
-    help="The station's _id or endpoint", metavar="STATION", autocompletion=_complete_station)]
-OutputOpt = Annotated[Optional[Format], typer.Option(
-    "-o", "--output", help="table | wide | plain | json | yaml [default: table on a terminal, "
-                          "plain otherwise]", show_default=False)]
+Station = Annotated[
+    str,
+    typer.Argument(
+        help="The station's _id or endpoint", metavar="STATION", autocompletion=_complete_station
+    ),
+]
+OutputOpt = Annotated[
+    Format | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="table | wide | plain | json | yaml [default: table on a terminal, plain otherwise]",
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print ids only")]
 YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")]
 
@@ -45,7 +56,7 @@ def _client():
     return Client(settings.api_url, settings.token)
 
 
-def _fmt(o: Optional[Format], quiet: bool = False) -> str:
+def _fmt(o: Format | None, quiet: bool = False) -> str:
     return output.resolve_format(o.value if o else None, quiet)
 
 
@@ -53,8 +64,10 @@ def _confirm(verb: str, station: str, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise UsageError(f"refusing to {verb} {station} without confirmation: stdin is not a "
-                         "terminal; pass --yes")
+        raise UsageError(
+            f"refusing to {verb} {station} without confirmation: stdin is not a "
+            "terminal; pass --yes"
+        )
     if not typer.confirm(f"{verb.capitalize()} chargestation {station}?", err=True):
         output.info("nothing changed")
         raise typer.Exit(1)
@@ -71,18 +84,26 @@ def _done(doc: dict, verb: str, fmt: str) -> None:
 
 @app.command("list")
 def list_(
-    online: Annotated[Optional[bool], typer.Option(
-        "--online/--offline", help="Only stations that are (not) connected",
-        show_default=False)] = None,
-    active: Annotated[Optional[bool], typer.Option(
-        "--active/--inactive", help="Only stations that are (not) active",
-        show_default=False)] = None,
-    status: Annotated[Optional[StatusName], typer.Option(help="Only stations with this status",
-                                                         show_default=False)] = None,
-    protocol: Annotated[Optional[ProtocolName], typer.Option(help="Only this OCPP version",
-                                                             show_default=False)] = None,
-    location: Annotated[Optional[str], typer.Option(help="Only this location id")] = None,
-    organization: Annotated[Optional[str], typer.Option(help="Only this organization")] = None,
+    online: Annotated[
+        bool | None,
+        typer.Option(
+            "--online/--offline", help="Only stations that are (not) connected", show_default=False
+        ),
+    ] = None,
+    active: Annotated[
+        bool | None,
+        typer.Option(
+            "--active/--inactive", help="Only stations that are (not) active", show_default=False
+        ),
+    ] = None,
+    status: Annotated[
+        StatusName | None, typer.Option(help="Only stations with this status", show_default=False)
+    ] = None,
+    protocol: Annotated[
+        ProtocolName | None, typer.Option(help="Only this OCPP version", show_default=False)
+    ] = None,
+    location: Annotated[str | None, typer.Option(help="Only this location id")] = None,
+    organization: Annotated[str | None, typer.Option(help="Only this organization")] = None,
     limit: Annotated[int, typer.Option(help="At most this many stations", min=1)] = 100,
     all_: Annotated[bool, typer.Option("--all", help="Every matching station (no limit)")] = False,
     out: OutputOpt = None,
@@ -99,12 +120,18 @@ def list_(
 
       edrvctl cs list -q --inactive | xargs -n1 edrvctl cs activate
     """
-    filters = {k: v for k, v in {
-        "online": None if online is None else str(online).lower(),
-        "active": None if active is None else str(active).lower(),
-        "status": status.value if status else None,
-        "protocol": protocol.value if protocol else None,
-        "location": location, "organization": organization}.items() if v is not None}
+    filters = {
+        k: v
+        for k, v in {
+            "online": None if online is None else str(online).lower(),
+            "active": None if active is None else str(active).lower(),
+            "status": status.value if status else None,
+            "protocol": protocol.value if protocol else None,
+            "location": location,
+            "organization": organization,
+        }.items()
+        if v is not None
+    }
     client = _client()
     docs = list(client.list_stations(filters, None if all_ else limit + 1))
     more = not all_ and len(docs) > limit
@@ -121,14 +148,18 @@ def list_(
 def create(
     endpoint: Annotated[str, typer.Argument(help="OCPP identity the station connects with")],
     protocol: Annotated[ProtocolName, typer.Option(help="OCPP version")] = ProtocolName["ocpp1.6"],
-    location: Annotated[Optional[str], typer.Option(help="Location id")] = None,
-    organization: Annotated[Optional[str], typer.Option(help="Organization id")] = None,
+    location: Annotated[str | None, typer.Option(help="Location id")] = None,
+    organization: Annotated[str | None, typer.Option(help="Organization id")] = None,
     public: Annotated[bool, typer.Option(help="Visible to the public")] = False,
     simulator: Annotated[bool, typer.Option("--simulator", help="Mark as a simulator")] = False,
     inactive: Annotated[bool, typer.Option("--inactive", help="Create it deactivated")] = False,
-    security: Annotated[SecurityName, typer.Option(
-        help="OCPP security profile: none, basic_auth (1), tls_basic_auth (2), "
-             "tls_client_cert (3)")] = SecurityName["none"],
+    security: Annotated[
+        SecurityName,
+        typer.Option(
+            help="OCPP security profile: none, basic_auth (1), tls_basic_auth (2), "
+            "tls_client_cert (3)"
+        ),
+    ] = SecurityName["none"],
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -145,9 +176,14 @@ def create(
 
       edrvctl cs create edrv03 --security basic_auth -o json
     """
-    body = {"endpoint": endpoint, "protocol": protocol.value, "public": public,
-            "is_simulator": simulator, "active": not inactive,
-            "security": {"type": security.value}}
+    body = {
+        "endpoint": endpoint,
+        "protocol": protocol.value,
+        "public": public,
+        "is_simulator": simulator,
+        "active": not inactive,
+        "security": {"type": security.value},
+    }
     body.update({k: v for k, v in (("location", location), ("organization", organization)) if v})
     client = _client()
     doc = client.create_station(body)
@@ -165,8 +201,9 @@ def _show_password(doc: dict, fmt: str) -> None:
     """A new password is shown once: inside -o json/yaml output, else on stderr (never in -q
     id lists that scripts pipe on)."""
     if doc.get("password") and fmt not in ("json", "yaml"):
-        output.info(f"password for {doc['endpoint']} (shown once; username = endpoint): "
-                    f"{doc['password']}")
+        output.info(
+            f"password for {doc['endpoint']} (shown once; username = endpoint): {doc['password']}"
+        )
 
 
 @app.command()
@@ -182,7 +219,7 @@ def inspect(station: Station, out: OutputOpt = None) -> None:
     output.station(_client().get_station(station), _fmt(out))
 
 
-def _set_active(station: str, active: bool, out: Optional[Format], quiet: bool) -> None:
+def _set_active(station: str, active: bool, out: Format | None, quiet: bool) -> None:
     doc = _client().update_station(station, {"active": active})
     _done(doc, "activated" if active else "deactivated", _fmt(out, quiet))
 
@@ -199,8 +236,9 @@ def activate(station: Station, out: OutputOpt = None, quiet: QuietOpt = False) -
 
 
 @app.command()
-def deactivate(station: Station, yes: YesOpt = False, out: OutputOpt = None,
-               quiet: QuietOpt = False) -> None:
+def deactivate(
+    station: Station, yes: YesOpt = False, out: OutputOpt = None, quiet: QuietOpt = False
+) -> None:
     """Deactivate a chargestation: it cannot start charging (a connected one is told
     Inoperative), and commands to it are refused.
 
@@ -213,8 +251,9 @@ def deactivate(station: Station, yes: YesOpt = False, out: OutputOpt = None,
 
 
 @app.command()
-def delete(station: Station, yes: YesOpt = False, out: OutputOpt = None,
-           quiet: QuietOpt = False) -> None:
+def delete(
+    station: Station, yes: YesOpt = False, out: OutputOpt = None, quiet: QuietOpt = False
+) -> None:
     """Delete a chargestation and what it reported; a connected one is disconnected.
 
     Example:
@@ -249,11 +288,17 @@ def rotate_password(station: Station, yes: YesOpt = False, out: OutputOpt = None
 @app.command()
 def config(
     station: Station,
-    key: Annotated[Optional[list[str]], typer.Option(
-        "--key", "-k", help="Only this key (1.6 name, or Component.Variable for 2.0.1); "
-                            "repeatable")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the station", min=0.1,
-                                           max=300)] = 30.0,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key",
+            "-k",
+            help="Only this key (1.6 name, or Component.Variable for 2.0.1); repeatable",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the station", min=0.1, max=300)
+    ] = 30.0,
     out: OutputOpt = None,
     no_headers: Annotated[bool, typer.Option("--no-headers", help="Omit the header row")] = False,
 ) -> None:

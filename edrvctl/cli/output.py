@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from edrvctl.timefmt import ago
 
@@ -35,8 +35,9 @@ def _console(stderr: bool = False):
     stream = sys.stderr if stderr else sys.stdout
     # A pipe gets the full table, never one cut to Rich's 80-column fallback.
     width = None if stream.isatty() else 10_000
-    return Console(stderr=stderr, force_terminal=force, no_color=no_color, highlight=False,
-                   width=width)
+    return Console(
+        stderr=stderr, force_terminal=force, no_color=no_color, highlight=False, width=width
+    )
 
 
 def info(message: str) -> None:
@@ -75,17 +76,27 @@ STATION_COLUMNS: list[Column] = [
     ("ONLINE", lambda d: "yes" if d["online"] else "no", lambda d: d["online"]),
     ("ACTIVE", lambda d: "yes" if d["active"] else "no", lambda d: d["active"]),
     ("STATUS", lambda d: d.get("status") or "-", lambda d: d.get("status")),
-    ("MODEL", lambda d: " ".join(filter(None, (d.get("manufacturer"), d.get("model")))) or "-",
-     lambda d: " ".join(filter(None, (d.get("manufacturer"), d.get("model"))))),
+    (
+        "MODEL",
+        lambda d: " ".join(filter(None, (d.get("manufacturer"), d.get("model")))) or "-",
+        lambda d: " ".join(filter(None, (d.get("manufacturer"), d.get("model")))),
+    ),
     ("LAST SEEN", lambda d: ago(d.get("lastMessageAt")), lambda d: d.get("lastMessageAt")),
 ]
-WIDE_COLUMNS: list[Column] = STATION_COLUMNS + [
+WIDE_COLUMNS: list[Column] = [
+    *STATION_COLUMNS,
     ("LOCATION", lambda d: d.get("location") or "-", lambda d: d.get("location")),
     ("ORGANIZATION", lambda d: d.get("organization") or "-", lambda d: d.get("organization")),
-    ("CONNECTORS", lambda d: len(d.get("connectors") or []),
-     lambda d: len(d.get("connectors") or [])),
-    ("FIRMWARE", lambda d: (d.get("bootInfo") or {}).get("firmwareVersion") or "-",
-     lambda d: (d.get("bootInfo") or {}).get("firmwareVersion")),
+    (
+        "CONNECTORS",
+        lambda d: len(d.get("connectors") or []),
+        lambda d: len(d.get("connectors") or []),
+    ),
+    (
+        "FIRMWARE",
+        lambda d: (d.get("bootInfo") or {}).get("firmwareVersion") or "-",
+        lambda d: (d.get("bootInfo") or {}).get("firmwareVersion"),
+    ),
     ("CREATED", lambda d: ago(d.get("createdAt")), lambda d: d.get("createdAt")),
 ]
 
@@ -93,8 +104,12 @@ WIDE_COLUMNS: list[Column] = STATION_COLUMNS + [
 FREE_TEXT = {"MODEL", "LOCATION", "ORGANIZATION", "FIRMWARE", "VALUE", "ERROR"}
 
 
-def _table(columns: list[str], rows: Iterable[list[str]],
-           no_headers: bool = False, title: str | None = None) -> None:
+def _table(
+    columns: list[str],
+    rows: Iterable[list[str]],
+    no_headers: bool = False,
+    title: str | None = None,
+) -> None:
     from rich.table import Table
 
     rows = list(rows)
@@ -102,8 +117,15 @@ def _table(columns: list[str], rows: Iterable[list[str]],
     # columns (model, location, ...) are cut, with an ellipsis; ids, endpoints, statuses and
     # times never are.
     console = _console()
-    table = Table(box=None, show_header=not no_headers, pad_edge=False, padding=(0, 2, 0, 0),
-                  header_style="bold", title=title, title_justify="left")
+    table = Table(
+        box=None,
+        show_header=not no_headers,
+        pad_edge=False,
+        padding=(0, 2, 0, 0),
+        header_style="bold",
+        title=title,
+        title_justify="left",
+    )
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(columns)]
     free = [i for i, h in enumerate(columns) if h in FREE_TEXT]
     fixed = sum(w + 2 for i, w in enumerate(widths) if i not in free)
@@ -145,12 +167,23 @@ def stations(docs: list[dict], fmt: str, no_headers: bool = False) -> None:
 # --- one station ---
 
 DETAIL_FIELDS = [
-    ("ID", "_id"), ("Endpoint", "endpoint"), ("Protocol", "protocol"), ("Online", "online"),
-    ("Active", "active"), ("Status", "status"), ("Manufacturer", "manufacturer"),
-    ("Model", "model"), ("Location", "location"), ("Organization", "organization"),
-    ("Connection URL", "connection_url"), ("Security", None), ("Created", "createdAt"),
-    ("Updated", "updatedAt"), ("Last connect", "lastConnectAt"),
-    ("Last disconnect", "lastDisconnectAt"), ("Last message", "lastMessageAt"),
+    ("ID", "_id"),
+    ("Endpoint", "endpoint"),
+    ("Protocol", "protocol"),
+    ("Online", "online"),
+    ("Active", "active"),
+    ("Status", "status"),
+    ("Manufacturer", "manufacturer"),
+    ("Model", "model"),
+    ("Location", "location"),
+    ("Organization", "organization"),
+    ("Connection URL", "connection_url"),
+    ("Security", None),
+    ("Created", "createdAt"),
+    ("Updated", "updatedAt"),
+    ("Last connect", "lastConnectAt"),
+    ("Last disconnect", "lastDisconnectAt"),
+    ("Last message", "lastMessageAt"),
     ("Config fetched", "csconfigFetchedAt"),
 ]
 
@@ -171,8 +204,10 @@ def station(doc: dict, fmt: str) -> None:
     if fmt == "plain":
         rows = [[label, _text(_detail_value(doc, key))] for label, key in DETAIL_FIELDS]
         rows += [[f"bootInfo.{k}", _text(v)] for k, v in (doc.get("bootInfo") or {}).items()]
-        rows += [[f"connector.{c['evseId']}.{c['connectorId']}", _text(c.get("status"))]
-                 for c in doc.get("connectors") or []]
+        rows += [
+            [f"connector.{c['evseId']}.{c['connectorId']}", _text(c.get("status"))]
+            for c in doc.get("connectors") or []
+        ]
         rows += [[f"csconfig.{e['key']}", _text(e.get("value"))] for e in doc.get("csconfig") or []]
         _plain(["FIELD", "VALUE"], rows, no_headers=True)
         return
@@ -183,30 +218,47 @@ def station(doc: dict, fmt: str) -> None:
         shown = _text(value) or "-"
         if key and key.endswith("At") and value:
             shown = f"{value} ({ago(value)})"
-        console.print(f"[bold]{label + ':':<{width}}[/bold] {shown}", markup=True,
-                      highlight=False)
+        console.print(f"[bold]{label + ':':<{width}}[/bold] {shown}", markup=True, highlight=False)
     boot = doc.get("bootInfo") or {}
     if boot:
-        console.print("[bold]Boot info:[/bold] " + ", ".join(f"{k}={v}" for k, v in boot.items()),
-                      markup=True)
+        console.print(
+            "[bold]Boot info:[/bold] " + ", ".join(f"{k}={v}" for k, v in boot.items()), markup=True
+        )
     connectors = doc.get("connectors") or []
     if connectors:
-        _table(["EVSE", "CONNECTOR", "STATUS", "ERROR", "UPDATED"], (
-            [str(c["evseId"]), str(c["connectorId"]), c.get("status") or "-",
-             c.get("errorCode") or "-", ago(c.get("updatedAt"))] for c in connectors),
-            title="Connectors")
+        _table(
+            ["EVSE", "CONNECTOR", "STATUS", "ERROR", "UPDATED"],
+            (
+                [
+                    str(c["evseId"]),
+                    str(c["connectorId"]),
+                    c.get("status") or "-",
+                    c.get("errorCode") or "-",
+                    ago(c.get("updatedAt")),
+                ]
+                for c in connectors
+            ),
+            title="Connectors",
+        )
     if doc.get("csconfig"):
-        config(doc["csconfig"], "table", title=f"csconfig (fetched {ago(doc.get('csconfigFetchedAt'))})")
+        config(
+            doc["csconfig"],
+            "table",
+            title=f"csconfig (fetched {ago(doc.get('csconfigFetchedAt'))})",
+        )
 
 
-def config(entries: list[dict], fmt: str, title: str | None = None,
-           no_headers: bool = False) -> None:
+def config(
+    entries: list[dict], fmt: str, title: str | None = None, no_headers: bool = False
+) -> None:
     if fmt in ("json", "yaml"):
         dump(entries, fmt)
         return
     headers = ["KEY", "VALUE", "READONLY"]
-    rows = ([e["key"], _text(e.get("value")),
-             "" if e.get("readonly") is None else _text(e["readonly"])] for e in entries)
+    rows = (
+        [e["key"], _text(e.get("value")), "" if e.get("readonly") is None else _text(e["readonly"])]
+        for e in entries
+    )
     if fmt in ("plain", "ids"):
         _plain(headers, rows, no_headers)
     else:

@@ -52,8 +52,9 @@ def _load_context(name: str | None) -> dict:
         return {}
     contexts = cfg.get("contexts") or {}
     if name not in contexts or not isinstance(contexts[name], dict):
-        raise UsageError(f"context {name!r} is not defined in {path} "
-                         f"(defined: {', '.join(contexts) or 'none'})")
+        raise UsageError(
+            f"context {name!r} is not defined in {path} (defined: {', '.join(contexts) or 'none'})"
+        )
     return contexts[name]
 
 
@@ -74,10 +75,19 @@ def resolve(api_url: str | None, context: str | None) -> Settings:
         except (OSError, ValueError):
             local = {}
 
-    url, source = next(((v, s) for v, s in (
-        (api_url, "--api-url"), (os.environ.get("EDRV_API_URL"), "EDRV_API_URL"),
-        (ctx.get("api_url"), "context"), (local.get("api_url"), "local server"),
-        (DEFAULT_API_URL, "default")) if v))
+    url, source = next(
+        (
+            (v, s)
+            for v, s in (
+                (api_url, "--api-url"),
+                (os.environ.get("EDRV_API_URL"), "EDRV_API_URL"),
+                (ctx.get("api_url"), "context"),
+                (local.get("api_url"), "local server"),
+                (DEFAULT_API_URL, "default"),
+            )
+            if v
+        )
+    )
 
     token = os.environ.get("EDRV_TOKEN")
     if not token and ctx.get("token_file"):

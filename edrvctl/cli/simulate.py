@@ -2,17 +2,23 @@
 
 import sys
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from edrvctl.cli import output
 
-SimProtocol = Enum("SimProtocol", {p: p for p in ("ocpp1.6", "ocpp2.0.1", "mixed")}, type=str)
-SummaryFormat = Enum("SummaryFormat", {f: f for f in ("text", "json")}, type=str)
+# Choices for Typer (member names like "ocpp1.6" cannot be class attributes); mypy cannot see
+# the members of an Enum made this way.
+SimProtocol = Enum(  # type: ignore[misc]
+    "SimProtocol", {p: p for p in ("ocpp1.6", "ocpp2.0.1", "mixed")}, type=str
+)
+SummaryFormat = Enum(  # type: ignore[misc]
+    "SummaryFormat", {f: f for f in ("text", "json")}, type=str
+)
 
 
-def _local_ocpp_url() -> Optional[str]:
+def _local_ocpp_url() -> str | None:
     import json
 
     from edrvctl import paths
@@ -32,41 +38,67 @@ def _register(endpoints: list[tuple[str, str]]) -> int:
     client, created = _client(), 0
     for endpoint, protocol in endpoints:
         try:
-            client.create_station({"endpoint": endpoint, "protocol": protocol,
-                                   "is_simulator": True})
+            client.create_station(
+                {"endpoint": endpoint, "protocol": protocol, "is_simulator": True}
+            )
             created += 1
         except Conflict:
             doc = client.get_station(endpoint)
             if doc["protocol"] != protocol:
-                output.info(f"warning: {endpoint} exists with {doc['protocol']}; it will be "
-                            f"refused when it offers {protocol}")
+                output.info(
+                    f"warning: {endpoint} exists with {doc['protocol']}; it will be "
+                    f"refused when it offers {protocol}"
+                )
     return created
 
 
 def simulate(
-    url: Annotated[Optional[str], typer.Option(
-        help="Central system's OCPP URL, e.g. ws://127.0.0.1:9000 [default: the local server]",
-        show_default=False)] = None,
-    count: Annotated[int, typer.Option("--count", "-n", help="How many stations", min=1,
-                                       max=100_000)] = 1,
-    protocol: Annotated[SimProtocol, typer.Option(help="ocpp1.6, ocpp2.0.1, or mixed")] =
-        SimProtocol["ocpp1.6"],
-    prefix: Annotated[str, typer.Option(help="Endpoints are PREFIX00001, PREFIX00002, ...")] =
-        "SIM",
-    create: Annotated[bool, typer.Option("--create", help="Register the stations through the "
-                                         "admin API first (marked is_simulator)")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Central system's OCPP URL, e.g. ws://127.0.0.1:9000 [default: the local server]",
+            show_default=False,
+        ),
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", "-n", help="How many stations", min=1, max=100_000)
+    ] = 1,
+    protocol: Annotated[
+        SimProtocol, typer.Option(help="ocpp1.6, ocpp2.0.1, or mixed")
+    ] = SimProtocol["ocpp1.6"],
+    prefix: Annotated[
+        str, typer.Option(help="Endpoints are PREFIX00001, PREFIX00002, ...")
+    ] = "SIM",
+    create: Annotated[
+        bool,
+        typer.Option(
+            "--create",
+            help="Register the stations through the admin API first (marked is_simulator)",
+        ),
+    ] = False,
     connectors: Annotated[int, typer.Option(help="Connectors per station", min=1, max=8)] = 2,
-    sessions: Annotated[bool, typer.Option("--sessions", help="Run charging sessions: "
-                                           "authorize, start, meter values, stop")] = False,
-    meter_interval: Annotated[float, typer.Option(help="Seconds between meter values in a "
-                                                  "session", min=0.1)] = 10,
-    heartbeat: Annotated[Optional[float], typer.Option(
-        help="Heartbeat every S seconds instead of the interval the server gives",
-        min=0.1)] = None,
-    duration: Annotated[Optional[float], typer.Option(
-        help="Stop after S seconds [default: run until Ctrl-C]", min=0.1)] = None,
-    out: Annotated[Optional[SummaryFormat], typer.Option(
-        "-o", "--output", help="text or json: the final summary on stdout")] = None,
+    sessions: Annotated[
+        bool,
+        typer.Option(
+            "--sessions", help="Run charging sessions: authorize, start, meter values, stop"
+        ),
+    ] = False,
+    meter_interval: Annotated[
+        float, typer.Option(help="Seconds between meter values in a session", min=0.1)
+    ] = 10,
+    heartbeat: Annotated[
+        float | None,
+        typer.Option(
+            help="Heartbeat every S seconds instead of the interval the server gives", min=0.1
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after S seconds [default: run until Ctrl-C]", min=0.1)
+    ] = None,
+    out: Annotated[
+        SummaryFormat | None,
+        typer.Option("-o", "--output", help="text or json: the final summary on stdout"),
+    ] = None,
 ) -> None:
     """Run simulated chargestations that boot, heartbeat, report status and answer the
     central system like real hardware, reconnecting when it goes away.
@@ -86,13 +118,17 @@ def simulate(
 
     url = url or _local_ocpp_url()
     if not url:
-        raise UsageError("no central system to connect to: pass --url ws://HOST:PORT, or start "
-                         "one with `edrvctl serve`")
+        raise UsageError(
+            "no central system to connect to: pass --url ws://HOST:PORT, or start "
+            "one with `edrvctl serve`"
+        )
     if not url.startswith(("ws://", "wss://")):
         raise UsageError(f"--url must start with ws:// or wss://, not {url!r}")
     protos = ("ocpp1.6", "ocpp2.0.1")
-    endpoints = [(f"{prefix}{i:05d}", protos[(i - 1) % 2] if protocol.value == "mixed"
-                  else protocol.value) for i in range(1, count + 1)]
+    endpoints = [
+        (f"{prefix}{i:05d}", protos[(i - 1) % 2] if protocol.value == "mixed" else protocol.value)
+        for i in range(1, count + 1)
+    ]
     if create:
         created = _register(endpoints)
         output.info(f"registered {created} new station(s)")
@@ -100,9 +136,16 @@ def simulate(
     async def run() -> dict:
         from edrvctl.simulator import run_fleet
 
-        fleet = await run_fleet(url, count, protocol.value, prefix=prefix, connectors=connectors,
-                                sessions=sessions, meter_interval=meter_interval,
-                                heartbeat_interval_override=heartbeat)
+        fleet = await run_fleet(
+            url,
+            count,
+            protocol.value,
+            prefix=prefix,
+            connectors=connectors,
+            sessions=sessions,
+            meter_interval=meter_interval,
+            heartbeat_interval_override=heartbeat,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,9 +166,11 @@ def simulate(
     if out and out.value == "json":
         output.dump(summary, "json")
     else:
-        print(f"{summary['booted']}/{summary['total']} booted, {summary['sent']} calls sent, "
-              f"{summary['errors']} errors, {summary['reconnects']} reconnects in "
-              f"{summary['elapsed']:.0f} s")
+        print(
+            f"{summary['booted']}/{summary['total']} booted, {summary['sent']} calls sent, "
+            f"{summary['errors']} errors, {summary['reconnects']} reconnects in "
+            f"{summary['elapsed']:.0f} s"
+        )
 
 
 async def _live_summary(fleet, stop) -> None:
@@ -136,12 +181,16 @@ async def _live_summary(fleet, stop) -> None:
     def line() -> str:
         s = fleet.summary()
         errors = "; ".join(f"{k} x{v}" for k, v in s.last_errors.items())
-        return (f"stations {s.total}  connected {s.connected}  booted {s.booted}  "
-                f"msgs/s {s.msgs_per_s:.0f}  errors {s.errors}  reconnects {s.reconnects}"
-                + (f"\n  offline because: {errors}" if errors else "") + "\n  Ctrl-C stops")
+        return (
+            f"stations {s.total}  connected {s.connected}  booted {s.booted}  "
+            f"msgs/s {s.msgs_per_s:.0f}  errors {s.errors}  reconnects {s.reconnects}"
+            + (f"\n  offline because: {errors}" if errors else "")
+            + "\n  Ctrl-C stops"
+        )
 
-    with Live(line(), console=output._console(stderr=True), refresh_per_second=4,
-              transient=True) as live:
+    with Live(
+        line(), console=output._console(stderr=True), refresh_per_second=4, transient=True
+    ) as live:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
