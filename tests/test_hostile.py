@@ -14,7 +14,7 @@ import pytest
 from conftest import start_server
 from stored import read, write_lock_held
 from test_security import basic, refused, try_connect
-from timing import scaled, until
+from timing import scaled, until, until_async
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
@@ -215,6 +215,7 @@ def test_another_process_holding_the_write_lock_stalls_nothing(tmp_path):
                     await ws.send(json.dumps([2, i, action, payload]))
                     return json.loads(await ws.recv()), time.monotonic() - t0
                 status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+                await until_async(lambda: srv.get(doc["_id"])["online"], what="online")
                 with write_lock_held(srv.store):
                     frame, took = await call("s1", "StatusNotification", status)
                     assert frame[0] == 4 and frame[2] == "InternalError", frame
