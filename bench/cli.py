@@ -70,8 +70,9 @@ def timed(cmd: list[str], env: dict, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           check=False)
+        r = subprocess.run(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+        )
         out.append(time.perf_counter() - t0)
         if r.returncode != 0:
             raise SystemExit(f"{cmd} failed: {r.stderr.decode()[-500:]}")

@@ -53,8 +53,8 @@ from typing import Self
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
-from conftest import Server, hermetic_env, start_server  # tests/conftest.py
-from stations import endpoint  # bench/stations.py
+from conftest import Server, hermetic_env, start_server  # noqa: E402  (tests/conftest.py)
+from stations import endpoint  # noqa: E402  (bench/stations.py)
 
 PY = sys.executable
 # Every simulated station comes from 127.0.0.1, and load.py's stations send as fast as they are
@@ -83,8 +83,10 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return (f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def loadavg() -> str:
@@ -112,8 +114,9 @@ class Result:
             out.append(f"Versions: {self.versions}  ")
         out += [f"Machine: {machine()}; load average {self.load} (1 min, start -> end)", ""]
         out.append("| " + " | ".join(self.header) + " |")
-        out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.header)))
-                   + "|")
+        out.append(
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.header))) + "|"
+        )
         out += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
         out.append("")
         out += [f"- **{'met' if ok else 'MISSED'}**: {text}" for text, ok in self.checks]
@@ -122,8 +125,11 @@ class Result:
 
 
 def command(name: str, quick: bool, before: Contender | None = None) -> str:
-    return (f"python bench/run.py {name}" + (f" --before {before.rev}" if before else "")
-            + (" --quick" if quick else ""))
+    return (
+        f"python bench/run.py {name}"
+        + (f" --before {before.rev}" if before else "")
+        + (" --quick" if quick else "")
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -183,9 +189,23 @@ def profiled(pid: int, label: str) -> Iterator[None]:
         return
     PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     out = PROFILE_DIR / f"{label}.txt"
-    spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
-                            "--rate", "100", "--nonblocking", "--output", str(out)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "100",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield
     finally:
@@ -221,8 +241,9 @@ BARE, OCPP = Contender("bare", "bare"), Contender("ocpp", "ocpp")
 
 
 def git(repo: Path, *args: str) -> str:
-    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False
+    )
     if out.returncode:
         raise RuntimeError(f"git {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout.strip()
@@ -238,13 +259,19 @@ def tree_env(tree: Path, env: dict) -> dict:
 
 def check_tree(tree: Path) -> None:
     """Fail now, not with a wrong report, unless tree_env(tree) imports tree's edrvctl."""
-    out = subprocess.run([PY, "-c", "import edrvctl; print(edrvctl.__file__)"],
-                         env=tree_env(tree, dict(os.environ)), capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [PY, "-c", "import edrvctl; print(edrvctl.__file__)"],
+        env=tree_env(tree, dict(os.environ)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     want = (tree / "edrvctl" / "__init__.py").resolve()
     if out.returncode or Path(out.stdout.strip()).resolve() != want:
-        raise RuntimeError(f"a server started for {tree} imports {out.stdout.strip()!r}, "
-                           f"not {want}: {out.stderr[-500:]}")
+        raise RuntimeError(
+            f"a server started for {tree} imports {out.stdout.strip()!r}, "
+            f"not {want}: {out.stderr[-500:]}"
+        )
 
 
 @functools.cache
@@ -257,8 +284,11 @@ def current() -> Contender:
     with contextlib.suppress(RuntimeError, OSError):
         head = git(tree, "log", "-1", "--format=%h %s")
         dirty = git(tree, "status", "--porcelain", "--", "edrvctl")
-        about += f" (HEAD `{head.split()[0]}` {head.partition(' ')[2]}" + (
-            ", with uncommitted changes" if dirty else "") + ")"
+        about += (
+            f" (HEAD `{head.split()[0]}` {head.partition(' ')[2]}"
+            + (", with uncommitted changes" if dirty else "")
+            + ")"
+        )
     return Contender("edrvctl", "edrvctl", tree, about=about)
 
 
@@ -275,16 +305,22 @@ def export_revision(rev: str, dest: Path) -> Contender:
     with contextlib.suppress(RuntimeError):
         git(repo, "cat-file", "-e", f"{commit}:bench/cli.py")
         paths.append("bench/cli.py")
-    archive = subprocess.Popen(["git", "-C", str(repo), "archive", commit, *paths],
-                               stdout=subprocess.PIPE)
+    archive = subprocess.Popen(
+        ["git", "-C", str(repo), "archive", commit, *paths], stdout=subprocess.PIPE
+    )
     tar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=False)
     archive.stdout.close()
     if archive.wait() or tar.returncode:
         raise SystemExit(f"--before {rev}: could not export {' '.join(paths)} of {short}")
     check_tree(dest)
-    return Contender("before", f"edrvctl@{short}", dest,
-                     bench=dest / "bench" if "bench/cli.py" in paths else HERE,
-                     about=f"`{short}` {subject}", rev=rev)
+    return Contender(
+        "before",
+        f"edrvctl@{short}",
+        dest,
+        bench=dest / "bench" if "bench/cli.py" in paths else HERE,
+        about=f"`{short}` {subject}",
+        rev=rev,
+    )
 
 
 def edrvctls(before: Contender | None) -> list[Contender]:
@@ -296,8 +332,7 @@ def versions(before: Contender | None) -> str:
     """The report's line naming the two versions (nothing without --before)."""
     if not before:
         return ""
-    return (f"before = {before.label}, {before.about}; after = {current().label}, "
-            f"{current().about}")
+    return f"before = {before.label}, {before.about}; after = {current().label}, {current().about}"
 
 
 def change(before: float | None, after: float | None) -> str:
@@ -313,25 +348,40 @@ def seed(store: Path, n: int, contender: Contender | None = None) -> None:
     store is written by the code that reads it."""
     c = contender or current()
     store.parent.mkdir(parents=True, exist_ok=True)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
-            "from cli import seed; seed(Path(sys.argv[2]), int(sys.argv[3]))")
-    if subprocess.run([PY, "-c", code, str(c.bench), str(store), str(n)],
-                      env=tree_env(c.tree, dict(os.environ)), check=False).returncode:
-        raise RuntimeError(f"{c.label}: bench/cli.py's seed() could not write a store with "
-                           f"{c.tree / 'edrvctl'} (its error is above)")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+        "from cli import seed; seed(Path(sys.argv[2]), int(sys.argv[3]))"
+    )
+    if subprocess.run(
+        [PY, "-c", code, str(c.bench), str(store), str(n)],
+        env=tree_env(c.tree, dict(os.environ)),
+        check=False,
+    ).returncode:
+        raise RuntimeError(
+            f"{c.label}: bench/cli.py's seed() could not write a store with "
+            f"{c.tree / 'edrvctl'} (its error is above)"
+        )
 
 
 @contextlib.contextmanager
-def edrvctl_server(root: Path, stations: int, *flags: str,
-                   contender: Contender | None = None) -> Iterator[Server]:
+def edrvctl_server(
+    root: Path, stations: int, *flags: str, contender: Contender | None = None
+) -> Iterator[Server]:
     """`edrvctl serve` of the contender (default: the current package) over a store seeded
     with BENCH000000... (unless it exists already)."""
     c = contender or current()
     store = root / "store" / "edrvctl.db"
     if not store.exists():
         seed(store, stations, c)
-    srv = start_server(root, *NO_LIMITS, "--heartbeat-interval", str(HEARTBEAT), *flags,
-                       store=store, env=tree_env(c.tree, hermetic_env(root)))
+    srv = start_server(
+        root,
+        *NO_LIMITS,
+        "--heartbeat-interval",
+        str(HEARTBEAT),
+        *flags,
+        store=store,
+        env=tree_env(c.tree, hermetic_env(root)),
+    )
     try:
         yield srv
     finally:
@@ -353,16 +403,29 @@ class FleetProcess:
         self.log = root / f"fleet-{time.monotonic_ns()}.log"
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                [PY, str(HERE / "stations.py"), url, "--count", str(count), "--status",
-                 str(self.status_file), "--heartbeat", str(HEARTBEAT), "--backoff-max",
-                 str(backoff_max)], stdout=subprocess.DEVNULL, stderr=err)
+                [
+                    PY,
+                    str(HERE / "stations.py"),
+                    url,
+                    "--count",
+                    str(count),
+                    "--status",
+                    str(self.status_file),
+                    "--heartbeat",
+                    str(HEARTBEAT),
+                    "--backoff-max",
+                    str(backoff_max),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
 
     def status(self) -> dict:
         try:
             return json.loads(self.status_file.read_text())
         except (OSError, ValueError):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the fleet exited: {self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"the fleet exited: {self.log.read_text()[-2000:]}") from None
             return {}
 
     def started(self) -> float:
@@ -414,8 +477,9 @@ def workdir(name: str) -> Iterator[Path]:
 Row = tuple[str, Callable[[dict], str], str | None]  # (figure, cell from figures, key)
 
 
-def compare(res: Result, contenders: list[Contender], figs: dict[str, dict],
-            rows: list[Row]) -> None:
+def compare(
+    res: Result, contenders: list[Contender], figs: dict[str, dict], rows: list[Row]
+) -> None:
     """res's figures, and its table: a value column, or with --before one column per version
     and the change (after / before) of the rows that name a figure."""
     for c in contenders:
@@ -426,16 +490,16 @@ def compare(res: Result, contenders: list[Contender], figs: dict[str, dict],
         res.rows = [(name, cell(figs[contenders[0].key])) for name, cell, _ in rows]
         return
     (b, before), (a, after) = ((figs[c.key], c) for c in contenders)
-    res.header = ("figure", f"{before.label} (before)", f"{after.label} (after)",
-                  "after / before")
-    res.rows = [(name, cell(b), cell(a), change(b.get(key), a.get(key)) if key else "")
-                for name, cell, key in rows]
+    res.header = ("figure", f"{before.label} (before)", f"{after.label} (after)", "after / before")
+    res.rows = [
+        (name, cell(b), cell(a), change(b.get(key), a.get(key)) if key else "")
+        for name, cell, key in rows
+    ]
 
 
 def held_once(c: Contender, n: int, idle_s: float, timeout: float, quick: bool) -> dict:
     """One server of `c` with n stations: the figures of bench_held."""
-    with workdir("held") as root, edrvctl_server(root, n, contender=c) as srv, \
-            srv.api() as api:
+    with workdir("held") as root, edrvctl_server(root, n, contender=c) as srv, srv.api() as api:
         pid = srv.proc.pid
         online(api)  # the API's first request, before the baseline
         rss0, cpu0 = rss_kib(pid), cpu_s(pid)
@@ -449,8 +513,7 @@ def held_once(c: Contender, n: int, idle_s: float, timeout: float, quick: bool) 
             ramp_client_cpu = cpu_s(fleet.proc.pid)
             booted_s = ramp_end - fleet.started()
             got = online(api)
-            log(f"held: {c.label}: {got}/{n} online after {online_s} s, booted: {booted}; "
-                "settling")
+            log(f"held: {c.label}: {got}/{n} online after {online_s} s, booted: {booted}; settling")
             time.sleep(0.5 if quick else 5)
             rss1 = rss_kib(pid)
             with profiled(pid, c.phase("held-idle")):
@@ -459,67 +522,126 @@ def held_once(c: Contender, n: int, idle_s: float, timeout: float, quick: bool) 
                 idle_pct = 100 * (cpu_s(pid) - c0) / (time.monotonic() - t0)
             still = online(api)
             fleet_status = fleet.status()
-    return {"stations": n, "online": got, "online_s": online_s, "booted": booted,
-            "booted_s": booted_s, "rss_before_kib": rss0, "rss_after_kib": rss1,
-            "rss_per_station_kib": (rss1 - rss0) / n, "idle_cpu_pct": idle_pct,
-            "online_after_idle": still, "server_cpu_s_connecting": ramp_cpu,
-            "client_cpu_s_connecting": ramp_client_cpu,
-            "simulator_reconnects": fleet_status.get("reconnects"),
-            "simulator_errors": fleet_status.get("errors")}
+    return {
+        "stations": n,
+        "online": got,
+        "online_s": online_s,
+        "booted": booted,
+        "booted_s": booted_s,
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "rss_per_station_kib": (rss1 - rss0) / n,
+        "idle_cpu_pct": idle_pct,
+        "online_after_idle": still,
+        "server_cpu_s_connecting": ramp_cpu,
+        "client_cpu_s_connecting": ramp_client_cpu,
+        "simulator_reconnects": fleet_status.get("reconnects"),
+        "simulator_errors": fleet_status.get("errors"),
+    }
 
 
 def bench_held(quick: bool = False, before: Contender | None = None) -> Result:
     n, idle_s, timeout = (50, 0.5, 60) if quick else (10_000, 10.0, 600)
-    res = Result("held", f"Stations held: {n:,} simulated stations on one server",
-                 command("held", quick, before), load=loadavg(), versions=versions(before))
+    res = Result(
+        "held",
+        f"Stations held: {n:,} simulated stations on one server",
+        command("held", quick, before),
+        load=loadavg(),
+        versions=versions(before),
+    )
     contenders = edrvctls(before)
     figs = {c.key: held_once(c, n, idle_s, timeout, quick) for c in contenders}
-    compare(res, contenders, figs, [
-        ("stations online (API count)", lambda f: f"{f['online']:,} / {n:,}", None),
-        ("time until all online", lambda f: "not reached" if f["online_s"] is None
-         else f"{f['online_s']:.1f} s", "online_s"),
-        ("time until all booted (+ StatusNotifications sent)",
-         lambda f: f"{f['booted_s']:.1f} s", "booted_s"),
-        ("server CPU time while connecting (its % of that time)",
-         lambda f: f"{f['server_cpu_s_connecting']:.1f} s "
-                   f"({100 * f['server_cpu_s_connecting'] / f['booted_s']:.0f}%)",
-         "server_cpu_s_connecting"),
-        ("simulator CPU time while connecting",
-         lambda f: f"{f['client_cpu_s_connecting']:.1f} s", "client_cpu_s_connecting"),
-        ("server RSS before / with all connected",
-         lambda f: f"{f['rss_before_kib'] / 1024:.1f} / {f['rss_after_kib'] / 1024:.1f} MiB",
-         "rss_after_kib"),
-        ("server RSS per station", lambda f: f"{f['rss_per_station_kib']:.1f} KiB",
-         "rss_per_station_kib"),
-        (f"server CPU at idle ({idle_s:g} s, heartbeat {HEARTBEAT} s)",
-         lambda f: f"{f['idle_cpu_pct']:.1f}%", "idle_cpu_pct"),
-        ("online after the idle period", lambda f: f"{f['online_after_idle']:,}", None),
-        ("simulator reconnects / errors",
-         lambda f: f"{f['simulator_reconnects']} / {f['simulator_errors']}", None),
-    ])
+    compare(
+        res,
+        contenders,
+        figs,
+        [
+            ("stations online (API count)", lambda f: f"{f['online']:,} / {n:,}", None),
+            (
+                "time until all online",
+                lambda f: "not reached" if f["online_s"] is None else f"{f['online_s']:.1f} s",
+                "online_s",
+            ),
+            (
+                "time until all booted (+ StatusNotifications sent)",
+                lambda f: f"{f['booted_s']:.1f} s",
+                "booted_s",
+            ),
+            (
+                "server CPU time while connecting (its % of that time)",
+                lambda f: (
+                    f"{f['server_cpu_s_connecting']:.1f} s "
+                    f"({100 * f['server_cpu_s_connecting'] / f['booted_s']:.0f}%)"
+                ),
+                "server_cpu_s_connecting",
+            ),
+            (
+                "simulator CPU time while connecting",
+                lambda f: f"{f['client_cpu_s_connecting']:.1f} s",
+                "client_cpu_s_connecting",
+            ),
+            (
+                "server RSS before / with all connected",
+                lambda f: f"{f['rss_before_kib'] / 1024:.1f} / {f['rss_after_kib'] / 1024:.1f} MiB",
+                "rss_after_kib",
+            ),
+            (
+                "server RSS per station",
+                lambda f: f"{f['rss_per_station_kib']:.1f} KiB",
+                "rss_per_station_kib",
+            ),
+            (
+                f"server CPU at idle ({idle_s:g} s, heartbeat {HEARTBEAT} s)",
+                lambda f: f"{f['idle_cpu_pct']:.1f}%",
+                "idle_cpu_pct",
+            ),
+            ("online after the idle period", lambda f: f"{f['online_after_idle']:,}", None),
+            (
+                "simulator reconnects / errors",
+                lambda f: f"{f['simulator_reconnects']} / {f['simulator_errors']}",
+                None,
+            ),
+        ],
+    )
     res.notes = [
-        ("Times run from the moment the simulator process starts its fleet (run_fleet, at most "
-         "200 handshakes at a time); online is counted through the API every 0.25 s. The "
-         "simulator shares the machine's cores with the server, and uses about as much CPU."),
-        ("RSS per station = (VmRSS once all are booted, after a pause - VmRSS before the "
-         "first connection) / stations; idle CPU = utime+stime over the idle window."),
+        (
+            "Times run from the moment the simulator process starts its fleet (run_fleet, at most "
+            "200 handshakes at a time); online is counted through the API every 0.25 s. The "
+            "simulator shares the machine's cores with the server, and uses about as much CPU."
+        ),
+        (
+            "RSS per station = (VmRSS once all are booted, after a pause - VmRSS before the "
+            "first connection) / stations; idle CPU = utime+stime over the idle window."
+        ),
     ]
     f = figs["edrvctl"]
     res.checks = [
-        (f"all {n:,} online within 30 s: "
-         + ("not all came online" if f["online_s"] is None else f"{f['online_s']:.1f} s"),
-         f["online_s"] is not None and f["online_s"] <= 30),
-        (f"at most 25 KB of server RSS per station: {f['rss_per_station_kib']:.1f} KiB",
-         f["rss_per_station_kib"] <= 25),
+        (
+            f"all {n:,} online within 30 s: "
+            + ("not all came online" if f["online_s"] is None else f"{f['online_s']:.1f} s"),
+            f["online_s"] is not None and f["online_s"] <= 30,
+        ),
+        (
+            f"at most 25 KB of server RSS per station: {f['rss_per_station_kib']:.1f} KiB",
+            f["rss_per_station_kib"] <= 25,
+        ),
     ]
     if before:
         b = figs["before"]
-        res.checks.append(((f"before -> after, server RSS per station at most {RSS_TARGET:g} "
-                            f"KiB: {b['rss_per_station_kib']:.1f} -> "
-                            f"{f['rss_per_station_kib']:.1f} KiB"),
-                           f["rss_per_station_kib"] <= RSS_TARGET))
-        res.notes.append(f"The two servers ran one after the other ({before.label}, then "
-                         f"{current().label}), each on a fresh store and fleet.")
+        res.checks.append(
+            (
+                (
+                    f"before -> after, server RSS per station at most {RSS_TARGET:g} "
+                    f"KiB: {b['rss_per_station_kib']:.1f} -> "
+                    f"{f['rss_per_station_kib']:.1f} KiB"
+                ),
+                f["rss_per_station_kib"] <= RSS_TARGET,
+            )
+        )
+        res.notes.append(
+            f"The two servers ran one after the other ({before.label}, then "
+            f"{current().label}), each on a fresh store and fleet."
+        )
     res.load += f" -> {loadavg()}"
     return res
 
@@ -528,8 +650,7 @@ def bench_held(quick: bool = False, before: Contender | None = None) -> Result:
 
 
 @contextlib.contextmanager
-def reference_server(c: Contender,
-                     template: Path | None) -> Iterator[tuple[str, int, Path | None]]:
+def reference_server(c: Contender, template: Path | None) -> Iterator[tuple[str, int, Path | None]]:
     """(ocpp URL, pid, store) of a fresh server: bench/baselines.py bare|ocpp (no store), or
     edrvctl over a copy of its seeded template store."""
     if c.tree:
@@ -540,8 +661,9 @@ def reference_server(c: Contender,
                 yield srv.ocpp_url, srv.proc.pid, srv.store
         return
     port = free_port()
-    proc = subprocess.Popen([PY, str(HERE / "baselines.py"), c.key, str(port)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, str(HERE / "baselines.py"), c.key, str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"baselines.py {c.key} did not start")
@@ -551,10 +673,24 @@ def reference_server(c: Contender,
 
 
 def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid: int) -> dict:
-    out = subprocess.run([PY, str(HERE / "load.py"), url, "--stations", str(stations),
-                          "--seconds", str(seconds), "--warmup", str(warmup),
-                          "--server-pid", str(server_pid)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            PY,
+            str(HERE / "load.py"),
+            url,
+            "--stations",
+            str(stations),
+            "--seconds",
+            str(seconds),
+            "--warmup",
+            str(warmup),
+            "--server-pid",
+            str(server_pid),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -571,12 +707,25 @@ def bench_throughput(quick: bool = False, before: Contender | None = None) -> Re
     sizes, rounds, seconds, warmup = ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
     trees = edrvctls(before)
     contenders = [BARE, OCPP, *trees]
-    res = Result("throughput", "Message throughput: Heartbeat/StatusNotification/MeterValues "
-                 "as fast as answered", command("throughput", quick, before), load=loadavg(),
-                 versions=versions(before),
-                 header=("server", "stations", "calls/s", "p50 ms", "p99 ms",
-                         "server CPU µs/call", "server CPU", "load generator CPU",
-                         "calls/s of each round", "failed / errors"))
+    res = Result(
+        "throughput",
+        "Message throughput: Heartbeat/StatusNotification/MeterValues as fast as answered",
+        command("throughput", quick, before),
+        load=loadavg(),
+        versions=versions(before),
+        header=(
+            "server",
+            "stations",
+            "calls/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU µs/call",
+            "server CPU",
+            "load generator CPU",
+            "calls/s of each round",
+            "failed / errors",
+        ),
+    )
     runs: dict[tuple[str, int], list[dict]] = {(c.key, n): [] for c in contenders for n in sizes}
     persisted = {c.key: [] for c in trees}  # (MeterValues rows stored, calls answered) per run
     with workdir("throughput") as root:
@@ -591,57 +740,97 @@ def bench_throughput(quick: bool = False, before: Contender | None = None) -> Re
                         with profiled(pid, f"throughput-{c.key}-{n}-round{r + 1}"):
                             out = run_load(url, n, seconds, warmup, pid)
                         if rows0 is not None:
-                            persisted[c.key].append((stored_meter_values(store) - rows0,
-                                                     out["calls"]))
+                            persisted[c.key].append(
+                                (stored_meter_values(store) - rows0, out["calls"])
+                            )
                         runs[(c.key, n)].append(out)
-                        log(f"throughput round {r + 1}: {c.label} {n} stations: "
-                            f"{out['calls_per_s']:.0f} calls/s, p99 {out['p99_ms']} ms")
+                        log(
+                            f"throughput round {r + 1}: {c.label} {n} stations: "
+                            f"{out['calls_per_s']:.0f} calls/s, p99 {out['p99_ms']} ms"
+                        )
 
     def med(key: str, n: int, metric: str) -> float:
         return statistics.median(x[metric] for x in runs[(key, n)])
 
-    compared = ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call", "server_cpu_pct",
-                "client_cpu_pct")
+    compared = (
+        "calls_per_s",
+        "p50_ms",
+        "p99_ms",
+        "server_cpu_us_per_call",
+        "server_cpu_pct",
+        "client_cpu_pct",
+    )
     for n in sizes:
         for c in contenders:
             rs = runs[(c.key, n)]
-            res.rows.append((c.label, n, f"{med(c.key, n, 'calls_per_s'):,.0f}",
-                             med(c.key, n, "p50_ms"), med(c.key, n, "p99_ms"),
-                             f"{med(c.key, n, 'server_cpu_us_per_call'):.0f}",
-                             f"{med(c.key, n, 'server_cpu_pct'):.0f}%",
-                             f"{med(c.key, n, 'client_cpu_pct'):.0f}%",
-                             ", ".join(f"{x['calls_per_s']:.0f}" for x in rs),
-                             f"{sum(x['failed'] for x in rs)} / {sum(x['errors'] for x in rs)}"))
+            res.rows.append(
+                (
+                    c.label,
+                    n,
+                    f"{med(c.key, n, 'calls_per_s'):,.0f}",
+                    med(c.key, n, "p50_ms"),
+                    med(c.key, n, "p99_ms"),
+                    f"{med(c.key, n, 'server_cpu_us_per_call'):.0f}",
+                    f"{med(c.key, n, 'server_cpu_pct'):.0f}%",
+                    f"{med(c.key, n, 'client_cpu_pct'):.0f}%",
+                    ", ".join(f"{x['calls_per_s']:.0f}" for x in rs),
+                    f"{sum(x['failed'] for x in rs)} / {sum(x['errors'] for x in rs)}",
+                )
+            )
             for metric in ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call"):
                 res.figures[f"{c.key}_{n}_{metric}"] = med(c.key, n, metric)
         if before:  # the change, after / before, of each median
-            res.rows.append((f"after / before ({current().label} / {before.label})", n,
-                             *(change(med(before.key, n, m), med(current().key, n, m))
-                               for m in compared), "", ""))
+            res.rows.append(
+                (
+                    f"after / before ({current().label} / {before.label})",
+                    n,
+                    *(change(med(before.key, n, m), med(current().key, n, m)) for m in compared),
+                    "",
+                    "",
+                )
+            )
         for c in trees:
             prefix = "" if c.key == "edrvctl" else f"{c.key}_"
-            res.figures[f"{prefix}ratio_{n}"] = (med(c.key, n, "calls_per_s")
-                                                 / med("bare", n, "calls_per_s"))
-            res.figures[f"{prefix}gain_over_ocpp_{n}"] = (med(c.key, n, "calls_per_s")
-                                                          / med("ocpp", n, "calls_per_s"))
+            res.figures[f"{prefix}ratio_{n}"] = med(c.key, n, "calls_per_s") / med(
+                "bare", n, "calls_per_s"
+            )
+            res.figures[f"{prefix}gain_over_ocpp_{n}"] = med(c.key, n, "calls_per_s") / med(
+                "ocpp", n, "calls_per_s"
+            )
         ratio, gain = res.figures[f"ratio_{n}"], res.figures[f"gain_over_ocpp_{n}"]
-        cost = med("edrvctl", n, "server_cpu_us_per_call") / med("bare", n,
-                                                                 "server_cpu_us_per_call")
-        res.checks.append(((f"{n} stations: edrvctl = {100 * ratio:.0f}% of the bare ceiling "
-                            f"(target >= 60%), p99 {med('edrvctl', n, 'p99_ms')} ms; "
-                            f"{gain:.2f}x the ocpp library's rate; server CPU per call "
-                            f"{cost:.1f}x bare's"), ratio >= 0.6))
+        cost = med("edrvctl", n, "server_cpu_us_per_call") / med(
+            "bare", n, "server_cpu_us_per_call"
+        )
+        res.checks.append(
+            (
+                (
+                    f"{n} stations: edrvctl = {100 * ratio:.0f}% of the bare ceiling "
+                    f"(target >= 60%), p99 {med('edrvctl', n, 'p99_ms')} ms; "
+                    f"{gain:.2f}x the ocpp library's rate; server CPU per call "
+                    f"{cost:.1f}x bare's"
+                ),
+                ratio >= 0.6,
+            )
+        )
         if before:
             was = res.figures[f"before_ratio_{n}"]
-            res.checks.append(((f"{n} stations, before -> after, share of the bare ceiling "
-                                f"not lower: {100 * was:.0f}% -> {100 * ratio:.0f}%"),
-                               ratio >= was))
+            res.checks.append(
+                (
+                    (
+                        f"{n} stations, before -> after, share of the bare ceiling "
+                        f"not lower: {100 * was:.0f}% -> {100 * ratio:.0f}%"
+                    ),
+                    ratio >= was,
+                )
+            )
     res.notes = [
-        (f"{rounds} round(s), each {' -> '.join(c.label for c in contenders)}, a fresh server "
-         f"per round; each run {warmup:g} s warm-up + {seconds:g} s measured (bench/load.py); "
-         "medians over rounds. CPU columns: share of one core used in the measured window "
-         "(/proc/PID/stat); µs/call = server CPU time / calls answered, which the machine's "
-         "noise barely moves."),
+        (
+            f"{rounds} round(s), each {' -> '.join(c.label for c in contenders)}, a fresh server "
+            f"per round; each run {warmup:g} s warm-up + {seconds:g} s measured (bench/load.py); "
+            "medians over rounds. CPU columns: share of one core used in the measured window "
+            "(/proc/PID/stat); µs/call = server CPU time / calls answered, which the machine's "
+            "noise barely moves."
+        ),
     ]
     for c in trees:
         rows, calls = (sum(p[i] for p in persisted[c.key]) for i in (0, 1))
@@ -649,11 +838,13 @@ def bench_throughput(quick: bool = False, before: Contender | None = None) -> Re
         res.notes.append(
             f"Persisted: {c.label} stored {rows:,} MeterValues rows for {calls:,} answered "
             "calls (MeterValues are 1/4 of the mix; warm-up calls are stored too)."
-            if persisted[c.key] else f"Persisted: {c.label}'s store has no meter_values table; "
-            "not counted.")
+            if persisted[c.key]
+            else f"Persisted: {c.label}'s store has no meter_values table; not counted."
+        )
     res.notes.append(
         "edrvctl runs with " + " ".join(NO_LIMITS) + ": one client address, and stations that "
-        "send as fast as answered (the default 50 msg/s per station would be what is measured).")
+        "send as fast as answered (the default 50 msg/s per station would be what is measured)."
+    )
     res.load += f" -> {loadavg()}"
     return res
 
@@ -664,8 +855,12 @@ def bench_throughput(quick: bool = False, before: Contender | None = None) -> Re
 def csconfig_once(c: Contender, n: int, requests: int, warm: int) -> dict:
     """One server of `c` with n stations online: the figures of bench_csconfig."""
     rng = random.Random(1)  # the same stations, in the same order, for every server
-    with (workdir("csconfig") as root, edrvctl_server(root, n, contender=c) as srv,
-          srv.api() as api, FleetProcess(srv.ocpp_url, n, root) as fleet):
+    with (
+        workdir("csconfig") as root,
+        edrvctl_server(root, n, contender=c) as srv,
+        srv.api() as api,
+        FleetProcess(srv.ocpp_url, n, root) as fleet,
+    ):
         require_fleet(api, fleet, n, "csconfig")
         log(f"csconfig: {c.label}: {n} online; {requests} requests")
         latencies, errors = [], []
@@ -681,45 +876,82 @@ def csconfig_once(c: Contender, n: int, requests: int, warm: int) -> dict:
                     latencies.append(dt)
         stored = api.get(f"/v1.1/chargestations/{path.split('/')[3]}").json()["result"]
     p50, p90, p99 = (pct(latencies, p) for p in (0.5, 0.9, 0.99))
-    return {"stations": n, "requests": len(latencies), "errors": len(errors),
-            "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max(latencies),
-            "mean_ms": statistics.mean(latencies),
-            "stored_entries": len(stored.get("csconfig") or []), "error_texts": errors[:3]}
+    return {
+        "stations": n,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "max_ms": max(latencies),
+        "mean_ms": statistics.mean(latencies),
+        "stored_entries": len(stored.get("csconfig") or []),
+        "error_texts": errors[:3],
+    }
 
 
 def bench_csconfig(quick: bool = False, before: Contender | None = None) -> Result:
     n, requests, warm = (50, 30, 5) if quick else (1000, 300, 20)
-    res = Result("csconfig", f"csconfig round trip: get_variables with {n:,} stations "
-                 "connected", command("csconfig", quick, before), load=loadavg(),
-                 versions=versions(before))
+    res = Result(
+        "csconfig",
+        f"csconfig round trip: get_variables with {n:,} stations connected",
+        command("csconfig", quick, before),
+        load=loadavg(),
+        versions=versions(before),
+    )
     contenders = edrvctls(before)
     figs = {c.key: csconfig_once(c, n, requests, warm) for c in contenders}
     errors = {key: f.pop("error_texts") for key, f in figs.items()}
-    compare(res, contenders, figs, [
-        ("requests (after warm-up)", lambda f: f"{f['requests']} (+{warm})", None),
-        ("errors", lambda f: f"{f['errors']}", None),
-        *((name, lambda f, key=key: f"{f[key]:.1f} ms", key) for name, key in (
-            ("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("max", "max_ms"),
-            ("mean", "mean_ms"))),
-        ("stored csconfig entries (last station)", lambda f: f"{f['stored_entries']}", None),
-    ])
+    compare(
+        res,
+        contenders,
+        figs,
+        [
+            ("requests (after warm-up)", lambda f: f"{f['requests']} (+{warm})", None),
+            ("errors", lambda f: f"{f['errors']}", None),
+            *(
+                (name, lambda f, key=key: f"{f[key]:.1f} ms", key)
+                for name, key in (
+                    ("p50", "p50_ms"),
+                    ("p90", "p90_ms"),
+                    ("p99", "p99_ms"),
+                    ("max", "max_ms"),
+                    ("mean", "mean_ms"),
+                )
+            ),
+            ("stored csconfig entries (last station)", lambda f: f"{f['stored_entries']}", None),
+        ],
+    )
     f = figs["edrvctl"]
-    res.checks = [(f"p50 under 20 ms: {f['p50_ms']:.1f} ms", f["p50_ms"] < 20),
-                  (f"p99 under 100 ms: {f['p99_ms']:.1f} ms", f["p99_ms"] < 100),
-                  (f"every request answered 201 with a csconfig: {f['errors']} errors",
-                   not f["errors"])]
+    res.checks = [
+        (f"p50 under 20 ms: {f['p50_ms']:.1f} ms", f["p50_ms"] < 20),
+        (f"p99 under 100 ms: {f['p99_ms']:.1f} ms", f["p99_ms"] < 100),
+        (f"every request answered 201 with a csconfig: {f['errors']} errors", not f["errors"]),
+    ]
     if before:
         b = figs["before"]
-        res.checks.append(((f"before -> after, p50 under {P50_TARGET:g} ms: "
-                            f"{b['p50_ms']:.1f} -> {f['p50_ms']:.1f} ms"),
-                           f["p50_ms"] < P50_TARGET))
-    res.notes = [("Sequential POST /v1.1/chargestations/{endpoint}/get_variables (empty body) "
-                  "to random connected stations over one kept-alive httpx client; "
-                  f"the first {warm} are warm-up.")]
+        res.checks.append(
+            (
+                (
+                    f"before -> after, p50 under {P50_TARGET:g} ms: "
+                    f"{b['p50_ms']:.1f} -> {f['p50_ms']:.1f} ms"
+                ),
+                f["p50_ms"] < P50_TARGET,
+            )
+        )
+    res.notes = [
+        (
+            "Sequential POST /v1.1/chargestations/{endpoint}/get_variables (empty body) "
+            "to random connected stations over one kept-alive httpx client; "
+            f"the first {warm} are warm-up."
+        )
+    ]
     if before:
-        res.notes.append(f"The two servers ran one after the other ({before.label}, then "
-                         f"{current().label}), each on a fresh store and fleet, asked for the "
-                         "same stations in the same order.")
+        res.notes.append(
+            f"The two servers ran one after the other ({before.label}, then "
+            f"{current().label}), each on a fresh store and fleet, asked for the "
+            "same stations in the same order."
+        )
     res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
     res.load += f" -> {loadavg()}"
     return res
@@ -736,11 +968,18 @@ def station_ids(api) -> set[str]:
 
 def bench_storm(quick: bool = False) -> Result:
     n, timeout = (50, 60) if quick else (5000, 600)
-    res = Result("storm", f"Reconnect storm: {n:,} stations, server SIGKILLed and restarted",
-                 command("storm", quick), load=loadavg())
+    res = Result(
+        "storm",
+        f"Reconnect storm: {n:,} stations, server SIGKILLed and restarted",
+        command("storm", quick),
+        load=loadavg(),
+    )
     ports = ("--api-port", str(free_port()), "--ocpp-port", str(free_port()))
-    with (workdir("storm") as root, edrvctl_server(root, n, *ports) as srv,
-          FleetProcess(srv.ocpp_url, n, root, backoff_max=2) as fleet):
+    with (
+        workdir("storm") as root,
+        edrvctl_server(root, n, *ports) as srv,
+        FleetProcess(srv.ocpp_url, n, root, backoff_max=2) as fleet,
+    ):
         with srv.api() as api:
             require_fleet(api, fleet, n, "storm", timeout)
             before = station_ids(api)
@@ -755,19 +994,28 @@ def bench_storm(quick: bool = False) -> Result:
             back_s = time.monotonic() - killed if ok else None
             got = online(api2)
             after = station_ids(api2)
-            with contextlib.closing(sqlite3.connect(
-                    f"file:{srv2.store}?mode=ro", uri=True)) as db:
+            with contextlib.closing(sqlite3.connect(f"file:{srv2.store}?mode=ro", uri=True)) as db:
                 integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
         status = fleet.status()
     lost = len(before - after)
-    res.figures = {"stations": n, "online_again": got, "back_online_s": back_s,
-                   "server_ready_s": ready, "before": len(before), "after": len(after),
-                   "lost": lost, "integrity": integrity, "reconnects": status.get("reconnects")}
+    res.figures = {
+        "stations": n,
+        "online_again": got,
+        "back_online_s": back_s,
+        "server_ready_s": ready,
+        "before": len(before),
+        "after": len(after),
+        "lost": lost,
+        "integrity": integrity,
+        "reconnects": status.get("reconnects"),
+    }
     res.rows = [
         ("stations online before the kill", f"{len(before):,}"),
         ("server restarted and listening, after the kill", f"{ready:.1f} s"),
-        ("all online again, after the kill", "not reached" if back_s is None
-         else f"{back_s:.1f} s"),
+        (
+            "all online again, after the kill",
+            "not reached" if back_s is None else f"{back_s:.1f} s",
+        ),
         ("online again (API count)", f"{got:,} / {n:,}"),
         ("stations stored before / after", f"{len(before):,} / {len(after):,}"),
         ("records lost (ids before, not after)", lost),
@@ -775,14 +1023,22 @@ def bench_storm(quick: bool = False) -> Result:
         ("simulator reconnects", status.get("reconnects")),
     ]
     res.checks = [
-        ("all online again: " + ("no" if back_s is None else f"{back_s:.1f} s after the kill"),
-         back_s is not None),
-        (f"no record lost: {len(before):,} before, {len(after):,} after, {lost} missing",
-         lost == 0 and len(before) == len(after) == n),
+        (
+            "all online again: " + ("no" if back_s is None else f"{back_s:.1f} s after the kill"),
+            back_s is not None,
+        ),
+        (
+            f"no record lost: {len(before):,} before, {len(after):,} after, {lost} missing",
+            lost == 0 and len(before) == len(after) == n,
+        ),
         (f"integrity_check: {integrity}", integrity == "ok"),
     ]
-    res.notes = [(f"Same store and fixed ports ({' '.join(ports)}); simulator backoff capped "
-                  "at 2 s (jittered 0.5-1x).")]
+    res.notes = [
+        (
+            f"Same store and fixed ports ({' '.join(ports)}); simulator backoff capped "
+            "at 2 s (jittered 0.5-1x)."
+        )
+    ]
     res.load += f" -> {loadavg()}"
     return res
 
@@ -792,10 +1048,19 @@ def bench_storm(quick: bool = False) -> Result:
 
 def bench_cli(quick: bool = False) -> Result:
     runs, n = (1, 50) if quick else (15, 10000)
-    res = Result("cli", "CLI start-up and list (bench/cli.py)", command("cli", quick),
-                 load=loadavg(), header=("command", "median ms"))
-    out = subprocess.run([PY, str(HERE / "cli.py"), "--runs", str(runs), "--stations", str(n)],
-                         capture_output=True, text=True, check=True).stdout
+    res = Result(
+        "cli",
+        "CLI start-up and list (bench/cli.py)",
+        command("cli", quick),
+        load=loadavg(),
+        header=("command", "median ms"),
+    )
+    out = subprocess.run(
+        [PY, str(HERE / "cli.py"), "--runs", str(runs), "--stations", str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and len(cells) == 2 and cells[1].replace(".", "").isdigit():
@@ -811,8 +1076,11 @@ def bench_cli(quick: bool = False) -> Result:
 
 
 BENCHMARKS: dict[str, Callable[..., Result]] = {
-    "held": bench_held, "throughput": bench_throughput, "csconfig": bench_csconfig,
-    "storm": bench_storm, "cli": bench_cli,
+    "held": bench_held,
+    "throughput": bench_throughput,
+    "csconfig": bench_csconfig,
+    "storm": bench_storm,
+    "cli": bench_cli,
 }
 COMPARED = ("held", "throughput", "csconfig")  # the benchmarks that take --before
 
@@ -822,11 +1090,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke tests")
-    ap.add_argument("--profile", type=Path, metavar="DIR",
-                    help="py-spy record the server into DIR during each measured phase")
-    ap.add_argument("--before", metavar="REV",
-                    help="a git revision (main~5, a hash): its edrvctl/ is measured too, beside "
-                         f"the current one, in {', '.join(COMPARED)}")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record the server into DIR during each measured phase",
+    )
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        help="a git revision (main~5, a hash): its edrvctl/ is measured too, beside "
+        f"the current one, in {', '.join(COMPARED)}",
+    )
     a = ap.parse_args(argv)
     if a.before and a.which not in (*COMPARED, "all"):
         ap.error(f"--before applies to {', '.join(COMPARED)} (and all)")
@@ -841,8 +1116,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
         before = None
         if a.before:
             before = export_revision(a.before, stack.enter_context(workdir("before")))
-            log(f"before: {before.label}, {before.about}, exported to {before.tree}; "
-                f"after: {current().about}")
+            log(
+                f"before: {before.label}, {before.about}, exported to {before.tree}; "
+                f"after: {current().about}"
+            )
         for name in names:
             log(f"{name} ...")
             t0 = time.monotonic()

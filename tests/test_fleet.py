@@ -90,8 +90,11 @@ def test_a_connector_status_sets_the_station_status(fresh_fleet, status):
         # the most urgent of (Available, status) wins
         want = min(("Available", status), key=model.STATUS_PRECEDENCE.index)
         assert got["status"] == want
-        assert [(c["evseId"], c["status"]) for c in got["connectors"]] == \
-            [(1, "Available"), (2, status)]
+        assert [(c["evseId"], c["status"]) for c in got["connectors"]] == [
+            (1, "Available"),
+            (2, status),
+        ]
+
     run(scenario())
 
 
@@ -104,6 +107,7 @@ def test_station_level_unavailable_or_faulted_covers_every_connector(fresh_fleet
         assert (await fresh_fleet.get(doc["endpoint"]))["status"] == station_level
         await fresh_fleet.status_notification(doc["endpoint"], 0, 0, "Available")
         assert (await fresh_fleet.get(doc["endpoint"]))["status"] == "Charging"
+
     run(scenario())
 
 
@@ -131,12 +135,14 @@ def test_a_repeated_status_is_not_written_again(fresh_fleet):
         assert (await fresh_fleet.get(doc["_id"]))["updatedAt"] == first["updatedAt"]
         await fresh_fleet.status_notification(doc["endpoint"], 1, 1, "Charging")
         assert (await fresh_fleet.get(doc["_id"]))["status"] == "Charging"
+
     run(scenario())
 
 
 def test_a_status_whose_commit_failed_is_written_when_repeated(tmp_path):
     """Acknowledged only once committed: after a failed commit, the station's retry of the
     same StatusNotification must be written, not skipped as a repeat."""
+
     async def scenario():
         store = open_store(tmp_path / "s.db")
         fleet = Fleet(store, FakeLive())
@@ -151,6 +157,7 @@ def test_a_status_whose_commit_failed_is_written_when_repeated(tmp_path):
         await store.close()
         reopened = Fleet(open_store(tmp_path / "s.db"))
         assert (await reopened.get(doc["_id"]))["status"] == "Faulted"
+
     run(scenario())
 
 
@@ -181,20 +188,30 @@ def test_a_partial_csconfig_fetch_keeps_the_rest_and_what_was_read_only(fresh_fl
         doc = await create(fresh_fleet)
         await online(fresh_fleet, doc)
         live = fresh_fleet.live
-        live.answers[FetchConfig] = ([
-            {"key": "HeartbeatInterval", "value": "300", "readonly": False},
-            {"key": "ChargePointModel", "value": "X1", "readonly": True}], [])
+        live.answers[FetchConfig] = (
+            [
+                {"key": "HeartbeatInterval", "value": "300", "readonly": False},
+                {"key": "ChargePointModel", "value": "X1", "readonly": True},
+            ],
+            [],
+        )
         await fresh_fleet.fetch_config(doc["_id"], [], 5)
         # GetVariables-style answer: readonly unknown (None) for the key asked again
-        live.answers[FetchConfig] = ([
-            {"key": "ChargePointModel", "value": "X2", "readonly": None}], ["Nope"])
+        live.answers[FetchConfig] = (
+            [{"key": "ChargePointModel", "value": "X2", "readonly": None}],
+            ["Nope"],
+        )
         result = await fresh_fleet.fetch_config(doc["_id"], ["ChargePointModel", "Nope"], 5)
         assert result["unknownKeys"] == ["Nope"]
         stored = {e["key"]: e for e in (await fresh_fleet.get(doc["_id"]))["csconfig"]}
-        assert stored["ChargePointModel"] == {"key": "ChargePointModel", "value": "X2",
-                                              "readonly": True}
+        assert stored["ChargePointModel"] == {
+            "key": "ChargePointModel",
+            "value": "X2",
+            "readonly": True,
+        }
         assert stored["HeartbeatInterval"]["value"] == "300"
         assert live.sent[-1] == (doc["endpoint"], FetchConfig(("ChargePointModel", "Nope")))
+
     run(scenario())
 
 
@@ -209,6 +226,7 @@ def test_commands_to_an_offline_or_inactive_station_are_refused_before_sending(f
         with pytest.raises(Unavailable, match="inactive"):
             await fresh_fleet.fetch_config(inactive["_id"], [], 5)
         assert fresh_fleet.live.sent == told
+
     run(scenario())
 
 
@@ -220,6 +238,7 @@ def test_deactivating_a_connected_station_tells_it_inoperative(fresh_fleet):
         await fresh_fleet.update(doc["_id"], model.StationUpdate(active=False))
         await settle(fresh_fleet)
         assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
+
     run(scenario())
 
 
@@ -227,11 +246,14 @@ def test_an_inactive_station_is_told_again_at_boot(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet, active=False)
         await online(fresh_fleet, doc, boot=False)
-        assert await fresh_fleet.boot(doc["endpoint"], {"chargePointVendor": "V"}) == \
-            ("Accepted", 300)
+        assert await fresh_fleet.boot(doc["endpoint"], {"chargePointVendor": "V"}) == (
+            "Accepted",
+            300,
+        )
         await settle(fresh_fleet)
         assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
         assert await fresh_fleet.authorize(doc["endpoint"], "TAG") == "Blocked"
+
     run(scenario())
 
 
@@ -254,6 +276,7 @@ def test_a_station_activated_while_offline_is_told_operative_at_its_next_boot(fr
         sent = len(fresh_fleet.live.sent)
         await online(fresh_fleet, doc)  # told once: the next boot sends nothing
         assert len(fresh_fleet.live.sent) == sent
+
     run(scenario())
 
 
@@ -264,6 +287,7 @@ def test_no_command_before_the_first_boot(fresh_fleet):
         with pytest.raises(Unavailable, match="BootNotification"):
             await fresh_fleet.fetch_config(doc["_id"], [], 5)
         assert fresh_fleet.live.sent == []
+
     run(scenario())
 
 
@@ -271,14 +295,20 @@ def test_a_key_fetched_in_another_case_replaces_the_stored_one(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet)
         await online(fresh_fleet, doc)
-        fresh_fleet.live.answers[FetchConfig] = ([
-            {"key": "OCPPCommCtrlr.HeartbeatInterval", "value": "300", "readonly": False}], [])
+        fresh_fleet.live.answers[FetchConfig] = (
+            [{"key": "OCPPCommCtrlr.HeartbeatInterval", "value": "300", "readonly": False}],
+            [],
+        )
         await fresh_fleet.fetch_config(doc["_id"], [], 5)
-        fresh_fleet.live.answers[FetchConfig] = ([
-            {"key": "ocppcommctrlr.heartbeatinterval", "value": "60", "readonly": None}], [])
+        fresh_fleet.live.answers[FetchConfig] = (
+            [{"key": "ocppcommctrlr.heartbeatinterval", "value": "60", "readonly": None}],
+            [],
+        )
         await fresh_fleet.fetch_config(doc["_id"], ["ocppcommctrlr.heartbeatinterval"], 5)
         assert (await fresh_fleet.get(doc["_id"]))["csconfig"] == [
-            {"key": "ocppcommctrlr.heartbeatinterval", "value": "60", "readonly": False}]
+            {"key": "ocppcommctrlr.heartbeatinterval", "value": "60", "readonly": False}
+        ]
+
     run(scenario())
 
 
@@ -289,30 +319,47 @@ def test_a_transaction_refused_at_start_ends_refused_not_completed(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet, active=False)
         await online(fresh_fleet, doc)
-        key, status = await fresh_fleet.start_transaction(doc["endpoint"], 1, "TAG", 100,
-                                                          model.utcnow(), tx_key="tx-1")
+        key, status = await fresh_fleet.start_transaction(
+            doc["endpoint"], 1, "TAG", 100, model.utcnow(), tx_key="tx-1"
+        )
         assert (key, status) == ("tx-1", "Blocked")
         assert await fresh_fleet.transaction_connector(doc["endpoint"], "tx-1") == 1
-        await fresh_fleet.stop_transaction(doc["endpoint"], "tx-1", 150, model.utcnow(),
-                                           "DeAuthorized")
+        await fresh_fleet.stop_transaction(
+            doc["endpoint"], "tx-1", 150, model.utcnow(), "DeAuthorized"
+        )
         async with fresh_fleet.store.unit() as tx:
             (stored,) = await tx.transactions(doc["_id"])
         assert stored["status"] == "Refused"
         assert (stored["meterStart"], stored["meterStop"]) == (100, 150)
+
     run(scenario())
 
 
-@pytest.mark.parametrize("values,wh", [
-    ([{"sampledValue": [{"value": "1500"}]}], 1500.0),  # 1.6: text, Wh by default
-    ([{"sampledValue": [{"value": "1.5", "unit": "kWh"}]}], 1500.0),
-    ([{"sampledValue": [{"value": 2.5, "unitOfMeasure": {"unit": "kWh"}}]}], 2500.0),
-    ([{"sampledValue": [{"value": 25, "unitOfMeasure": {"unit": "Wh", "multiplier": 2}}]}],
-     2500.0),
-    ([{"sampledValue": [{"value": 230, "measurand": "Voltage"},
-                        {"value": 7, "measurand": "Energy.Active.Import.Register"}]}], 7.0),
-    ([{"sampledValue": [{"value": 5, "phase": "L1"}]}], None),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "values,wh",
+    [
+        ([{"sampledValue": [{"value": "1500"}]}], 1500.0),  # 1.6: text, Wh by default
+        ([{"sampledValue": [{"value": "1.5", "unit": "kWh"}]}], 1500.0),
+        ([{"sampledValue": [{"value": 2.5, "unitOfMeasure": {"unit": "kWh"}}]}], 2500.0),
+        (
+            [{"sampledValue": [{"value": 25, "unitOfMeasure": {"unit": "Wh", "multiplier": 2}}]}],
+            2500.0,
+        ),
+        (
+            [
+                {
+                    "sampledValue": [
+                        {"value": 230, "measurand": "Voltage"},
+                        {"value": 7, "measurand": "Energy.Active.Import.Register"},
+                    ]
+                }
+            ],
+            7.0,
+        ),
+        ([{"sampledValue": [{"value": 5, "phase": "L1"}]}], None),
+        ([], None),
+    ],
+)
 def test_the_energy_register_in_wh(values, wh):
     assert model.energy_register_wh(values) == wh
 
@@ -340,6 +387,7 @@ def test_a_reported_problem_faults_the_connector_until_cleared(fresh_fleet):
         got = await fresh_fleet.get(ep)
         assert got["status"] == "Faulted"
         assert [c.get("problem") for c in got["connectors"]] == [False, True]
+
     run(scenario())
 
 
@@ -348,8 +396,9 @@ def test_a_reported_problem_faults_the_connector_until_cleared(fresh_fleet):
 
 def test_the_password_cache_follows_the_stored_hash(fresh_fleet):
     async def scenario():
-        doc, password = await fresh_fleet.create(model.StationCreate(
-            endpoint=f"PW-{next(_names)}", security={"type": "basic_auth"}))
+        doc, password = await fresh_fleet.create(
+            model.StationCreate(endpoint=f"PW-{next(_names)}", security={"type": "basic_auth"})
+        )
         assert password
         assert await fresh_fleet.check_password(doc["endpoint"], password)
         assert await fresh_fleet.check_password(doc["endpoint"], password)  # from the cache
@@ -357,11 +406,13 @@ def test_the_password_cache_follows_the_stored_hash(fresh_fleet):
         # the hash changed elsewhere (another process or node): the new password works,
         # the old one no longer does
         from edrvctl import passwords
+
         new = passwords.generate()
         async with fresh_fleet.store.unit() as tx:
             await tx.set_password_hash(doc["_id"], passwords.hash_password(new), model.utcnow())
         assert await fresh_fleet.check_password(doc["endpoint"], new)
         assert not await fresh_fleet.check_password(doc["endpoint"], password)
+
     run(scenario())
 
 
@@ -389,15 +440,20 @@ class RecordingSocket:
 
 def test_no_answer_leaves_before_its_commit(fresh_fleet):
     """Each CALLRESULT for a message that writes is sent only after a COMMIT holding it."""
+
     async def scenario():
         doc = await create(fresh_fleet)
         await online(fresh_fleet, doc)
         t = model.utcnow()
         frames = [
             f'[2,"s{i}","StatusNotification",{{"connectorId":{i},"errorCode":"NoError",'
-            f'"status":"Available","timestamp":"{t}"}}]' for i in range(1, 4)]
-        frames.append(f'[2,"m1","MeterValues",{{"connectorId":1,"meterValue":[{{"timestamp":'
-                      f'"{t}","sampledValue":[{{"value":"12"}}]}}]}}]')
+            f'"status":"Available","timestamp":"{t}"}}]'
+            for i in range(1, 4)
+        ]
+        frames.append(
+            f'[2,"m1","MeterValues",{{"connectorId":1,"meterValue":[{{"timestamp":'
+            f'"{t}","sampledValue":[{{"value":"12"}}]}}]}}]'
+        )
         ws = RecordingSocket(frames, fresh_fleet.store)
         session = Station16(doc["endpoint"], "ocpp1.6", ws, fresh_fleet)
         before = fresh_fleet.store.commits
@@ -408,6 +464,7 @@ def test_no_answer_leaves_before_its_commit(fresh_fleet):
             assert commits >= before + n, f"answer {n} left before its commit"
         stored = await fresh_fleet.get(doc["_id"])
         assert len(stored["connectors"]) == 3
+
     run(scenario())
 
 
@@ -446,6 +503,7 @@ def test_the_newest_connection_wins(fresh_fleet):
         assert not registry.is_online(doc["endpoint"])
         got = await fresh_fleet.get(doc["_id"])
         assert got["online"] is False and got["lastDisconnectAt"]
+
     run(scenario())
 
 
@@ -456,6 +514,7 @@ def test_deleting_a_connected_station_disconnects_it(fresh_fleet):
         await fresh_fleet.delete(doc["endpoint"])
         assert fresh_fleet.live.sent == [(doc["endpoint"], Disconnect("chargestation deleted"))]
         assert await fresh_fleet.is_known(doc["endpoint"]) is None
+
     run(scenario())
 
 
@@ -464,6 +523,7 @@ def test_deleting_a_connected_station_disconnects_it(fresh_fleet):
 
 def budget_fleet(**budgets: int) -> Fleet:
     from edrvctl.fleet import Budgets
+
     return Fleet(open_store(":memory:"), FakeLive(), budgets=Budgets(**budgets))
 
 
@@ -480,6 +540,7 @@ def test_a_record_holds_at_most_its_budget_of_connectors():
         await fleet.status_notification(doc["endpoint"], 2, 2, "Charging")  # known: fine
         got = await fleet.get(doc["_id"])
         assert len(got["connectors"]) == 3 and got["status"] == "Charging"
+
     run(scenario())
 
 
@@ -502,6 +563,8 @@ def test_what_a_station_keeps_a_day_is_bounded():
         async with fleet.store.unit() as tx:
             assert len(await tx.meter_values(doc["_id"])) == kept
             assert await tx.events(doc["_id"]) == []
-        await fleet.record_event(ep, "ConnectionRefused", {"status": 401},
-                                 from_station=False)  # what the server saw is not charged
+        await fleet.record_event(
+            ep, "ConnectionRefused", {"status": 401}, from_station=False
+        )  # what the server saw is not charged
+
     run(scenario())

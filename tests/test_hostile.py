@@ -11,15 +11,15 @@ import socket
 import time
 
 import pytest
-from conftest import start_server
-from stored import read, write_lock_held
-from test_security import basic, refused, try_connect
-from timing import scaled, until, until_async
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from conftest import start_server
+from stored import read, write_lock_held
+from test_security import basic, refused, try_connect
+from timing import scaled, until, until_async
 
 P16 = "ocpp1.6"
 
@@ -31,9 +31,17 @@ def events(srv, station_id: str, kind: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory):
     """A server with short keepalive deadlines and small per-address limits."""
-    srv = start_server(tmp_path_factory.mktemp("hostile"), "--ping-interval", "0.5",
-                       "--ping-timeout", "1", "--max-connections-per-address", "20",
-                       "--max-rate", "5")
+    srv = start_server(
+        tmp_path_factory.mktemp("hostile"),
+        "--ping-interval",
+        "0.5",
+        "--ping-timeout",
+        "1",
+        "--max-connections-per-address",
+        "20",
+        "--max-rate",
+        "5",
+    )
     yield srv
     srv.stop()
 
@@ -46,6 +54,7 @@ def test_refusals_of_unknown_endpoints_keep_no_state_and_are_summarised(tight):
         for i in range(150):
             result = await try_connect(tight.ocpp_url, f"u{i:04d}" + "x" * 2000)
             assert result[0] == "refused" and result[1] == 404
+
     asyncio.run(flood())
     log = tight.logs()[mark:]
     assert log.count("refused ") <= 2, log[-2000:]
@@ -57,9 +66,11 @@ def test_a_known_station_offering_ever_new_subprotocols_is_stored_once(tight):
 
     async def flood():
         for i in range(60):
-            result = await try_connect(tight.ocpp_url, doc["endpoint"],
-                                       protocol=f"bogus{i}-" + "p" * 500)
+            result = await try_connect(
+                tight.ocpp_url, doc["endpoint"], protocol=f"bogus{i}-" + "p" * 500
+            )
             assert result[0] == "refused" and result[1] == 400
+
     asyncio.run(flood())
     kept = events(tight, doc["_id"], "ConnectionRefused")
     assert len(kept) == 1, kept
@@ -76,8 +87,11 @@ def test_half_open_upgrades_count_against_the_per_address_limit(tight):
     finally:
         for s in held:
             s.close()
-    assert until(lambda: asyncio.run(try_connect(tight.ocpp_url, ep))[0] == "ok",
-                 timeout=5, what="a connection once the held ones are gone")
+    assert until(
+        lambda: asyncio.run(try_connect(tight.ocpp_url, ep))[0] == "ok",
+        timeout=5,
+        what="a connection once the held ones are gone",
+    )
 
 
 def test_the_rate_limit_holds_across_reconnects(tight):
@@ -97,6 +111,7 @@ def test_the_rate_limit_holds_across_reconnects(tight):
         assert first[:10] == [3] * 10 and "GenericError" in first
         second = await burst()  # reconnected at once: the budget is the station's
         assert second[0] == "GenericError", second
+
     asyncio.run(scenario())
 
 
@@ -109,6 +124,7 @@ def test_guessing_passwords_is_paused_per_address(tight):
             result = await try_connect(tight.ocpp_url, ep, basic(ep, f"guess{i}"))
             statuses.append(result[1])
         return statuses
+
     statuses = asyncio.run(guesses())
     assert statuses[:5] == [401] * 5
     assert 429 in statuses[5:], statuses
@@ -180,19 +196,25 @@ def test_budgets_answer_a_callerror_and_keep_nothing(tmp_path):
         doc = srv.create()
 
         async def scenario():
-            async with connect(f"{srv.ocpp_url}/{doc['endpoint']}",
-                               subprotocols=[P16]) as ws:
+            async with connect(f"{srv.ocpp_url}/{doc['endpoint']}", subprotocols=[P16]) as ws:
+
                 async def call(i: int, action: str, payload: dict) -> list:
                     await ws.send(json.dumps([2, str(i), action, payload]))
                     return json.loads(await ws.recv())
+
                 for c in (1, 2, 3):
-                    frame = await call(c, "StatusNotification", {
-                        "connectorId": c, "errorCode": "NoError", "status": "Available"})
+                    frame = await call(
+                        c,
+                        "StatusNotification",
+                        {"connectorId": c, "errorCode": "NoError", "status": "Available"},
+                    )
                     assert frame[0] == (3 if c < 3 else 4), frame
-                assert frame[2] == "PropertyConstraintViolation" and "at most 2" in frame[4][
-                    "cause"]
+                assert (
+                    frame[2] == "PropertyConstraintViolation" and "at most 2" in frame[4]["cause"]
+                )
                 big = await call(9, "DataTransfer", {"vendorId": "v", "data": "x" * 2000})
                 assert big[0] == 4 and big[2] == "PropertyConstraintViolation", big
+
         asyncio.run(scenario())
         assert len(srv.get(doc["_id"])["connectors"]) == 2
         assert events(srv, doc["_id"], "DataTransfer") == []
@@ -208,12 +230,13 @@ def test_another_process_holding_the_write_lock_stalls_nothing(tmp_path):
         doc = srv.create()
 
         async def scenario():
-            async with connect(f"{srv.ocpp_url}/{doc['endpoint']}",
-                               subprotocols=[P16]) as ws:
+            async with connect(f"{srv.ocpp_url}/{doc['endpoint']}", subprotocols=[P16]) as ws:
+
                 async def call(i: str, action: str, payload: dict) -> tuple[list, float]:
                     t0 = time.monotonic()
                     await ws.send(json.dumps([2, i, action, payload]))
                     return json.loads(await ws.recv()), time.monotonic() - t0
+
                 status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
                 await until_async(lambda: srv.get(doc["_id"])["online"], what="online")
                 with write_lock_held(srv.store):
@@ -224,6 +247,7 @@ def test_another_process_holding_the_write_lock_stalls_nothing(tmp_path):
                     assert frame[0] == 3 and took < scaled(0.5), (frame, took)
                 frame, _ = await call("s2", "StatusNotification", status)
                 assert frame[0] == 3, frame
+
         asyncio.run(scenario())
         assert srv.get(doc["_id"])["status"] == "Available"
     finally:

@@ -16,14 +16,15 @@ import json
 import os
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from ocpp.messages import MessageType, get_validator
+from websockets.asyncio.client import connect
+
 from stored import read
 from timing import scaled, until
-from websockets.asyncio.client import connect
 
 P16, P201 = "ocpp1.6", "ocpp2.0.1"
 PROTOS = [P16, P201]
@@ -42,7 +43,7 @@ def run(coro, timeout: float = 20):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 BOOT = {
@@ -54,9 +55,15 @@ BOOT = {
 async def open_station(server, proto: str, endpoint: str | None = None):
     """Create a station, connect a raw client and boot it; returns (websocket, station record)."""
     doc = server.create(endpoint or uniq(), protocol=proto)
-    ws = await connect(f"{server.ocpp_url}/{doc['endpoint']}", subprotocols=[proto], proxy=None,
-                       ping_interval=None, compression=None, open_timeout=scaled(5),
-                       close_timeout=scaled(2))
+    ws = await connect(
+        f"{server.ocpp_url}/{doc['endpoint']}",
+        subprotocols=[proto],
+        proxy=None,
+        ping_interval=None,
+        compression=None,
+        open_timeout=scaled(5),
+        close_timeout=scaled(2),
+    )
     frame = await call(ws, "BootNotification", BOOT[proto])
     assert frame[0] == 3 and frame[2]["status"] == "Accepted", frame
     return ws, doc
@@ -133,41 +140,94 @@ def payload_cases(proto: str) -> list[tuple[str, str, dict, str]]:
         status = {"connectorId": 1, "errorCode": "NoError", "status": "Available", "timestamp": t}
         return [
             ("known-action-not-taken", "Reset", {"type": "Hard"}, "NotSupported"),
-            ("wrong-type", "StatusNotification", {**status, "connectorId": "one"},
-             "TypeConstraintViolation"),
+            (
+                "wrong-type",
+                "StatusNotification",
+                {**status, "connectorId": "one"},
+                "TypeConstraintViolation",
+            ),
             ("too-long", "Authorize", {"idTag": "T" * 21}, "TypeConstraintViolation"),
-            ("missing-required", "BootNotification", {"chargePointVendor": "RawCo"},
-             "ProtocolError"),
-            ("bad-enum", "StatusNotification", {**status, "status": "Bogus"},
-             "FormationViolation"),
+            (
+                "missing-required",
+                "BootNotification",
+                {"chargePointVendor": "RawCo"},
+                "ProtocolError",
+            ),
+            ("bad-enum", "StatusNotification", {**status, "status": "Bogus"}, "FormationViolation"),
             ("extra-property", "Heartbeat", {"bogus": 1}, "FormationViolation"),
-            ("bad-timestamp", "StatusNotification", {**status, "timestamp": "yesterday"},
-             "FormationViolation"),
-            ("bad-meter-timestamp", "MeterValues", {"connectorId": 1, "meterValue": [
-                {"timestamp": "2024-13-45T99:00:00Z", "sampledValue": [{"value": "1"}]}]},
-             "FormationViolation"),
+            (
+                "bad-timestamp",
+                "StatusNotification",
+                {**status, "timestamp": "yesterday"},
+                "FormationViolation",
+            ),
+            (
+                "bad-meter-timestamp",
+                "MeterValues",
+                {
+                    "connectorId": 1,
+                    "meterValue": [
+                        {"timestamp": "2024-13-45T99:00:00Z", "sampledValue": [{"value": "1"}]}
+                    ],
+                },
+                "FormationViolation",
+            ),
         ]
     status = {"timestamp": t, "connectorStatus": "Available", "evseId": 1, "connectorId": 1}
     return [
         ("known-action-not-taken", "Reset", {"type": "Immediate"}, "NotSupported"),
-        ("wrong-type", "StatusNotification", {**status, "evseId": "one"},
-         "TypeConstraintViolation"),
-        ("too-long", "Authorize", {"idToken": {"idToken": "T" * 37, "type": "ISO14443"}},
-         "TypeConstraintViolation"),
+        (
+            "wrong-type",
+            "StatusNotification",
+            {**status, "evseId": "one"},
+            "TypeConstraintViolation",
+        ),
+        (
+            "too-long",
+            "Authorize",
+            {"idToken": {"idToken": "T" * 37, "type": "ISO14443"}},
+            "TypeConstraintViolation",
+        ),
         ("missing-required", "BootNotification", {"reason": "PowerUp"}, "ProtocolError"),
-        ("bad-enum", "StatusNotification", {**status, "connectorStatus": "Bogus"},
-         "FormatViolation"),
+        (
+            "bad-enum",
+            "StatusNotification",
+            {**status, "connectorStatus": "Bogus"},
+            "FormatViolation",
+        ),
         ("extra-property", "Heartbeat", {"bogus": 1}, "FormatViolation"),
-        ("nested-extra-property", "BootNotification",
-         {**BOOT[P201], "chargingStation": {**BOOT[P201]["chargingStation"], "colour": "red"}},
-         "FormatViolation"),
-        ("bad-timestamp", "StatusNotification", {**status, "timestamp": "yesterday"},
-         "FormatViolation"),
-        ("bad-generated-at", "NotifyEvent", {"generatedAt": "noon", "seqNo": 0, "eventData": [
-            {"eventId": 1, "timestamp": t, "trigger": "Delta", "actualValue": "1",
-             "eventNotificationType": "HardWiredNotification",
-             "component": {"name": "ChargingStation"}, "variable": {"name": "Problem"}}]},
-         "FormatViolation"),
+        (
+            "nested-extra-property",
+            "BootNotification",
+            {**BOOT[P201], "chargingStation": {**BOOT[P201]["chargingStation"], "colour": "red"}},
+            "FormatViolation",
+        ),
+        (
+            "bad-timestamp",
+            "StatusNotification",
+            {**status, "timestamp": "yesterday"},
+            "FormatViolation",
+        ),
+        (
+            "bad-generated-at",
+            "NotifyEvent",
+            {
+                "generatedAt": "noon",
+                "seqNo": 0,
+                "eventData": [
+                    {
+                        "eventId": 1,
+                        "timestamp": t,
+                        "trigger": "Delta",
+                        "actualValue": "1",
+                        "eventNotificationType": "HardWiredNotification",
+                        "component": {"name": "ChargingStation"},
+                        "variable": {"name": "Problem"},
+                    }
+                ],
+            },
+            "FormatViolation",
+        ),
     ]
 
 
@@ -222,8 +282,9 @@ def test_bad_frames_leave_the_connection_and_the_log_clean(server, proto):
                 await ws.send(frame if isinstance(frame, str) else json.dumps(frame))
                 assert_callerror(await recv(ws), mid, code(proto))
             for name, action, payload, code in payload_cases(proto):
-                assert_callerror(await call(ws, action, payload, mid=f"pl-{name}"),
-                                 f"pl-{name}", code)
+                assert_callerror(
+                    await call(ws, action, payload, mid=f"pl-{name}"), f"pl-{name}", code
+                )
             # answers nobody asked for get no reply at all: the next frame is the heartbeat's
             await ws.send(json.dumps([3, "nobody-asked", {}]))
             await ws.send(json.dumps([4, "nobody-asked-2", "GenericError", "", {}]))
@@ -243,38 +304,84 @@ def test_bad_frames_leave_the_connection_and_the_log_clean(server, proto):
 
 
 def meter16(value: str = "1234") -> list[dict]:
-    return [{"timestamp": now(), "sampledValue": [
-        {"value": value, "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
-         "location": "Outlet", "unit": "Wh"}]}]
+    return [
+        {
+            "timestamp": now(),
+            "sampledValue": [
+                {
+                    "value": value,
+                    "context": "Sample.Periodic",
+                    "measurand": "Energy.Active.Import.Register",
+                    "location": "Outlet",
+                    "unit": "Wh",
+                }
+            ],
+        }
+    ]
 
 
 def meter201(value: float = 1234.5) -> list[dict]:
-    return [{"timestamp": now(), "sampledValue": [
-        {"value": value, "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
-         "location": "Outlet", "unitOfMeasure": {"unit": "Wh"}}]}]
+    return [
+        {
+            "timestamp": now(),
+            "sampledValue": [
+                {
+                    "value": value,
+                    "context": "Sample.Periodic",
+                    "measurand": "Energy.Active.Import.Register",
+                    "location": "Outlet",
+                    "unitOfMeasure": {"unit": "Wh"},
+                }
+            ],
+        }
+    ]
 
 
 def samples16() -> dict[str, dict]:
     t = now()
     return {
         "Authorize": {"idTag": "TAG-0001"},
-        "BootNotification": {**BOOT[P16], "chargePointSerialNumber": "SN-1",
-                             "firmwareVersion": "1.2.3", "iccid": "8988", "imsi": "2620",
-                             "meterType": "AC", "meterSerialNumber": "M-1"},
-        "DataTransfer": {"vendorId": "com.example", "messageId": "hello", "data": "{\"a\": 1}"},
+        "BootNotification": {
+            **BOOT[P16],
+            "chargePointSerialNumber": "SN-1",
+            "firmwareVersion": "1.2.3",
+            "iccid": "8988",
+            "imsi": "2620",
+            "meterType": "AC",
+            "meterSerialNumber": "M-1",
+        },
+        "DataTransfer": {"vendorId": "com.example", "messageId": "hello", "data": '{"a": 1}'},
         "DiagnosticsStatusNotification": {"status": "Uploaded"},
         "FirmwareStatusNotification": {"status": "Installed"},
         "Heartbeat": {},
         "MeterValues": {"connectorId": 1, "meterValue": meter16()},
-        "StartTransaction": {"connectorId": 1, "idTag": "TAG-0001", "meterStart": 100,
-                             "timestamp": t},
-        "StatusNotification": {"connectorId": 1, "errorCode": "NoError", "status": "Preparing",
-                               "timestamp": t, "info": "plugged", "vendorId": "com.example"},
-        "StopTransaction": {"transactionId": 987654321, "meterStop": 200, "timestamp": t,
-                            "idTag": "TAG-0001", "reason": "Local",
-                            "transactionData": meter16("200")},
-        "SecurityEventNotification": {"type": "FirmwareUpdated", "timestamp": t,
-                                      "techInfo": "v1.2.3"},
+        "StartTransaction": {
+            "connectorId": 1,
+            "idTag": "TAG-0001",
+            "meterStart": 100,
+            "timestamp": t,
+        },
+        "StatusNotification": {
+            "connectorId": 1,
+            "errorCode": "NoError",
+            "status": "Preparing",
+            "timestamp": t,
+            "info": "plugged",
+            "vendorId": "com.example",
+        },
+        "StopTransaction": {
+            "transactionId": 987654321,
+            "meterStop": 200,
+            "timestamp": t,
+            "idTag": "TAG-0001",
+            "reason": "Local",
+            "transactionData": meter16("200"),
+        },
+        "SecurityEventNotification": {
+            "type": "FirmwareUpdated",
+            "timestamp": t,
+            "techInfo": "v1.2.3",
+        },
         "LogStatusNotification": {"status": "Uploaded", "requestId": 7},
         "SignedFirmwareStatusNotification": {"status": "Installed", "requestId": 8},
     }
@@ -285,40 +392,87 @@ def samples201() -> dict[str, dict]:
     token = {"idToken": "TAG-0001", "type": "ISO14443"}
 
     def tx(event: str, seq: int, **info) -> dict:
-        return {"eventType": event, "timestamp": t, "triggerReason": "Authorized", "seqNo": seq,
-                "transactionInfo": {"transactionId": f"tx-sample-{event}", **info},
-                "evse": {"id": 1, "connectorId": 1}, "idToken": token, "meterValue": meter201()}
+        return {
+            "eventType": event,
+            "timestamp": t,
+            "triggerReason": "Authorized",
+            "seqNo": seq,
+            "transactionInfo": {"transactionId": f"tx-sample-{event}", **info},
+            "evse": {"id": 1, "connectorId": 1},
+            "idToken": token,
+            "meterValue": meter201(),
+        }
 
     return {
         "Authorize": {"idToken": token},
-        "BootNotification": {"reason": "PowerUp", "chargingStation": {
-            "vendorName": "RawCo", "model": "Raw-1", "serialNumber": "SN-1",
-            "firmwareVersion": "1.2.3", "modem": {"iccid": "8988", "imsi": "2620"}}},
-        "DataTransfer": {"vendorId": "com.example", "messageId": "hello",
-                         "data": {"sessionId": 1, "items": [1, 2]}},
+        "BootNotification": {
+            "reason": "PowerUp",
+            "chargingStation": {
+                "vendorName": "RawCo",
+                "model": "Raw-1",
+                "serialNumber": "SN-1",
+                "firmwareVersion": "1.2.3",
+                "modem": {"iccid": "8988", "imsi": "2620"},
+            },
+        },
+        "DataTransfer": {
+            "vendorId": "com.example",
+            "messageId": "hello",
+            "data": {"sessionId": 1, "items": [1, 2]},
+        },
         "FirmwareStatusNotification": {"status": "Installed", "requestId": 3},
         "Heartbeat": {},
         "LogStatusNotification": {"status": "Uploaded", "requestId": 7},
         "MeterValues": {"evseId": 1, "meterValue": meter201()},
-        "NotifyEvent": {"generatedAt": t, "seqNo": 0, "tbc": False, "eventData": [
-            {"eventId": 1, "timestamp": t, "trigger": "Delta", "actualValue": "Faulted",
-             "eventNotificationType": "HardWiredNotification",
-             "component": {"name": "ChargingStation"},
-             "variable": {"name": "AvailabilityState"}}]},
-        "NotifyReport": {"requestId": 424242, "generatedAt": t, "seqNo": 0, "tbc": False,
-                         "reportData": [{"component": {"name": "OCPPCommCtrlr"},
-                                         "variable": {"name": "HeartbeatInterval"},
-                                         "variableAttribute": [{"type": "Actual",
-                                                                "value": "300"}]}]},
-        "SecurityEventNotification": {"type": "FirmwareUpdated", "timestamp": t,
-                                      "techInfo": "v1.2.3"},
-        "StatusNotification": {"timestamp": t, "connectorStatus": "Occupied", "evseId": 1,
-                               "connectorId": 1},
+        "NotifyEvent": {
+            "generatedAt": t,
+            "seqNo": 0,
+            "tbc": False,
+            "eventData": [
+                {
+                    "eventId": 1,
+                    "timestamp": t,
+                    "trigger": "Delta",
+                    "actualValue": "Faulted",
+                    "eventNotificationType": "HardWiredNotification",
+                    "component": {"name": "ChargingStation"},
+                    "variable": {"name": "AvailabilityState"},
+                }
+            ],
+        },
+        "NotifyReport": {
+            "requestId": 424242,
+            "generatedAt": t,
+            "seqNo": 0,
+            "tbc": False,
+            "reportData": [
+                {
+                    "component": {"name": "OCPPCommCtrlr"},
+                    "variable": {"name": "HeartbeatInterval"},
+                    "variableAttribute": [{"type": "Actual", "value": "300"}],
+                }
+            ],
+        },
+        "SecurityEventNotification": {
+            "type": "FirmwareUpdated",
+            "timestamp": t,
+            "techInfo": "v1.2.3",
+        },
+        "StatusNotification": {
+            "timestamp": t,
+            "connectorStatus": "Occupied",
+            "evseId": 1,
+            "connectorId": 1,
+        },
         "TransactionEvent:Started": tx("Started", 0, chargingState="Charging"),
-        "TransactionEvent:Updated": {**tx("Updated", 1, chargingState="Charging"),
-                                     "triggerReason": "MeterValuePeriodic"},
-        "TransactionEvent:Ended": {**tx("Ended", 2, stoppedReason="Local"),
-                                   "triggerReason": "StopAuthorized"},
+        "TransactionEvent:Updated": {
+            **tx("Updated", 1, chargingState="Charging"),
+            "triggerReason": "MeterValuePeriodic",
+        },
+        "TransactionEvent:Ended": {
+            **tx("Ended", 2, stoppedReason="Local"),
+            "triggerReason": "StopAuthorized",
+        },
     }
 
 
@@ -357,20 +511,37 @@ def test_16_transaction_lands_in_the_store(server):
     async def scenario():
         ws, doc = await open_station(server, P16)
         async with ws:
-            start = await call(ws, "StartTransaction", {
-                "connectorId": 2, "idTag": "TAG-16", "meterStart": 1000, "timestamp": now()})
+            start = await call(
+                ws,
+                "StartTransaction",
+                {"connectorId": 2, "idTag": "TAG-16", "meterStart": 1000, "timestamp": now()},
+            )
             assert start[0] == 3 and start[2]["idTagInfo"]["status"] == "Accepted", start
             tx_id = start[2]["transactionId"]
-            mv = await call(ws, "MeterValues", {"connectorId": 2, "transactionId": tx_id,
-                                                "meterValue": meter16("1500")})
+            mv = await call(
+                ws,
+                "MeterValues",
+                {"connectorId": 2, "transactionId": tx_id, "meterValue": meter16("1500")},
+            )
             assert mv[0] == 3, mv
-            stop = await call(ws, "StopTransaction", {
-                "transactionId": tx_id, "meterStop": 2500, "timestamp": now(),
-                "reason": "EVDisconnected", "transactionData": meter16("2500")})
+            stop = await call(
+                ws,
+                "StopTransaction",
+                {
+                    "transactionId": tx_id,
+                    "meterStop": 2500,
+                    "timestamp": now(),
+                    "reason": "EVDisconnected",
+                    "transactionData": meter16("2500"),
+                },
+            )
             assert stop[0] == 3, stop
             validate(MessageType.CallResult, "StopTransaction", P16, stop[2])
-            second = await call(ws, "StartTransaction", {
-                "connectorId": 1, "idTag": "TAG-16", "meterStart": 0, "timestamp": now()})
+            second = await call(
+                ws,
+                "StartTransaction",
+                {"connectorId": 1, "idTag": "TAG-16", "meterStart": 0, "timestamp": now()},
+            )
             assert second[2]["transactionId"] != tx_id
         return doc, tx_id
 
@@ -381,14 +552,20 @@ def test_16_transaction_lands_in_the_store(server):
     tx = txs[0]
     assert tx["tx_key"] == str(tx_id) and tx["station_id"] == doc["_id"]
     assert read(server.store, lambda t: t.get_transaction(doc["_id"], str(tx_id))) == tx
-    assert (tx["connector"], tx["idTag"], tx["meterStart"], tx["meterStop"]) == \
-        (2, "TAG-16", 1000, 2500)
+    assert (tx["connector"], tx["idTag"], tx["meterStart"], tx["meterStop"]) == (
+        2,
+        "TAG-16",
+        1000,
+        2500,
+    )
     assert (tx["status"], tx["stopReason"]) == ("Completed", "EVDisconnected")
     assert tx["startedAt"] and tx["stoppedAt"] and tx["stoppedAt"] >= tx["startedAt"]
     assert txs[1]["status"] == "Active" and txs[1]["tx_key"] != tx["tx_key"]
     mvs = read(server.store, lambda t: t.meter_values(doc["_id"]))
-    assert [(m["tx_key"], m["values"][0]["sampledValue"][0]["value"]) for m in mvs] == \
-        [(str(tx_id), "1500"), (str(tx_id), "2500")]
+    assert [(m["tx_key"], m["values"][0]["sampledValue"][0]["value"]) for m in mvs] == [
+        (str(tx_id), "1500"),
+        (str(tx_id), "2500"),
+    ]
     assert mvs[0]["connector"] == 2
     assert read(server.store, lambda t: t.meter_values(doc["_id"], str(tx_id))) == mvs
 
@@ -398,24 +575,42 @@ def test_201_transaction_lands_in_the_store(server):
     token = {"idToken": "TAG-201", "type": "ISO14443"}
 
     def event(kind: str, seq: int, trigger: str, value: float, **info) -> dict:
-        return {"eventType": kind, "timestamp": now(), "triggerReason": trigger, "seqNo": seq,
-                "transactionInfo": {"transactionId": tx_id, **info},
-                "meterValue": meter201(value)}
+        return {
+            "eventType": kind,
+            "timestamp": now(),
+            "triggerReason": trigger,
+            "seqNo": seq,
+            "transactionInfo": {"transactionId": tx_id, **info},
+            "meterValue": meter201(value),
+        }
 
     async def scenario():
         ws, doc = await open_station(server, P201)
         async with ws:
-            started = await call(ws, "TransactionEvent", {
-                **event("Started", 0, "Authorized", 100.0, chargingState="Charging"),
-                "evse": {"id": 2, "connectorId": 1}, "idToken": token})
+            started = await call(
+                ws,
+                "TransactionEvent",
+                {
+                    **event("Started", 0, "Authorized", 100.0, chargingState="Charging"),
+                    "evse": {"id": 2, "connectorId": 1},
+                    "idToken": token,
+                },
+            )
             assert started[0] == 3 and started[2]["idTokenInfo"]["status"] == "Accepted"
-            updated = await call(ws, "TransactionEvent",
-                                 event("Updated", 1, "MeterValuePeriodic", 150.0,
-                                       chargingState="Charging"))
+            updated = await call(
+                ws,
+                "TransactionEvent",
+                event("Updated", 1, "MeterValuePeriodic", 150.0, chargingState="Charging"),
+            )
             assert updated[0] == 3 and "idTokenInfo" not in updated[2], updated
-            ended = await call(ws, "TransactionEvent", {
-                **event("Ended", 2, "StopAuthorized", 300.0, stoppedReason="Local"),
-                "idToken": token})
+            ended = await call(
+                ws,
+                "TransactionEvent",
+                {
+                    **event("Ended", 2, "StopAuthorized", 300.0, stoppedReason="Local"),
+                    "idToken": token,
+                },
+            )
             assert ended[0] == 3, ended
             for frame in (started, updated, ended):
                 validate(MessageType.CallResult, "TransactionEvent", P201, frame[2])
@@ -428,20 +623,37 @@ def test_201_transaction_lands_in_the_store(server):
     tx = txs[0]
     assert tx["tx_key"] == tx_id and tx["station_id"] == doc["_id"]
     assert read(server.store, lambda t: t.get_transaction(doc["_id"], tx_id)) == tx
-    assert (tx["connector"], tx["idTag"], tx["status"], tx["stopReason"]) == \
-        (2, "TAG-201", "Completed", "Local")
+    assert (tx["connector"], tx["idTag"], tx["status"], tx["stopReason"]) == (
+        2,
+        "TAG-201",
+        "Completed",
+        "Local",
+    )
     assert tx["startedAt"] and tx["stoppedAt"]
     mvs = read(server.store, lambda t: t.meter_values(doc["_id"]))
-    assert [(m["tx_key"], m["values"][0]["sampledValue"][0]["value"]) for m in mvs] == \
-        [(tx_id, 100.0), (tx_id, 150.0), (tx_id, 300.0)]
+    assert [(m["tx_key"], m["values"][0]["sampledValue"][0]["value"]) for m in mvs] == [
+        (tx_id, 100.0),
+        (tx_id, 150.0),
+        (tx_id, 300.0),
+    ]
 
 
 EVENT_KINDS = {
-    P16: ["DataTransfer", "FirmwareStatusNotification", "SecurityEventNotification",
-          "DiagnosticsStatusNotification", "LogStatusNotification",
-          "SignedFirmwareStatusNotification"],
-    P201: ["DataTransfer", "FirmwareStatusNotification", "SecurityEventNotification",
-           "NotifyEvent", "LogStatusNotification"],
+    P16: [
+        "DataTransfer",
+        "FirmwareStatusNotification",
+        "SecurityEventNotification",
+        "DiagnosticsStatusNotification",
+        "LogStatusNotification",
+        "SignedFirmwareStatusNotification",
+    ],
+    P201: [
+        "DataTransfer",
+        "FirmwareStatusNotification",
+        "SecurityEventNotification",
+        "NotifyEvent",
+        "LogStatusNotification",
+    ],
 }
 
 
@@ -473,10 +685,18 @@ def test_notifications_are_kept_as_events(server, proto):
 
 # Notifications whose event payload is the message itself, field for field.
 KEPT_AS_SENT = {
-    P16: ["DataTransfer", "SecurityEventNotification", "LogStatusNotification",
-          "SignedFirmwareStatusNotification"],
-    P201: ["DataTransfer", "SecurityEventNotification", "LogStatusNotification",
-           "FirmwareStatusNotification"],
+    P16: [
+        "DataTransfer",
+        "SecurityEventNotification",
+        "LogStatusNotification",
+        "SignedFirmwareStatusNotification",
+    ],
+    P201: [
+        "DataTransfer",
+        "SecurityEventNotification",
+        "LogStatusNotification",
+        "FirmwareStatusNotification",
+    ],
 }
 
 
@@ -509,8 +729,11 @@ def test_boot_info_and_status_from_raw_frames(server, proto):
         async with ws:
             assert (await call(ws, "BootNotification", samples["BootNotification"]))[0] == 3
             assert (await call(ws, "StatusNotification", samples["StatusNotification"]))[0] == 3
-            async with httpx.AsyncClient(base_url=server.api_url, timeout=scaled(5), headers={
-                    "Authorization": f"Bearer {server.token}"}) as c:
+            async with httpx.AsyncClient(
+                base_url=server.api_url,
+                timeout=scaled(5),
+                headers={"Authorization": f"Bearer {server.token}"},
+            ) as c:
                 return (await c.get(f"{BASE}/{doc['endpoint']}")).json()["result"]
 
     rec = run(scenario())

@@ -34,19 +34,37 @@ NOW = "2024-01-01T00:00:00.000Z"
 
 # Every code OCPP-J defines, as each version spells it.
 CODES = {
-    P16: {"NotImplemented", "NotSupported", "InternalError", "ProtocolError", "SecurityError",
-          "FormationViolation", "PropertyConstraintViolation", "OccurenceConstraintViolation",
-          "TypeConstraintViolation", "GenericError"},
-    P201: {"FormatViolation", "GenericError", "InternalError", "MessageTypeNotSupported",
-           "NotImplemented", "NotSupported", "OccurrenceConstraintViolation",
-           "PropertyConstraintViolation", "ProtocolError", "RpcFrameworkError", "SecurityError",
-           "TypeConstraintViolation"},
+    P16: {
+        "NotImplemented",
+        "NotSupported",
+        "InternalError",
+        "ProtocolError",
+        "SecurityError",
+        "FormationViolation",
+        "PropertyConstraintViolation",
+        "OccurenceConstraintViolation",
+        "TypeConstraintViolation",
+        "GenericError",
+    },
+    P201: {
+        "FormatViolation",
+        "GenericError",
+        "InternalError",
+        "MessageTypeNotSupported",
+        "NotImplemented",
+        "NotSupported",
+        "OccurrenceConstraintViolation",
+        "PropertyConstraintViolation",
+        "ProtocolError",
+        "RpcFrameworkError",
+        "SecurityError",
+        "TypeConstraintViolation",
+    },
 }
 NOT_IMPLEMENTED = "Requested Action is not known by receiver"
 NOT_SUPPORTED = "Requested Action is recognized but not supported by the receiver"
 
-PROPERTY = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --------------------------------------------------------------------------- a fake websocket
@@ -113,8 +131,9 @@ HANDLERS = {
 }
 
 
-async def _replies(version: str, frames: list, handlers: dict | None = None,
-                   **kw: Any) -> list[list]:
+async def _replies(
+    version: str, frames: list, handlers: dict | None = None, **kw: Any
+) -> list[list]:
     """Feed `frames`, then close; return what the Rpc sent. run() must end normally."""
     sock = FakeSocket()
     sock.feed(*frames, None)
@@ -196,47 +215,101 @@ FRAME_CASES = [
 def payload_cases(version: str) -> list[tuple[str, str, dict, str]]:
     """(name, action, payload, expected code) for CALLs whose payload is wrong."""
     if version == P16:
-        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available",
-                  "timestamp": NOW}
+        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available", "timestamp": NOW}
         return [
             ("known-action-not-taken", "Reset", {"type": "Hard"}, "NotSupported"),
-            ("wrong-type", "StatusNotification", {**status, "connectorId": "one"},
-             "TypeConstraintViolation"),
+            (
+                "wrong-type",
+                "StatusNotification",
+                {**status, "connectorId": "one"},
+                "TypeConstraintViolation",
+            ),
             ("too-long", "Authorize", {"idTag": "T" * 21}, "TypeConstraintViolation"),
-            ("missing-required", "BootNotification", {"chargePointVendor": "RawCo"},
-             "ProtocolError"),
-            ("bad-enum", "StatusNotification", {**status, "status": "Bogus"},
-             "FormationViolation"),
+            (
+                "missing-required",
+                "BootNotification",
+                {"chargePointVendor": "RawCo"},
+                "ProtocolError",
+            ),
+            ("bad-enum", "StatusNotification", {**status, "status": "Bogus"}, "FormationViolation"),
             ("extra-property", "Heartbeat", {"bogus": 1}, "FormationViolation"),
-            ("bad-timestamp", "StatusNotification", {**status, "timestamp": "yesterday"},
-             "FormationViolation"),
-            ("bad-meter-timestamp", "MeterValues", {"connectorId": 1, "meterValue": [
-                {"timestamp": "2024-13-45T99:00:00Z", "sampledValue": [{"value": "1"}]}]},
-             "FormationViolation"),
+            (
+                "bad-timestamp",
+                "StatusNotification",
+                {**status, "timestamp": "yesterday"},
+                "FormationViolation",
+            ),
+            (
+                "bad-meter-timestamp",
+                "MeterValues",
+                {
+                    "connectorId": 1,
+                    "meterValue": [
+                        {"timestamp": "2024-13-45T99:00:00Z", "sampledValue": [{"value": "1"}]}
+                    ],
+                },
+                "FormationViolation",
+            ),
         ]
     status = {"timestamp": NOW, "connectorStatus": "Available", "evseId": 1, "connectorId": 1}
-    boot: dict[str, Any] = {"reason": "PowerUp",
-                            "chargingStation": {"vendorName": "RawCo", "model": "Raw-1"}}
+    boot: dict[str, Any] = {
+        "reason": "PowerUp",
+        "chargingStation": {"vendorName": "RawCo", "model": "Raw-1"},
+    }
     return [
         ("known-action-not-taken", "Reset", {"type": "Immediate"}, "NotSupported"),
-        ("wrong-type", "StatusNotification", {**status, "evseId": "one"},
-         "TypeConstraintViolation"),
-        ("too-long", "Authorize", {"idToken": {"idToken": "T" * 37, "type": "ISO14443"}},
-         "TypeConstraintViolation"),
+        (
+            "wrong-type",
+            "StatusNotification",
+            {**status, "evseId": "one"},
+            "TypeConstraintViolation",
+        ),
+        (
+            "too-long",
+            "Authorize",
+            {"idToken": {"idToken": "T" * 37, "type": "ISO14443"}},
+            "TypeConstraintViolation",
+        ),
         ("missing-required", "BootNotification", {"reason": "PowerUp"}, "ProtocolError"),
-        ("bad-enum", "StatusNotification", {**status, "connectorStatus": "Bogus"},
-         "FormatViolation"),
+        (
+            "bad-enum",
+            "StatusNotification",
+            {**status, "connectorStatus": "Bogus"},
+            "FormatViolation",
+        ),
         ("extra-property", "Heartbeat", {"bogus": 1}, "FormatViolation"),
-        ("nested-extra-property", "BootNotification",
-         {**boot, "chargingStation": {**boot["chargingStation"], "colour": "red"}},
-         "FormatViolation"),
-        ("bad-timestamp", "StatusNotification", {**status, "timestamp": "yesterday"},
-         "FormatViolation"),
-        ("bad-generated-at", "NotifyEvent", {"generatedAt": "noon", "seqNo": 0, "eventData": [
-            {"eventId": 1, "timestamp": NOW, "trigger": "Delta", "actualValue": "1",
-             "eventNotificationType": "HardWiredNotification",
-             "component": {"name": "ChargingStation"}, "variable": {"name": "Problem"}}]},
-         "FormatViolation"),
+        (
+            "nested-extra-property",
+            "BootNotification",
+            {**boot, "chargingStation": {**boot["chargingStation"], "colour": "red"}},
+            "FormatViolation",
+        ),
+        (
+            "bad-timestamp",
+            "StatusNotification",
+            {**status, "timestamp": "yesterday"},
+            "FormatViolation",
+        ),
+        (
+            "bad-generated-at",
+            "NotifyEvent",
+            {
+                "generatedAt": "noon",
+                "seqNo": 0,
+                "eventData": [
+                    {
+                        "eventId": 1,
+                        "timestamp": NOW,
+                        "trigger": "Delta",
+                        "actualValue": "1",
+                        "eventNotificationType": "HardWiredNotification",
+                        "component": {"name": "ChargingStation"},
+                        "variable": {"name": "Problem"},
+                    }
+                ],
+            },
+            "FormatViolation",
+        ),
     ]
 
 
@@ -252,10 +325,12 @@ def test_malformed_frame_gets_the_right_callerror(version, name, frame, mid, cod
 @pytest.mark.parametrize("version", VERSIONS)
 def test_invalid_payloads_get_the_right_callerror(version):
     cases = payload_cases(version)
-    sent = replies(version, [[2, f"pl-{name}", action, payload]
-                             for name, action, payload, _ in cases] + [heartbeat()])
+    sent = replies(
+        version,
+        [[2, f"pl-{name}", action, payload] for name, action, payload, _ in cases] + [heartbeat()],
+    )
     assert len(sent) == len(cases) + 1
-    for (name, _, _, code), frame in zip(cases, sent):
+    for (name, _, _, code), frame in zip(cases, sent, strict=False):
         assert_callerror(frame, f"pl-{name}", code, version)
     assert sent[-1][0] == 3
 
@@ -273,41 +348,78 @@ def test_unknown_and_unsupported_actions_are_told_apart(version):
 
 def test_16_never_gets_201_spellings_and_back():
     bad = [[2, "a", "Heartbeat", {"x": 1}], "nope", [9, "c", "Heartbeat", {}]]
-    for version, absent in ((P16, {"FormatViolation", "OccurrenceConstraintViolation",
-                                    "RpcFrameworkError", "MessageTypeNotSupported"}),
-                            (P201, {"FormationViolation", "OccurenceConstraintViolation"})):
+    for version, absent in (
+        (
+            P16,
+            {
+                "FormatViolation",
+                "OccurrenceConstraintViolation",
+                "RpcFrameworkError",
+                "MessageTypeNotSupported",
+            },
+        ),
+        (P201, {"FormationViolation", "OccurenceConstraintViolation"}),
+    ):
         codes = {f[2] for f in replies(version, bad)}
         assert codes and not codes & absent, codes
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_replies_nobody_asked_for_get_no_reply(version):
-    sent = replies(version, [[3, "nobody-asked", {}], [4, "nobody-2", "GenericError", "", {}],
-                             heartbeat()])
+    sent = replies(
+        version, [[3, "nobody-asked", {}], [4, "nobody-2", "GenericError", "", {}], heartbeat()]
+    )
     assert sent == [[3, "hb", {"currentTime": NOW}]]
 
 
 # --------------------------------------------------------------------------- any frame at all
 
-_scalars = (st.none() | st.booleans() | st.integers()
-            | st.floats(allow_nan=False, allow_infinity=False)
-            | st.text(max_size=40))
-json_values = st.recursive(_scalars, lambda c: st.lists(c, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), c, max_size=4),
-                           max_leaves=12)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+json_values = st.recursive(
+    _scalars,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+    max_leaves=12,
+)
 message_ids = st.text(max_size=40) | _scalars
-actions = st.sampled_from(["Heartbeat", "BootNotification", "StatusNotification", "Authorize",
-                           "MeterValues", "NotifyEvent", "Reset", "DataTransfer", "FooBar", ""])
-payloads = st.dictionaries(st.sampled_from(["connectorId", "status", "timestamp", "idTag",
-                                            "reason", "vendorId", "bogus", "type"]),
-                           json_values, max_size=4)
+actions = st.sampled_from(
+    [
+        "Heartbeat",
+        "BootNotification",
+        "StatusNotification",
+        "Authorize",
+        "MeterValues",
+        "NotifyEvent",
+        "Reset",
+        "DataTransfer",
+        "FooBar",
+        "",
+    ]
+)
+payloads = st.dictionaries(
+    st.sampled_from(
+        ["connectorId", "status", "timestamp", "idTag", "reason", "vendorId", "bogus", "type"]
+    ),
+    json_values,
+    max_size=4,
+)
 kinds = st.sampled_from([2, 3, 4, 5, "2", 2.0, True, None, -1])
-frame_like = st.builds(lambda parts, n: list(parts)[:n],
-                       st.tuples(kinds, message_ids, actions | _scalars, payloads | json_values,
-                                 json_values),
-                       st.integers(1, 5))
-any_frame = (st.binary(max_size=60) | st.text(max_size=60)
-             | json_values.map(json.dumps) | frame_like.map(json.dumps))
+frame_like = st.builds(
+    lambda parts, n: list(parts)[:n],
+    st.tuples(kinds, message_ids, actions | _scalars, payloads | json_values, json_values),
+    st.integers(1, 5),
+)
+any_frame = (
+    st.binary(max_size=60)
+    | st.text(max_size=60)
+    | json_values.map(json.dumps)
+    | frame_like.map(json.dumps)
+)
 
 
 def expected_reply_id(raw: str | bytes) -> tuple[bool, str]:
@@ -324,8 +436,14 @@ def expected_reply_id(raw: str | bytes) -> tuple[bool, str]:
     kind = value[0]
     is_answer = type(kind) is int and (
         (kind == 3 and len(value) == 3 and type(value[2]) is dict)
-        or (kind == 4 and len(value) == 5 and type(value[2]) is str
-            and type(value[3]) is str and type(value[4]) is dict))
+        or (
+            kind == 4
+            and len(value) == 5
+            and type(value[2]) is str
+            and type(value[3]) is str
+            and type(value[4]) is dict
+        )
+    )
     return is_answer, mid
 
 
@@ -379,36 +497,60 @@ ints = st.integers(-(2**63), 2**63 - 1)  # what JSON on the wire can carry (orjs
 VALID_CALLS = {
     P16: {
         "Reset": st.fixed_dictionaries({"type": st.sampled_from(["Hard", "Soft", "hard"])}),
-        "ChangeConfiguration": st.fixed_dictionaries({"key": st.text(max_size=55),
-                                                      "value": st.text(max_size=505)}),
-        "GetConfiguration": st.fixed_dictionaries({}, optional={
-            "key": st.lists(st.text(max_size=55), max_size=3)}),
+        "ChangeConfiguration": st.fixed_dictionaries(
+            {"key": st.text(max_size=55), "value": st.text(max_size=505)}
+        ),
+        "GetConfiguration": st.fixed_dictionaries(
+            {}, optional={"key": st.lists(st.text(max_size=55), max_size=3)}
+        ),
         "TriggerMessage": st.fixed_dictionaries(
             {"requestedMessage": st.sampled_from(["Heartbeat", "MeterValues", "Bogus"])},
-            optional={"connectorId": st.integers(-2, 3)}),
+            optional={"connectorId": st.integers(-2, 3)},
+        ),
         "UnlockConnector": st.fixed_dictionaries({"connectorId": st.integers(-2, 3)}),
         "RemoteStopTransaction": st.fixed_dictionaries({"transactionId": ints | st.text()}),
     },
     P201: {
-        "Reset": st.fixed_dictionaries({"type": st.sampled_from(["Immediate", "OnIdle", "Now"])},
-                                       optional={"evseId": ints}),
-        "GetVariables": st.fixed_dictionaries({"getVariableData": st.lists(
-            st.fixed_dictionaries({"component": st.fixed_dictionaries(
-                {"name": st.text(max_size=55)}), "variable": st.fixed_dictionaries(
-                {"name": st.text(max_size=55)})}), max_size=2)}),
-        "GetBaseReport": st.fixed_dictionaries({"requestId": ints, "reportBase": st.sampled_from(
-            ["FullInventory", "ConfigurationInventory", "SummaryInventory", "Everything"])}),
+        "Reset": st.fixed_dictionaries(
+            {"type": st.sampled_from(["Immediate", "OnIdle", "Now"])}, optional={"evseId": ints}
+        ),
+        "GetVariables": st.fixed_dictionaries(
+            {
+                "getVariableData": st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "component": st.fixed_dictionaries({"name": st.text(max_size=55)}),
+                            "variable": st.fixed_dictionaries({"name": st.text(max_size=55)}),
+                        }
+                    ),
+                    max_size=2,
+                )
+            }
+        ),
+        "GetBaseReport": st.fixed_dictionaries(
+            {
+                "requestId": ints,
+                "reportBase": st.sampled_from(
+                    ["FullInventory", "ConfigurationInventory", "SummaryInventory", "Everything"]
+                ),
+            }
+        ),
         "ChangeAvailability": st.fixed_dictionaries(
             {"operationalStatus": st.sampled_from(["Operative", "Inoperative", "Broken"])},
-            optional={"evse": st.fixed_dictionaries({"id": st.integers(-1, 3)})}),
+            optional={"evse": st.fixed_dictionaries({"id": st.integers(-1, 3)})},
+        ),
         "RequestStopTransaction": st.fixed_dictionaries({"transactionId": st.text(max_size=40)}),
     },
 }
 wire_values = st.recursive(
-    st.none() | st.booleans() | ints | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | ints
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=40),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=10), c, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -449,16 +591,22 @@ def test_call_never_sends_a_payload_that_breaks_the_schema(case):
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("version,action,payload", [
-    (P16, "Reset", {"type": "Bogus"}),
-    (P16, "ChangeConfiguration", {"key": "K" * 51, "value": "1"}),
-    (P16, "GetConfiguration", {"key": "not-a-list"}),
-    (P201, "Reset", {}),
-    (P201, "GetBaseReport", {"requestId": 1, "reportBase": "FullInventory", "x": 1}),
-    (P201, "SetVariables", {"setVariableData": [{"attributeValue": "1",
-                                                 "component": {"name": "C"}}]}),
-    (P16, "NoSuchAction", {}),
-])
+@pytest.mark.parametrize(
+    "version,action,payload",
+    [
+        (P16, "Reset", {"type": "Bogus"}),
+        (P16, "ChangeConfiguration", {"key": "K" * 51, "value": "1"}),
+        (P16, "GetConfiguration", {"key": "not-a-list"}),
+        (P201, "Reset", {}),
+        (P201, "GetBaseReport", {"requestId": 1, "reportBase": "FullInventory", "x": 1}),
+        (
+            P201,
+            "SetVariables",
+            {"setVariableData": [{"attributeValue": "1", "component": {"name": "C"}}]},
+        ),
+        (P16, "NoSuchAction", {}),
+    ],
+)
 def test_invalid_calls_are_refused_before_sending(version, action, payload):
     async def scenario():
         sock = FakeSocket(reply=_error_reply)
@@ -472,8 +620,7 @@ def test_invalid_calls_are_refused_before_sending(version, action, payload):
     asyncio.run(scenario())
 
 
-strays = st.lists(st.tuples(st.sampled_from([3, 4]), st.text(min_size=1, max_size=36)),
-                  max_size=6)
+strays = st.lists(st.tuples(st.sampled_from([3, 4]), st.text(min_size=1, max_size=36)), max_size=6)
 
 
 @PROPERTY
@@ -483,11 +630,18 @@ def test_answers_are_matched_by_id_and_strays_dropped(before, after):
         if frame[0] != 2:
             return []
         mid = frame[1]
-        fakes = [[3, m, {"status": "Rejected"}] if k == 3 else [4, m, "GenericError", "", {}]
-                 for k, m in before if m != mid]
+        fakes = [
+            [3, m, {"status": "Rejected"}] if k == 3 else [4, m, "GenericError", "", {}]
+            for k, m in before
+            if m != mid
+        ]
         late = [[3, m, {"status": "Rejected"}] for _, m in after]
-        return [*fakes, [3, mid, {"status": frame[3]["type"] == "Hard" and "Accepted"
-                                  or "Rejected"}], [3, mid, {"status": "Rejected"}], *late]
+        return [
+            *fakes,
+            [3, mid, {"status": (frame[3]["type"] == "Hard" and "Accepted") or "Rejected"}],
+            [3, mid, {"status": "Rejected"}],
+            *late,
+        ]
 
     async def scenario():
         sock = FakeSocket(reply=respond)
@@ -559,10 +713,12 @@ def test_calls_go_out_fifo_up_to_the_queue_cap(cap, extra):
     async def scenario():
         sock = FakeSocket()
         rpc, reader = await _with_reader(sock, max_queued=cap)
-        calls = [asyncio.create_task(rpc.call("GetConfiguration", {"key": [str(i)]}, 30))
-                 for i in range(n)]
+        calls = [
+            asyncio.create_task(rpc.call("GetConfiguration", {"key": [str(i)]}, 30))
+            for i in range(n)
+        ]
         await asyncio.sleep(0)
-        refused = calls[cap + 1:]
+        refused = calls[cap + 1 :]
         assert [c.done() and type(c.exception()) for c in refused] == [QueueFull] * len(refused)
         assert rpc.queued == cap
         for i in range(cap + 1):  # answered one at a time, in the order they were made
@@ -627,28 +783,47 @@ def _security(peer, p):
 
 
 # what a handler does -> (the action it handles, the handler)
-BEHAVIOURS = {"boom": ("Authorize", _boom), "async-boom": ("StatusNotification", _async_boom),
-              "rpc-error": ("DataTransfer", _security), "ok": ("MeterValues", _answer({})),
-              "async-ok": ("Heartbeat", _async_answer)}
+BEHAVIOURS = {
+    "boom": ("Authorize", _boom),
+    "async-boom": ("StatusNotification", _async_boom),
+    "rpc-error": ("DataTransfer", _security),
+    "ok": ("MeterValues", _answer({})),
+    "async-ok": ("Heartbeat", _async_answer),
+}
 SAMPLES = {
-    P16: {"Authorize": {"idTag": "T"}, "DataTransfer": {"vendorId": "v"},
-          "StatusNotification": {"connectorId": 1, "errorCode": "NoError", "status": "Available"},
-          "MeterValues": {"connectorId": 1, "meterValue": [
-              {"timestamp": NOW, "sampledValue": [{"value": "1"}]}]},
-          "Heartbeat": {}},
-    P201: {"Authorize": {"idToken": {"idToken": "T", "type": "ISO14443"}},
-           "DataTransfer": {"vendorId": "v"},
-           "StatusNotification": {"timestamp": NOW, "connectorStatus": "Available", "evseId": 1,
-                                  "connectorId": 1},
-           "MeterValues": {"evseId": 1, "meterValue": [
-               {"timestamp": NOW, "sampledValue": [{"value": 1}]}]},
-           "Heartbeat": {}},
+    P16: {
+        "Authorize": {"idTag": "T"},
+        "DataTransfer": {"vendorId": "v"},
+        "StatusNotification": {"connectorId": 1, "errorCode": "NoError", "status": "Available"},
+        "MeterValues": {
+            "connectorId": 1,
+            "meterValue": [{"timestamp": NOW, "sampledValue": [{"value": "1"}]}],
+        },
+        "Heartbeat": {},
+    },
+    P201: {
+        "Authorize": {"idToken": {"idToken": "T", "type": "ISO14443"}},
+        "DataTransfer": {"vendorId": "v"},
+        "StatusNotification": {
+            "timestamp": NOW,
+            "connectorStatus": "Available",
+            "evseId": 1,
+            "connectorId": 1,
+        },
+        "MeterValues": {
+            "evseId": 1,
+            "meterValue": [{"timestamp": NOW, "sampledValue": [{"value": 1}]}],
+        },
+        "Heartbeat": {},
+    },
 }
 
 
 @PROPERTY
-@given(version=st.sampled_from(VERSIONS),
-       calls=st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=1, max_size=6))
+@given(
+    version=st.sampled_from(VERSIONS),
+    calls=st.lists(st.sampled_from(sorted(BEHAVIOURS)), min_size=1, max_size=6),
+)
 def test_a_failing_handler_becomes_the_on_error_callerror_and_the_reader_goes_on(version, calls):
     seen: list[Exception] = []
 
@@ -657,11 +832,13 @@ def test_a_failing_handler_becomes_the_on_error_callerror_and_the_reader_goes_on
         return RpcError("GenericError", f"failed: {exc}")
 
     handlers = dict(BEHAVIOURS.values())
-    frames = [[2, f"c{i}", BEHAVIOURS[k][0], SAMPLES[version][BEHAVIOURS[k][0]]]
-              for i, k in enumerate(calls)]
+    frames = [
+        [2, f"c{i}", BEHAVIOURS[k][0], SAMPLES[version][BEHAVIOURS[k][0]]]
+        for i, k in enumerate(calls)
+    ]
     sent = replies(version, frames, handlers, on_error=on_error)
     assert [f[1] for f in sent] == [f"c{i}" for i in range(len(calls))]
-    for kind, frame in zip(calls, sent):
+    for kind, frame in zip(calls, sent, strict=False):
         if kind in ("boom", "async-boom"):
             assert frame[:3] == [4, frame[1], "GenericError"] and "handler bug" in frame[4]["cause"]
         elif kind == "rpc-error":  # an RpcError is the handler's own answer, not a failure
@@ -674,16 +851,22 @@ def test_a_failing_handler_becomes_the_on_error_callerror_and_the_reader_goes_on
 
 def test_a_failing_handler_is_an_internal_error_by_default():
     boot = {"chargePointVendor": "V", "chargePointModel": "M"}
-    sent = replies(P16, [heartbeat("x"), [2, "y", "BootNotification", boot]],
-                   {"Heartbeat": _boom, "BootNotification": HANDLERS[P16]["BootNotification"]})
+    sent = replies(
+        P16,
+        [heartbeat("x"), [2, "y", "BootNotification", boot]],
+        {"Heartbeat": _boom, "BootNotification": HANDLERS[P16]["BootNotification"]},
+    )
     assert sent[0][:3] == [4, "x", "InternalError"]
     assert "handler bug" not in json.dumps(sent[0])  # the peer is not told our internals
     assert sent[1][:2] == [3, "y"]
 
 
 def test_an_invalid_answer_of_ours_is_never_sent():
-    sent = replies(P201, [heartbeat("x"), heartbeat("y")],
-                   {"Heartbeat": lambda peer, p: {"currentTime": "yesterday"}})
+    sent = replies(
+        P201,
+        [heartbeat("x"), heartbeat("y")],
+        {"Heartbeat": lambda peer, p: {"currentTime": "yesterday"}},
+    )
     assert [f[:2] for f in sent] == [[4, "x"], [4, "y"]]  # CALLERRORs, not the bad answers
 
 
@@ -695,9 +878,14 @@ def test_a_handler_gets_the_peer_and_the_payload_as_sent():
         got.append((p_, p))
         return {"currentTime": NOW, "interval": 300, "status": "Accepted"}
 
-    payload = {"reason": "PowerUp", "chargingStation": {"vendorName": "V", "model": "M",
-                                                        "customData": {"vendorId": "x",
-                                                                       "soc_value": 1}}}
+    payload = {
+        "reason": "PowerUp",
+        "chargingStation": {
+            "vendorName": "V",
+            "model": "M",
+            "customData": {"vendorId": "x", "soc_value": 1},
+        },
+    }
 
     async def scenario():
         sock = FakeSocket()
@@ -715,10 +903,16 @@ def test_a_handler_gets_the_peer_and_the_payload_as_sent():
 
 def test_an_answer_that_cannot_be_encoded_is_an_internal_error():
     boot = {"chargePointVendor": "V", "chargePointModel": "M"}
-    sent = replies(P16, [[2, "a", "BootNotification", boot], heartbeat("b")], {
-        "BootNotification": _answer({"currentTime": NOW, "interval": 2**70,
-                                     "status": "Accepted"}),
-        "Heartbeat": _answer({"currentTime": NOW})})
+    sent = replies(
+        P16,
+        [[2, "a", "BootNotification", boot], heartbeat("b")],
+        {
+            "BootNotification": _answer(
+                {"currentTime": NOW, "interval": 2**70, "status": "Accepted"}
+            ),
+            "Heartbeat": _answer({"currentTime": NOW}),
+        },
+    )
     assert [f[:3] for f in sent] == [[4, "a", "InternalError"], [3, "b", {"currentTime": NOW}]]
 
 

@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import pytest
-from timing import scaled, until_async
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from edrvctl.ocppj import Rpc
 from edrvctl.ocppj.frames import CALL
 from edrvctl.simulator import SimStation, run_fleet, utcnow
+from timing import scaled, until_async
 
 NOW = "2024-01-01T00:00:00.000Z"
 
@@ -67,9 +67,11 @@ class _Wire:
 
 def recorded(action: str, answer: Callable[[Any, dict], dict]):
     """A handler that records the CALL, then answers it."""
+
     def handler(conn: CsmsConn, p: dict) -> dict:
         conn.csms.msgs[conn.id].append((action, p))
         return answer(conn, p)
+
     return handler
 
 
@@ -83,8 +85,10 @@ def _heartbeat(conn, p):
 
 def _start16(conn, p):
     conn.csms.tx_counter += 1
-    return {"transactionId": conn.csms.tx_counter,
-            "idTagInfo": {"status": conn.csms.tag_status(p["idTag"])}}
+    return {
+        "transactionId": conn.csms.tx_counter,
+        "idTagInfo": {"status": conn.csms.tag_status(p["idTag"])},
+    }
 
 
 def _empty(conn, p):
@@ -108,39 +112,53 @@ class CsmsConn:
 
 class Csms16(CsmsConn):
     VERSION = "1.6"
-    HANDLERS: ClassVar[dict] = {action: recorded(action, answer) for action, answer in {
-        "BootNotification": _boot,
-        "StatusNotification": _empty,
-        "Heartbeat": _heartbeat,
-        "Authorize": lambda conn, p: {"idTagInfo": {"status": conn.csms.tag_status(p["idTag"])}},
-        "StartTransaction": _start16,
-        "MeterValues": _empty,
-        "StopTransaction": _empty,
-        "DiagnosticsStatusNotification": _empty,
-        "FirmwareStatusNotification": _empty,
-    }.items()}
+    HANDLERS: ClassVar[dict] = {
+        action: recorded(action, answer)
+        for action, answer in {
+            "BootNotification": _boot,
+            "StatusNotification": _empty,
+            "Heartbeat": _heartbeat,
+            "Authorize": lambda conn, p: {
+                "idTagInfo": {"status": conn.csms.tag_status(p["idTag"])}
+            },
+            "StartTransaction": _start16,
+            "MeterValues": _empty,
+            "StopTransaction": _empty,
+            "DiagnosticsStatusNotification": _empty,
+            "FirmwareStatusNotification": _empty,
+        }.items()
+    }
 
 
 class Csms201(CsmsConn):
     VERSION = "2.0.1"
-    HANDLERS: ClassVar[dict] = {action: recorded(action, answer) for action, answer in {
-        "BootNotification": _boot,
-        "StatusNotification": _empty,
-        "Heartbeat": _heartbeat,
-        "Authorize": lambda conn, p: {"idTokenInfo": {
-            "status": conn.csms.tag_status(p["idToken"]["idToken"])}},
-        "TransactionEvent": _empty,
-        "MeterValues": _empty,
-        "NotifyReport": _empty,
-        "FirmwareStatusNotification": _empty,
-        "LogStatusNotification": _empty,
-    }.items()}
+    HANDLERS: ClassVar[dict] = {
+        action: recorded(action, answer)
+        for action, answer in {
+            "BootNotification": _boot,
+            "StatusNotification": _empty,
+            "Heartbeat": _heartbeat,
+            "Authorize": lambda conn, p: {
+                "idTokenInfo": {"status": conn.csms.tag_status(p["idToken"]["idToken"])}
+            },
+            "TransactionEvent": _empty,
+            "MeterValues": _empty,
+            "NotifyReport": _empty,
+            "FirmwareStatusNotification": _empty,
+            "LogStatusNotification": _empty,
+        }.items()
+    }
 
 
 class Csms:
-    def __init__(self, interval: int = 300, boot_plan: tuple[str, ...] = (),
-                 reject_tags: tuple[str, ...] = (), refuse: dict[str, int] | None = None,
-                 response_timeout: float = 5):
+    def __init__(
+        self,
+        interval: int = 300,
+        boot_plan: tuple[str, ...] = (),
+        reject_tags: tuple[str, ...] = (),
+        refuse: dict[str, int] | None = None,
+        response_timeout: float = 5,
+    ):
         self.interval = interval
         self.boot_plan = list(boot_plan)
         self.reject_tags = set(reject_tags)
@@ -209,8 +227,14 @@ async def csms_server(callerrors_expected: bool = False, **kw):
     """An in-test CSMS; unless told otherwise, it must not have refused any station CALL (the
     simulator's payloads are all valid against the official schemas)."""
     csms = Csms(**kw)
-    async with serve(csms._handler, "127.0.0.1", 0, select_subprotocol=Csms._select,
-                     process_request=csms._process_request, compression=None) as server:
+    async with serve(
+        csms._handler,
+        "127.0.0.1",
+        0,
+        select_subprotocol=Csms._select,
+        process_request=csms._process_request,
+        compression=None,
+    ) as server:
         csms.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         yield csms
     if not callerrors_expected:
@@ -265,15 +289,25 @@ def test_boot_status_heartbeat(protocol):
             assert acts[1:first_hb] == ["StatusNotification"] * len(statuses)
             boot = csms.of(sid, "BootNotification")[0]
             if protocol == "ocpp1.6":
-                assert boot["chargePointVendor"] == "edrvctl" and boot["chargePointModel"] == "SimCharger"
+                assert (
+                    boot["chargePointVendor"] == "edrvctl"
+                    and boot["chargePointModel"] == "SimCharger"
+                )
                 assert [(s["connectorId"], s["status"]) for s in statuses] == [
-                    (0, "Available"), (1, "Available"), (2, "Available")]
+                    (0, "Available"),
+                    (1, "Available"),
+                    (2, "Available"),
+                ]
                 assert all(s["errorCode"] == "NoError" for s in statuses)
                 assert st.config["HeartbeatInterval"] == "1"
             else:
-                assert boot["chargingStation"]["vendorName"] == "edrvctl" and boot["reason"] == "PowerUp"
-                assert [(s["evseId"], s["connectorId"], s["connectorStatus"]) for s in statuses] == [
-                    (1, 1, "Available"), (2, 1, "Available")]
+                assert (
+                    boot["chargingStation"]["vendorName"] == "edrvctl"
+                    and boot["reason"] == "PowerUp"
+                )
+                assert [
+                    (s["evseId"], s["connectorId"], s["connectorStatus"]) for s in statuses
+                ] == [(1, 1, "Available"), (2, 1, "Available")]
                 assert st.config["OCPPCommCtrlr.HeartbeatInterval"] == "1"
             assert all(is_utc_z(s["timestamp"]) for s in statuses)
             assert st.stats.sent >= 1 + len(statuses) + 1
@@ -297,7 +331,11 @@ def test_boot_pending_then_accepted():
                 # retried after the interval the CSMS gave (1 s), not before, not much later
                 assert 0.9 <= time.monotonic() - first <= scaled(2)
                 await csms.wait(lambda: "StatusNotification" in csms.actions("CP2"))
-                assert csms.actions("CP2")[:3] == ["BootNotification", "BootNotification", "StatusNotification"]
+                assert csms.actions("CP2")[:3] == [
+                    "BootNotification",
+                    "BootNotification",
+                    "StatusNotification",
+                ]
                 assert st.registration_status == "Accepted"
 
     run(main())
@@ -313,22 +351,38 @@ def test_get_and_change_configuration_16():
             async with running(st):
                 await booted(st)
                 cp = csms.cps["CFG"]
-                r = await cp.call("GetConfiguration",
-                                  {"key": ["HeartbeatInterval", "NumberOfConnectors", "Foo"]})
+                r = await cp.call(
+                    "GetConfiguration", {"key": ["HeartbeatInterval", "NumberOfConnectors", "Foo"]}
+                )
                 got = {k["key"]: k for k in r["configurationKey"]}
-                assert got["HeartbeatInterval"] == {"key": "HeartbeatInterval", "readonly": False, "value": "300"}
-                assert got["NumberOfConnectors"] == {"key": "NumberOfConnectors", "readonly": True, "value": "3"}
+                assert got["HeartbeatInterval"] == {
+                    "key": "HeartbeatInterval",
+                    "readonly": False,
+                    "value": "300",
+                }
+                assert got["NumberOfConnectors"] == {
+                    "key": "NumberOfConnectors",
+                    "readonly": True,
+                    "value": "3",
+                }
                 assert r["unknownKey"] == ["Foo"]
 
                 everything = await cp.call("GetConfiguration", {})
                 keys = {k["key"] for k in everything["configurationKey"]}
-                assert {"MeterValueSampleInterval", "ConnectionTimeOut", "AuthorizeRemoteTxRequests",
-                        "LocalAuthorizeOffline", "WebSocketPingInterval"} <= keys
+                assert {
+                    "MeterValueSampleInterval",
+                    "ConnectionTimeOut",
+                    "AuthorizeRemoteTxRequests",
+                    "LocalAuthorizeOffline",
+                    "WebSocketPingInterval",
+                } <= keys
                 assert keys == set(st.config)
                 assert "unknownKey" not in everything
 
                 async def change(key, value):
-                    return (await cp.call("ChangeConfiguration", {"key": key, "value": value}))["status"]
+                    return (await cp.call("ChangeConfiguration", {"key": key, "value": value}))[
+                        "status"
+                    ]
 
                 assert await change("HeartbeatInterval", "120") == "Accepted"
                 assert st.config["HeartbeatInterval"] == "120"
@@ -358,37 +412,68 @@ def test_get_and_set_variables_201():
             async with running(st):
                 await booted(st)
                 cp = csms.cps["GV"]
-                r = await cp.call("GetVariables", {"getVariableData": [
-                    _gv("OCPPCommCtrlr", "HeartbeatInterval"),
-                    _gv("SampledDataCtrlr", "TxUpdatedInterval"),
-                    _gv("AuthCtrlr", "AuthorizeRemoteStart"),
-                    _gv("DeviceDataCtrlr", "ItemsPerMessage", var_instance="GetReport"),
-                    _gv("Connector", "ConnectorType", evse={"id": 2, "connectorId": 1}),
-                    _gv("NoSuchCtrlr", "HeartbeatInterval"),
-                    _gv("OCPPCommCtrlr", "NoSuchVariable"),
-                    {**_gv("OCPPCommCtrlr", "HeartbeatInterval"), "attributeType": "Target"},
-                ]})
-                res = [(x["attributeStatus"], x.get("attributeValue")) for x in r["getVariableResult"]]
-                assert res == [("Accepted", "300"), ("Accepted", "10"), ("Accepted", "true"), ("Accepted", "5"),
-                               ("Accepted", "cType2"), ("UnknownComponent", None), ("UnknownVariable", None),
-                               ("NotSupportedAttributeType", None)]
+                r = await cp.call(
+                    "GetVariables",
+                    {
+                        "getVariableData": [
+                            _gv("OCPPCommCtrlr", "HeartbeatInterval"),
+                            _gv("SampledDataCtrlr", "TxUpdatedInterval"),
+                            _gv("AuthCtrlr", "AuthorizeRemoteStart"),
+                            _gv("DeviceDataCtrlr", "ItemsPerMessage", var_instance="GetReport"),
+                            _gv("Connector", "ConnectorType", evse={"id": 2, "connectorId": 1}),
+                            _gv("NoSuchCtrlr", "HeartbeatInterval"),
+                            _gv("OCPPCommCtrlr", "NoSuchVariable"),
+                            {
+                                **_gv("OCPPCommCtrlr", "HeartbeatInterval"),
+                                "attributeType": "Target",
+                            },
+                        ]
+                    },
+                )
+                res = [
+                    (x["attributeStatus"], x.get("attributeValue")) for x in r["getVariableResult"]
+                ]
+                assert res == [
+                    ("Accepted", "300"),
+                    ("Accepted", "10"),
+                    ("Accepted", "true"),
+                    ("Accepted", "5"),
+                    ("Accepted", "cType2"),
+                    ("UnknownComponent", None),
+                    ("UnknownVariable", None),
+                    ("NotSupportedAttributeType", None),
+                ]
                 assert r["getVariableResult"][4]["component"]["evse"] == {"id": 2, "connectorId": 1}
                 assert r["getVariableResult"][7]["attributeType"] == "Target"
 
                 def sv(component, variable, value):
-                    return {"attributeValue": value, "component": {"name": component},
-                            "variable": {"name": variable}}
+                    return {
+                        "attributeValue": value,
+                        "component": {"name": component},
+                        "variable": {"name": variable},
+                    }
 
-                r = await cp.call("SetVariables", {"setVariableData": [
-                    sv("OCPPCommCtrlr", "HeartbeatInterval", "60"),
-                    sv("SampledDataCtrlr", "TxUpdatedInterval", "abc"),
-                    sv("ChargingStation", "Model", "Other"),
-                    sv("Nope", "X", "1"),
-                ]})
+                r = await cp.call(
+                    "SetVariables",
+                    {
+                        "setVariableData": [
+                            sv("OCPPCommCtrlr", "HeartbeatInterval", "60"),
+                            sv("SampledDataCtrlr", "TxUpdatedInterval", "abc"),
+                            sv("ChargingStation", "Model", "Other"),
+                            sv("Nope", "X", "1"),
+                        ]
+                    },
+                )
                 assert [x["attributeStatus"] for x in r["setVariableResult"]] == [
-                    "Accepted", "Rejected", "Rejected", "UnknownComponent"]
+                    "Accepted",
+                    "Rejected",
+                    "Rejected",
+                    "UnknownComponent",
+                ]
                 assert st.config["OCPPCommCtrlr.HeartbeatInterval"] == "60"
-                r = await cp.call("GetVariables", {"getVariableData": [_gv("OCPPCommCtrlr", "HeartbeatInterval")]})
+                r = await cp.call(
+                    "GetVariables", {"getVariableData": [_gv("OCPPCommCtrlr", "HeartbeatInterval")]}
+                )
                 assert r["getVariableResult"][0]["attributeValue"] == "60"
 
     run(main())
@@ -420,23 +505,42 @@ def test_get_base_report_sends_notify_report_parts():
                 assert hb["variableCharacteristics"]["dataType"] == "integer"
                 ct = [e for e in entries if e["variable"]["name"] == "ConnectorType"]
                 assert [e["component"] for e in ct] == [
-                    {"name": "Connector", "evse": {"id": i, "connectorId": 1}} for i in (1, 2)]
+                    {"name": "Connector", "evse": {"id": i, "connectorId": 1}} for i in (1, 2)
+                ]
 
                 # The CALLRESULT went out before the first NotifyReport CALL.
                 frames = [json.loads(f) for f in csms.raw["REP"]]
-                result_at = next(i for i, f in enumerate(frames) if f[0] == 3 and "status" in f[2]
-                                 and f[2]["status"] == "Accepted" and len(f[2]) == 1)
-                first_report = next(i for i, f in enumerate(frames) if f[0] == 2 and f[2] == "NotifyReport")
+                result_at = next(
+                    i
+                    for i, f in enumerate(frames)
+                    if f[0] == 3
+                    and "status" in f[2]
+                    and f[2]["status"] == "Accepted"
+                    and len(f[2]) == 1
+                )
+                first_report = next(
+                    i for i, f in enumerate(frames) if f[0] == 2 and f[2] == "NotifyReport"
+                )
                 assert result_at < first_report
 
-                r = await cp.call("GetBaseReport", {"requestId": 8, "reportBase": "ConfigurationInventory"})
+                r = await cp.call(
+                    "GetBaseReport", {"requestId": 8, "reportBase": "ConfigurationInventory"}
+                )
                 assert r["status"] == "Accepted"
-                await csms.wait(lambda: any(p["requestId"] == 8 and not p["tbc"]
-                                            for p in csms.of("REP", "NotifyReport")))
-                config_entries = [e for p in csms.of("REP", "NotifyReport") if p["requestId"] == 8
-                                  for e in p["reportData"]]
-                assert config_entries and all(e["variableAttribute"][0]["mutability"] == "ReadWrite"
-                                              for e in config_entries)
+                await csms.wait(
+                    lambda: any(
+                        p["requestId"] == 8 and not p["tbc"] for p in csms.of("REP", "NotifyReport")
+                    )
+                )
+                config_entries = [
+                    e
+                    for p in csms.of("REP", "NotifyReport")
+                    if p["requestId"] == 8
+                    for e in p["reportData"]
+                ]
+                assert config_entries and all(
+                    e["variableAttribute"][0]["mutability"] == "ReadWrite" for e in config_entries
+                )
                 assert len(config_entries) < len(entries)
 
     run(main())
@@ -463,7 +567,9 @@ def test_change_availability_16():
                 r = await cp.call("ChangeAvailability", {"connectorId": 0, "type": "Operative"})
                 assert r["status"] == "Accepted"
                 await csms.wait(lambda: len(csms.of("AV", "StatusNotification")) == 7)
-                assert all(s["status"] == "Available" for s in csms.of("AV", "StatusNotification")[-3:])
+                assert all(
+                    s["status"] == "Available" for s in csms.of("AV", "StatusNotification")[-3:]
+                )
                 r = await cp.call("ChangeAvailability", {"connectorId": 9, "type": "Operative"})
                 assert r["status"] == "Rejected"
 
@@ -481,8 +587,10 @@ def test_change_availability_201_station_wide():
                 r = await cp.call("ChangeAvailability", {"operationalStatus": "Inoperative"})
                 assert r["status"] == "Accepted"
                 await csms.wait(lambda: len(csms.of("AV2", "StatusNotification")) == 4)
-                assert [(s["evseId"], s["connectorStatus"]) for s in csms.of("AV2", "StatusNotification")[2:]] \
-                    == [(1, "Unavailable"), (2, "Unavailable")]
+                assert [
+                    (s["evseId"], s["connectorStatus"])
+                    for s in csms.of("AV2", "StatusNotification")[2:]
+                ] == [(1, "Unavailable"), (2, "Unavailable")]
                 assert set(st.availability.values()) == {"Inoperative"}
 
     run(main())
@@ -510,15 +618,21 @@ def test_trigger_message_201():
             async with running(st):
                 await booted(st)
                 cp = csms.cps["TRG"]
-                assert (await cp.call("TriggerMessage", {"requestedMessage": "Heartbeat"}))["status"] \
-                    == "Accepted"
+                assert (await cp.call("TriggerMessage", {"requestedMessage": "Heartbeat"}))[
+                    "status"
+                ] == "Accepted"
                 await csms.wait(lambda: "Heartbeat" in csms.actions("TRG"))
-                r = await cp.call("TriggerMessage", {"requestedMessage": "MeterValues", "evse": {"id": 1}})
+                r = await cp.call(
+                    "TriggerMessage", {"requestedMessage": "MeterValues", "evse": {"id": 1}}
+                )
                 assert r["status"] == "Accepted"
                 await csms.wait(lambda: "MeterValues" in csms.actions("TRG"))
                 mv = csms.of("TRG", "MeterValues")[0]
                 assert mv["evseId"] == 1
-                assert mv["meterValue"][0]["sampledValue"][0]["measurand"] == "Energy.Active.Import.Register"
+                assert (
+                    mv["meterValue"][0]["sampledValue"][0]["measurand"]
+                    == "Energy.Active.Import.Register"
+                )
                 r = await cp.call("TriggerMessage", {"requestedMessage": "TransactionEvent"})
                 assert r["status"] == "Rejected"  # nothing is charging
 
@@ -536,22 +650,43 @@ def test_every_16_command_gets_a_schema_valid_answer():
                 async def status(action, payload):  # a CALLERROR or invalid reply raises
                     return (await cp.call(action, payload))["status"]
 
-                for msg in ("BootNotification", "Heartbeat", "StatusNotification", "MeterValues",
-                            "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+                for msg in (
+                    "BootNotification",
+                    "Heartbeat",
+                    "StatusNotification",
+                    "MeterValues",
+                    "DiagnosticsStatusNotification",
+                    "FirmwareStatusNotification",
+                ):
                     before = len(csms.of("ALL16", msg))
-                    assert await status("TriggerMessage", {"requestedMessage": msg, "connectorId": 1}) \
+                    assert (
+                        await status("TriggerMessage", {"requestedMessage": msg, "connectorId": 1})
                         == "Accepted"
-                    await csms.wait(lambda msg=msg, before=before: len(csms.of("ALL16", msg)) > before)
+                    )
+                    await csms.wait(
+                        lambda msg=msg, before=before: len(csms.of("ALL16", msg)) > before
+                    )
                 assert csms.of("ALL16", "StatusNotification")[-1]["connectorId"] == 1
-                assert await status("TriggerMessage", {"requestedMessage": "Heartbeat", "connectorId": 7}) \
+                assert (
+                    await status(
+                        "TriggerMessage", {"requestedMessage": "Heartbeat", "connectorId": 7}
+                    )
                     == "Rejected"
-                assert csms.of("ALL16", "MeterValues")[0]["meterValue"][0]["sampledValue"][0]["context"] \
+                )
+                assert (
+                    csms.of("ALL16", "MeterValues")[0]["meterValue"][0]["sampledValue"][0][
+                        "context"
+                    ]
                     == "Trigger"
+                )
                 assert await status("UnlockConnector", {"connectorId": 2}) == "Unlocked"
                 assert await status("UnlockConnector", {"connectorId": 5}) == "NotSupported"
                 assert await status("ClearCache", {}) == "Accepted"
                 assert await status("DataTransfer", {"vendorId": "acme"}) == "UnknownVendorId"
-                assert await status("RemoteStartTransaction", {"idTag": "T", "connectorId": 3}) == "Rejected"
+                assert (
+                    await status("RemoteStartTransaction", {"idTag": "T", "connectorId": 3})
+                    == "Rejected"
+                )
                 assert await status("Reset", {"type": "Hard"}) == "Accepted"
                 await csms.wait(lambda: csms.connections["ALL16"] == 2 and st.booted.is_set())
                 assert st.stats.errors == 0 and st.stats.reboots == 1
@@ -570,25 +705,51 @@ def test_every_201_command_gets_a_schema_valid_answer():
                 async def status(action, payload):
                     return (await cp.call(action, payload))["status"]
 
-                for msg in ("BootNotification", "StatusNotification", "FirmwareStatusNotification",
-                            "LogStatusNotification"):
+                for msg in (
+                    "BootNotification",
+                    "StatusNotification",
+                    "FirmwareStatusNotification",
+                    "LogStatusNotification",
+                ):
                     before = len(csms.of("ALL201", msg))
-                    assert await status("TriggerMessage", {"requestedMessage": msg, "evse": {"id": 2}}) \
+                    assert (
+                        await status("TriggerMessage", {"requestedMessage": msg, "evse": {"id": 2}})
                         == "Accepted"
-                    await csms.wait(lambda msg=msg, before=before: len(csms.of("ALL201", msg)) > before)
+                    )
+                    await csms.wait(
+                        lambda msg=msg, before=before: len(csms.of("ALL201", msg)) > before
+                    )
                 assert csms.of("ALL201", "BootNotification")[-1]["reason"] == "Triggered"
-                assert await status("TriggerMessage", {"requestedMessage": "SignV2GCertificate"}) \
+                assert (
+                    await status("TriggerMessage", {"requestedMessage": "SignV2GCertificate"})
                     == "NotImplemented"
-                assert await status("UnlockConnector", {"evseId": 1, "connectorId": 1}) == "Unlocked"
-                assert await status("UnlockConnector", {"evseId": 9, "connectorId": 1}) == "UnknownConnector"
+                )
+                assert (
+                    await status("UnlockConnector", {"evseId": 1, "connectorId": 1}) == "Unlocked"
+                )
+                assert (
+                    await status("UnlockConnector", {"evseId": 9, "connectorId": 1})
+                    == "UnknownConnector"
+                )
                 assert await status("ClearCache", {}) == "Accepted"
                 assert await status("DataTransfer", {"vendorId": "acme"}) == "UnknownVendorId"
                 assert await status("Reset", {"type": "Immediate", "evseId": 1}) == "Rejected"
-                assert await status("ChangeAvailability", {"operationalStatus": "Inoperative",
-                                                           "evse": {"id": 3}}) == "Rejected"
-                assert await status("RequestStopTransaction", {"transactionId": "nope"}) == "Rejected"
-                assert await status("GetBaseReport", {"requestId": 1, "reportBase": "SummaryInventory"}) \
+                assert (
+                    await status(
+                        "ChangeAvailability",
+                        {"operationalStatus": "Inoperative", "evse": {"id": 3}},
+                    )
+                    == "Rejected"
+                )
+                assert (
+                    await status("RequestStopTransaction", {"transactionId": "nope"}) == "Rejected"
+                )
+                assert (
+                    await status(
+                        "GetBaseReport", {"requestId": 1, "reportBase": "SummaryInventory"}
+                    )
                     == "Accepted"
+                )
                 assert st.stats.errors == 0
 
     run(main())
@@ -601,8 +762,14 @@ def test_remote_start_stop_201_and_scheduled_availability():
             async with running(st):
                 await booted(st)
                 cp = csms.cps["RS2"]
-                r = await cp.call("RequestStartTransaction", {
-                    "idToken": {"idToken": "RFID1", "type": "ISO14443"}, "remoteStartId": 42, "evseId": 1})
+                r = await cp.call(
+                    "RequestStartTransaction",
+                    {
+                        "idToken": {"idToken": "RFID1", "type": "ISO14443"},
+                        "remoteStartId": 42,
+                        "evseId": 1,
+                    },
+                )
                 assert r["status"] == "Accepted"
                 await csms.wait(lambda: st.transactions.get(1) is not None)
                 started = csms.of("RS2", "TransactionEvent")[0]
@@ -611,20 +778,34 @@ def test_remote_start_stop_201_and_scheduled_availability():
                 assert csms.of("RS2", "Authorize")[0]["idToken"]["idToken"] == "RFID1"
 
                 # Going Inoperative while charging is only Scheduled; it happens when the session ends.
-                r = await cp.call("ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 1}})
+                r = await cp.call(
+                    "ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 1}}
+                )
                 assert r["status"] == "Scheduled" and st.availability[1] == "Operative"
                 tx_id = st.transactions[1]
                 r = await cp.call("RequestStopTransaction", {"transactionId": tx_id})
                 assert r["status"] == "Accepted"
-                await csms.wait(lambda: csms.of("RS2", "TransactionEvent")[-1]["eventType"] == "Ended")
+                await csms.wait(
+                    lambda: csms.of("RS2", "TransactionEvent")[-1]["eventType"] == "Ended"
+                )
                 ended = csms.of("RS2", "TransactionEvent")[-1]
                 assert ended["transactionInfo"]["stoppedReason"] == "Remote"
                 assert ended["triggerReason"] == "RemoteStop"
-                await csms.wait(lambda: csms.of("RS2", "StatusNotification")[-1]["connectorStatus"] == "Unavailable")
+                await csms.wait(
+                    lambda: (
+                        csms.of("RS2", "StatusNotification")[-1]["connectorStatus"] == "Unavailable"
+                    )
+                )
                 assert st.availability[1] == "Inoperative" and st.transactions == {}
                 # An inoperative EVSE refuses remote starts.
-                r = await cp.call("RequestStartTransaction", {
-                    "idToken": {"idToken": "RFID1", "type": "ISO14443"}, "remoteStartId": 43, "evseId": 1})
+                r = await cp.call(
+                    "RequestStartTransaction",
+                    {
+                        "idToken": {"idToken": "RFID1", "type": "ISO14443"},
+                        "remoteStartId": 43,
+                        "evseId": 1,
+                    },
+                )
                 assert r["status"] == "Rejected"
 
     run(main())
@@ -685,8 +866,10 @@ def test_malformed_frames_are_survived_and_send_raw():
                 assert st.stats.errors == 2 and st.connected.is_set()
                 # each malformed frame got its CALLERROR, with the id it could be read with
                 errors = [json.loads(f) for f in csms.raw["RAW"] if json.loads(f)[0] == 4]
-                assert [(e[1], e[2]) for e in errors] == [("-1", "FormationViolation"),
-                                                          ("x", "FormationViolation")]
+                assert [(e[1], e[2]) for e in errors] == [
+                    ("-1", "FormationViolation"),
+                    ("x", "FormationViolation"),
+                ]
                 await st.send_raw("[2, broken")
                 res = await st.send("Heartbeat", {})
                 assert is_utc_z(res["currentTime"])
@@ -700,8 +883,7 @@ def test_send_fails_fast_when_socket_closes():
     async def main():
         async with csms_server() as csms:
             csms.ignore.add("DataTransfer")
-            st = SimStation("FF", csms.url, "ocpp1.6", reconnect=False,
-                            response_timeout=scaled(10))
+            st = SimStation("FF", csms.url, "ocpp1.6", reconnect=False, response_timeout=scaled(10))
             async with running(st):
                 await booted(st)
                 t0 = time.monotonic()
@@ -748,21 +930,35 @@ def test_send_returns_answers_and_raises_remote_errors():
 def test_session_16_runs_in_order():
     async def main():
         async with csms_server() as csms:
-            st = SimStation("S16", csms.url, "ocpp1.6", sessions=True, session_interval=0.1,
-                            session_duration=0.9, meter_interval=0.25)
+            st = SimStation(
+                "S16",
+                csms.url,
+                "ocpp1.6",
+                sessions=True,
+                session_interval=0.1,
+                session_duration=0.9,
+                meter_interval=0.25,
+            )
             async with running(st):
                 await csms.wait(lambda: "StopTransaction" in csms.actions("S16"), 5)
-                await csms.wait(lambda: csms.of("S16", "StatusNotification")[-1]["status"] == "Available")
-            msgs = [(a, kw) for a, kw in csms.msgs["S16"] if a not in ("BootNotification", "Heartbeat")]
+                await csms.wait(
+                    lambda: csms.of("S16", "StatusNotification")[-1]["status"] == "Available"
+                )
+            msgs = [
+                (a, kw) for a, kw in csms.msgs["S16"] if a not in ("BootNotification", "Heartbeat")
+            ]
             msgs = msgs[3:]  # the boot-time StatusNotifications
             acts = [a for a, _ in msgs]
             stop_at = acts.index("StopTransaction")
-            session = acts[:stop_at + 2]
+            session = acts[: stop_at + 2]
             assert session[:3] == ["Authorize", "StartTransaction", "StatusNotification"]
             assert msgs[2][1]["status"] == "Charging" and msgs[2][1]["connectorId"] == 1
             meters = [kw for a, kw in msgs[3:stop_at] if a == "MeterValues"]
             assert set(session[3:stop_at]) == {"MeterValues"} and len(meters) >= 2
-            assert session[stop_at + 1] == "StatusNotification" and msgs[stop_at + 1][1]["status"] == "Available"
+            assert (
+                session[stop_at + 1] == "StatusNotification"
+                and msgs[stop_at + 1][1]["status"] == "Available"
+            )
             start, stop = msgs[1][1], msgs[stop_at][1]
             assert start["idTag"] == "SIMTAG0001" and start["connectorId"] == 1
             assert all(m["transactionId"] == stop["transactionId"] == 1 for m in meters)
@@ -771,7 +967,9 @@ def test_session_16_runs_in_order():
             assert stop["meterStop"] >= start["meterStart"] and stop["reason"] == "Local"
             assert stop["idTag"] == "SIMTAG0001"
             assert stop["transactionData"][0]["sampledValue"][0]["context"] == "Transaction.End"
-            assert is_utc_z(start["timestamp"]) and is_utc_z(meters[0]["meterValue"][0]["timestamp"])
+            assert is_utc_z(start["timestamp"]) and is_utc_z(
+                meters[0]["meterValue"][0]["timestamp"]
+            )
 
     run(main())
 
@@ -779,16 +977,35 @@ def test_session_16_runs_in_order():
 def test_session_201_runs_in_order():
     async def main():
         async with csms_server() as csms:
-            st = SimStation("S201", csms.url, "ocpp2.0.1", sessions=True, session_interval=0.1,
-                            session_duration=0.9, meter_interval=0.25)
+            st = SimStation(
+                "S201",
+                csms.url,
+                "ocpp2.0.1",
+                sessions=True,
+                session_interval=0.1,
+                session_duration=0.9,
+                meter_interval=0.25,
+            )
             async with running(st):
-                await csms.wait(lambda: any(e["eventType"] == "Ended" for e in csms.of("S201", "TransactionEvent")))
-                await csms.wait(lambda: csms.of("S201", "StatusNotification")[-1]["connectorStatus"] == "Available")
-            acts = [a for a in csms.actions("S201") if a not in ("BootNotification", "Heartbeat")][2:]
+                await csms.wait(
+                    lambda: any(
+                        e["eventType"] == "Ended" for e in csms.of("S201", "TransactionEvent")
+                    )
+                )
+                await csms.wait(
+                    lambda: (
+                        csms.of("S201", "StatusNotification")[-1]["connectorStatus"] == "Available"
+                    )
+                )
+            acts = [a for a in csms.actions("S201") if a not in ("BootNotification", "Heartbeat")][
+                2:
+            ]
             assert acts[:3] == ["Authorize", "TransactionEvent", "StatusNotification"]
             events = csms.of("S201", "TransactionEvent")
             kinds = [e["eventType"] for e in events]
-            assert kinds[0] == "Started" and kinds[-1] == "Ended" and set(kinds[1:-1]) == {"Updated"}
+            assert (
+                kinds[0] == "Started" and kinds[-1] == "Ended" and set(kinds[1:-1]) == {"Updated"}
+            )
             assert len(kinds) >= 4
             assert [e["seqNo"] for e in events] == list(range(len(events)))
             assert len({e["transactionInfo"]["transactionId"] for e in events}) == 1
@@ -798,7 +1015,10 @@ def test_session_201_runs_in_order():
             assert all("evse" not in e and "idToken" not in e for e in events[1:-1])
             assert events[-1]["transactionInfo"]["stoppedReason"] == "Local"
             updated = events[1]["meterValue"][0]["sampledValue"]
-            assert {sv["measurand"] for sv in updated} == {"Energy.Active.Import.Register", "Power.Active.Import"}
+            assert {sv["measurand"] for sv in updated} == {
+                "Energy.Active.Import.Register",
+                "Power.Active.Import",
+            }
             statuses = [s["connectorStatus"] for s in csms.of("S201", "StatusNotification")[2:]]
             assert statuses[:2] == ["Occupied", "Available"]
 
@@ -808,7 +1028,9 @@ def test_session_201_runs_in_order():
 def test_refused_tag_does_not_charge():
     async def main():
         async with csms_server(reject_tags=("BADTAG",)) as csms:
-            st = SimStation("NOPE", csms.url, "ocpp1.6", sessions=True, session_interval=0.1, id_tag="BADTAG")
+            st = SimStation(
+                "NOPE", csms.url, "ocpp1.6", sessions=True, session_interval=0.1, id_tag="BADTAG"
+            )
             async with running(st):
                 await csms.wait(lambda: len(csms.of("NOPE", "Authorize")) >= 2)
                 assert "StartTransaction" not in csms.actions("NOPE")
@@ -831,8 +1053,9 @@ def test_remote_start_and_stop_16():
                 await csms.wait(lambda: st.transactions.get(2) is not None)
                 tx_id = st.transactions[2]
                 assert csms.of("RS", "StartTransaction")[0]["idTag"] == "TAG1"
-                assert (await cp.call("RemoteStopTransaction", {"transactionId": 999}))["status"] \
-                    == "Rejected"
+                assert (await cp.call("RemoteStopTransaction", {"transactionId": 999}))[
+                    "status"
+                ] == "Rejected"
                 r = await cp.call("RemoteStopTransaction", {"transactionId": tx_id})
                 assert r["status"] == "Accepted"
                 await csms.wait(lambda: "StopTransaction" in csms.actions("RS"))
@@ -850,14 +1073,22 @@ def test_remote_start_and_stop_16():
 def test_run_fleet_mixed_and_summary():
     async def main():
         async with csms_server() as csms:
-            fleet = await run_fleet(csms.url, 6, protocol="mixed", prefix="FLT", start_index=3,
-                                    concurrency_of_connects=2)
+            fleet = await run_fleet(
+                csms.url,
+                6,
+                protocol="mixed",
+                prefix="FLT",
+                start_index=3,
+                concurrency_of_connects=2,
+            )
             try:
                 assert await fleet.wait_booted(timeout=scaled(8))
                 names = [s.endpoint for s in fleet]
                 assert names == [f"FLT{i:05d}" for i in range(3, 9)]
                 assert [s.protocol for s in fleet] == ["ocpp1.6", "ocpp2.0.1"] * 3
-                assert isinstance(csms.cps["FLT00003"], Csms16) and isinstance(csms.cps["FLT00004"], Csms201)
+                assert isinstance(csms.cps["FLT00003"], Csms16) and isinstance(
+                    csms.cps["FLT00004"], Csms201
+                )
                 summary = fleet.summary()
                 assert (summary.total, summary.connected, summary.booted) == (6, 6, 6)
                 assert summary.sent >= 6 and summary.errors == 0 and summary.msgs_per_s > 0

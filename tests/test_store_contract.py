@@ -18,7 +18,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from timing import scaled
 
 from edrvctl.errors import (
     Conflict,
@@ -28,6 +27,7 @@ from edrvctl.errors import (
     UsageError,
 )
 from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery, Store, open_store
+from timing import scaled
 
 BACKENDS = ["sqlite-file", "sqlite-memory"]
 
@@ -70,6 +70,7 @@ class Backend:
         async def close():
             for s in reversed(self.opened):
                 await s.close()
+
         run(close())
 
 
@@ -97,12 +98,28 @@ def station(endpoint: str | None = None, **fields) -> dict:
     """A record shaped like model.new_station's; createdAt increases with each one."""
     n = next(_seq)
     at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    doc = {"_id": f"{n:024x}", "endpoint": endpoint or f"ep-{n}", "protocol": "ocpp1.6",
-           "online": False, "active": True, "status": None, "evses": [], "connectors": [],
-           "location": None, "organization": None, "manufacturer": None, "model": None,
-           "bootInfo": {}, "createdAt": at, "updatedAt": at, "lastConnectAt": None,
-           "lastDisconnectAt": None, "lastMessageAt": None, "csconfig": [],
-           "security": {"type": "none", "profile": 0}}
+    doc = {
+        "_id": f"{n:024x}",
+        "endpoint": endpoint or f"ep-{n}",
+        "protocol": "ocpp1.6",
+        "online": False,
+        "active": True,
+        "status": None,
+        "evses": [],
+        "connectors": [],
+        "location": None,
+        "organization": None,
+        "manufacturer": None,
+        "model": None,
+        "bootInfo": {},
+        "createdAt": at,
+        "updatedAt": at,
+        "lastConnectAt": None,
+        "lastDisconnectAt": None,
+        "lastMessageAt": None,
+        "csconfig": [],
+        "security": {"type": "none", "profile": 0},
+    }
     doc.update(fields)
     return doc
 
@@ -120,6 +137,7 @@ async def get(store: Store, key: str) -> dict | None:
 
 # --- stations ---------------------------------------------------------------------------------
 
+
 def test_create_then_get_by_id_and_by_endpoint(store):
     doc = station(location="depot", meta={"nested": [1, 2.5, None, "ü"]})
 
@@ -132,6 +150,7 @@ def test_create_then_get_by_id_and_by_endpoint(store):
             page, total = await tx.list_stations_json(StationQuery())
         assert total == 1 and '"rev"' not in page[0]
         assert "rev" not in await get(store, doc["_id"])
+
     run(scenario())
 
 
@@ -149,6 +168,7 @@ def test_a_duplicate_endpoint_is_a_conflict_and_undoes_its_unit(store):
         assert await get(store, first["endpoint"]) == first
         async with store.unit() as tx:
             assert await tx.events() == []
+
     run(scenario())
 
 
@@ -190,8 +210,13 @@ def test_save_is_a_compare_and_set_on_what_this_unit_read(store):
             await tx.save_station(mine)
             mine["organization"] = "acme"
             await tx.save_station(mine)
-        assert await get(store, doc["_id"]) == {**doc, "status": "Charging",
-                                                "location": "depot", "organization": "acme"}
+        assert await get(store, doc["_id"]) == {
+            **doc,
+            "status": "Charging",
+            "location": "depot",
+            "organization": "acme",
+        }
+
     run(scenario())
 
 
@@ -216,6 +241,7 @@ def test_saving_a_record_not_read_in_this_unit_is_stale(store):
             with pytest.raises(StaleRecord):
                 await tx.save_station(gone)
         assert await get(store, doc["_id"]) is None
+
     run(scenario())
 
 
@@ -259,6 +285,7 @@ def test_a_unit_that_raises_writes_nothing(store):
         async with store.unit() as tx:
             mine = await tx.get_station(doc["_id"])
             await tx.save_station(mine)
+
     run(scenario())
 
 
@@ -294,6 +321,7 @@ def test_a_unit_never_reads_another_units_unfinished_writes(store):
         release.clear()
         _, seen = await asyncio.gather(writer(kept, False), reader(kept))
         assert seen == kept
+
     run(scenario())
 
 
@@ -316,6 +344,7 @@ def test_units_of_one_loop_turn_share_one_commit(store):
         async with store.unit() as tx:  # reading committed data commits nothing
             assert len(await tx.events()) == 26
         assert store.commits == before + 2
+
     run(scenario())
 
 
@@ -356,6 +385,7 @@ def test_a_unit_returns_only_once_its_writes_are_committed(store, backend):
                 assert store.commits == before + 2
 
         await asyncio.gather(writer(), reads_it())
+
     run(scenario())
 
 
@@ -393,12 +423,15 @@ def test_a_lost_transaction_fails_every_unit_in_it(backend):
             stored = await get(store, doc["_id"])
             assert (stored is None) == (results[doc["_id"]] is not None), results
         if hasattr(store, "commits"):  # one transaction for the turn: all lost together
-            assert all(isinstance(results[k], StoreUnavailable)
-                       for k in (*(d["_id"] for d in docs), "reader")), results
+            assert all(
+                isinstance(results[k], StoreUnavailable)
+                for k in (*(d["_id"] for d in docs), "reader")
+            ), results
         # and the store goes on: the next unit writes and commits
         after = station()
         await create(store, after)
         assert await get(store, after["_id"]) == after
+
     run(scenario())
 
 
@@ -419,18 +452,39 @@ def test_values_that_cannot_be_stored_are_refused_before_writing(store):
         async with store.unit() as tx:
             assert await tx.events() == []
         assert await get(store, doc["_id"]) == doc
+
     run(scenario())
 
 
 # --- lists ------------------------------------------------------------------------------------
 
+
 def test_list_filters_sorts_pages_and_ranges(store):
-    a = station(online=True, location="north", organization="o1", status="Available",
-                updatedAt="2024-02-03T00:00:00.000Z", lastMessageAt="2024-03-01T00:00:00.000Z")
-    b = station(online=False, location="south", organization="o1", status="Charging",
-                protocol="ocpp2.0.1", updatedAt="2024-02-01T00:00:00.000Z")
-    c = station(online=True, location="north", organization="o2", status=None, active=False,
-                updatedAt="2024-02-02T00:00:00.000Z", lastMessageAt="2024-01-01T00:00:00.000Z")
+    a = station(
+        online=True,
+        location="north",
+        organization="o1",
+        status="Available",
+        updatedAt="2024-02-03T00:00:00.000Z",
+        lastMessageAt="2024-03-01T00:00:00.000Z",
+    )
+    b = station(
+        online=False,
+        location="south",
+        organization="o1",
+        status="Charging",
+        protocol="ocpp2.0.1",
+        updatedAt="2024-02-01T00:00:00.000Z",
+    )
+    c = station(
+        online=True,
+        location="north",
+        organization="o2",
+        status=None,
+        active=False,
+        updatedAt="2024-02-02T00:00:00.000Z",
+        lastMessageAt="2024-01-01T00:00:00.000Z",
+    )
     by_created = [a, b, c]  # station() hands out increasing createdAt
 
     async def page(**kw) -> tuple[list[str], int]:
@@ -458,8 +512,9 @@ def test_list_filters_sorts_pages_and_ranges(store):
         assert await ids(equals={"endpoint": b["endpoint"]}) == of(b)
         assert await ids(equals={"location": "nowhere"}) == []
         assert await ids(sort_by="updatedAt", descending=False) == of(b, c, a)
-        assert await ids(sort_by="endpoint", descending=False) == \
-            of(*sorted(by_created, key=lambda d: d["endpoint"]))
+        assert await ids(sort_by="endpoint", descending=False) == of(
+            *sorted(by_created, key=lambda d: d["endpoint"])
+        )
         assert (await ids(sort_by="lastMessageAt", descending=True))[:2] == of(a, c)
 
         docs, total = await page(limit=2)
@@ -473,22 +528,29 @@ def test_list_filters_sorts_pages_and_ranges(store):
 
         assert await ids(ranges=[("createdAt", ">=", b["createdAt"])]) == of(c, b)
         assert await ids(ranges=[("createdAt", "<=", b["createdAt"])]) == of(b, a)
-        assert await ids(ranges=[("createdAt", ">=", b["createdAt"]),
-                                 ("createdAt", "<=", b["createdAt"])]) == of(b)
-        assert await ids(ranges=[("updatedAt", ">=", "2024-02-02T00:00:00.000Z")],
-                         equals={"online": True}) == of(c, a)
+        assert await ids(
+            ranges=[("createdAt", ">=", b["createdAt"]), ("createdAt", "<=", b["createdAt"])]
+        ) == of(b)
+        assert await ids(
+            ranges=[("updatedAt", ">=", "2024-02-02T00:00:00.000Z")], equals={"online": True}
+        ) == of(c, a)
+
     run(scenario())
 
 
-@pytest.mark.parametrize("query", [
-    StationQuery(equals={"doc": "x"}),
-    StationQuery(equals={"online = 1 OR 1": 1}),
-    StationQuery(ranges=[("doc", ">=", "x")]),
-    StationQuery(ranges=[("createdAt", "!=", "x")]),
-    StationQuery(ranges=[("createdAt", "; DROP TABLE chargestations; --", "x")]),
-    StationQuery(sort_by="doc"),
-    StationQuery(sort_by="createdAt; DROP TABLE chargestations"),
-], ids=["filter", "filter-sql", "range-field", "range-op", "range-sql", "sort", "sort-sql"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        StationQuery(equals={"doc": "x"}),
+        StationQuery(equals={"online = 1 OR 1": 1}),
+        StationQuery(ranges=[("doc", ">=", "x")]),
+        StationQuery(ranges=[("createdAt", "!=", "x")]),
+        StationQuery(ranges=[("createdAt", "; DROP TABLE chargestations; --", "x")]),
+        StationQuery(sort_by="doc"),
+        StationQuery(sort_by="createdAt; DROP TABLE chargestations"),
+    ],
+    ids=["filter", "filter-sql", "range-field", "range-op", "range-sql", "sort", "sort-sql"],
+)
 def test_list_refuses_fields_it_does_not_know(store, query):
     doc = station()
 
@@ -498,11 +560,13 @@ def test_list_refuses_fields_it_does_not_know(store, query):
             with pytest.raises(UsageError):  # an explicit check: holds under python -O too
                 await tx.list_stations_json(query)
             assert (await tx.list_stations_json(StationQuery()))[1] == 1
+
     run(scenario())
     assert set(FILTER_FIELDS) and set(SORT_FIELDS)
 
 
 # --- targeted writes --------------------------------------------------------------------------
+
 
 def test_set_last_message_at_writes_only_that_field_and_bumps_the_revision(store):
     a, b, untouched = station(), station(), station()
@@ -514,13 +578,19 @@ def test_set_last_message_at_writes_only_that_field_and_bumps_the_revision(store
         async with store.unit() as tx:
             stale = await tx.get_station(a["_id"])
             async with store.unit() as other:
-                await other.set_last_message_at({a["endpoint"]: "2024-05-01T00:00:00.000Z",
-                                                 b["endpoint"]: "2024-05-02T00:00:00.000Z",
-                                                 "unknown-endpoint": "2024-05-03T00:00:00.000Z"})
+                await other.set_last_message_at(
+                    {
+                        a["endpoint"]: "2024-05-01T00:00:00.000Z",
+                        b["endpoint"]: "2024-05-02T00:00:00.000Z",
+                        "unknown-endpoint": "2024-05-03T00:00:00.000Z",
+                    }
+                )
             with pytest.raises(StaleRecord):
                 await tx.save_station(stale)
-        assert await get(store, a["_id"]) == {**read_before,
-                                              "lastMessageAt": "2024-05-01T00:00:00.000Z"}
+        assert await get(store, a["_id"]) == {
+            **read_before,
+            "lastMessageAt": "2024-05-01T00:00:00.000Z",
+        }
         assert (await get(store, b["_id"]))["lastMessageAt"] == "2024-05-02T00:00:00.000Z"
         assert await get(store, untouched["_id"]) == untouched
         async with store.unit() as tx:  # the sort column follows the record
@@ -528,6 +598,7 @@ def test_set_last_message_at_writes_only_that_field_and_bumps_the_revision(store
         assert [orjson.loads(d)["_id"] for d in page][:2] == [b["_id"], a["_id"]]
         async with store.unit() as tx:
             await tx.set_last_message_at({})  # nothing to do is fine
+
     run(scenario())
 
 
@@ -562,6 +633,7 @@ def test_delete_takes_everything_that_hangs_off_the_station(store):
             assert await tx.delete_station(gone["_id"]) is False
         async with store.unit() as tx:  # the endpoint is free again
             await tx.create_station(station(gone["endpoint"]))
+
     run(scenario())
 
 
@@ -586,6 +658,7 @@ def test_mark_all_offline(store):
             assert (await tx.list_stations_json(StationQuery(equals={"online": True})))[1] == 0
             assert (await tx.list_stations_json(StationQuery(equals={"online": False})))[1] == 3
             assert await tx.mark_all_offline(now) == 0
+
     run(scenario())
 
 
@@ -604,10 +677,12 @@ def test_passwords(store):
         async with store.unit() as tx:
             assert await tx.password_hash(doc["_id"]) == "second"
         assert "first" not in str(await get(store, doc["_id"]))  # never part of the record
+
     run(scenario())
 
 
 # --- what stations report ---------------------------------------------------------------------
+
 
 def test_events_oldest_first_filtered_and_limited(store):
     a, b = station(), station()
@@ -616,23 +691,32 @@ def test_events_oldest_first_filtered_and_limited(store):
         await create(store, a, b)
         async with store.unit() as tx:
             for i in range(5):
-                await tx.add_event(a["_id"], f"2024-01-01T00:00:0{i}.000Z",
-                                   "Odd" if i % 2 else "Even", {"i": i, "deep": {"x": [i]}})
+                await tx.add_event(
+                    a["_id"],
+                    f"2024-01-01T00:00:0{i}.000Z",
+                    "Odd" if i % 2 else "Even",
+                    {"i": i, "deep": {"x": [i]}},
+                )
             await tx.add_event(b["_id"], "2024-01-02T00:00:00.000Z", "Even", {"i": 99})
         async with store.unit() as tx:
             every = await tx.events()
             assert [e["payload"]["i"] for e in every] == [0, 1, 2, 3, 4, 99]
             assert [e["id"] for e in every] == sorted(e["id"] for e in every)
             first = every[0]
-            assert first == {"id": first["id"], "station_id": a["_id"],
-                             "at": "2024-01-01T00:00:00.000Z", "kind": "Even",
-                             "payload": {"i": 0, "deep": {"x": [0]}}}
+            assert first == {
+                "id": first["id"],
+                "station_id": a["_id"],
+                "at": "2024-01-01T00:00:00.000Z",
+                "kind": "Even",
+                "payload": {"i": 0, "deep": {"x": [0]}},
+            }
             assert [e["payload"]["i"] for e in await tx.events(a["_id"])] == [0, 1, 2, 3, 4]
             assert [e["payload"]["i"] for e in await tx.events(kind="Even")] == [0, 2, 4, 99]
             assert [e["payload"]["i"] for e in await tx.events(a["_id"], "Odd")] == [1, 3]
             # a limit keeps the latest, still oldest first
             assert [e["payload"]["i"] for e in await tx.events(a["_id"], limit=2)] == [3, 4]
             assert await tx.events("nobody") == []
+
     run(scenario())
 
 
@@ -640,9 +724,19 @@ def test_transactions(store):
     a, b = station(), station()
 
     def tx_doc(doc, key=None, **kw):
-        return {"station_id": doc["_id"], "tx_key": key, "connector": 1, "idTag": "TAG",
-                "meterStart": 10.5, "startedAt": "2024-01-01T00:00:00.000Z", "stoppedAt": None,
-                "meterStop": None, "stopReason": None, "status": "Active", **kw}
+        return {
+            "station_id": doc["_id"],
+            "tx_key": key,
+            "connector": 1,
+            "idTag": "TAG",
+            "meterStart": 10.5,
+            "startedAt": "2024-01-01T00:00:00.000Z",
+            "stoppedAt": None,
+            "meterStop": None,
+            "stopReason": None,
+            "status": "Active",
+            **kw,
+        }
 
     async def scenario():
         await create(store, a, b)
@@ -660,8 +754,9 @@ def test_transactions(store):
             assert await tx.get_transaction(a["_id"], k1) == tx_doc(a, k1)
             assert await tx.get_transaction(b["_id"], k3) == tx_doc(b, "uuid-201")
             assert await tx.get_transaction(b["_id"], k1) is None  # keys are per station
-            done = await tx.update_transaction(a["_id"], k1, {"meterStop": 20.0,
-                                                              "status": "Completed"})
+            done = await tx.update_transaction(
+                a["_id"], k1, {"meterStop": 20.0, "status": "Completed"}
+            )
             assert done == tx_doc(a, k1, meterStop=20.0, status="Completed")
             assert await tx.update_transaction(a["_id"], "nope", {"status": "x"}) is None
         async with store.unit() as tx:
@@ -669,6 +764,7 @@ def test_transactions(store):
             assert [t["tx_key"] for t in await tx.transactions(a["_id"])] == [k1, k2]
             assert [t["tx_key"] for t in await tx.transactions()] == [k1, k2, k3]
             assert await tx.transactions("nobody") == []
+
     run(scenario())
 
 
@@ -677,8 +773,12 @@ def test_meter_values(store):
 
     async def scenario():
         await create(store, a, b)
-        values = [{"timestamp": "2024-01-01T00:00:00.000Z",
-                   "sampledValue": [{"value": "12.5", "measurand": "Energy.Active.Import.Register"}]}]
+        values = [
+            {
+                "timestamp": "2024-01-01T00:00:00.000Z",
+                "sampledValue": [{"value": "12.5", "measurand": "Energy.Active.Import.Register"}],
+            }
+        ]
         async with store.unit() as tx:
             await tx.add_meter_values(a["_id"], "7", 1, values)
             await tx.add_meter_values(a["_id"], None, 2, [{"v": 2}])
@@ -693,6 +793,7 @@ def test_meter_values(store):
             assert await tx.meter_values(a["_id"]) == every[:2]
             assert await tx.meter_values(a["_id"], "7") == every[:1]
             assert await tx.meter_values(tx_key="7") == [every[0], every[2]]
+
     run(scenario())
 
 
@@ -726,6 +827,7 @@ def test_read_only_store_refuses_writes(store, backend):
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
             assert await tx.events() == []
+
     run(scenario())
 
 
@@ -787,15 +889,33 @@ def old_store(path: Path, doc: dict) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(SCHEMA_BEFORE_VERSIONS)
-    db.execute("INSERT INTO chargestations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-               (doc["_id"], doc["endpoint"], doc["protocol"], doc["online"], doc["active"],
-                doc["status"], doc["location"], doc["organization"], doc["createdAt"],
-                doc["updatedAt"], doc["lastMessageAt"], doc["lastConnectAt"], json.dumps(doc)))
-    db.execute("INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
-               (doc["_id"], "t", "Old", '{"kept": true}'))
+    db.execute(
+        "INSERT INTO chargestations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            doc["_id"],
+            doc["endpoint"],
+            doc["protocol"],
+            doc["online"],
+            doc["active"],
+            doc["status"],
+            doc["location"],
+            doc["organization"],
+            doc["createdAt"],
+            doc["updatedAt"],
+            doc["lastMessageAt"],
+            doc["lastConnectAt"],
+            json.dumps(doc),
+        ),
+    )
+    db.execute(
+        "INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
+        (doc["_id"], "t", "Old", '{"kept": true}'),
+    )
     db.execute("INSERT INTO credentials VALUES (?,?,?)", (doc["_id"], "old-hash", "t"))
-    db.execute("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-               (doc["_id"], "1", json.dumps({"station_id": doc["_id"], "tx_key": "1"})))
+    db.execute(
+        "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+        (doc["_id"], "1", json.dumps({"station_id": doc["_id"], "tx_key": "1"})),
+    )
     db.close()
 
 
@@ -882,8 +1002,7 @@ def test_sqlite_files_are_owner_only(tmp_path):
 
         async def write_and_look():
             await create(store, station())
-            modes = {p.name: stat.S_IMODE(p.stat().st_mode)
-                     for p in path.parent.iterdir()}
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
             await store.close()
             return modes
 
@@ -904,6 +1023,7 @@ def test_sqlite_memory_stores_are_separate():
         assert await get(two, doc["_id"]) is None
         await one.close()
         await two.close()
+
     run(scenario())
 
 
@@ -943,4 +1063,5 @@ def test_sqlite_a_unit_inside_one_that_has_written_fails_rather_than_hangs():
         async with store.unit() as tx:
             assert await tx.events() == []
         await store.close()
+
     run(scenario())

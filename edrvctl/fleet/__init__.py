@@ -16,13 +16,22 @@ import asyncio
 import hmac
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 
 from edrvctl import model
-from edrvctl.errors import Busy, InvalidBody, NotFound, OverBudget, StaleRecord, Unavailable, UsageError
+from edrvctl.errors import (
+    Busy,
+    InvalidBody,
+    NotFound,
+    OverBudget,
+    StaleRecord,
+    Unavailable,
+    UsageError,
+)
 from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig, LiveStations
 from edrvctl.store import StationQuery, Store, Unit
 from edrvctl.timefmt import ago
@@ -61,8 +70,13 @@ class NoLiveStations:
 
 
 class Fleet:
-    def __init__(self, store: Store, live: LiveStations | None = None,
-                 heartbeat_interval: int = 300, budgets: Budgets | None = None):
+    def __init__(
+        self,
+        store: Store,
+        live: LiveStations | None = None,
+        heartbeat_interval: int = 300,
+        budgets: Budgets | None = None,
+    ):
         self.store = store
         self.budgets = budgets or Budgets()
         # endpoint -> (UTC day, bytes kept that day); in memory: a restart forgives the day
@@ -97,8 +111,9 @@ class Fleet:
             doc["lastMessageAt"] = self._seen[doc["endpoint"]]
         return doc
 
-    async def _change(self, key: str, fn: Callable[[dict, str], Any], content: bool = True,
-                      message: bool = True) -> tuple[dict, Any]:
+    async def _change(
+        self, key: str, fn: Callable[[dict, str], Any], content: bool = True, message: bool = True
+    ) -> tuple[dict, Any]:
         """Read a station, apply fn(doc, now), stamp it, save it, in one unit; read and apply
         again if another writer saved the record meanwhile. Returns (record, fn's result).
         `content`: the record's content changed (updatedAt); `message`: the station said
@@ -108,8 +123,10 @@ class Fleet:
                 async with self.store.unit() as tx:
                     doc = await tx.get_station(key)
                     if doc is None:  # deleted meanwhile (its session is being closed)
-                        raise NotFound(f"chargestation {key!r} not found",
-                                       hint="list them with `edrvctl cs list`")
+                        raise NotFound(
+                            f"chargestation {key!r} not found",
+                            hint="list them with `edrvctl cs list`",
+                        )
                     now = model.utcnow()
                     result = fn(doc, now)
                     seen = self._seen.pop(doc["endpoint"], None)
@@ -134,20 +151,27 @@ class Fleet:
         except orjson.JSONEncodeError as e:  # nesting beyond what JSON storage holds
             raise InvalidBody(f"this value cannot be stored: {e}") from None
         if size > self.budgets.payload:
-            raise OverBudget(f"a message of {size} bytes: a station may have at most "
-                             f"{self.budgets.payload} bytes kept per message")
+            raise OverBudget(
+                f"a message of {size} bytes: a station may have at most "
+                f"{self.budgets.payload} bytes kept per message"
+            )
         day = model.utcnow()[:10]
         kept_day, kept = self._kept.get(endpoint, (day, 0))
         if kept_day != day:
             kept = 0
         if kept + size > self.budgets.stored_per_day:
             if kept <= self.budgets.stored_per_day:
-                log.warning("%s: over its budget of %d bytes kept a day; its messages are "
-                            "refused until tomorrow (UTC)", endpoint, self.budgets.stored_per_day)
+                log.warning(
+                    "%s: over its budget of %d bytes kept a day; its messages are "
+                    "refused until tomorrow (UTC)",
+                    endpoint,
+                    self.budgets.stored_per_day,
+                )
                 kept = self.budgets.stored_per_day + 1  # logged once
                 self._kept[endpoint] = (day, kept)
-            raise OverBudget(f"this station used its budget of {self.budgets.stored_per_day} "
-                             "bytes kept per day")
+            raise OverBudget(
+                f"this station used its budget of {self.budgets.stored_per_day} bytes kept per day"
+            )
         if len(self._kept) >= MAX_REMEMBERED:
             self._kept.clear()
         self._kept[endpoint] = (day, kept + size)
@@ -179,8 +203,9 @@ class Fleet:
     async def get(self, key: str) -> dict:
         doc = await self._read(key)
         if doc is None:
-            raise NotFound(f"chargestation {key!r} not found",
-                           hint="list them with `edrvctl cs list`")
+            raise NotFound(
+                f"chargestation {key!r} not found", hint="list them with `edrvctl cs list`"
+            )
         return doc
 
     async def list_json(self, query: StationQuery) -> tuple[list[str], int]:
@@ -220,15 +245,18 @@ class Fleet:
         old one is disconnected (it must come back with the new one)."""
         doc = await self.get(key)
         if not model.needs_password(doc["security"]):
-            raise UsageError(f"chargestation {doc['endpoint']} uses security "
-                             f"{doc['security']['type']!r}, which has no password")
+            raise UsageError(
+                f"chargestation {doc['endpoint']} uses security "
+                f"{doc['security']['type']!r}, which has no password"
+            )
         password, hashed = await self._new_password()
         for attempt in range(MAX_SAVE_TRIES):
             try:
                 async with self.store.unit() as tx:
-                    doc = await self._load(tx, key)
-                    if doc is None:
+                    found = await self._load(tx, key)
+                    if found is None:
                         raise NotFound(f"chargestation {key!r} not found")
+                    doc = found
                     now = model.utcnow()
                     await tx.set_password_hash(doc["_id"], hashed, now)
                     doc["updatedAt"] = now
@@ -289,8 +317,9 @@ class Fleet:
         async with self.store.unit() as tx:
             doc = await self._load(tx, key)
             if doc is None:
-                raise NotFound(f"chargestation {key!r} not found",
-                               hint="list them with `edrvctl cs list`")
+                raise NotFound(
+                    f"chargestation {key!r} not found", hint="list them with `edrvctl cs list`"
+                )
             await tx.delete_station(doc["_id"])
         for memo in (self._seen, self._ids, self._statuses):
             memo.pop(doc["endpoint"], None)
@@ -308,22 +337,27 @@ class Fleet:
 
     def _check_reachable(self, doc: dict) -> None:
         if not doc["active"]:
-            raise Unavailable(f"chargestation {doc['endpoint']} is inactive",
-                              hint=f"activate it with `edrvctl cs activate {doc['endpoint']}`")
+            raise Unavailable(
+                f"chargestation {doc['endpoint']} is inactive",
+                hint=f"activate it with `edrvctl cs activate {doc['endpoint']}`",
+            )
         if not self.live.is_online(doc["endpoint"]):
-            raise Unavailable(f"chargestation {doc['endpoint']} is offline "
-                              f"({_last_seen(doc)})",
-                              hint="its stored csconfig is shown by `edrvctl cs inspect`")
+            raise Unavailable(
+                f"chargestation {doc['endpoint']} is offline ({_last_seen(doc)})",
+                hint="its stored csconfig is shown by `edrvctl cs inspect`",
+            )
         if not doc.get("bootInfo"):  # OCPP: nothing is asked before the first boot
-            raise Unavailable(f"chargestation {doc['endpoint']} is connected but has not "
-                              "sent its BootNotification yet", hint="try again in a moment")
+            raise Unavailable(
+                f"chargestation {doc['endpoint']} is connected but has not "
+                "sent its BootNotification yet",
+                hint="try again in a moment",
+            )
 
     async def fetch_config(self, key: str, keys: list[str], timeout: float) -> dict:
         """Ask the live station for its configuration, store it as `csconfig`, return it."""
         doc = await self.get(key)
         self._check_reachable(doc)
-        entries, unknown = await self.live.send(doc["endpoint"], FetchConfig(tuple(keys)),
-                                                timeout)
+        entries, unknown = await self.live.send(doc["endpoint"], FetchConfig(tuple(keys)), timeout)
 
         def apply(doc: dict, now: str) -> None:
             if keys:  # a partial fetch refreshes those entries and keeps the rest
@@ -334,16 +368,21 @@ class Fleet:
                     if e.get("readonly") is None and known is not None:
                         e["readonly"] = known.get("readonly")
                 fresh = {e["key"].casefold() for e in entries}
-                doc["csconfig"] = [e for e in doc["csconfig"]
-                                   if e["key"].casefold() not in fresh] + entries
+                doc["csconfig"] = [
+                    e for e in doc["csconfig"] if e["key"].casefold() not in fresh
+                ] + entries
             else:
                 doc["csconfig"] = entries
             doc["csconfigFetchedAt"] = now
 
         doc, _ = await self._change(doc["_id"], apply, message=False)
-        return {"_id": doc["_id"], "endpoint": doc["endpoint"],
-                "fetchedAt": doc["csconfigFetchedAt"], "csconfig": entries,
-                "unknownKeys": unknown}
+        return {
+            "_id": doc["_id"],
+            "endpoint": doc["endpoint"],
+            "fetchedAt": doc["csconfigFetchedAt"],
+            "csconfig": entries,
+            "unknownKeys": unknown,
+        }
 
     async def push_availability(self, endpoint: str) -> None:
         """Tell a connected station what its `active` switch says (whole station)."""
@@ -352,16 +391,19 @@ class Fleet:
             return
         state = "Operative" if doc["active"] else "Inoperative"
         try:
-            status = await self.live.send(endpoint, ChangeAvailability(doc["active"]),
-                                          timeout=self.command_timeout)
+            status = await self.live.send(
+                endpoint, ChangeAvailability(doc["active"]), timeout=self.command_timeout
+            )
             log.info("%s: ChangeAvailability %s -> %s", endpoint, state, status)
         except Exception as e:  # logged: nobody waits for this answer
             log.warning("%s: ChangeAvailability %s failed: %s", endpoint, state, e)
             return
         if status in ("Accepted", "Scheduled") and doc.get("availabilityPending"):
+
             def told(doc: dict, now: str) -> None:
                 if doc["active"] == (state == "Operative"):  # not switched again meanwhile
                     doc.pop("availabilityPending", None)
+
             await self._change(endpoint, told, message=False)
 
     def _spawn(self, coro: Awaitable) -> None:
@@ -404,6 +446,7 @@ class Fleet:
         """Record BootNotification; every known station is Accepted (unknown ones never get
         past the websocket upgrade). Returns (registration status, heartbeat interval). An
         inactive station is told again that it is Inoperative, after this answer."""
+
         def apply(doc: dict, now: str) -> None:
             doc["bootInfo"] = {k: v for k, v in boot_info.items() if v is not None}
             doc["manufacturer"] = boot_info.get("chargePointVendor")
@@ -414,9 +457,15 @@ class Fleet:
             self._spawn(self.push_availability(endpoint))
         return "Accepted", self.heartbeat_interval
 
-    async def status_notification(self, endpoint: str, evse_id: int, connector_id: int,
-                                  status: str, error_code: str | None = None,
-                                  info: str | None = None) -> None:
+    async def status_notification(
+        self,
+        endpoint: str,
+        evse_id: int,
+        connector_id: int,
+        status: str,
+        error_code: str | None = None,
+        info: str | None = None,
+    ) -> None:
         said = (status, error_code, info)
         last = self._statuses.get(endpoint)
         if last is not None and last.get((evse_id, connector_id)) == said:
@@ -428,18 +477,26 @@ class Fleet:
                 doc["stationStatus"] = status
             else:
                 self._check_connectors(doc, evse_id, connector_id)
-                model.upsert_connector(doc, evse_id, connector_id, now, status=status,
-                                       errorCode=error_code, info=info)
+                model.upsert_connector(
+                    doc, evse_id, connector_id, now, status=status, errorCode=error_code, info=info
+                )
             doc["status"] = model.status_of(doc)
 
         await self._change(endpoint, apply)
         # remembered only once committed: a retry after a failed commit is written again
         self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = said
 
-    async def problem(self, endpoint: str, evse_id: int | None, connector_id: int | None,
-                      present: bool, info: str | None = None) -> None:
+    async def problem(
+        self,
+        endpoint: str,
+        evse_id: int | None,
+        connector_id: int | None,
+        present: bool,
+        info: str | None = None,
+    ) -> None:
         """A problem reported (or cleared) for the station (no EVSE), one EVSE's connectors,
         or one connector: Faulted while present, whatever status they report."""
+
         def apply(doc: dict, now: str) -> None:
             if evse_id is None:
                 doc["stationProblem"] = present
@@ -449,8 +506,9 @@ class Fleet:
                         c.update(problem=present, problemInfo=info, updatedAt=now)
             else:
                 self._check_connectors(doc, evse_id, connector_id)
-                model.upsert_connector(doc, evse_id, connector_id, now, problem=present,
-                                       problemInfo=info)
+                model.upsert_connector(
+                    doc, evse_id, connector_id, now, problem=present, problemInfo=info
+                )
             doc["status"] = model.status_of(doc)
 
         await self._change(endpoint, apply)
@@ -461,11 +519,14 @@ class Fleet:
         new ones must not grow it (and the cost of every later message) without bound."""
         if len(doc["connectors"]) < self.budgets.connectors:
             return
-        if any(c["evseId"] == evse_id and c["connectorId"] == connector_id
-               for c in doc["connectors"]):
+        if any(
+            c["evseId"] == evse_id and c["connectorId"] == connector_id for c in doc["connectors"]
+        ):
             return
-        raise OverBudget(f"EVSE {evse_id} connector {connector_id}: a station may have at "
-                         f"most {self.budgets.connectors} connectors")
+        raise OverBudget(
+            f"EVSE {evse_id} connector {connector_id}: a station may have at "
+            f"most {self.budgets.connectors} connectors"
+        )
 
     async def authorize(self, endpoint: str, id_tag: str) -> str:
         """Id tags are not managed here: every tag is accepted on an active station. An inactive
@@ -480,9 +541,15 @@ class Fleet:
         self._touch(endpoint)
         return doc
 
-    async def start_transaction(self, endpoint: str, connector: int, id_tag: str | None,
-                                meter_start: float | None, timestamp: str,
-                                tx_key: str | None = None) -> tuple[str, str]:
+    async def start_transaction(
+        self,
+        endpoint: str,
+        connector: int,
+        id_tag: str | None,
+        meter_start: float | None,
+        timestamp: str,
+        tx_key: str | None = None,
+    ) -> tuple[str, str]:
         """Record a transaction start. Returns (transaction key, id-tag status)."""
         async with self.store.unit() as tx:
             doc = await self._load(tx, endpoint)
@@ -492,16 +559,31 @@ class Fleet:
             status = "Accepted" if doc["active"] else "Blocked"
             if tx_key is not None and await tx.get_transaction(doc["_id"], tx_key):
                 return tx_key, status  # a repeated start (2.0.1 Started resent): recorded
-            key = await tx.start_transaction({
-                "station_id": doc["_id"], "tx_key": tx_key, "connector": connector,
-                "idTag": id_tag, "meterStart": meter_start, "startedAt": timestamp,
-                "stoppedAt": None, "meterStop": None, "stopReason": None,
-                "status": "Active" if status == "Accepted" else "Refused"})
+            key = await tx.start_transaction(
+                {
+                    "station_id": doc["_id"],
+                    "tx_key": tx_key,
+                    "connector": connector,
+                    "idTag": id_tag,
+                    "meterStart": meter_start,
+                    "startedAt": timestamp,
+                    "stoppedAt": None,
+                    "meterStop": None,
+                    "stopReason": None,
+                    "status": "Active" if status == "Accepted" else "Refused",
+                }
+            )
         return key, status
 
-    async def stop_transaction(self, endpoint: str, tx_key: str, meter_stop: float | None,
-                               timestamp: str, reason: str | None,
-                               meter_values: list[dict] | None = None) -> bool:
+    async def stop_transaction(
+        self,
+        endpoint: str,
+        tx_key: str,
+        meter_stop: float | None,
+        timestamp: str,
+        reason: str | None,
+        meter_values: list[dict] | None = None,
+    ) -> bool:
         """Record a transaction's end, and the meter values sent with it (one unit)."""
         sid = await self._station_id(endpoint)
         if meter_values:
@@ -516,9 +598,16 @@ class Fleet:
                 return False
             # a transaction whose token was refused stays so: it never was a charge
             status = "Refused" if known.get("status") == "Refused" else "Completed"
-            await tx.update_transaction(sid, tx_key, {
-                "meterStop": meter_stop, "stoppedAt": timestamp, "stopReason": reason,
-                "status": status})
+            await tx.update_transaction(
+                sid,
+                tx_key,
+                {
+                    "meterStop": meter_stop,
+                    "stoppedAt": timestamp,
+                    "stopReason": reason,
+                    "status": status,
+                },
+            )
         return True
 
     async def transaction_connector(self, endpoint: str, tx_key: str) -> int | None:
@@ -528,16 +617,18 @@ class Fleet:
             known = await tx.get_transaction(sid, tx_key)
         return known["connector"] if known else None
 
-    async def meter_values(self, endpoint: str, connector: int, tx_key: str | None,
-                           values: list[dict]) -> None:
+    async def meter_values(
+        self, endpoint: str, connector: int, tx_key: str | None, values: list[dict]
+    ) -> None:
         sid = await self._station_id(endpoint)
         self._charge(endpoint, values)
         self._touch(endpoint)
         async with self.store.unit() as tx:
             await tx.add_meter_values(sid, tx_key, connector, values)
 
-    async def record_event(self, endpoint: str, kind: str, payload: dict,
-                           from_station: bool = True) -> None:
+    async def record_event(
+        self, endpoint: str, kind: str, payload: dict, from_station: bool = True
+    ) -> None:
         """Notifications kept as they came (firmware, diagnostics, security, ...), and things
         the server saw happen to a station (from_station=False: not a message from it)."""
         sid = await self._station_id(endpoint)

@@ -8,7 +8,7 @@ tests use a fake.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Disconnect:
     reason: str
 
 
-Command = Union[FetchConfig, ChangeAvailability, Disconnect]
+Command = FetchConfig | ChangeAvailability | Disconnect
 
 
 class LiveStations(Protocol):

@@ -10,5 +10,17 @@ from edrvctl.ocppj.rpc import (
     TokenBucket,
 )
 
-__all__ = ["VERSIONS", "Call", "CallError", "CallResult", "FrameError", "InvalidCall",
-           "QueueFull", "RemoteError", "Rpc", "RpcClosed", "RpcError", "TokenBucket"]
+__all__ = [
+    "VERSIONS",
+    "Call",
+    "CallError",
+    "CallResult",
+    "FrameError",
+    "InvalidCall",
+    "QueueFull",
+    "RemoteError",
+    "Rpc",
+    "RpcClosed",
+    "RpcError",
+    "TokenBucket",
+]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol, Union
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from edrvctl.ocppj import frames, schemas
 from edrvctl.ocppj.frames import Call, CallError, FrameError, RpcError
@@ -27,7 +28,7 @@ WARN_EVERY = 60.0  # seconds between two logged malformed frames of one connecti
 
 # A handler gets the Rpc's `peer` object (whatever the owner keeps per connection) and the
 # payload as sent; tables are built once per class, so a connection costs no bound methods.
-Handler = Callable[[Any, dict], Union[dict, Awaitable[dict]]]
+Handler = Callable[[Any, dict], dict | Awaitable[dict]]
 
 
 class Socket(Protocol):
@@ -59,7 +60,7 @@ class RemoteError(Exception):
 
 
 class TokenBucket:
-    __slots__ = ("rate", "burst", "tokens", "refilled")
+    __slots__ = ("burst", "rate", "refilled", "tokens")
     """`rate` messages a second with bursts of `burst`; rate 0 means no limit. One bucket may
     outlive a connection (a station that reconnects keeps its budget)."""
 
@@ -85,12 +86,35 @@ def internal_error(exc: Exception) -> RpcError:
 
 
 class Rpc:
-    __slots__ = ("ws", "version", "handlers", "peer", "name", "max_queued", "bucket",
-                 "on_error", "closed", "_pending", "_order", "_queued", "_known", "_warned")
+    __slots__ = (
+        "_known",
+        "_order",
+        "_pending",
+        "_queued",
+        "_warned",
+        "bucket",
+        "closed",
+        "handlers",
+        "max_queued",
+        "name",
+        "on_error",
+        "peer",
+        "version",
+        "ws",
+    )
 
-    def __init__(self, ws: Socket, version: str, handlers: Mapping[str, Handler],
-                 peer: Any = None, *, name: str = "", max_queued: int = 16, bucket: TokenBucket | None = None,
-                 on_error: Callable[[Exception], RpcError] = internal_error) -> None:
+    def __init__(
+        self,
+        ws: Socket,
+        version: str,
+        handlers: Mapping[str, Handler],
+        peer: Any = None,
+        *,
+        name: str = "",
+        max_queued: int = 16,
+        bucket: TokenBucket | None = None,
+        on_error: Callable[[Exception], RpcError] = internal_error,
+    ) -> None:
         self.ws = ws
         self.version = version
         self.handlers = handlers
@@ -122,9 +146,13 @@ class Rpc:
                 if type(msg) is Call:
                     if self.bucket is not None and not self.bucket.take(loop.time()):
                         # refused at once: a flooding peer costs no memory
-                        await self._send_error(msg.id, RpcError(
-                            "GenericError",
-                            f"rate limit: at most {self.bucket.rate:g} messages per second"))
+                        await self._send_error(
+                            msg.id,
+                            RpcError(
+                                "GenericError",
+                                f"rate limit: at most {self.bucket.rate:g} messages per second",
+                            ),
+                        )
                     else:
                         await self._answer(msg)
                 else:
@@ -141,8 +169,13 @@ class Rpc:
         # in a loop must not grow the log
         if now - self._warned >= WARN_EVERY:
             self._warned = now
-            log.warning("%s: malformed frame %.200r: %s (repeats within %g s are not "
-                        "logged)", self.name, raw, e.cause, WARN_EVERY)
+            log.warning(
+                "%s: malformed frame %.200r: %s (repeats within %g s are not logged)",
+                self.name,
+                raw,
+                e.cause,
+                WARN_EVERY,
+            )
         else:
             log.debug("%s: malformed frame %.200r: %s", self.name, raw, e.cause)
 
@@ -153,8 +186,9 @@ class Rpc:
             if handler is None:
                 if call.action in self._known:
                     raise RpcError("NotSupported", f"{call.action} is not supported here")
-                raise RpcError("NotImplemented",
-                               f"{call.action} is not an OCPP {self.version} action")
+                raise RpcError(
+                    "NotImplemented", f"{call.action} is not an OCPP {self.version} action"
+                )
             schemas.validate(self.version, call.action, schemas.REQUEST, call.payload)
             answer = handler(self.peer, call.payload)
             if not isinstance(answer, dict):
@@ -170,8 +204,9 @@ class Rpc:
             frame = frames.encode_result(call.id, answer)
         except (RpcError, TypeError) as e:
             log.error("%s: our %s answer is invalid, not sent: %s", self.name, call.action, e)
-            await self._send_error(call.id, RpcError(
-                "InternalError", "the receiver could not build a valid answer"))
+            await self._send_error(
+                call.id, RpcError("InternalError", "the receiver could not build a valid answer")
+            )
             return
         await self._send(frame)
 

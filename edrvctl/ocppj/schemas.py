@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import fastjsonschema
 import ocpp
@@ -53,7 +53,7 @@ def _file(version: str, action: str, kind: str) -> str:
     return os.path.join(_SCHEMAS, _FOLDER[version], "schemas", name + ".json")
 
 
-@lru_cache(maxsize=None)
+@cache
 def actions(version: str) -> frozenset[str]:
     """Every action `version` defines (its request schemas)."""
     names = os.listdir(os.path.join(_SCHEMAS, _FOLDER[version], "schemas"))
@@ -62,7 +62,7 @@ def actions(version: str) -> frozenset[str]:
     return frozenset(n[:-12] for n in names if n.endswith("Request.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(version: str, action: str, kind: str) -> Callable[[dict], object]:
     with open(_file(version, action, kind), encoding="utf-8-sig") as f:  # 2.0.1 has a BOM
         schema = json.load(f)

@@ -18,11 +18,12 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from edrvctl import model
 from edrvctl.errors import Busy, NotFound, StoreUnavailable
@@ -30,12 +31,12 @@ from edrvctl.fleet import Fleet
 from edrvctl.ocppj import TokenBucket
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.ocpp201 import Station201
-from edrvctl.server.stations import Registry
+from edrvctl.server.stations import Registry, StationSession
 from edrvctl.textsafe import printable
 
 log = logging.getLogger("edrvctl.ocpp")
 
-CHARGE_POINTS = {"ocpp1.6": Station16, "ocpp2.0.1": Station201}
+CHARGE_POINTS: dict[str, type[StationSession]] = {"ocpp1.6": Station16, "ocpp2.0.1": Station201}
 REFUSAL_EVERY = 60.0  # seconds between two logged/stored refusals that say the same
 MAX_UNREAD = 1 << 20  # bytes written to a peer and not read by it, before it is dropped
 CLOSE_DEADLINE = 10.0  # s for every station's socket to close at shutdown
@@ -65,8 +66,12 @@ def endpoint_of(path: str) -> str | None:
 
 
 def offered_protocols(request: Request) -> list[str]:
-    return [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol")
-            for p in h.split(",") if p.strip()]
+    return [
+        p.strip()
+        for h in request.headers.get_all("Sec-WebSocket-Protocol")
+        for p in h.split(",")
+        if p.strip()
+    ]
 
 
 def basic_credentials(request: Request, endpoint: str) -> tuple[str, str] | None:
@@ -81,7 +86,7 @@ def basic_credentials(request: Request, endpoint: str) -> tuple[str, str] | None
     except (binascii.Error, UnicodeDecodeError):
         return None
     if decoded.startswith(endpoint + ":"):
-        return endpoint, decoded[len(endpoint) + 1:]
+        return endpoint, decoded[len(endpoint) + 1 :]
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
 
@@ -114,14 +119,15 @@ class Refusals:
         self.suppressed: Counter[int] = Counter()  # status -> refusals not logged
         self.last = ""
 
-    def count(self, endpoint: str | None, status: int, address: str,
-              reason: str = "") -> None:
+    def count(self, endpoint: str | None, status: int, address: str, reason: str = "") -> None:
         now = time.monotonic()
         if now - self.window >= REFUSAL_EVERY:
             self.summarise()
             self.window, self.logged_in_window = now, False
-        line = (f"refused {printable(endpoint or '?', 60)} from {printable(address, 60)}: "
-                f"{status} {printable(reason, MAX_REASON)}")
+        line = (
+            f"refused {printable(endpoint or '?', 60)} from {printable(address, 60)}: "
+            f"{status} {printable(reason, MAX_REASON)}"
+        )
         if not self.logged_in_window:
             self.logged_in_window = True
             log.warning("%s", line)
@@ -132,12 +138,18 @@ class Refusals:
     def summarise(self) -> None:
         if self.suppressed:
             statuses = ", ".join(f"{n} × {status}" for status, n in sorted(self.suppressed.items()))
-            log.warning("refused %d more upgrade(s) in the last %g s (%s); the last: %s",
-                        sum(self.suppressed.values()), REFUSAL_EVERY, statuses, self.last)
+            log.warning(
+                "refused %d more upgrade(s) in the last %g s (%s); the last: %s",
+                sum(self.suppressed.values()),
+                REFUSAL_EVERY,
+                statuses,
+                self.last,
+            )
             self.suppressed.clear()
 
-    async def refused(self, endpoint: str | None, status: int, address: str, reason: str,
-                      known: bool) -> None:
+    async def refused(
+        self, endpoint: str | None, status: int, address: str, reason: str, known: bool
+    ) -> None:
         if not known or endpoint is None:
             self.count(endpoint, status, address, reason)
             return
@@ -149,12 +161,20 @@ class Refusals:
         if len(self.kept) >= 100_000:
             self.kept.clear()
         self.kept[key] = now
-        log.warning("refused %s from %s: %s %s", printable(endpoint, 60), printable(address),
-                    status, printable(reason, MAX_REASON))
+        log.warning(
+            "refused %s from %s: %s %s",
+            printable(endpoint, 60),
+            printable(address),
+            status,
+            printable(reason, MAX_REASON),
+        )
         try:  # kept for the admin, best effort: a full store must not fail the refusal
-            await self.fleet.record_event(endpoint, "ConnectionRefused", {
-                "status": status, "reason": reason[:MAX_REASON], "address": address},
-                from_station=False)
+            await self.fleet.record_event(
+                endpoint,
+                "ConnectionRefused",
+                {"status": status, "reason": reason[:MAX_REASON], "address": address},
+                from_station=False,
+            )
         except Exception as e:
             log.error("refusal of %s not recorded: %s", printable(endpoint, 60), e)
 
@@ -193,12 +213,14 @@ class StationConnection(ServerConnection):
     """A websocket connection counted per client address from its first byte (half-open
     upgrades count too), refused with a 503 past the limit before anything is read."""
 
-    listener: "Listener"  # set on the subclass made per listener
+    listener: Listener  # set on the subclass made per listener
     refused = False
+    ocpp_protocol: str | None = None  # the station's registered one, once process_request says
     stuck_since: float | None = None  # since when its write buffer has not drained
     unread = 0  # bytes in its write buffer at the last look
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername")
         self.address = peer[0] if peer else "?"
         listener = self.listener
@@ -208,9 +230,13 @@ class StationConnection(ServerConnection):
             self.refused = True
             listener.refusals.count(None, 503, self.address)
             body = f"too many connections from {self.address}\n".encode()
-            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-                            b"Content-Type: text/plain\r\nContent-Length: "
-                            + str(len(body)).encode() + b"\r\n\r\n" + body)
+            transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
             transport.close()
             return
         listener.open.add(self)
@@ -240,11 +266,16 @@ class Listener:
         self.refusals = Refusals(fleet)
         self.guesses = Guesses()
         self.open: set[StationConnection] = set()  # every accepted TCP connection
-        self.connection_class = type("StationConnection", (StationConnection,),
-                                     {"listener": self})
+        self.connection_class = type("StationConnection", (StationConnection,), {"listener": self})
 
-    async def refuse(self, conn: ServerConnection, status: int, endpoint: str | None,
-                     reason: str, known: bool = False) -> Response:
+    async def refuse(
+        self,
+        conn: ServerConnection,
+        status: int,
+        endpoint: str | None,
+        reason: str,
+        known: bool = False,
+    ) -> Response:
         await self.refusals.refused(endpoint, status, conn.remote_address[0], reason, known)
         response = conn.respond(status, printable(reason, MAX_REASON) + "\n")
         if status == 401:
@@ -260,16 +291,22 @@ class Listener:
         except StoreUnavailable as e:
             return await self.refuse(conn, 503, endpoint, f"try again later: {e.message}")
         if doc is None:
-            return await self.refuse(conn, 404, endpoint, f"unknown chargestation {endpoint!r}; "
-                                     "create it with `edrvctl cs create`")
+            return await self.refuse(
+                conn,
+                404,
+                endpoint,
+                f"unknown chargestation {endpoint!r}; create it with `edrvctl cs create`",
+            )
         reason = await self._refusal(conn, request, endpoint, doc)
         if reason is not None:
             return await self.refuse(conn, reason[0], endpoint, reason[1], known=True)
-        conn.ocpp_protocol = doc["protocol"]  # type: ignore[attr-defined]  (select_subprotocol)
+        if isinstance(conn, StationConnection):  # (always: create_connection makes them)
+            conn.ocpp_protocol = doc["protocol"]  # for select_subprotocol
         return None
 
-    async def _refusal(self, conn: ServerConnection, request: Request, endpoint: str,
-                       doc: dict) -> tuple[int, str] | None:
+    async def _refusal(
+        self, conn: ServerConnection, request: Request, endpoint: str, doc: dict
+    ) -> tuple[int, str] | None:
         """Why a known station may not connect, if it may not: (HTTP status, reason)."""
         security = doc["security"]
         tls = conn.transport.get_extra_info("ssl_object") is not None
@@ -299,11 +336,16 @@ class Listener:
                 return 401, "wrong password"
         offered = offered_protocols(request)
         if not offered:
-            return 400, f"no OCPP subprotocol offered; this station is registered for " \
-                        f"{doc['protocol']}"
+            return (
+                400,
+                f"no OCPP subprotocol offered; this station is registered for {doc['protocol']}",
+            )
         if doc["protocol"] not in offered:
-            return 400, f"this station is registered for {doc['protocol']} but offered " \
-                        f"{', '.join(offered)}"
+            return (
+                400,
+                f"this station is registered for {doc['protocol']} but offered "
+                f"{', '.join(offered)}",
+            )
         return None
 
     def select_subprotocol(self, conn: ServerConnection, offered):
@@ -323,9 +365,12 @@ class Listener:
         return bucket
 
     async def _session(self, ws: ServerConnection) -> None:
-        endpoint = endpoint_of(ws.request.path) or ""  # process_request refused none
-        session = CHARGE_POINTS[ws.subprotocol](endpoint, ws.subprotocol, ws, self.fleet,
-                                                self._bucket(endpoint))
+        # process_request refused connections without an endpoint or a subprotocol
+        endpoint = endpoint_of(ws.request.path if ws.request else "/") or ""
+        protocol = ws.subprotocol or ""
+        session = CHARGE_POINTS[protocol](
+            endpoint, protocol, ws, self.fleet, self._bucket(endpoint)
+        )
         try:
             await self.stations.attach(session)
         except NotFound:  # deleted between the upgrade and now
@@ -344,17 +389,24 @@ class Listener:
 
     async def _serve(self, port: int, tls: ssl.SSLContext | None) -> str:
         server = await serve(
-            self.handle, self.s.host, port, ssl=tls,
+            self.handle,
+            self.s.host,
+            port,
+            ssl=tls,
             process_request=self.process_request,
             create_connection=self.connection_class,
             select_subprotocol=self.select_subprotocol,
-            subprotocols=list(CHARGE_POINTS),
+            subprotocols=[Subprotocol(p) for p in CHARGE_POINTS],
             open_timeout=self.s.handshake_timeout,
-            ping_interval=self.s.ping_interval, ping_timeout=self.s.ping_timeout,
+            ping_interval=self.s.ping_interval,
+            ping_timeout=self.s.ping_timeout,
             # A station that missed its pong will not finish a closing handshake either; wait
             # for it no longer than for the pong, so it shows offline promptly.
             close_timeout=min(10.0, self.s.ping_timeout or 10.0),
-            max_size=self.s.max_frame, max_queue=4, compression=None, server_header=None,
+            max_size=self.s.max_frame,
+            max_queue=4,
+            compression=None,
+            server_header=None,
         )
         self.servers.append(server)
         port = server.sockets[0].getsockname()[1]
@@ -398,8 +450,11 @@ class Listener:
                 conn.stuck_since = now  # (still) draining
             conn.unread = size
             if size > MAX_UNREAD or now - conn.stuck_since > deadline:
-                log.warning("%s: dropped: it does not read what it is sent (%d bytes "
-                            "waiting)", printable(conn.address), size)
+                log.warning(
+                    "%s: dropped: it does not read what it is sent (%d bytes waiting)",
+                    printable(conn.address),
+                    size,
+                )
                 transport.abort()
 
     async def stop(self) -> None:
@@ -413,8 +468,9 @@ class Listener:
         try:
             await asyncio.wait_for(asyncio.shield(waiting), CLOSE_DEADLINE)
         except TimeoutError:
-            log.warning("%d connection(s) did not close in %g s: aborted", len(self.open),
-                        CLOSE_DEADLINE)
+            log.warning(
+                "%d connection(s) did not close in %g s: aborted", len(self.open), CLOSE_DEADLINE
+            )
             for conn in list(self.open):
                 conn.transport.abort()
             await waiting

@@ -7,10 +7,12 @@ answer's payload (validated too before it is sent).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from edrvctl.fleet.live import ChangeAvailability
 from edrvctl.model import canonical_time, utcnow
+from edrvctl.ocppj.rpc import Handler
 from edrvctl.server.stations import StationSession
 
 
@@ -27,8 +29,9 @@ def heartbeat(s: StationSession, p: dict) -> dict:
 async def status_notification(s: StationSession, p: dict) -> dict:
     # 1.6 has no EVSEs: connector n is recorded as EVSE n, connector n; 0 is the station
     c = p["connectorId"]
-    await s.fleet.status_notification(s.endpoint, c, c, p["status"],
-                                      error_code=p["errorCode"], info=p.get("info"))
+    await s.fleet.status_notification(
+        s.endpoint, c, c, p["status"], error_code=p["errorCode"], info=p.get("info")
+    )
     return {}
 
 
@@ -38,36 +41,45 @@ async def authorize(s: StationSession, p: dict) -> dict:
 
 async def start_transaction(s: StationSession, p: dict) -> dict:
     tx_key, status = await s.fleet.start_transaction(
-        s.endpoint, p["connectorId"], p["idTag"], p["meterStart"], canonical_time(p["timestamp"]))
+        s.endpoint, p["connectorId"], p["idTag"], p["meterStart"], canonical_time(p["timestamp"])
+    )
     return {"transactionId": int(tx_key), "idTagInfo": {"status": status}}
 
 
 async def stop_transaction(s: StationSession, p: dict) -> dict:
-    await s.fleet.stop_transaction(s.endpoint, str(p["transactionId"]), p["meterStop"],
-                                   canonical_time(p["timestamp"]), p.get("reason"),
-                                   meter_values=p.get("transactionData"))
+    await s.fleet.stop_transaction(
+        s.endpoint,
+        str(p["transactionId"]),
+        p["meterStop"],
+        canonical_time(p["timestamp"]),
+        p.get("reason"),
+        meter_values=p.get("transactionData"),
+    )
     return {"idTagInfo": {"status": "Accepted"}} if p.get("idTag") else {}
 
 
 async def meter_values(s: StationSession, p: dict) -> dict:
     tx = p.get("transactionId")
-    await s.fleet.meter_values(s.endpoint, p["connectorId"], None if tx is None else str(tx),
-                               p["meterValue"])
+    await s.fleet.meter_values(
+        s.endpoint, p["connectorId"], None if tx is None else str(tx), p["meterValue"]
+    )
     return {}
 
 
 def kept_as_event(action: str, answer: dict) -> Any:
     """A notification that is only kept, as the station sent it, as an event named after its
     action."""
+
     async def handler(s: StationSession, p: dict) -> dict:
         await s.fleet.record_event(s.endpoint, action, p)
         return answer
+
     return handler
 
 
 class Station16(StationSession):
     __slots__ = ()
-    HANDLERS = {
+    HANDLERS: ClassVar[Mapping[str, Handler]] = {
         "BootNotification": boot,
         "Heartbeat": heartbeat,
         "StatusNotification": status_notification,
@@ -77,21 +89,35 @@ class Station16(StationSession):
         "MeterValues": meter_values,
         # no vendor extension is implemented, and UnknownVendorId is the spec's answer for that
         "DataTransfer": kept_as_event("DataTransfer", {"status": "UnknownVendorId"}),
-        **{action: kept_as_event(action, {}) for action in (
-            "FirmwareStatusNotification", "DiagnosticsStatusNotification",
-            "SecurityEventNotification", "LogStatusNotification",
-            "SignedFirmwareStatusNotification")},
+        **{
+            action: kept_as_event(action, {})
+            for action in (
+                "FirmwareStatusNotification",
+                "DiagnosticsStatusNotification",
+                "SecurityEventNotification",
+                "LogStatusNotification",
+                "SignedFirmwareStatusNotification",
+            )
+        },
     }
 
-    async def fetch_config(self, keys: tuple[str, ...],
-                           timeout: float) -> tuple[list[dict], list[str]]:
+    async def fetch_config(
+        self, keys: tuple[str, ...], timeout: float
+    ) -> tuple[list[dict], list[str]]:
         r = await self.call("GetConfiguration", {"key": list(keys)} if keys else {}, timeout)
-        entries = [{"key": e["key"], "value": e.get("value"), "readonly": e["readonly"]}
-                   for e in r.get("configurationKey") or []]
+        entries = [
+            {"key": e["key"], "value": e.get("value"), "readonly": e["readonly"]}
+            for e in r.get("configurationKey") or []
+        ]
         return entries, list(r.get("unknownKey") or [])
 
     async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
-        r = await self.call("ChangeAvailability", {
-            "connectorId": command.connector or 0,
-            "type": "Operative" if command.operative else "Inoperative"}, timeout)
+        r = await self.call(
+            "ChangeAvailability",
+            {
+                "connectorId": command.connector or 0,
+                "type": "Operative" if command.operative else "Inoperative",
+            },
+            timeout,
+        )
         return r["status"]

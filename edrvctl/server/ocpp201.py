@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import orjson
 
@@ -17,6 +18,7 @@ from edrvctl.errors import OverBudget, StationRejected, UsageError
 from edrvctl.fleet.live import ChangeAvailability
 from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
 from edrvctl.ocppj import RpcClosed
+from edrvctl.ocppj.rpc import Handler
 from edrvctl.server.ocpp16 import heartbeat, kept_as_event
 from edrvctl.server.stations import StationSession
 
@@ -33,8 +35,7 @@ def config_key(component: dict, variable: dict) -> str:
     if instance:
         text += f"[{instance}]"
     if "id" in evse:
-        text += f"[{evse['id']}" + (f",{evse['connectorId']}]" if "connectorId" in evse
-                                    else "]")
+        text += f"[{evse['id']}" + (f",{evse['connectorId']}]" if "connectorId" in evse else "]")
     elif instance and instance.isdigit():
         text += "[]"
     var = variable["name"] + (f"[{variable['instance']}]" if variable.get("instance") else "")
@@ -48,9 +49,11 @@ def parse_key(key: str) -> tuple[dict, dict]:
     """`config_key`'s spelling back into (component, variable); UsageError if it is not."""
     m = _KEY_RE.match(key)
     if m is None:
-        raise UsageError(f"OCPP 2.0.1 keys are written Component.Variable, not {key!r} "
-                         "(e.g. OCPPCommCtrlr.HeartbeatInterval, EVSE[1].Power, "
-                         "Connector[1,2].ConnectorType)")
+        raise UsageError(
+            f"OCPP 2.0.1 keys are written Component.Variable, not {key!r} "
+            "(e.g. OCPPCommCtrlr.HeartbeatInterval, EVSE[1].Power, "
+            "Connector[1,2].ConnectorType)"
+        )
     name, groups, var_name, var_instance = m.groups()
     parts = re.findall(r"\[([^\[\]]*)\]", groups)
     component: dict = {"name": name}
@@ -66,8 +69,7 @@ def parse_key(key: str) -> tuple[dict, dict]:
         if not re.fullmatch(r"\d+(,\d+)?", evse_text):
             raise UsageError(f"{key!r}: the EVSE is written [evse] or [evse,connector]")
         ids = [int(x) for x in evse_text.split(",")]
-        component["evse"] = {"id": ids[0], **({"connectorId": ids[1]} if len(ids) > 1
-                                              else {})}
+        component["evse"] = {"id": ids[0], **({"connectorId": ids[1]} if len(ids) > 1 else {})}
     variable: dict = {"name": var_name, **({"instance": var_instance} if var_instance else {})}
     return component, variable
 
@@ -75,17 +77,23 @@ def parse_key(key: str) -> tuple[dict, dict]:
 async def boot(s: StationSession, p: dict) -> dict:
     cs = p["chargingStation"]
     modem = cs.get("modem") or {}
-    info = {"chargePointVendor": cs.get("vendorName"), "chargePointModel": cs.get("model"),
-            "chargePointSerialNumber": cs.get("serialNumber"),
-            "firmwareVersion": cs.get("firmwareVersion"),
-            "iccid": modem.get("iccid"), "imsi": modem.get("imsi"), "reason": p["reason"]}
+    info = {
+        "chargePointVendor": cs.get("vendorName"),
+        "chargePointModel": cs.get("model"),
+        "chargePointSerialNumber": cs.get("serialNumber"),
+        "firmwareVersion": cs.get("firmwareVersion"),
+        "iccid": modem.get("iccid"),
+        "imsi": modem.get("imsi"),
+        "reason": p["reason"],
+    }
     status, interval = await s.fleet.boot(s.endpoint, info)
     return {"currentTime": utcnow(), "interval": interval, "status": status}
 
 
 async def status_notification(s: StationSession, p: dict) -> dict:
-    await s.fleet.status_notification(s.endpoint, p["evseId"], p["connectorId"],
-                                      p["connectorStatus"])
+    await s.fleet.status_notification(
+        s.endpoint, p["evseId"], p["connectorId"], p["connectorStatus"]
+    )
     return {}
 
 
@@ -105,18 +113,25 @@ async def transaction_event(s: StationSession, p: dict) -> dict:
     if p["eventType"] == "Started":
         connector = (evse or {}).get("id", 0)
         _, status = await s.fleet.start_transaction(
-            s.endpoint, connector, (id_token or {}).get("idToken"),
-            energy_register_wh(meter), when, tx_key=tx_key)
+            s.endpoint,
+            connector,
+            (id_token or {}).get("idToken"),
+            energy_register_wh(meter),
+            when,
+            tx_key=tx_key,
+        )
     else:  # later events name the EVSE only if it changed: the stored one holds
-        connector = evse["id"] if evse else await s.fleet.transaction_connector(
-            s.endpoint, tx_key) or 0
+        connector = (
+            evse["id"] if evse else await s.fleet.transaction_connector(s.endpoint, tx_key) or 0
+        )
         if id_token is not None:  # a token presented mid-transaction is authorized too
             status = await s.fleet.authorize(s.endpoint, id_token["idToken"])
     if meter:
         await s.fleet.meter_values(s.endpoint, connector, tx_key, meter)
     if p["eventType"] == "Ended":
-        await s.fleet.stop_transaction(s.endpoint, tx_key, energy_register_wh(meter), when,
-                                       info.get("stoppedReason"))
+        await s.fleet.stop_transaction(
+            s.endpoint, tx_key, energy_register_wh(meter), when, info.get("stoppedReason")
+        )
     return {"idTokenInfo": {"status": status}} if id_token is not None and status else {}
 
 
@@ -135,16 +150,26 @@ async def notify_event(s: StationSession, p: dict) -> dict:
             continue
         evse = component.get("evse") or {}
         if variable == "Problem":
-            await s.fleet.problem(s.endpoint, evse.get("id"), evse.get("connectorId"),
-                                  e["actualValue"].strip().lower() == "true", e.get("techInfo"))
-        elif variable == "AvailabilityState" and e["actualValue"] in STATUSES \
-                and "id" in evse and "connectorId" in evse:
-            await s.fleet.status_notification(s.endpoint, evse["id"], evse["connectorId"],
-                                              e["actualValue"])
+            await s.fleet.problem(
+                s.endpoint,
+                evse.get("id"),
+                evse.get("connectorId"),
+                e["actualValue"].strip().lower() == "true",
+                e.get("techInfo"),
+            )
+        elif (
+            variable == "AvailabilityState"
+            and e["actualValue"] in STATUSES
+            and "id" in evse
+            and "connectorId" in evse
+        ):
+            await s.fleet.status_notification(
+                s.endpoint, evse["id"], evse["connectorId"], e["actualValue"]
+            )
     return {}
 
 
-async def notify_report(s: "Station201", p: dict) -> dict:
+async def notify_report(s: Station201, p: dict) -> dict:
     pending = s.reports.get(p["requestId"]) if s.reports else None
     if pending is None:  # a report nobody here asked for is kept as an event
         await s.fleet.record_event(s.endpoint, "NotifyReport", p)
@@ -154,9 +179,12 @@ async def notify_report(s: "Station201", p: dict) -> dict:
         entries.extend(part)
         pending[2] = size = size + len(orjson.dumps(part))
         if size > s.fleet.budgets.report:
-            done.set_exception(OverBudget(
-                f"chargestation {s.endpoint}: its report is over the "
-                f"{s.fleet.budgets.report} bytes a report may have"))
+            done.set_exception(
+                OverBudget(
+                    f"chargestation {s.endpoint}: its report is over the "
+                    f"{s.fleet.budgets.report} bytes a report may have"
+                )
+            )
         elif not p.get("tbc", False):
             done.set_result(entries)
     return {}
@@ -165,7 +193,7 @@ async def notify_report(s: "Station201", p: dict) -> dict:
 class Station201(StationSession):
     __slots__ = ("reports",)
     _request_ids = itertools.count(1)
-    HANDLERS = {
+    HANDLERS: ClassVar[Mapping[str, Handler]] = {
         "BootNotification": boot,
         "Heartbeat": heartbeat,
         "StatusNotification": status_notification,
@@ -176,9 +204,14 @@ class Station201(StationSession):
         "NotifyEvent": notify_event,
         # no vendor extension is implemented, and UnknownVendorId is the spec's answer for that
         "DataTransfer": kept_as_event("DataTransfer", {"status": "UnknownVendorId"}),
-        **{action: kept_as_event(action, {}) for action in (
-            "FirmwareStatusNotification", "LogStatusNotification",
-            "SecurityEventNotification")},
+        **{
+            action: kept_as_event(action, {})
+            for action in (
+                "FirmwareStatusNotification",
+                "LogStatusNotification",
+                "SecurityEventNotification",
+            )
+        },
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -193,14 +226,16 @@ class Station201(StationSession):
             if not done.done():
                 done.set_exception(RpcClosed("the station went offline"))
 
-    async def fetch_config(self, keys: tuple[str, ...],
-                           timeout: float) -> tuple[list[dict], list[str]]:
+    async def fetch_config(
+        self, keys: tuple[str, ...], timeout: float
+    ) -> tuple[list[dict], list[str]]:
         if keys:
             return await self._get_variables(keys, timeout)
         return await self._base_report(timeout), []
 
-    async def _get_variables(self, keys: tuple[str, ...],
-                             timeout: float) -> tuple[list[dict], list[str]]:
+    async def _get_variables(
+        self, keys: tuple[str, ...], timeout: float
+    ) -> tuple[list[dict], list[str]]:
         wanted = []
         for key in keys:
             component, variable = parse_key(key)
@@ -210,9 +245,15 @@ class Station201(StationSession):
         for res in r["getVariableResult"]:
             key = config_key(res["component"], res["variable"])
             if res["attributeStatus"] == "Accepted":
-                entries.append({"key": key, "value": res.get("attributeValue"),
-                                "readonly": None, "component": res["component"]["name"],
-                                "variable": res["variable"]["name"]})
+                entries.append(
+                    {
+                        "key": key,
+                        "value": res.get("attributeValue"),
+                        "readonly": None,
+                        "component": res["component"]["name"],
+                        "variable": res["variable"]["name"],
+                    }
+                )
             else:
                 unknown.append(f"{key} ({res['attributeStatus']})")
         return entries, unknown
@@ -224,11 +265,13 @@ class Station201(StationSession):
             self.reports = {}
         self.reports[request_id] = [[], done, 0]
         try:
-            r = await self.call("GetBaseReport", {"requestId": request_id,
-                                                  "reportBase": "FullInventory"}, timeout)
+            r = await self.call(
+                "GetBaseReport", {"requestId": request_id, "reportBase": "FullInventory"}, timeout
+            )
             if r["status"] != "Accepted":
-                raise StationRejected(f"chargestation {self.endpoint} refused GetBaseReport: "
-                                      f"{r['status']}")
+                raise StationRejected(
+                    f"chargestation {self.endpoint} refused GetBaseReport: {r['status']}"
+                )
             report = await done  # the caller's deadline bounds this wait
         except OverBudget as e:
             raise StationRejected(e.message) from None
@@ -239,11 +282,13 @@ class Station201(StationSession):
             for attr in item.get("variableAttribute") or []:
                 if attr.get("type", "Actual") != "Actual":
                     continue
-                entry = {"key": config_key(item["component"], item["variable"]),
-                         "value": attr.get("value"),
-                         "readonly": attr.get("mutability") == "ReadOnly",
-                         "component": item["component"]["name"],
-                         "variable": item["variable"]["name"]}
+                entry = {
+                    "key": config_key(item["component"], item["variable"]),
+                    "value": attr.get("value"),
+                    "readonly": attr.get("mutability") == "ReadOnly",
+                    "component": item["component"]["name"],
+                    "variable": item["variable"]["name"],
+                }
                 evse = item["component"].get("evse") or {}
                 if "id" in evse:
                     entry["evse"] = evse["id"]
@@ -253,10 +298,11 @@ class Station201(StationSession):
         return entries
 
     async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
-        payload: dict = {"operationalStatus": "Operative" if command.operative
-                         else "Inoperative"}
+        payload: dict = {"operationalStatus": "Operative" if command.operative else "Inoperative"}
         if command.evse is not None:
-            payload["evse"] = {"id": command.evse, **({"connectorId": command.connector}
-                                                      if command.connector is not None else {})}
+            payload["evse"] = {
+                "id": command.evse,
+                **({"connectorId": command.connector} if command.connector is not None else {}),
+            }
         r = await self.call("ChangeAvailability", payload, timeout)
         return r["status"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from websockets.exceptions import ConnectionClosed
 
@@ -60,16 +61,25 @@ class StationSession:
     (`HANDLERS`, action -> function(session, payload), built once per class)."""
 
     HANDLERS: ClassVar[Mapping[str, Handler]] = {}
-    __slots__ = ("endpoint", "protocol", "ws", "fleet", "rpc")
+    __slots__ = ("endpoint", "fleet", "protocol", "rpc", "ws")
 
-    def __init__(self, endpoint: str, protocol: str, ws: Any, fleet: Any,
-                 bucket: TokenBucket | None = None) -> None:
+    def __init__(
+        self, endpoint: str, protocol: str, ws: Any, fleet: Any, bucket: TokenBucket | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.protocol = protocol
         self.ws = ws
         self.fleet = fleet
-        self.rpc = Rpc(ws, VERSIONS[protocol], self.HANDLERS, self, name=endpoint,
-                       max_queued=MAX_QUEUED, bucket=bucket, on_error=rpc_error_for)
+        self.rpc = Rpc(
+            ws,
+            VERSIONS[protocol],
+            self.HANDLERS,
+            self,
+            name=endpoint,
+            max_queued=MAX_QUEUED,
+            bucket=bucket,
+            on_error=rpc_error_for,
+        )
 
     async def run(self) -> None:
         """Answer the station until its socket closes."""
@@ -95,8 +105,9 @@ class StationSession:
         return await self.rpc.call(action, payload, timeout)
 
     # the version's translation of each command (server/ocpp16.py, server/ocpp201.py)
-    async def fetch_config(self, keys: tuple[str, ...],
-                           timeout: float) -> tuple[list[dict], list[str]]:
+    async def fetch_config(
+        self, keys: tuple[str, ...], timeout: float
+    ) -> tuple[list[dict], list[str]]:
         raise NotImplementedError
 
     async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
@@ -109,6 +120,7 @@ class Registry:
     def __init__(self, fleet: Any) -> None:
         self.fleet = fleet
         self._sessions: dict[str, StationSession] = {}
+        self._closing: set[asyncio.Future] = set()  # replaced connections being closed
 
     def is_online(self, endpoint: str) -> bool:
         return endpoint in self._sessions
@@ -130,7 +142,10 @@ class Registry:
         if old is not None:
             log.info("%s: reconnected, closing the previous connection", session.endpoint)
             old.closed()
-            asyncio.ensure_future(old.close("replaced by a newer connection"))
+            self._closing.add(
+                task := asyncio.ensure_future(old.close("replaced by a newer connection"))
+            )
+            task.add_done_callback(self._closing.discard)
         try:
             await self.fleet.connected(session.endpoint)
         except Exception:  # deleted between the upgrade and now, or the store failed
@@ -162,15 +177,21 @@ class Registry:
         except TimeoutError:
             raise StationTimeout(
                 f"chargestation {endpoint} did not answer within {timeout:g} s",
-                hint="try again with a longer --timeout, or check the station") from None
+                hint="try again with a longer --timeout, or check the station",
+            ) from None
         except QueueFull:
-            raise Busy(f"chargestation {endpoint} has {session.rpc.queued} commands "
-                       "waiting; try again later") from None
+            raise Busy(
+                f"chargestation {endpoint} has {session.rpc.queued} commands "
+                "waiting; try again later"
+            ) from None
         except RemoteError as e:
-            raise StationRejected(f"chargestation {endpoint} answered with a CALLERROR or an "
-                                  f"invalid reply: {e.code}: {e.description}") from None
+            raise StationRejected(
+                f"chargestation {endpoint} answered with a CALLERROR or an "
+                f"invalid reply: {e.code}: {e.description}"
+            ) from None
         except (RpcClosed, ConnectionClosed):
-            raise Unavailable(f"chargestation {endpoint} went offline while the command "
-                              "was pending") from None
+            raise Unavailable(
+                f"chargestation {endpoint} went offline while the command was pending"
+            ) from None
         except InvalidCall as e:
             raise UsageError(f"not sent: {e}") from None

@@ -91,8 +91,9 @@ def component_key(name: str, instance: str | None, evse: int | None, connector: 
 def request_key(component: dict, variable: dict) -> tuple[str, str]:
     """(component key, full key) of a component/variable pair from a 2.0.1 request."""
     evse = component.get("evse") or {}
-    ckey = component_key(component["name"], component.get("instance"), evse.get("id"),
-                         evse.get("connectorId"))
+    ckey = component_key(
+        component["name"], component.get("instance"), evse.get("id"), evse.get("connectorId")
+    )
     inst = variable.get("instance")
     return ckey, f"{ckey}.{variable['name']}" + (f"[{inst}]" if inst else "")
 
@@ -127,22 +128,40 @@ VARS16 = (
 )
 
 
-def _dm(component: str, name: str, kind: str = "string", readonly: bool = False,
-        default: str = "", **kw: Any) -> Var:
+def _dm(
+    component: str,
+    name: str,
+    kind: str = "string",
+    readonly: bool = False,
+    default: str = "",
+    **kw: Any,
+) -> Var:
     return Var(name, kind, readonly, default, component, **kw)
 
 
 VARS201 = (
-    _dm("ChargingStation", "AvailabilityState", "OptionList", True, "Available",
-        values="Available,Occupied,Reserved,Unavailable,Faulted"),
+    _dm(
+        "ChargingStation",
+        "AvailabilityState",
+        "OptionList",
+        True,
+        "Available",
+        values="Available,Occupied,Reserved,Unavailable,Faulted",
+    ),
     _dm("ChargingStation", "Model", readonly=True),
     _dm("ChargingStation", "VendorName", readonly=True),
     _dm("ChargingStation", "SupplyPhases", "integer", True, "3"),
     _dm("OCPPCommCtrlr", "HeartbeatInterval", "integer", default="300", unit="s"),
     _dm("OCPPCommCtrlr", "MessageTimeout", "integer", True, "30", instance="Default", unit="s"),
     _dm("OCPPCommCtrlr", "MessageAttempts", "integer", default="3", instance="TransactionEvent"),
-    _dm("OCPPCommCtrlr", "MessageAttemptInterval", "integer", default="60",
-        instance="TransactionEvent", unit="s"),
+    _dm(
+        "OCPPCommCtrlr",
+        "MessageAttemptInterval",
+        "integer",
+        default="60",
+        instance="TransactionEvent",
+        unit="s",
+    ),
     _dm("OCPPCommCtrlr", "OfflineThreshold", "integer", default="60", unit="s"),
     _dm("OCPPCommCtrlr", "ResetRetries", "integer", default="3"),
     _dm("OCPPCommCtrlr", "WebSocketPingInterval", "integer", default="60", unit="s"),
@@ -157,20 +176,45 @@ VARS201 = (
     _dm("AuthCtrlr", "LocalPreAuthorize", "boolean", default="false"),
     _dm("TxCtrlr", "EVConnectionTimeOut", "integer", default="60", unit="s"),
     _dm("TxCtrlr", "StopTxOnInvalidId", "boolean", default="true"),
-    _dm("TxCtrlr", "TxStartPoint", "MemberList", default="PowerPathClosed",
-        values="ParkingBayOccupancy,EVConnected,Authorized,PowerPathClosed,EnergyTransfer"),
-    _dm("TxCtrlr", "TxStopPoint", "MemberList", default="EVConnected",
-        values="ParkingBayOccupancy,EVConnected,Authorized,PowerPathClosed,EnergyTransfer"),
+    _dm(
+        "TxCtrlr",
+        "TxStartPoint",
+        "MemberList",
+        default="PowerPathClosed",
+        values="ParkingBayOccupancy,EVConnected,Authorized,PowerPathClosed,EnergyTransfer",
+    ),
+    _dm(
+        "TxCtrlr",
+        "TxStopPoint",
+        "MemberList",
+        default="EVConnected",
+        values="ParkingBayOccupancy,EVConnected,Authorized,PowerPathClosed,EnergyTransfer",
+    ),
     _dm("SampledDataCtrlr", "Enabled", "boolean", default="true"),
     _dm("SampledDataCtrlr", "TxUpdatedInterval", "integer", default="10", unit="s"),
-    _dm("SampledDataCtrlr", "TxUpdatedMeasurands", "MemberList",
-        default="Energy.Active.Import.Register,Power.Active.Import", values=_MEASURANDS),
-    _dm("SampledDataCtrlr", "TxEndedMeasurands", "MemberList",
-        default="Energy.Active.Import.Register", values=_MEASURANDS),
+    _dm(
+        "SampledDataCtrlr",
+        "TxUpdatedMeasurands",
+        "MemberList",
+        default="Energy.Active.Import.Register,Power.Active.Import",
+        values=_MEASURANDS,
+    ),
+    _dm(
+        "SampledDataCtrlr",
+        "TxEndedMeasurands",
+        "MemberList",
+        default="Energy.Active.Import.Register",
+        values=_MEASURANDS,
+    ),
     _dm("SampledDataCtrlr", "TxEndedInterval", "integer", default="0", unit="s"),
     _dm("AlignedDataCtrlr", "Interval", "integer", default="0", unit="s"),
-    _dm("AlignedDataCtrlr", "Measurands", "MemberList", default="Energy.Active.Import.Register",
-        values=_MEASURANDS),
+    _dm(
+        "AlignedDataCtrlr",
+        "Measurands",
+        "MemberList",
+        default="Energy.Active.Import.Register",
+        values=_MEASURANDS,
+    ),
     _dm("SecurityCtrlr", "SecurityProfile", "integer", True, "0"),
 )
 
@@ -179,8 +223,9 @@ def _evse_vars(n: int) -> Iterator[Var]:
     for i in range(1, n + 1):
         yield _dm("EVSE", "SupplyPhases", "integer", True, "3", evse=i)
         yield _dm("EVSE", "Power", "decimal", True, "22000", evse=i, unit="W")
-        yield _dm("Connector", "ConnectorType", readonly=True, default="cType2", evse=i,
-                  connector=1)
+        yield _dm(
+            "Connector", "ConnectorType", readonly=True, default="cType2", evse=i, connector=1
+        )
 
 
 class Layout:
@@ -200,8 +245,9 @@ def layout(protocol: str, connectors: int) -> Layout:
     return Layout(VARS16 if protocol == "ocpp1.6" else VARS201 + tuple(_evse_vars(connectors)))
 
 
-def set_value(meta: dict[str, Var], config: dict[str, str], key: str, value: str,
-              not_found: str) -> str:
+def set_value(
+    meta: dict[str, Var], config: dict[str, str], key: str, value: str, not_found: str
+) -> str:
     """Set one key, as ChangeConfiguration/SetVariables do; return the answer's status."""
     var = meta.get(key)
     if var is None:
@@ -231,10 +277,20 @@ def report(meta: dict[str, Var], config: dict[str, str], base: str) -> list[dict
             chars["unit"] = v.unit
         if v.values is not None:
             chars["valuesList"] = v.values
-        entries.append({
-            "component": v.component_dict(), "variable": v.variable_dict(),
-            "variableAttribute": [{"type": "Actual", "value": config[key],
-                                   "mutability": "ReadOnly" if v.readonly else "ReadWrite",
-                                   "persistent": True, "constant": v.readonly}],
-            "variableCharacteristics": chars})
+        entries.append(
+            {
+                "component": v.component_dict(),
+                "variable": v.variable_dict(),
+                "variableAttribute": [
+                    {
+                        "type": "Actual",
+                        "value": config[key],
+                        "mutability": "ReadOnly" if v.readonly else "ReadWrite",
+                        "persistent": True,
+                        "constant": v.readonly,
+                    }
+                ],
+                "variableCharacteristics": chars,
+            }
+        )
     return entries

@@ -50,8 +50,9 @@ class Fleet:
     def start(self) -> None:
         self.started_at = time.monotonic()
         self._last = (self.started_at, 0)
-        self._tasks = [asyncio.create_task(s.start(), name=f"sim-{s.endpoint}")
-                       for s in self.stations]
+        self._tasks = [
+            asyncio.create_task(s.start(), name=f"sim-{s.endpoint}") for s in self.stations
+        ]
 
     def summary(self) -> FleetSummary:
         connected = booted = sent = received = answered = errors = reconnects = 0
@@ -72,9 +73,19 @@ class Fleet:
         frames = sent + answered
         rate = (frames - frames_then) / (now - then) if now > then else 0.0
         self._last = (now, frames)
-        return FleetSummary(len(self.stations), connected, booted, sent, received, answered,
-                            errors, reconnects, rate, now - self.started_at,
-                            dict(last_errors.most_common(5)))
+        return FleetSummary(
+            len(self.stations),
+            connected,
+            booted,
+            sent,
+            received,
+            answered,
+            errors,
+            reconnects,
+            rate,
+            now - self.started_at,
+            dict(last_errors.most_common(5)),
+        )
 
     async def wait_booted(self, n: int | None = None, timeout: float | None = None) -> bool:
         """Wait until n (default: all) stations are booted; False on timeout."""
@@ -119,15 +130,22 @@ async def run_fleet(
     protocol "mixed" alternates 1.6 and 2.0.1. At most `concurrency_of_connects` websocket
     handshakes run at the same time (also when the fleet reconnects after a server restart).
     """
-    if protocol not in PROTOCOLS + ("mixed",):
-        raise ValueError(f"protocol must be one of {PROTOCOLS + ('mixed',)}, not {protocol!r}")
+    if protocol not in (*PROTOCOLS, "mixed"):
+        raise ValueError(f"protocol must be one of {(*PROTOCOLS, 'mixed')}, not {protocol!r}")
     raise_nofile_limit(count + 256)
     limiter = asyncio.Semaphore(max(1, concurrency_of_connects))
     stations = []
     for n in range(count):
         proto = PROTOCOLS[n % 2] if protocol == "mixed" else protocol
-        stations.append(SimStation(f"{prefix}{start_index + n:05d}", url, proto,
-                                   connect_limiter=limiter, **station_kwargs))
+        stations.append(
+            SimStation(
+                f"{prefix}{start_index + n:05d}",
+                url,
+                proto,
+                connect_limiter=limiter,
+                **station_kwargs,
+            )
+        )
     fleet = Fleet(stations)
     fleet.start()
     return fleet

@@ -18,11 +18,25 @@ if TYPE_CHECKING:
 
 
 def _meter(wh: float, w: float | None, context: str) -> list[dict]:
-    sv = [{"value": f"{wh:.0f}", "context": context, "measurand": "Energy.Active.Import.Register",
-           "location": "Outlet", "unit": "Wh"}]
+    sv = [
+        {
+            "value": f"{wh:.0f}",
+            "context": context,
+            "measurand": "Energy.Active.Import.Register",
+            "location": "Outlet",
+            "unit": "Wh",
+        }
+    ]
     if w is not None:
-        sv.append({"value": f"{w:.0f}", "context": context, "measurand": "Power.Active.Import",
-                   "location": "Outlet", "unit": "W"})
+        sv.append(
+            {
+                "value": f"{w:.0f}",
+                "context": context,
+                "measurand": "Power.Active.Import",
+                "location": "Outlet",
+                "unit": "W",
+            }
+        )
     return [{"timestamp": utcnow(), "sampledValue": sv}]
 
 
@@ -41,8 +55,11 @@ def _meter_values(st: SimStation, connector: int) -> dict:
 def get_configuration(st: SimStation, p: dict) -> dict:
     cfg, meta = st.config, st._layout.meta
     keys = p.get("key") or list(cfg)
-    answer: dict[str, Any] = {"configurationKey": [
-        {"key": k, "readonly": meta[k].readonly, "value": cfg[k]} for k in keys if k in cfg]}
+    answer: dict[str, Any] = {
+        "configurationKey": [
+            {"key": k, "readonly": meta[k].readonly, "value": cfg[k]} for k in keys if k in cfg
+        ]
+    }
     unknown = [k for k in keys if k not in cfg]
     if unknown:
         answer["unknownKey"] = unknown
@@ -150,14 +167,22 @@ class V16:
 
     @staticmethod
     def boot(st: SimStation, reason: str) -> dict:
-        return {"chargePointModel": st.model, "chargePointVendor": st.vendor,
-                "chargePointSerialNumber": st.serial, "chargeBoxSerialNumber": st.serial,
-                "firmwareVersion": st.firmware}
+        return {
+            "chargePointModel": st.model,
+            "chargePointVendor": st.vendor,
+            "chargePointSerialNumber": st.serial,
+            "chargeBoxSerialNumber": st.serial,
+            "firmwareVersion": st.firmware,
+        }
 
     @staticmethod
     def status(connector: int, state: str) -> dict | None:
-        return {"connectorId": connector, "errorCode": "NoError", "status": state,
-                "timestamp": utcnow()}
+        return {
+            "connectorId": connector,
+            "errorCode": "NoError",
+            "status": state,
+            "timestamp": utcnow(),
+        }
 
     @staticmethod
     async def authorize(st: SimStation, tx: Tx) -> bool:
@@ -167,30 +192,54 @@ class V16:
     @staticmethod
     async def start_tx(st: SimStation, tx: Tx) -> bool:
         wh, _ = st._sample(tx.connector)
-        res = await st._call("StartTransaction", {"connectorId": tx.connector, "idTag": tx.id_tag,
-                                                  "meterStart": int(wh), "timestamp": utcnow()})
+        res = await st._call(
+            "StartTransaction",
+            {
+                "connectorId": tx.connector,
+                "idTag": tx.id_tag,
+                "meterStart": int(wh),
+                "timestamp": utcnow(),
+            },
+        )
         tx.tx_id = res["transactionId"]
         if res["idTagInfo"]["status"] == "Accepted":
             return True
         # The CSMS assigned an id but refused the tag: end it at once (StopTransactionOnInvalidId).
-        await st._call("StopTransaction", {"meterStop": int(wh), "timestamp": utcnow(),
-                                           "transactionId": tx.tx_id, "reason": "DeAuthorized",
-                                           "idTag": tx.id_tag})
+        await st._call(
+            "StopTransaction",
+            {
+                "meterStop": int(wh),
+                "timestamp": utcnow(),
+                "transactionId": tx.tx_id,
+                "reason": "DeAuthorized",
+                "idTag": tx.id_tag,
+            },
+        )
         return False
 
     @staticmethod
     async def meter_tx(st: SimStation, tx: Tx) -> None:
         wh, w = st._sample(tx.connector)
-        await st._call("MeterValues", {"connectorId": tx.connector, "transactionId": tx.tx_id,
-                                       "meterValue": _meter(wh, w, "Sample.Periodic")})
+        await st._call(
+            "MeterValues",
+            {
+                "connectorId": tx.connector,
+                "transactionId": tx.tx_id,
+                "meterValue": _meter(wh, w, "Sample.Periodic"),
+            },
+        )
 
     @staticmethod
     async def stop_tx(st: SimStation, tx: Tx) -> None:
         wh, _ = st._sample(tx.connector)
         reason = tx.stop_reason or "Local"
-        p: dict[str, Any] = {"meterStop": int(wh), "timestamp": utcnow(),
-                             "transactionId": tx.tx_id, "reason": reason,
-                             "transactionData": _meter(wh, None, "Transaction.End")}
+        p: dict[str, Any] = {
+            "meterStop": int(wh),
+            "timestamp": utcnow(),
+            "transactionId": tx.tx_id,
+            "reason": reason,
+            "transactionData": _meter(wh, None, "Transaction.End"),
+        }
         if reason == "Local":
             p["idTag"] = tx.id_tag
         await st._call("StopTransaction", p)

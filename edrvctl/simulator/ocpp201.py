@@ -35,11 +35,24 @@ STOP_REASONS = {
 
 def _meter(wh: float, w: float | None, context: str) -> list[dict]:
     sv: list[dict[str, Any]] = [
-        {"value": round(wh, 1), "context": context, "measurand": "Energy.Active.Import.Register",
-         "location": "Outlet", "unitOfMeasure": {"unit": "Wh"}}]
+        {
+            "value": round(wh, 1),
+            "context": context,
+            "measurand": "Energy.Active.Import.Register",
+            "location": "Outlet",
+            "unitOfMeasure": {"unit": "Wh"},
+        }
+    ]
     if w is not None:
-        sv.append({"value": round(w, 1), "context": context, "measurand": "Power.Active.Import",
-                   "location": "Outlet", "unitOfMeasure": {"unit": "W"}})
+        sv.append(
+            {
+                "value": round(w, 1),
+                "context": context,
+                "measurand": "Power.Active.Import",
+                "location": "Outlet",
+                "unitOfMeasure": {"unit": "W"},
+            }
+        )
     return [{"timestamp": utcnow(), "sampledValue": sv}]
 
 
@@ -50,11 +63,16 @@ def _meter_values(st: SimStation, evse: int) -> dict:
 
 def _event(tx: Tx, event: str, trigger: str, meter: list[dict], **info: Any) -> dict:
     p: dict[str, Any] = {
-        "eventType": event, "timestamp": utcnow(), "triggerReason": trigger,
+        "eventType": event,
+        "timestamp": utcnow(),
+        "triggerReason": trigger,
         "seqNo": tx.next_seq(),
-        "transactionInfo": {"transactionId": tx.tx_id,
-                            **{k: v for k, v in info.items() if v is not None}},
-        "meterValue": meter}
+        "transactionInfo": {
+            "transactionId": tx.tx_id,
+            **{k: v for k, v in info.items() if v is not None},
+        },
+        "meterValue": meter,
+    }
     if event == "Started":
         p["evse"] = {"id": tx.connector, "connectorId": 1}
     if event != "Updated":
@@ -70,12 +88,19 @@ def _updated(st: SimStation, tx: Tx, trigger: str, context: str) -> dict:
 async def send_report(st: SimStation, request_id: int, entries: list[dict]) -> None:
     """The NotifyReport parts of a GetBaseReport, ItemsPerMessage[GetReport] entries each."""
     size = max(int(st.config.get(REPORT_ITEMS_KEY, "5")), 1)
-    parts = [entries[i:i + size] for i in range(0, len(entries), size)]
+    parts = [entries[i : i + size] for i in range(0, len(entries), size)]
     generated_at = utcnow()
     for seq_no, part in enumerate(parts):
-        await st._call("NotifyReport", {"requestId": request_id, "generatedAt": generated_at,
-                                        "seqNo": seq_no, "reportData": part,
-                                        "tbc": seq_no < len(parts) - 1})
+        await st._call(
+            "NotifyReport",
+            {
+                "requestId": request_id,
+                "generatedAt": generated_at,
+                "seqNo": seq_no,
+                "reportData": part,
+                "tbc": seq_no < len(parts) - 1,
+            },
+        )
 
 
 # --- CSMS calls ---------------------------------------------------------------------------------
@@ -93,8 +118,9 @@ def get_variables(st: SimStation, p: dict) -> dict:
         elif key in st.config:
             result.update(attributeStatus="Accepted", attributeValue=st.config[key])
         else:
-            result["attributeStatus"] = ("UnknownVariable" if ckey in st._layout.components
-                                         else "UnknownComponent")
+            result["attributeStatus"] = (
+                "UnknownVariable" if ckey in st._layout.components else "UnknownComponent"
+            )
         results.append(result)
     return {"getVariableResult": results}
 
@@ -106,11 +132,13 @@ def set_variables(st: SimStation, p: dict) -> dict:
         if item.get("attributeType", "Actual") != "Actual":
             status = "NotSupportedAttributeType"
         else:
-            missing = ("UnknownVariable" if ckey in st._layout.components
-                       else "UnknownComponent")
+            missing = "UnknownVariable" if ckey in st._layout.components else "UnknownComponent"
             status = st._set_config(key, item["attributeValue"], not_found=missing)
-        result = {"attributeStatus": status, "component": item["component"],
-                  "variable": item["variable"]}
+        result = {
+            "attributeStatus": status,
+            "component": item["component"],
+            "variable": item["variable"],
+        }
         if "attributeType" in item:
             result["attributeType"] = item["attributeType"]
         results.append(result)
@@ -160,8 +188,11 @@ def trigger_message(st: SimStation, p: dict) -> dict:
         txs = [st._txs[c] for c in targets if c in st._txs and st._txs[c].started]
         if not txs:
             return {"status": "Rejected"}
-        st._later(st._send_each, "TransactionEvent",
-                  [_updated(st, tx, "Trigger", "Trigger") for tx in txs])
+        st._later(
+            st._send_each,
+            "TransactionEvent",
+            [_updated(st, tx, "Trigger", "Trigger") for tx in txs],
+        )
     elif requested == "FirmwareStatusNotification":
         st._later(st._call, "FirmwareStatusNotification", {"status": "Idle"})
     elif requested == "LogStatusNotification":
@@ -182,8 +213,9 @@ def unlock_connector(st: SimStation, p: dict) -> dict:
 
 def request_start_transaction(st: SimStation, p: dict) -> dict:
     token = p["idToken"]
-    tx = st._reserve(p.get("evseId"), token["idToken"], token["type"],
-                     remote_start_id=p["remoteStartId"])
+    tx = st._reserve(
+        p.get("evseId"), token["idToken"], token["type"], remote_start_id=p["remoteStartId"]
+    )
     if tx is None:
         return {"status": "Rejected"}
     st._later(st._begin_tx, tx, st.config[V201.AUTH_REMOTE_KEY] == "true")
@@ -242,17 +274,26 @@ class V201:
 
     @staticmethod
     def boot(st: SimStation, reason: str) -> dict:
-        return {"chargingStation": {"model": st.model, "vendorName": st.vendor,
-                                    "serialNumber": st.serial, "firmwareVersion": st.firmware},
-                "reason": reason}
+        return {
+            "chargingStation": {
+                "model": st.model,
+                "vendorName": st.vendor,
+                "serialNumber": st.serial,
+                "firmwareVersion": st.firmware,
+            },
+            "reason": reason,
+        }
 
     @staticmethod
     def status(connector: int, state: str) -> dict | None:
         if connector == 0:
             return None  # 2.0.1 reports connector status per EVSE only
-        return {"timestamp": utcnow(),
-                "connectorStatus": "Occupied" if state == "Charging" else state,
-                "evseId": connector, "connectorId": 1}
+        return {
+            "timestamp": utcnow(),
+            "connectorStatus": "Occupied" if state == "Charging" else state,
+            "evseId": connector,
+            "connectorId": 1,
+        }
 
     @staticmethod
     async def authorize(st: SimStation, tx: Tx) -> bool:
@@ -264,26 +305,52 @@ class V201:
         tx.tx_id = str(uuid.uuid4())
         wh, _ = st._sample(tx.connector)
         trigger = "RemoteStart" if tx.remote_start_id is not None else "Authorized"
-        res = await st._call("TransactionEvent", _event(
-            tx, "Started", trigger, _meter(wh, None, "Transaction.Begin"),
-            chargingState="Charging", remoteStartId=tx.remote_start_id))
+        res = await st._call(
+            "TransactionEvent",
+            _event(
+                tx,
+                "Started",
+                trigger,
+                _meter(wh, None, "Transaction.Begin"),
+                chargingState="Charging",
+                remoteStartId=tx.remote_start_id,
+            ),
+        )
         if (res.get("idTokenInfo") or {}).get("status", "Accepted") == "Accepted":
             return True
-        await st._call("TransactionEvent", _event(
-            tx, "Ended", "Deauthorized", _meter(wh, None, "Transaction.End"),
-            chargingState="EVConnected", stoppedReason="DeAuthorized"))
+        await st._call(
+            "TransactionEvent",
+            _event(
+                tx,
+                "Ended",
+                "Deauthorized",
+                _meter(wh, None, "Transaction.End"),
+                chargingState="EVConnected",
+                stoppedReason="DeAuthorized",
+            ),
+        )
         return False
 
     @staticmethod
     async def meter_tx(st: SimStation, tx: Tx) -> None:
-        await st._call("TransactionEvent",
-                       _updated(st, tx, "MeterValuePeriodic", "Sample.Periodic"))
+        await st._call(
+            "TransactionEvent", _updated(st, tx, "MeterValuePeriodic", "Sample.Periodic")
+        )
 
     @staticmethod
     async def stop_tx(st: SimStation, tx: Tx) -> None:
         wh, _ = st._sample(tx.connector)
-        reason, trigger = STOP_REASONS.get(tx.stop_reason or "Local",
-                                           ("Other", "AbnormalCondition"))
-        await st._call("TransactionEvent", _event(
-            tx, "Ended", trigger, _meter(wh, None, "Transaction.End"),
-            chargingState="EVConnected", stoppedReason=reason))
+        reason, trigger = STOP_REASONS.get(
+            tx.stop_reason or "Local", ("Other", "AbnormalCondition")
+        )
+        await st._call(
+            "TransactionEvent",
+            _event(
+                tx,
+                "Ended",
+                trigger,
+                _meter(wh, None, "Transaction.End"),
+                chargingState="EVConnected",
+                stoppedReason=reason,
+            ),
+        )

@@ -54,10 +54,16 @@ class Stats:
     frames, unknown actions, handler failures), CALLs of ours that failed, tasks that failed;
     reconnects, connect_failures, reboots."""
 
-    FIELDS = ("sent", "received", "answered", "errors", "reconnects", "connect_failures",
-              "reboots")
-    __slots__ = ("answered", "connect_failures", "errors", "reboots", "received", "reconnects",
-                 "sent")
+    FIELDS = ("sent", "received", "answered", "errors", "reconnects", "connect_failures", "reboots")
+    __slots__ = (
+        "answered",
+        "connect_failures",
+        "errors",
+        "reboots",
+        "received",
+        "reconnects",
+        "sent",
+    )
 
     def __init__(self) -> None:
         self.sent = self.received = self.answered = self.errors = 0
@@ -74,12 +80,29 @@ class Tx:
     """One charging transaction on one connector (1.6) / EVSE (2.0.1)."""
 
     __slots__ = (
-        "connector", "deadline", "done", "id_tag", "id_type", "last_t", "power_w",
-        "remote_start_id", "seq", "started", "stop_evt", "stop_reason", "tx_id",
+        "connector",
+        "deadline",
+        "done",
+        "id_tag",
+        "id_type",
+        "last_t",
+        "power_w",
+        "remote_start_id",
+        "seq",
+        "started",
+        "stop_evt",
+        "stop_reason",
+        "tx_id",
     )
 
-    def __init__(self, connector: int, id_tag: str, id_type: str, remote_start_id: int | None,
-                 duration: float):
+    def __init__(
+        self,
+        connector: int,
+        id_tag: str,
+        id_type: str,
+        remote_start_id: int | None,
+        duration: float,
+    ):
         self.connector = connector
         self.id_tag = id_tag
         self.id_type = id_type
@@ -160,14 +183,53 @@ class SimStation:
     """One simulated chargestation. See the package docstring for the API."""
 
     __slots__ = (
-        "_after", "_boot_reason", "_had_connection", "_layout", "_meter_wh",
-        "_pending_availability", "_rebooting", "_reset_when_idle", "_rpc", "_runner", "_stopping",
-        "_tasks", "_txs", "_v", "_ws", "availability", "backoff_max", "booted", "config",
-        "connect_limiter", "connected", "connectors", "endpoint", "firmware",
-        "heartbeat_interval_override", "id_tag", "last_error", "last_status_code",
-        "meter_interval", "model", "open_timeout", "password", "protocol", "reboot_delay",
-        "reconnect", "registration_status", "response_timeout", "serial", "session_duration",
-        "session_interval", "sessions", "silent", "ssl", "stats", "url", "validate", "vendor",
+        "_after",
+        "_boot_reason",
+        "_had_connection",
+        "_layout",
+        "_meter_wh",
+        "_pending_availability",
+        "_rebooting",
+        "_reset_when_idle",
+        "_rpc",
+        "_runner",
+        "_stopping",
+        "_tasks",
+        "_txs",
+        "_v",
+        "_ws",
+        "availability",
+        "backoff_max",
+        "booted",
+        "config",
+        "connect_limiter",
+        "connected",
+        "connectors",
+        "endpoint",
+        "firmware",
+        "heartbeat_interval_override",
+        "id_tag",
+        "last_error",
+        "last_status_code",
+        "meter_interval",
+        "model",
+        "open_timeout",
+        "password",
+        "protocol",
+        "reboot_delay",
+        "reconnect",
+        "registration_status",
+        "response_timeout",
+        "serial",
+        "session_duration",
+        "session_interval",
+        "sessions",
+        "silent",
+        "ssl",
+        "stats",
+        "url",
+        "validate",
+        "vendor",
     )
 
     def __init__(
@@ -258,8 +320,13 @@ class SimStation:
         self._after: list[tuple[Callable, tuple]] | None = None
 
     def __repr__(self) -> str:
-        state = ("booted" if self.booted.is_set() else
-                 "connected" if self.connected.is_set() else "offline")
+        state = (
+            "booted"
+            if self.booted.is_set()
+            else "connected"
+            if self.connected.is_set()
+            else "offline"
+        )
         return f"<SimStation {self.endpoint} {self.protocol} {state}>"
 
     @property
@@ -322,12 +389,17 @@ class SimStation:
         async with self.connect_limiter or contextlib.nullcontext():
             try:
                 ws = await connect(
-                    self.url, subprotocols=[Subprotocol(self.protocol)],
+                    self.url,
+                    subprotocols=[Subprotocol(self.protocol)],
                     additional_headers=headers,
                     compression=None,  # ~14 KiB instead of ~64 KiB per connection
                     proxy=None,  # straight to the target, whatever HTTP_PROXY says
-                    open_timeout=self.open_timeout, ping_interval=ping, ping_timeout=ping,
-                    user_agent_header="edrvctl-simulator", **kwargs)
+                    open_timeout=self.open_timeout,
+                    ping_interval=ping,
+                    ping_timeout=ping,
+                    user_agent_header="edrvctl-simulator",
+                    **kwargs,
+                )
             except InvalidStatus as e:
                 self.last_status_code = e.response.status_code
                 self.last_error = f"HTTP {e.response.status_code}"
@@ -341,8 +413,14 @@ class SimStation:
 
     async def _serve(self, ws: ClientConnection) -> None:
         """Run one connection: the reader plus the station's own flow, until the socket closes."""
-        rpc = Rpc(_Wire(self, ws), self._v.VERSION, self._v.HANDLERS, self, name=self.endpoint,
-                  max_queued=MAX_QUEUED)
+        rpc = Rpc(
+            _Wire(self, ws),
+            self._v.VERSION,
+            self._v.HANDLERS,
+            self,
+            name=self.endpoint,
+            max_queued=MAX_QUEUED,
+        )
         self._rpc, self._ws = rpc, ws
         if self._had_connection:
             self.stats.reconnects += 1
@@ -380,7 +458,7 @@ class SimStation:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None and not isinstance(exc, (ConnectionError,) + CALL_FAILED):
+        if exc is not None and not isinstance(exc, (ConnectionError, *CALL_FAILED)):
             self.stats.errors += 1
             log.error("%s: task failed", self.endpoint, exc_info=exc)
 
@@ -527,13 +605,20 @@ class SimStation:
         tx.last_t = now
         return self._meter_wh[c], tx.power_w * random.uniform(0.95, 1.05)
 
-    def _reserve(self, connector: int | None, id_tag: str, id_type: str,
-                 remote_start_id: int | None) -> Tx | None:
+    def _reserve(
+        self, connector: int | None, id_tag: str, id_type: str, remote_start_id: int | None
+    ) -> Tx | None:
         """Claim a free, operative connector for a new transaction (synchronously, so two
         remote starts can't both get it)."""
         if connector is None:
-            connector = next((c for c in range(1, self.connectors + 1)
-                              if c not in self._txs and self._operative(c)), None)
+            connector = next(
+                (
+                    c
+                    for c in range(1, self.connectors + 1)
+                    if c not in self._txs and self._operative(c)
+                ),
+                None,
+            )
         if connector is None or not 1 <= connector <= self.connectors:
             return None
         if connector in self._txs or not self._operative(connector):
@@ -616,8 +701,9 @@ class SimStation:
             self._request_stop(tx, reason)  # its _charge() task sends the stop
         if running:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(tx.done.wait() for tx in running)),
-                                       self.response_timeout)
+                await asyncio.wait_for(
+                    asyncio.gather(*(tx.done.wait() for tx in running)), self.response_timeout
+                )
         self._rebooting = True
         self._boot_reason = "RemoteReset"
         await asyncio.sleep(RESET_GRACE)

@@ -62,8 +62,9 @@ class Unit(Protocol):
 
     async def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None: ...
 
-    async def events(self, station_id: str | None = None, kind: str | None = None,
-                     limit: int = 1000) -> list[dict]:
+    async def events(
+        self, station_id: str | None = None, kind: str | None = None, limit: int = 1000
+    ) -> list[dict]:
         """The latest `limit` events, oldest first: {id, station_id, at, kind, payload}."""
 
     async def start_transaction(self, tx: dict) -> str:
@@ -71,17 +72,20 @@ class Unit(Protocol):
 
     async def get_transaction(self, station_id: str, tx_key: str) -> dict | None: ...
 
-    async def update_transaction(self, station_id: str, tx_key: str,
-                                 fields: dict) -> dict | None: ...
+    async def update_transaction(
+        self, station_id: str, tx_key: str, fields: dict
+    ) -> dict | None: ...
 
     async def transactions(self, station_id: str | None = None) -> list[dict]:
         """Oldest first."""
 
-    async def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
-                               values: list[dict]) -> None: ...
+    async def add_meter_values(
+        self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
+    ) -> None: ...
 
-    async def meter_values(self, station_id: str | None = None,
-                           tx_key: str | None = None) -> list[dict]:
+    async def meter_values(
+        self, station_id: str | None = None, tx_key: str | None = None
+    ) -> list[dict]:
         """Oldest first: {station_id, tx_key, connector, values}."""
 
 
@@ -94,8 +98,9 @@ class Store(Protocol):
         """Commits what is pending, then closes."""
 
 
-def open_store(location: str | os.PathLike, max_bytes: int | None = None,
-               readonly: bool = False) -> Store:
+def open_store(
+    location: str | os.PathLike, max_bytes: int | None = None, readonly: bool = False
+) -> Store:
     """`location`: a file path, or ":memory:". `readonly`: read a store another process
     writes (never migrates; writes raise errors.StoreUnavailable)."""
     from edrvctl.store.sqlite import SqliteStore

@@ -98,12 +98,26 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
 
-_COLUMNS = ("protocol", "online", "active", "status", "location", "organization",
-            "createdAt", "updatedAt", "lastMessageAt", "lastConnectAt")
-_INSERT = (f"INSERT INTO chargestations (id, endpoint, {', '.join(_COLUMNS)}, doc, rev) "
-           f"VALUES ({', '.join('?' * (len(_COLUMNS) + 3))}, 1)")
-_SAVE = (f"UPDATE chargestations SET {', '.join(f'{c} = ?' for c in _COLUMNS)}, doc = ?, "
-         "rev = rev + 1 WHERE id = ? AND rev = ?")
+_COLUMNS = (
+    "protocol",
+    "online",
+    "active",
+    "status",
+    "location",
+    "organization",
+    "createdAt",
+    "updatedAt",
+    "lastMessageAt",
+    "lastConnectAt",
+)
+_INSERT = (
+    f"INSERT INTO chargestations (id, endpoint, {', '.join(_COLUMNS)}, doc, rev) "
+    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 3))}, 1)"
+)
+_SAVE = (
+    f"UPDATE chargestations SET {', '.join(f'{c} = ?' for c in _COLUMNS)}, doc = ?, "
+    "rev = rev + 1 WHERE id = ? AND rev = ?"
+)
 
 
 def _json(value) -> bytes:
@@ -138,8 +152,9 @@ class _Batch:
 
 
 class SqliteStore:
-    def __init__(self, location: str | os.PathLike, max_bytes: int | None = None,
-                 readonly: bool = False):
+    def __init__(
+        self, location: str | os.PathLike, max_bytes: int | None = None, readonly: bool = False
+    ):
         self.path: str | Path = location if location == ":memory:" else Path(location)
         self.readonly = readonly
         self.commits = 0  # COMMITs that succeeded (group commit is observable in tests)
@@ -167,8 +182,10 @@ class SqliteStore:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version != SCHEMA_VERSION:
                 db.close()
-                raise UsageError(f"cannot open the store at {self.path} read-only: it has "
-                                 f"schema {version}, this edrvctl reads {SCHEMA_VERSION}")
+                raise UsageError(
+                    f"cannot open the store at {self.path} read-only: it has "
+                    f"schema {version}, this edrvctl reads {SCHEMA_VERSION}"
+                )
             return db
         else:
             # Station passwords' hashes and the fleet live here: owner only. The -wal and
@@ -197,22 +214,28 @@ class SqliteStore:
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and db.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'chargestations'").fetchone():
+        if (
+            version == 0
+            and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chargestations'").fetchone()
+        ):
             version = 1  # written before user_version was kept
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
-            raise UsageError(f"the store has schema {version}, newer than this edrvctl "
-                             f"({SCHEMA_VERSION}): upgrade edrvctl")
+            raise UsageError(
+                f"the store has schema {version}, newer than this edrvctl "
+                f"({SCHEMA_VERSION}): upgrade edrvctl"
+            )
         if version:
-            log.info("store: migrating %s from schema %d to %d", self.path, version,
-                     SCHEMA_VERSION)
+            log.info("store: migrating %s from schema %d to %d", self.path, version, SCHEMA_VERSION)
         # One transaction: a failed step leaves the file as it was. (executescript would
         # commit an open transaction first, so BEGIN is part of the script.)
         try:
-            db.executescript("BEGIN IMMEDIATE;" + "".join(MIGRATIONS[version:])
-                             + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            db.executescript(
+                "BEGIN IMMEDIATE;"
+                + "".join(MIGRATIONS[version:])
+                + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            )
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -296,8 +319,9 @@ class SqliteStore:
 
     def _not_own_task(self) -> None:
         if self._owner is not None and self._owner_task is asyncio.current_task():
-            raise RuntimeError("a unit of work was opened inside one that has written: "
-                               "it would wait for itself")
+            raise RuntimeError(
+                "a unit of work was opened inside one that has written: it would wait for itself"
+            )
 
     def _run(self, sql: str, args: tuple | list = (), many: bool = False) -> sqlite3.Cursor:
         """Execute a write of the owning unit, mapping failures to our errors."""
@@ -375,8 +399,9 @@ class SqliteUnit:
         self._s._bind()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         s = self._s
         if s._owner is self:
             s._end(self, failed=et is not None)
@@ -406,8 +431,12 @@ class SqliteUnit:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        row = (doc["_id"], doc["endpoint"], *(doc.get(c) for c in _COLUMNS),
-               _json(doc).decode())  # TEXT, so that sqlite3 hands it back as str to splice
+        row = (
+            doc["_id"],
+            doc["endpoint"],
+            *(doc.get(c) for c in _COLUMNS),
+            _json(doc).decode(),
+        )  # TEXT, so that sqlite3 hands it back as str to splice
         try:
             s._run(_INSERT, row)
         except sqlite3.IntegrityError:
@@ -431,24 +460,30 @@ class SqliteUnit:
         sid = doc["_id"]
         rev = self._revs.get(sid)
         if rev is None:
-            raise StaleRecord(f"chargestation {doc.get('endpoint', sid)} was not read in this "
-                              "unit of work: read it first")
+            raise StaleRecord(
+                f"chargestation {doc.get('endpoint', sid)} was not read in this "
+                "unit of work: read it first"
+            )
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         cur = s._run(_SAVE, (*(doc.get(c) for c in _COLUMNS), _json(doc).decode(), sid, rev))
         if cur.rowcount == 0:
-            raise StaleRecord(f"chargestation {doc.get('endpoint', sid)} was changed or deleted "
-                              "since it was read")
+            raise StaleRecord(
+                f"chargestation {doc.get('endpoint', sid)} was changed or deleted since it was read"
+            )
         self._revs[sid] = rev + 1
 
     async def set_last_message_at(self, seen: dict[str, str]) -> None:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        s._run("UPDATE chargestations SET lastMessageAt = ?, rev = rev + 1, "
-               "doc = json_set(doc, '$.lastMessageAt', ?) WHERE endpoint = ?",
-               [(at, at, endpoint) for endpoint, at in seen.items()], many=True)
+        s._run(
+            "UPDATE chargestations SET lastMessageAt = ?, rev = rev + 1, "
+            "doc = json_set(doc, '$.lastMessageAt', ?) WHERE endpoint = ?",
+            [(at, at, endpoint) for endpoint, at in seen.items()],
+            many=True,
+        )
 
     async def delete_station(self, station_id: str) -> bool:
         s = self._s
@@ -470,16 +505,20 @@ class SqliteUnit:
             args.append(value)
         for name, op, value in query.ranges:
             if name not in SORT_FIELDS or op not in (">=", "<="):
-                raise UsageError(f"cannot compare {name!r} with {op!r}; fields: "
-                                 f"{', '.join(SORT_FIELDS)}, operators: >=, <=")
+                raise UsageError(
+                    f"cannot compare {name!r} with {op!r}; fields: "
+                    f"{', '.join(SORT_FIELDS)}, operators: >=, <="
+                )
             where.append(f"{name} {op} ?")
             args.append(value)
         if query.sort_by not in SORT_FIELDS:
             raise UsageError(f"cannot sort by {query.sort_by!r}; fields: {', '.join(SORT_FIELDS)}")
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
         order = "DESC" if query.descending else "ASC"
-        sql = (f"SELECT doc FROM chargestations{sql_where} "
-               f"ORDER BY {query.sort_by} {order}, id {order}")
+        sql = (
+            f"SELECT doc FROM chargestations{sql_where} "
+            f"ORDER BY {query.sort_by} {order}, id {order}"
+        )
         page_args = list(args)
         if query.limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -496,9 +535,11 @@ class SqliteUnit:
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         # lastDisconnectAt: when it was found disconnected, which is after any connect
-        cur = s._run("UPDATE chargestations SET online = 0, rev = rev + 1, doc = json_set(doc, "
-                     "'$.online', json('false'), '$.lastDisconnectAt', ?) WHERE online = 1",
-                     (now,))
+        cur = s._run(
+            "UPDATE chargestations SET online = 0, rev = rev + 1, doc = json_set(doc, "
+            "'$.online', json('false'), '$.lastDisconnectAt', ?) WHERE online = 1",
+            (now,),
+        )
         return cur.rowcount
 
     # --- station passwords (hashes only; never part of the record) ---
@@ -511,8 +552,9 @@ class SqliteUnit:
 
     async def password_hash(self, station_id: str) -> str | None:
         await self._read()
-        row = self._db.execute("SELECT hash FROM credentials WHERE station_id = ?",
-                               (station_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT hash FROM credentials WHERE station_id = ?", (station_id,)
+        ).fetchone()
         self._read_done()
         return row[0] if row else None
 
@@ -522,34 +564,46 @@ class SqliteUnit:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        s._run("INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
-               (station_id, at, kind, _json(payload)))
+        s._run(
+            "INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
+            (station_id, at, kind, _json(payload)),
+        )
 
-    async def events(self, station_id: str | None = None, kind: str | None = None,
-                     limit: int = 1000) -> list[dict]:
+    async def events(
+        self, station_id: str | None = None, kind: str | None = None, limit: int = 1000
+    ) -> list[dict]:
         where, args = _where(station_id=station_id, kind=kind)
         await self._read()
-        rows = self._db.execute(f"SELECT id, station_id, at, kind, doc FROM events{where} "
-                                "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._db.execute(
+            f"SELECT id, station_id, at, kind, doc FROM events{where} ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
         self._read_done()
-        return [{"id": i, "station_id": sid, "at": at, "kind": k, "payload": orjson.loads(d)}
-                for i, sid, at, k, d in reversed(rows)]
+        return [
+            {"id": i, "station_id": sid, "at": at, "kind": k, "payload": orjson.loads(d)}
+            for i, sid, at, k, d in reversed(rows)
+        ]
 
     async def start_transaction(self, tx: dict) -> str:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         try:
-            cur = s._run("INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-                         (tx["station_id"], tx.get("tx_key"), _json(tx)))
+            cur = s._run(
+                "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+                (tx["station_id"], tx.get("tx_key"), _json(tx)),
+            )
         except sqlite3.IntegrityError:
-            raise Conflict(f"transaction {tx.get('tx_key')!r} of station {tx['station_id']} "
-                           "exists") from None
+            raise Conflict(
+                f"transaction {tx.get('tx_key')!r} of station {tx['station_id']} exists"
+            ) from None
         if tx.get("tx_key") is None:
             rowid = cur.lastrowid
             tx["tx_key"] = str(rowid)
-            s._run("UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
-                   (tx["tx_key"], _json(tx), rowid))
+            s._run(
+                "UPDATE transactions SET tx_key = ?, doc = ? WHERE id = ?",
+                (tx["tx_key"], _json(tx), rowid),
+            )
         return tx["tx_key"]
 
     async def get_transaction(self, station_id: str, tx_key: str) -> dict | None:
@@ -568,35 +622,43 @@ class SqliteUnit:
         if tx is None:
             return None
         tx.update(fields)
-        s._run("UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
-               (_json(tx), station_id, tx_key))
+        s._run(
+            "UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
+            (_json(tx), station_id, tx_key),
+        )
         return tx
 
     async def transactions(self, station_id: str | None = None) -> list[dict]:
         where, args = _where(station_id=station_id)
         await self._read()
-        rows = self._db.execute(f"SELECT doc FROM transactions{where} ORDER BY id",
-                                args).fetchall()
+        rows = self._db.execute(f"SELECT doc FROM transactions{where} ORDER BY id", args).fetchall()
         self._read_done()
         return [orjson.loads(d) for (d,) in rows]
 
-    async def add_meter_values(self, station_id: str, tx_key: str | None, connector: int,
-                               values: list[dict]) -> None:
+    async def add_meter_values(
+        self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
+    ) -> None:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        s._run("INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
-               (station_id, tx_key, connector, _json(values)))
+        s._run(
+            "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
+            (station_id, tx_key, connector, _json(values)),
+        )
 
-    async def meter_values(self, station_id: str | None = None,
-                           tx_key: str | None = None) -> list[dict]:
+    async def meter_values(
+        self, station_id: str | None = None, tx_key: str | None = None
+    ) -> list[dict]:
         where, args = _where(station_id=station_id, tx_key=tx_key)
         await self._read()
-        rows = self._db.execute("SELECT station_id, tx_key, connector, doc FROM meter_values"
-                                f"{where} ORDER BY id", args).fetchall()
+        rows = self._db.execute(
+            f"SELECT station_id, tx_key, connector, doc FROM meter_values{where} ORDER BY id", args
+        ).fetchall()
         self._read_done()
-        return [{"station_id": sid, "tx_key": key, "connector": c, "values": orjson.loads(d)}
-                for sid, key, c, d in rows]
+        return [
+            {"station_id": sid, "tx_key": key, "connector": c, "values": orjson.loads(d)}
+            for sid, key, c, d in rows
+        ]
 
 
 def _where(**equals: str | None) -> tuple[str, list]:
