@@ -934,3 +934,28 @@ def test_a_payload_that_cannot_be_encoded_is_an_invalid_call():
             await reader
 
     asyncio.run(scenario())
+
+
+def test_malformed_frames_and_stray_replies_count_against_the_rate():
+    """A peer sending garbage as fast as it can gets answers only within its budget; past
+    it, nothing (a well-formed CALL past it gets its GenericError)."""
+    from edrvctl.ocppj import TokenBucket
+
+    async def scenario():
+        sock = FakeSocket()
+        bucket = TokenBucket(0.001, 3)  # 3 now, then (practically) none
+        rpc = Rpc(sock, "1.6", {"Heartbeat": lambda peer, p: {"currentTime": NOW}}, bucket=bucket)
+        for i in range(10):
+            sock.feed("not json")
+            sock.feed(json.dumps([3, f"stray-{i}", {}]))
+        sock.feed(json.dumps([2, "c1", "Heartbeat", {}]))
+        sock.close()
+        await rpc.run()
+        return sock.sent
+
+    sent = asyncio.run(scenario())
+    # two garbage frames answered (the stray reply between them is never answered, but costs
+    # budget too), then nothing more until the CALL, which is refused
+    assert len(sent) == 3, sent
+    assert [f[2] for f in sent[:2]] == ["FormationViolation", "FormationViolation"]
+    assert sent[-1][:3] == [4, "c1", "GenericError"]

@@ -140,29 +140,35 @@ class Rpc:
                 try:
                     msg = frames.parse(raw, self.version)
                 except FrameError as e:
-                    self._malformed(raw, e, loop.time())
-                    await self._send(frames.encode_error(e.message_id, e, self.version))
+                    # garbage costs the sender's budget too; past it, it is not even answered
+                    if self._within_budget(loop):
+                        self._malformed(raw, e, loop.time())
+                        await self._send(frames.encode_error(e.message_id, e, self.version))
                     continue
                 if type(msg) is Call:
-                    if self.bucket is not None and not self.bucket.take(loop.time()):
-                        # refused at once: a flooding peer costs no memory
+                    if self._within_budget(loop):
+                        await self._answer(msg)
+                    else:  # refused at once: a flooding peer costs no memory
                         await self._send_error(
                             msg.id,
                             RpcError(
                                 "GenericError",
-                                f"rate limit: at most {self.bucket.rate:g} messages per second",
+                                f"rate limit: at most {self.bucket.rate:g} messages per second"
+                                if self.bucket
+                                else "rate limit",
                             ),
                         )
-                    else:
-                        await self._answer(msg)
-                else:
-                    fut = self._pending.pop(msg.id, None)
-                    if fut is None or fut.done():
-                        log.debug("%s: dropped a reply nobody waits for: %.100r", self.name, raw)
-                    else:
-                        fut.set_result(msg)
+                    continue
+                fut = self._pending.pop(msg.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)  # the answer we wait for is never refused
+                elif self._within_budget(loop):
+                    log.debug("%s: dropped a reply nobody waits for: %.100r", self.name, raw)
         finally:
             self.close()
+
+    def _within_budget(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return self.bucket is None or self.bucket.take(loop.time())
 
     def _malformed(self, raw: str | bytes, e: FrameError, now: float) -> None:
         # a WARNING once a minute per connection, the rest at DEBUG: a peer sending garbage
