@@ -13,7 +13,8 @@ datatransfer  one station sending ~60 KB DataTransfer and MeterValues as fast as
 connectors    StatusNotification with a new connector id every other message (the others
               rewrite connector 1), paced at 90% of --max-rate, 20 s
 report        a 2.0.1 station answering GetBaseReport (POST .../get_variables, empty body)
-              with 60 NotifyReport parts of ~0.9 MB each, in rounds, 20 s
+              with 60 NotifyReport parts of ~0.9 MB each (paced at 90% of --max-rate), then
+              20 StatusNotifications, in rounds, 20 s
 passwords     150 concurrent wrong-password upgrades of one basic_auth station for 15 s, while
               another station connects with the right password every 0.5 s
 halfopen      2,000 TCP connections that never upgrade, held 15 s, against
@@ -44,6 +45,7 @@ import itertools
 import json
 import math
 import os
+import re
 import resource
 import select
 import socket
@@ -319,7 +321,7 @@ async def reply_to(ws: ClientConnection, mid: str) -> list:
             return msg
 
 
-async def paced(period: float, st: ProbeState) -> Callable[[], Awaitable[None]]:
+def paced(period: float) -> Callable[[], Awaitable[None]]:
     """A ticker: each await returns at the next tick; a late caller is not given a burst."""
     next_at = time.monotonic()
 
@@ -345,7 +347,7 @@ async def probe_station(cfg: dict, st: ProbeState) -> None:
                 await ws.send(json.dumps([2, "boot", "BootNotification", BOOT16]))
                 await asyncio.wait_for(reply_to(ws, "boot"), 10)
                 st.ready.set()
-                tick = await paced(1 / cfg["rate"], st)
+                tick = paced(1 / cfg["rate"])
                 while not st.stopped:
                     await tick()
                     n += 1
@@ -377,7 +379,7 @@ async def probe_api(cfg: dict, st: ProbeState) -> None:
     async with httpx.AsyncClient(base_url=cfg["api_url"], transport=transport, timeout=10,
                                  trust_env=False,
                                  headers={"Authorization": f"Bearer {cfg['token']}"}) as api:
-        tick = await paced(1 / cfg["api_rate"], st)
+        tick = paced(1 / cfg["api_rate"])
         while not st.stopped:
             await tick()
             t0 = time.perf_counter()
@@ -690,7 +692,10 @@ async def flood_pings(ctx: Ctx) -> None:
         finally:
             writer.transport.abort()
     took = ctx.seconds
-    ctx.figures.update(connections=conns, pings=frames, drops=len(drops), refused=dict(refused))
+    waiting = [int(b) for b in re.findall(rb"it does not read what it is sent \((\d+) bytes "
+                                          rb"waiting\)", ctx.srv.log.read_bytes()[-(1 << 20):])]
+    ctx.figures.update(connections=conns, pings=frames, drops=len(drops), refused=dict(refused),
+                       unread_at_drop=waiting)
     ctx.rows += [
         ("pings written (125-byte payload; nothing read back)",
          f"{frames:,} ({size(frames * 131)}) in {took:.0f} s, over {conns} connection(s)"),
@@ -698,6 +703,10 @@ async def flood_pings(ctx: Ctx) -> None:
          + (", ".join(f"{d:.1f}" for d in drops[:8]) + (" ..." if len(drops) > 8 else "")
             + " s" if drops else "-")),
     ]
+    if waiting:
+        ctx.rows.append(("bytes it had not read when dropped (the server's log)",
+                         ", ".join(size(b) for b in waiting[:8])
+                         + (" ..." if len(waiting) > 8 else "")))
     if refused:
         ctx.rows.append(("connections refused or failed", counts(refused)))
     if not ctx.quick:
@@ -875,6 +884,7 @@ async def flood_report(ctx: Ctx) -> None:
     later_got: Counter = Counter()
     rounds, sent_bytes = 0, 0
     frames = report_parts(parts_n, part_bytes)
+    tick = paced(1 / (0.9 * MAX_RATE))  # every message of its, under the rate limit
     async with (connect(f"{ctx.srv.ocpp_url}/{ep}", subprotocols=[P201], ping_interval=None,
                         close_timeout=1, compression=None, proxy=None,
                         max_size=None) as ws,
@@ -882,13 +892,14 @@ async def flood_report(ctx: Ctx) -> None:
                                   headers={"Authorization": f"Bearer {ctx.srv.token}"}) as api):
         peer = Peer(ws, on_call)
         await peer.call("BootNotification", BOOT201)
-        while rounds < (1 if ctx.quick else 10) and (rounds == 0
+        while rounds < (1 if ctx.quick else 20) and (rounds == 0
                                                      or time.monotonic() < deadline):
             rounds += 1
             t0 = time.monotonic()
             fetch = asyncio.create_task(api.post(f"/v1.1/chargestations/{ep}/get_variables"))
             request_id = await asyncio.wait_for(asked.get(), 30)
             for seq, frame in enumerate(frames):
+                await tick()
                 mid = f"r{rounds}-{seq}"
                 reply, _ = await peer.send(mid, frame.replace('"MID"', f'"{mid}"', 1).replace(
                     f'"requestId": {RID}', f'"requestId": {request_id}', 1), 60)
@@ -897,6 +908,7 @@ async def flood_report(ctx: Ctx) -> None:
             r = await fetch
             api_got.append((r.status_code, time.monotonic() - t0, r.json().get("message", "")))
             for k in range(20):  # what its later messages cost
+                await tick()
                 reply, took = await peer.call("StatusNotification", {
                     "timestamp": NOW, "connectorStatus": ("Available", "Occupied")[k % 2],
                     "evseId": 1, "connectorId": 1}, timeout=30)
@@ -908,7 +920,7 @@ async def flood_report(ctx: Ctx) -> None:
     statuses = Counter(str(s) for s, _, _ in api_got)
     ctx.rows += [
         ((f"rounds: POST get_variables (empty body), the station answers {parts_n} "
-         f"NotifyReport parts of ~{size(part_bytes)}"),
+         f"NotifyReport parts of ~{size(part_bytes)}, at {0.9 * MAX_RATE:g}/s"),
          f"{rounds}, {size(sent_bytes)} sent"),
         ("answers to the parts", counts(parts_got)),
         ("API answers (time)", "; ".join(f"{s} ({t:.1f} s)" for s, t, _ in api_got)),
@@ -1113,7 +1125,7 @@ async def during(flood: Awaitable[None], srv: Server, limit: float) -> Peaks:
 
 def run_flood(number: int, f: Flood, quick: bool, seconds: float | None) -> Result:
     duration = seconds or (QUICK_S if quick else f.seconds)
-    idle_s, settle_s = (0.3, 0.3) if quick else (3.0, 3.0)
+    idle_s, settle_s = (0.2, 0.2) if quick else (3.0, 3.0)
     res = Result(f.name, f"Hostile input {number}: {f.title}", command(f.name, quick),
                  load=loadavg())
     with workdir(f"abuse-{f.name}") as root:
@@ -1248,7 +1260,7 @@ def report(res: Result, ctx: Ctx, duration: float, before: Snapshot, end: Snapsh
         + "; attacker 127.0.0.1, well-behaved station 127.0.0.2"
         + (", other stations 127.0.0.3" if res.name in ("passwords", "halfopen") else "")
         + ". RSS peak: max of VmHWM and 10 samples a second; after: 3 s after the flood"
-        + (" (0.3 s with --quick)" if ctx.quick else "") + ".",
+        + (" (0.2 s with --quick)" if ctx.quick else "") + ".",
         *ctx.notes,
     ]
     if lat.get("last_error") and (not clean or flood.get("errors")):
