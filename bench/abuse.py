@@ -668,6 +668,7 @@ async def flood_pings(ctx: Ctx) -> None:
             refused[type(e).__name__] += 1
             await asyncio.sleep(0.1)
             continue
+        opened = None
         try:
             writer.write(upgrade(f"/{ep}"))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -685,7 +686,7 @@ async def flood_pings(ctx: Ctx) -> None:
         except TimeoutError:
             pass  # the deadline, with the server not taking more
         except (OSError, asyncio.IncompleteReadError) as e:
-            if conns and isinstance(e, OSError):
+            if opened is not None and isinstance(e, OSError):  # the server dropped it
                 drops.append(time.monotonic() - opened)
             else:
                 refused[type(e).__name__] += 1
