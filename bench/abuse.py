@@ -733,6 +733,7 @@ async def flood_datatransfer(ctx: Ctx) -> None:
     url = f"{ctx.srv.ocpp_url}/{ep}"
     frames = data_frames()
     deadline = ctx.deadline()
+    log0 = ctx.srv.log.stat().st_size
     t0 = time.monotonic()
     sent, conns, answers, failed = 0, 0, Counter(), Counter()
     while time.monotonic() < deadline and conns < 10_000:
@@ -763,6 +764,7 @@ async def flood_datatransfer(ctx: Ctx) -> None:
             failed[type(e).__name__] += 1
             await asyncio.sleep(0.05)
     took = time.monotonic() - t0
+    logged = ctx.srv.log.stat().st_size - log0
     accepted = answers["CALLRESULT"]
     admitted = sum(answers.values()) - answers["GenericError"]  # GenericError: the rate limit
     allowed = BURST + MAX_RATE * took
@@ -778,6 +780,8 @@ async def flood_datatransfer(ctx: Ctx) -> None:
         ("admitted past the rate limit (not GenericError) per second",
          f"{admitted / took:.1f} (--max-rate {MAX_RATE}, burst {BURST}); {accepted:,} kept"),
         ("kept for the station (events + meter values)", size(mine)),
+        ("server log per connection",
+         f"{size(logged / max(1, conns))} ({grew(logged)} for {conns:,} connections)"),
     ]
     text = (f"(flood) the rate limit holds across reconnects: {admitted:,} admitted <= "
             f"{allowed:,.0f} (burst {BURST} + {MAX_RATE}/s × {took:.1f} s)")
