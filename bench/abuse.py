@@ -171,13 +171,24 @@ class Peaks:
     rss: int = 0
     fds: int = 0
     store: int = 0
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), RSS)
+
+    def rss_at(self, fractions: tuple[float, ...]) -> list[int]:
+        """RSS at these fractions of the sampled time (the last sample before each)."""
+        if not self.samples:
+            return []
+        t0, t1 = self.samples[0][0], self.samples[-1][0]
+        return [next(r for t, r in reversed(self.samples) if t <= t0 + f * (t1 - t0))
+                for f in fractions]
 
 
 async def sample(srv: Server, peaks: Peaks, every: float = 0.1) -> None:
     """The server's RSS, descriptors and store size, ten times a second, until cancelled."""
     while True:
         with contextlib.suppress(OSError, KeyError, ValueError):
-            peaks.rss = max(peaks.rss, proc_status(srv.proc.pid)["VmRSS"])
+            rss = proc_status(srv.proc.pid)["VmRSS"]
+            peaks.rss = max(peaks.rss, rss)
+            peaks.samples.append((time.monotonic(), rss))
             peaks.fds = max(peaks.fds, fds(srv.proc.pid))
             peaks.store = max(peaks.store, sum(store_sizes(srv.store)))
         await asyncio.sleep(every)
@@ -1185,6 +1196,7 @@ def report(res: Result, ctx: Ctx, duration: float, before: Snapshot, end: Snapsh
            alive: bool, api_status: int | None, exit_code, levels: Counter, tracebacks: int,
            failure: str | None) -> None:
     last = after or end or before
+    quarters = peaks.rss_at((0.25, 0.5, 0.75, 1.0))
     peak_rss = max(peaks.rss, last.hwm if last.hwm > before.hwm else 0, before.rss)
     store0, store1 = before.db + before.wal, last.db + last.wal
     store_budget = ctx.kept_budget + WAL_ALLOWANCE
@@ -1194,7 +1206,8 @@ def report(res: Result, ctx: Ctx, duration: float, before: Snapshot, end: Snapsh
     cpu = (end.cpu - before.cpu) / (end.at - before.at) if end else None
     res.figures.update(ctx.figures)
     res.figures.update(
-        rss_idle=before.rss, rss_peak=peak_rss, rss_after=last.rss, store_before=store0,
+        rss_idle=before.rss, rss_peak=peak_rss, rss_after=last.rss, rss_quarters=quarters,
+        store_before=store0,
         store_after=store1, store_peak=max(peaks.store, store1), log_growth=log_growth,
         tracebacks=tracebacks, alive=alive, api_status=api_status, exit_code=exit_code,
         probe=flood, probe_idle=idle, failure=failure)
@@ -1207,6 +1220,8 @@ def report(res: Result, ctx: Ctx, duration: float, before: Snapshot, end: Snapsh
     res.rows = list(ctx.rows) + [
         ("server RSS idle / peak / after", (f"{size(before.rss)} / {size(peak_rss)} / "
          f"{size(last.rss)} (peak {grew(peak_rss - before.rss)})")),
+        ("server RSS at 1/4, 1/2, 3/4 and the end of the flood",
+         " / ".join(size(r) for r in quarters) or "-"),
         ("store (.db + -wal) before -> after", (f"{size(store0)} -> {size(store1)} "
          f"({grew(store1 - store0)}: .db {grew(last.db - before.db)}, -wal "
          f"{grew(last.wal - before.wal)}; peak {size(max(peaks.store, store1))})")),
