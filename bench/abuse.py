@@ -91,6 +91,7 @@ LOG_PER_MINUTE = 8_000  # bytes of server log per started minute of flood ("a fe
 WAL_ALLOWANCE = 1000 * 4096 + (1 << 20)
 
 QUICK_S = 1.5  # each flood's duration with --quick
+GUESSERS = 150  # wrong-password upgrades in flight at once
 PROBE_RATE, API_RATE = 20, 10  # the well-behaved station's messages and API requests a second
 CALL_TIMEOUT = 5.0  # s; an unanswered probe call counts as this latency
 
@@ -155,6 +156,12 @@ def proc_status(pid: int) -> dict[str, int]:
         if key.startswith("Vm") and value.strip().endswith("kB"):
             out[key] = int(value.split()[0]) * 1024
     return out
+
+
+def own_cpu() -> float:
+    """CPU seconds this process (the attacker) has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def fds(pid: int) -> int:
@@ -974,7 +981,7 @@ async def flood_passwords(ctx: Ctx) -> None:
             got[await raw_upgrade(host, port, req)] += 1
 
     async def guessers() -> None:
-        await asyncio.gather(*(guesser() for _ in range(150)))
+        await asyncio.gather(*(guesser() for _ in range(GUESSERS)))
     _, other, same = await asyncio.gather(
         guessers(),
         visits(ctx.srv.ocpp_url, good, OTHER_ADDR, password, 0.5, deadline),
@@ -987,7 +994,7 @@ async def flood_passwords(ctx: Ctx) -> None:
                        good_p99=pct(ok, .99) if ok else None,
                        same_address=dict(Counter(s for s, _ in same)))
     ctx.rows += [
-        ("wrong-password upgrades of one basic_auth station, 150 at a time",
+        (f"wrong-password upgrades of one basic_auth station, {GUESSERS} at a time",
          f"{n:,} in {took:.1f} s ({n / took:,.0f}/s)"),
         ("answers", counts(got)),
         ("right password from another address, every 0.5 s: succeeded",
@@ -1156,6 +1163,7 @@ def run_flood(number: int, f: Flood, quick: bool, seconds: float | None) -> Resu
             probe.phase("idle")
             time.sleep(idle_s)
             before, kept0 = Snapshot.take(srv), stored(srv.store)
+            mine0 = own_cpu()
             probe.phase("flood")
             log(f"{f.name}: idle RSS {size(before.rss)}; flooding for {duration:g} s")
             failure = None
@@ -1165,6 +1173,7 @@ def run_flood(number: int, f: Flood, quick: bool, seconds: float | None) -> Resu
                 failure, peaks = f"{type(e).__name__}: {e}"[:300], Peaks()
                 log(f"{f.name}: the flood failed: {failure}")
             flood_end = Snapshot.take(srv)
+            ctx.figures["attacker_cpu"] = (own_cpu() - mine0) / (flood_end.at - before.at)
             lat = probe.stop()
             time.sleep(settle_s)
             after = Snapshot.take(srv)
@@ -1236,8 +1245,9 @@ def report(res: Result, ctx: Ctx, duration: float, before: Snapshot, end: Snapsh
          + f"), {tracebacks} traceback(s)"),
         ("server open descriptors idle / peak / after",
          f"{before.fds} / {max(peaks.fds, last.fds)} / {last.fds}"),
-        ("server CPU during the flood", f"{100 * cpu:.0f}% of one core" if cpu is not None
-         else "-"),
+        ("server CPU during the flood (the attacker's, this process)",
+         (f"{100 * cpu:.0f}%" if cpu is not None else "-")
+         + f" ({100 * ctx.figures.get('attacker_cpu', 0):.0f}%) of one core"),
         (f"well-behaved station ({PROBE_RATE}/s) idle: p50 / p99 / max", lat_cell(idle)),
         ("well-behaved station during the flood: p50 / p99 / max", lat_cell(flood)),
         ("well-behaved station during the flood: calls / unanswered / errors / reconnects",
