@@ -1173,7 +1173,7 @@ def run_flood(number: int, f: Flood, quick: bool, seconds: float | None) -> Resu
                 failure, peaks = f"{type(e).__name__}: {e}"[:300], Peaks()
                 log(f"{f.name}: the flood failed: {failure}")
             flood_end = Snapshot.take(srv)
-            ctx.figures["attacker_cpu"] = (own_cpu() - mine0) / (flood_end.at - before.at)
+            ctx.figures["attacker_cpu"] = (own_cpu() - mine0) / (time.monotonic() - before.at)
             lat = probe.stop()
             time.sleep(settle_s)
             after = Snapshot.take(srv)
