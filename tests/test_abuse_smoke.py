@@ -1,4 +1,4 @@
-"""Smoke test of bench/abuse.py: every hostile flood in --quick mode (~1.5 s each, a server of
+"""Smoke test of bench/abuse.py: every hostile flood in --quick mode (~1.2 s each, a server of
 its own each), run as a user runs it. The report must parse (one Markdown section per flood, in
 bench/run.py's style) and no flood may have crashed the server. The targets themselves are not
 asserted: the floods are tiny and the machine is shared and noisy."""
