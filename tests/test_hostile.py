@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
 
@@ -165,7 +166,9 @@ def test_a_station_that_does_not_read_is_dropped(tmp_path):
             online = srv.get(doc["_id"])["online"]
         assert not online, "a station that does not read was never dropped"
         assert time.monotonic() - started < scaled(10)
-        assert "it does not read what it is sent" in srv.logs()
+        waiting = re.search(r"it does not read what it is sent \((\d+) bytes", srv.logs())
+        assert waiting, srv.logs()[-2000:]
+        assert int(waiting.group(1)) < 4 << 20  # dropped as the buffer passed 1 MiB
         assert srv.proc.poll() is None
     finally:
         sock.close()
@@ -250,5 +253,44 @@ def test_another_process_holding_the_write_lock_stalls_nothing(tmp_path):
 
         asyncio.run(scenario())
         assert srv.get(doc["_id"])["status"] == "Available"
+    finally:
+        srv.stop()
+
+
+def test_a_station_reconnecting_in_a_loop_does_not_grow_the_log(tight):
+    ep = tight.create()["endpoint"]
+    mark = len(tight.logs())
+
+    async def loop():
+        for _ in range(15):
+            async with connect(f"{tight.ocpp_url}/{ep}", subprotocols=[P16]):
+                pass
+
+    asyncio.run(loop())
+    until(lambda: not tight.get(ep)["online"], timeout=5, what="offline")
+    log = tight.logs()[mark:]
+    assert log.count(f"{ep}: connected") == 1, log
+    assert log.count(f"{ep}: disconnected") <= 1, log
+
+
+def test_upgrades_in_flight_per_address_are_capped(tmp_path):
+    """Many handshakes at once from one address would each be served per loop turn, ahead
+    of the stations already connected: past 32 in flight, the next is refused at once."""
+    srv = start_server(tmp_path, "--max-connections-per-address", "100")
+    try:
+        ep = srv.create()["endpoint"]
+        host, port = srv.ocpp_url.removeprefix("ws://").rsplit(":", 1)
+        held = [socket.create_connection((host, int(port))) for _ in range(32)]
+        try:
+            time.sleep(scaled(0.2))  # the server has accepted them (nothing to poll for)
+            refused(asyncio.run(try_connect(srv.ocpp_url, ep)), 503, "upgrades at once")
+        finally:
+            for s in held:
+                s.close()
+        assert until(
+            lambda: asyncio.run(try_connect(srv.ocpp_url, ep))[0] == "ok",
+            timeout=5,
+            what="a connection once the held ones are gone",
+        )
     finally:
         srv.stop()

@@ -13,10 +13,12 @@ server:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,15 @@ log = logging.getLogger("edrvctl.fleet")
 
 MAX_SAVE_TRIES = 5  # a record changed by another writer meanwhile is read and changed again
 MAX_REMEMBERED = 100_000  # memos keyed by something a station sends are cleared past this
-MAX_HASHING = 8  # slow password checks at once (each holds a thread and ~8 MB for ~50 ms)
+# Slow password checks at once, on HASH_THREADS threads: each check holds ~8 MiB for ~50 ms,
+# and glibc keeps an arena per thread, so more threads only buy memory (2 cores).
+MAX_HASHING = 4
+HASH_THREADS = 2
+
+
+@functools.cache
+def _hasher() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="password")
 
 
 @dataclass
@@ -238,7 +248,10 @@ class Fleet:
         from edrvctl import passwords
 
         password = passwords.generate()
-        return password, await asyncio.to_thread(passwords.hash_password, password)
+        hashed = await asyncio.get_running_loop().run_in_executor(
+            _hasher(), passwords.hash_password, password
+        )
+        return password, hashed
 
     async def rotate_password(self, key: str) -> tuple[dict, str]:
         """Issue a new password and retire the old one at once; a station connected with the
@@ -287,7 +300,9 @@ class Fleet:
             raise Busy("too many password checks at once; retry in a moment")
         self._hashing += 1
         try:
-            ok = await asyncio.to_thread(passwords.verify, password, stored)
+            ok = await asyncio.get_running_loop().run_in_executor(
+                _hasher(), passwords.verify, password, stored
+            )
         finally:
             self._hashing -= 1
         if ok:

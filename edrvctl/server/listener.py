@@ -38,6 +38,7 @@ log = logging.getLogger("edrvctl.ocpp")
 
 CHARGE_POINTS: dict[str, type[StationSession]] = {"ocpp1.6": Station16, "ocpp2.0.1": Station201}
 REFUSAL_EVERY = 60.0  # seconds between two logged/stored refusals that say the same
+MAX_HANDSHAKES_PER_ADDRESS = 32  # upgrades in flight from one address (with a per-address limit)
 MAX_UNREAD = 1 << 20  # bytes written to a peer and not read by it, before it is dropped
 CLOSE_DEADLINE = 10.0  # s for every station's socket to close at shutdown
 MAX_REASON = 200  # characters of a refusal's reason kept (it may quote what the client sent)
@@ -211,10 +212,13 @@ class Guesses:
 
 class StationConnection(ServerConnection):
     """A websocket connection counted per client address from its first byte (half-open
-    upgrades count too), refused with a 503 past the limit before anything is read."""
+    upgrades count too) and, until its upgrade is done, as a handshake in flight; refused with
+    a 503 past either limit before anything is read. Dropped as soon as more than MAX_UNREAD
+    bytes wait for it to read them."""
 
     listener: Listener  # set on the subclass made per listener
     refused = False
+    handshaking = False
     ocpp_protocol: str | None = None  # the station's registered one, once process_request says
     stuck_since: float | None = None  # since when its write buffer has not drained
     unread = 0  # bytes in its write buffer at the last look
@@ -226,21 +230,49 @@ class StationConnection(ServerConnection):
         listener = self.listener
         listener.per_address[self.address] += 1
         limit = listener.s.max_per_address
-        if limit and listener.per_address[self.address] > limit:
-            self.refused = True
-            listener.refusals.count(None, 503, self.address)
-            body = f"too many connections from {self.address}\n".encode()
-            transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-                b"Content-Type: text/plain\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\n\r\n"
-                + body
-            )
-            transport.close()
-            return
+        if limit:
+            if listener.per_address[self.address] > limit:
+                return self._refuse(transport, f"too many connections from {self.address}")
+            if listener.handshakes[self.address] >= MAX_HANDSHAKES_PER_ADDRESS:
+                return self._refuse(transport, f"too many upgrades at once from {self.address}")
+        listener.handshakes[self.address] += 1
+        self.handshaking = True
         listener.open.add(self)
         super().connection_made(transport)
+
+    def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
+        self.refused = True
+        self.listener.refusals.count(None, 503, self.address, reason)
+        body = f"{reason}\n".encode()
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        transport.close()
+
+    def upgraded(self) -> None:
+        """The handshake is over (accepted or refused): it no longer counts as one."""
+        if self.handshaking:
+            self.handshaking = False
+            handshakes = self.listener.handshakes
+            handshakes[self.address] -= 1
+            if handshakes[self.address] <= 0:
+                del handshakes[self.address]
+
+    def send_data(self) -> None:
+        # websockets writes pongs (and our frames) without back-pressure: a peer that sends
+        # but never reads would make this buffer grow for as long as it likes
+        super().send_data()
+        if self.transport.get_write_buffer_size() > MAX_UNREAD:
+            log.warning(
+                "%s: dropped: it does not read what it is sent (%d bytes waiting)",
+                printable(self.address),
+                self.transport.get_write_buffer_size(),
+            )
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         listener = self.listener
@@ -249,6 +281,7 @@ class StationConnection(ServerConnection):
             del listener.per_address[self.address]
         if self.refused:
             return
+        self.upgraded()
         listener.open.discard(self)
         super().connection_lost(exc)
 
@@ -262,7 +295,10 @@ class Listener:
         self.servers: list[Server] = []
         self.watchdog: asyncio.Future | None = None
         self.per_address: Counter[str] = Counter()
+        self.handshakes: Counter[str] = Counter()  # upgrades in flight per address
         self.buckets: dict[str, TokenBucket] = {}
+        # endpoint -> (when its connection was last logged at INFO, connections since)
+        self.connections_logged: dict[str, tuple[float, int]] = {}
         self.refusals = Refusals(fleet)
         self.guesses = Guesses()
         self.open: set[StationConnection] = set()  # every accepted TCP connection
@@ -353,7 +389,26 @@ class Listener:
         return getattr(conn, "ocpp_protocol", None)
 
     async def handle(self, ws: ServerConnection) -> None:
+        if isinstance(ws, StationConnection):
+            ws.upgraded()
         await self._session(ws)
+
+    def _connection_log_level(self, endpoint: str) -> int:
+        """INFO for a station's connection once a minute at most; a station reconnecting in
+        a loop must not grow the log (its repeats go to DEBUG, counted in the next INFO)."""
+        now = time.monotonic()
+        last, repeats = self.connections_logged.get(endpoint, (-REFUSAL_EVERY, 0))
+        if now - last < REFUSAL_EVERY:
+            self.connections_logged[endpoint] = (last, repeats + 1)
+            return logging.DEBUG
+        if repeats:
+            log.info(
+                "%s: reconnected %d more time(s) in the last %g s", endpoint, repeats, REFUSAL_EVERY
+            )
+        if len(self.connections_logged) >= 1_000_000:
+            self.connections_logged.clear()
+        self.connections_logged[endpoint] = (now, 0)
+        return logging.INFO
 
     def _bucket(self, endpoint: str) -> TokenBucket:
         """The station's message budget, kept across its reconnects."""
@@ -380,12 +435,13 @@ class Listener:
             log.error("%s: connection not recorded: %s", endpoint, e)
             await session.close("the central system cannot record this connection; retry")
             return
-        log.info("%s: connected (%s) from %s", endpoint, ws.subprotocol, ws.remote_address[0])
+        level = self._connection_log_level(endpoint)
+        log.log(level, "%s: connected (%s) from %s", endpoint, protocol, ws.remote_address[0])
         try:
             await session.run()
         finally:
             await self.stations.detach(session)
-            log.info("%s: disconnected (%s)", endpoint, ws.close_code)
+            log.log(level, "%s: disconnected (%s)", endpoint, ws.close_code)
 
     async def _serve(self, port: int, tls: ssl.SSLContext | None) -> str:
         server = await serve(
