@@ -273,11 +273,11 @@ class Fleet:
         come back under it. Moving to a profile with a password from one without issues a
         password (its hash is stored first), returned this once in the result as `password`."""
         changes = patch.model_dump(exclude_unset=True)
-        security = changes.pop("security", None)
+        security = None
         password = None
-        if security is not None:
-            security = {"type": security["type"],
-                        "profile": model.SECURITY_PROFILES[security["type"]]}
+        if changes.pop("security", None) is not None:  # ({} when its type is the default)
+            security = {"type": patch.security.type,
+                        "profile": model.SECURITY_PROFILES[patch.security.type]}
             current = await self.get(key)
             if model.needs_password(security) and not model.needs_password(current["security"]):
                 password, hashed = await self._new_password()
