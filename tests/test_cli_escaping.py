@@ -250,3 +250,18 @@ def test_json_escaping_agrees_with_textsafe():
         if 0xD800 <= code <= 0xDFFF:
             continue
         assert (printable(c) != c) == (code < 0x20 or bool(_JSON_UNSAFE.match(c))), hex(code)
+
+
+def test_messages_of_another_api_read_as_sentences_too():
+    """An eDRV-compatible API other than ours may answer with pydantic's own words: the CLI
+    drops the "Value error, " prefix and does not quote a regex at the user."""
+    from edrvctl.cli.base import humane
+
+    assert humane("endpoint: Value error, an endpoint cannot be only dots") == (
+        "endpoint: an endpoint cannot be only dots"
+    )
+    said = humane(
+        "invalid request: endpoint: String should match pattern '^[A-Za-z0-9._~:-]{1,48}$'"
+    )
+    assert "^[" not in said and said.endswith("has a character that is not allowed")
+    assert humane(f"x {TITLE}") == "x \\x1b]0;pwned\\x07"
