@@ -575,6 +575,13 @@ def test_config_on_a_live_station(server, cli_env, live):
 def test_usage_errors_exit_2(cli_env, args):
     r = fails(2, cli_env, *args)
     assert "Usage:" in r.stderr or "error:" in r.stderr
+    assert "Value error" not in r.stderr  # issue 10: pydantic's prefix reached the user
+
+
+def test_a_wrong_choice_names_the_choices_as_spelled(cli_env):
+    r = fails(2, cli_env, "cs", "list", "--status", "Bogus")
+    assert "'Bogus' is not one of Available, Preparing," in r.stderr and "Faulted" in r.stderr
+    assert "Value error" not in r.stderr and "'faulted'" not in r.stderr
 
 
 @pytest.mark.parametrize("ep", ["has space", "slash/x", "x" * 49, "é"])

@@ -21,6 +21,7 @@ from typing import Any
 
 import typer
 from typer import _click
+from typer._click.exceptions import BadParameter
 from typer._click.formatting import join_options
 from typer.core import TyperCommand, TyperGroup
 
@@ -120,7 +121,32 @@ def _format_help_text(cmd: _click.Command, formatter: Any) -> None:
             formatter.write_text(_keep_examples(text))
 
 
+_NOT_ONE_OF = re.compile(r"^(?:Value error, )?(.+?) is not one of .*$", re.S)
+
+
+def _bad_parameter(e: Any) -> None:
+    """Typer's messages for a bad value, as a person should read them: no "Value error, "
+    prefix, and a wrong choice answered with the choices as they are spelled (not
+    case-folded)."""
+    desc = getattr(e.param, "type_descriptor", None)
+    m = _NOT_ONE_OF.match(e.message)
+    if desc is not None and desc.is_choice and m:
+        choices = ", ".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+        e.message = f"{m.group(1)} is not one of {choices}" + (
+            "" if desc.case_sensitive else " (in any case)"
+        )
+    else:
+        e.message = e.message.replace("Value error, ", "")
+
+
 class Command(TyperCommand):
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except BadParameter as e:
+            _bad_parameter(e)
+            raise
+
     def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         return pieces + [
@@ -141,7 +167,11 @@ class Group(TyperGroup):
         if not args and self.no_args_is_help and not ctx.resilient_parsing:
             _click.echo(ctx.get_help(), color=ctx.color)
             ctx.exit(0)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except BadParameter as e:
+            _bad_parameter(e)
+            raise
 
     def format_help_text(self, ctx: _click.Context, formatter: Any) -> None:
         _format_help_text(self, formatter)
