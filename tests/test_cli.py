@@ -29,7 +29,17 @@ from timing import scaled, until, until_past
 
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
 PLAIN_HEADER = "ENDPOINT\tID\tPROTOCOL\tONLINE\tACTIVE\tSTATUS\tMODEL\tLAST SEEN"
-COMMANDS = ["list", "create", "inspect", "activate", "deactivate", "delete", "config"]
+COMMANDS = [
+    "list",
+    "create",
+    "inspect",
+    "update",
+    "activate",
+    "deactivate",
+    "delete",
+    "rotate-password",
+    "config",
+]
 
 runner = CliRunner()
 _seq = itertools.count(1)
