@@ -10,7 +10,7 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Activate a chargestation: it may charge again (a connected one is told Operative).",
+     "help": "Activate a chargestation: it may charge again.",
      "options": {
       "--help": {
        "help": "Show this message and exit.",
@@ -24,7 +24,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "--quiet": {
@@ -43,7 +43,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "-q": {
@@ -63,7 +63,7 @@ TREE: dict = {
        "value": false
       },
       "--key": {
-       "help": "Only this key (1.6 name, or Component.Variable for 2.0.1); repeatable",
+       "help": "Only this key, as printed: a 1.6 name, or for 2.0.1 Component.Variable (per EVSE or connector: EVSE2.Power, Connector1,2.ConnectorType); repeatable",
        "value": true
       },
       "--no-headers": {
@@ -78,7 +78,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "--timeout": {
@@ -90,7 +90,7 @@ TREE: dict = {
        "value": false
       },
       "-k": {
-       "help": "Only this key (1.6 name, or Component.Variable for 2.0.1); repeatable",
+       "help": "Only this key, as printed: a 1.6 name, or for 2.0.1 Component.Variable (per EVSE or connector: EVSE2.Power, Connector1,2.ConnectorType); repeatable",
        "value": true
       },
       "-o": {
@@ -101,7 +101,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       }
      }
@@ -140,7 +140,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "--protocol": {
@@ -148,7 +148,7 @@ TREE: dict = {
         "ocpp1.6",
         "ocpp2.0.1"
        ],
-       "help": "OCPP version",
+       "help": "ocpp1.6 or ocpp2.0.1",
        "value": true
       },
       "--public": {
@@ -166,7 +166,7 @@ TREE: dict = {
         "tls_basic_auth",
         "tls_client_cert"
        ],
-       "help": "OCPP security profile: none, basic_auth (1), tls_basic_auth (2), tls_client_cert (3)",
+       "help": "OCPP security profile: none (0), basic_auth (1), tls_basic_auth (2), tls_client_cert (3)",
        "value": true
       },
       "--simulator": {
@@ -185,7 +185,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "-q": {
@@ -198,7 +198,7 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Deactivate a chargestation: it cannot start charging (a connected one is told",
+     "help": "Deactivate a chargestation: it cannot start charging.",
      "options": {
       "--help": {
        "help": "Show this message and exit.",
@@ -212,7 +212,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "--quiet": {
@@ -235,7 +235,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "-q": {
@@ -252,7 +252,7 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Delete a chargestation and what it reported; a connected one is disconnected.",
+     "help": "Delete chargestations and what they reported; a connected one is disconnected.",
      "options": {
       "--help": {
        "help": "Show this message and exit.",
@@ -266,7 +266,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "--quiet": {
@@ -289,7 +289,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "-q": {
@@ -306,7 +306,7 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Show everything about one chargestation, including its stored csconfig.",
+     "help": "Show everything about chargestations, including their stored csconfig.",
      "options": {
       "--help": {
        "help": "Show this message and exit.",
@@ -320,7 +320,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "-h": {
@@ -335,7 +335,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       }
      }
@@ -391,7 +391,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "--protocol": {
@@ -399,7 +399,7 @@ TREE: dict = {
         "ocpp1.6",
         "ocpp2.0.1"
        ],
-       "help": "Only this OCPP version",
+       "help": "Only this OCPP version: ocpp1.6 or ocpp2.0.1",
        "value": true
       },
       "--quiet": {
@@ -419,7 +419,7 @@ TREE: dict = {
         "Faulted",
         "Occupied"
        ],
-       "help": "Only stations with this status",
+       "help": "Only stations with this status: Available, Preparing, Charging, SuspendedEV, SuspendedEVSE, Finishing, Reserved, Unavailable, Faulted, Occupied (any case)",
        "value": true
       },
       "-h": {
@@ -434,7 +434,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "-q": {
@@ -447,7 +447,7 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Issue a new password for a station and retire the old one at once. A station connected",
+     "help": "Issue a new password for a station and retire the old one at once.",
      "options": {
       "--help": {
        "help": "Show this message and exit.",
@@ -461,7 +461,7 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
       },
       "--yes": {
@@ -480,8 +480,92 @@ TREE: dict = {
         "json",
         "yaml"
        ],
-       "help": "table | wide | plain | json | yaml default: table on a terminal, plain otherwise",
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
        "value": true
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "update": {
+     "args": [
+      "station"
+     ],
+     "help": "Change a chargestation's location, organization, visibility, meta_data or security.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--location": {
+       "help": "Location id ('' removes it)",
+       "value": true
+      },
+      "--meta-data": {
+       "help": "Replace meta_data with this JSON object ('{}' empties it)",
+       "value": true
+      },
+      "--no-public": {
+       "help": "Visible to the public",
+       "value": false
+      },
+      "--organization": {
+       "help": "Organization id ('' removes it)",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--public": {
+       "help": "Visible to the public",
+       "value": false
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--security": {
+       "choices": [
+        "none",
+        "basic_auth",
+        "tls_basic_auth",
+        "tls_client_cert"
+       ],
+       "help": "OCPP security profile: none (0), basic_auth (1), tls_basic_auth (2), tls_client_cert (3); asks first",
+       "value": true
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
       },
       "-y": {
        "help": "Do not ask for confirmation",
@@ -624,7 +708,7 @@ TREE: dict = {
    }
   },
   "simulate": {
-   "help": "Run simulated chargestations that boot, heartbeat, report status and answer the",
+   "help": "Run simulated chargestations against a central system.",
    "options": {
     "--connectors": {
      "help": "Connectors per station",
@@ -639,11 +723,11 @@ TREE: dict = {
      "value": false
     },
     "--duration": {
-     "help": "Stop after S seconds default: run until Ctrl-C",
+     "help": "Stop after this long default: run until Ctrl-C",
      "value": true
     },
     "--heartbeat": {
-     "help": "Heartbeat every S seconds instead of the interval the server gives",
+     "help": "Heartbeat this often instead of the interval the server gives",
      "value": true
     },
     "--help": {
@@ -662,8 +746,12 @@ TREE: dict = {
      "help": "text or json: the final summary on stdout",
      "value": true
     },
+    "--password": {
+     "help": "HTTP Basic password the stations send (security profiles 1 and 2); '-' reads it from stdin. The variable keeps it out of `ps`",
+     "value": true
+    },
     "--prefix": {
-     "help": "Endpoints are PREFIX00001, PREFIX00002, ...",
+     "help": "Endpoints are PREFIX00001, PREFIX00002 and on",
      "value": true
     },
     "--protocol": {
@@ -672,7 +760,7 @@ TREE: dict = {
       "ocpp2.0.1",
       "mixed"
      ],
-     "help": "ocpp1.6, ocpp2.0.1, or mixed",
+     "help": "ocpp1.6, ocpp2.0.1 or mixed",
      "value": true
     },
     "--sessions": {
@@ -717,7 +805,7 @@ TREE: dict = {
    "value": true
   },
   "--debug": {
-   "help": "Show tracebacks on errors",
+   "help": "Show tracebacks on errors (exit codes stay the same)",
    "value": false
   },
   "--help": {

@@ -107,7 +107,9 @@ def candidates(args: list[str], incomplete: str) -> list[tuple[str, str]]:
             pending = None
             continue
         if arg.startswith("-"):
-            spec = node["options"].get(arg.split("=", 1)[0])
+            name = arg.split("=", 1)[0]
+            # global options (--context NAME ...) may follow a command too
+            spec = node["options"].get(name) or TREE["options"].get(name)
             if spec is not None and spec["value"] and "=" not in arg:
                 pending = spec
         elif arg in node.get("commands", {}):
@@ -115,7 +117,8 @@ def candidates(args: list[str], incomplete: str) -> list[tuple[str, str]]:
         else:
             positional += 1
     if pending is not None:
-        return [(c, "") for c in pending.get("choices", []) if c.startswith(incomplete)]
+        low = incomplete.lower()  # choices are taken in any case (`--status faulted`)
+        return [(c, "") for c in pending.get("choices", []) if c.lower().startswith(low)]
     if incomplete.startswith("-"):
         return [
             (name, spec["help"])

@@ -13,7 +13,15 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
 
 from edrvctl.constants import PROTOCOLS, STATUSES  # noqa: F401  (re-exported)
 
@@ -62,7 +70,14 @@ def check_json_value(value: Any, depth: int = 0) -> Any:
     return value
 
 
-MetaData = Annotated[dict[str, Any], AfterValidator(check_json_value)]
+def _json_value(value: Any) -> Any:
+    try:
+        return check_json_value(value)
+    except ValueError as e:  # said as it is, without pydantic's "Value error, " prefix
+        raise PydanticCustomError("json_value", "{reason}", {"reason": str(e)}) from None
+
+
+MetaData = Annotated[dict[str, Any], AfterValidator(_json_value)]
 Coordinates = Annotated[
     list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=2, max_length=2)
 ]
@@ -74,24 +89,51 @@ class Security(BaseModel):
     type: SecurityType = "none"
 
 
+def _invalid_endpoint(reason: str) -> PydanticCustomError:
+    # PydanticCustomError: the reason is shown as it is (a ValueError would be prefixed with
+    # pydantic's "Value error, ", and the pattern constraint would show its regex).
+    return PydanticCustomError("endpoint", "{reason}", {"reason": reason})
+
+
+def check_endpoint_text(value: Any) -> Any:
+    """The endpoint's length and characters, said in words (before the pattern, which would
+    only quote its regex). Anything but a string is left to the type check."""
+    if not isinstance(value, str):
+        return value
+    if not value:
+        raise _invalid_endpoint("an endpoint cannot be empty")
+    if len(value) > 48:
+        raise _invalid_endpoint(
+            f"an endpoint has at most 48 characters (OCPP caps identities at 48), not {len(value)}"
+        )
+    bad = sorted({c for c in value if not ENDPOINT_RE.match(c)})
+    if bad:
+        shown = " ".join(repr(c) for c in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise _invalid_endpoint(
+            f"an endpoint is a URL path segment of letters, digits and . _ ~ : - only; not {shown}"
+        )
+    return value
+
+
 def check_endpoint(value: str) -> str:
     if not value.strip("."):
-        raise ValueError("an endpoint cannot be only dots")
+        raise _invalid_endpoint("an endpoint cannot be only dots")
     if LOOKS_LIKE_ID_RE.match(value):
         # A station is named by its _id or its endpoint (API paths, `cs delete KEY`) and an _id
         # wins: such an endpoint could name another station, or this one could not be named.
-        raise ValueError(
+        raise _invalid_endpoint(
             "an endpoint cannot be 24 hex digits: that is the shape of a station "
             "_id, and a station is named by either"
         )
     return value
 
 
-# The pattern is in the OpenAPI document too; "not only dots" and "not an _id" are checked after
-# it.
+# The pattern is in the OpenAPI document too; a value that breaks it is explained in words
+# before the pattern is checked; "not only dots" and "not an _id" are checked after it.
 Endpoint = Annotated[
     str,
     StringConstraints(min_length=1, max_length=48, pattern=ENDPOINT_RE.pattern),
+    BeforeValidator(check_endpoint_text),  # (runs before the constraints above)
     AfterValidator(check_endpoint),
 ]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -183,6 +225,12 @@ class StationUpdate(BaseModel):
     is_simulator: bool = None  # type: ignore[assignment]
     coordinates: Coordinates | None = None
     meta_data: MetaData = None  # type: ignore[assignment]
+    security: Security = Field(
+        None,  # type: ignore[arg-type]
+        description="A new security profile; it takes effect at once (a connected station is "
+        "disconnected). Moving to basic_auth or tls_basic_auth from a profile without a "
+        "password issues one: the response carries it once as `password`.",
+    )
 
 
 class GetVariablesRequest(BaseModel):
@@ -284,8 +332,11 @@ def station_status(connectors: list[dict], station_level: str | None) -> str | N
     if station_level in ("Unavailable", "Faulted"):
         return station_level
     # a connector with a reported problem (2.0.1 NotifyEvent Problem=true) is Faulted
-    statuses = ["Faulted" if c.get("problem") else c["status"] for c in connectors
-                if c.get("problem") or c.get("status") in _RANK]
+    statuses = [
+        "Faulted" if c.get("problem") else c["status"]
+        for c in connectors
+        if c.get("problem") or c.get("status") in _RANK
+    ]
     if not statuses:
         return station_level
     return min(statuses, key=_RANK.__getitem__)

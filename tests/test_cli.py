@@ -29,7 +29,17 @@ from timing import scaled, until, until_past
 
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
 PLAIN_HEADER = "ENDPOINT\tID\tPROTOCOL\tONLINE\tACTIVE\tSTATUS\tMODEL\tLAST SEEN"
-COMMANDS = ["list", "create", "inspect", "activate", "deactivate", "delete", "config"]
+COMMANDS = [
+    "list",
+    "create",
+    "inspect",
+    "update",
+    "activate",
+    "deactivate",
+    "delete",
+    "rotate-password",
+    "config",
+]
 
 runner = CliRunner()
 _seq = itertools.count(1)
@@ -40,7 +50,9 @@ _CLEAR = {
     "EDRV_API_URL": None,
     "EDRV_TOKEN": None,
     "EDRVCTL_CONTEXT": None,
+    "EDRV_STATION_PASSWORD": None,
     "_EDRVCTL_COMPLETE": None,
+    "COLUMNS": None,  # a table's width is set by the tests that look at it
 }
 
 
@@ -95,7 +107,14 @@ def create(env: dict, *extra: str, endpoint: str | None = None) -> dict:
 class LiveStation:
     """A simulated OCPP station (edrvctl.simulator) on its own event loop in a thread."""
 
-    def __init__(self, ocpp_url: str, endpoint: str):
+    def __init__(
+        self,
+        ocpp_url: str,
+        endpoint: str,
+        protocol: str = "ocpp1.6",
+        connectors: int = 1,
+        password: str | None = None,
+    ):
         from edrvctl.simulator import SimStation
 
         self.loop = asyncio.new_event_loop()
@@ -103,7 +122,14 @@ class LiveStation:
         self.thread.start()
 
         async def make():
-            return SimStation(endpoint, ocpp_url, "ocpp1.6", connectors=1, reconnect=False)
+            return SimStation(
+                endpoint,
+                ocpp_url,
+                protocol,
+                connectors=connectors,
+                reconnect=False,
+                password=password,
+            )
 
         self.sim = asyncio.run_coroutine_threadsafe(make(), self.loop).result(scaled(10))
         asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop)
@@ -164,10 +190,13 @@ def test_every_command_has_help_with_an_example_and_needs_no_network(tmp_path, c
     assert r.stderr == ""
 
 
-def test_no_arguments_shows_usage_on_stderr(tmp_path):
-    r = cli(hermetic_env(tmp_path))
-    assert r.exit_code == 2
-    assert "Usage: edrvctl" in r.stderr and r.stdout == ""
+@pytest.mark.parametrize("args", [(), ("cs",), ("chargestations",)], ids=repr)
+def test_no_arguments_shows_help_and_exits_0(tmp_path, args):
+    """kubectl and gh alone print their help and exit 0 (issue 10: `edrvctl` alone exited 2)."""
+    r = cli(hermetic_env(tmp_path), *args)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("Usage: edrvctl") and "Commands:" in r.stdout
+    assert r.stderr == ""
 
 
 def test_alias_cs_is_chargestations(cli_env):
@@ -514,8 +543,13 @@ def test_config_on_a_live_station(server, cli_env, live):
     )
     assert [e["key"] for e in one] == ["HeartbeatInterval"]
     assert server.get(ep)["csconfig"]  # stored, readable while offline
-    r = ok(cli_env, "cs", "config", ep, "-k", "NoSuchKey", "-o", "json")
-    assert json.loads(r.stdout) == [] and "NoSuchKey" in r.stderr
+    # some keys unknown: what is known is printed, the rest named on stderr
+    r = ok(cli_env, "cs", "config", ep, "-k", "NoSuchKey", "-k", "HeartbeatInterval")
+    assert [row[0] for row in plain_rows(r.stdout)[1:]] == ["HeartbeatInterval"]
+    assert "NoSuchKey" in r.stderr
+    # every key unknown: that is a failure (issue 10: it exited 0)
+    r = fails(3, cli_env, "cs", "config", ep, "-k", "NoSuchKey", "-o", "json")
+    assert "NoSuchKey" in r.stderr
     # what was fetched stays readable with inspect
     fields = dict(
         line.split("\t", 1) for line in ok(cli_env, "cs", "inspect", ep).stdout.splitlines()
@@ -551,6 +585,13 @@ def test_config_on_a_live_station(server, cli_env, live):
 def test_usage_errors_exit_2(cli_env, args):
     r = fails(2, cli_env, *args)
     assert "Usage:" in r.stderr or "error:" in r.stderr
+    assert "Value error" not in r.stderr  # issue 10: pydantic's prefix reached the user
+
+
+def test_a_wrong_choice_names_the_choices_as_spelled(cli_env):
+    r = fails(2, cli_env, "cs", "list", "--status", "Bogus")
+    assert "'Bogus' is not one of Available, Preparing," in r.stderr and "Faulted" in r.stderr
+    assert "Value error" not in r.stderr and "'faulted'" not in r.stderr
 
 
 @pytest.mark.parametrize("ep", ["has space", "slash/x", "x" * 49, "é"])
@@ -605,16 +646,23 @@ def test_empty_station_name_is_refused_cleanly(cli_env):
     assert "unexpected" not in r.stderr
 
 
-def test_debug_lets_the_exception_through(cli_env):
-    r = runner.invoke(
-        app,
-        ["--debug", "cs", "inspect", "no-such-station"],
-        env={**_CLEAR, **cli_env},
-        prog_name="edrvctl",
-    )
-    from edrvctl.errors import NotFound
-
-    assert isinstance(r.exception, NotFound)
+@pytest.mark.parametrize(
+    "args,code",
+    [
+        (("cs", "inspect", "no-such-station"), 3),
+        (("cs", "delete", "no-such-station"), 2),  # no --yes off a terminal
+        (("--api-url", "http://127.0.0.1:9", "cs", "list"), 6),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, tuple) else str(a),
+)
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(cli_env, args, code):
+    """Issue 10: --debug turned every documented exit code into 1."""
+    r = cli(cli_env, "--debug", *args)
+    assert r.exit_code == code, r.stderr
+    assert "Traceback (most recent call last)" in r.stderr
+    assert "\nerror: " in r.stderr
+    r = cli(cli_env, *args)
+    assert r.exit_code == code and "Traceback" not in r.stderr
 
 
 def test_color_never_and_no_color_give_no_escape_codes(cli_env, pair):
@@ -643,6 +691,7 @@ def ctx_env(server, tmp_path):
     env = hermetic_env(tmp_path)
     token_file = tmp_path / "good.token"
     token_file.write_text(server.token + "\n")
+    token_file.chmod(0o600)
     write_config(
         env,
         f"""
@@ -753,3 +802,454 @@ def test_local_server_is_found_without_any_setting(tmp_path):
     finally:
         assert srv.stop() == 0
     assert not (store.parent / "server.json").exists()
+
+
+# --------------------------------------------------------------------------- tables fit the width
+
+
+def cells(line: str) -> int:
+    from rich.cells import cell_len
+
+    return cell_len(line)
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """A kubectl-style table split into cells (columns are 2+ spaces apart)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def live_and_offline(live):
+    """The live 1.6 station's location: a model, a LAST SEEN (tests that add stations there
+    would change what other tests of the module see)."""
+    return live["location"]
+
+
+TIME = re.compile(r"^(\d+[smhd] ago|-)$")
+
+
+def test_list_at_80_columns_drops_the_id_and_cuts_nothing(cli_env, live_and_offline):
+    """Issue 10: at 80 columns LAST SEEN went and MODEL was cut to 2 characters."""
+    env = {**cli_env, "COLUMNS": "80"}
+    r = ok(env, "cs", "list", "--location", live_and_offline, "-o", "table")
+    lines = r.stdout.splitlines()
+    assert all(cells(line) <= 80 for line in lines), r.stdout
+    rows = table_rows(r.stdout)
+    assert "ID" not in rows[0] and "LAST SEEN" in rows[0] and "MODEL" in rows[0]
+    assert "…" not in r.stdout
+    by_header = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
+    assert {d["MODEL"] for d in by_header} <= {"edrvctl SimCharger", "-"}
+    assert "edrvctl SimCharger" in r.stdout
+    assert all(TIME.match(d["LAST SEEN"]) for d in by_header)
+    assert any(d["LAST SEEN"].endswith("ago") for d in by_header)
+
+
+def test_list_at_160_columns_shows_everything_uncut(cli_env, live_and_offline):
+    env = {**cli_env, "COLUMNS": "160"}
+    r = ok(env, "cs", "list", "--location", live_and_offline, "-o", "table")
+    rows = table_rows(r.stdout)
+    assert rows[0] == [
+        "ENDPOINT",
+        "ID",
+        "PROTOCOL",
+        "ONLINE",
+        "ACTIVE",
+        "STATUS",
+        "MODEL",
+        "LAST SEEN",
+    ]
+    assert "…" not in r.stdout and all(HEX24.match(row[1]) for row in rows[1:])
+
+
+@pytest.mark.parametrize("columns", ["80", "120", "160"])
+def test_list_wide_never_cuts_a_time(cli_env, live_and_offline, columns):
+    """Issue 10: -o wide cut relative times to their first digit."""
+    env = {**cli_env, "COLUMNS": columns}
+    r = ok(env, "cs", "list", "--location", live_and_offline, "-o", "wide")
+    assert all(cells(line) <= int(columns) for line in r.stdout.splitlines()), r.stdout
+    rows = table_rows(r.stdout)
+    assert "ENDPOINT" in rows[0] and "LAST SEEN" in rows[0] and "STATUS" in rows[0]
+    for row in rows[1:]:
+        d = dict(zip(rows[0], row, strict=True))
+        for col in ("LAST SEEN", "CREATED"):
+            if col in d:
+                assert TIME.match(d[col]), (col, d[col], r.stdout)
+    if columns == "160":  # room enough: only the id goes, and nothing is cut
+        assert "ID" not in rows[0] and "…" not in r.stdout
+        assert {"LOCATION", "ORGANIZATION", "FIRMWARE", "CREATED"} <= set(rows[0])
+
+
+def test_table_layout_drops_whole_columns_before_cutting():
+    from edrvctl.cli.output import layout
+
+    headers = ["ENDPOINT", "ID", "MODEL", "LAST SEEN"]
+    rows = [["cp-1", "0" * 24, "Vendor Model-With-A-Long-Name", "12m ago"]]
+    cut = [False, False, True, False]
+    # everything fits: nothing dropped, nothing cut
+    kept, widths = layout(headers, rows, cut, 200, ["ID"])
+    assert kept == [0, 1, 2, 3] and widths[2] == len(rows[0][2])
+    # a little too narrow: the id goes, the model stays whole
+    kept, widths = layout(headers, rows, cut, 60, ["ID"])
+    assert kept == [0, 2, 3] and widths[2] == len(rows[0][2])
+    # narrower still: the model is cut, the time never is
+    kept, widths = layout(headers, rows, cut, 30, ["ID"])
+    assert kept == [0, 2, 3] and widths[3] == len("LAST SEEN") and widths[2] < len(rows[0][2])
+    assert sum(widths[i] for i in kept) + 2 * (len(kept) - 1) <= 30
+
+
+# --------------------------------------------------------------------------- update
+
+
+def test_update_changes_only_what_is_given(server, cli_env):
+    doc = create(cli_env, "--location", uniq("loc"), "--organization", uniq("org"))
+    ep = doc["endpoint"]
+    r = ok(cli_env, "cs", "update", ep, "--location", "depot-south", "--public")
+    assert r.stdout == f"chargestation/{ep} updated\n" and r.stderr == ""
+    now = server.get(ep)
+    assert (now["location"], now["public"], now["organization"]) == (
+        "depot-south",
+        True,
+        doc["organization"],
+    )
+    out = json.loads(
+        ok(
+            cli_env,
+            "cs",
+            "update",
+            doc["_id"],
+            "--meta-data",
+            '{"owner": "ops", "n": [1, 2]}',
+            "--no-public",
+            "-o",
+            "json",
+        ).stdout
+    )
+    assert out["meta_data"] == {"owner": "ops", "n": [1, 2]} and out["public"] is False
+    assert "password" not in out
+    assert ok(cli_env, "cs", "update", ep, "--organization", "", "-q").stdout == doc["_id"] + "\n"
+    assert server.get(ep)["organization"] is None  # '' removes it
+    assert server.get(ep)["location"] == "depot-south"
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        ((), "nothing to change"),
+        (("--meta-data", "{nope"), "not valid JSON"),
+        (("--meta-data", "[1]"), "JSON object"),
+        (("--security", "bogus"), "--security"),
+        (("--security", "basic_auth"), "--yes"),  # a security change asks first
+    ],
+    ids=repr,
+)
+def test_update_usage_errors_exit_2_and_change_nothing(server, cli_env, args, says):
+    doc = create(cli_env)
+    r = fails(2, cli_env, "cs", "update", doc["endpoint"], *args)
+    assert says in r.stderr
+    assert server.get(doc["_id"]) == doc
+
+
+def test_update_unknown_station_is_exit_3(cli_env):
+    fails(3, cli_env, "cs", "update", "no-such-station", "--location", "x")
+
+
+def test_update_security_end_to_end(server, cli_env):
+    """PATCH of `security` (issue 10): moving to basic_auth issues a password shown once; a
+    connected station is disconnected, and only the new password lets it back in."""
+    doc = create(cli_env)
+    ep = doc["endpoint"]
+    old = LiveStation(server.ocpp_url, ep)
+    try:
+        until(lambda: server.get(ep)["online"], timeout=15, what=f"{ep} online")
+        r = ok(cli_env, "cs", "update", ep, "--security", "basic_auth", "--yes")
+        assert r.stdout == f"chargestation/{ep} updated\n"
+        m = re.search(r"password for (\S+) \(shown once; username = endpoint\): (\S+)$", r.stderr)
+        assert m and m.group(1) == ep, r.stderr
+        password = m.group(2)
+        assert server.get(ep)["security"] == {"type": "basic_auth", "profile": 1}
+        until(lambda: not server.get(ep)["online"], timeout=15, what=f"{ep} disconnected")
+    finally:
+        old.stop()
+    # without the password: refused before the upgrade
+    with pytest.raises(Exception, match="401"):
+        from websockets.sync.client import connect
+
+        connect(f"{server.ocpp_url}/{ep}", subprotocols=["ocpp1.6"], open_timeout=scaled(10))
+    new = LiveStation(server.ocpp_url, ep, password=password)
+    try:
+        until(lambda: server.get(ep)["online"], timeout=15, what=f"{ep} back with the password")
+    finally:
+        new.stop()
+    # between profiles with a password the password is kept; -o json carries no new one
+    out = json.loads(
+        ok(cli_env, "cs", "update", ep, "--security", "TLS_BASIC_AUTH", "-y", "-o", "json").stdout
+    )
+    assert out["security"] == {"type": "tls_basic_auth", "profile": 2} and "password" not in out
+    out = json.loads(
+        ok(cli_env, "cs", "update", ep, "--security", "none", "-y", "-o", "json").stdout
+    )
+    assert out["security"] == {"type": "none", "profile": 0} and "password" not in out
+    # back to a password profile: a new one, in the JSON this time (not on stderr)
+    r = ok(cli_env, "cs", "update", ep, "--security", "basic_auth", "-y", "-o", "json")
+    out = json.loads(r.stdout)
+    assert len(out["password"]) >= 20 and out["password"] != password
+    assert out["password"] not in r.stderr
+
+
+# --------------------------------------------------------------------------- global options
+
+
+def test_global_options_may_follow_the_command(server, cli_env, ctx_env):
+    """Issue 10: --color, --debug, --api-url and --context were refused after the command."""
+    doc = create(cli_env)
+    down = {**cli_env, "EDRV_API_URL": closed_port_url()}
+    r = ok(down, "cs", "inspect", doc["_id"], "--api-url", server.api_url, "-o", "json")
+    assert json.loads(r.stdout)["_id"] == doc["_id"]
+    ok(down, "cs", "inspect", doc["_id"], f"--api-url={server.api_url}")
+    ok(ctx_env, "cs", "list", "--context", "good", "-q")
+    fails(6, ctx_env, "cs", "list", "-q", "--context", "down")
+    r = ok(
+        cli_env,
+        "cs",
+        "list",
+        "-o",
+        "table",
+        "--color",
+        "always",
+        "--location",
+        doc["location"] or uniq(),
+    )
+    assert "\x1b[1m" in r.stdout  # bold headers: --color always was taken
+    r = cli(cli_env, "cs", "inspect", "no-such-station", "--debug")
+    assert r.exit_code == 3 and "Traceback" in r.stderr
+    fails(2, cli_env, "cs", "list", "--color", "purple")
+
+
+def test_hoisting_leaves_option_values_and_positionals_alone():
+    import typer as _typer
+
+    from edrvctl.cli.base import hoist_global_options
+
+    root = _typer.main.get_command(app)
+    h = hoist_global_options
+    assert h(root, ["cs", "list", "--debug"]) == ["--debug", "cs", "list"]
+    assert h(root, ["cs", "list", "--context", "x", "-q"]) == ["--context", "x", "cs", "list", "-q"]
+    assert h(root, ["--debug", "cs", "list"]) == ["--debug", "cs", "list"]
+    # the value of the command's own option, even one that looks like a global option
+    assert h(root, ["cs", "list", "--location", "--debug"]) == [
+        "cs",
+        "list",
+        "--location",
+        "--debug",
+    ]
+    assert h(root, ["cs", "config", "x", "-k", "--color"]) == ["cs", "config", "x", "-k", "--color"]
+    assert h(root, ["cs", "inspect", "--", "--debug"]) == ["cs", "inspect", "--", "--debug"]
+
+
+# --------------------------------------------------------------------------- choices, several stations
+
+
+def test_status_and_protocol_are_taken_in_any_case(cli_env, live):
+    """Issue 10: `--status faulted` was refused."""
+    loc, sid = live["location"], live["doc"]["_id"]
+    q = ("cs", "list", "--location", loc, "-q")
+    assert ok(cli_env, *q, "--status", "available").stdout.split() == [sid]
+    assert ok(cli_env, *q, "--status", "AVAILABLE").stdout.split() == [sid]
+    assert ok(cli_env, *q, "--status", "faulted").stdout.split() == []
+    assert ok(cli_env, *q, "--protocol", "OCPP1.6", "--online").stdout.split() == [sid]
+    fails(2, cli_env, *q, "--status", "broken")
+
+
+def test_inspect_several_stations(server, cli_env):
+    a, b = create(cli_env), create(cli_env)
+    out = json.loads(ok(cli_env, "cs", "inspect", a["endpoint"], b["_id"], "-o", "json").stdout)
+    assert [d["_id"] for d in out] == [a["_id"], b["_id"]]
+    one = json.loads(ok(cli_env, "cs", "inspect", a["endpoint"], "-o", "json").stdout)
+    assert one["_id"] == a["_id"]  # one station: the object, as before
+    r = ok(cli_env, "cs", "inspect", a["endpoint"], b["endpoint"])
+    assert r.stdout.count("ID\t") == 2 and "\n\n" in r.stdout
+    # one missing: the others are shown, the missing one reported, exit 3
+    r = cli(cli_env, "cs", "inspect", a["endpoint"], "no-such-station", b["endpoint"], "-o", "json")
+    assert r.exit_code == 3
+    assert [d["_id"] for d in json.loads(r.stdout)] == [a["_id"], b["_id"]]
+    assert "no-such-station" in r.stderr and r.stderr.startswith("error: ")
+
+
+def test_delete_several_stations(server, cli_env):
+    a, b, c = create(cli_env), create(cli_env), create(cli_env)
+    r = ok(cli_env, "cs", "delete", a["endpoint"], b["_id"], "--yes")
+    assert (
+        r.stdout
+        == f"chargestation/{a['endpoint']} deleted\nchargestation/{b['endpoint']} deleted\n"
+    )
+    for d in (a, b):
+        fails(3, cli_env, "cs", "inspect", d["_id"])
+    r = fails(2, cli_env, "cs", "delete", c["endpoint"], "x")  # asks once for all; no terminal
+    assert "2 chargestations" in r.stderr
+    d = create(cli_env)
+    r = cli(cli_env, "cs", "delete", c["endpoint"], "no-such-station", d["endpoint"], "-y", "-q")
+    assert r.exit_code == 3 and r.stdout.split() == [c["_id"], d["_id"]]
+    assert "no-such-station" in r.stderr
+    fails(3, cli_env, "cs", "inspect", d["_id"])
+
+
+# --------------------------------------------------------------------------- help reads well
+
+
+def all_commands():
+    import typer as _typer
+
+    root = _typer.main.get_command(app)
+    out = [((), root)]
+    for name, cmd in root.commands.items():
+        if name == "cs":
+            continue
+        out.append(((name,), cmd))
+        for sub, subcmd in getattr(cmd, "commands", {}).items():
+            out.append(((name, sub), subcmd))
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p, _ in all_commands()], ids=" ".join)
+@pytest.mark.parametrize("columns", ["50", "100"])
+def test_help_has_no_python_types_and_one_placeholder_style(tmp_path, path, columns):
+    """Issue 10: metavars showed `<list[str]>` and `<int range>`; usage lines mixed `{STATION}`
+    and `{endpoint}`; examples broke across lines; summaries ended in '...'."""
+    env = {**hermetic_env(tmp_path), "COLUMNS": columns}
+    r = ok(env, *path, "-h")
+    text = r.stdout
+    assert not re.search(r"<[a-z][^>]*>", text.split("Options:")[-1]), text  # no <type>
+    assert "range>" not in text and "list[" not in text
+    usage = text.splitlines()[0]
+    assert "{" not in usage and "}" not in usage and "<" not in usage, usage
+    rest = usage.split(" ".join(("edrvctl", *path)), 1)[1]
+    rest = rest.replace("[OPTIONS]", "").replace("COMMAND [ARGS]...", "")
+    for placeholder in rest.split():  # arguments: UPPERCASE words, like option values
+        assert re.fullmatch(r"\[?[A-Z][A-Z_]*(\.\.\.)?\]?", placeholder), usage
+    for line in text.partition("Commands:")[2].splitlines():
+        assert not line.rstrip().endswith("..."), line  # no summary cut short
+    # each example of the command's help is one whole line
+    _, cmd = dict((" ".join(p), (p, c)) for p, c in all_commands())[" ".join(path)]
+    examples = [
+        line.strip()
+        for line in (cmd.help or "").splitlines()
+        if line.strip().startswith("edrvctl ")
+    ]
+    shown = [line.strip() for line in text.splitlines()]
+    for example in examples:
+        assert example in shown, (example, text)
+
+
+@pytest.mark.parametrize(
+    "ep,says",
+    [
+        ("has space", "' '"),
+        ("....", "only dots"),
+        ("x" * 49, "48"),
+        ("0123456789abcdef01234567", "24 hex digits"),
+    ],
+)
+def test_validation_messages_read_as_sentences(server, cli_env, ep, says):
+    """Issue 10: pydantic's "Value error," prefix and raw regexes reached the user."""
+    r = fails(2, cli_env, "cs", "create", ep)
+    assert says in r.stderr
+    assert "Value error" not in r.stderr and "pattern" not in r.stderr
+    assert "^[" not in r.stderr and "$'" not in r.stderr
+
+
+# --------------------------------------------------------------------------- 2.0.1 config keys
+
+
+@pytest.fixture(scope="module")
+def live201(server):
+    doc = server.create(uniq("live201"), protocol="ocpp2.0.1")
+    st = LiveStation(server.ocpp_url, doc["endpoint"], protocol="ocpp2.0.1", connectors=2)
+    try:
+        until(
+            lambda: server.get(doc["_id"])["status"] == "Available",
+            timeout=15,
+            what=f"{doc['endpoint']} to be Available",
+        )
+        yield doc
+    finally:
+        st.stop()
+
+
+def test_201_config_keys_are_unique_and_taken_back_as_printed(cli_env, live201):
+    """Issue 10: per-EVSE variables were printed twice as `EVSE.Power`, and `-k EVSE.Power`
+    answered UnknownComponent with exit 0."""
+    ep = live201["endpoint"]
+    r = ok(cli_env, "cs", "config", ep, "--timeout", str(scaled(15)))
+    keys = [row[0] for row in plain_rows(r.stdout)[1:]]
+    assert len(keys) == len(set(keys)), [k for k in keys if keys.count(k) > 1]
+    per_evse = [k for k in keys if k.startswith(("EVSE[", "Connector["))]
+    assert "EVSE[1].Power" in per_evse and "EVSE[2].Power" in per_evse
+    assert any(k.startswith("Connector[1,") for k in per_evse)
+    table = ok(cli_env, "cs", "config", ep, "-o", "table").stdout
+    assert "EVSE[1].Power" in table and "EVSE[2].Power" in table  # not read as markup
+    for key in (per_evse[0], per_evse[-1], "OCPPCommCtrlr.HeartbeatInterval"):
+        out = json.loads(ok(cli_env, "cs", "config", ep, "-k", key, "-o", "json").stdout)
+        assert [e["key"] for e in out] == [key]
+    r = fails(3, cli_env, "cs", "config", ep, "-k", "EVSE.Power")
+    assert "EVSE.Power" in r.stderr and "EVSE[1].Power" in r.stderr  # says how to write it
+
+
+# --------------------------------------------------------------------------- the token file
+
+
+def token_context(env: dict, api_url: str, token_file: Path) -> None:
+    write_config(
+        env,
+        f"current-context: a\ncontexts:\n  a: {{api_url: '{api_url}', token_file: '{token_file}'}}\n",
+    )
+
+
+def test_a_token_file_others_can_read_is_refused(server, tmp_path):
+    env = hermetic_env(tmp_path)
+    token = tmp_path / "t.token"
+    token.write_text(server.token)
+    token_context(env, server.api_url, token)
+    for mode in (0o644, 0o640, 0o604, 0o620):
+        token.chmod(mode)
+        r = fails(2, env, "cs", "list")
+        assert str(token) in r.stderr and "chmod 600" in r.stderr
+    token.chmod(0o600)
+    ok(env, "cs", "list")
+    token.chmod(0o400)
+    ok(env, "cs", "list")
+
+
+def test_an_empty_token_file_is_refused(server, tmp_path):
+    env = hermetic_env(tmp_path)
+    token = tmp_path / "t.token"
+    token.write_text(" \n")
+    token.chmod(0o600)
+    token_context(env, server.api_url, token)
+    r = fails(2, env, "cs", "list")
+    assert str(token) in r.stderr and "empty" in r.stderr
+
+
+def test_a_token_file_of_another_user_is_refused(server, tmp_path, monkeypatch):
+    env = hermetic_env(tmp_path)
+    token = tmp_path / "t.token"
+    token.write_text(server.token)
+    token.chmod(0o600)
+    token_context(env, server.api_url, token)
+    ok(env, "cs", "list")
+    monkeypatch.setattr(os, "geteuid", lambda: token.stat().st_uid + 1)
+    r = fails(2, env, "cs", "list")
+    assert str(token) in r.stderr and "another user" in r.stderr
+
+
+def test_the_local_servers_token_file_is_checked_too(tmp_path):
+    env = hermetic_env(tmp_path)
+    store = Path(env["XDG_DATA_HOME"]) / "edrvctl" / "edrvctl.db"
+    srv = start_server(tmp_path / "srv", token=None, store=store, env=env)
+    try:
+        ok(env, "cs", "list")
+        token_file = store.parent / "token"
+        token_file.chmod(0o644)
+        r = fails(2, env, "cs", "list")
+        assert str(token_file) in r.stderr
+    finally:
+        srv.stop()

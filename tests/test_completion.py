@@ -111,7 +111,17 @@ def test_cli_tree_knows_every_command_and_option():
     from edrvctl._cli_tree import TREE
 
     cs = TREE["commands"]["chargestations"]["commands"]
-    assert set(cs) >= {"list", "create", "inspect", "activate", "deactivate", "delete", "config"}
+    assert set(cs) >= {
+        "list",
+        "create",
+        "inspect",
+        "update",
+        "activate",
+        "deactivate",
+        "delete",
+        "config",
+    }
+    assert cs["delete"]["args"] == ["station"] and cs["update"]["args"] == ["station"]
     assert TREE["commands"]["cs"]["alias"] == "chargestations"
     assert cs["inspect"]["args"] == ["station"]
     assert cs["list"]["options"]["-o"]["choices"] == ["table", "wide", "plain", "json", "yaml"]
@@ -163,6 +173,11 @@ def test_option_names(tmp_path):
         ("edrvctl cs create x --protocol ", 5, ["ocpp1.6", "ocpp2.0.1"]),
         ("edrvctl cs list --status S", 4, ["SuspendedEV", "SuspendedEVSE"]),
         ("edrvctl cs list --location ", 4, []),  # a free value: nothing to offer
+        ("edrvctl cs list --status fa", 4, ["Faulted"]),  # choices are taken in any case
+        ("edrvctl cs update x --security BASIC", 5, ["basic_auth"]),
+        # a global option after the command takes its value: the next word is not an argument
+        ("edrvctl cs list --context prod -o ", 6, ["table", "wide", "plain", "json", "yaml"]),
+        ("edrvctl cs list --color ", 4, []),
     ],
 )
 def test_option_values(tmp_path, words, cword, expected):

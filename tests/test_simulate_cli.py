@@ -106,3 +106,64 @@ def test_simulate_needs_a_url_when_no_server_is_known(tmp_path):
     assert "--url" in r.stderr
     r = runner.invoke(app, ["simulate", "--url", "http://x"], env=hermetic_env(tmp_path))
     assert r.exit_code == 2 and "ws://" in r.stderr
+
+
+def sim(env: dict, *args: str, input: str | None = None):
+    clear = dict.fromkeys(("EDRV_STATION_PASSWORD", "EDRV_API_URL", "EDRV_TOKEN"))
+    return runner.invoke(
+        app, ["simulate", *args], env={**clear, **env}, prog_name="edrvctl", input=input
+    )
+
+
+def closed_ws_url() -> str:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"ws://127.0.0.1:{port}"
+
+
+def test_simulate_with_nothing_reachable_exits_6_and_says_why(tmp_path):
+    """Issue 10: simulate exited 0 when nothing connected and hid the reason."""
+    from conftest import hermetic_env
+
+    url = closed_ws_url()
+    r = sim(hermetic_env(tmp_path), "--url", url, "-n", "2", "--duration", str(scaled(1)))
+    assert r.exit_code == 6, r.output
+    assert "0/2 booted" in r.stdout
+    assert f"no simulated station got an answer from {url}" in r.stderr
+    assert "2 stations" in r.stderr and "Error" in r.stderr  # the reason (connection refused)
+
+
+def test_simulate_of_unknown_endpoints_exits_3_and_suggests_create(server, cli_env):
+    prefix = f"SIMNONE{os.getpid() % 1000}x"
+    r = sim(cli_env, "--url", server.ocpp_url, "--prefix", prefix, "--duration", str(scaled(1)))
+    assert r.exit_code == 3, r.output
+    assert "HTTP 404" in r.stderr and "--create" in r.stderr
+
+
+def test_simulate_with_a_password(server, cli_env):
+    """Issue 10: simulate had no --password, so a basic_auth station could not be simulated."""
+    prefix = f"SIMPW{os.getpid() % 1000}x"
+    doc = server.create(f"{prefix}00001", security={"type": "basic_auth"})
+    password = doc["password"]
+    base = ("--url", server.ocpp_url, "--prefix", prefix, "-o", "json")
+    # without it: refused, and told what to do
+    r = sim(cli_env, *base, "--duration", str(scaled(1)))
+    assert r.exit_code == 4, r.output
+    assert "HTTP 401" in r.stderr and "EDRV_STATION_PASSWORD" in r.stderr
+    r = sim(cli_env, *base, "--password", "wrong-" + password, "--duration", str(scaled(1)))
+    assert r.exit_code == 4 and "rotate-password" in r.stderr
+    # with it, as a flag, from the environment, or from stdin
+    for extra, env, given in (
+        (("--password", password), cli_env, None),
+        ((), {**cli_env, "EDRV_STATION_PASSWORD": password}, None),
+        (("--password", "-"), cli_env, password + "\n"),
+    ):
+        r = sim(env, *base, *extra, "--duration", str(scaled(2)), input=given)
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.stdout)
+        assert summary["booted"] == 1 and summary["received"] > 0
+    assert password not in r.stderr and password not in r.stdout

@@ -1,54 +1,28 @@
-"""The Typer app. Heavy libraries (httpx, rich tables, ocpp, websockets) are imported inside
-the commands that use them, so `--help` and completion stay fast."""
+"""The Typer app. Heavy libraries (httpx, rich, ocpp, websockets) are imported inside the
+commands that use them, so `--help` and completion stay fast. Command classes, help style,
+global options and the error-to-exit-code mapping live in `edrvctl.cli.base`."""
 
-import sys
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from edrvctl import __version__
 from edrvctl.cli import output
-from edrvctl.errors import EXIT_INTERRUPTED, EdrvError
+from edrvctl.cli.base import Command, Root, state
 
-
-class Root(TyperGroup):
-    """The one place where failures become a message on stderr and a documented exit code."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except EdrvError as e:
-            if state.debug:
-                raise
-            print(f"error: {e.message}", file=sys.stderr)
-            if e.hint:
-                print(f"hint: {e.hint}", file=sys.stderr)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-
+__all__ = ["app", "run", "state"]
 
 app = typer.Typer(
     cls=Root,
     name="edrvctl",
     help="Fleet administration for EV chargestations, and an embedded OCPP central system.\n\n"
-    "Start a server with `edrvctl serve`, then manage stations with `edrvctl cs ...`.",
+    "Start a server with `edrvctl serve`, then manage stations with `edrvctl cs COMMAND`. "
+    "The options below may also follow the command (`edrvctl cs list --context prod`).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain Click help: Rich help rendering costs ~0.1 s per call
+    rich_markup_mode=None,  # plain help: Rich help rendering costs ~0.1 s per call
 )
-
-
-class State:
-    api_url: str | None = None
-    context: str | None = None
-    debug: bool = False
-
-
-state = State()
 
 
 def _version(value: bool) -> None:
@@ -65,19 +39,25 @@ def root(
             "--api-url",
             envvar="EDRV_API_URL",
             show_envvar=True,
+            metavar="URL",
             help="Admin API base URL [default: the local server]",
         ),
     ] = None,
     context: Annotated[
         str | None,
         typer.Option(
-            "--context", envvar="EDRVCTL_CONTEXT", help="Named context from the config file"
+            "--context",
+            envvar="EDRVCTL_CONTEXT",
+            metavar="NAME",
+            help="Named context from the config file",
         ),
     ] = None,
     color: Annotated[
         str, typer.Option("--color", help="Colour: auto, always or never", metavar="WHEN")
     ] = "auto",
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks on errors (exit codes stay the same)")
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -97,8 +77,12 @@ from edrvctl.cli import chargestations, serve, simulate  # noqa: E402
 ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
-app.command("serve")(serve.serve)
-app.command("simulate")(simulate.simulate)
+app.command("serve", cls=Command, short_help="Run the OCPP central system and the admin API.")(
+    serve.serve
+)
+app.command(
+    "simulate", cls=Command, short_help="Run simulated chargestations against a central system."
+)(simulate.simulate)
 
 
 def run() -> None:

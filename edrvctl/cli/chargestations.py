@@ -1,5 +1,5 @@
-"""`edrvctl chargestations` (alias `cs`): list, create, inspect, activate, deactivate, delete,
-config."""
+"""`edrvctl chargestations` (alias `cs`): list, create, inspect, update, activate, deactivate,
+delete, rotate-password, config."""
 
 import sys
 from enum import Enum
@@ -8,10 +8,22 @@ from typing import Annotated
 import typer
 
 from edrvctl.cli import output
+from edrvctl.cli.base import Command, Group, confirm, report
 from edrvctl.constants import PROTOCOLS, STATUSES
-from edrvctl.errors import UsageError
+from edrvctl.errors import Conflict, EdrvError, NotFound, UsageError
 
-app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+app = typer.Typer(
+    cls=Group,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+def command(name: str | None = None, **kw):
+    """`app.command` with edrvctl's help style."""
+    return app.command(name, cls=Command, **kw)
+
 
 # Choices for Typer, made from the constants (member names like "ocpp1.6" cannot be class
 # attributes); mypy cannot see the members of an Enum made this way.
@@ -20,6 +32,9 @@ ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)  # type
 StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)  # type: ignore[misc]
 SECURITY_TYPES = ("none", "basic_auth", "tls_basic_auth", "tls_client_cert")
 SecurityName = Enum("SecurityName", {s: s for s in SECURITY_TYPES}, type=str)  # type: ignore[misc]
+SECURITY_HELP = (
+    "OCPP security profile: none (0), basic_auth (1), tls_basic_auth (2), tls_client_cert (3)"
+)
 
 
 def _complete_station(incomplete: str):
@@ -34,21 +49,29 @@ Station = Annotated[
         help="The station's _id or endpoint", metavar="STATION", autocompletion=_complete_station
     ),
 ]
+Stations = Annotated[
+    list[str],
+    typer.Argument(
+        help="The stations' _ids or endpoints", metavar="STATION", autocompletion=_complete_station
+    ),
+]
 OutputOpt = Annotated[
     Format | None,
     typer.Option(
         "-o",
         "--output",
-        help="table | wide | plain | json | yaml [default: table on a terminal, plain otherwise]",
+        metavar="FORMAT",
+        help="table, wide, plain, json or yaml [default: table on a terminal, plain otherwise]",
         show_default=False,
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print ids only")]
 YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation")]
+NoHeadersOpt = Annotated[bool, typer.Option("--no-headers", help="Omit the header row")]
 
 
 def _client():
-    from edrvctl.cli import state
+    from edrvctl.cli.base import state
     from edrvctl.cli.settings import resolve
     from edrvctl.client import Client
 
@@ -60,29 +83,48 @@ def _fmt(o: Format | None, quiet: bool = False) -> str:
     return output.resolve_format(o.value if o else None, quiet)
 
 
-def _confirm(verb: str, station: str, yes: bool) -> None:
+def _confirm(verb: str, stations: list[str] | str, yes: bool) -> None:
     if yes:
         return
+    names = [stations] if isinstance(stations, str) else stations
+    what = names[0] if len(names) == 1 else f"{len(names)} chargestations ({', '.join(names)})"
     if not sys.stdin.isatty():
         raise UsageError(
-            f"refusing to {verb} {station} without confirmation: stdin is not a "
-            "terminal; pass --yes"
+            f"refusing to {verb} {what} without confirmation: stdin is not a terminal; pass --yes"
         )
-    if not typer.confirm(f"{verb.capitalize()} chargestation {station}?", err=True):
+    noun = "chargestation " if len(names) == 1 else ""
+    if not confirm(f"{verb.capitalize()} {noun}{what}?"):
         output.info("nothing changed")
         raise typer.Exit(1)
 
 
 def _done(doc: dict, verb: str, fmt: str) -> None:
+    from edrvctl.textsafe import printable
+
     if fmt in ("json", "yaml"):
         output.dump(doc, fmt)
     elif fmt == "ids":
-        print(doc["_id"])
+        print(printable(doc["_id"]))
     else:
-        print(f"chargestation/{doc['endpoint']} {verb}")
+        print(f"chargestation/{printable(doc['endpoint'])} {verb}")
 
 
-@app.command("list")
+def _each(client_call, keys: list[str]) -> tuple[list[dict], EdrvError | None]:
+    """client_call(key) for each station; a failure about one station (not found, conflict,
+    bad name) is reported and the others go on. Returns the results and the first failure."""
+    docs, failed = [], None
+    for key in keys:
+        try:
+            docs.append(client_call(key))
+        except (NotFound, Conflict, UsageError) as e:
+            if len(keys) == 1:
+                raise
+            report(e)
+            failed = failed or e
+    return docs, failed
+
+
+@command("list")
 def list_(
     online: Annotated[
         bool | None,
@@ -97,27 +139,47 @@ def list_(
         ),
     ] = None,
     status: Annotated[
-        StatusName | None, typer.Option(help="Only stations with this status", show_default=False)
+        StatusName | None,
+        typer.Option(
+            metavar="STATUS",
+            case_sensitive=False,
+            help="Only stations with this status: " + ", ".join(STATUSES) + " (any case)",
+            show_default=False,
+        ),
     ] = None,
     protocol: Annotated[
-        ProtocolName | None, typer.Option(help="Only this OCPP version", show_default=False)
+        ProtocolName | None,
+        typer.Option(
+            metavar="PROTOCOL",
+            case_sensitive=False,
+            help="Only this OCPP version: ocpp1.6 or ocpp2.0.1",
+            show_default=False,
+        ),
     ] = None,
-    location: Annotated[str | None, typer.Option(help="Only this location id")] = None,
-    organization: Annotated[str | None, typer.Option(help="Only this organization")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many stations", min=1)] = 100,
+    location: Annotated[
+        str | None, typer.Option(metavar="LOCATION", help="Only this location id")
+    ] = None,
+    organization: Annotated[
+        str | None, typer.Option(metavar="ORGANIZATION", help="Only this organization")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(metavar="N", help="At most this many stations", min=1)
+    ] = 100,
     all_: Annotated[bool, typer.Option("--all", help="Every matching station (no limit)")] = False,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
-    no_headers: Annotated[bool, typer.Option("--no-headers", help="Omit the header row")] = False,
+    no_headers: NoHeadersOpt = False,
 ) -> None:
     """List chargestations, newest first.
 
+    A table fits the terminal: the ID column goes first when it is narrow (the endpoint names
+    a station too), then other columns; `-o plain` and `-o json` always have every field.
+
     Examples:
 
+    \b
       edrvctl cs list --online
-
-      edrvctl cs list --status Faulted -o json
-
+      edrvctl cs list --status faulted -o json
       edrvctl cs list -q --inactive | xargs -n1 edrvctl cs activate
     """
     filters = {
@@ -144,21 +206,24 @@ def list_(
         output.info(f"(showing the first {limit}; use --limit N or --all for more)")
 
 
-@app.command()
+@command()
 def create(
-    endpoint: Annotated[str, typer.Argument(help="OCPP identity the station connects with")],
-    protocol: Annotated[ProtocolName, typer.Option(help="OCPP version")] = ProtocolName["ocpp1.6"],
-    location: Annotated[str | None, typer.Option(help="Location id")] = None,
-    organization: Annotated[str | None, typer.Option(help="Organization id")] = None,
+    endpoint: Annotated[
+        str, typer.Argument(metavar="ENDPOINT", help="OCPP identity the station connects with")
+    ],
+    protocol: Annotated[
+        ProtocolName,
+        typer.Option(metavar="PROTOCOL", case_sensitive=False, help="ocpp1.6 or ocpp2.0.1"),
+    ] = ProtocolName["ocpp1.6"],
+    location: Annotated[str | None, typer.Option(metavar="LOCATION", help="Location id")] = None,
+    organization: Annotated[
+        str | None, typer.Option(metavar="ORGANIZATION", help="Organization id")
+    ] = None,
     public: Annotated[bool, typer.Option(help="Visible to the public")] = False,
     simulator: Annotated[bool, typer.Option("--simulator", help="Mark as a simulator")] = False,
     inactive: Annotated[bool, typer.Option("--inactive", help="Create it deactivated")] = False,
     security: Annotated[
-        SecurityName,
-        typer.Option(
-            help="OCPP security profile: none, basic_auth (1), tls_basic_auth (2), "
-            "tls_client_cert (3)"
-        ),
+        SecurityName, typer.Option(metavar="TYPE", case_sensitive=False, help=SECURITY_HELP)
     ] = SecurityName["none"],
     out: OutputOpt = None,
     quiet: QuietOpt = False,
@@ -170,10 +235,9 @@ def create(
 
     Examples:
 
+    \b
       edrvctl cs create edrv01
-
       edrvctl cs create CP-0042 --protocol ocpp2.0.1 --location depot-north -q
-
       edrvctl cs create edrv03 --security basic_auth -o json
     """
     body = {
@@ -206,17 +270,111 @@ def _show_password(doc: dict, fmt: str) -> None:
         )
 
 
-@app.command()
-def inspect(station: Station, out: OutputOpt = None) -> None:
-    """Show everything about one chargestation, including its stored csconfig.
+@command()
+def inspect(stations: Stations, out: OutputOpt = None) -> None:
+    """Show everything about chargestations, including their stored csconfig.
+
+    With one station, -o json/yaml prints its object; with several, a list of them. A station
+    that is not found is reported on stderr and the others are still shown (exit 3).
 
     Examples:
 
+    \b
       edrvctl cs inspect edrv01
-
       edrvctl cs inspect 5eb0c0d2f8a1b2c3d4e5f601 -o yaml
+      edrvctl cs inspect edrv01 edrv02 -o json
     """
-    output.station(_client().get_station(station), _fmt(out))
+    fmt = _fmt(out)
+    docs, failed = _each(_client().get_station, stations)
+    if fmt in ("json", "yaml") and len(stations) > 1:
+        output.dump(docs, fmt)
+    else:
+        for n, doc in enumerate(docs):
+            if n:
+                print()
+            output.station(doc, fmt)
+    if failed:
+        raise typer.Exit(failed.exit_code)
+
+
+@command()
+def update(
+    station: Station,
+    location: Annotated[
+        str | None, typer.Option(metavar="LOCATION", help="Location id ('' removes it)")
+    ] = None,
+    organization: Annotated[
+        str | None, typer.Option(metavar="ORGANIZATION", help="Organization id ('' removes it)")
+    ] = None,
+    public: Annotated[
+        bool | None,
+        typer.Option("--public/--no-public", help="Visible to the public", show_default=False),
+    ] = None,
+    meta_data: Annotated[
+        str | None,
+        typer.Option(
+            "--meta-data",
+            metavar="JSON",
+            help="Replace meta_data with this JSON object ('{}' empties it)",
+        ),
+    ] = None,
+    security: Annotated[
+        SecurityName | None,
+        typer.Option(
+            metavar="TYPE",
+            case_sensitive=False,
+            help=SECURITY_HELP + "; asks first",
+            show_default=False,
+        ),
+    ] = None,
+    yes: YesOpt = False,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Change a chargestation's location, organization, visibility, meta_data or security.
+
+    Only what is given changes. A new --security takes effect at once: a connected station
+    is disconnected and must come back under its new profile. Moving to basic_auth or
+    tls_basic_auth from a profile without a password issues a password, shown this once
+    (stderr, or `password` with -o json), as `create` does.
+
+    Examples:
+
+    \b
+      edrvctl cs update edrv01 --location depot-south --public
+      edrvctl cs update edrv01 --meta-data '{"owner": "ops"}' -o json
+      edrvctl cs update edrv01 --security basic_auth --yes
+    """
+    body: dict = {}
+    for name, value in (("location", location), ("organization", organization)):
+        if value is not None:
+            body[name] = value or None
+    if public is not None:
+        body["public"] = public
+    if meta_data is not None:
+        import json
+
+        try:
+            parsed = json.loads(meta_data)
+        except ValueError as e:
+            raise UsageError(f"--meta-data is not valid JSON: {e}") from None
+        if not isinstance(parsed, dict):
+            raise UsageError('--meta-data must be a JSON object, such as \'{"owner": "ops"}\'')
+        body["meta_data"] = parsed
+    if security is not None:
+        body["security"] = {"type": security.value}
+    if not body:
+        raise UsageError(
+            "nothing to change: give --location, --organization, --public/--no-public, "
+            "--meta-data or --security"
+        )
+    if security is not None:
+        _confirm(f"change the security profile to {security.value} of", station, yes)
+    client = _client()
+    doc = client.update_station(station, body)
+    fmt = _fmt(out, quiet)
+    _done(doc, "updated", fmt)
+    _show_password(doc, fmt)
 
 
 def _set_active(station: str, active: bool, out: Format | None, quiet: bool) -> None:
@@ -224,58 +382,81 @@ def _set_active(station: str, active: bool, out: Format | None, quiet: bool) -> 
     _done(doc, "activated" if active else "deactivated", _fmt(out, quiet))
 
 
-@app.command()
+@command()
 def activate(station: Station, out: OutputOpt = None, quiet: QuietOpt = False) -> None:
-    """Activate a chargestation: it may charge again (a connected one is told Operative).
+    """Activate a chargestation: it may charge again.
+
+    A connected one is told Operative.
 
     Example:
 
+    \b
       edrvctl cs activate edrv01
     """
     _set_active(station, True, out, quiet)
 
 
-@app.command()
+@command()
 def deactivate(
     station: Station, yes: YesOpt = False, out: OutputOpt = None, quiet: QuietOpt = False
 ) -> None:
-    """Deactivate a chargestation: it cannot start charging (a connected one is told
-    Inoperative), and commands to it are refused.
+    """Deactivate a chargestation: it cannot start charging.
+
+    A connected one is told Inoperative, and commands to it are refused.
 
     Example:
 
+    \b
       edrvctl cs deactivate edrv01 --yes
     """
     _confirm("deactivate", station, yes)
     _set_active(station, False, out, quiet)
 
 
-@app.command()
+@command()
 def delete(
-    station: Station, yes: YesOpt = False, out: OutputOpt = None, quiet: QuietOpt = False
+    stations: Stations, yes: YesOpt = False, out: OutputOpt = None, quiet: QuietOpt = False
 ) -> None:
-    """Delete a chargestation and what it reported; a connected one is disconnected.
+    """Delete chargestations and what they reported; a connected one is disconnected.
 
-    Example:
+    One confirmation covers every station given. A station that is not found is reported on
+    stderr and the others are still deleted (exit 3). With several, -o json/yaml prints a
+    list.
 
+    Examples:
+
+    \b
       edrvctl cs delete edrv01 --yes
+      edrvctl cs list -q --location old-depot | xargs edrvctl cs delete --yes
     """
-    _confirm("delete", station, yes)
+    _confirm("delete", stations, yes)
     client = _client()
-    doc = client.delete_station(station)
+    fmt = _fmt(out, quiet)
     from edrvctl.completion import remember
 
-    remember(client.api_url, [], forget=[doc["endpoint"]])
-    _done(doc, "deleted", _fmt(out, quiet))
+    def delete_one(key: str) -> dict:
+        doc = client.delete_station(key)
+        remember(client.api_url, [], forget=[doc["endpoint"]])
+        if fmt not in ("json", "yaml"):
+            _done(doc, "deleted", fmt)
+        return doc
+
+    docs, failed = _each(delete_one, stations)
+    if fmt in ("json", "yaml"):
+        output.dump(docs if len(stations) > 1 else docs[0], fmt)
+    if failed:
+        raise typer.Exit(failed.exit_code)
 
 
-@app.command("rotate-password")
+@command("rotate-password")
 def rotate_password(station: Station, yes: YesOpt = False, out: OutputOpt = None) -> None:
-    """Issue a new password for a station and retire the old one at once. A station connected
-    with the old one is disconnected until it is given the new one.
+    """Issue a new password for a station and retire the old one at once.
+
+    A station connected with the old one is disconnected until it is given the new one.
 
     Example:
 
+    \b
       edrvctl cs rotate-password edrv03 --yes -o json
     """
     _confirm("rotate the password of", station, yes)
@@ -285,7 +466,7 @@ def rotate_password(station: Station, yes: YesOpt = False, out: OutputOpt = None
     _show_password(doc, fmt)
 
 
-@app.command()
+@command()
 def config(
     station: Station,
     key: Annotated[
@@ -293,37 +474,53 @@ def config(
         typer.Option(
             "--key",
             "-k",
-            help="Only this key (1.6 name, or Component.Variable for 2.0.1); repeatable",
+            metavar="KEY",
+            help="Only this key, as printed: a 1.6 name, or for 2.0.1 Component.Variable "
+            "(per EVSE or connector: EVSE[2].Power, Connector[1,2].ConnectorType); repeatable",
         ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the station", min=0.1, max=300)
+        float,
+        typer.Option(metavar="SECONDS", help="Seconds to wait for the station", min=0.1, max=300),
     ] = 30.0,
     out: OutputOpt = None,
-    no_headers: Annotated[bool, typer.Option("--no-headers", help="Omit the header row")] = False,
+    no_headers: NoHeadersOpt = False,
 ) -> None:
     """Fetch the live station's configuration (csconfig), store it, and print it.
 
     OCPP 1.6 uses GetConfiguration; 2.0.1 uses GetBaseReport, or GetVariables with --key.
-    The stored copy stays readable with `inspect` while the station is offline.
+    Keys are printed exactly as --key takes them back. When the station knows none of the
+    keys asked for, the exit code is 3; the stored copy stays readable with `inspect` while
+    the station is offline.
 
     Examples:
 
+    \b
       edrvctl cs config edrv01
-
       edrvctl cs config edrv01 -k HeartbeatInterval -k MeterValueSampleInterval -o json
-
-      edrvctl cs config cp201 -k OCPPCommCtrlr.HeartbeatInterval
+      edrvctl cs config cp201 -k OCPPCommCtrlr.HeartbeatInterval -k EVSE[1].Power
     """
     client = _client()
     fmt = _fmt(out)
     if sys.stderr.isatty():
         from rich.console import Console
+        from rich.text import Text
 
-        with Console(stderr=True).status(f"asking {station} for its configuration..."):
+        from edrvctl.textsafe import printable
+
+        waiting = Text(f"asking {printable(station)} for its configuration...")
+        with Console(stderr=True).status(waiting):
             result = client.get_variables(station, key or [], timeout)
     else:
         result = client.get_variables(station, key or [], timeout)
+    unknown = result.get("unknownKeys") or []
+    if key and unknown and not result["csconfig"]:
+        raise NotFound(
+            f"chargestation {result.get('endpoint') or station} knows none of the keys asked "
+            f"for: {', '.join(unknown)}",
+            hint="`edrvctl cs config STATION` prints every key as --key takes it (2.0.1: "
+            "Component.Variable, per EVSE EVSE[1].Power)",
+        )
     output.config(result["csconfig"], fmt, no_headers=no_headers)
-    if result.get("unknownKeys"):
-        output.info("unknown to the station: " + ", ".join(result["unknownKeys"]))
+    if unknown:
+        output.info("unknown to the station: " + ", ".join(unknown))

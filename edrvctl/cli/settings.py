@@ -59,10 +59,30 @@ def _load_context(name: str | None) -> dict:
 
 
 def _read_token(path: Path) -> str:
+    """The token in `path`, if the file is one we can trust: owned by us, readable and
+    writable by nobody else (a token planted by another user in a shared folder would send
+    our requests with their credentials), and not empty (it would lock every request out)."""
+    path = path.expanduser()
     try:
-        return path.expanduser().read_text().strip()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+                raise UsageError(
+                    f"refusing the token file {path}: it belongs to another user (uid "
+                    f"{st.st_uid}); a token file must be your own"
+                )
+            if st.st_mode & 0o077:
+                raise UsageError(
+                    f"refusing the token file {path}: other users may read or change it (mode "
+                    f"{st.st_mode & 0o777:04o})",
+                    hint=f"make it private with `chmod 600 {path}`",
+                )
+            token = f.read().decode("utf-8", "replace").strip()
     except OSError as e:
         raise UsageError(f"cannot read the token file {path}: {e.strerror}") from None
+    if not token:
+        raise UsageError(f"the token file {path} is empty")
+    return token
 
 
 def resolve(api_url: str | None, context: str | None) -> Settings:

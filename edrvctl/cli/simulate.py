@@ -56,19 +56,33 @@ def simulate(
     url: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="Central system's OCPP URL, e.g. ws://127.0.0.1:9000 [default: the local server]",
             show_default=False,
         ),
     ] = None,
     count: Annotated[
-        int, typer.Option("--count", "-n", help="How many stations", min=1, max=100_000)
+        int,
+        typer.Option("--count", "-n", metavar="N", help="How many stations", min=1, max=100_000),
     ] = 1,
     protocol: Annotated[
-        SimProtocol, typer.Option(help="ocpp1.6, ocpp2.0.1, or mixed")
+        SimProtocol,
+        typer.Option(metavar="PROTOCOL", case_sensitive=False, help="ocpp1.6, ocpp2.0.1 or mixed"),
     ] = SimProtocol["ocpp1.6"],
     prefix: Annotated[
-        str, typer.Option(help="Endpoints are PREFIX00001, PREFIX00002, ...")
+        str, typer.Option(metavar="PREFIX", help="Endpoints are PREFIX00001, PREFIX00002 and on")
     ] = "SIM",
+    password: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PASSWORD",
+            envvar="EDRV_STATION_PASSWORD",
+            show_envvar=True,
+            help="HTTP Basic password the stations send (security profiles 1 and 2); '-' reads "
+            "it from stdin. The variable keeps it out of `ps`",
+            show_default=False,
+        ),
+    ] = None,
     create: Annotated[
         bool,
         typer.Option(
@@ -76,7 +90,9 @@ def simulate(
             help="Register the stations through the admin API first (marked is_simulator)",
         ),
     ] = False,
-    connectors: Annotated[int, typer.Option(help="Connectors per station", min=1, max=8)] = 2,
+    connectors: Annotated[
+        int, typer.Option(metavar="N", help="Connectors per station", min=1, max=8)
+    ] = 2,
     sessions: Annotated[
         bool,
         typer.Option(
@@ -84,32 +100,45 @@ def simulate(
         ),
     ] = False,
     meter_interval: Annotated[
-        float, typer.Option(help="Seconds between meter values in a session", min=0.1)
+        float,
+        typer.Option(metavar="SECONDS", help="Seconds between meter values in a session", min=0.1),
     ] = 10,
     heartbeat: Annotated[
         float | None,
         typer.Option(
-            help="Heartbeat every S seconds instead of the interval the server gives", min=0.1
+            metavar="SECONDS",
+            help="Heartbeat this often instead of the interval the server gives",
+            min=0.1,
         ),
     ] = None,
     duration: Annotated[
-        float | None, typer.Option(help="Stop after S seconds [default: run until Ctrl-C]", min=0.1)
+        float | None,
+        typer.Option(
+            metavar="SECONDS", help="Stop after this long [default: run until Ctrl-C]", min=0.1
+        ),
     ] = None,
     out: Annotated[
         SummaryFormat | None,
-        typer.Option("-o", "--output", help="text or json: the final summary on stdout"),
+        typer.Option(
+            "-o", "--output", metavar="FORMAT", help="text or json: the final summary on stdout"
+        ),
     ] = None,
 ) -> None:
-    """Run simulated chargestations that boot, heartbeat, report status and answer the
-    central system like real hardware, reconnecting when it goes away.
+    """Run simulated chargestations against a central system.
+
+    They boot, heartbeat, report status and answer the central system like real hardware,
+    reconnecting when it goes away. Stations created with --security basic_auth need the
+    password `cs create` showed: --password, or better EDRV_STATION_PASSWORD. If no station
+    ever got an answer, the exit code says why: 4 refused for the password, 3 unknown
+    endpoints, 6 nothing reachable.
 
     Examples:
 
+    \b
       edrvctl simulate --create -n 10
-
       edrvctl simulate --url ws://127.0.0.1:9000 -n 1000 --protocol mixed --sessions
-
       edrvctl simulate -n 5 --duration 30 -o json
+      EDRV_STATION_PASSWORD=... edrvctl simulate --duration 60
     """
     import asyncio
     import signal
@@ -124,6 +153,10 @@ def simulate(
         )
     if not url.startswith(("ws://", "wss://")):
         raise UsageError(f"--url must start with ws:// or wss://, not {url!r}")
+    if password == "-":
+        password = sys.stdin.readline().rstrip("\r\n")
+    if password == "":
+        raise UsageError("the station password is empty")
     protos = ("ocpp1.6", "ocpp2.0.1")
     endpoints = [
         (f"{prefix}{i:05d}", protos[(i - 1) % 2] if protocol.value == "mixed" else protocol.value)
@@ -145,6 +178,7 @@ def simulate(
             sessions=sessions,
             meter_interval=meter_interval,
             heartbeat_interval_override=heartbeat,
+            password=password,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -171,26 +205,69 @@ def simulate(
             f"{summary['errors']} errors, {summary['reconnects']} reconnects in "
             f"{summary['elapsed']:.0f} s"
         )
+    if not summary["received"]:
+        raise _nothing_connected(url, summary["last_errors"], password is not None)
+    if summary["last_errors"]:
+        output.info("warning: not connected at the end: " + _reasons(summary["last_errors"]))
+
+
+def _reasons(last_errors: dict[str, int]) -> str:
+    return "; ".join(
+        f"{reason} ({n} station{'s' if n > 1 else ''})" for reason, n in last_errors.items()
+    )
+
+
+def _nothing_connected(url: str, last_errors: dict[str, int], with_password: bool):
+    """The error for a run in which no station ever got an answer: its exit code says why
+    (the most common reason)."""
+    from edrvctl.errors import AuthError, NotFound, Unavailable
+
+    message = f"no simulated station got an answer from {url}"
+    reason = next(iter(last_errors), "")
+    message += f": {_reasons(last_errors)}" if last_errors else " (the run ended first)"
+    if reason in ("HTTP 401", "HTTP 403"):
+        return AuthError(
+            message,
+            hint="the stations' security profile needs a password or TLS: give the one "
+            "`edrvctl cs create` or `cs rotate-password` showed with EDRV_STATION_PASSWORD"
+            if not with_password
+            else "the password is wrong: `edrvctl cs rotate-password STATION` issues a new one",
+        )
+    if reason == "HTTP 404":
+        return NotFound(message, hint="the server does not know these endpoints: add --create")
+    return Unavailable(
+        message,
+        hint="is `edrvctl serve` running there? (a longer --duration gives slow servers time)",
+    )
 
 
 async def _live_summary(fleet, stop) -> None:
     import asyncio
 
+    from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
-    def line() -> str:
+    from edrvctl.textsafe import printable
+
+    def line() -> Text:  # Text: what a server or the network said is never read as markup
         s = fleet.summary()
-        errors = "; ".join(f"{k} x{v}" for k, v in s.last_errors.items())
-        return (
+        errors = "; ".join(f"{printable(k)} x{v}" for k, v in s.last_errors.items())
+        return Text(
             f"stations {s.total}  connected {s.connected}  booted {s.booted}  "
             f"msgs/s {s.msgs_per_s:.0f}  errors {s.errors}  reconnects {s.reconnects}"
             + (f"\n  offline because: {errors}" if errors else "")
             + "\n  Ctrl-C stops"
         )
 
-    with Live(
-        line(), console=output._console(stderr=True), refresh_per_second=4, transient=True
-    ) as live:
+    console = Console(
+        stderr=True,
+        no_color=not output.use_color(sys.stderr),
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+    with Live(line(), console=console, refresh_per_second=4, transient=True) as live:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)

@@ -312,12 +312,27 @@ class Fleet:
         return ok
 
     async def update(self, key: str, patch: model.StationUpdate) -> dict:
+        """A new `security` takes effect at once: a connected station is disconnected and must
+        come back under it. Moving to a profile with a password from one without issues a
+        password (its hash is stored first), returned this once in the result as `password`."""
         changes = patch.model_dump(exclude_unset=True)
-        was: dict[str, bool] = {}
+        security = None
+        password = None
+        if changes.pop("security", None) is not None:  # ({} when its type is the default)
+            security = {"type": patch.security.type,
+                        "profile": model.SECURITY_PROFILES[patch.security.type]}
+            current = await self.get(key)
+            if model.needs_password(security) and not model.needs_password(current["security"]):
+                password, hashed = await self._new_password()
+                async with self.store.unit() as tx:
+                    await tx.set_password_hash(current["_id"], hashed, model.utcnow())
+        was: dict[str, Any] = {}
 
         def apply(doc: dict, now: str) -> None:
-            was["active"] = doc["active"]
+            was["active"], was["security"] = doc["active"], doc["security"]["type"]
             doc.update(changes)
+            if security is not None:
+                doc["security"] = security
             if doc["active"] != was["active"]:
                 # told at once if connected, else at its next boot (an Inoperative station
                 # stays so across reboots, OCPP says)
@@ -326,7 +341,9 @@ class Fleet:
         doc, _ = await self._change(key, apply, message=False)
         if doc["active"] != was["active"]:
             self._spawn(self.push_availability(doc["endpoint"]))
-        return doc
+        if security is not None and security["type"] != was["security"]:
+            await self._disconnect(doc["endpoint"], "security profile changed")
+        return {**doc, "password": password} if password else doc
 
     async def delete(self, key: str) -> dict:
         async with self.store.unit() as tx:
