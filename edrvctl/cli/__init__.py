@@ -98,6 +98,7 @@ ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
 app.command("serve")(serve.serve)
+app.command("wait-ready")(serve.wait_ready)
 app.command("simulate")(simulate.simulate)
 
 
