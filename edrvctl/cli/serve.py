@@ -281,24 +281,27 @@ def wait_ready(
     from edrvctl.cli import state
     from edrvctl.cli.settings import resolve
     from edrvctl.client import Client
-    from edrvctl.errors import StationTimeout, Unavailable
+    from edrvctl.errors import AuthError, StationTimeout, Unavailable
 
     deadline = time.monotonic() + timeout
     while True:
-        left = deadline - time.monotonic()
         try:
             settings = resolve(state.api_url, state.context)
             client = Client(
                 settings.api_url,
                 settings.token,
-                timeout=min(5.0, max(0.5, left)),
+                timeout=min(5.0, max(0.5, deadline - time.monotonic())),
                 auth_hint=settings.token_hint,
             )
             try:
                 client.request("GET", "/v1.1/chargestations", params={"paginate_limit": 1})
             finally:
                 client.close()
-        except (Unavailable, StationTimeout) as e:
+        except (Unavailable, StationTimeout, AuthError) as e:
+            # Nothing configured and the local server not up yet: whatever answers on the
+            # default URL meanwhile is not it; keep waiting for the local one.
+            if isinstance(e, AuthError) and settings.source != "default":
+                raise
             if time.monotonic() >= deadline:
                 raise StationTimeout(
                     f"not ready after {timeout:g} s: {e.message}",
