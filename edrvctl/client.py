@@ -15,9 +15,7 @@ PAGE = 1000  # the API's largest page
 
 
 class Client:
-    def __init__(
-        self, api_url: str, token: str | None, timeout: float = 30.0, auth_hint: str = ""
-    ):
+    def __init__(self, api_url: str, token: str | None, timeout: float = 30.0, auth_hint: str = ""):
         self.api_url = api_url.rstrip("/")
         self.auth_hint = auth_hint  # where the token came from or was looked for, on a 401
         headers = {"User-Agent": f"edrvctl/{__version__}", "Accept": "application/json"}

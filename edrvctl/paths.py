@@ -79,6 +79,7 @@ def write_secret(path: Path, text: str) -> None:
     never sees half of it, and a symlink planted at `path` is replaced, not followed."""
     private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a crash of a process that had our pid
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "w") as f:

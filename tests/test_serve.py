@@ -781,3 +781,39 @@ def test_tls_listener_is_used_by_a_real_tls_station(tmp_path, pki):
         asyncio.run(scenario())
     finally:
         srv.stop()
+
+
+def test_admin_connections_past_the_limit_get_a_503_envelope(server):
+    from edrvctl.server.api import API_MAX_CONNECTIONS
+
+    port = int(server.api_url.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(API_MAX_CONNECTIONS)]
+    try:
+        # the server has accepted them all (one answered request proves the last is in)
+        held[-1].sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        held[-1].settimeout(scaled(10))
+        assert held[-1].recv(100).startswith(b"HTTP/1.1 200")
+        r = httpx.get(f"{server.api_url}/openapi.json", timeout=scaled(10))
+        assert r.status_code == 503
+        assert r.json() == {"ok": False, "message": r.json()["message"], "result": None}
+    finally:
+        for s in held:
+            s.close()
+    until(
+        lambda: httpx.get(f"{server.api_url}/openapi.json", timeout=scaled(10)).status_code == 200,
+        what="the API to serve again",
+    )
+
+
+def test_a_refusal_at_start_is_a_json_line_too_with_log_format_json(tmp_path):
+    busy = listening_socket()
+    try:
+        port = busy.getsockname()[1]
+        env = {**hermetic_env(tmp_path), "EDRV_TOKEN": TOKEN}
+        r = run_serve(tmp_path / "s.db", env, "--log-format", "json", "--api-port", str(port))
+    finally:
+        busy.close()
+    assert r.returncode == 2, r.stderr
+    entries = [json.loads(line) for line in r.stderr.splitlines()]
+    (error,) = [e for e in entries if e["level"] == "ERROR"]
+    assert f"port {port}" in error["message"] and "--api-port" in error["message"]

@@ -315,7 +315,6 @@ async def _run(
             http=admin_api.protocol_class(),
             ws="none",
             timeout_keep_alive=admin_api.API_KEEP_ALIVE,
-            limit_concurrency=admin_api.API_MAX_CONCURRENCY,
             ssl_certfile=str(cfg.tls_cert) if cfg.api_tls else None,
             ssl_keyfile=str(cfg.tls_key) if cfg.api_tls else None,
         )

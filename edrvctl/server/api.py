@@ -359,15 +359,16 @@ class EnvelopeTooLarge:
 
 API_KEEP_ALIVE = 5  # s an idle kept-alive connection stays open after its last response
 API_READ_TIMEOUT = 10.0  # s to send a whole request (headers and body), from connection or idle
-API_MAX_CONCURRENCY = 512  # connections and requests at once; beyond it, 503 at once
+API_MAX_CONNECTIONS = 512  # open at once; beyond it, a 503 envelope and the connection closed
 
 
 def protocol_class() -> type:
     """uvicorn's h11 protocol with a deadline for reading each request: uvicorn closes a
     kept-alive connection that stays idle after a response, but not one that never sends a
-    request, nor one that trickles its headers or body a byte at a time. Upgrade requests are
-    plain HTTP requests here (the admin API has no websockets), answered 404 without a log
-    line."""
+    request, nor one that trickles its headers or body a byte at a time. Past
+    API_MAX_CONNECTIONS open at once, a new one is answered 503 (an envelope, like every other
+    answer) and closed. Upgrade requests are plain HTTP requests here (the admin API has no
+    websockets), answered 404 without a log line."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -390,6 +391,16 @@ def protocol_class() -> type:
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            if len(self.connections) > API_MAX_CONNECTIONS:
+                body = orjson.dumps(
+                    {"ok": False, "message": "too many connections; retry later", "result": None}
+                )
+                transport.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                transport.close()
+                return
             self._arm()
 
         def on_response_complete(self) -> None:
