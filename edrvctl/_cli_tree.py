@@ -677,12 +677,20 @@ TREE: dict = {
      "help": "Seconds a station has to answer a ping before it is dropped",
      "value": true
     },
+    "--public-tls-url": {
+     "help": "wss:// base URL told to TLS-profile stations, with --tls-cert default: as --public-url, on --ocpp-tls-port",
+     "value": true
+    },
+    "--public-url": {
+     "help": "ws:// base URL stations are told to use (connection_url, `cs create`), when they reach this server by another name or through a proxy default: --ocpp-host, or this machine's name for 0.0.0.0",
+     "value": true
+    },
     "--response-timeout": {
      "help": "Default seconds to wait for a station's answer",
      "value": true
     },
     "--store": {
-     "help": "SQLite file default: $XDG_DATA_HOME/edrvctl/edrvctl.db",
+     "help": "SQLite file; its folder also holds the token, server.json and the lock (one server per folder) default: $XDG_DATA_HOME/edrvctl/edrvctl.db",
      "value": true
     },
     "--store-max-mb": {
@@ -786,6 +794,23 @@ TREE: dict = {
      ],
      "help": "text or json: the final summary on stdout",
      "value": true
+    }
+   }
+  },
+  "wait-ready": {
+   "help": "Wait until the admin API answers: for scripts that start `edrvctl serve &`.",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "--timeout": {
+     "help": "Seconds to wait at most; 0 asks once",
+     "value": true
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
     }
    }
   }

@@ -15,8 +15,9 @@ PAGE = 1000  # the API's largest page
 
 
 class Client:
-    def __init__(self, api_url: str, token: str | None, timeout: float = 30.0):
+    def __init__(self, api_url: str, token: str | None, timeout: float = 30.0, auth_hint: str = ""):
         self.api_url = api_url.rstrip("/")
+        self.auth_hint = auth_hint  # where the token came from or was looked for, on a 401
         headers = {"User-Agent": f"edrvctl/{__version__}", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -63,7 +64,8 @@ class Client:
                 f"{self.api_url}: {r.text[:200]!r}"
             ) from None
         if not ok or r.status_code >= 400:
-            raise BY_STATUS.get(r.status_code, EdrvError)(message or f"HTTP {r.status_code}")
+            hint = self.auth_hint if r.status_code == 401 else None
+            raise BY_STATUS.get(r.status_code, EdrvError)(message or f"HTTP {r.status_code}", hint)
         return envelope
 
     # --- chargestations ---

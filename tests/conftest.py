@@ -81,6 +81,7 @@ def start_server(
     token: str | None = TOKEN,
     store: Path | None = None,
     env: dict | None = None,
+    preexec_fn=None,
 ) -> Server:
     root.mkdir(parents=True, exist_ok=True)
     env = dict(env or hermetic_env(root))
@@ -108,6 +109,7 @@ def start_server(
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=env,
+            preexec_fn=preexec_fn,  # e.g. lower a resource limit in the server only
         )
 
     def ready() -> re.Match | None:

@@ -81,6 +81,9 @@ app.command("serve", cls=Command, short_help="Run the OCPP central system and th
     serve.serve
 )
 app.command(
+    "wait-ready", cls=Command, short_help="Wait until the admin API answers (for scripts)."
+)(serve.wait_ready)
+app.command(
     "simulate", cls=Command, short_help="Run simulated chargestations against a central system."
 )(simulate.simulate)
 

@@ -76,7 +76,7 @@ def _client():
     from edrvctl.client import Client
 
     settings = resolve(state.api_url, state.context)
-    return Client(settings.api_url, settings.token)
+    return Client(settings.api_url, settings.token, auth_hint=settings.token_hint)
 
 
 def _fmt(o: Format | None, quiet: bool = False) -> str:

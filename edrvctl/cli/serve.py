@@ -13,7 +13,11 @@ def serve(
     store: Annotated[
         Path | None,
         typer.Option(
-            help="SQLite file [default: $XDG_DATA_HOME/edrvctl/edrvctl.db]", show_default=False
+            envvar=paths.STORE_ENV,
+            show_envvar=True,
+            help="SQLite file; its folder also holds the token, server.json and the lock (one "
+            "server per folder) [default: $XDG_DATA_HOME/edrvctl/edrvctl.db]",
+            show_default=False,
         ),
     ] = None,
     store_max_mb: Annotated[
@@ -34,6 +38,25 @@ def serve(
     ocpp_port: Annotated[
         int, typer.Option(help="OCPP websocket port; 0 picks a free one", min=0, max=65535)
     ] = 9000,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="ws:// base URL stations are told to use (connection_url, `cs create`), when "
+            "they reach this server by another name or through a proxy [default: --ocpp-host, "
+            "or this machine's name for 0.0.0.0]",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,
+    public_tls_url: Annotated[
+        str | None,
+        typer.Option(
+            help="wss:// base URL told to TLS-profile stations, with --tls-cert [default: as "
+            "--public-url, on --ocpp-tls-port]",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,
     heartbeat_interval: Annotated[
         int, typer.Option(help="Heartbeat interval given to stations at boot, seconds", min=1)
     ] = 300,
@@ -103,18 +126,23 @@ def serve(
 
     Stations connect to ws://OCPP_HOST:OCPP_PORT/<endpoint> with OCPP 1.6-J or 2.0.1. The
     admin token is EDRV_TOKEN, or one created beside the store (mode 0600) that the CLI finds.
+    One server per store: a second one on the same store is refused. Scripts wait for it with
+    `edrvctl wait-ready`.
 
     Examples:
 
       edrvctl serve
 
       edrvctl serve --store ./fleet.db --api-port 0 --ocpp-port 0
+
+      edrvctl serve --public-url ws://cs.example.com:9000
     """
     import asyncio
     import logging
     import ssl
 
-    from edrvctl.errors import UsageError
+    from edrvctl.cli import state
+    from edrvctl.errors import EdrvError, UsageError
     from edrvctl.fleet import Budgets
     from edrvctl.server import ServeConfig, is_loopback, tls_context
     from edrvctl.server import serve as run_server
@@ -125,64 +153,161 @@ def serve(
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
     if log_format not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--log-format")
-    if bool(tls_cert) != bool(tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
-    if (tls_client_ca or api_tls) and not tls_cert:
-        raise UsageError("--tls-client-ca and --api-tls need --tls-cert and --tls-key")
-    if not is_loopback(api_host) and not api_tls and not insecure_api:
-        raise UsageError(
-            f"refusing to serve the admin API on {api_host} without TLS: add "
-            "--api-tls (with --tls-cert/--tls-key), or --insecure-api if a proxy "
-            "in front of it does TLS"
-        )
-    try:
-        tls = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"cannot load the TLS certificate or key: {e}") from None
     setup_logging(log_level.upper(), log_format)
-    cfg = ServeConfig(
-        store=(store or paths.default_store()).expanduser(),
-        api_host=api_host,
-        api_port=api_port,
-        store_max_bytes=store_max_mb * 1024 * 1024 if store_max_mb else None,
-        heartbeat_interval=heartbeat_interval,
-        api_tls=api_tls,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        budgets=Budgets(
-            connectors=max_connectors,
-            stored_per_day=int(max_stored_mb_per_day * (1 << 20)),
-            payload=int(max_payload_kb * 1024),
-            report=int(max_report_mb * (1 << 20)),
-        ),
-        listener=ListenerSettings(
-            host=ocpp_host,
-            port=ocpp_port,
-            tls_port=ocpp_tls_port,
-            tls=tls,
-            ping_interval=ping_interval or None,
-            ping_timeout=ping_timeout,
-            response_timeout=response_timeout,
-            max_frame=max_frame,
-            handshake_timeout=handshake_timeout,
-            max_per_address=max_connections_per_address,
-            max_rate=max_rate,
-            burst=max(1, int(2 * max_rate)),
-        ),
-    )
+    log = logging.getLogger("edrvctl.serve")
+    try:
+        if bool(tls_cert) != bool(tls_key):
+            raise UsageError("--tls-cert and --tls-key go together")
+        if (tls_client_ca or api_tls) and not tls_cert:
+            raise UsageError("--tls-client-ca and --api-tls need --tls-cert and --tls-key")
+        if public_tls_url and not tls_cert:
+            raise UsageError("--public-tls-url needs a TLS listener: add --tls-cert and --tls-key")
+        _check_public_url(public_url, "ws", "--public-url")
+        _check_public_url(public_tls_url, "wss", "--public-tls-url")
+        if not is_loopback(api_host) and not api_tls and not insecure_api:
+            raise UsageError(
+                f"refusing to serve the admin API on {api_host} without TLS: add "
+                "--api-tls (with --tls-cert/--tls-key), or --insecure-api if a proxy "
+                "in front of it does TLS"
+            )
+        store_path = paths.store_of(store) if store else paths.default_store()
+        if store_path.suffix == ".json":
+            raise UsageError(
+                f"{store_path} is a server's discovery file, not a store: give --store (or "
+                f"{paths.STORE_ENV}) the SQLite file"
+            )
+        try:
+            tls = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"cannot load the TLS certificate or key: {e}") from None
+        cfg = ServeConfig(
+            store=store_path,
+            api_host=api_host,
+            api_port=api_port,
+            store_max_bytes=store_max_mb * 1024 * 1024 if store_max_mb else None,
+            heartbeat_interval=heartbeat_interval,
+            api_tls=api_tls,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            public_url=public_url,
+            public_tls_url=public_tls_url,
+            budgets=Budgets(
+                connectors=max_connectors,
+                stored_per_day=int(max_stored_mb_per_day * (1 << 20)),
+                payload=int(max_payload_kb * 1024),
+                report=int(max_report_mb * (1 << 20)),
+            ),
+            listener=ListenerSettings(
+                host=ocpp_host,
+                port=ocpp_port,
+                tls_port=ocpp_tls_port,
+                tls=tls,
+                ping_interval=ping_interval or None,
+                ping_timeout=ping_timeout,
+                response_timeout=response_timeout,
+                max_frame=max_frame,
+                handshake_timeout=handshake_timeout,
+                max_per_address=max_connections_per_address,
+                max_rate=max_rate,
+                burst=max(1, int(2 * max_rate)),
+            ),
+        )
 
-    def ready(info: dict) -> None:
-        log = logging.getLogger("edrvctl.serve")
-        log.info("admin API on %s", info["api_url"])
-        log.info("OCPP on %s/<endpoint>", info["ocpp_url"])
-        if info["ocpp_tls_url"]:
-            log.info("OCPP over TLS on %s/<endpoint>", info["ocpp_tls_url"])
-        log.info("store %s", info["store"])
-        tls = f" ocpp-tls {info['ocpp_tls_url']}" if info["ocpp_tls_url"] else ""
-        line = f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}"
-        if log_format == "json":  # stderr stays one JSON object per line
-            log.info(line)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        def ready(info: dict) -> None:
+            log.info("admin API on %s", info["api_url"])
+            log.info("OCPP on %s/<endpoint>", info["ocpp_url"])
+            if info["ocpp_tls_url"]:
+                log.info("OCPP over TLS on %s/<endpoint>", info["ocpp_tls_url"])
+            if info["public_url"] != info["ocpp_url"]:
+                log.info("stations are told to connect to %s/<endpoint>", info["public_url"])
+            if info["public_tls_url"] and info["public_tls_url"] != info["ocpp_tls_url"]:
+                log.info(
+                    "TLS-profile stations are told to connect to %s/<endpoint>",
+                    info["public_tls_url"],
+                )
+            log.info("store %s", info["store"])
+            tls = f" ocpp-tls {info['ocpp_tls_url']}" if info["ocpp_tls_url"] else ""
+            line = f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}"
+            if log_format == "json":  # stderr stays one JSON object per line
+                log.info(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
-    asyncio.run(run_server(cfg, on_ready=ready))
+        asyncio.run(run_server(cfg, on_ready=ready))
+    except EdrvError as e:
+        if log_format != "json" or state.debug:
+            raise
+        # stderr stays one JSON object per line, the last one included
+        log.error("%s%s", e.message, f"; {e.hint}" if e.hint else "")
+        raise typer.Exit(e.exit_code) from None
+
+
+def _check_public_url(url: str | None, scheme: str, flag: str) -> None:
+    from urllib.parse import urlsplit
+
+    from edrvctl.errors import UsageError
+
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as e:
+        raise UsageError(f"{flag} {url!r} is not a URL: {e}") from None
+    if parts.scheme != scheme or not parts.hostname or parts.query or parts.fragment:
+        raise UsageError(
+            f"{flag} must be a {scheme}:// base URL such as {scheme}://cs.example.com:"
+            f"{9000 if scheme == 'ws' else 9443}, not {url!r}"
+        )
+
+
+def wait_ready(
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait at most; 0 asks once", min=0)
+    ] = 30,
+) -> None:
+    """Wait until the admin API answers: for scripts that start `edrvctl serve &`.
+
+    Asks the API the other commands would use (--api-url, EDRV_API_URL, the server on
+    EDRVCTL_STORE, a context, or the local server), with their token, until it answers.
+    Exit 0 once it does; 7 after --timeout; 4 if it refuses the token.
+
+    Example:
+
+      edrvctl serve & edrvctl wait-ready --timeout 30 && edrvctl cs list
+    """
+    import time
+
+    from edrvctl.cli import state
+    from edrvctl.cli.settings import resolve
+    from edrvctl.client import Client
+    from edrvctl.errors import AuthError, StationTimeout, Unavailable
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            settings = resolve(state.api_url, state.context)
+            client = Client(
+                settings.api_url,
+                settings.token,
+                timeout=min(5.0, max(0.5, deadline - time.monotonic())),
+                auth_hint=settings.token_hint,
+            )
+            try:
+                client.request("GET", "/v1.1/chargestations", params={"paginate_limit": 1})
+            finally:
+                client.close()
+        except (Unavailable, StationTimeout, AuthError) as e:
+            # Nothing configured and the local server not up yet: whatever answers on the
+            # default URL meanwhile is not it; keep waiting for the local one.
+            if isinstance(e, AuthError) and settings.source != "default":
+                raise
+            if time.monotonic() >= deadline:
+                raise StationTimeout(
+                    f"not ready after {timeout:g} s: {e.message}",
+                    hint=e.hint or "is `edrvctl serve` running? Its log says why it stopped",
+                ) from None
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            continue
+        print(f"ready: {settings.api_url}", file=sys.stderr)
+        return

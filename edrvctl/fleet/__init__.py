@@ -92,7 +92,10 @@ class Fleet:
         # endpoint -> (UTC day, bytes kept that day); in memory: a restart forgives the day
         self._kept: dict[str, tuple[str, int]] = {}
         self.live: LiveStations = live or NoLiveStations()
-        self.ocpp_url: str | None = None  # base URL stations are pointed at, once it is bound
+        # base URLs stations are pointed at (`connection_url`), once bound: ws:// and, with a
+        # TLS listener, wss:// (for the TLS profiles; None: they cannot connect here)
+        self.ocpp_url: str | None = None
+        self.ocpp_tls_url: str | None = None
         self.heartbeat_interval = heartbeat_interval
         self.command_timeout = 60.0  # for commands nobody waits on (push_availability)
         self._tasks: set[asyncio.Task] = set()
@@ -207,8 +210,16 @@ class Fleet:
 
     # --- reading ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _tls_profile(doc: dict) -> bool:
+        return (doc.get("security") or {}).get("type") in ("tls_basic_auth", "tls_client_cert")
+
+    def connection_url(self, doc: dict) -> str | None:
+        """Where this station connects: wss:// for the TLS profiles (2, 3), else ws://."""
+        return self.ocpp_tls_url if self._tls_profile(doc) else self.ocpp_url
+
     def present(self, doc: dict) -> dict:
-        return {**doc, "connection_url": self.ocpp_url}
+        return {**doc, "connection_url": self.connection_url(doc)}
 
     async def get(self, key: str) -> dict:
         doc = await self._read(key)
@@ -223,8 +234,11 @@ class Fleet:
         10,000 records costs more than the rest of a list request; splicing costs nothing."""
         async with self.store.unit() as tx:
             docs, total = await tx.list_stations_json(query)
-        extra = ',"connection_url":' + orjson.dumps(self.ocpp_url).decode() + "}"
-        return [d[:-1] + extra for d in docs], total
+        plain = ',"connection_url":' + orjson.dumps(self.ocpp_url).decode() + "}"
+        tls = ',"connection_url":' + orjson.dumps(self.ocpp_tls_url).decode() + "}"
+        # Only a record with '"tls_' in it can have a TLS profile: parse just those to know.
+        return [d[:-1] + (tls if '"tls_' in d and self._tls_profile(orjson.loads(d)) else plain)
+                for d in docs], total
 
     # --- admin changes ------------------------------------------------------------------------
 

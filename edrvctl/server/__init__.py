@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import logging
@@ -11,16 +12,20 @@ import secrets
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from edrvctl import paths
-from edrvctl.server.listener import ListenerSettings  # noqa: F401  (ServeConfig's type)
+from edrvctl.errors import UsageError
+from edrvctl.server.listener import ListenerSettings
 
 if TYPE_CHECKING:
     from edrvctl.fleet import Budgets
+    from edrvctl.store import Store
 
 log = logging.getLogger("edrvctl.serve")
 
@@ -28,7 +33,7 @@ log = logging.getLogger("edrvctl.serve")
 @dataclass
 class ServeConfig:
     store: Path
-    listener: "ListenerSettings"
+    listener: ListenerSettings
     api_host: str = "127.0.0.1"
     api_port: int = 7780
     heartbeat_interval: int = 300
@@ -36,7 +41,9 @@ class ServeConfig:
     api_tls: bool = False  # serve the admin API over HTTPS with the listener's certificate
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    budgets: "Budgets | None" = None
+    budgets: Budgets | None = None
+    public_url: str | None = None  # what stations are told (connection_url); None: the bind
+    public_tls_url: str | None = None  # address, or this machine's name for 0.0.0.0
 
 
 def is_loopback(host: str) -> bool:
@@ -63,17 +70,83 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return ctx
 
 
-def admin_token(store: Path) -> str:
-    """EDRV_TOKEN if set; else the token kept beside the store, created on first start."""
+def admin_token(store: Path) -> tuple[str, Path | None]:
+    """EDRV_TOKEN if set; else the token kept beside the store, created on first start (mode
+    0600, in a folder created 0700). A token file that is not safely ours (another user's, open
+    to other users, empty, a symlink) is refused, never trusted nor overwritten. Returns the
+    token and the file it is in (None: EDRV_TOKEN)."""
     token = os.environ.get("EDRV_TOKEN")
     if token:
-        return token
+        return token, None
     path = paths.token_file(store)
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    paths.write_secret(path, token + "\n")
-    return token
+    for _ in range(3):  # created by another process between our read and our create: read it
+        try:
+            return paths.read_private(path, "token file"), path
+        except FileNotFoundError:
+            pass
+        except paths.PrivateFileError as e:
+            raise UsageError(
+                str(e), hint=f"remove {path} to have a new token created, or set EDRV_TOKEN"
+            ) from None
+        try:
+            paths.create_secret(path, secrets.token_urlsafe(32) + "\n")
+            log.info("created the admin token %s (mode 0600)", path)
+        except FileExistsError:
+            continue
+    raise UsageError(f"cannot read or create the token file {path}")
+
+
+FDS_WANTED = 10_240  # open files for the 10,000 stations the README's load figure holds, and more
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft open-file limit to the hard one: each station is a socket, and a soft
+    limit of 1024 (a common default) would refuse the 1,000th. Says so when the hard limit
+    itself is low."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        for candidate in (target, 1 << 16, 10_240):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(candidate, target), hard))
+            except (ValueError, OSError):
+                continue
+            log.info("open-file limit raised from %d to %d", soft, min(candidate, target))
+            soft = min(candidate, target)
+            break
+    if soft != resource.RLIM_INFINITY and soft < FDS_WANTED:
+        log.warning(
+            "the open-file limit is %d (the hard limit): about %d stations can be "
+            "connected at once; raise the hard limit (`ulimit -Hn`, systemd "
+            "LimitNOFILE=) for more",
+            soft,
+            max(0, soft - 64),
+        )
+
+
+def _listen_error(e: OSError, host: str, port: int, port_flag: str, host_flag: str) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} is in use ({port_flag} {port}, on {host}): stop what uses it, or "
+            f"choose another port ({port_flag} 0 picks a free one)"
+        )
+    if e.errno == errno.EACCES:
+        return (
+            f"not allowed to listen on port {port} ({port_flag} {port}): ports below 1024 "
+            "need privileges"
+        )
+    if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host} ({host_flag} {host}): {e.strerror or e}"
+    return f"cannot listen on {host}:{port} ({port_flag} {port}): {e.strerror or e}"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -81,28 +154,118 @@ def _bind(host: str, port: int) -> socket.socket:
     # proto IPPROTO_TCP, so that asyncio sets TCP_NODELAY on accepted connections: without it
     # each kept-alive response waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
-async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def public_url(given: str | None, bound: str, host: str, flag: str) -> str:
+    """The base URL stations are told (`connection_url`): --public-url / --public-tls-url, or
+    the address the listener is bound to; for every address (0.0.0.0), this machine's name."""
+    if given:
+        return given.rstrip("/")
+    parts = urlsplit(bound)
+    if host not in WILDCARDS:
+        return bound
+    name = socket.gethostname() or "127.0.0.1"
+    url = f"{parts.scheme}://{name}:{parts.port}"
+    log.warning(
+        "OCPP listens on every address (%s) and no %s was given: stations are told %s "
+        "(this machine's name); give %s %s://HOST:PORT if they reach it by another "
+        "name",
+        host or "0.0.0.0",
+        flag,
+        url,
+        flag,
+        parts.scheme,
+    )
+    return url
+
+
+async def serve(
+    cfg: ServeConfig,
+    on_ready: Callable[[dict], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGINT/SIGTERM). One server per store: a second one on the
+    same store is refused before it touches anything (UsageError)."""
+    lock = paths.ServeLock(cfg.store)
+    try:
+        lock.acquire()
+    except paths.StoreInUse as e:
+        raise UsageError(
+            f"another edrvctl serve (pid {e.pid if e.pid else 'unknown'}) uses this store "
+            f"({cfg.store.parent}): stop it first, or give --store a file in another folder"
+        ) from None
+    except OSError as e:
+        raise UsageError(
+            f"cannot open the store at {cfg.store}: its lock file {lock.path}: {e.strerror}"
+        ) from None
+    try:
+        await _serve(cfg, on_ready, stop)
+    finally:
+        lock.release()
+
+
+async def _serve(
+    cfg: ServeConfig, on_ready: Callable[[dict], None] | None, stop: asyncio.Event | None
+) -> None:
+    from edrvctl.store import open_store
+
+    raise_open_file_limit()
+    if (
+        cfg.store.parent == paths.data_dir()
+        and cfg.store.parent.is_dir()
+        and cfg.store.parent.stat().st_mode & 0o077
+    ):
+        cfg.store.parent.chmod(0o700)  # edrvctl's own folder, made by an older version
+        log.info("made %s readable by its owner only (0700)", cfg.store.parent)
+    token, token_path = admin_token(cfg.store)
+    try:
+        api_sock = _bind(cfg.api_host, cfg.api_port)
+    except OSError as e:
+        raise UsageError(
+            _listen_error(e, cfg.api_host, cfg.api_port, "--api-port", "--api-host")
+        ) from None
+    try:
+        # Thousands of connections make many long-lived objects: with the default thresholds
+        # the collector took ~27% of the CPU while 10,000 stations connected, in pauses of up
+        # to 0.8 s.
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
+        store = open_store(cfg.store, cfg.store_max_bytes)
+        try:
+            await _run(cfg, on_ready, stop, store, token, token_path, api_sock)
+        finally:
+            await store.close()
+    finally:
+        api_sock.close()
+
+
+async def _run(
+    cfg: ServeConfig,
+    on_ready: Callable[[dict], None] | None,
+    stop: asyncio.Event | None,
+    store: Store,
+    token: str,
+    token_path: Path | None,
+    api_sock: socket.socket,
+) -> None:
     import uvicorn
 
     from edrvctl.fleet import Fleet
-    from edrvctl.server.api import create_app
+    from edrvctl.server import api as admin_api
     from edrvctl.server.listener import Listener
-    from edrvctl.store import open_store
 
-    # Thousands of connections make many long-lived objects: with the default thresholds the
-    # collector took ~27% of the CPU while 10,000 stations connected, in pauses of up to 0.8 s.
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
-    store = open_store(cfg.store, cfg.store_max_bytes)
-    token = admin_token(cfg.store)
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
     fleet.command_timeout = cfg.listener.response_timeout
     stale = await fleet.mark_all_offline()
@@ -110,9 +273,27 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
         log.info("marked %d station(s) offline that were online when the last run ended", stale)
 
     listener = Listener(fleet, cfg.listener)
-    fleet.ocpp_url, ocpp_tls_url = await listener.start()
+    try:
+        ocpp_url, ocpp_tls_url = await listener.start()
+    except OSError as e:
+        tls_failed = bool(listener.servers)  # the ws:// one started: the wss:// one failed
+        await listener.stop()
+        port = (cfg.listener.tls_port or 0) if tls_failed else cfg.listener.port
+        raise UsageError(
+            _listen_error(
+                e,
+                cfg.listener.host,
+                port,
+                "--ocpp-tls-port" if tls_failed else "--ocpp-port",
+                "--ocpp-host",
+            )
+        ) from None
+    fleet.ocpp_url = public_url(cfg.public_url, ocpp_url, cfg.listener.host, "--public-url")
+    if ocpp_tls_url:
+        fleet.ocpp_tls_url = public_url(
+            cfg.public_tls_url, ocpp_tls_url, cfg.listener.host, "--public-tls-url"
+        )
 
-    api_sock = _bind(cfg.api_host, cfg.api_port)
     host, port = api_sock.getsockname()[:2]
     api_url = f"http{'s' if cfg.api_tls else ''}://{f'[{host}]' if ':' in host else host}:{port}"
 
@@ -121,39 +302,61 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
         def capture_signals(self):  # serve() owns SIGINT/SIGTERM, not uvicorn
             yield
 
-    api_tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)} \
-        if cfg.api_tls else {}
-    api = ApiServer(uvicorn.Config(create_app(fleet, token), log_level="warning",
-                                   access_log=False, lifespan="off", **api_tls))
+    client_certs = cfg.listener.tls is not None and cfg.listener.tls.verify_mode != ssl.CERT_NONE
+    api = ApiServer(
+        uvicorn.Config(
+            admin_api.create_app(fleet, token, client_certs=client_certs),
+            # uvicorn's records go to our handler and format (logs.setup_logging), at our levels
+            log_config=None,
+            log_level=None,
+            access_log=False,
+            lifespan="off",
+            # every connection bounded in time and number
+            http=admin_api.protocol_class(),
+            ws="none",
+            timeout_keep_alive=admin_api.API_KEEP_ALIVE,
+            ssl_certfile=str(cfg.tls_cert) if cfg.api_tls else None,
+            ssl_keyfile=str(cfg.tls_key) if cfg.api_tls else None,
+        )
+    )
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
-    while not api.started and not api_task.done():
-        await asyncio.sleep(0.01)
-    if api_task.done():
-        api_task.result()  # raises what stopped it
-
-    info = {"api_url": api_url, "ocpp_url": fleet.ocpp_url, "ocpp_tls_url": ocpp_tls_url,
-            "pid": os.getpid(), "store": str(cfg.store)}
-    paths.write_secret(paths.server_file(cfg.store), json.dumps(info) + "\n")
-    if on_ready:
-        on_ready(info)
-
-    async def flush_seen() -> None:
-        while True:
-            await asyncio.sleep(1)
-            try:
-                await fleet.flush_seen()
-            except Exception as e:  # a full store: the next second tries again
-                log.error("lastMessageAt not written: %s", e)
-
-    flusher = asyncio.create_task(flush_seen())
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
+    flusher: asyncio.Task | None = None
     try:
+        while not api.started and not api_task.done():
+            await asyncio.sleep(0.01)
+        if api_task.done():
+            api_task.result()  # raises what stopped it
+
+        info = {
+            "api_url": api_url,
+            "ocpp_url": ocpp_url,
+            "ocpp_tls_url": ocpp_tls_url,
+            "public_url": fleet.ocpp_url,
+            "public_tls_url": fleet.ocpp_tls_url,
+            "pid": os.getpid(),
+            "store": str(cfg.store),
+            "token_file": str(token_path) if token_path else None,
+        }
+        paths.write_secret(paths.server_file(cfg.store), json.dumps(info) + "\n")
+        if on_ready:
+            on_ready(info)
+
+        async def flush_seen() -> None:
+            while True:
+                await asyncio.sleep(1)
+                try:
+                    await fleet.flush_seen()
+                except Exception as e:  # a full store: the next second tries again
+                    log.error("lastMessageAt not written: %s", e)
+
+        flusher = asyncio.create_task(flush_seen())
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
         await stop.wait()
     finally:
         log.info("stopping")
@@ -162,10 +365,10 @@ async def serve(cfg: ServeConfig, on_ready: Callable[[dict], None] | None = None
         await api_task
         for session in listener.stations.all():
             await listener.stations.detach(session)
-        flusher.cancel()
+        if flusher is not None:
+            flusher.cancel()
         await fleet.flush_seen()
-        await store.close()
         try:
-            paths.server_file(cfg.store).unlink()
+            paths.server_file(cfg.store).unlink()  # ours: we hold the store's lock
         except FileNotFoundError:
             pass

@@ -8,8 +8,10 @@ FastAPI is used for routing, request validation and the OpenAPI document (`/open
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -19,16 +21,29 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from edrvctl import __version__, model
-from edrvctl.errors import AuthError, EdrvError, UsageError
+from edrvctl.errors import AuthError, Conflict, EdrvError, UsageError
 from edrvctl.fleet import Fleet
 from edrvctl.store import SORT_FIELDS, StationQuery
 
 log = logging.getLogger("edrvctl.api")
 
 LIST_PARAMS = {
-    "online", "active", "location", "organization", "protocol", "status", "endpoint",
-    "paginate_enabled", "paginate_limit", "paginate_page", "sort_by", "sort_order",
-    "createdAt[$gte]", "createdAt[$lte]", "updatedAt[$gte]", "updatedAt[$lte]",
+    "online",
+    "active",
+    "location",
+    "organization",
+    "protocol",
+    "status",
+    "endpoint",
+    "paginate_enabled",
+    "paginate_limit",
+    "paginate_page",
+    "sort_by",
+    "sort_order",
+    "createdAt[$gte]",
+    "createdAt[$lte]",
+    "updatedAt[$gte]",
+    "updatedAt[$lte]",
 }
 
 MAX_BODY = 256 * 1024  # no admin request needs more; a bigger body is a 413
@@ -53,7 +68,7 @@ def _error(status: int, message: str) -> Response:
     return envelope(None, message, status)
 
 
-def _describe(errors: list[dict]) -> str:
+def _describe(errors: Sequence[Any]) -> str:
     parts = []
     for e in errors:
         where = ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path"))
@@ -61,22 +76,33 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
+def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> EnvelopeTooLarge:
+    """`client_certs`: the wss:// listener asks stations for certificates (--tls-client-ca),
+    so profile 3 stations can connect; whether there is a wss:// listener at all is
+    `fleet.ocpp_tls_url`."""
     app = FastAPI(
-        title="edrvctl admin API", version=__version__,
+        title="edrvctl admin API",
+        version=__version__,
         description="eDRV-style chargestation API served by `edrvctl serve`. Every response is "
-                    "`{ok, message, result}`; send `Authorization: Bearer <token>`.",
-        docs_url=None, redoc_url=None,
+        "`{ok, message, result}`; send `Authorization: Bearer <token>`.",
+        docs_url=None,
+        redoc_url=None,
         redirect_slashes=False,  # a bare 307 would be the one answer without an envelope
         max_body_size=MAX_BODY,
     )
     expected = f"Bearer {token}".encode()
 
     async def authorized(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
+        values = request.headers.getlist("authorization")
+        if len(values) > 1:  # which one counts would depend on who reads them: neither
+            raise UsageError("more than one Authorization header; send one")
+        given = values[0].encode() if values else b""
         if not hmac.compare_digest(given, expected):
-            raise AuthError("missing or invalid bearer token" if given else
-                            "missing bearer token: send 'Authorization: Bearer <token>'")
+            raise AuthError(
+                "missing or invalid bearer token"
+                if given
+                else "missing bearer token: send 'Authorization: Bearer <token>'"
+            )
 
     @app.exception_handler(EdrvError)
     async def on_edrv_error(request: Request, exc: EdrvError) -> Response:
@@ -89,8 +115,9 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
         in_body = any(e["loc"] and e["loc"][0] == "body" for e in errors)
         bad_json = any(e.get("type") == "json_invalid" for e in errors)
         status = 422 if in_body and not bad_json else 400
-        return _error(status, ("invalid JSON body: " if bad_json else "invalid request: ")
-                      + _describe(errors))
+        return _error(
+            status, ("invalid JSON body: " if bad_json else "invalid request: ") + _describe(errors)
+        )
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
@@ -102,6 +129,30 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
         return _error(500, f"internal error: {type(exc).__name__}")
 
     auth = [Depends(authorized)]
+
+    def reachable(security: model.Security | None) -> None:
+        """A station must be able to connect with the security it is given: refuse a TLS
+        profile on a server that has no wss:// listener (or, for profile 3, no client CA)."""
+        if security is None or not model.needs_tls({"type": security.type}):
+            return
+        if fleet.ocpp_tls_url is None:
+            raise Conflict(
+                f"security {security.type!r} needs wss://, and this server has no "
+                "TLS listener, so the station could never connect",
+                hint="restart `edrvctl serve` with --tls-cert and --tls-key"
+                + (" and --tls-client-ca" if security.type == "tls_client_cert" else ""),
+            )
+        if security.type == "tls_client_cert" and not client_certs:
+            raise Conflict(
+                "security 'tls_client_cert' needs station certificates, and this "
+                "server asks for none, so the station could never connect",
+                hint="restart `edrvctl serve` with --tls-client-ca (the CA that "
+                "signs the stations' certificates)",
+            )
+
+    def admin(request: Request) -> str:
+        """Who made a change, for the log line every change leaves (never with a secret)."""
+        return request.client.host if request.client else "unknown"
 
     @app.get("/v1.1/chargestations", dependencies=auth, summary="List chargestations")
     async def list_stations(
@@ -125,39 +176,70 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
     ) -> Response:
         unknown = sorted(set(request.query_params) - LIST_PARAMS)
         if unknown:
-            raise UsageError(f"unknown query parameter(s): {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(LIST_PARAMS))}")
+            raise UsageError(
+                f"unknown query parameter(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(LIST_PARAMS))}"
+            )
         if status is not None and status not in model.STATUSES:
             raise UsageError(f"status must be one of {', '.join(model.STATUSES)}")
         if sort_by not in SORT_FIELDS:
             raise UsageError(f"sort_by must be one of {', '.join(SORT_FIELDS)}")
-        equals = {k: v for k, v in (("online", online), ("active", active),
-                                    ("location", location), ("organization", organization),
-                                    ("protocol", protocol), ("status", status),
-                                    ("endpoint", endpoint)) if v is not None}
+        equals = {
+            k: v
+            for k, v in (
+                ("online", online),
+                ("active", active),
+                ("location", location),
+                ("organization", organization),
+                ("protocol", protocol),
+                ("status", status),
+                ("endpoint", endpoint),
+            )
+            if v is not None
+        }
         ranges = []
-        for name, op, value in (("createdAt", ">=", created_gte), ("createdAt", "<=", created_lte),
-                                ("updatedAt", ">=", updated_gte), ("updatedAt", "<=", updated_lte)):
+        for name, op, value in (
+            ("createdAt", ">=", created_gte),
+            ("createdAt", "<=", created_lte),
+            ("updatedAt", ">=", updated_gte),
+            ("updatedAt", "<=", updated_lte),
+        ):
             if value is not None:
                 try:
                     ranges.append((name, op, model.format_time(model.parse_time(value))))
                 except (ValueError, OverflowError):
-                    raise UsageError(f"{name} filter: {value!r} is not an ISO-8601 date-time "
-                                     "within years 1-9999") from None
+                    raise UsageError(
+                        f"{name} filter: {value!r} is not an ISO-8601 date-time within years 1-9999"
+                    ) from None
         limit = paginate_limit if paginate_enabled else None
         offset = (paginate_page - 1) * paginate_limit if paginate_enabled else 0
-        docs, total = await fleet.list_json(StationQuery(equals, ranges, sort_by,
-                                                   sort_order == "desc", limit, offset))
+        docs, total = await fleet.list_json(
+            StationQuery(equals, ranges, sort_by, sort_order == "desc", limit, offset)
+        )
         if not paginate_enabled:
             return envelope_of_json(docs, f"{total} chargestation(s)")
-        return envelope_of_json(docs, f"{total} chargestation(s)",
-                                hasNext=offset + len(docs) < total, hasPrevious=paginate_page > 1,
-                                total=total)
+        return envelope_of_json(
+            docs,
+            f"{total} chargestation(s)",
+            hasNext=offset + len(docs) < total,
+            hasPrevious=paginate_page > 1,
+            total=total,
+        )
 
-    @app.post("/v1.1/chargestations", dependencies=auth, status_code=201,
-              summary="Create a chargestation")
-    async def create_station(body: model.StationCreate) -> Response:
+    @app.post(
+        "/v1.1/chargestations", dependencies=auth, status_code=201, summary="Create a chargestation"
+    )
+    async def create_station(request: Request, body: model.StationCreate) -> Response:
+        reachable(body.security)
         doc, password = await fleet.create(body)
+        log.info(
+            "admin %s: chargestation %s created (%s, %s, security %s)",
+            admin(request),
+            doc["endpoint"],
+            doc["_id"],
+            doc["protocol"],
+            doc["security"]["type"],
+        )
         result = fleet.present(doc)
         if password is not None:  # shown this once; only a hash is kept
             result["password"] = password
@@ -168,30 +250,64 @@ def create_app(fleet: Fleet, token: str) -> "EnvelopeTooLarge":
         return envelope(fleet.present(await fleet.get(id)))
 
     @app.patch("/v1.1/chargestations/{id}", dependencies=auth, summary="Update a chargestation")
-    async def update_station(id: Id, body: model.StationUpdate) -> Response:
+    async def update_station(request: Request, id: Id, body: model.StationUpdate) -> Response:
+        reachable(getattr(body, "security", None))
         doc = await fleet.update(id, body)
+        fields = sorted(body.model_fields_set)
+        log.info(
+            "admin %s: chargestation %s updated (%s)",
+            admin(request),
+            doc["endpoint"],
+            ", ".join(fields) or "nothing",
+        )
+        if "active" in fields:
+            log.info(
+                "admin %s: chargestation %s %s",
+                admin(request),
+                doc["endpoint"],
+                "activated" if doc["active"] else "deactivated",
+            )
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} updated")
 
     @app.delete("/v1.1/chargestations/{id}", dependencies=auth, summary="Delete a chargestation")
-    async def delete_station(id: Id) -> Response:
+    async def delete_station(request: Request, id: Id) -> Response:
         doc = await fleet.delete(id)
+        log.info(
+            "admin %s: chargestation %s deleted (%s)", admin(request), doc["endpoint"], doc["_id"]
+        )
         return envelope(fleet.present(doc), f"chargestation {doc['endpoint']} deleted")
 
-    @app.patch("/v1.1/chargestations/{id}/reset_password", dependencies=auth,
-               summary="Issue a new station password and retire the old one")
-    async def reset_password(id: Id) -> Response:
+    @app.patch(
+        "/v1.1/chargestations/{id}/reset_password",
+        dependencies=auth,
+        summary="Issue a new station password and retire the old one",
+    )
+    async def reset_password(request: Request, id: Id) -> Response:
         doc, password = await fleet.rotate_password(id)
-        return envelope({**fleet.present(doc), "password": password},
-                        f"new password for chargestation {doc['endpoint']}; the old one no "
-                        "longer works")
+        log.info(
+            "admin %s: chargestation %s has a new password; the old one is retired",
+            admin(request),
+            doc["endpoint"],
+        )
+        return envelope(
+            {**fleet.present(doc), "password": password},
+            f"new password for chargestation {doc['endpoint']}; the old one no longer works",
+        )
 
-    @app.get("/v1.1/chargestations/{id}/connectors", dependencies=auth,
-             summary="A chargestation's connectors")
+    @app.get(
+        "/v1.1/chargestations/{id}/connectors",
+        dependencies=auth,
+        summary="A chargestation's connectors",
+    )
     async def get_connectors(id: Id) -> Response:
         return envelope((await fleet.get(id))["connectors"])
 
-    @app.post("/v1.1/chargestations/{id}/get_variables", dependencies=auth, status_code=201,
-              summary="Fetch the live station's configuration and store it as csconfig")
+    @app.post(
+        "/v1.1/chargestations/{id}/get_variables",
+        dependencies=auth,
+        status_code=201,
+        summary="Fetch the live station's configuration and store it as csconfig",
+    )
     async def get_variables(
         id: Id, body: Annotated[model.GetVariablesRequest | None, Body()] = None
     ) -> Response:
@@ -219,13 +335,86 @@ class EnvelopeTooLarge:
             nonlocal replaced
             if message["type"] == "http.response.start" and message["status"] == 413:
                 replaced = True
-                body = orjson.dumps({"ok": False, "result": None,
-                                     "message": f"request body over {MAX_BODY} bytes"})
-                await send({"type": "http.response.start", "status": 413, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())]})
+                body = orjson.dumps(
+                    {"ok": False, "result": None, "message": f"request body over {MAX_BODY} bytes"}
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 413,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
             elif not replaced:
                 await send(message)
 
         await self.app(scope, receive, send_enveloped)
+
+
+# --- the HTTP connection: bounded in time ---------------------------------------------------
+
+API_KEEP_ALIVE = 5  # s an idle kept-alive connection stays open after its last response
+API_READ_TIMEOUT = 10.0  # s to send a whole request (headers and body), from connection or idle
+API_MAX_CONNECTIONS = 512  # open at once; beyond it, a 503 envelope and the connection closed
+
+
+def protocol_class() -> type:
+    """uvicorn's h11 protocol with a deadline for reading each request: uvicorn closes a
+    kept-alive connection that stays idle after a response, but not one that never sends a
+    request, nor one that trickles its headers or body a byte at a time. Past
+    API_MAX_CONNECTIONS open at once, a new one is answered 503 (an envelope, like every other
+    answer) and closed. Upgrade requests are plain HTTP requests here (the admin API has no
+    websockets), answered 404 without a log line."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ApiProtocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _generation = 0
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._generation += 1
+            self._deadline = self.loop.call_later(API_READ_TIMEOUT, self._expire, self._generation)
+
+        def _expire(self, generation: int) -> None:
+            self._deadline = None
+            if generation != self._generation or self.transport.is_closing():
+                return
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):  # request not all read
+                self.transport.close()  # a request still running sees http.disconnect
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > API_MAX_CONNECTIONS:
+                body = orjson.dumps(
+                    {"ok": False, "message": "too many connections; retry later", "result": None}
+                )
+                transport.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                transport.close()
+                return
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+        def _unsupported_upgrade_warning(self) -> None:
+            pass
+
+    return ApiProtocol

@@ -467,6 +467,7 @@ class Listener:
         self.servers.append(server)
         port = server.sockets[0].getsockname()[1]
         shown = self.s.host if self.s.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        shown = f"[{shown}]" if ":" in shown else shown  # an IPv6 address in a URL
         return f"{'wss' if tls else 'ws'}://{shown}:{port}"
 
     async def start(self) -> tuple[str, str | None]:

@@ -1,27 +1,84 @@
-"""Logging for `serve`: to stderr, as text or one JSON object per line."""
+"""Logging for `serve`: to stderr, as text or one JSON object per line.
+
+Every record, ours and the libraries' (uvicorn, websockets, asyncio), goes through one handler
+and one of the two formatters below. Times are ISO-8601 UTC with milliseconds and a `Z`, like
+every timestamp the API returns. Messages often quote what a station or a client sent (a URL
+path, a subprotocol, an error description): the formatters escape control characters with
+`textsafe.printable`, so no one can forge a log line (`%0A` in a URL path) or send escape
+sequences to the terminal that shows the log. A traceback keeps its lines, each indented and
+escaped the same way, so it cannot pass for a record of its own.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from datetime import UTC, datetime
+
+from edrvctl.textsafe import printable
+
+
+def _utc(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _extra_lines(formatter: logging.Formatter, record: logging.LogRecord) -> list[str]:
+    """The record's traceback and stack, one escaped line each."""
+    text = ""
+    if record.exc_info:
+        text = formatter.formatException(record.exc_info)
+    elif record.exc_text:
+        text = record.exc_text
+    if record.stack_info:
+        text = (
+            f"{text}\n{formatter.formatStack(record.stack_info)}"
+            if text
+            else (formatter.formatStack(record.stack_info))
+        )
+    return [printable(line) for line in text.split("\n")] if text else []
+
+
+class TextFormatter(logging.Formatter):
+    """`2024-05-04T08:09:18.816Z INFO    edrvctl.ocpp: message`, one line per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{_utc(record)} {record.levelname:<7} {printable(record.name)}: "
+            f"{printable(record.getMessage())}"
+        )
+        extra = _extra_lines(self, record)
+        return "\n".join([line, *("    " + x for x in extra)])
 
 
 class JsonFormatter(logging.Formatter):
+    """`{"time", "level", "logger", "message"[, "exc"]}`, one object per line."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        entry = {
+            "time": _utc(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": printable(record.getMessage()),
+        }
+        extra = _extra_lines(self, record)
+        if extra:
+            entry["exc"] = "\n".join(extra)
         return json.dumps(entry)
 
 
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # `warnings` go through the same handler, in the same format
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+    # uvicorn's loggers keep no handler of their own (serve passes log_config=None): their
+    # records propagate here.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        uv = logging.getLogger(name)
+        uv.handlers[:] = []
+        uv.propagate = True
     logging.getLogger("uvicorn").setLevel(max(logging.WARNING, root.level))
