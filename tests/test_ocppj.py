@@ -937,8 +937,8 @@ def test_a_payload_that_cannot_be_encoded_is_an_invalid_call():
 
 
 def test_malformed_frames_and_stray_replies_count_against_the_rate():
-    """A peer sending garbage as fast as it can gets answers only within its budget; past
-    it, nothing (a well-formed CALL past it gets its GenericError)."""
+    """A peer sending garbage as fast as it can spends its budget: past it, its frames are
+    not examined, only refused (a well-formed CALL past it gets the same GenericError)."""
     from edrvctl.ocppj import TokenBucket
 
     async def scenario():
@@ -954,8 +954,10 @@ def test_malformed_frames_and_stray_replies_count_against_the_rate():
         return sock.sent
 
     sent = asyncio.run(scenario())
-    # two garbage frames answered (the stray reply between them is never answered, but costs
-    # budget too), then nothing more until the CALL, which is refused
-    assert len(sent) == 3, sent
+    # every garbage frame gets one answer (stray replies never do, but cost budget too): the
+    # first two within the budget say what is wrong, the rest only that the rate is spent
+    assert len(sent) == 11, sent
     assert [f[2] for f in sent[:2]] == ["FormationViolation", "FormationViolation"]
+    assert {f[2] for f in sent[2:]} == {"GenericError"}
+    assert all("rate limit" in f[4]["cause"] for f in sent[2:])
     assert sent[-1][:3] == [4, "c1", "GenericError"]

@@ -140,24 +140,19 @@ class Rpc:
                 try:
                     msg = frames.parse(raw, self.version)
                 except FrameError as e:
-                    # garbage costs the sender's budget too; past it, it is not even answered
+                    # garbage costs the sender's budget too; past it, it is answered with the
+                    # rate-limit error, not examined or logged
                     if self._within_budget(loop):
                         self._malformed(raw, e, loop.time())
                         await self._send(frames.encode_error(e.message_id, e, self.version))
+                    else:
+                        await self._send_error(e.message_id, self._over_rate())
                     continue
                 if type(msg) is Call:
                     if self._within_budget(loop):
                         await self._answer(msg)
                     else:  # refused at once: a flooding peer costs no memory
-                        await self._send_error(
-                            msg.id,
-                            RpcError(
-                                "GenericError",
-                                f"rate limit: at most {self.bucket.rate:g} messages per second"
-                                if self.bucket
-                                else "rate limit",
-                            ),
-                        )
+                        await self._send_error(msg.id, self._over_rate())
                     continue
                 fut = self._pending.pop(msg.id, None)
                 if fut is not None and not fut.done():
@@ -166,6 +161,10 @@ class Rpc:
                     log.debug("%s: dropped a reply nobody waits for: %.100r", self.name, raw)
         finally:
             self.close()
+
+    def _over_rate(self) -> RpcError:
+        rate = self.bucket.rate if self.bucket else 0
+        return RpcError("GenericError", f"rate limit: at most {rate:g} messages per second")
 
     def _within_budget(self, loop: asyncio.AbstractEventLoop) -> bool:
         return self.bucket is None or self.bucket.take(loop.time())
