@@ -27,6 +27,7 @@ from edrvctl.fleet.live import (
     UpdateFirmware,
 )
 from edrvctl.model import canonical_time, utcnow
+from edrvctl.ocppj import RpcError, schemas
 from edrvctl.ocppj.rpc import Handler
 from edrvctl.server.stations import StationSession
 
@@ -188,8 +189,19 @@ def _diagnostics(c: GetDiagnostics) -> tuple[str, dict]:
     return "GetDiagnostics", p
 
 
-def _raw(c: RawCall) -> tuple[str, dict]:
-    return c.action, c.payload
+def raw_call(version: str) -> Any:
+    """RawCall's translation: the payload as given, checked against the version's schema."""
+
+    def translate(c: RawCall) -> tuple[str, dict]:
+        try:
+            schemas.validate(version, c.action, schemas.REQUEST, c.payload)
+        except RpcError as e:
+            raise UsageError(
+                f"not an OCPP {version} {c.action}: {e.cause or e.description}"
+            ) from None
+        return c.action, c.payload
+
+    return translate
 
 
 TRANSLATIONS: dict[type, Any] = {
@@ -203,7 +215,7 @@ TRANSLATIONS: dict[type, Any] = {
     RemoteStop: _remote_stop,
     UpdateFirmware: _update_firmware,
     GetDiagnostics: _diagnostics,
-    RawCall: _raw,
+    RawCall: raw_call("1.6"),
 }
 
 

@@ -33,7 +33,7 @@ from edrvctl.fleet.live import (
 from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
 from edrvctl.ocppj import RpcClosed
 from edrvctl.ocppj.rpc import Handler
-from edrvctl.server.ocpp16 import _data_transfer, _raw, heartbeat, kept_as_event
+from edrvctl.server.ocpp16 import _data_transfer, heartbeat, kept_as_event, raw_call
 from edrvctl.server.stations import StationSession
 
 
@@ -190,7 +190,7 @@ TRANSLATIONS: dict[type, Any] = {
     RemoteStop: _remote_stop,
     UpdateFirmware: _update_firmware,
     GetDiagnostics: _diagnostics,
-    RawCall: _raw,
+    RawCall: raw_call("2.0.1"),
 }
 
 

@@ -33,7 +33,7 @@ ACTION_FILTER_FIELDS = ("chargestation", "type", "status", "outcome")
 
 @dataclass
 class ActionQuery:
-    """Actions newest first (createdAt, then _id)."""
+    """Actions newest first (createdAt, then the one created last)."""
 
     equals: dict[str, Any] = field(default_factory=dict)  # ACTION_FILTER_FIELDS -> value
     created_from: str | None = None  # createdAt >= this

@@ -113,8 +113,8 @@ CREATE TABLE IF NOT EXISTS actions (
     rev         INTEGER NOT NULL DEFAULT 1,
     doc         TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS actions_created ON actions(createdAt, id);
-CREATE INDEX IF NOT EXISTS actions_station ON actions(station_id, createdAt, id);
+CREATE INDEX IF NOT EXISTS actions_created ON actions(createdAt);
+CREATE INDEX IF NOT EXISTS actions_station ON actions(station_id, createdAt);
 CREATE INDEX IF NOT EXISTS actions_outcome ON actions(outcome);
 """,
 ]
@@ -742,7 +742,8 @@ class SqliteUnit:
             where.append("createdAt <= ?")
             args.append(query.created_to)
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT doc FROM actions{sql_where} ORDER BY createdAt DESC, id DESC"
+        # newest first; within one millisecond, the one created last first (rowid)
+        sql = f"SELECT doc FROM actions{sql_where} ORDER BY createdAt DESC, rowid DESC"
         page_args = list(args)
         if query.limit is not None:
             sql += " LIMIT ? OFFSET ?"
