@@ -526,7 +526,8 @@ def test_a_follow_up_before_the_answer_is_kept(fleet):
 
         async def answer(endpoint, command):
             fleet.heartbeat(endpoint)
-            await settle(fleet)
+            me = asyncio.current_task()  # carrying out the command
+            await asyncio.gather(*(t for t in fleet._tasks if t is not me))
             return "Accepted", {"status": "Accepted"}
 
         fleet.live.answers[TriggerMessage] = answer
@@ -891,5 +892,41 @@ def test_no_station_message_pays_for_actions_when_none_are_followed(fleet):
             await fleet.status_notification(ep, 1, 1, "Available")
         assert fleet.store.commits == commits
         assert not fleet._tasks
+
+    run(scenario())
+
+
+def test_a_caller_that_stops_waiting_does_not_leave_the_action_unrecorded(fleet):
+    async def scenario():
+        doc = await station(fleet)
+        release = asyncio.Event()
+
+        async def slow(endpoint, command):
+            await release.wait()
+            return "Accepted", {"status": "Accepted"}
+
+        fleet.live.answers[ClearCache] = slow
+        caller = asyncio.ensure_future(fleet.command(doc["endpoint"], ClearCache(), timeout=5))
+        await asyncio.sleep(0.01)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        release.set()
+        await settle(fleet)
+        found, _ = await fleet.list_actions(ActionQuery())
+        assert (found[0]["status"], found[0]["outcome"]) == ("completed", "succeeded")
+
+    run(scenario())
+
+
+def test_deleting_a_station_stops_following_its_actions(fleet):
+    async def scenario():
+        doc = await station(fleet)
+        fleet.live.answers[Reset] = ("Accepted", {"status": "Accepted"})
+        await fleet.command(doc["endpoint"], Reset(), timeout=5)
+        assert doc["endpoint"] in fleet._following
+        await fleet.delete(doc["_id"])
+        assert fleet._following == {}
+        assert (await fleet.list_actions(ActionQuery()))[1] == 0
 
     run(scenario())

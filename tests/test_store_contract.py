@@ -939,7 +939,7 @@ def test_fail_pending_actions(store):
             got = await tx.get_action(following["_id"])
             assert got == {**following, "outcome": "failed", "error": error, "updatedAt": now}
             assert await tx.get_action(done["_id"]) == done
-            found, total = await tx.list_actions(ActionQuery(equals={"outcome": "failed"}))
+            _, total = await tx.list_actions(ActionQuery(equals={"outcome": "failed"}))
             assert total == 2
             assert await tx.fail_pending_actions("again", now) == 0
 

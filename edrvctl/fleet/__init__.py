@@ -349,7 +349,7 @@ class Fleet:
                     f"chargestation {key!r} not found", hint="list them with `edrvctl cs list`"
                 )
             await tx.delete_station(doc["_id"])
-        for memo in (self._seen, self._ids, self._statuses):
+        for memo in (self._seen, self._ids, self._statuses, self._following):
             memo.pop(doc["endpoint"], None)
         await self._disconnect(doc["endpoint"], "chargestation deleted")
         return doc
@@ -446,10 +446,18 @@ class Fleet:
                 protocol=doc["protocol"],
                 firmware=(doc.get("bootInfo") or {}).get("firmwareVersion"),
             )
+        task = asyncio.ensure_future(self._carry_out(doc, action["_id"], command, timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._carried_out)
         if not wait:
-            self._spawn(self._carry_out(doc, action["_id"], command, timeout))
             return action
-        return await self._carry_out(doc, action["_id"], command, timeout)
+        # shielded: a caller that stops waiting (a client gone) does not leave it unrecorded
+        return await asyncio.shield(task)
+
+    def _carried_out(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a command's answer was not recorded", exc_info=task.exception())
 
     def _with_request_id(self, command: Command) -> Command:
         if isinstance(command, RemoteStart) and command.remote_start_id is None:
