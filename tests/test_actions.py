@@ -485,6 +485,9 @@ def test_offline_inactive_or_not_booted_is_refused_before_anything(fleet):
         with pytest.raises(Unavailable, match="BootNotification"):
             await fleet.command("ACT-NOBOOT", ClearCache(), timeout=5)
         assert (await fleet.list_actions(ActionQuery()))[1] == 0
+        for internal in (Disconnect("x"), FetchConfig()):  # not operations with an Action
+            with pytest.raises(UsageError, match="not an operation"):
+                await fleet.command(doc["endpoint"], internal, timeout=5)
 
     run(scenario())
 

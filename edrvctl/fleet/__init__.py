@@ -425,6 +425,8 @@ class Fleet:
         A long command stays outcome pending, followed through the station's messages until
         its end or its deadline (expire_actions). `wait=False`: return the Action as recorded
         (status requested) and carry the command out in the background."""
+        if type(command) not in actions.TYPES:
+            raise UsageError(f"{type(command).__name__} is not an operation on a station")
         doc = await self.get(key)
         self._check_reachable(doc)
         endpoint = doc["endpoint"]
