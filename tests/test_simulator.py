@@ -126,6 +126,7 @@ class Csms16(CsmsConn):
             "StopTransaction": _empty,
             "DiagnosticsStatusNotification": _empty,
             "FirmwareStatusNotification": _empty,
+            "LogStatusNotification": _empty,
         }.items()
     }
 
@@ -607,6 +608,153 @@ def test_reset_reboots_and_boots_again():
                 await csms.wait(lambda: len(csms.of("RST", "BootNotification")) == 2)
                 assert csms.of("RST", "BootNotification")[1]["reason"] == "RemoteReset"
                 assert csms.connections["RST"] == 2 and st.stats.reboots == 1
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- firmware, diagnostics
+
+
+@contextlib.contextmanager
+def file_server():
+    """An HTTP server on 127.0.0.1: GET /fw.bin answers a file (anything else 404); PUT
+    /up/<name> keeps the body in `files`; PUT elsewhere answers 500."""
+    import http.server
+    import threading
+
+    files: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"firmware" if self.path == "/fw.bin" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            ok = self.path.startswith("/up/")
+            if ok:
+                files[unquote(self.path[len("/up/") :])] = body
+            self.send_response(201 if ok else 500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", files
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+def test_update_firmware_steps_reboot_and_boot_with_a_new_version(protocol):
+    async def main():
+        with file_server() as (base, _):
+            async with csms_server() as csms:
+                st = SimStation(
+                    "FW", csms.url, protocol, firmware="1.0.9", reboot_delay=0.1, transfer_step=0.01
+                )
+                async with running(st):
+                    await booted(st)
+                    fw = {"location": f"{base}/fw.bin", "retrieveDate": NOW}
+                    if protocol == "ocpp1.6":
+                        assert await csms.cps["FW"].call("UpdateFirmware", fw) == {}
+                    else:
+                        fw = {"location": fw["location"], "retrieveDateTime": NOW}
+                        r = await csms.cps["FW"].call(
+                            "UpdateFirmware", {"requestId": 7, "firmware": fw}
+                        )
+                        assert r["status"] == "Accepted"
+                    await csms.wait(lambda: len(csms.of("FW", "BootNotification")) == 2)
+                    notes = csms.of("FW", "FirmwareStatusNotification")
+                    assert [n["status"] for n in notes] == [
+                        "Downloading",
+                        "Downloaded",
+                        "Installing",
+                        "Installed",
+                    ]
+                    boot = csms.of("FW", "BootNotification")[1]
+                    if protocol == "ocpp1.6":
+                        assert boot["firmwareVersion"] == "1.0.10"
+                    else:
+                        assert {n["requestId"] for n in notes} == {7}
+                        assert boot["chargingStation"]["firmwareVersion"] == "1.0.10"
+                        assert boot["reason"] == "FirmwareUpdate"
+                    assert st.firmware == "1.0.10" and st.stats.reboots == 1
+
+    run(main())
+
+
+def test_update_firmware_that_cannot_be_downloaded_fails():
+    async def main():
+        with file_server() as (base, _):
+            async with csms_server() as csms:
+                st = SimStation("FWX", csms.url, "ocpp1.6", transfer_step=0.01)
+                async with running(st):
+                    await booted(st)
+                    await csms.cps["FWX"].call(
+                        "UpdateFirmware", {"location": f"{base}/missing.bin", "retrieveDate": NOW}
+                    )
+                    await csms.wait(lambda: len(csms.of("FWX", "FirmwareStatusNotification")) == 2)
+                    notes = csms.of("FWX", "FirmwareStatusNotification")
+                    assert [n["status"] for n in notes] == ["Downloading", "DownloadFailed"]
+                    assert st.firmware == "1.0.0" and st.stats.reboots == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("protocol", "action", "security"),
+    [
+        ("ocpp1.6", "GetDiagnostics", False),
+        ("ocpp1.6", "GetLog", True),
+        ("ocpp2.0.1", "GetLog", False),
+    ],
+)
+@pytest.mark.parametrize("works", [True, False])
+def test_diagnostics_are_put_to_the_given_location(protocol, action, security, works):
+    async def main():
+        with file_server() as (base, files):
+            async with csms_server() as csms:
+                st = SimStation("DIAG", csms.url, protocol, transfer_step=0.01)
+                async with running(st):
+                    await booted(st)
+                    where = f"{base}/up/" if works else f"{base}/fail/"
+                    if action == "GetDiagnostics":
+                        r = await csms.cps["DIAG"].call(action, {"location": where})
+                        name, note, failed = (
+                            r["fileName"],
+                            "DiagnosticsStatusNotification",
+                            "UploadFailed",
+                        )
+                    else:
+                        r = await csms.cps["DIAG"].call(
+                            action,
+                            {
+                                "logType": "SecurityLog" if security else "DiagnosticsLog",
+                                "requestId": 3,
+                                "log": {"remoteLocation": where},
+                            },
+                        )
+                        assert r["status"] == "Accepted"
+                        name, note, failed = r["filename"], "LogStatusNotification", "UploadFailure"
+                    await csms.wait(lambda: len(csms.of("DIAG", note)) == 2)
+                    statuses = [n["status"] for n in csms.of("DIAG", note)]
+                    assert statuses == ["Uploading", "Uploaded" if works else failed]
+                    if note == "LogStatusNotification":
+                        assert {n["requestId"] for n in csms.of("DIAG", note)} == {3}
+                    if works:
+                        assert b"DIAG" in files[name]
+                    else:
+                        assert files == {}
 
     run(main())
 

@@ -26,7 +26,8 @@ from edrvctl.errors import (
     StoreUnavailable,
     UsageError,
 )
-from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery, Store, open_store
+from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery, Store, open_store
+from edrvctl.store.sqlite import SCHEMA_VERSION
 from timing import scaled
 
 BACKENDS = ["sqlite-file", "sqlite-memory"]
@@ -797,6 +798,154 @@ def test_meter_values(store):
     run(scenario())
 
 
+# --- actions ------------------------------------------------------------------------------
+
+
+def action(station_id: str, **fields) -> dict:
+    """An Action shaped like fleet.actions.new_action's; createdAt increases with each one."""
+    n = next(_seq)
+    at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    doc = {
+        "_id": f"a{n:023x}",
+        "type": "reset",
+        "status": "requested",
+        "chargestation": station_id,
+        "connector": None,
+        "data": {"hard": False},
+        "response_data": None,
+        "createdAt": at,
+        "updatedAt": at,
+        "stage": "queued",
+        "progress": [],
+        "outcome": "pending",
+        "error": None,
+        "deadline": None,
+    }
+    doc.update(fields)
+    return doc
+
+
+def test_actions_create_get_and_compare_and_set_save(store):
+    cs = station()
+    a = action(cs["_id"])
+
+    async def scenario():
+        await create(store, cs)
+        async with store.unit() as tx:
+            await tx.create_action(a)
+        async with store.unit() as tx:
+            with pytest.raises(Conflict):
+                await tx.create_action(a)
+        async with store.unit() as tx:
+            assert await tx.get_action(a["_id"]) == a
+            assert await tx.get_action("nope") is None
+        async with store.unit() as tx:
+            with pytest.raises(StaleRecord):  # never read in this unit
+                await tx.save_action({**a, "status": "completed"})
+        async with store.unit() as tx:
+            mine = await tx.get_action(a["_id"])
+            async with store.unit() as other:
+                theirs = await other.get_action(a["_id"])
+                theirs["progress"].append({"status": "Downloading", "at": "t"})
+                await other.save_action(theirs)
+            mine["status"] = "completed"
+            with pytest.raises(StaleRecord):  # the other writer's change is not overwritten
+                await tx.save_action(mine)
+        async with store.unit() as tx:
+            mine = await tx.get_action(a["_id"])
+            assert mine["progress"] == [{"status": "Downloading", "at": "t"}]
+            mine.update(status="completed", outcome="succeeded", stage="done")
+            await tx.save_action(mine)
+            mine["updatedAt"] = "2030-01-01T00:00:00.000Z"
+            await tx.save_action(mine)  # twice in one unit: its own write is no conflict
+        async with store.unit() as tx:
+            assert await tx.get_action(a["_id"]) == mine
+
+    run(scenario())
+
+
+def test_actions_list_filters_pages_newest_first(store):
+    one, two = station(), station()
+    docs = [
+        action(one["_id"]),
+        action(one["_id"], type="clear_cache", status="completed", outcome="succeeded"),
+        action(two["_id"], status="failed", outcome="failed"),
+        action(one["_id"], type="clear_cache", status="completed", outcome="succeeded"),
+    ]
+
+    async def ids(**kw) -> tuple[list[str], int]:
+        async with store.unit() as tx:
+            found, total = await tx.list_actions(ActionQuery(**kw))
+        return [d["_id"] for d in found], total
+
+    async def scenario():
+        await create(store, one, two)
+        async with store.unit() as tx:
+            for d in reversed(docs):  # not in createdAt order
+                await tx.create_action(d)
+        every = [d["_id"] for d in reversed(docs)]
+        assert await ids() == (every, 4)
+        assert await ids(limit=2, offset=1) == (every[1:3], 4)
+        assert await ids(limit=None) == (every, 4)
+        assert await ids(equals={"chargestation": two["_id"]}) == ([docs[2]["_id"]], 1)
+        assert await ids(equals={"type": "clear_cache", "chargestation": one["_id"]}) == (
+            [docs[3]["_id"], docs[1]["_id"]],
+            2,
+        )
+        assert await ids(equals={"status": "failed"}) == ([docs[2]["_id"]], 1)
+        assert await ids(equals={"outcome": "pending"}) == ([docs[0]["_id"]], 1)
+        assert await ids(created_from=docs[1]["createdAt"], created_to=docs[2]["createdAt"]) == (
+            [docs[2]["_id"], docs[1]["_id"]],
+            2,
+        )
+        async with store.unit() as tx:
+            with pytest.raises(UsageError, match="cannot filter actions"):
+                await tx.list_actions(ActionQuery(equals={"doc": "x"}))
+        async with store.unit() as tx:  # a deleted station takes its actions along
+            await tx.delete_station(two["_id"])
+        assert (await ids())[1] == 3
+
+    run(scenario())
+
+
+def test_fail_pending_actions(store):
+    cs = station()
+    asked = action(cs["_id"])  # never answered
+    following = action(cs["_id"], status="completed", stage="downloading")
+    done = action(cs["_id"], status="completed", outcome="succeeded", stage="done")
+    now = "2024-06-01T00:00:00.000Z"
+    error = {"code": "Interrupted", "description": "the server stopped"}
+
+    async def scenario():
+        await create(store, cs)
+        async with store.unit() as tx:
+            for d in (asked, following, done):
+                await tx.create_action(d)
+        async with store.unit() as tx:
+            stale = await tx.get_action(asked["_id"])
+            async with store.unit() as other:
+                assert await other.fail_pending_actions("the server stopped", now) == 2
+            with pytest.raises(StaleRecord):  # a write to the row like any other
+                await tx.save_action(stale)
+        async with store.unit() as tx:
+            got = await tx.get_action(asked["_id"])
+            assert got == {
+                **asked,
+                "status": "failed",
+                "outcome": "failed",
+                "error": error,
+                "updatedAt": now,
+            }
+            got = await tx.get_action(following["_id"])
+            assert got == {**following, "outcome": "failed", "error": error, "updatedAt": now}
+            assert await tx.get_action(done["_id"]) == done
+            _, total = await tx.list_actions(ActionQuery(equals={"outcome": "failed"}))
+            assert total == 2
+            assert await tx.fail_pending_actions("again", now) == 0
+
+    run(scenario())
+
+
 def test_read_only_store_refuses_writes(store, backend):
     doc = station()
     run(create(store, doc))
@@ -957,8 +1106,8 @@ def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog
 
     with caplog.at_level("INFO", logger="edrvctl.store"):
         run(scenario())
-    assert f"store: migrating {path} from schema 1 to 2" in caplog.messages
-    assert user_version(path) == 2
+    assert f"store: migrating {path} from schema 1 to {SCHEMA_VERSION}" in caplog.messages
+    assert user_version(path) == SCHEMA_VERSION
     caplog.clear()
     with caplog.at_level("INFO", logger="edrvctl.store"):
         run(open_store(path).close())  # already current: nothing to do
@@ -968,7 +1117,7 @@ def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog
 def test_sqlite_schema_versions(tmp_path):
     path = tmp_path / "new.db"
     run(open_store(path).close())
-    assert user_version(path) == 2  # a new store starts at the latest schema
+    assert user_version(path) == SCHEMA_VERSION  # a new store starts at the latest schema
 
     newer = tmp_path / "newer.db"
     run(open_store(newer).close())

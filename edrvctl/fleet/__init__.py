@@ -13,13 +13,17 @@ server:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
+import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,15 +31,30 @@ import orjson
 from edrvctl import model
 from edrvctl.errors import (
     Busy,
+    EdrvError,
     InvalidBody,
     NotFound,
     OverBudget,
     StaleRecord,
+    StationRejected,
+    StationTimeout,
     Unavailable,
     UsageError,
 )
-from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig, LiveStations
-from edrvctl.store import StationQuery, Store, Unit
+from edrvctl.fleet import actions
+from edrvctl.fleet.actions import Follow, Step
+from edrvctl.fleet.live import (
+    ChangeAvailability,
+    Command,
+    Configure,
+    Disconnect,
+    FetchConfig,
+    GetDiagnostics,
+    LiveStations,
+    RemoteStart,
+    UpdateFirmware,
+)
+from edrvctl.store import ActionQuery, StationQuery, Store, Unit
 from edrvctl.timefmt import ago
 
 log = logging.getLogger("edrvctl.fleet")
@@ -78,6 +97,9 @@ class NoLiveStations:
     async def send(self, endpoint: str, command: Any, timeout: float) -> Any:
         raise Unavailable(f"chargestation {endpoint} is offline")
 
+    def check(self, endpoint: str, command: Any) -> None:
+        raise Unavailable(f"chargestation {endpoint} is offline")
+
 
 class Fleet:
     def __init__(
@@ -110,6 +132,11 @@ class Fleet:
         # changed elsewhere misses here and is checked in full again
         self._verified: dict[str, bytes] = {}
         self._hashing = 0  # slow checks running
+        # endpoint -> {action _id: long command followed through the station's messages};
+        # empty for nearly every station, so a message costs one dict lookup here
+        self._following: dict[str, dict[str, Follow]] = {}
+        # OCPP request ids (remoteStartId, requestId): int32, distinct across restarts
+        self._request_ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
 
     # --- units of work ------------------------------------------------------------------------
 
@@ -367,7 +394,7 @@ class Fleet:
                     f"chargestation {key!r} not found", hint="list them with `edrvctl cs list`"
                 )
             await tx.delete_station(doc["_id"])
-        for memo in (self._seen, self._ids, self._statuses):
+        for memo in (self._seen, self._ids, self._statuses, self._following):
             memo.pop(doc["endpoint"], None)
         await self._disconnect(doc["endpoint"], "chargestation deleted")
         return doc
@@ -430,6 +457,233 @@ class Fleet:
             "unknownKeys": unknown,
         }
 
+    # --- commands as Actions (fleet/actions.py) ------------------------------------------------
+
+    async def command(self, key: str, command: Command, timeout: float, wait: bool = True) -> dict:
+        """Send `command` to a live station as an Action, and return the Action.
+
+        Before anything is recorded or sent: NotFound, Unavailable (offline, inactive, not
+        booted) and UsageError (its version cannot take the command). The Action is committed
+        before the command is sent; then it holds the answer: status completed (accepted) or
+        failed, with `error.code` Rejected (a refusal status), CallError (CALLERROR or an
+        invalid answer), Timeout (no answer: outcome timed_out), Offline, Busy or Invalid.
+        A long command stays outcome pending, followed through the station's messages until
+        its end or its deadline (expire_actions). `wait=False`: return the Action as recorded
+        (status requested) and carry the command out in the background."""
+        if type(command) not in actions.TYPES:
+            raise UsageError(f"{type(command).__name__} is not an operation on a station")
+        doc = await self.get(key)
+        self._check_reachable(doc)
+        endpoint = doc["endpoint"]
+        command = self._with_request_id(command)
+        check = getattr(self.live, "check", None)
+        if check is not None:
+            check(endpoint, command)
+        now = model.utcnow()
+        limit = actions.DEADLINES.get(type(command))
+        deadline = None if limit is None else _iso(time.time() + limit)
+        action = actions.new_action(doc, command, now, deadline)
+        async with self.store.unit() as tx:
+            await tx.create_action(action)
+        if limit is not None:  # followed from now: its first follow-up may beat the answer
+            self._following.setdefault(endpoint, {})[action["_id"]] = Follow(
+                action["_id"],
+                command,
+                time.time() + limit,
+                protocol=doc["protocol"],
+                firmware=(doc.get("bootInfo") or {}).get("firmwareVersion"),
+            )
+        task = asyncio.ensure_future(self._carry_out(doc, action["_id"], command, timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._carried_out)
+        if not wait:
+            return action
+        # shielded: a caller that stops waiting (a client gone) does not leave it unrecorded
+        return await asyncio.shield(task)
+
+    def _carried_out(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a command's answer was not recorded", exc_info=task.exception())
+
+    def _with_request_id(self, command: Command) -> Command:
+        if isinstance(command, RemoteStart) and command.remote_start_id is None:
+            return dataclasses.replace(command, remote_start_id=next(self._request_ids))
+        if isinstance(command, (UpdateFirmware, GetDiagnostics)) and command.request_id is None:
+            return dataclasses.replace(command, request_id=next(self._request_ids))
+        return command
+
+    async def _carry_out(self, doc: dict, action_id: str, command: Command, timeout: float) -> dict:
+        endpoint = doc["endpoint"]
+        error: dict | None = None
+        outcome, stage = "failed", "sent"
+        status, answer, note = None, None, None
+        readback: dict | None = None
+        try:
+            result = await self.live.send(endpoint, command, timeout)
+        except StationTimeout as e:
+            error, outcome = {"code": "Timeout", "description": e.message}, "timed_out"
+        except StationRejected as e:
+            error = {"code": "CallError", "description": e.message}
+        except Busy as e:
+            error, stage = {"code": "Busy", "description": e.message}, "queued"
+        except Unavailable as e:
+            error = {"code": "Offline", "description": e.message}
+        except UsageError as e:
+            error, stage = {"code": "Invalid", "description": e.message}, "queued"
+        except EdrvError as e:
+            error = {"code": type(e).__name__, "description": e.message}
+        else:
+            status, answer = result if isinstance(result, tuple) else (result, {"status": result})
+            note = actions.NOTES.get(status)
+            if status not in actions.ACCEPTED:
+                error = {
+                    "code": "Rejected",
+                    "description": f"chargestation {endpoint} answered {status}",
+                }
+            elif isinstance(command, Configure) and status == "Accepted":
+                readback, error = await self._read_back(doc, command, timeout)
+                outcome, stage = ("succeeded", "done") if error is None else ("failed", "done")
+            elif type(command) in actions.DEADLINES and status != "NoFile":
+                outcome, stage = "pending", "accepted"
+            else:
+                outcome, stage = "succeeded", "done"
+        if outcome != "pending":  # nothing more to follow
+            self._unfollow(endpoint, action_id)
+
+        def apply(action: dict, now: str) -> None:
+            action["status"] = "completed" if status in actions.ACCEPTED else "failed"
+            action["response_data"] = answer
+            if note:
+                action["note"] = note
+            if readback is not None:
+                action["progress"].append({"status": "ReadBack", "at": now, **readback})
+            if action["outcome"] == "pending":  # else a follow-up already ended it
+                action["outcome"] = outcome
+                if error is not None:
+                    action["error"] = error
+                if action["stage"] in ("queued", "sent") or outcome != "pending":
+                    action["stage"] = stage
+
+        return await self._change_action(action_id, apply)
+
+    async def _read_back(
+        self, doc: dict, command: Configure, timeout: float
+    ) -> tuple[dict, dict | None]:
+        """Read a key just set (csconfig is updated); (what was read, error if not as set)."""
+        try:
+            got = await self.fetch_config(doc["_id"], [command.key], timeout)
+        except EdrvError as e:
+            return {"error": e.message}, {
+                "code": "NotVerified",
+                "description": f"accepted, but reading it back failed: {e.message}",
+            }
+        wanted = command.key.casefold()
+        entries = got["csconfig"]
+        entry = next((e for e in entries if e["key"].casefold() == wanted), None)
+        if entry is None and len(entries) == 1:
+            entry = entries[0]  # a 2.0.1 key spelled another way
+        value = entry.get("value") if entry else None
+        if value != command.value:
+            return {"value": value}, {
+                "code": "NotApplied",
+                "description": f"accepted, but {command.key} reads {value!r}, not {command.value!r}",
+            }
+        return {"value": value}, None
+
+    async def _change_action(self, action_id: str, fn: Callable[[dict, str], Any]) -> dict:
+        for attempt in range(MAX_SAVE_TRIES):
+            try:
+                async with self.store.unit() as tx:
+                    action = await tx.get_action(action_id)
+                    if action is None:
+                        raise NotFound(f"action {action_id!r} not found")
+                    now = model.utcnow()
+                    fn(action, now)
+                    action["updatedAt"] = now
+                    await tx.save_action(action)
+                return action
+            except StaleRecord:
+                if attempt == MAX_SAVE_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unfollow(self, endpoint: str, action_id: str) -> None:
+        follows = self._following.get(endpoint)
+        if follows is not None:
+            follows.pop(action_id, None)
+            if not follows:
+                del self._following[endpoint]
+
+    async def _observe(self, endpoint: str, kind: str, info: dict) -> None:
+        """A station message (as a fleet event) that may move its followed actions on."""
+        follows = self._following.get(endpoint)
+        if not follows:
+            return
+        for f in list(follows.values()):
+            step = actions.follow(f, kind, info)
+            if step is None:
+                continue
+            if step.outcome is not None:
+                self._unfollow(endpoint, f.action_id)
+            try:
+                await self._change_action(f.action_id, functools.partial(_step, step=step))
+            except Exception:  # the station's message is recorded whatever happens here
+                log.exception("%s: action %s: recording %s failed", endpoint, f.action_id, kind)
+
+    async def expire_actions(self, now: float | None = None) -> int:
+        """End the followed actions past their deadline as timed_out (the server calls this
+        every few seconds). Returns how many."""
+        now = time.time() if now is None else now
+        late = [
+            (endpoint, f)
+            for endpoint, follows in self._following.items()
+            for f in follows.values()
+            if f.deadline <= now
+        ]
+        for endpoint, f in late:
+            self._unfollow(endpoint, f.action_id)
+            limit = actions.DEADLINES.get(type(f.command), 0)
+            what = actions.TYPES[type(f.command)]
+            step = Step(
+                "TimedOut",
+                outcome="timed_out",
+                error={
+                    "code": "Timeout",
+                    "description": f"{what}: its end was not seen within {limit:g} s",
+                },
+            )
+            try:
+                await self._change_action(f.action_id, functools.partial(_step, step=step))
+            except Exception:
+                log.exception("%s: action %s: expiring failed", endpoint, f.action_id)
+        return len(late)
+
+    async def get_action(self, action_id: str) -> dict:
+        async with self.store.unit() as tx:
+            action = await tx.get_action(action_id)
+        if action is None:
+            raise NotFound(f"action {action_id!r} not found")
+        return action
+
+    async def list_actions(self, query: ActionQuery) -> tuple[list[dict], int]:
+        """A page of Actions, newest first; `chargestation` may be an endpoint or an _id."""
+        station = query.equals.get("chargestation")
+        if station is not None:
+            doc = await self._read(station)
+            if doc is not None:
+                query = dataclasses.replace(
+                    query, equals={**query.equals, "chargestation": doc["_id"]}
+                )
+        async with self.store.unit() as tx:
+            return await tx.list_actions(query)
+
+    async def fail_pending_actions(self, reason: str = "the server stopped") -> int:
+        """At start-up nothing is followed yet: an action that was in flight when the server
+        died ends failed with `reason`, never stays pending."""
+        async with self.store.unit() as tx:
+            return await tx.fail_pending_actions(reason, model.utcnow())
+
     async def push_availability(self, endpoint: str) -> None:
         """Tell a connected station what its `active` switch says (whole station)."""
         doc = await self._read(endpoint)
@@ -484,9 +738,13 @@ class Fleet:
             await self._change(endpoint, apply, message=False)
         except NotFound:
             pass
+        if endpoint in self._following:
+            await self._observe(endpoint, "Disconnected", {})
 
     def heartbeat(self, endpoint: str) -> None:
         self._touch(endpoint)
+        if endpoint in self._following:
+            self._spawn(self._observe(endpoint, "Heartbeat", {}))
 
     async def boot(self, endpoint: str, boot_info: dict) -> tuple[str, int]:
         """Record BootNotification; every known station is Accepted (unknown ones never get
@@ -499,6 +757,8 @@ class Fleet:
             doc["model"] = boot_info.get("chargePointModel")
 
         doc, _ = await self._change(endpoint, apply)
+        if endpoint in self._following:
+            await self._observe(endpoint, "BootNotification", boot_info)
         if not doc["active"] or doc.get("availabilityPending"):
             self._spawn(self.push_availability(endpoint))
         return "Accepted", self.heartbeat_interval
@@ -512,6 +772,12 @@ class Fleet:
         error_code: str | None = None,
         info: str | None = None,
     ) -> None:
+        if endpoint in self._following:
+            await self._observe(
+                endpoint,
+                "StatusNotification",
+                {"evse": evse_id, "connector": connector_id, "status": status},
+            )
         said = (status, error_code, info)
         last = self._statuses.get(endpoint)
         if last is not None and last.get((evse_id, connector_id)) == said:
@@ -595,6 +861,7 @@ class Fleet:
         meter_start: float | None,
         timestamp: str,
         tx_key: str | None = None,
+        remote_start_id: int | None = None,
     ) -> tuple[str, str]:
         """Record a transaction start. Returns (transaction key, id-tag status)."""
         async with self.store.unit() as tx:
@@ -618,6 +885,17 @@ class Fleet:
                     "stopReason": None,
                     "status": "Active" if status == "Accepted" else "Refused",
                 }
+            )
+        if endpoint in self._following:
+            await self._observe(
+                endpoint,
+                "StartTransaction",
+                {
+                    "connector": connector,
+                    "idTag": id_tag,
+                    "transactionId": key,
+                    "remoteStartId": remote_start_id,
+                },
             )
         return key, status
 
@@ -654,6 +932,10 @@ class Fleet:
                     "status": status,
                 },
             )
+        if endpoint in self._following:
+            await self._observe(
+                endpoint, "StopTransaction", {"transactionId": tx_key, "reason": reason}
+            )
         return True
 
     async def transaction_connector(self, endpoint: str, tx_key: str) -> int | None:
@@ -671,6 +953,10 @@ class Fleet:
         self._touch(endpoint)
         async with self.store.unit() as tx:
             await tx.add_meter_values(sid, tx_key, connector, values)
+        if endpoint in self._following:
+            await self._observe(
+                endpoint, "MeterValues", {"connector": connector, "transactionId": tx_key}
+            )
 
     async def record_event(
         self, endpoint: str, kind: str, payload: dict, from_station: bool = True
@@ -683,8 +969,19 @@ class Fleet:
             self._touch(endpoint)
         async with self.store.unit() as tx:
             await tx.add_event(sid, model.utcnow(), kind, payload)
+        if from_station and endpoint in self._following:
+            await self._observe(endpoint, kind, payload)
 
     async def mark_all_offline(self) -> int:
         """At start-up no station is connected here, whatever the last run left behind."""
         async with self.store.unit() as tx:
             return await tx.mark_all_offline(model.utcnow())
+
+
+def _iso(t: float) -> str:
+    return model.format_time(datetime.fromtimestamp(t, UTC))
+
+
+def _step(action: dict, now: str, step: Step) -> None:
+    if action["outcome"] == "pending":  # ended meanwhile (deadline): later news is not kept
+        actions.apply_step(action, step, now)

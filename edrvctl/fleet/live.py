@@ -7,7 +7,7 @@ tests use a fake.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -30,13 +30,139 @@ class ChangeAvailability:
 
 
 @dataclass(frozen=True)
+class Reset:
+    """Reboot the station (1.6 Soft/Hard; 2.0.1 OnIdle/Immediate, optionally one EVSE)."""
+
+    hard: bool = False
+    evse: int | None = None
+
+
+@dataclass(frozen=True)
+class UnlockConnector:
+    """1.6 names a connector (or `evse`, the same number there); 2.0.1 needs the EVSE, and
+    connector 1 of it unless told."""
+
+    connector: int | None = None
+    evse: int | None = None
+
+
+@dataclass(frozen=True)
+class TriggerMessage:
+    """Ask the station to send `message` now (one of its version's requestedMessage values)."""
+
+    message: str
+    evse: int | None = None
+    connector: int | None = None
+
+
+@dataclass(frozen=True)
+class Configure:
+    """One key: 1.6 ChangeConfiguration; 2.0.1 SetVariables, the key spelled as
+    server.ocpp201.config_key prints it (`Component[instance][evse,connector].Variable`)."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class ClearCache:
+    pass
+
+
+@dataclass(frozen=True)
+class DataTransfer:
+    vendor: str
+    message_id: str | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteStart:
+    """1.6 RemoteStartTransaction (connector, or evse as the same number); 2.0.1
+    RequestStartTransaction (evse only). `remote_start_id` is set by the fleet, which follows
+    the transaction it starts."""
+
+    id_tag: str
+    evse: int | None = None
+    connector: int | None = None
+    remote_start_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RemoteStop:
+    transaction_id: str
+
+
+@dataclass(frozen=True)
+class UpdateFirmware:
+    """`retrieve_at`: ISO-8601, now if not given. `request_id` is set by the fleet."""
+
+    url: str
+    retrieve_at: str | None = None
+    request_id: int | None = None
+
+
+@dataclass(frozen=True)
+class GetDiagnostics:
+    """1.6 GetDiagnostics (GetLog SecurityLog when `security`); 2.0.1 GetLog. `url` is where
+    the station uploads (a directory: the station names the file). `request_id`: the fleet's."""
+
+    url: str
+    since: str | None = None
+    until: str | None = None
+    security: bool = False
+    request_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RawCall:
+    """Any CSMS-to-station action, its payload validated against the version's schema."""
+
+    action: str
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Disconnect:
     """Close the station's connection (it may come back)."""
 
     reason: str
 
 
-Command = FetchConfig | ChangeAvailability | Disconnect
+Command = (
+    FetchConfig
+    | ChangeAvailability
+    | Disconnect
+    | Reset
+    | UnlockConnector
+    | TriggerMessage
+    | Configure
+    | ClearCache
+    | DataTransfer
+    | RemoteStart
+    | RemoteStop
+    | UpdateFirmware
+    | GetDiagnostics
+    | RawCall
+)
+
+# Commands that answer (status, the station's answer payload) through the live port: status
+# is the answer's own status word, "Accepted" where the version's answer has none (1.6
+# UpdateFirmware), the one item's attributeStatus of a SetVariables, and "NoFile" for a 1.6
+# GetDiagnostics answered without a file name (nothing to upload).
+ANSWERED = (
+    Reset,
+    UnlockConnector,
+    TriggerMessage,
+    Configure,
+    ClearCache,
+    DataTransfer,
+    RemoteStart,
+    RemoteStop,
+    UpdateFirmware,
+    GetDiagnostics,
+    RawCall,
+)
 
 
 class LiveStations(Protocol):
@@ -46,5 +172,11 @@ class LiveStations(Protocol):
         """Carry out `command` on the connected station within `timeout` seconds (queue wait
         included). Raises errors.Unavailable (not connected, or gone meanwhile), Busy (too
         many commands queued), StationTimeout, StationRejected (CALLERROR, refusal or invalid
-        answer) or UsageError (the request breaks the OCPP schema: nothing was sent)."""
+        answer) or UsageError (the request breaks the OCPP schema, or the station's version
+        cannot take it: nothing was sent)."""
+        ...
+
+    def check(self, endpoint: str, command: Command) -> None:
+        """UsageError if the connected station's version cannot take `command` (nothing is
+        sent); Unavailable if it is not connected."""
         ...

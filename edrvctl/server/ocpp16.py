@@ -10,8 +10,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from edrvctl.fleet.live import ChangeAvailability
+from edrvctl.errors import UsageError
+from edrvctl.fleet.live import (
+    ChangeAvailability,
+    ClearCache,
+    Command,
+    Configure,
+    DataTransfer,
+    GetDiagnostics,
+    RawCall,
+    RemoteStart,
+    RemoteStop,
+    Reset,
+    TriggerMessage,
+    UnlockConnector,
+    UpdateFirmware,
+)
 from edrvctl.model import canonical_time, utcnow
+from edrvctl.ocppj import RpcError, schemas
 from edrvctl.ocppj.rpc import Handler
 from edrvctl.server.stations import StationSession
 
@@ -77,6 +93,140 @@ def kept_as_event(action: str, answer: dict) -> Any:
     return handler
 
 
+TRIGGERS = (
+    "BootNotification",
+    "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "StatusNotification",
+)
+
+
+def _connector(evse: int | None, connector: int | None, required: bool) -> int | None:
+    """1.6 has no EVSEs: connector n is EVSE n, so either names it (not two different ones)."""
+    if evse is not None and connector is not None and evse != connector:
+        raise UsageError(
+            "OCPP 1.6 has no EVSEs: give the connector only (connector n is EVSE n there)"
+        )
+    n = connector if connector is not None else evse
+    if required and n is None:
+        raise UsageError("OCPP 1.6 needs the connector (--connector N)")
+    return n
+
+
+def _reset(c: Reset) -> tuple[str, dict]:
+    if c.evse is not None:
+        raise UsageError("OCPP 1.6 resets the whole station: it takes no EVSE")
+    return "Reset", {"type": "Hard" if c.hard else "Soft"}
+
+
+def _unlock(c: UnlockConnector) -> tuple[str, dict]:
+    n = _connector(c.evse, c.connector, required=True)
+    return "UnlockConnector", {"connectorId": n}
+
+
+def _trigger(c: TriggerMessage) -> tuple[str, dict]:
+    if c.message not in TRIGGERS:
+        raise UsageError(
+            f"OCPP 1.6 cannot trigger {c.message!r}; it triggers {', '.join(TRIGGERS)}"
+        )
+    n = _connector(c.evse, c.connector, required=False)
+    return "TriggerMessage", {
+        "requestedMessage": c.message,
+        **({"connectorId": n} if n is not None else {}),
+    }
+
+
+def _configure(c: Configure) -> tuple[str, dict]:
+    return "ChangeConfiguration", {"key": c.key, "value": c.value}
+
+
+def _data_transfer(c: DataTransfer) -> tuple[str, dict]:
+    p: dict = {"vendorId": c.vendor}
+    if c.message_id is not None:
+        p["messageId"] = c.message_id
+    if c.data is not None:
+        p["data"] = c.data
+    return "DataTransfer", p
+
+
+def _remote_start(c: RemoteStart) -> tuple[str, dict]:
+    n = _connector(c.evse, c.connector, required=False)
+    return "RemoteStartTransaction", {
+        "idTag": c.id_tag,
+        **({"connectorId": n} if n is not None else {}),
+    }
+
+
+def _remote_stop(c: RemoteStop) -> tuple[str, dict]:
+    try:
+        tx = int(c.transaction_id)
+    except ValueError:
+        raise UsageError(
+            f"OCPP 1.6 transaction ids are integers, not {c.transaction_id!r}"
+        ) from None
+    return "RemoteStopTransaction", {"transactionId": tx}
+
+
+def _update_firmware(c: UpdateFirmware) -> tuple[str, dict]:
+    return "UpdateFirmware", {"location": c.url, "retrieveDate": c.retrieve_at or utcnow()}
+
+
+def _diagnostics(c: GetDiagnostics) -> tuple[str, dict]:
+    if c.security:  # the security extension's GetLog
+        log: dict = {"remoteLocation": c.url}
+        if c.since:
+            log["oldestTimestamp"] = c.since
+        if c.until:
+            log["latestTimestamp"] = c.until
+        return "GetLog", {"logType": "SecurityLog", "requestId": c.request_id or 0, "log": log}
+    p: dict = {"location": c.url}
+    if c.since:
+        p["startTime"] = c.since
+    if c.until:
+        p["stopTime"] = c.until
+    return "GetDiagnostics", p
+
+
+def raw_call(version: str) -> Any:
+    """RawCall's translation: the payload as given, checked against the version's schema."""
+
+    def translate(c: RawCall) -> tuple[str, dict]:
+        try:
+            schemas.validate(version, c.action, schemas.REQUEST, c.payload)
+        except RpcError as e:
+            raise UsageError(
+                f"not an OCPP {version} {c.action}: {e.cause or e.description}"
+            ) from None
+        return c.action, c.payload
+
+    return translate
+
+
+TRANSLATIONS: dict[type, Any] = {
+    Reset: _reset,
+    UnlockConnector: _unlock,
+    TriggerMessage: _trigger,
+    Configure: _configure,
+    ClearCache: lambda c: ("ClearCache", {}),
+    DataTransfer: _data_transfer,
+    RemoteStart: _remote_start,
+    RemoteStop: _remote_stop,
+    UpdateFirmware: _update_firmware,
+    GetDiagnostics: _diagnostics,
+    RawCall: raw_call("1.6"),
+}
+
+
+def translate(command: Command) -> tuple[str, dict]:
+    """A command in OCPP 1.6: (action, payload); UsageError if 1.6 cannot take it."""
+    fn = TRANSLATIONS.get(type(command))
+    if fn is None:
+        raise UsageError(f"{type(command).__name__} is not an OCPP 1.6 command here")
+    return fn(command)
+
+
 class Station16(StationSession):
     __slots__ = ()
     HANDLERS: ClassVar[Mapping[str, Handler]] = {
@@ -110,6 +260,14 @@ class Station16(StationSession):
             for e in r.get("configurationKey") or []
         ]
         return entries, list(r.get("unknownKey") or [])
+
+    def translate(self, command: Command) -> tuple[str, dict]:
+        return translate(command)
+
+    def answer_status(self, command: Command, action: str, answer: dict) -> str:
+        if action == "GetDiagnostics":
+            return "Accepted" if answer.get("fileName") else "NoFile"
+        return super().answer_status(command, action, answer)
 
     async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
         r = await self.call(

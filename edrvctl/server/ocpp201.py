@@ -15,11 +15,25 @@ from typing import Any, ClassVar
 import orjson
 
 from edrvctl.errors import OverBudget, StationRejected, UsageError
-from edrvctl.fleet.live import ChangeAvailability
+from edrvctl.fleet.live import (
+    ChangeAvailability,
+    ClearCache,
+    Command,
+    Configure,
+    DataTransfer,
+    GetDiagnostics,
+    RawCall,
+    RemoteStart,
+    RemoteStop,
+    Reset,
+    TriggerMessage,
+    UnlockConnector,
+    UpdateFirmware,
+)
 from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
 from edrvctl.ocppj import RpcClosed
 from edrvctl.ocppj.rpc import Handler
-from edrvctl.server.ocpp16 import heartbeat, kept_as_event
+from edrvctl.server.ocpp16 import _data_transfer, heartbeat, kept_as_event, raw_call
 from edrvctl.server.stations import StationSession
 
 
@@ -74,6 +88,120 @@ def parse_key(key: str) -> tuple[dict, dict]:
     return component, variable
 
 
+TRIGGERS = (
+    "BootNotification",
+    "LogStatusNotification",
+    "FirmwareStatusNotification",
+    "Heartbeat",
+    "MeterValues",
+    "SignChargingStationCertificate",
+    "SignV2GCertificate",
+    "StatusNotification",
+    "TransactionEvent",
+    "SignCombinedCertificate",
+    "PublishFirmwareStatusNotification",
+)
+
+
+def _evse(evse: int | None, connector: int | None, what: str) -> dict | None:
+    if evse is None:
+        if connector is not None:
+            raise UsageError(f"OCPP 2.0.1 {what} names an EVSE (--evse N), not a connector alone")
+        return None
+    return {"id": evse, **({"connectorId": connector} if connector is not None else {})}
+
+
+def _reset(c: Reset) -> tuple[str, dict]:
+    return "Reset", {
+        "type": "Immediate" if c.hard else "OnIdle",
+        **({"evseId": c.evse} if c.evse is not None else {}),
+    }
+
+
+def _unlock(c: UnlockConnector) -> tuple[str, dict]:
+    if c.evse is None:
+        raise UsageError("OCPP 2.0.1 unlocks a connector of an EVSE: give the EVSE (--evse N)")
+    return "UnlockConnector", {
+        "evseId": c.evse,
+        "connectorId": c.connector if c.connector is not None else 1,
+    }
+
+
+def _trigger(c: TriggerMessage) -> tuple[str, dict]:
+    if c.message not in TRIGGERS:
+        raise UsageError(
+            f"OCPP 2.0.1 cannot trigger {c.message!r}; it triggers {', '.join(TRIGGERS)}"
+        )
+    evse = _evse(c.evse, c.connector, "a trigger")
+    return "TriggerMessage", {"requestedMessage": c.message, **({"evse": evse} if evse else {})}
+
+
+def _configure(c: Configure) -> tuple[str, dict]:
+    component, variable = parse_key(c.key)
+    return "SetVariables", {
+        "setVariableData": [
+            {"component": component, "variable": variable, "attributeValue": c.value}
+        ]
+    }
+
+
+def _remote_start(c: RemoteStart) -> tuple[str, dict]:
+    if c.evse is None and c.connector is not None:
+        raise UsageError("OCPP 2.0.1 starts a transaction on an EVSE (--evse N), not a connector")
+    return "RequestStartTransaction", {
+        "idToken": {"idToken": c.id_tag, "type": "Central"},
+        "remoteStartId": c.remote_start_id or 0,
+        **({"evseId": c.evse} if c.evse is not None else {}),
+    }
+
+
+def _remote_stop(c: RemoteStop) -> tuple[str, dict]:
+    return "RequestStopTransaction", {"transactionId": c.transaction_id}
+
+
+def _update_firmware(c: UpdateFirmware) -> tuple[str, dict]:
+    return "UpdateFirmware", {
+        "requestId": c.request_id or 0,
+        "firmware": {"location": c.url, "retrieveDateTime": c.retrieve_at or utcnow()},
+    }
+
+
+def _diagnostics(c: GetDiagnostics) -> tuple[str, dict]:
+    log: dict = {"remoteLocation": c.url}
+    if c.since:
+        log["oldestTimestamp"] = c.since
+    if c.until:
+        log["latestTimestamp"] = c.until
+    return "GetLog", {
+        "logType": "SecurityLog" if c.security else "DiagnosticsLog",
+        "requestId": c.request_id or 0,
+        "log": log,
+    }
+
+
+TRANSLATIONS: dict[type, Any] = {
+    Reset: _reset,
+    UnlockConnector: _unlock,
+    TriggerMessage: _trigger,
+    Configure: _configure,
+    ClearCache: lambda c: ("ClearCache", {}),
+    DataTransfer: _data_transfer,
+    RemoteStart: _remote_start,
+    RemoteStop: _remote_stop,
+    UpdateFirmware: _update_firmware,
+    GetDiagnostics: _diagnostics,
+    RawCall: raw_call("2.0.1"),
+}
+
+
+def translate(command: Command) -> tuple[str, dict]:
+    """A command in OCPP 2.0.1: (action, payload); UsageError if 2.0.1 cannot take it."""
+    fn = TRANSLATIONS.get(type(command))
+    if fn is None:
+        raise UsageError(f"{type(command).__name__} is not an OCPP 2.0.1 command here")
+    return fn(command)
+
+
 async def boot(s: StationSession, p: dict) -> dict:
     cs = p["chargingStation"]
     modem = cs.get("modem") or {}
@@ -119,6 +247,7 @@ async def transaction_event(s: StationSession, p: dict) -> dict:
             energy_register_wh(meter),
             when,
             tx_key=tx_key,
+            remote_start_id=info.get("remoteStartId"),
         )
     else:  # later events name the EVSE only if it changed: the stored one holds
         connector = (
@@ -296,6 +425,15 @@ class Station201(StationSession):
                         entry["connector"] = evse["connectorId"]
                 entries.append(entry)
         return entries
+
+    def translate(self, command: Command) -> tuple[str, dict]:
+        return translate(command)
+
+    def answer_status(self, command: Command, action: str, answer: dict) -> str:
+        if action == "SetVariables":
+            results = answer.get("setVariableResult") or [{}]
+            return str(results[0].get("attributeStatus", "Rejected"))
+        return super().answer_status(command, action, answer)
 
     async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
         payload: dict = {"operationalStatus": "Operative" if command.operative else "Inoperative"}

@@ -24,7 +24,7 @@ from edrvctl.errors import (
     Unavailable,
     UsageError,
 )
-from edrvctl.fleet.live import ChangeAvailability, Command, Disconnect, FetchConfig
+from edrvctl.fleet.live import ANSWERED, ChangeAvailability, Command, Disconnect, FetchConfig
 from edrvctl.ocppj import (
     VERSIONS,
     InvalidCall,
@@ -113,6 +113,47 @@ class StationSession:
     async def change_availability(self, command: ChangeAvailability, timeout: float) -> str:
         raise NotImplementedError
 
+    def translate(self, command: Command) -> tuple[str, dict]:
+        """The OCPP (action, payload) of a command in this version; UsageError if this
+        version cannot take it. No I/O."""
+        raise NotImplementedError
+
+    def answer_status(self, command: Command, action: str, answer: dict) -> str:
+        """The status word of an answer (see fleet.live.ANSWERED)."""
+        status = answer.get("status")
+        return status if isinstance(status, str) else "Accepted"
+
+    async def perform(self, command: Command, timeout: float) -> tuple[str, dict]:
+        """Send a command of fleet.live.ANSWERED; (status, the station's answer)."""
+        action, payload = self.translate(command)
+        answer = await self.call(action, payload, timeout)
+        return self.answer_status(command, action, answer), answer
+
+
+async def _close(s: StationSession, c: Any, timeout: float) -> None:
+    return await s.close(c.reason)
+
+
+async def _fetch_config(s: StationSession, c: Any, timeout: float) -> Any:
+    return await s.fetch_config(c.keys, timeout)
+
+
+async def _change_availability(s: StationSession, c: Any, timeout: float) -> Any:
+    return await s.change_availability(c, timeout)
+
+
+async def _perform(s: StationSession, c: Any, timeout: float) -> Any:
+    return await s.perform(c, timeout)
+
+
+# command type -> how a session carries it out
+COMMANDS: dict[type, Any] = {
+    Disconnect: _close,
+    FetchConfig: _fetch_config,
+    ChangeAvailability: _change_availability,
+    **{kind: _perform for kind in ANSWERED},
+}
+
 
 class Registry:
     """fleet.live.LiveStations for the stations connected to this process."""
@@ -161,19 +202,23 @@ class Registry:
         del self._sessions[session.endpoint]
         await self.fleet.disconnected(session.endpoint)
 
+    def check(self, endpoint: str, command: Command) -> None:
+        session = self._sessions.get(endpoint)
+        if session is None:
+            raise Unavailable(f"chargestation {endpoint} is offline")
+        if isinstance(command, ANSWERED):
+            session.translate(command)
+
     async def send(self, endpoint: str, command: Command, timeout: float) -> Any:
         session = self._sessions.get(endpoint)
         if session is None:
             raise Unavailable(f"chargestation {endpoint} is offline")
+        run = COMMANDS.get(type(command))
+        if run is None:
+            raise UsageError(f"unknown command {command!r}")
         try:
             async with asyncio.timeout(timeout):
-                if isinstance(command, Disconnect):
-                    return await session.close(command.reason)
-                if isinstance(command, FetchConfig):
-                    return await session.fetch_config(command.keys, timeout)
-                if isinstance(command, ChangeAvailability):
-                    return await session.change_availability(command, timeout)
-                raise UsageError(f"unknown command {command!r}")
+                return await run(session, command, timeout)
         except TimeoutError:
             raise StationTimeout(
                 f"chargestation {endpoint} did not answer within {timeout:g} s",

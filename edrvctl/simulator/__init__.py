@@ -6,14 +6,19 @@ Public API
 ``SimStation(endpoint, url, protocol="ocpp1.6" | "ocpp2.0.1", *, connectors=2, vendor, model,
 serial, firmware, password, ssl, sessions, meter_interval, session_interval, session_duration,
 id_tag, reconnect, backoff_max, silent, heartbeat_interval_override, response_timeout,
-open_timeout, reboot_delay, validate, connect_limiter)``
+open_timeout, reboot_delay, transfer_step, validate, connect_limiter)``
 
 * ``await st.start()`` runs until ``await st.stop()``: connect, BootNotification (retried while
   Pending/Rejected), StatusNotification per connector, heartbeats, optional charging sessions;
   reconnects with jittered exponential backoff. Reset closes the socket and boots again after
   ``reboot_delay`` (reason RemoteReset); GetBaseReport is answered, then NotifyReport parts
   follow; remote start/stop, ChangeAvailability (Scheduled while charging), TriggerMessage,
-  Get/ChangeConfiguration and Get/SetVariables act on the simulated device.
+  Get/ChangeConfiguration and Get/SetVariables act on the simulated device. UpdateFirmware
+  sends FirmwareStatusNotification Downloading (an http(s) URL is fetched; DownloadFailed if
+  that fails), Downloaded, Installing, Installed, ``transfer_step`` seconds apart, then reboots
+  (reason FirmwareUpdate) with the next ``firmware`` version (1.0.0 -> 1.0.1). GetDiagnostics
+  and GetLog send Uploading, PUT a small generated file to ``<location>/<file name>``, then
+  Uploaded, or UploadFailed/UploadFailure if the PUT failed.
 * ``await st.send(action, payload)`` sends any CALL (the payload a camelCase dict as on the
   wire) and returns the answer's payload dict; raises ``edrvctl.ocppj.RemoteError`` for a
   CALLERROR or an invalid answer, ``InvalidCall`` for a payload that breaks the schema (nothing

@@ -128,6 +128,39 @@ def remote_stop_transaction(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
 
+def update_firmware(st: SimStation, p: dict) -> dict:
+    st._later(st._update_firmware, p["location"], lambda s: {"status": s})
+    return {}  # 1.6: the answer has no status
+
+
+def get_diagnostics(st: SimStation, p: dict) -> dict:
+    name = f"{st.endpoint}-diagnostics.txt"
+    st._later(
+        st._upload_log,
+        p["location"],
+        name,
+        "DiagnosticsStatusNotification",
+        lambda s: {"status": s},
+        "UploadFailed",
+    )
+    return {"fileName": name}
+
+
+def get_log(st: SimStation, p: dict) -> dict:
+    """The security extension's GetLog."""
+    rid = p["requestId"]
+    name = f"{st.endpoint}-{p['logType']}-{rid}.txt"
+    st._later(
+        st._upload_log,
+        p["log"]["remoteLocation"],
+        name,
+        "LogStatusNotification",
+        lambda s: {"status": s, "requestId": rid},
+        "UploadFailure",
+    )
+    return {"status": "Accepted", "filename": name}
+
+
 def accepted(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
@@ -157,6 +190,9 @@ class V16:
         "RemoteStopTransaction": remote_stop_transaction,
         "ClearCache": accepted,
         "DataTransfer": unknown_vendor,
+        "UpdateFirmware": update_firmware,
+        "GetDiagnostics": get_diagnostics,
+        "GetLog": get_log,
     }
 
     # --- what the station sends -----------------------------------------------------------------

@@ -230,6 +230,28 @@ def request_stop_transaction(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
 
+def update_firmware(st: SimStation, p: dict) -> dict:
+    rid = p["requestId"]
+    st._later(
+        st._update_firmware, p["firmware"]["location"], lambda s: {"status": s, "requestId": rid}
+    )
+    return {"status": "Accepted"}
+
+
+def get_log(st: SimStation, p: dict) -> dict:
+    rid = p["requestId"]
+    name = f"{st.endpoint}-{p['logType']}-{rid}.txt"
+    st._later(
+        st._upload_log,
+        p["log"]["remoteLocation"],
+        name,
+        "LogStatusNotification",
+        lambda s: {"status": s, "requestId": rid},
+        "UploadFailure",
+    )
+    return {"status": "Accepted", "filename": name}
+
+
 def accepted(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
@@ -260,6 +282,8 @@ class V201:
         "RequestStopTransaction": request_stop_transaction,
         "ClearCache": accepted,
         "DataTransfer": unknown_vendor,
+        "UpdateFirmware": update_firmware,
+        "GetLog": get_log,
     }
 
     # --- what the station sends -----------------------------------------------------------------

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -227,6 +228,7 @@ class SimStation:
         "silent",
         "ssl",
         "stats",
+        "transfer_step",
         "url",
         "validate",
         "vendor",
@@ -257,6 +259,7 @@ class SimStation:
         response_timeout: float = 30,
         open_timeout: float = 10,
         reboot_delay: float = 1.0,
+        transfer_step: float = 0.1,
         validate: bool = True,
         connect_limiter: asyncio.Semaphore | None = None,
     ):
@@ -284,6 +287,7 @@ class SimStation:
         self.response_timeout = response_timeout
         self.open_timeout = open_timeout
         self.reboot_delay = reboot_delay
+        self.transfer_step = transfer_step  # seconds between firmware/log status messages
         # Kept for compatibility: every payload is validated both ways now (compiled schemas
         # take about a microsecond), so an invalid one is never sent whatever this says.
         self.validate = validate
@@ -694,7 +698,45 @@ class SimStation:
             if await self._begin_tx(tx, authorize=True):
                 await tx.done.wait()
 
-    async def _reboot(self, reason: str) -> None:
+    # --- firmware and diagnostics ---------------------------------------------------------------
+
+    async def _update_firmware(self, location: str, status: Callable[[str], dict]) -> None:
+        """Download (an http(s) URL is fetched: DownloadFailed if that fails), install, then
+        reboot and boot with the next firmware version. `status(s)` is the version's
+        FirmwareStatusNotification payload."""
+        await asyncio.sleep(self.transfer_step)
+        await self._call("FirmwareStatusNotification", status("Downloading"))
+        web = location.startswith(("http://", "https://"))
+        if web and await _http("GET", location) is None:
+            await self._call("FirmwareStatusNotification", status("DownloadFailed"))
+            return
+        for step in ("Downloaded", "Installing", "Installed"):
+            await asyncio.sleep(self.transfer_step)
+            await self._call("FirmwareStatusNotification", status(step))
+        self.firmware = next_version(self.firmware)
+        await self._reboot("HardReset", boot_reason="FirmwareUpdate")
+
+    def _log_file(self) -> bytes:
+        lines = [
+            f"{utc()} {self.endpoint} {self.protocol} {self.vendor} {self.model} "
+            f"firmware {self.firmware}",
+            *(f"{k}={v}" for k, v in sorted(self.config.items())),
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+    async def _upload_log(
+        self, location: str, name: str, action: str, status: Callable[[str], dict], failed: str
+    ) -> None:
+        """Uploading, an HTTP PUT of a small generated file to `location`/`name`, then
+        Uploaded, or `failed` if the PUT did not succeed. `action`: the version's status
+        notification; `status(s)` its payload."""
+        await asyncio.sleep(self.transfer_step)
+        await self._call(action, status("Uploading"))
+        url = f"{location.rstrip('/')}/{quote(name)}"
+        put = await _http("PUT", url, self._log_file())
+        await self._call(action, status("Uploaded" if put is not None else failed))
+
+    async def _reboot(self, reason: str, boot_reason: str = "RemoteReset") -> None:
         """Reset: end transactions, close the socket; _run() reconnects after reboot_delay."""
         running = [tx for tx in self._txs.values() if tx.started]
         for tx in running:
@@ -705,7 +747,35 @@ class SimStation:
                     asyncio.gather(*(tx.done.wait() for tx in running)), self.response_timeout
                 )
         self._rebooting = True
-        self._boot_reason = "RemoteReset"
+        self._boot_reason = boot_reason
         await asyncio.sleep(RESET_GRACE)
         if self._ws is not None:
             await self._ws.close(1000, "reset")
+
+
+def next_version(version: str) -> str:
+    """The firmware an update installs: 1.0.0 -> 1.0.1 (`.1` added if it ends in no number)."""
+    m = re.search(r"(\d+)(\D*)$", version)
+    if m is None:
+        return f"{version}.1"[:50]
+    return f"{version[: m.start(1)]}{int(m.group(1)) + 1}{m.group(2)}"[:50]
+
+
+def utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def _http(method: str, url: str, content: bytes | None = None) -> bytes | None:
+    """The body of a successful (2xx) request, or None if it failed in any way."""
+    import httpx  # only stations that transfer files pay for it
+
+    try:
+        async with httpx.AsyncClient(timeout=30, follow_redirects=True) as client:
+            r = await client.request(method, url, content=content)
+    except (httpx.HTTPError, ValueError) as e:
+        log.warning("%s %s failed: %s", method, url, e)
+        return None
+    if not r.is_success:
+        log.warning("%s %s: HTTP %d", method, url, r.status_code)
+        return None
+    return r.content

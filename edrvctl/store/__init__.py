@@ -28,6 +28,20 @@ class StationQuery:
     offset: int = 0
 
 
+ACTION_FILTER_FIELDS = ("chargestation", "type", "status", "outcome")
+
+
+@dataclass
+class ActionQuery:
+    """Actions newest first (createdAt, then the one created last)."""
+
+    equals: dict[str, Any] = field(default_factory=dict)  # ACTION_FILTER_FIELDS -> value
+    created_from: str | None = None  # createdAt >= this
+    created_to: str | None = None  # createdAt <= this
+    limit: int | None = 20  # None: no limit
+    offset: int = 0
+
+
 class Unit(Protocol):
     """One unit of work, used by one task. Units may overlap (other tasks, or one opened
     inside another that has only read); once a unit has written it may hold the connection
@@ -87,6 +101,25 @@ class Unit(Protocol):
         self, station_id: str | None = None, tx_key: str | None = None
     ) -> list[dict]:
         """Oldest first: {station_id, tx_key, connector, values}."""
+
+    # --- actions (commands sent to stations, fleet/actions.py) ---
+
+    async def create_action(self, doc: dict) -> None:
+        """A new Action record (its `_id` is new)."""
+
+    async def get_action(self, action_id: str) -> dict | None:
+        """Remembers the row's revision for save_action."""
+
+    async def save_action(self, doc: dict) -> None:
+        """Compare-and-set, as save_station: errors.StaleRecord if the row changed since this
+        unit read it, or if this unit never read it."""
+
+    async def list_actions(self, query: ActionQuery) -> tuple[list[dict], int]:
+        """A page, newest first, and how many match in all."""
+
+    async def fail_pending_actions(self, reason: str, now: str) -> int:
+        """Every action whose outcome is still pending ends failed (status failed if it was
+        never answered), with error {code: "Interrupted", description: reason}."""
 
 
 class Store(Protocol):

@@ -35,7 +35,13 @@ from edrvctl.errors import (
     StoreUnavailable,
     UsageError,
 )
-from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, StationQuery
+from edrvctl.store import (
+    ACTION_FILTER_FIELDS,
+    FILTER_FIELDS,
+    SORT_FIELDS,
+    ActionQuery,
+    StationQuery,
+)
 
 log = logging.getLogger("edrvctl.store")
 
@@ -94,6 +100,23 @@ MIGRATIONS: list[str] = [
     SCHEMA_1,
     # 2: compare-and-set saves
     "ALTER TABLE chargestations ADD COLUMN rev INTEGER NOT NULL DEFAULT 1;",
+    # 3: actions (commands sent to stations, followed to their end)
+    """
+CREATE TABLE IF NOT EXISTS actions (
+    id          TEXT PRIMARY KEY,
+    station_id  TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    createdAt   TEXT NOT NULL,
+    updatedAt   TEXT NOT NULL,
+    rev         INTEGER NOT NULL DEFAULT 1,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actions_created ON actions(createdAt);
+CREATE INDEX IF NOT EXISTS actions_station ON actions(station_id, createdAt);
+CREATE INDEX IF NOT EXISTS actions_outcome ON actions(outcome);
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
@@ -490,7 +513,7 @@ class SqliteUnit:
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         cur = s._run("DELETE FROM chargestations WHERE id = ?", (station_id,))
-        for table in ("transactions", "meter_values", "events", "credentials"):
+        for table in ("transactions", "meter_values", "events", "credentials", "actions"):
             s._run(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
         self._revs.pop(station_id, None)
         return cur.rowcount > 0
@@ -659,6 +682,105 @@ class SqliteUnit:
             {"station_id": sid, "tx_key": key, "connector": c, "values": orjson.loads(d)}
             for sid, key, c, d in rows
         ]
+
+    # --- actions ---
+
+    async def create_action(self, doc: dict) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        try:
+            s._run(
+                "INSERT INTO actions (id, station_id, type, status, outcome, createdAt, "
+                "updatedAt, rev, doc) VALUES (?,?,?,?,?,?,?,1,?)",
+                (*_action_columns(doc), _json(doc).decode()),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"action {doc['_id']} exists") from None
+        self._revs["action:" + doc["_id"]] = 1
+
+    async def get_action(self, action_id: str) -> dict | None:
+        await self._read()
+        row = self._db.execute("SELECT rev, doc FROM actions WHERE id = ?", (action_id,)).fetchone()
+        self._read_done()
+        if row is None:
+            return None
+        self._revs["action:" + action_id] = row[0]
+        return orjson.loads(row[1])
+
+    async def save_action(self, doc: dict) -> None:
+        key = "action:" + doc["_id"]
+        rev = self._revs.get(key)
+        if rev is None:
+            raise StaleRecord(f"action {doc['_id']} was not read in this unit of work")
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        _id, _sid, *columns = _action_columns(doc)
+        cur = s._run(
+            "UPDATE actions SET type = ?, status = ?, outcome = ?, createdAt = ?, "
+            "updatedAt = ?, doc = ?, rev = rev + 1 WHERE id = ? AND rev = ?",
+            (*columns, _json(doc).decode(), _id, rev),
+        )
+        if cur.rowcount == 0:
+            raise StaleRecord(f"action {_id} was changed or deleted since it was read")
+        self._revs[key] = rev + 1
+
+    async def list_actions(self, query: ActionQuery) -> tuple[list[dict], int]:
+        where, args = [], []
+        for name, value in query.equals.items():
+            if name not in ACTION_FILTER_FIELDS:
+                raise UsageError(
+                    f"cannot filter actions on {name!r}; fields: {', '.join(ACTION_FILTER_FIELDS)}"
+                )
+            where.append(f"{'station_id' if name == 'chargestation' else name} = ?")
+            args.append(value)
+        if query.created_from is not None:
+            where.append("createdAt >= ?")
+            args.append(query.created_from)
+        if query.created_to is not None:
+            where.append("createdAt <= ?")
+            args.append(query.created_to)
+        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
+        # newest first; within one millisecond, the one created last first (rowid)
+        sql = f"SELECT doc FROM actions{sql_where} ORDER BY createdAt DESC, rowid DESC"
+        page_args = list(args)
+        if query.limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            page_args += [query.limit, query.offset]
+        await self._read()
+        db = self._db
+        total = db.execute(f"SELECT count(*) FROM actions{sql_where}", args).fetchone()[0]
+        docs = [orjson.loads(r[0]) for r in db.execute(sql, page_args)]
+        self._read_done()
+        return docs, total
+
+    async def fail_pending_actions(self, reason: str, now: str) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        error = _json({"code": "Interrupted", "description": reason}).decode()
+        cur = s._run(
+            "UPDATE actions SET outcome = 'failed', updatedAt = ?1, rev = rev + 1, "
+            "status = CASE status WHEN 'requested' THEN 'failed' ELSE status END, "
+            "doc = json_set(doc, '$.outcome', 'failed', '$.updatedAt', ?1, "
+            "'$.status', CASE status WHEN 'requested' THEN 'failed' ELSE status END, "
+            "'$.error', json(?2)) WHERE outcome = 'pending'",
+            (now, error),
+        )
+        return cur.rowcount
+
+
+def _action_columns(doc: dict) -> tuple:
+    return (
+        doc["_id"],
+        doc["chargestation"],
+        doc["type"],
+        doc["status"],
+        doc["outcome"],
+        doc["createdAt"],
+        doc["updatedAt"],
+    )
 
 
 def _where(**equals: str | None) -> tuple[str, list]:
