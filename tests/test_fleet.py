@@ -568,3 +568,17 @@ def test_what_a_station_keeps_a_day_is_bounded():
         )  # what the server saw is not charged
 
     run(scenario())
+
+
+def test_changing_between_password_profiles_keeps_the_password(fresh_fleet):
+    async def scenario():
+        doc, password = await fresh_fleet.create(
+            model.StationCreate(endpoint=f"PW-{next(_names)}", security={"type": "basic_auth"})
+        )
+        patch = model.StationUpdate(security={"type": "tls_basic_auth"})
+        updated = await fresh_fleet.update(doc["_id"], patch)
+        assert updated["security"] == {"type": "tls_basic_auth", "profile": 2}
+        assert "password" not in updated
+        assert await fresh_fleet.check_password(doc["endpoint"], password)
+
+    run(scenario())
