@@ -17,6 +17,10 @@ import pytest
 
 from timing import scaled, until
 
+# pytest-xdist sets COLUMNS in its workers; the CLI tests decide the width themselves.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
 TOKEN = "test-token-0123456789"
 
 
