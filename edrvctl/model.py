@@ -225,8 +225,8 @@ class StationUpdate(BaseModel):
     is_simulator: bool = None  # type: ignore[assignment]
     coordinates: Coordinates | None = None
     meta_data: MetaData = None  # type: ignore[assignment]
-    security: Security = Field(
-        None,  # type: ignore[arg-type]
+    security: Security = Field(  # type: ignore[assignment]
+        None,
         description="A new security profile; it takes effect at once (a connected station is "
         "disconnected). Moving to basic_auth or tls_basic_auth from a profile without a "
         "password issues one: the response carries it once as `password`.",

@@ -88,16 +88,24 @@ def test_bad_arguments(argv):
     assert e.value.code == 2
 
 
-@pytest.mark.skipif(subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse"],
-                                   capture_output=True, check=False).returncode != 0,
-                    reason="not a git checkout")
+@pytest.mark.skipif(
+    subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse"], capture_output=True, check=False
+    ).returncode
+    != 0,
+    reason="not a git checkout",
+)
 @pytest.mark.parametrize("name", ["held", "throughput", "csconfig"])
 def test_before_head(name):
     """--before HEAD: HEAD's edrvctl/ exported and measured beside the current one."""
     (res,) = bench.main([name, "--quick", "--before", "HEAD"])
     f, md = res.figures, res.markdown()
-    head = subprocess.run(["git", "-C", str(Path(__file__).parent), "log", "-1", "--format=%h"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "log", "-1", "--format=%h"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert f"Versions: before = edrvctl@{head}, `{head}` " in md
     assert f"`python bench/run.py {name} --before HEAD --quick`" in md
     if name == "throughput":
@@ -107,8 +115,12 @@ def test_before_head(name):
         assert positive(f["before_ratio_50"]) and "| 0 / 0 |" in md
         assert f"| edrvctl@{head} | 50 |" in md and "| after / before (" in md
     else:
-        assert res.header == ("figure", f"edrvctl@{head} (before)", "edrvctl (after)",
-                              "after / before")
+        assert res.header == (
+            "figure",
+            f"edrvctl@{head} (before)",
+            "edrvctl (after)",
+            "after / before",
+        )
         key = "rss_per_station_kib" if name == "held" else "p50_ms"
         assert positive(f[key]) and positive(f[f"before_{key}"])
     assert any("before -> after" in text for text, _ in res.checks)

@@ -264,8 +264,10 @@ class Fleet:
         plain = ',"connection_url":' + orjson.dumps(self.ocpp_url).decode() + "}"
         tls = ',"connection_url":' + orjson.dumps(self.ocpp_tls_url).decode() + "}"
         # Only a record with '"tls_' in it can have a TLS profile: parse just those to know.
-        return [d[:-1] + (tls if '"tls_' in d and self._tls_profile(orjson.loads(d)) else plain)
-                for d in docs], total
+        return [
+            d[:-1] + (tls if '"tls_' in d and self._tls_profile(orjson.loads(d)) else plain)
+            for d in docs
+        ], total
 
     # --- admin changes ------------------------------------------------------------------------
 
@@ -360,8 +362,10 @@ class Fleet:
         security = None
         password = None
         if changes.pop("security", None) is not None:  # ({} when its type is the default)
-            security = {"type": patch.security.type,
-                        "profile": model.SECURITY_PROFILES[patch.security.type]}
+            security = {
+                "type": patch.security.type,
+                "profile": model.SECURITY_PROFILES[patch.security.type],
+            }
             current = await self.get(key)
             if model.needs_password(security) and not model.needs_password(current["security"]):
                 password, hashed = await self._new_password()

@@ -103,6 +103,28 @@ def certificate_identity(conn: ServerConnection) -> str | None:
     return None
 
 
+class Throttle:
+    """Which repeats of a log line to write: the first per key and minute at the given level,
+    the rest at DEBUG and counted in the next one written. Bounded: cleared past a million
+    keys (keys come from stations that passed authentication, or from client addresses)."""
+
+    def __init__(self, every: float = REFUSAL_EVERY) -> None:
+        self.every = every
+        self.seen: dict[str, tuple[float, int]] = {}  # key -> (last written, repeats since)
+
+    def level(self, key: str, level: int = logging.INFO) -> tuple[int, int]:
+        """(level to log at, repeats not written since the last line for this key)."""
+        now = time.monotonic()
+        last, repeats = self.seen.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self.seen[key] = (last, repeats + 1)
+            return logging.DEBUG, 0
+        if len(self.seen) >= 1_000_000:
+            self.seen.clear()
+        self.seen[key] = (now, 0)
+        return level, repeats
+
+
 class Refusals:
     """Refused upgrades within a fixed budget of memory, log and store, whatever is sent.
 
@@ -266,13 +288,9 @@ class StationConnection(ServerConnection):
         # websockets writes pongs (and our frames) without back-pressure: a peer that sends
         # but never reads would make this buffer grow for as long as it likes
         super().send_data()
-        if self.transport.get_write_buffer_size() > MAX_UNREAD:
-            log.warning(
-                "%s: dropped: it does not read what it is sent (%d bytes waiting)",
-                printable(self.address),
-                self.transport.get_write_buffer_size(),
-            )
-            self.transport.abort()
+        waiting = self.transport.get_write_buffer_size()
+        if waiting > MAX_UNREAD:
+            self.listener.dropped(self, waiting)
 
     def connection_lost(self, exc: Exception | None) -> None:
         listener = self.listener
@@ -297,8 +315,8 @@ class Listener:
         self.per_address: Counter[str] = Counter()
         self.handshakes: Counter[str] = Counter()  # upgrades in flight per address
         self.buckets: dict[str, TokenBucket] = {}
-        # endpoint -> (when its connection was last logged at INFO, connections since)
-        self.connections_logged: dict[str, tuple[float, int]] = {}
+        self.connections_logged = Throttle()  # per endpoint
+        self.drops_logged = Throttle()  # per address
         self.refusals = Refusals(fleet)
         self.guesses = Guesses()
         self.open: set[StationConnection] = set()  # every accepted TCP connection
@@ -396,19 +414,22 @@ class Listener:
     def _connection_log_level(self, endpoint: str) -> int:
         """INFO for a station's connection once a minute at most; a station reconnecting in
         a loop must not grow the log (its repeats go to DEBUG, counted in the next INFO)."""
-        now = time.monotonic()
-        last, repeats = self.connections_logged.get(endpoint, (-REFUSAL_EVERY, 0))
-        if now - last < REFUSAL_EVERY:
-            self.connections_logged[endpoint] = (last, repeats + 1)
-            return logging.DEBUG
+        level, repeats = self.connections_logged.level(endpoint)
         if repeats:
-            log.info(
-                "%s: reconnected %d more time(s) in the last %g s", endpoint, repeats, REFUSAL_EVERY
-            )
-        if len(self.connections_logged) >= 1_000_000:
-            self.connections_logged.clear()
-        self.connections_logged[endpoint] = (now, 0)
-        return logging.INFO
+            log.info("%s: reconnected %d more time(s) since the last line", endpoint, repeats)
+        return level
+
+    def dropped(self, conn: StationConnection, waiting: int) -> None:
+        """A peer that does not read is dropped: logged once a minute per address."""
+        level, repeats = self.drops_logged.level(conn.address, logging.WARNING)
+        log.log(
+            level,
+            "%s: dropped: it does not read what it is sent (%d bytes waiting)%s",
+            printable(conn.address),
+            waiting,
+            f"; {repeats} more drop(s) of it since the last line" if repeats else "",
+        )
+        conn.transport.abort()
 
     def _bucket(self, endpoint: str) -> TokenBucket:
         """The station's message budget, kept across its reconnects."""
@@ -507,12 +528,7 @@ class Listener:
                 conn.stuck_since = now  # (still) draining
             conn.unread = size
             if size > MAX_UNREAD or now - conn.stuck_since > deadline:
-                log.warning(
-                    "%s: dropped: it does not read what it is sent (%d bytes waiting)",
-                    printable(conn.address),
-                    size,
-                )
-                transport.abort()
+                self.dropped(conn, size)
 
     async def stop(self) -> None:
         """Close every station's socket (1001, going away), within CLOSE_DEADLINE whatever
