@@ -67,6 +67,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def _not_lost_socket_writes(record: logging.LogRecord) -> bool:
+    return record.msg != "socket.send() raised exception."
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -75,6 +79,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     logging.captureWarnings(True)  # `warnings` go through the same handler, in the same format
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+    # asyncio logs this once per write to a socket already lost (a peer that vanished while
+    # answers to its flood were being written): a line per write, and nothing to act on
+    logging.getLogger("asyncio").addFilter(_not_lost_socket_writes)
     # uvicorn's loggers keep no handler of their own (serve passes log_config=None): their
     # records propagate here.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
