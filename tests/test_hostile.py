@@ -295,3 +295,24 @@ def test_upgrades_in_flight_per_address_are_capped(tmp_path):
         )
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_deeply_nested_payloads_get_a_callerror_not_a_crash(tight, depth):
+    """2.0.1 DataTransfer `data` is free-form: nesting 1,000 deep hit a RecursionError once.
+    Now: a FormatViolation (it cannot be stored as sent), nothing kept, and the station goes
+    on."""
+    doc = tight.create(protocol="ocpp2.0.1")
+    nested = "[" * depth + '"x"' + "]" * depth  # (json.dumps itself cannot nest that deep)
+
+    async def scenario():
+        async with connect(f"{tight.ocpp_url}/{doc['endpoint']}", subprotocols=["ocpp2.0.1"]) as ws:
+            await ws.send(f'[2, "deep", "DataTransfer", {{"vendorId": "v", "data": {nested}}}]')
+            frame = json.loads(await ws.recv())
+            assert frame[:3] == [4, "deep", "FormatViolation"], frame
+            await ws.send(json.dumps([2, "hb", "Heartbeat", {}]))
+            assert json.loads(await ws.recv())[0] == 3
+
+    asyncio.run(scenario())
+    assert "Traceback" not in tight.logs()
+    assert events(tight, doc["_id"], "DataTransfer") == []
