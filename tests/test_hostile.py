@@ -11,6 +11,7 @@ import re
 import socket
 import time
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
@@ -316,3 +317,21 @@ def test_deeply_nested_payloads_get_a_callerror_not_a_crash(tight, depth):
     asyncio.run(scenario())
     assert "Traceback" not in tight.logs()
     assert events(tight, doc["_id"], "DataTransfer") == []
+
+
+def test_malformed_admin_requests_do_not_grow_the_log(tight):
+    """uvicorn warns once per malformed HTTP request: anyone who reaches the admin port could
+    grow the log without bound. One such line a minute is written."""
+    host, port = tight.api_url.removeprefix("http://").rsplit(":", 1)
+    mark = len(tight.logs())
+    for _ in range(30):
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            s.settimeout(scaled(2))
+            with contextlib.suppress(OSError):
+                s.recv(1024)  # uvicorn answers 400 and closes
+    with httpx.Client(
+        base_url=tight.api_url, headers={"Authorization": f"Bearer {tight.token}"}
+    ) as c:
+        assert c.get("/v1.1/chargestations").status_code == 200
+    assert tight.logs()[mark:].count("Invalid HTTP request received") == 1

@@ -29,6 +29,7 @@ from edrvctl import model
 from edrvctl.errors import Busy, NotFound, StoreUnavailable
 from edrvctl.fleet import Fleet
 from edrvctl.ocppj import TokenBucket
+from edrvctl.server.logs import Throttle
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.ocpp201 import Station201
 from edrvctl.server.stations import Registry, StationSession
@@ -101,28 +102,6 @@ def certificate_identity(conn: ServerConnection) -> str | None:
             if key == "commonName":
                 return value
     return None
-
-
-class Throttle:
-    """Which repeats of a log line to write: the first per key and minute at the given level,
-    the rest at DEBUG and counted in the next one written. Bounded: cleared past a million
-    keys (keys come from stations that passed authentication, or from client addresses)."""
-
-    def __init__(self, every: float = REFUSAL_EVERY) -> None:
-        self.every = every
-        self.seen: dict[str, tuple[float, int]] = {}  # key -> (last written, repeats since)
-
-    def level(self, key: str, level: int = logging.INFO) -> tuple[int, int]:
-        """(level to log at, repeats not written since the last line for this key)."""
-        now = time.monotonic()
-        last, repeats = self.seen.get(key, (-self.every, 0))
-        if now - last < self.every:
-            self.seen[key] = (last, repeats + 1)
-            return logging.DEBUG, 0
-        if len(self.seen) >= 1_000_000:
-            self.seen.clear()
-        self.seen[key] = (now, 0)
-        return level, repeats
 
 
 class Refusals:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 from edrvctl.textsafe import printable
@@ -67,8 +68,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class Throttle:
+    """Which repeats of a log line to write: the first per key and minute at the given level,
+    the rest at DEBUG and counted in the next one written. Bounded: cleared past a million
+    keys (keys come from stations that passed authentication, or from client addresses)."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self.seen: dict[str, tuple[float, int]] = {}  # key -> (last written, repeats since)
+
+    def level(self, key: str, level: int = logging.INFO) -> tuple[int, int]:
+        """(level to log at, repeats not written since the last line for this key)."""
+        now = time.monotonic()
+        last, repeats = self.seen.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self.seen[key] = (last, repeats + 1)
+            return logging.DEBUG, 0
+        if len(self.seen) >= 1_000_000:
+            self.seen.clear()
+        self.seen[key] = (now, 0)
+        return level, repeats
+
+
 def _not_lost_socket_writes(record: logging.LogRecord) -> bool:
     return record.msg != "socket.send() raised exception."
+
+
+class _OncePerMinute(logging.Filter):
+    """uvicorn warns once per malformed HTTP request on the admin port, which anyone who can
+    reach it can send in a loop: one such line a minute is written, the rest dropped."""
+
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        super().__init__()
+        self.messages = messages
+        self.throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.messages:
+            return True
+        return self.throttle.level(str(record.msg), record.levelno)[0] == record.levelno
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -82,6 +120,9 @@ def setup_logging(level: str, fmt: str) -> None:
     # asyncio logs this once per write to a socket already lost (a peer that vanished while
     # answers to its flood were being written): a line per write, and nothing to act on
     logging.getLogger("asyncio").addFilter(_not_lost_socket_writes)
+    logging.getLogger("uvicorn.error").addFilter(
+        _OncePerMinute(("Invalid HTTP request received.", "Unsupported upgrade request."))
+    )
     # uvicorn's loggers keep no handler of their own (serve passes log_config=None): their
     # records propagate here.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
