@@ -348,6 +348,7 @@ class SessionStopRequest(BaseModel):
     chargestation: Word = Field(description="the station's _id or endpoint")
 
 
+ConfigKey = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 ConfigValue = Annotated[str, StringConstraints(max_length=1000)] | int | float | bool
 
 

@@ -463,7 +463,7 @@ def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> Envelope
     async def configure(
         request: Request,
         id: Id,
-        body: Annotated[dict[str, model.ConfigValue], Body()],
+        body: Annotated[dict[model.ConfigKey, model.ConfigValue], Body()],
         wait: Wait = DEFAULT_WAIT,
     ) -> Response:
         if not body:
