@@ -307,7 +307,8 @@ class DataTransferRequest(BaseModel):
 
     vendorId: Word
     messageId: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
-    data: Annotated[str, StringConstraints(max_length=64 * 1024)] | None = None
+    # at most 32 Ki characters: even escaped (6 bytes each) the body stays under the API's limit
+    data: Annotated[str, StringConstraints(max_length=32 * 1024)] | None = None
 
 
 class CallRequest(BaseModel):
