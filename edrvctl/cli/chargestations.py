@@ -680,8 +680,9 @@ def configure(
     settings: Annotated[
         list[str],
         typer.Argument(
-            metavar="KEY=VALUE...",
-            help="Keys as `cs config` prints them (2.0.1: Component.Variable, EVSE[1].Power)",
+            metavar="SETTING",
+            help="KEY=VALUE, the key as `cs config` prints it (2.0.1: Component.Variable, "
+            "EVSE[1].Power)",
         ),
     ],
     timeout: TimeoutOpt = 30.0,
