@@ -4,6 +4,106 @@ true, false, null = True, False, None
 
 TREE: dict = {
  "commands": {
+  "actions": {
+   "commands": {
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show one action in full: what was asked, the answer, every follow-up, the outcome.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "yaml (default) or json",
+       "value": true
+      },
+      "--wait": {
+       "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "yaml (default) or json",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List the actions (commands sent to stations), newest first.",
+     "options": {
+      "--all": {
+       "help": "Every action, not only --limit",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most N actions",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--outcome": {
+       "help": "pending, succeeded, failed or timed_out",
+       "value": true
+      },
+      "--output": {
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--station": {
+       "help": "One station's _id or endpoint",
+       "value": true
+      },
+      "--status": {
+       "help": "requested, completed or failed",
+       "value": true
+      },
+      "--type": {
+       "help": "One type: reset, unlock_connector, change_availability, trigger_message, set_configuration, clear_cache, data_transfer, remote_start, remote_stop, update_firmware, get_diagnostics, call",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "The commands sent to stations, and their ends.",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    }
+   }
+  },
   "chargestations": {
    "commands": {
     "activate": {
@@ -30,6 +130,174 @@ TREE: dict = {
       "--quiet": {
        "help": "Print ids only",
        "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "availability": {
+     "args": [
+      "station",
+      "value"
+     ],
+     "help": "Make the whole station, one EVSE or one connector operative or inoperative.",
+     "options": {
+      "--connector": {
+       "help": "The connector (1.6: connector n is EVSE n)",
+       "value": true
+      },
+      "--evse": {
+       "help": "The EVSE (2.0.1)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "call": {
+     "args": [
+      "station",
+      "value"
+     ],
+     "help": "Send any CSMS-to-station OCPP action, its payload checked against the version's schema.",
+     "options": {
+      "--data": {
+       "help": "The payload: JSON, or @file to read it",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-d": {
+       "help": "The payload: JSON, or @file to read it",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "clear-cache": {
+     "args": [
+      "station"
+     ],
+     "help": "Clear the station's authorization cache.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
       },
       "-h": {
        "help": "Show this message and exit.",
@@ -106,6 +374,57 @@ TREE: dict = {
       }
      }
     },
+    "configure": {
+     "args": [
+      "station",
+      "value"
+     ],
+     "help": "Change configuration keys, one at a time, each read back and stored in csconfig.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
     "create": {
      "args": [
       "value"
@@ -172,6 +491,68 @@ TREE: dict = {
       "--simulator": {
        "help": "Mark as a simulator",
        "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "data-transfer": {
+     "args": [
+      "station"
+     ],
+     "help": "Send a vendor-specific DataTransfer; the station's answer is in the Action.",
+     "options": {
+      "--data": {
+       "help": "The data (text)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--message-id": {
+       "help": "The messageId",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "--vendor": {
+       "help": "The vendorId",
+       "value": true
       },
       "-h": {
        "help": "Show this message and exit.",
@@ -298,6 +679,76 @@ TREE: dict = {
       },
       "-y": {
        "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "diagnostics": {
+     "args": [
+      "station"
+     ],
+     "help": "Have the station upload its diagnostics (1.6 GetDiagnostics, 2.0.1 GetLog) to a URL.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--security": {
+       "help": "The security log instead of diagnostics",
+       "value": false
+      },
+      "--since": {
+       "help": "Oldest entries (ISO-8601)",
+       "value": true
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "--until": {
+       "help": "Newest entries (ISO-8601)",
+       "value": true
+      },
+      "--url": {
+       "help": "Where the station uploads its file (a directory)",
+       "value": true
+      },
+      "--wait": {
+       "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
        "value": false
       }
      }
@@ -443,6 +894,72 @@ TREE: dict = {
       }
      }
     },
+    "reset": {
+     "args": [
+      "station"
+     ],
+     "help": "Reboot a station: 1.6 Soft (Hard with --hard); 2.0.1 OnIdle (Immediate with --hard).",
+     "options": {
+      "--hard": {
+       "help": "Reboot at once (1.6 Hard, 2.0.1 Immediate)",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "--wait": {
+       "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
+       "value": false
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
     "rotate-password": {
      "args": [
       "station"
@@ -485,6 +1002,127 @@ TREE: dict = {
       },
       "-y": {
        "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "trigger": {
+     "args": [
+      "station",
+      "value"
+     ],
+     "help": "Ask the station to send a message now (TriggerMessage).",
+     "options": {
+      "--connector": {
+       "help": "The connector (1.6: connector n is EVSE n)",
+       "value": true
+      },
+      "--evse": {
+       "help": "The EVSE (2.0.1)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "--wait": {
+       "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "unlock": {
+     "args": [
+      "station"
+     ],
+     "help": "Unlock a connector (1.6: --connector N; 2.0.1: --evse N, connector 1 unless told).",
+     "options": {
+      "--connector": {
+       "help": "The connector (1.6: connector n is EVSE n)",
+       "value": true
+      },
+      "--evse": {
+       "help": "The EVSE (2.0.1)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
        "value": false
       }
      }
@@ -543,6 +1181,76 @@ TREE: dict = {
        ],
        "help": "OCPP security profile: none (0), basic_auth (1), tls_basic_auth (2), tls_client_cert (3); asks first",
        "value": true
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "update-firmware": {
+     "args": [
+      "station"
+     ],
+     "help": "Update the station's firmware from a URL.",
+     "options": {
+      "--at": {
+       "help": "When to download it (ISO-8601) default: now",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "--url": {
+       "help": "Where the station downloads the firmware",
+       "value": true
+      },
+      "--wait": {
+       "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
+       "value": false
       },
       "--yes": {
        "help": "Do not ask for confirmation",
@@ -708,6 +1416,145 @@ TREE: dict = {
     "--tls-key": {
      "help": "Its private key (PEM)",
      "value": true
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    }
+   }
+  },
+  "sessions": {
+   "commands": {
+    "start": {
+     "args": [
+      "station"
+     ],
+     "help": "Start a charging session remotely (1.6 RemoteStartTransaction on --connector N;",
+     "options": {
+      "--connector": {
+       "help": "The connector (1.6: connector n is EVSE n)",
+       "value": true
+      },
+      "--evse": {
+       "help": "The EVSE (2.0.1)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--id-tag": {
+       "help": "The idTag the session is charged to",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "--wait": {
+       "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "stop": {
+     "args": [
+      "value"
+     ],
+     "help": "Stop a charging session remotely (1.6 RemoteStopTransaction, 2.0.1",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--station": {
+       "help": "The station running it (_id or endpoint)",
+       "value": true
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "--wait": {
+       "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "Start and stop charging sessions remotely.",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
     },
     "-h": {
      "help": "Show this message and exit.",

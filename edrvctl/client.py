@@ -40,6 +40,21 @@ class Client:
         timeout: float | None = None,
     ) -> dict:
         """Send one request; return the whole envelope, or raise the error it stands for."""
+        envelope, error = self._send(method, path, params=params, body=body, timeout=timeout)
+        if error is not None:
+            raise error
+        return envelope
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> tuple[dict, EdrvError | None]:
+        """The envelope, and the error it stands for (None on success)."""
         kwargs: dict[str, Any] = {"params": params}
         if body is not None:
             kwargs["content"] = orjson.dumps(body)
@@ -65,8 +80,48 @@ class Client:
             ) from None
         if not ok or r.status_code >= 400:
             hint = self.auth_hint if r.status_code == 401 else None
-            raise BY_STATUS.get(r.status_code, EdrvError)(message or f"HTTP {r.status_code}", hint)
-        return envelope
+            error = BY_STATUS.get(r.status_code, EdrvError)(
+                message or f"HTTP {r.status_code}", hint
+            )
+            return envelope, error
+        return envelope, None
+
+    # --- commands: each one an Action ---
+
+    def act(
+        self, method: str, path: str, body: Any = None, params: dict | None = None, wait: float = 30
+    ) -> tuple[Any, EdrvError | None]:
+        """Send a command (`wait`: seconds the server waits for the station). Returns the
+        Action (a list of them for configurations) and, when it was refused, timed out or
+        failed, the error it stands for. An error before anything was recorded is raised."""
+        envelope, error = self._send(
+            method, path, params={**(params or {}), "wait": wait}, body=body, timeout=wait + 15
+        )
+        result = envelope.get("result")
+        if error is not None and not result:
+            raise error
+        return result, error
+
+    def get_action(self, action_id: str) -> dict:
+        return self.request("GET", f"/v1.1/actions/{_seg(action_id)}")["result"]
+
+    def list_actions(self, filters: dict, limit: int | None) -> Iterator[dict]:
+        size = PAGE if limit is None else max(1, min(PAGE, limit))
+        page, seen = 1, 0
+        while True:
+            env = self.request(
+                "GET",
+                "/v1.1/actions",
+                params={**filters, "paginate_limit": size, "paginate_page": page},
+            )
+            for doc in env["result"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield doc
+            if not env.get("hasNext") or (limit is not None and seen >= limit):
+                return
+            page += 1
 
     # --- chargestations ---
 

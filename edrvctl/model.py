@@ -243,6 +243,116 @@ class GetVariablesRequest(BaseModel):
     timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
 
 
+# --- command bodies (POST /v1.1/chargestations/{id}/<command>, /v1.1/sessions) -------------
+
+Number = Annotated[int, Field(ge=0, le=10_000)]  # an EVSE or connector number
+Word = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+def _time_text(value: str) -> str:
+    try:
+        return format_time(parse_time(value))
+    except (ValueError, OverflowError):
+        raise PydanticCustomError(
+            "date_time", "an ISO-8601 date-time within years 1-9999, e.g. 2030-01-31T12:00:00Z"
+        ) from None
+
+
+TimeText = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_time_text)
+]
+Url = Annotated[
+    str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")
+]
+
+RESET_TYPES = {"ocpp1.6": ("Soft", "Hard"), "ocpp2.0.1": ("OnIdle", "Immediate")}
+
+
+class ResetRequest(BaseModel):
+    """`type` is the station's version's own word (1.6 Soft|Hard, 2.0.1 OnIdle|Immediate);
+    `hard` says the same for either version (Hard / Immediate)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["Soft", "Hard", "OnIdle", "Immediate"] | None = None
+    hard: bool | None = None
+    evseId: Number | None = None
+
+
+class UnlockConnectorRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    connectorId: Number | None = None
+    evseId: Number | None = None
+
+
+class ChangeAvailabilityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["Operative", "Inoperative"]
+    connectorId: Number | None = None
+    evseId: Number | None = None
+
+
+class TriggerMessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    requestedMessage: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    connectorId: Number | None = None
+    evseId: Number | None = None
+
+
+class DataTransferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    vendorId: Word
+    messageId: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
+    # at most 32 Ki characters: even escaped (6 bytes each) the body stays under the API's limit
+    data: Annotated[str, StringConstraints(max_length=32 * 1024)] | None = None
+
+
+class CallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    action: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    payload: MetaData = Field(default_factory=dict)
+
+
+class UpdateFirmwareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    location: Url = Field(description="where the station downloads the firmware from")
+    retrieveDate: TimeText | None = None
+
+
+class GetDiagnosticsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    location: Url = Field(description="where the station uploads its file (a directory URL)")
+    since: TimeText | None = None
+    until: TimeText | None = None
+    security: bool = Field(False, description="the security log instead of diagnostics")
+
+
+class SessionStartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    chargestation: Word = Field(description="the station's _id or endpoint")
+    idTag: Annotated[str, StringConstraints(min_length=1, max_length=36)]
+    evseId: Number | None = None
+    connectorId: Number | None = None
+
+
+class SessionStopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    chargestation: Word = Field(description="the station's _id or endpoint")
+
+
+ConfigKey = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ConfigValue = Annotated[str, StringConstraints(max_length=1000)] | int | float | bool
+
+
 def new_station(body: StationCreate, now: str) -> dict:
     return {
         "_id": new_id(),

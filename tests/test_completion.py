@@ -154,6 +154,8 @@ def test_bash_top_level(tmp_path):
     p = complete(base_env(tmp_path), words="edrvctl ", cword=1)
     assert {"chargestations", "serve"} <= set(lines(p))
     p = complete(base_env(tmp_path), words="edrvctl se", cword=1)
+    assert set(lines(p)) == {"serve", "sessions"}
+    p = complete(base_env(tmp_path), words="edrvctl ser", cword=1)
     assert lines(p) == ["serve"]
 
 

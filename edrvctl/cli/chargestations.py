@@ -1,9 +1,10 @@
 """`edrvctl chargestations` (alias `cs`): list, create, inspect, update, activate, deactivate,
-delete, rotate-password, config."""
+delete, rotate-password, config; and the commands that operate a station (reset, unlock,
+availability, trigger, configure, clear-cache, data-transfer, call, update-firmware, diagnostics)."""
 
 import sys
-from enum import Enum
-from typing import Annotated
+from enum import Enum, StrEnum
+from typing import Annotated, Any
 
 import typer
 
@@ -524,3 +525,341 @@ def config(
     output.config(result["csconfig"], fmt, no_headers=no_headers)
     if unknown:
         output.info("unknown to the station: " + ", ".join(unknown))
+
+
+# --- operating stations: each command an Action (edrvctl.cli.actions) ------------------------
+
+from edrvctl.cli.actions import TimeoutOpt, WaitOpt  # noqa: E402
+
+EvseOpt = Annotated[int | None, typer.Option("--evse", metavar="N", help="The EVSE (2.0.1)", min=0)]
+ConnectorOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--connector", metavar="N", help="The connector (1.6: connector n is EVSE n)", min=0
+    ),
+]
+
+
+def _path(station: str, verb: str) -> str:
+    from edrvctl.client import _seg
+
+    return f"/v1.1/chargestations/{_seg(station)}/{verb}"
+
+
+def _where(evse: int | None, connector: int | None) -> dict:
+    return {k: v for k, v in (("evseId", evse), ("connectorId", connector)) if v is not None}
+
+
+def _act(
+    station: str,
+    verb: str,
+    body: Any,
+    out: Format | None,
+    quiet: bool,
+    timeout: float,
+    wait: bool = False,
+    method: str = "POST",
+) -> None:
+    from edrvctl.cli.actions import run
+
+    run(_client(), method, _path(station, verb), body, _fmt(out, quiet), timeout, wait)
+
+
+@command()
+def reset(
+    station: Station,
+    hard: Annotated[
+        bool, typer.Option("--hard", help="Reboot at once (1.6 Hard, 2.0.1 Immediate)")
+    ] = False,
+    yes: YesOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Reboot a station: 1.6 Soft (Hard with --hard); 2.0.1 OnIdle (Immediate with --hard).
+
+    With --wait, the command ends when the station has booted again.
+
+    Examples:
+
+    \b
+      edrvctl cs reset edrv01 --yes
+      edrvctl cs reset edrv01 --hard --wait --yes
+    """
+    _confirm("reset", station, yes)
+    _act(station, "reset", {"hard": hard}, out, quiet, timeout, wait)
+
+
+@command()
+def unlock(
+    station: Station,
+    evse: EvseOpt = None,
+    connector: ConnectorOpt = None,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Unlock a connector (1.6: --connector N; 2.0.1: --evse N, connector 1 unless told).
+
+    Examples:
+
+    \b
+      edrvctl cs unlock edrv01 --connector 1
+      edrvctl cs unlock cp201 --evse 2
+    """
+    _act(station, "unlock_connector", _where(evse, connector), out, quiet, timeout)
+
+
+class Availability(StrEnum):
+    operative = "operative"
+    inoperative = "inoperative"
+
+
+@command()
+def availability(
+    station: Station,
+    state: Annotated[
+        Availability, typer.Argument(metavar="operative|inoperative", help="The new state")
+    ],
+    evse: EvseOpt = None,
+    connector: ConnectorOpt = None,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make the whole station, one EVSE or one connector operative or inoperative.
+
+    The station may answer Scheduled: it applies the change when its transaction ends.
+
+    Examples:
+
+    \b
+      edrvctl cs availability edrv01 inoperative --connector 2
+      edrvctl cs availability cp201 operative
+    """
+    body = {"type": state.value.capitalize(), **_where(evse, connector)}
+    _act(station, "change_availability", body, out, quiet, timeout)
+
+
+@command()
+def trigger(
+    station: Station,
+    message: Annotated[
+        str,
+        typer.Argument(
+            metavar="MESSAGE",
+            help="What the station should send: BootNotification, Heartbeat, StatusNotification, "
+            "MeterValues, ... (its version's names)",
+        ),
+    ],
+    evse: EvseOpt = None,
+    connector: ConnectorOpt = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Ask the station to send a message now (TriggerMessage).
+
+    With --wait, the command ends when the message has come.
+
+    Examples:
+
+    \b
+      edrvctl cs trigger edrv01 Heartbeat --wait
+      edrvctl cs trigger edrv01 StatusNotification --connector 1
+    """
+    body = {"requestedMessage": message, **_where(evse, connector)}
+    _act(station, "trigger_message", body, out, quiet, timeout, wait)
+
+
+@command()
+def configure(
+    station: Station,
+    settings: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="SETTING",
+            help="KEY=VALUE, the key as `cs config` prints it (2.0.1: Component.Variable, "
+            "EVSE[1].Power)",
+        ),
+    ],
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Change configuration keys, one at a time, each read back and stored in csconfig.
+
+    1.6 uses ChangeConfiguration, 2.0.1 SetVariables. RebootRequired is reported as a note:
+    the value takes effect after `cs reset`. Exit 5 when a key is refused or reads back
+    otherwise.
+
+    Examples:
+
+    \b
+      edrvctl cs configure edrv01 HeartbeatInterval=300 MeterValueSampleInterval=60
+      edrvctl cs configure cp201 OCPPCommCtrlr.HeartbeatInterval=300
+    """
+    body: dict[str, str] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{item!r} is not KEY=VALUE")
+        body[key] = value
+    _act(station, "configurations", body, out, quiet, timeout, method="PATCH")
+
+
+@command("clear-cache")
+def clear_cache(
+    station: Station, timeout: TimeoutOpt = 30.0, out: OutputOpt = None, quiet: QuietOpt = False
+) -> None:
+    """Clear the station's authorization cache.
+
+    Example:
+
+    \b
+      edrvctl cs clear-cache edrv01
+    """
+    _act(station, "clear_cache", None, out, quiet, timeout)
+
+
+@command("data-transfer")
+def data_transfer(
+    station: Station,
+    vendor: Annotated[str, typer.Option("--vendor", metavar="V", help="The vendorId")],
+    message_id: Annotated[
+        str | None, typer.Option("--message-id", metavar="M", help="The messageId")
+    ] = None,
+    data: Annotated[str | None, typer.Option("--data", metavar="D", help="The data (text)")] = None,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Send a vendor-specific DataTransfer; the station's answer is in the Action.
+
+    Example:
+
+    \b
+      edrvctl cs data-transfer edrv01 --vendor com.acme --message-id Ping -o json
+    """
+    body = {"vendorId": vendor}
+    if message_id is not None:
+        body["messageId"] = message_id
+    if data is not None:
+        body["data"] = data
+    _act(station, "data_transfer", body, out, quiet, timeout)
+
+
+@command()
+def call(
+    station: Station,
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="An OCPP action, e.g. Reset")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "-d", "--data", metavar="JSON|@FILE", help="The payload: JSON, or @file to read it"
+        ),
+    ] = "{}",
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Send any CSMS-to-station OCPP action, its payload checked against the version's schema.
+
+    Example:
+
+    \b
+      edrvctl cs call edrv01 GetLocalListVersion
+      edrvctl cs call edrv01 ChangeConfiguration -d '{"key": "HeartbeatInterval", "value": "60"}'
+    """
+    import orjson
+
+    text = data
+    if data.startswith("@"):
+        try:
+            with open(data[1:], "rb") as f:
+                raw = f.read(256 * 1024 + 1)
+        except OSError as e:
+            raise UsageError(f"cannot read {data[1:]!r}: {e.strerror}") from None
+        text = raw.decode("utf-8", "replace")
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise UsageError(f"--data is not JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise UsageError("--data must be a JSON object")
+    _act(station, "call", {"action": action, "payload": payload}, out, quiet, timeout)
+
+
+@command("update-firmware")
+def update_firmware(
+    station: Station,
+    url: Annotated[
+        str, typer.Option("--url", metavar="URL", help="Where the station downloads the firmware")
+    ],
+    at: Annotated[
+        str | None,
+        typer.Option("--at", metavar="TIME", help="When to download it (ISO-8601) [default: now]"),
+    ] = None,
+    yes: YesOpt = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Update the station's firmware from a URL.
+
+    With --wait, the command ends when the station has booted with a new firmware version.
+    (Serving the file from `edrvctl serve` itself is not there yet: give a URL the station
+    can reach.)
+
+    Example:
+
+    \b
+      edrvctl cs update-firmware edrv01 --url https://files.example.com/fw-2.1.bin --wait --yes
+    """
+    _confirm("update the firmware of", station, yes)
+    body = {"location": url, **({"retrieveDate": at} if at else {})}
+    _act(station, "update_firmware", body, out, quiet, timeout, wait)
+
+
+@command()
+def diagnostics(
+    station: Station,
+    url: Annotated[
+        str,
+        typer.Option(
+            "--url", metavar="URL", help="Where the station uploads its file (a directory)"
+        ),
+    ],
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="TIME", help="Oldest entries (ISO-8601)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", metavar="TIME", help="Newest entries (ISO-8601)")
+    ] = None,
+    security: Annotated[
+        bool, typer.Option("--security", help="The security log instead of diagnostics")
+    ] = False,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Have the station upload its diagnostics (1.6 GetDiagnostics, 2.0.1 GetLog) to a URL.
+
+    With --wait, the command ends when the station reports the upload done. (An upload
+    target inside `edrvctl serve` is not there yet: give a URL the station can reach.)
+
+    Example:
+
+    \b
+      edrvctl cs diagnostics edrv01 --url ftp://logs.example.com/in/ --since 2030-01-01T00:00:00Z --wait
+    """
+    body: dict[str, Any] = {"location": url, "security": security}
+    if since:
+        body["since"] = since
+    if until:
+        body["until"] = until
+    _act(station, "get_diagnostics", body, out, quiet, timeout, wait)

@@ -22,8 +22,9 @@ from starlette.exceptions import HTTPException
 
 from edrvctl import __version__, model
 from edrvctl.errors import AuthError, Conflict, EdrvError, UsageError
-from edrvctl.fleet import Fleet
-from edrvctl.store import SORT_FIELDS, StationQuery
+from edrvctl.fleet import Fleet, actions
+from edrvctl.fleet import live as commands
+from edrvctl.store import ACTION_FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery
 
 log = logging.getLogger("edrvctl.api")
 
@@ -46,10 +47,33 @@ LIST_PARAMS = {
     "updatedAt[$lte]",
 }
 
+ACTION_LIST_PARAMS = {
+    *ACTION_FILTER_FIELDS,
+    "paginate_enabled",
+    "paginate_limit",
+    "paginate_page",
+    "createdAt[$gte]",
+    "createdAt[$lte]",
+}
+ACTION_STATUSES = ("requested", "completed", "failed")
+OUTCOMES = ("pending", "succeeded", "failed", "timed_out")
+
+DEFAULT_WAIT = 30.0  # s a command route waits for the station's answer unless ?wait= says
+MAX_WAIT = 120.0
+
 MAX_BODY = 256 * 1024  # no admin request needs more; a bigger body is a 413
 
 # Route signatures are resolved from module globals (postponed annotations), so types live here.
 Id = Annotated[str, Path(description="the station's _id or its endpoint")]
+Wait = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT,
+        description="seconds to wait for the station's answer (0: answer 202 at once, the "
+        "command goes on; follow it with GET /v1.1/actions/{id})",
+    ),
+]
 
 
 def envelope(result: Any, message: str = "", status: int = 200, **extra: Any) -> Response:
@@ -62,6 +86,29 @@ def envelope_of_json(items: list[str], message: str, **extra: Any) -> Response:
     head = orjson.dumps({"ok": True, "message": message, **extra})[:-1]
     body = b"".join((head, b',"result":[', ",".join(items).encode(), b"]}"))
     return Response(body, media_type="application/json")
+
+
+def _parse_range(name: str, value: str) -> str:
+    try:
+        return model.format_time(model.parse_time(value))
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"{name} filter: {value!r} is not an ISO-8601 date-time within years 1-9999"
+        ) from None
+
+
+def _action_message(action: dict) -> str:
+    what = f"{action['type']} {action['_id']}"
+    error = action.get("error") or {}
+    if action["status"] == "requested":
+        return f"{what} requested; follow it at /v1.1/actions/{action['_id']}"
+    if action["status"] == "completed":
+        if action["outcome"] == "pending":
+            return f"{what} accepted; stage {action['stage']}, outcome pending"
+        if action["outcome"] == "failed":
+            return f"{what} accepted, but failed: {error.get('description', '')}"
+        return f"{what} {action['outcome']}"
+    return f"{what} failed: {error.get('description') or error.get('code') or 'refused'}"
 
 
 def _error(status: int, message: str) -> Response:
@@ -314,6 +361,306 @@ def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> Envelope
         body = body or model.GetVariablesRequest()
         result = await fleet.fetch_config(id, body.keys, body.timeout)
         return envelope(result, f"{len(result['csconfig'])} configuration entries fetched", 201)
+
+    # --- commands to live stations: each one an Action (fleet/actions.py) ----------------------
+
+    async def run(request: Request, key: str, command: commands.Command, wait: float) -> Response:
+        """Send `command` as an Action, answered with the status `actions.http_status` gives:
+        201 accepted, 502 refused or CALLERROR, 504 no answer in time, 202 with wait=0.
+        Errors before sending (404, 406, 400, 429) are raised as usual."""
+        if wait == 0:
+            action = await fleet.command(key, command, DEFAULT_WAIT, wait=False)
+        else:
+            action = await fleet.command(key, command, wait)
+        log.info(
+            "admin %s: %s %s on chargestation %s: %s/%s",
+            admin(request),
+            action["type"],
+            action["_id"],
+            key,
+            action["status"],
+            action["outcome"],
+        )
+        return envelope(action, _action_message(action), actions.http_status(action))
+
+    async def protocol_of(key: str) -> str:
+        return str((await fleet.get(key))["protocol"])
+
+    @app.post(
+        "/v1.1/chargestations/{id}/reset",
+        dependencies=auth,
+        status_code=201,
+        summary="Reset (reboot) a chargestation: 1.6 Soft|Hard, 2.0.1 OnIdle|Immediate",
+    )
+    async def reset(
+        request: Request,
+        id: Id,
+        body: Annotated[model.ResetRequest | None, Body()] = None,
+        wait: Wait = DEFAULT_WAIT,
+    ) -> Response:
+        body = body or model.ResetRequest()
+        hard = body.hard
+        if body.type is not None:
+            protocol = await protocol_of(id)
+            allowed = model.RESET_TYPES[protocol]
+            if body.type not in allowed:
+                raise UsageError(
+                    f"reset type {body.type!r} is not an {protocol} reset type; "
+                    f"use {' or '.join(allowed)} (or hard: true|false for either version)"
+                )
+            by_type = body.type == allowed[1]
+            if hard is not None and hard != by_type:
+                raise UsageError(f"reset type {body.type!r} and hard: {str(hard).lower()} differ")
+            hard = by_type
+        return await run(request, id, commands.Reset(bool(hard), body.evseId), wait)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/unlock_connector",
+        dependencies=auth,
+        status_code=201,
+        summary="Unlock a connector (1.6: connectorId; 2.0.1: evseId, and connectorId or 1)",
+    )
+    async def unlock_connector(
+        request: Request, id: Id, body: model.UnlockConnectorRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        command = commands.UnlockConnector(connector=body.connectorId, evse=body.evseId)
+        return await run(request, id, command, wait)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/change_availability",
+        dependencies=auth,
+        status_code=201,
+        summary="Operative or Inoperative: the whole station, one EVSE or one connector",
+    )
+    async def change_availability(
+        request: Request, id: Id, body: model.ChangeAvailabilityRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        command = commands.ChangeAvailability(
+            body.type == "Operative", evse=body.evseId, connector=body.connectorId
+        )
+        return await run(request, id, command, wait)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/trigger_message",
+        dependencies=auth,
+        status_code=201,
+        summary="Ask the station to send a message now (its version's requestedMessage)",
+    )
+    async def trigger_message(
+        request: Request, id: Id, body: model.TriggerMessageRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        command = commands.TriggerMessage(
+            body.requestedMessage, evse=body.evseId, connector=body.connectorId
+        )
+        return await run(request, id, command, wait)
+
+    @app.patch(
+        "/v1.1/chargestations/{id}/configurations",
+        dependencies=auth,
+        status_code=201,
+        summary="Change configuration keys: one Configure Action per key, each read back",
+    )
+    async def configure(
+        request: Request,
+        id: Id,
+        body: Annotated[dict[model.ConfigKey, model.ConfigValue], Body()],
+        wait: Wait = DEFAULT_WAIT,
+    ) -> Response:
+        if not body:
+            raise UsageError('give at least one key: {"Key": "value", ...}')
+        if len(body) > 100:
+            raise UsageError(f"{len(body)} keys in one request; at most 100")
+        items = [
+            commands.Configure(k, str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in body.items()
+        ]
+        doc = await fleet.get(id)
+        check = getattr(fleet.live, "check", None)
+        if check is not None and fleet.live.is_online(doc["endpoint"]):
+            for c in items:  # every key is checked before the first is sent
+                check(doc["endpoint"], c)
+        done = []
+        for c in items:
+            if wait == 0:
+                done.append(await fleet.command(id, c, DEFAULT_WAIT, wait=False))
+            else:
+                done.append(await fleet.command(id, c, wait))
+        statuses = [actions.http_status(a) for a in done]
+        status = next((s for s in statuses if s >= 300), statuses[0])
+        log.info(
+            "admin %s: configure %s on chargestation %s: %s",
+            admin(request),
+            ", ".join(c.key for c in items),
+            id,
+            ", ".join(f"{a['status']}/{a['outcome']}" for a in done),
+        )
+        ok = sum(s == 201 for s in statuses)
+        return envelope(done, f"{ok} of {len(done)} key(s) accepted", status)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/clear_cache",
+        dependencies=auth,
+        status_code=201,
+        summary="Clear the station's authorization cache",
+    )
+    async def clear_cache(request: Request, id: Id, wait: Wait = DEFAULT_WAIT) -> Response:
+        return await run(request, id, commands.ClearCache(), wait)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/data_transfer",
+        dependencies=auth,
+        status_code=201,
+        summary="A vendor-specific DataTransfer",
+    )
+    async def data_transfer(
+        request: Request, id: Id, body: model.DataTransferRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        command = commands.DataTransfer(body.vendorId, body.messageId, body.data)
+        return await run(request, id, command, wait)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/call",
+        dependencies=auth,
+        status_code=201,
+        summary="Any CSMS-to-station OCPP action, its payload validated against the schema",
+    )
+    async def call(
+        request: Request, id: Id, body: model.CallRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        return await run(request, id, commands.RawCall(body.action, body.payload), wait)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/update_firmware",
+        dependencies=auth,
+        status_code=201,
+        summary="Update the firmware from a URL; followed until the new version boots",
+    )
+    async def update_firmware(
+        request: Request, id: Id, body: model.UpdateFirmwareRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        command = commands.UpdateFirmware(body.location, body.retrieveDate)
+        return await run(request, id, command, wait)
+
+    @app.post(
+        "/v1.1/chargestations/{id}/get_diagnostics",
+        dependencies=auth,
+        status_code=201,
+        summary="Have the station upload its diagnostics (or security log) to a URL",
+    )
+    async def get_diagnostics(
+        request: Request, id: Id, body: model.GetDiagnosticsRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        command = commands.GetDiagnostics(body.location, body.since, body.until, body.security)
+        return await run(request, id, command, wait)
+
+    @app.post(
+        "/v1.1/sessions",
+        dependencies=auth,
+        status_code=201,
+        summary="Remote start: a session on a station (1.6 connectorId; 2.0.1 evseId)",
+    )
+    async def start_session(
+        request: Request, body: model.SessionStartRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        command = commands.RemoteStart(body.idTag, evse=body.evseId, connector=body.connectorId)
+        return await run(request, body.chargestation, command, wait)
+
+    async def stop(request: Request, transaction: str, station: str | None, wait: float):
+        if not station:
+            raise UsageError("say which chargestation runs the session: chargestation=<id>")
+        return await run(request, station, commands.RemoteStop(transaction), wait)
+
+    @app.post(
+        "/v1.1/sessions/{id}/stop",
+        dependencies=auth,
+        status_code=201,
+        summary="Remote stop: end a session (its transaction id) on its station",
+    )
+    async def stop_session(
+        request: Request,
+        id: Annotated[str, Path(description="the transaction id", max_length=64)],
+        body: Annotated[model.SessionStopRequest | None, Body()] = None,
+        chargestation: Annotated[str | None, Query(max_length=255)] = None,
+        wait: Wait = DEFAULT_WAIT,
+    ) -> Response:
+        station = body.chargestation if body is not None else chargestation
+        return await stop(request, id, station, wait)
+
+    @app.get(
+        "/v1.1/sessions/{id}/stop",
+        dependencies=auth,
+        status_code=201,
+        summary="Remote stop, as eDRV documents it (GET, ?chargestation=)",
+    )
+    async def stop_session_get(
+        request: Request,
+        id: Annotated[str, Path(description="the transaction id", max_length=64)],
+        chargestation: Annotated[str | None, Query(max_length=255)] = None,
+        wait: Wait = DEFAULT_WAIT,
+    ) -> Response:
+        return await stop(request, id, chargestation, wait)
+
+    @app.get("/v1.1/actions", dependencies=auth, summary="List Actions, newest first")
+    async def list_actions(
+        request: Request,
+        chargestation: str | None = None,
+        type: Annotated[str | None, Query(description="|".join(actions.TYPES.values()))] = None,
+        status: Annotated[str | None, Query(description="|".join(ACTION_STATUSES))] = None,
+        outcome: Annotated[str | None, Query(description="|".join(OUTCOMES))] = None,
+        paginate_enabled: bool = True,
+        paginate_limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+        paginate_page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
+        created_gte: Annotated[str | None, Query(alias="createdAt[$gte]")] = None,
+        created_lte: Annotated[str | None, Query(alias="createdAt[$lte]")] = None,
+    ) -> Response:
+        unknown = sorted(set(request.query_params) - ACTION_LIST_PARAMS)
+        if unknown:
+            raise UsageError(
+                f"unknown query parameter(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(ACTION_LIST_PARAMS))}"
+            )
+        for name, value, known in (
+            ("type", type, tuple(actions.TYPES.values())),
+            ("status", status, ACTION_STATUSES),
+            ("outcome", outcome, OUTCOMES),
+        ):
+            if value is not None and value not in known:
+                raise UsageError(f"{name} must be one of {', '.join(known)}")
+        equals = {
+            k: v
+            for k, v in (
+                ("chargestation", chargestation),
+                ("type", type),
+                ("status", status),
+                ("outcome", outcome),
+            )
+            if v is not None
+        }
+        limit = paginate_limit if paginate_enabled else None
+        offset = (paginate_page - 1) * paginate_limit if paginate_enabled else 0
+        found, total = await fleet.list_actions(
+            ActionQuery(
+                equals,
+                None if created_gte is None else _parse_range("createdAt", created_gte),
+                None if created_lte is None else _parse_range("createdAt", created_lte),
+                limit,
+                offset,
+            )
+        )
+        if not paginate_enabled:
+            return envelope(found, f"{total} action(s)")
+        return envelope(
+            found,
+            f"{total} action(s)",
+            hasNext=offset + len(found) < total,
+            hasPrevious=paginate_page > 1,
+            total=total,
+        )
+
+    @app.get("/v1.1/actions/{id}", dependencies=auth, summary="One Action")
+    async def get_action(id: Annotated[str, Path(max_length=64)]) -> Response:
+        action = await fleet.get_action(id)
+        return envelope(action, _action_message(action))
 
     return EnvelopeTooLarge(app)
 
