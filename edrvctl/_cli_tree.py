@@ -687,7 +687,7 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Have the station upload its diagnostics (1.6 GetDiagnostics, 2.0.1 GetLog) to a URL.",
+     "help": "Have the station upload its diagnostics (1.6 GetDiagnostics, 2.0.1 GetLog).",
      "options": {
       "--help": {
        "help": "Show this message and exit.",
@@ -702,6 +702,10 @@ TREE: dict = {
         "yaml"
        ],
        "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--output-file": {
+       "help": "Save the uploaded file here (implies --wait; not with --url)",
        "value": true
       },
       "--quiet": {
@@ -725,12 +729,16 @@ TREE: dict = {
        "value": true
       },
       "--url": {
-       "help": "Where the station uploads its file (a directory)",
+       "help": "Where the station uploads its file (a directory) default: serve's own one-time upload target",
        "value": true
       },
       "--wait": {
        "help": "Follow the command to its end (reboot, transaction, download, upload), not only the station's answer",
        "value": false
+      },
+      "-O": {
+       "help": "Save the uploaded file here (implies --wait; not with --url)",
+       "value": true
       },
       "-h": {
        "help": "Show this message and exit.",
@@ -1215,10 +1223,14 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Update the station's firmware from a URL.",
+     "help": "Update the station's firmware from a URL, or from a local file (--file).",
      "options": {
       "--at": {
        "help": "When to download it (ISO-8601) default: now",
+       "value": true
+      },
+      "--file": {
+       "help": "A local firmware file: uploaded to the server, which the station downloads it from (serve's files listener)",
        "value": true
       },
       "--help": {
@@ -1313,6 +1325,10 @@ TREE: dict = {
      "help": "Serve the admin API over HTTPS (with --tls-cert)",
      "value": false
     },
+    "--files-port": {
+     "help": "Port of the files listener stations download firmware from and upload diagnostics to (on --ocpp-host); 0 picks a free one default: 9001; a free one if 9001 is taken or --ocpp-port is 0",
+     "value": true
+    },
     "--handshake-timeout": {
      "help": "Seconds a station has to finish the websocket upgrade",
      "value": true
@@ -1365,6 +1381,14 @@ TREE: dict = {
      "help": "MB of messages (meter values, events, ...) kept per station and UTC day",
      "value": true
     },
+    "--max-upload-mb": {
+     "help": "MB of one uploaded file (diagnostics, or firmware via the API)",
+     "value": true
+    },
+    "--no-files": {
+     "help": "No files listener: commands need a URL",
+     "value": false
+    },
     "--ocpp-host": {
      "help": "Address stations connect to",
      "value": true
@@ -1383,6 +1407,10 @@ TREE: dict = {
     },
     "--ping-timeout": {
      "help": "Seconds a station has to answer a ping before it is dropped",
+     "value": true
+    },
+    "--public-files-url": {
+     "help": "http(s):// base URL stations are told for files default: the host of --public-url (or --ocpp-host) on --files-port",
      "value": true
     },
     "--public-tls-url": {

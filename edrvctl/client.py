@@ -86,6 +86,79 @@ class Client:
             return envelope, error
         return envelope, None
 
+    # --- files (serve's files listener) ---
+
+    def upload_file(self, path: str, timeout: float = 600) -> dict:
+        """POST a local file to /v1.1/files (streamed); its record {_id, name, size, url}."""
+        import os
+
+        name = os.path.basename(path)
+        try:
+            f = open(path, "rb")  # noqa: SIM115  (closed below; httpx streams it)
+        except OSError as e:
+            raise UsageError(f"cannot read {path!r}: {e.strerror}") from None
+        with f:
+            try:
+                r = self.http.post(
+                    "/v1.1/files",
+                    params={"name": name},
+                    content=iter(lambda: f.read(64 * 1024), b""),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(os.fstat(f.fileno()).st_size),
+                    },
+                    timeout=timeout,
+                )
+            except httpx.TimeoutException:
+                raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
+            except httpx.TransportError as e:
+                raise Unavailable(f"cannot reach the API at {self.api_url} ({e})") from None
+        return self._checked(r, "POST", "/v1.1/files")["result"]
+
+    def download(self, path: str, dest: str, timeout: float = 600) -> int:
+        """GET `path` into the local file `dest` (written beside it, then renamed); bytes."""
+        import os
+        import tempfile
+
+        folder = os.path.dirname(os.path.abspath(dest))
+        try:
+            with self.http.stream("GET", path, timeout=timeout) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._checked(r, "GET", path)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".edrvctl-")
+                size = 0
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        for chunk in r.iter_bytes():
+                            out.write(chunk)
+                            size += len(chunk)
+                    os.replace(tmp, dest)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+        except httpx.TimeoutException:
+            raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
+        except httpx.TransportError as e:
+            raise Unavailable(f"cannot reach the API at {self.api_url} ({e})") from None
+        except OSError as e:
+            raise UsageError(f"cannot write {dest!r}: {e.strerror}") from None
+        return size
+
+    def _checked(self, r: httpx.Response, method: str, path: str) -> dict:
+        try:
+            envelope = orjson.loads(r.content)
+            ok, message = envelope["ok"], envelope.get("message") or ""
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise EdrvError(
+                f"{method} {path}: unexpected {r.status_code} response from "
+                f"{self.api_url}: {r.text[:200]!r}"
+            ) from None
+        if not ok or r.status_code >= 400:
+            hint = self.auth_hint if r.status_code == 401 else None
+            raise BY_STATUS.get(r.status_code, EdrvError)(message or f"HTTP {r.status_code}", hint)
+        return envelope
+
     # --- commands: each one an Action ---
 
     def act(

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -318,17 +319,36 @@ class CallRequest(BaseModel):
     payload: MetaData = Field(default_factory=dict)
 
 
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
 class UpdateFirmwareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    location: Url = Field(description="where the station downloads the firmware from")
+    location: Url | None = Field(None, description="where the station downloads the firmware from")
+    file: Sha256 | None = Field(
+        None,
+        description="instead of location: the _id (sha256) of a file uploaded with POST "
+        "/v1.1/files, which the station downloads from serve's files listener",
+    )
     retrieveDate: TimeText | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UpdateFirmwareRequest:
+        if (self.location is None) == (self.file is None):
+            raise ValueError("give either location (a URL) or file (an uploaded file's _id)")
+        return self
 
 
 class GetDiagnosticsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    location: Url = Field(description="where the station uploads its file (a directory URL)")
+    location: Url | None = Field(
+        None,
+        description="where the station uploads its file (a directory URL); without it, to "
+        "serve's own one-time upload target, the file then kept with the Action "
+        "(GET /v1.1/actions/{id}/file)",
+    )
     since: TimeText | None = None
     until: TimeText | None = None
     security: bool = Field(False, description="the security log instead of diagnostics")

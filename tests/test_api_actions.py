@@ -268,7 +268,9 @@ def test_wrong_type_for_the_version_is_400_before_sending(api, station):
         ("call", {"payload": {}}),
         ("update_firmware", {"location": "not a url"}),
         ("update_firmware", {"location": "http://x/fw", "retrieveDate": "soon"}),
-        ("get_diagnostics", {}),
+        ("update_firmware", {}),  # neither location nor file
+        ("update_firmware", {"file": "not-a-sha256"}),
+        ("get_diagnostics", {"location": "not a url"}),
         ("clear_cache", None),  # a body is not needed; the check below is the field
     ],
 )

@@ -132,10 +132,10 @@ def run(
     timeout: float = 30.0,
     wait: bool = False,
     params: dict | None = None,
-) -> None:
+) -> list[dict]:
     """Send one command, print its Action, follow it with `wait`, and exit with the code of
     what happened (0 accepted; 5 refused, CALLERROR or failed; 7 no answer or timed out; 6
-    offline; 2 not sendable)."""
+    offline; 2 not sendable). Returns the Actions when it did not exit."""
     result, error = client.act(method, path, body, params=params, wait=timeout)
     items = result if isinstance(result, list) else [result]
     if wait and error is None:
@@ -151,6 +151,7 @@ def run(
     if error is not None:
         report(error)
         raise typer.Exit(error.exit_code)
+    return items
 
 
 @command("list")

@@ -796,8 +796,18 @@ def call(
 def update_firmware(
     station: Station,
     url: Annotated[
-        str, typer.Option("--url", metavar="URL", help="Where the station downloads the firmware")
-    ],
+        str | None,
+        typer.Option("--url", metavar="URL", help="Where the station downloads the firmware"),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            metavar="PATH",
+            help="A local firmware file: uploaded to the server, which the station downloads "
+            "it from (serve's files listener)",
+        ),
+    ] = None,
     at: Annotated[
         str | None,
         typer.Option("--at", metavar="TIME", help="When to download it (ISO-8601) [default: now]"),
@@ -808,31 +818,58 @@ def update_firmware(
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Update the station's firmware from a URL.
+    """Update the station's firmware from a URL, or from a local file (--file).
 
-    With --wait, the command ends when the station has booted with a new firmware version.
-    (Serving the file from `edrvctl serve` itself is not there yet: give a URL the station
-    can reach.)
+    With --file, the file is uploaded to `edrvctl serve` (POST /v1.1/files), and the station
+    is told to download it from serve's files listener (serve --files-port,
+    --public-files-url). With --wait, the command ends when the station has booted with a
+    new firmware version.
 
-    Example:
+    Examples:
 
     \b
+      edrvctl cs update-firmware edrv01 --file ./fw-2.1.bin --wait --yes
       edrvctl cs update-firmware edrv01 --url https://files.example.com/fw-2.1.bin --wait --yes
     """
+    if (url is None) == (file is None):
+        raise UsageError("give either --url URL or --file PATH")
     _confirm("update the firmware of", station, yes)
-    body = {"location": url, **({"retrieveDate": at} if at else {})}
-    _act(station, "update_firmware", body, out, quiet, timeout, wait)
+    client = _client()
+    body: dict[str, Any] = {"location": url} if url else {}
+    if file is not None:
+        stored = client.upload_file(file)
+        output.info(f"uploaded {stored['name']} ({stored['size']} bytes) as file {stored['_id']}")
+        body["file"] = stored["_id"]
+    if at:
+        body["retrieveDate"] = at
+    from edrvctl.cli.actions import run
+
+    path = _path(station, "update_firmware")
+    run(client, "POST", path, body, _fmt(out, quiet), timeout, wait)
 
 
 @command()
 def diagnostics(
     station: Station,
     url: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--url", metavar="URL", help="Where the station uploads its file (a directory)"
+            "--url",
+            metavar="URL",
+            help="Where the station uploads its file (a directory) [default: serve's own "
+            "one-time upload target]",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    output_file: Annotated[
+        str | None,
+        typer.Option(
+            "-O",
+            "--output-file",
+            metavar="FILE",
+            help="Save the uploaded file here (implies --wait; not with --url)",
+        ),
+    ] = None,
     since: Annotated[
         str | None, typer.Option("--since", metavar="TIME", help="Oldest entries (ISO-8601)")
     ] = None,
@@ -847,19 +884,36 @@ def diagnostics(
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Have the station upload its diagnostics (1.6 GetDiagnostics, 2.0.1 GetLog) to a URL.
+    """Have the station upload its diagnostics (1.6 GetDiagnostics, 2.0.1 GetLog).
 
-    With --wait, the command ends when the station reports the upload done. (An upload
-    target inside `edrvctl serve` is not there yet: give a URL the station can reach.)
+    Without --url the station uploads to `edrvctl serve` itself (a one-time URL on its files
+    listener), and the file is kept with the Action; -O FILE waits for it and saves it. With
+    --wait, the command ends when the upload is done.
 
-    Example:
+    Examples:
 
     \b
+      edrvctl cs diagnostics edrv01 -O edrv01-diag.zip
       edrvctl cs diagnostics edrv01 --url ftp://logs.example.com/in/ --since 2030-01-01T00:00:00Z --wait
     """
-    body: dict[str, Any] = {"location": url, "security": security}
+    if url and output_file:
+        raise UsageError("-O saves a file uploaded to the server: not with --url")
+    body: dict[str, Any] = {"security": security}
+    if url:
+        body["location"] = url
     if since:
         body["since"] = since
     if until:
         body["until"] = until
-    _act(station, "get_diagnostics", body, out, quiet, timeout, wait)
+    client = _client()
+    wait = wait or output_file is not None
+    from edrvctl.cli.actions import run
+
+    path = _path(station, "get_diagnostics")
+    done = run(client, "POST", path, body, _fmt(out, quiet), timeout, wait)
+    if output_file is not None:
+        action = done[0]
+        if not action.get("file"):
+            raise NotFound(f"get_diagnostics {action['_id']} ended without a file")
+        size = client.download(f"/v1.1/actions/{action['_id']}/file", output_file)
+        output.info(f"saved {action['file']['name']} ({size} bytes) to {output_file}")

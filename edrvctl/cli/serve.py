@@ -57,6 +57,35 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    files_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of the files listener stations download firmware from and upload "
+            "diagnostics to (on --ocpp-host); 0 picks a free one [default: 9001; a free one "
+            "if 9001 is taken or --ocpp-port is 0]",
+            min=0,
+            max=65535,
+            show_default=False,
+        ),
+    ] = None,
+    no_files: Annotated[
+        bool, typer.Option("--no-files", help="No files listener: commands need a URL")
+    ] = False,
+    public_files_url: Annotated[
+        str | None,
+        typer.Option(
+            help="http(s):// base URL stations are told for files [default: the host of "
+            "--public-url (or --ocpp-host) on --files-port]",
+            metavar="URL",
+            show_default=False,
+        ),
+    ] = None,
+    max_upload_mb: Annotated[
+        float,
+        typer.Option(
+            help="MB of one uploaded file (diagnostics, or firmware via the API)", min=0.001
+        ),
+    ] = 50,
     heartbeat_interval: Annotated[
         int, typer.Option(help="Heartbeat interval given to stations at boot, seconds", min=1)
     ] = 300,
@@ -136,6 +165,9 @@ def serve(
       edrvctl serve --store ./fleet.db --api-port 0 --ocpp-port 0
 
       edrvctl serve --public-url ws://cs.example.com:9000
+
+    Stations download firmware from, and upload diagnostics to, a files listener
+    (--files-port, on --ocpp-host; `cs update-firmware --file`, `cs diagnostics -O`).
     """
     import asyncio
     import logging
@@ -164,6 +196,9 @@ def serve(
             raise UsageError("--public-tls-url needs a TLS listener: add --tls-cert and --tls-key")
         _check_public_url(public_url, "ws", "--public-url")
         _check_public_url(public_tls_url, "wss", "--public-tls-url")
+        _check_public_url(public_files_url, ("http", "https"), "--public-files-url")
+        if no_files and (files_port is not None or public_files_url):
+            raise UsageError("--no-files and --files-port/--public-files-url contradict")
         if not is_loopback(api_host) and not api_tls and not insecure_api:
             raise UsageError(
                 f"refusing to serve the admin API on {api_host} without TLS: add "
@@ -191,6 +226,10 @@ def serve(
             tls_key=tls_key,
             public_url=public_url,
             public_tls_url=public_tls_url,
+            files=not no_files,
+            files_port=files_port,
+            public_files_url=public_files_url,
+            max_upload_bytes=int(max_upload_mb * (1 << 20)),
             budgets=Budgets(
                 connectors=max_connectors,
                 stored_per_day=int(max_stored_mb_per_day * (1 << 20)),
@@ -225,9 +264,16 @@ def serve(
                     "TLS-profile stations are told to connect to %s/<endpoint>",
                     info["public_tls_url"],
                 )
+            if info["files_url"]:
+                log.info(
+                    "files on %s (stations are told %s)",
+                    info["files_url"],
+                    info["public_files_url"],
+                )
             log.info("store %s", info["store"])
             tls = f" ocpp-tls {info['ocpp_tls_url']}" if info["ocpp_tls_url"] else ""
-            line = f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}"
+            files = f" files {info['files_url']}" if info["files_url"] else ""
+            line = f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}{files}"
             if log_format == "json":  # stderr stays one JSON object per line
                 log.info(line)
             else:
@@ -242,7 +288,7 @@ def serve(
         raise typer.Exit(e.exit_code) from None
 
 
-def _check_public_url(url: str | None, scheme: str, flag: str) -> None:
+def _check_public_url(url: str | None, scheme: str | tuple[str, ...], flag: str) -> None:
     from urllib.parse import urlsplit
 
     from edrvctl.errors import UsageError
@@ -254,10 +300,12 @@ def _check_public_url(url: str | None, scheme: str, flag: str) -> None:
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError as e:
         raise UsageError(f"{flag} {url!r} is not a URL: {e}") from None
-    if parts.scheme != scheme or not parts.hostname or parts.query or parts.fragment:
+    schemes = (scheme,) if isinstance(scheme, str) else scheme
+    if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
+        port = {"ws": 9000, "wss": 9443}.get(schemes[0], 9001)
         raise UsageError(
-            f"{flag} must be a {scheme}:// base URL such as {scheme}://cs.example.com:"
-            f"{9000 if scheme == 'ws' else 9443}, not {url!r}"
+            f"{flag} must be a {schemes[0]}:// base URL such as {schemes[0]}://cs.example.com:"
+            f"{port}, not {url!r}"
         )
 
 

@@ -135,6 +135,8 @@ class Fleet:
         # endpoint -> {action _id: long command followed through the station's messages};
         # empty for nearly every station, so a message costs one dict lookup here
         self._following: dict[str, dict[str, Follow]] = {}
+        # upload token (server/files.py) -> (endpoint, action _id), while the action is followed
+        self._uploads: dict[str, tuple[str, str]] = {}
         # OCPP request ids (remoteStartId, requestId): int32, distinct across restarts
         self._request_ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
 
@@ -497,6 +499,9 @@ class Fleet:
                 protocol=doc["protocol"],
                 firmware=(doc.get("bootInfo") or {}).get("firmwareVersion"),
             )
+            token = getattr(command, "upload_token", None)
+            if token:
+                self._uploads[token] = (endpoint, action["_id"])
         task = asyncio.ensure_future(self._carry_out(doc, action["_id"], command, timeout))
         self._tasks.add(task)
         task.add_done_callback(self._carried_out)
@@ -612,10 +617,42 @@ class Fleet:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def upload_target(self, token: str) -> str | None:
+        """The _id of the followed action whose upload URL holds `token`; None once it has
+        ended (or the file came, or there never was one)."""
+        found = self._uploads.get(token)
+        return found[1] if found else None
+
+    async def file_uploaded(self, token: str, info: dict) -> bool:
+        """Record the file a station uploaded for an action (its `file`), using up `token`.
+        False if the action is no longer followed (the file is not wanted)."""
+        found = self._uploads.pop(token, None)
+        f = self._following.get(found[0], {}).get(found[1]) if found else None
+        if found is None or f is None:
+            return False
+        endpoint, action_id = found
+        f.received = True
+        extra = {"name": info["name"], "size": info["size"]}
+        if f.reported:
+            step = Step("FileReceived", stage="done", outcome="succeeded", extra=extra)
+            self._unfollow(endpoint, action_id)
+        else:
+            step = Step("FileReceived", extra=extra)
+
+        def apply(action: dict, now: str) -> None:
+            action["file"] = {**info, "receivedAt": now}
+            _step(action, now, step)
+
+        await self._change_action(action_id, apply)
+        return True
+
     def _unfollow(self, endpoint: str, action_id: str) -> None:
         follows = self._following.get(endpoint)
         if follows is not None:
-            follows.pop(action_id, None)
+            f = follows.pop(action_id, None)
+            token = getattr(f.command, "upload_token", None) if f is not None else None
+            if token:
+                self._uploads.pop(token, None)
             if not follows:
                 del self._following[endpoint]
 

@@ -111,7 +111,11 @@ LOG_FAILED = frozenset(
 
 def data_of(command: Command) -> dict:
     """What the admin asked, as the Action's `data` (fields not given are left out)."""
-    return {k: v for k, v in dataclasses.asdict(command).items() if v is not None}
+    return {
+        k: v
+        for k, v in dataclasses.asdict(command).items()
+        if v is not None and k != "upload_token"
+    }
 
 
 def _connector_id(station: dict, command: Command) -> str | None:
@@ -172,6 +176,8 @@ class Follow:
     protocol: str = "ocpp1.6"
     firmware: str | None = None  # firmwareVersion at the command (UpdateFirmware)
     installed: bool = False
+    reported: bool = False  # Uploaded seen (GetDiagnostics to serve's own upload target)
+    received: bool = False  # the file arrived there
 
 
 @dataclass
@@ -282,6 +288,9 @@ def _diagnostics(f: Follow, kind: str, info: dict) -> Step | None:
     if status == "Uploading":
         return Step(status, stage="uploading")
     if status == "Uploaded":
+        if getattr(f.command, "upload_token", None) and not f.received:
+            f.reported = True  # done once the file has arrived too (Fleet.file_uploaded)
+            return Step(status, stage="uploading")
         return _done(status)
     if status in LOG_FAILED:
         return _failed(status, f"the station reported {status}")

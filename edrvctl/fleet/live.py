@@ -112,6 +112,9 @@ class GetDiagnostics:
     until: str | None = None
     security: bool = False
     request_id: int | None = None
+    # set when `url` is serve's own upload target (server/files.py): the one-time token in it;
+    # the Action then ends when the station reports Uploaded and the file has arrived
+    upload_token: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from edrvctl import paths
 from edrvctl.errors import UsageError
+from edrvctl.server.files import FILES_MAX_CONNECTIONS, FILES_READ_TIMEOUT, Files
 from edrvctl.server.listener import ListenerSettings
 
 if TYPE_CHECKING:
@@ -44,6 +45,12 @@ class ServeConfig:
     budgets: Budgets | None = None
     public_url: str | None = None  # what stations are told (connection_url); None: the bind
     public_tls_url: str | None = None  # address, or this machine's name for 0.0.0.0
+    # the station-facing files listener (server/files.py): None port = 9001, or a free one
+    # if 9001 is taken; files=False: none
+    files: bool = True
+    files_port: int | None = None
+    public_files_url: str | None = None  # http(s):// base told to stations
+    max_upload_bytes: int = 50 * 1024 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -236,6 +243,9 @@ async def _serve(
         raise UsageError(
             _listen_error(e, cfg.api_host, cfg.api_port, "--api-port", "--api-host")
         ) from None
+    files_sock: socket.socket | None = None
+    if cfg.files:
+        files_sock = _bind_files(cfg, api_sock)
     try:
         # Thousands of connections make many long-lived objects: with the default thresholds
         # the collector took ~27% of the CPU while 10,000 stations connected, in pauses of up
@@ -247,11 +257,49 @@ async def _serve(
         gc.set_threshold(50_000, 50, 10)
         store = open_store(cfg.store, cfg.store_max_bytes)
         try:
-            await _run(cfg, on_ready, stop, store, token, token_path, api_sock)
+            await _run(cfg, on_ready, stop, store, token, token_path, api_sock, files_sock)
         finally:
             await store.close()
     finally:
         api_sock.close()
+        if files_sock is not None:
+            files_sock.close()
+
+
+def _bind_files(cfg: ServeConfig, api_sock: socket.socket) -> socket.socket:
+    from edrvctl.server.files import DEFAULT_PORT
+
+    host = cfg.listener.host or "0.0.0.0"
+    port = cfg.files_port
+    if port is None:  # a free OCPP port asked for: a free files port too
+        port = 0 if cfg.listener.port == 0 else DEFAULT_PORT
+    try:
+        return _bind(host, port)
+    except OSError as e:
+        if cfg.files_port is None and port and e.errno == errno.EADDRINUSE:
+            log.warning(
+                "port %d (the files listener's default) is in use: a free port is used "
+                "instead; give --files-port to choose one",
+                DEFAULT_PORT,
+            )
+            try:
+                return _bind(host, 0)
+            except OSError as e2:
+                e = e2
+        api_sock.close()
+        raise UsageError(_listen_error(e, host, port, "--files-port", "--ocpp-host")) from None
+
+
+def files_public_url(cfg: ServeConfig, bound: str) -> str:
+    """What stations are told for files: --public-files-url; else the host of --public-url
+    (or the bound address, this machine's name for 0.0.0.0) on the files port, over http."""
+    if cfg.public_files_url:
+        return cfg.public_files_url.rstrip("/")
+    port = urlsplit(bound).port
+    if cfg.public_url:
+        host = urlsplit(cfg.public_url).hostname or "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return public_url(None, bound, cfg.listener.host, "--public-files-url")
 
 
 async def _run(
@@ -262,6 +310,7 @@ async def _run(
     token: str,
     token_path: Path | None,
     api_sock: socket.socket,
+    files_sock: socket.socket | None = None,
 ) -> None:
     import uvicorn
 
@@ -302,6 +351,14 @@ async def _run(
 
     host, port = api_sock.getsockname()[:2]
     api_url = f"http{'s' if cfg.api_tls else ''}://{f'[{host}]' if ':' in host else host}:{port}"
+    files: Files | None = None
+    files_url: str | None = None
+    if files_sock is not None:
+        fhost, fport = files_sock.getsockname()[:2]
+        files_url = f"http://{f'[{fhost}]' if ':' in fhost else fhost}:{fport}"
+        files = Files(cfg.store, fleet, cfg.max_upload_bytes)
+        files.prepare()
+        files.public_url = files_public_url(cfg, files_url)
 
     class ApiServer(uvicorn.Server):
         @contextmanager
@@ -311,7 +368,7 @@ async def _run(
     client_certs = cfg.listener.tls is not None and cfg.listener.tls.verify_mode != ssl.CERT_NONE
     api = ApiServer(
         uvicorn.Config(
-            admin_api.create_app(fleet, token, client_certs=client_certs),
+            admin_api.create_app(fleet, token, client_certs=client_certs, files=files),
             # uvicorn's records go to our handler and format (logs.setup_logging), at our levels
             log_config=None,
             log_level=None,
@@ -326,12 +383,32 @@ async def _run(
         )
     )
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
+    files_server: ApiServer | None = None
+    files_task: asyncio.Task | None = None
+    if files is not None and files_sock is not None:
+        files_server = ApiServer(
+            uvicorn.Config(
+                files,
+                log_config=None,
+                log_level=None,
+                access_log=False,
+                lifespan="off",
+                http=admin_api.protocol_class(FILES_READ_TIMEOUT, FILES_MAX_CONNECTIONS),
+                ws="none",
+                timeout_keep_alive=admin_api.API_KEEP_ALIVE,
+            )
+        )
+        files_task = asyncio.create_task(files_server.serve(sockets=[files_sock]))
     flusher: asyncio.Task | None = None
     try:
         while not api.started and not api_task.done():
             await asyncio.sleep(0.01)
         if api_task.done():
             api_task.result()  # raises what stopped it
+        while files_server is not None and files_task is not None and not files_server.started:
+            if files_task.done():
+                files_task.result()
+            await asyncio.sleep(0.01)
 
         info = {
             "api_url": api_url,
@@ -339,6 +416,8 @@ async def _run(
             "ocpp_tls_url": ocpp_tls_url,
             "public_url": fleet.ocpp_url,
             "public_tls_url": fleet.ocpp_tls_url,
+            "files_url": files_url,
+            "public_files_url": files.public_url if files is not None else None,
             "pid": os.getpid(),
             "store": str(cfg.store),
             "token_file": str(token_path) if token_path else None,
@@ -368,8 +447,12 @@ async def _run(
     finally:
         log.info("stopping")
         api.should_exit = True
+        if files_server is not None:
+            files_server.should_exit = True
         await listener.stop()  # stations see a clean close and are marked offline
         await api_task
+        if files_task is not None:
+            await files_task
         for session in listener.stations.all():
             await listener.stations.detach(session)
         if flusher is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ from edrvctl import __version__, model
 from edrvctl.errors import AuthError, Conflict, EdrvError, UsageError
 from edrvctl.fleet import Fleet, actions
 from edrvctl.fleet import live as commands
+from edrvctl.server.files import Files
 from edrvctl.store import ACTION_FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery
 
 log = logging.getLogger("edrvctl.api")
@@ -123,10 +125,12 @@ def _describe(errors: Sequence[Any]) -> str:
     return "; ".join(parts)
 
 
-def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> EnvelopeTooLarge:
+def create_app(
+    fleet: Fleet, token: str, client_certs: bool = False, files: Files | None = None
+) -> EnvelopeTooLarge:
     """`client_certs`: the wss:// listener asks stations for certificates (--tls-client-ca),
     so profile 3 stations can connect; whether there is a wss:// listener at all is
-    `fleet.ocpp_tls_url`."""
+    `fleet.ocpp_tls_url`. `files`: the files listener (None: `serve --no-files`)."""
     app = FastAPI(
         title="edrvctl admin API",
         version=__version__,
@@ -538,7 +542,11 @@ def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> Envelope
     async def update_firmware(
         request: Request, id: Id, body: model.UpdateFirmwareRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
-        command = commands.UpdateFirmware(body.location, body.retrieveDate)
+        location = body.location
+        if body.file is not None:
+            location = hosting().firmware(body.file)["url"]
+        assert location is not None
+        command = commands.UpdateFirmware(location, body.retrieveDate)
         return await run(request, id, command, wait)
 
     @app.post(
@@ -550,8 +558,54 @@ def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> Envelope
     async def get_diagnostics(
         request: Request, id: Id, body: model.GetDiagnosticsRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
-        command = commands.GetDiagnostics(body.location, body.since, body.until, body.security)
+        location, token = body.location, None
+        if location is None:
+            token = secrets.token_urlsafe(24)
+            location = f"{hosting().public_url}/uploads/{token}/"
+        command = commands.GetDiagnostics(
+            location, body.since, body.until, body.security, upload_token=token
+        )
         return await run(request, id, command, wait)
+
+    def hosting() -> Files:
+        if files is None:
+            raise Conflict(
+                "this server hosts no files (serve --no-files)",
+                hint="give a URL the station can reach (location), or restart `edrvctl "
+                "serve` without --no-files",
+            )
+        return files
+
+    @app.get("/v1.1/files", dependencies=auth, summary="The firmware files stations can fetch")
+    async def list_files() -> Response:
+        found = hosting().list_firmware()
+        return envelope(found, f"{len(found)} file(s)")
+
+    @app.post(
+        "/v1.1/files",
+        dependencies=auth,
+        status_code=201,
+        summary="Upload a firmware file (the raw body, ?name=); its _id is its sha256",
+        openapi_extra={
+            "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+        },
+    )
+    async def add_file(name: Annotated[str, Query(max_length=128)]) -> Response:
+        # Reached only when the body limit below let it through: POST /v1.1/files is served
+        # by EnvelopeTooLarge (Files.add_firmware), with the files listener's size cap.
+        raise AssertionError("POST /v1.1/files is served outside FastAPI")
+
+    @app.get(
+        "/v1.1/actions/{id}/file",
+        dependencies=auth,
+        summary="The file a station uploaded for a get_diagnostics Action",
+    )
+    async def action_file(id: Annotated[str, Path(max_length=64)]) -> Response:
+        from starlette.responses import FileResponse
+
+        action = await fleet.get_action(id)
+        path = hosting().uploaded_path(action)
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
     @app.post(
         "/v1.1/sessions",
@@ -662,20 +716,32 @@ def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> Envelope
         action = await fleet.get_action(id)
         return envelope(action, _action_message(action))
 
-    return EnvelopeTooLarge(app)
+    return EnvelopeTooLarge(app, files, expected)
 
 
 class EnvelopeTooLarge:
     """Starlette's body limit answers 413 in plain text, outside FastAPI's exception handlers;
-    this gives that answer the same envelope as every other."""
+    this gives that answer the same envelope as every other. It also serves POST /v1.1/files
+    itself: a firmware file is bigger than MAX_BODY, so it is streamed to disk under the
+    files listener's cap instead (`Files.add_firmware`)."""
 
-    def __init__(self, app: FastAPI):
+    def __init__(self, app: FastAPI, files: Files | None = None, expected: bytes = b""):
         self.app = app
+        self.files = files
+        self.expected = expected
 
     def __getattr__(self, name: str):  # the wrapped app's routes, openapi(), ...
         return getattr(self.app, name)
 
     async def __call__(self, scope, receive, send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/v1.1/files"
+            and scope["method"] == "POST"
+            and self.files is not None
+        ):
+            await self._add_file(scope, receive, send)
+            return
         replaced = False
 
         async def send_enveloped(message) -> None:
@@ -701,6 +767,33 @@ class EnvelopeTooLarge:
 
         await self.app(scope, receive, send_enveloped)
 
+    async def _add_file(self, scope, receive, send) -> None:
+        from urllib.parse import parse_qs
+
+        from edrvctl.server.files import Refused, _json
+
+        assert self.files is not None
+        auth = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
+        if len(auth) != 1 or not hmac.compare_digest(auth[0], self.expected):
+            await _json(
+                send,
+                401,
+                {"ok": False, "message": "missing or invalid bearer token", "result": None},
+            )
+            return
+        names = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("name") or []
+        try:
+            if len(names) != 1:
+                raise Refused(400, "say the file's name: POST /v1.1/files?name=fw-2.1.bin")
+            headers = dict(scope.get("headers") or [])
+            info = await self.files.add_firmware(names[0], headers, receive)
+        except Refused as e:
+            await _json(send, e.status, {"ok": False, "message": e.message, "result": None})
+            return
+        await _json(
+            send, 201, {"ok": True, "message": f"file {info['name']} stored", "result": info}
+        )
+
 
 # --- the HTTP connection: bounded in time ---------------------------------------------------
 
@@ -709,7 +802,9 @@ API_READ_TIMEOUT = 10.0  # s to send a whole request (headers and body), from co
 API_MAX_CONNECTIONS = 512  # open at once; beyond it, a 503 envelope and the connection closed
 
 
-def protocol_class() -> type:
+def protocol_class(
+    read_timeout: float = API_READ_TIMEOUT, max_connections: int = API_MAX_CONNECTIONS
+) -> type:
     """uvicorn's h11 protocol with a deadline for reading each request: uvicorn closes a
     kept-alive connection that stays idle after a response, but not one that never sends a
     request, nor one that trickles its headers or body a byte at a time. Past
@@ -727,7 +822,7 @@ def protocol_class() -> type:
             if self._deadline is not None:
                 self._deadline.cancel()
             self._generation += 1
-            self._deadline = self.loop.call_later(API_READ_TIMEOUT, self._expire, self._generation)
+            self._deadline = self.loop.call_later(read_timeout, self._expire, self._generation)
 
         def _expire(self, generation: int) -> None:
             self._deadline = None
@@ -738,7 +833,7 @@ def protocol_class() -> type:
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            if len(self.connections) > API_MAX_CONNECTIONS:
+            if len(self.connections) > max_connections:
                 body = orjson.dumps(
                     {"ok": False, "message": "too many connections; retry later", "result": None}
                 )
