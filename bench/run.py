@@ -1,6 +1,6 @@
 """The benchmark suite: runs one benchmark or all, and prints a Markdown section for each.
 
-    python bench/run.py [held|throughput|csconfig|storm|cli|all] [--quick] [--profile DIR]
+    python bench/run.py [held|throughput|csconfig|storm|cli|commands|all] [--quick] [--profile DIR]
                         [--before REV]
 
 held        10,000 simulated stations against one `edrvctl serve`: time until all are online,
@@ -12,6 +12,9 @@ csconfig    get_variables round trips (API -> station -> stored answer), 1,000 s
 storm       5,000 stations online, the server SIGKILLed and restarted on the same store and
             ports: time until all are online again, and no record lost
 cli         bench/cli.py: CLI start-up and list speed
+commands    trigger_message round trips (API -> station -> answer) to 1,000 connected stations
+            while 1,000 others send a steady paced load; then a reset of the 1,000 with at
+            most 100 in flight, until every one has booted again
 
 Every server, load generator and fleet of simulated stations (bench/stations.py) is a process
 of its own. `--quick` shrinks everything to tens of stations and a second or two (for
@@ -29,6 +32,7 @@ simulated stations and load.py are the same for both, from this tree.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import importlib.util
@@ -45,10 +49,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+
+import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
@@ -152,6 +159,14 @@ def cpu_s(pid: int) -> float:
     """utime + stime of a process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_delay_s(pid: int) -> float:
+    """Seconds process `pid`'s main thread has spent runnable but waiting for a CPU (the run
+    queue; /proc/PID/schedstat): on a shared machine, time the server lost to others."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    return 0.0
 
 
 def free_port() -> int:
@@ -398,7 +413,14 @@ def online(api) -> int:
 class FleetProcess:
     """bench/stations.py in a process of its own; `status()` is its last summary."""
 
-    def __init__(self, url: str, count: int, root: Path, backoff_max: float = 2):
+    def __init__(
+        self,
+        url: str,
+        count: int,
+        root: Path,
+        backoff_max: float = 2,
+        reboot_delay: float | None = None,  # None: the simulator's own default
+    ):
         self.status_file = root / f"fleet-{time.monotonic_ns()}.json"
         self.log = root / f"fleet-{time.monotonic_ns()}.log"
         with open(self.log, "w") as err:
@@ -415,6 +437,7 @@ class FleetProcess:
                     str(HEARTBEAT),
                     "--backoff-max",
                     str(backoff_max),
+                    *([] if reboot_delay is None else ["--reboot-delay", str(reboot_delay)]),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -1075,12 +1098,373 @@ def bench_cli(quick: bool = False) -> Result:
     return res
 
 
+# --------------------------------------------------------------------------- 6. commands
+
+TRIGGER_P50, TRIGGER_P99 = 10, 50  # ms, trigger_message round trip under load
+RESET_TARGET = 30  # s, 1,000 stations reset and booted again, at most 100 in flight
+RESET_INFLIGHT = 100
+# The simulator's "boot time" after a Reset (SimStation reboot_delay, default 1 s): 0 here, so
+# what is measured is the server. A station still waits RESET_GRACE (0.25 s) after answering
+# before it closes its socket: a floor of n / in-flight x 0.25 s that is the simulator's.
+REBOOT_DELAY = 0.0
+LOAD_INTERVAL = 0.2  # s between one load station's calls: 5 calls/s per station
+
+
+def start_load(url: str, n: int, first: int, server_pid: int) -> subprocess.Popen:
+    """bench/load.py in the background: n stations (BENCH<first>...), each sending the
+    Heartbeat/StatusNotification/MeterValues mix every LOAD_INTERVAL s until SIGTERM."""
+    return subprocess.Popen(
+        [
+            PY,
+            str(HERE / "load.py"),
+            url,
+            "--stations",
+            str(n),
+            "--first",
+            str(first),
+            "--interval",
+            str(LOAD_INTERVAL),
+            "--seconds",
+            "3600",
+            "--warmup",
+            "1",
+            "--server-pid",
+            str(server_pid),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+PROBE = """
+import json, signal, sys, time, httpx
+lat, stop = [], []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+with httpx.Client(base_url=sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]}) as c:
+    while not stop:
+        t = time.perf_counter()
+        c.get("/v1.1/chargestations", params={"paginate_limit": 1}).raise_for_status()
+        lat.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.05)
+print(json.dumps(lat))
+"""
+
+
+def start_probe(srv: Server) -> subprocess.Popen:
+    """A process of its own asking the API one small GET every 50 ms, one at a time: how fast
+    the server answers, whatever the benchmark's own client does."""
+    return subprocess.Popen(
+        [PY, "-c", PROBE, srv.api_url, srv.token], stdout=subprocess.PIPE, text=True
+    )
+
+
+def stop_probe(proc: subprocess.Popen) -> list[float]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return json.loads(out) if out.strip() else []
+
+
+def stop_load(proc: subprocess.Popen) -> dict:
+    """SIGTERM the load generator; its JSON report over the time it ran."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    lines = out.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"load.py printed nothing: {err[-2000:]}")
+    return json.loads(lines[-1])
+
+
+async def reset_all(srv: Server, n: int, inflight: int, poll: float, timeout: float) -> dict:
+    """POST .../reset?wait=0 to stations 0..n-1, at most `inflight` at once, each followed
+    with GET /v1.1/actions/{id} every `poll` s until its outcome is no longer pending.
+
+    One httpx.AsyncClient of one connection per in-flight slot, not one client of `inflight`
+    connections: httpcore's pool scans all its connections for every request it assigns
+    (`_assign_requests_to_connections`), and with 100 of them that scan, not the server, was
+    the time (profiled: 100 concurrent GETs answered at ~140/s, the server at 7% of a core)."""
+    sem = asyncio.Semaphore(inflight)
+    outcomes: Counter = Counter()
+    errors: list[str] = []
+    took: list[float] = []
+    post_ms: list[float] = []  # POST .../reset?wait=0 answered (202), per station
+    get_ms: list[float] = []  # each GET /v1.1/actions/{id}
+    polls = 0
+    async with contextlib.AsyncExitStack() as stack:
+        free = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=srv.api_url,
+                    timeout=30,
+                    headers={"Authorization": f"Bearer {srv.token}"},
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                )
+            )
+            for _ in range(inflight)
+        ]
+
+        async def one(i: int) -> None:
+            async with sem:  # at most `inflight` holders: a client is always free
+                client = free.pop()
+                try:
+                    await follow(client, i)
+                finally:
+                    free.append(client)
+
+        async def follow(client: httpx.AsyncClient, i: int) -> None:
+            nonlocal polls
+            t0 = time.perf_counter()
+            r = await client.post(
+                f"/v1.1/chargestations/{endpoint(i)}/reset", params={"wait": 0}, json={}
+            )
+            post_ms.append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 202:
+                outcomes[f"HTTP {r.status_code}"] += 1
+                errors.append(f"{endpoint(i)}: {r.status_code} {r.text[:200]}")
+                return
+            action = r.json()["result"]
+            while action.get("outcome") == "pending":
+                if time.perf_counter() - t0 > timeout:
+                    break
+                await asyncio.sleep(poll)
+                polls += 1
+                t = time.perf_counter()
+                r = await client.get(f"/v1.1/actions/{action['_id']}")
+                get_ms.append((time.perf_counter() - t) * 1000)
+                r.raise_for_status()
+                action = r.json()["result"]
+            took.append(time.perf_counter() - t0)
+            outcomes[action.get("outcome")] += 1
+            if action.get("outcome") != "succeeded":
+                errors.append(f"{endpoint(i)}: {json.dumps(action)[:300]}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        total = time.perf_counter() - t0
+    return {
+        "total_s": total,
+        "outcomes": outcomes,
+        "errors": errors,
+        "took": took,
+        "polls": polls,
+        "post_ms": post_ms,
+        "get_ms": get_ms,
+    }
+
+
+def bench_commands(quick: bool = False) -> Result:
+    n, requests, warm, poll = (50, 30, 5, 0.05) if quick else (1000, 300, 20, 0.1)
+    inflight = 10 if quick else RESET_INFLIGHT
+    res = Result(
+        "commands",
+        f"Commands: trigger_message round trip under load, and a reset of {n:,} stations",
+        command("commands", quick),
+        load=loadavg(),
+    )
+    rng = random.Random(1)
+    with (
+        workdir("commands") as root,
+        edrvctl_server(root, 2 * n) as srv,
+        srv.api() as api,
+        FleetProcess(srv.ocpp_url, n, root, reboot_delay=REBOOT_DELAY) as fleet,
+    ):
+        pid = srv.proc.pid
+        require_fleet(api, fleet, n, "commands")
+        load = start_load(srv.ocpp_url, n, n, pid)
+        try:
+            if not wait_for(lambda: online(api) >= 2 * n, 300):
+                raise RuntimeError(f"commands: the load's {n} stations did not all connect")
+            time.sleep(1 if quick else 3)  # the load's own warm-up, and its pace settles
+            log(f"commands: {n} simulated + {n} load stations online; {requests} triggers")
+            latencies, errors = [], []
+            with profiled(pid, "commands-trigger"):
+                c0, q0, t0 = cpu_s(pid), run_delay_s(pid), time.monotonic()
+                for i in range(warm + requests):
+                    path = f"/v1.1/chargestations/{endpoint(rng.randrange(n))}/trigger_message"
+                    t = time.perf_counter()
+                    r = api.post(path, params={"wait": 30}, json={"requestedMessage": "Heartbeat"})
+                    dt = (time.perf_counter() - t) * 1000
+                    if r.status_code != 201:
+                        errors.append(f"{r.status_code} {r.text[:200]}")
+                    if i >= warm:
+                        latencies.append(dt)
+                trigger_s = time.monotonic() - t0
+                trigger_cpu = 100 * (cpu_s(pid) - c0) / trigger_s
+                trigger_wait = run_delay_s(pid) - q0
+        finally:
+            bg = stop_load(load)
+        log(f"commands: load {bg['calls_per_s']} calls/s; resetting {n}, {inflight} in flight")
+        time.sleep(0.5 if quick else 2)  # the load's stations disconnect
+        reboots0 = fleet.status().get("reboots", 0)
+        with profiled(pid, "commands-reset"):
+            c0, f0, t0 = cpu_s(pid), cpu_s(fleet.proc.pid), time.monotonic()
+            me0, q0 = time.process_time(), run_delay_s(pid)
+            probe = start_probe(srv)
+            try:
+                rs = asyncio.run(reset_all(srv, n, inflight, poll, 60 if quick else 120))
+            finally:
+                probe_ms = stop_probe(probe)
+            wall = time.monotonic() - t0
+            reset_wait = run_delay_s(pid) - q0
+            reset_cpu = 100 * (cpu_s(pid) - c0) / wall
+            fleet_cpu = 100 * (cpu_s(fleet.proc.pid) - f0) / wall
+            client_cpu = 100 * (time.process_time() - me0) / wall
+        back = wait_for(
+            lambda: (
+                fleet.status().get("booted", 0) >= n
+                and fleet.status().get("reboots", 0) - reboots0 >= n
+            ),
+            30,
+        )
+        status = fleet.status()
+        online_after = online(api)
+    lat = latencies
+    p50, p90, p99 = (pct(lat, q) for q in (0.5, 0.9, 0.99))
+    took = sorted(rs["took"])
+    succeeded = rs["outcomes"].get("succeeded", 0)
+    reboots = status.get("reboots", 0) - reboots0
+    floor = n / inflight * (REBOOT_DELAY + 0.25)
+
+    def ms3(v: list[float]) -> str:
+        return " / ".join(f"{pct(v, q):.0f}" for q in (0.5, 0.9, 0.99)) + " ms" if v else "-"
+
+    res.figures = {
+        "stations": n,
+        "requests": len(lat),
+        "errors": len(errors),
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "max_ms": max(lat),
+        "mean_ms": statistics.mean(lat),
+        "trigger_server_cpu_pct": trigger_cpu,
+        "trigger_s": trigger_s,
+        "trigger_server_runqueue_s": trigger_wait,
+        "reset_server_runqueue_s": reset_wait,
+        "load_calls_per_s": bg["calls_per_s"],
+        "load_p50_ms": bg["p50_ms"],
+        "load_p99_ms": bg["p99_ms"],
+        "load_failed": bg["failed"],
+        "load_errors": bg["errors"],
+        "reset_s": rs["total_s"],
+        "reset_succeeded": succeeded,
+        "reset_outcomes": dict(rs["outcomes"]),
+        "reset_each_p50_s": pct(took, 0.5) if took else None,
+        "reset_each_p99_s": pct(took, 0.99) if took else None,
+        "reset_polls": rs["polls"],
+        "reset_post_p50_ms": pct(rs["post_ms"], 0.5) if rs["post_ms"] else None,
+        "reset_get_p50_ms": pct(rs["get_ms"], 0.5) if rs["get_ms"] else None,
+        "probe_p50_ms": pct(probe_ms, 0.5) if probe_ms else None,
+        "probe_requests": len(probe_ms),
+        "reset_server_cpu_pct": reset_cpu,
+        "reset_fleet_cpu_pct": fleet_cpu,
+        "reset_client_cpu_pct": client_cpu,
+        "reboots": reboots,
+        "booted_after": status.get("booted"),
+        "online_after": online_after,
+        "back": back,
+    }
+    outcome_text = ", ".join(f"{k} × {v:,}" for k, v in sorted(rs["outcomes"].items()))
+    res.rows = [
+        ("stations connected", f"{n:,} simulated (targets) + {n:,} load.py stations"),
+        (
+            "background load (load.py, paced)",
+            f"{n:,} stations × 1 call / {LOAD_INTERVAL:g} s: {bg['calls_per_s']:,.0f} calls/s "
+            f"answered, p50 {bg['p50_ms']} / "
+            f"p99 {bg['p99_ms']} ms; failed / errors {bg['failed']} / {bg['errors']}",
+        ),
+        (
+            "server during the trigger requests: CPU / waiting for a CPU (run queue)",
+            f"{trigger_cpu:.0f}% of one core / {trigger_wait:.1f} s of {trigger_s:.1f} s",
+        ),
+        ("trigger requests (after warm-up)", f"{len(lat)} (+{warm}), {len(errors)} not 201"),
+        ("trigger round trip p50 / p90 / p99", f"{p50:.1f} / {p90:.1f} / {p99:.1f} ms"),
+        ("trigger round trip max / mean", f"{max(lat):.1f} / {statistics.mean(lat):.1f} ms"),
+        (
+            f"reset of {n:,}, ≤ {inflight} in flight, until every outcome is known",
+            f"{rs['total_s']:.1f} s",
+        ),
+        ("reset outcomes", outcome_text),
+        (
+            "one reset, POST to outcome seen, p50 / p99",
+            f"{pct(took, 0.5):.2f} / {pct(took, 0.99):.2f} s" if took else "-",
+        ),
+        ("action polls (GET /v1.1/actions/{id})", f"{rs['polls']:,}, every {poll:g} s"),
+        ("reset client: POST ?wait=0 (202) p50 / p90 / p99", ms3(rs["post_ms"])),
+        ("reset client: GET /v1.1/actions/{id} p50 / p90 / p99", ms3(rs["get_ms"])),
+        (
+            "probe during the reset (own process, 1 GET at a time) p50 / p90 / p99",
+            f"{ms3(probe_ms)} ({len(probe_ms)} GETs)",
+        ),
+        (
+            "CPU during the reset: server / simulator / this client",
+            f"{reset_cpu:.0f}% / {fleet_cpu:.0f}% / {client_cpu:.0f}% of one core",
+        ),
+        ("server waiting for a CPU (run queue) during the reset", f"{reset_wait:.1f} s"),
+        (
+            "after: simulator reboots / booted / API online",
+            f"{reboots:,} / {status.get('booted'):,} / {online_after:,}",
+        ),
+    ]
+    res.checks = [
+        (f"trigger p50 under {TRIGGER_P50} ms: {p50:.1f} ms", p50 < TRIGGER_P50),
+        (f"trigger p99 under {TRIGGER_P99} ms: {p99:.1f} ms", p99 < TRIGGER_P99),
+        (f"every trigger answered 201: {len(errors)} not", not errors),
+        (
+            f"reset of {n:,} under {RESET_TARGET} s, every outcome succeeded: "
+            f"{rs['total_s']:.1f} s, {succeeded:,} of {n:,} succeeded",
+            rs["total_s"] < RESET_TARGET and succeeded == n,
+        ),
+        (
+            f"all back: {reboots:,} reboots, {status.get('booted'):,} booted, "
+            f"{online_after:,} online of {n:,}",
+            back and online_after >= n,
+        ),
+    ]
+    res.notes = [
+        (
+            "Trigger: sequential POST /v1.1/chargestations/{endpoint}/trigger_message?wait=30 "
+            '{"requestedMessage": "Heartbeat"} to random simulated stations over one kept-alive '
+            f"httpx client; the first {warm} are warm-up. Meanwhile {n:,} other stations "
+            f"(bench/load.py --interval {LOAD_INTERVAL:g}) each send one call of the "
+            "Heartbeat/StatusNotification/MeterValues/Heartbeat mix every "
+            f"{LOAD_INTERVAL:g} s (schedules spread at random), answered and stored."
+        ),
+        (
+            f"Reset: the load stopped first; POST .../reset?wait=0 (soft), then GET "
+            f"/v1.1/actions/{{id}} every {poll:g} s until outcome is not pending (succeeded = "
+            f"the station's new BootNotification was seen), an asyncio semaphore of {inflight} "
+            "around each station's POST and polls; one httpx.AsyncClient (one connection) per "
+            "slot. The probe: GET /v1.1/chargestations?paginate_limit=1 every 50 ms from a "
+            "process of its own, one at a time: the server's own answer time meanwhile."
+        ),
+        (
+            f"Simulator reboot_delay {REBOOT_DELAY:g} s (its default is 1 s; at 1 s the "
+            f"reset would take at least n / {inflight} × 1.25 s = {n / inflight * 1.25:.1f} s "
+            "whatever the server does). Each simulated station still waits RESET_GRACE "
+            f"0.25 s after answering before it closes: a simulator floor of {floor:.1f} s."
+        ),
+    ]
+    res.notes += [f"trigger error: {e}" for e in errors[:3]]
+    res.notes += [f"reset error: {e}" for e in rs["errors"][:3]]
+    if bg.get("first_error"):
+        res.notes.append(f"load error: {bg['first_error']}")
+    res.load += f" -> {loadavg()}"
+    return res
+
+
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "held": bench_held,
     "throughput": bench_throughput,
     "csconfig": bench_csconfig,
     "storm": bench_storm,
     "cli": bench_cli,
+    "commands": bench_commands,
 }
 COMPARED = ("held", "throughput", "csconfig")  # the benchmarks that take --before
 

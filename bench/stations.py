@@ -1,11 +1,13 @@
 """A fleet of simulated stations in a process of its own, for the benchmarks that need one.
 
     python bench/stations.py ws://127.0.0.1:9000 --count 10000 --status fleet.json \
-        [--heartbeat 60] [--backoff-max 2]
+        [--heartbeat 60] [--backoff-max 2] [--reboot-delay 1]
 
 Runs `edrvctl.simulator.run_fleet` until SIGTERM/SIGINT and rewrites the status file twice a
 second: the fleet's `summary()` as JSON, plus `started` (the `time.monotonic()` at which
-`run_fleet` was called; on Linux the same clock in every process). Stations are named as
+`run_fleet` was called; on Linux the same clock in every process) and `reboots` (resets the
+stations carried out, all told). `--reboot-delay` is the simulator's "boot time" after a
+Reset (its default, 1 s, unless given). Stations are named as
 bench/cli.py's `seed()` names them (BENCH000000, BENCH000001, ...: prefix "BENCH0" and the
 simulator's five digits from 0), so a seeded store knows them.
 
@@ -54,11 +56,15 @@ async def main(a: argparse.Namespace) -> None:
         heartbeat_interval_override=a.heartbeat,
         backoff_max=a.backoff_max,
         validate=False,
+        **({} if a.reboot_delay is None else {"reboot_delay": a.reboot_delay}),
     )
     status = Path(a.status)
     try:
         while not stop.is_set():
-            write_status(status, {"started": started, **fleet.summary().__dict__})
+            reboots = sum(st.stats.reboots for st in fleet.stations)
+            write_status(
+                status, {"started": started, "reboots": reboots, **fleet.summary().__dict__}
+            )
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
@@ -74,4 +80,5 @@ if __name__ == "__main__":
     ap.add_argument("--status", required=True, help="JSON file rewritten twice a second")
     ap.add_argument("--heartbeat", type=float, default=60, help="seconds between heartbeats")
     ap.add_argument("--backoff-max", type=float, default=2, help="reconnect backoff cap, s")
+    ap.add_argument("--reboot-delay", type=float, help="s from a Reset to reconnecting")
     asyncio.run(main(ap.parse_args()))

@@ -81,6 +81,19 @@ def test_cli():
     check_report(res)
 
 
+def test_commands():
+    res = bench.bench_commands(quick=True)
+    f = res.figures
+    assert f["requests"] == 30 and f["errors"] == 0
+    assert 0 < f["p50_ms"] <= f["p99_ms"] <= f["max_ms"]
+    assert positive(f["load_calls_per_s"]) and f["load_failed"] == f["load_errors"] == 0
+    assert positive(f["reset_s"]) and f["reset_succeeded"] == f["stations"] == 50
+    assert f["reset_outcomes"] == {"succeeded": 50} and f["reset_polls"] > 0
+    assert f["reboots"] == 50 and f["booted_after"] == f["online_after"] == 50 and f["back"]
+    assert f["probe_requests"] > 0 and f["trigger_server_runqueue_s"] >= 0
+    check_report(res)
+
+
 @pytest.mark.parametrize("argv", [["nope"], ["held", "--bogus"]])
 def test_bad_arguments(argv):
     with pytest.raises(SystemExit) as e:
