@@ -329,6 +329,20 @@ async def create(
     return record, plans
 
 
+def start(
+    fleet: Fleet,
+    record: dict,
+    plans: list[tuple[dict, list[commands.Command]]],
+    timeout: float = 30.0,
+    follow: bool = False,
+) -> asyncio.Task:
+    """`run` in the background, among the fleet's tasks; the caller may await the task."""
+    task = asyncio.ensure_future(run(fleet, record, plans, timeout, follow))
+    fleet._tasks.add(task)
+    task.add_done_callback(fleet._tasks.discard)
+    return task
+
+
 async def run(
     fleet: Fleet,
     record: dict,

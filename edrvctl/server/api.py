@@ -686,11 +686,7 @@ def create_app(fleet: Fleet, token: str, client_certs: bool = False) -> Envelope
             record["counts"]["requested"],
             " (dry run)" if body.dry_run else "",
         )
-        task = asyncio.ensure_future(
-            batch.run(fleet, record, plans, DEFAULT_WAIT if wait == 0 else wait, body.follow)
-        )
-        fleet._tasks.add(task)
-        task.add_done_callback(fleet._tasks.discard)
+        task = batch.start(fleet, record, plans, DEFAULT_WAIT if wait == 0 else wait, body.follow)
         if wait != 0 and not body.dry_run:
             await asyncio.shield(task)
         return envelope(record, _batch_message(record), 201 if record["finishedAt"] else 202)
