@@ -506,7 +506,7 @@ class BatchRequest(BaseModel):
     )
     data: Any = Field(None, description="the body the single-station route takes")
     max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 10
-    max_failures: Annotated[int, Field(ge=1)] | None = None
+    max_failures: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     dry_run: bool = False
     only_differences: bool = Field(
         False, description="configurations: send each station only the keys that differ"

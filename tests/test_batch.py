@@ -53,6 +53,10 @@ def test_selector_parsing_and_matching():
     assert batch.matches(doc, {"all": True})
     with pytest.raises(UsageError):
         batch.check_selector({})
+    with pytest.raises(UsageError):
+        batch.check_selector({"all": False})
+    with pytest.raises(UsageError):
+        batch.check_selector({"ids": []})
 
 
 def test_build_translates_per_version_and_checks_the_body():
@@ -69,6 +73,8 @@ def test_build_translates_per_version_and_checks_the_body():
     ]
     with pytest.raises(UsageError):
         batch.build("fly", {}, s16)
+    with pytest.raises(InvalidBody):
+        batch.build("configurations", {"A": {"nested": 1}}, s16)
 
 
 def test_differences_use_the_stored_csconfig():

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from edrvctl import model
 from edrvctl.errors import EdrvError, InvalidBody, NotFound, UsageError
@@ -71,6 +71,8 @@ def check_selector(selector: dict) -> None:
             )
         if not isinstance(value, str | bool):
             raise UsageError(f"selector {key}: give a text value (or true/false)")
+    if "all" in selector and selector["all"] is not True:
+        raise UsageError('selector all: give {"all": true} (or no "all")')
     ids = selector.get("ids")
     if ids is not None and (
         not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids)
@@ -128,6 +130,21 @@ def configure_commands(data: dict) -> list[commands.Configure]:
     ]
 
 
+_CONFIG = TypeAdapter(dict[model.ConfigKey, model.ConfigValue])
+
+
+def config_body(data: Any) -> dict:
+    """A configurations body as the single route takes it: {"Key": value, ...}."""
+    if not isinstance(data, dict):
+        raise InvalidBody('data: give {"Key": "value", ...}')
+    try:
+        return _CONFIG.validate_python(data, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidBody(f"data.{where}: {first['msg']}") from None
+
+
 def _parse(cls: type[BaseModel], data: Any) -> Any:
     try:
         return cls.model_validate(data if data is not None else {})
@@ -172,9 +189,7 @@ def build(type_: str, data: Any, station: dict) -> list[commands.Command]:
         b = _parse(model.GetDiagnosticsRequest, data)
         return [commands.GetDiagnostics(b.location, b.since, b.until, b.security)]
     if type_ in ("configurations", "set_configuration"):
-        if not isinstance(data, dict):
-            raise InvalidBody('data: give {"Key": "value", ...}')
-        return list(configure_commands(data))
+        return list(configure_commands(config_body(data)))
     raise UsageError(f"unknown batch type {type_!r}; types: {', '.join(TYPES)}")
 
 
@@ -261,6 +276,8 @@ async def create(
         raise UsageError("max_in_flight must be at least 1")
     if max_failures is not None and max_failures < 1:
         raise UsageError("max_failures must be at least 1")
+    if type_ in ("configurations", "set_configuration"):
+        data = config_body(data)
     docs = await select(fleet, selector)
     plans: list[tuple[dict, list[commands.Command]]] = []
     rows = []
