@@ -90,6 +90,34 @@ TREE: dict = {
        "value": false
       }
      }
+    },
+    "watch": {
+     "args": [
+      "value"
+     ],
+     "help": "Follow an action until its outcome is final, then print it (exit 5 failed, 7 timed out).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      },
+      "--station": {
+       "help": "The newest action of this station instead",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      }
+     }
     }
    },
    "help": "The commands sent to stations, and their ends.",
@@ -154,14 +182,21 @@ TREE: dict = {
     },
     "availability": {
      "args": [
-      "station",
       "value"
      ],
      "help": "Make the whole station, one EVSE or one connector operative or inoperative.",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
       "--connector": {
        "help": "The connector (1.6: connector n is EVSE n)",
        "value": true
+      },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
       },
       "--evse": {
        "help": "The EVSE (2.0.1)",
@@ -170,6 +205,14 @@ TREE: dict = {
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -186,6 +229,10 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
        "value": true
@@ -193,6 +240,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [
@@ -213,18 +264,33 @@ TREE: dict = {
     },
     "call": {
      "args": [
-      "station",
       "value"
      ],
      "help": "Send any CSMS-to-station OCPP action, its payload checked against the version's schema.",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
       "--data": {
        "help": "The payload: JSON, or @file to read it",
        "value": true
       },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -241,6 +307,10 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
        "value": true
@@ -252,6 +322,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [
@@ -276,9 +350,25 @@ TREE: dict = {
      ],
      "help": "Clear the station's authorization cache.",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -295,6 +385,10 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
        "value": true
@@ -302,6 +396,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [
@@ -376,14 +474,37 @@ TREE: dict = {
     },
     "configure": {
      "args": [
-      "station",
       "value"
      ],
      "help": "Change configuration keys, one at a time, each read back and stored in csconfig.",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
+      "--diff": {
+       "help": "With -f: show per station what differs; send nothing",
+       "value": false
+      },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
+      },
+      "--file": {
+       "help": "A baseline: a YAML (or JSON) mapping KEY: VALUE; only what differs from the stored csconfig is sent",
+       "value": true
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -400,13 +521,29 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--refresh": {
+       "help": "With -f: fetch the stations' keys first (get_variables)",
+       "value": false
+      },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-f": {
+       "help": "A baseline: a YAML (or JSON) mapping KEY: VALUE; only what differs from the stored csconfig is sent",
        "value": true
       },
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [
@@ -519,13 +656,29 @@ TREE: dict = {
      ],
      "help": "Send a vendor-specific DataTransfer; the station's answer is in the Action.",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
       "--data": {
        "help": "The data (text)",
        "value": true
       },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--message-id": {
        "help": "The messageId",
@@ -546,6 +699,10 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
        "value": true
@@ -557,6 +714,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [
@@ -908,6 +1069,14 @@ TREE: dict = {
      ],
      "help": "Reboot a station: 1.6 Soft (Hard with --hard); 2.0.1 OnIdle (Immediate with --hard).",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
+      },
       "--hard": {
        "help": "Reboot at once (1.6 Hard, 2.0.1 Immediate)",
        "value": false
@@ -915,6 +1084,14 @@ TREE: dict = {
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -931,6 +1108,10 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
        "value": true
@@ -946,6 +1127,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [
@@ -1016,14 +1201,21 @@ TREE: dict = {
     },
     "trigger": {
      "args": [
-      "station",
       "value"
      ],
      "help": "Ask the station to send a message now (TriggerMessage).",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
       "--connector": {
        "help": "The connector (1.6: connector n is EVSE n)",
        "value": true
+      },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
       },
       "--evse": {
        "help": "The EVSE (2.0.1)",
@@ -1032,6 +1224,14 @@ TREE: dict = {
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -1048,6 +1248,10 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
        "value": true
@@ -1059,6 +1263,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [
@@ -1083,9 +1291,17 @@ TREE: dict = {
      ],
      "help": "Unlock a connector (1.6: --connector N; 2.0.1: --evse N, connector 1 unless told).",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
       "--connector": {
        "help": "The connector (1.6: connector n is EVSE n)",
        "value": true
+      },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
       },
       "--evse": {
        "help": "The EVSE (2.0.1)",
@@ -1094,6 +1310,14 @@ TREE: dict = {
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -1110,6 +1334,10 @@ TREE: dict = {
        "help": "Print ids only",
        "value": false
       },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
+      },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
        "value": true
@@ -1117,6 +1345,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [

@@ -240,6 +240,15 @@ class Client:
             timeout=timeout + 10,
         )["result"]
 
+    # --- batches ---
+
+    def create_batch(self, body: dict) -> dict:
+        """Start a batch (the server answers at once, 202) or a dry run (201)."""
+        return self.request("POST", "/v1.1/actions/batch", params={"wait": 0}, body=body)["result"]
+
+    def get_batch(self, batch_id: str) -> dict:
+        return self.request("GET", f"/v1.1/actions/batch/{_seg(batch_id)}")["result"]
+
 
 def _seg(key: str) -> str:
     """A station's `_id` or endpoint as one path segment."""

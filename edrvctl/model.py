@@ -507,3 +507,28 @@ def upsert_connector(
     c.update(fields)
     c["updatedAt"] = now
     return c
+
+
+class BatchRequest(BaseModel):
+    """One command to many stations (fleet/batch.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    selector: dict[str, Any] = Field(
+        description="field=value pairs over the records (location, organization, manufacturer, "
+        'model, firmware, protocol, status, online, active, endpoint), {"ids": [...]}, or '
+        '{"all": true}'
+    )
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="the command: reset, unlock_connector, change_availability, "
+        "trigger_message, configurations, clear_cache, data_transfer, call, update_firmware, "
+        "get_diagnostics"
+    )
+    data: Any = Field(None, description="the body the single-station route takes")
+    max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 10
+    max_failures: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    dry_run: bool = False
+    only_differences: bool = Field(
+        False, description="configurations: send each station only the keys that differ"
+    )
+    follow: bool = Field(False, description="a station is done when its Action's outcome is")

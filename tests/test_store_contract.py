@@ -872,6 +872,7 @@ def test_actions_list_filters_pages_newest_first(store):
         action(two["_id"], status="failed", outcome="failed"),
         action(one["_id"], type="clear_cache", status="completed", outcome="succeeded"),
     ]
+    docs[1]["batch"] = docs[2]["batch"] = "b1"
 
     async def ids(**kw) -> tuple[list[str], int]:
         async with store.unit() as tx:
@@ -894,6 +895,8 @@ def test_actions_list_filters_pages_newest_first(store):
         )
         assert await ids(equals={"status": "failed"}) == ([docs[2]["_id"]], 1)
         assert await ids(equals={"outcome": "pending"}) == ([docs[0]["_id"]], 1)
+        assert await ids(equals={"batch": "b1"}) == ([docs[2]["_id"], docs[1]["_id"]], 2)
+        assert await ids(equals={"batch": "b2"}) == ([], 0)
         assert await ids(created_from=docs[1]["createdAt"], created_to=docs[2]["createdAt"]) == (
             [docs[2]["_id"], docs[1]["_id"]],
             2,

@@ -1,4 +1,4 @@
-"""`edrvctl actions`: list and inspect the Actions (every command sent to a station), and the
+"""`edrvctl actions`: list, inspect and watch the Actions (every command sent to a station), and the
 helpers every station command uses to send one, print it and follow it (`--wait`)."""
 
 from __future__ import annotations
@@ -269,3 +269,54 @@ def inspect(
     if wait:
         a = follow(client, a)
     output.dump(a, "json" if out == "json" else "yaml")
+
+
+@command()
+def watch(
+    action: Annotated[
+        str | None, typer.Argument(metavar="ACTION", help="The action's _id", show_default=False)
+    ] = None,
+    station: Annotated[
+        str | None,
+        typer.Option(
+            "--station", metavar="STATION", help="The newest action of this station instead"
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="FORMAT",
+            help="plain line (default), json or yaml",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Follow an action until its outcome is final, then print it (exit 5 failed, 7 timed out).
+
+    Examples:
+
+    \b
+      edrvctl actions watch 6650f1c2a1b2c3d4e5f60718
+      edrvctl actions watch --station edrv01
+    """
+    from edrvctl.cli.chargestations import _client
+    from edrvctl.errors import NotFound, UsageError
+
+    if (action is None) == (station is None):
+        raise UsageError("give an ACTION or --station STATION (one of them)")
+    client = _client()
+    if action is not None:
+        a = client.get_action(action)
+    else:
+        newest = list(client.list_actions({"chargestation": station}, 1))
+        if not newest:
+            raise NotFound(f"no action for chargestation {station!r}")
+        a = newest[0]
+    a = follow(client, a)
+    show(a, out if out in ("json", "yaml") else "plain")
+    error = failure(a)
+    if error is not None:
+        report(error)
+        raise typer.Exit(error.exit_code)

@@ -57,6 +57,8 @@ def _metavar(param: Any) -> str:
 
 
 def _usage_piece(param: Any) -> str:
+    if " " in _metavar(param):  # a whole usage of its own: "[STATION...] MESSAGE"
+        return _metavar(param)
     text = _metavar(param) + ("..." if param.nargs != 1 else "")
     return text if param.required else f"[{text}]"
 
@@ -67,6 +69,8 @@ def _help_record(param: Any, ctx: _click.Context) -> tuple[str, str] | None:
         return None
     _, help_text = record
     if param.param_type_name == "argument":
+        if " " in _metavar(param):
+            return _metavar(param), help_text
         return _metavar(param) + ("..." if param.nargs != 1 else ""), help_text
 
     def names(opts: list[str]) -> str:

@@ -530,6 +530,13 @@ def config(
 # --- operating stations: each command an Action (edrvctl.cli.actions) ------------------------
 
 from edrvctl.cli.actions import TimeoutOpt, WaitOpt  # noqa: E402
+from edrvctl.cli.bulk import (  # noqa: E402
+    AllOpt,
+    DryRunOpt,
+    MaxFailuresOpt,
+    MaxInFlightOpt,
+    SelectorOpt,
+)
 
 EvseOpt = Annotated[int | None, typer.Option("--evse", metavar="N", help="The EVSE (2.0.1)", min=0)]
 ConnectorOpt = Annotated[
@@ -565,9 +572,67 @@ def _act(
     run(_client(), method, _path(station, verb), body, _fmt(out, quiet), timeout, wait)
 
 
+Targets = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="The stations' _ids or endpoints (or -l / --all)",
+        metavar="STATION",
+        autocompletion=_complete_station,
+        show_default=False,
+    ),
+]
+
+
+def _operate(
+    stations: list[str],
+    bulk: tuple[str | None, bool, bool, int, int | None],
+    verb: str,
+    body: Any,
+    out: Format | None,
+    quiet: bool,
+    timeout: float,
+    wait: bool = False,
+    method: str = "POST",
+    confirm_verb: str | None = None,
+    yes: bool = False,
+) -> None:
+    """One station: the command, as always. Several, `-l`, `--all` or `--dry-run`: a batch
+    (cli/bulk.py), one row per station and a summary."""
+    from edrvctl.cli import bulk as bulk_
+
+    selector, all_, dry_run, max_in_flight, max_failures = bulk
+    if not bulk_.is_bulk(stations, selector, all_, dry_run):
+        if confirm_verb:
+            _confirm(confirm_verb, stations[0], yes)
+        _act(stations[0], verb, body, out, quiet, timeout, wait, method)
+        return
+    bulk_.run_batch(
+        _client(),
+        verb,
+        body,
+        stations,
+        selector,
+        all_,
+        dry_run,
+        max_in_flight,
+        max_failures,
+        _fmt(out, quiet),
+        wait,
+        confirm_verb,
+        yes,
+    )
+
+
+def _split_last(targets: list[str] | None, what: str) -> tuple[list[str], str]:
+    """`[STATION]... WHAT`: the stations and the last argument."""
+    if not targets:
+        raise UsageError(f"missing argument {what}")
+    return targets[:-1], targets[-1]
+
+
 @command()
 def reset(
-    station: Station,
+    stations: Targets = None,
     hard: Annotated[
         bool, typer.Option("--hard", help="Reboot at once (1.6 Hard, 2.0.1 Immediate)")
     ] = False,
@@ -576,6 +641,11 @@ def reset(
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Reboot a station: 1.6 Soft (Hard with --hard); 2.0.1 OnIdle (Immediate with --hard).
 
@@ -586,19 +656,36 @@ def reset(
     \b
       edrvctl cs reset edrv01 --yes
       edrvctl cs reset edrv01 --hard --wait --yes
+      edrvctl cs reset -l location=depot-north,model=X --max-in-flight 20 --wait --yes
     """
-    _confirm("reset", station, yes)
-    _act(station, "reset", {"hard": hard}, out, quiet, timeout, wait)
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    _operate(
+        stations or [],
+        bulk,
+        "reset",
+        {"hard": hard},
+        out,
+        quiet,
+        timeout,
+        wait,
+        confirm_verb="reset",
+        yes=yes,
+    )
 
 
 @command()
 def unlock(
-    station: Station,
+    stations: Targets = None,
     evse: EvseOpt = None,
     connector: ConnectorOpt = None,
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Unlock a connector (1.6: --connector N; 2.0.1: --evse N, connector 1 unless told).
 
@@ -608,7 +695,9 @@ def unlock(
       edrvctl cs unlock edrv01 --connector 1
       edrvctl cs unlock cp201 --evse 2
     """
-    _act(station, "unlock_connector", _where(evse, connector), out, quiet, timeout)
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    body = _where(evse, connector)
+    _operate(stations or [], bulk, "unlock_connector", body, out, quiet, timeout)
 
 
 class Availability(StrEnum):
@@ -618,15 +707,25 @@ class Availability(StrEnum):
 
 @command()
 def availability(
-    station: Station,
-    state: Annotated[
-        Availability, typer.Argument(metavar="operative|inoperative", help="The new state")
-    ],
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[STATION...] operative|inoperative",
+            help="The stations (or -l / --all), then the new state",
+            autocompletion=_complete_station,
+            show_default=False,
+        ),
+    ] = None,
     evse: EvseOpt = None,
     connector: ConnectorOpt = None,
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Make the whole station, one EVSE or one connector operative or inoperative.
 
@@ -638,27 +737,39 @@ def availability(
       edrvctl cs availability edrv01 inoperative --connector 2
       edrvctl cs availability cp201 operative
     """
+    stations, word = _split_last(targets, "operative|inoperative")
+    try:
+        state = Availability(word.lower())
+    except ValueError:
+        raise UsageError(f"{word!r} is not operative or inoperative") from None
     body = {"type": state.value.capitalize(), **_where(evse, connector)}
-    _act(station, "change_availability", body, out, quiet, timeout)
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    _operate(stations, bulk, "change_availability", body, out, quiet, timeout)
 
 
 @command()
 def trigger(
-    station: Station,
-    message: Annotated[
-        str,
+    targets: Annotated[
+        list[str] | None,
         typer.Argument(
-            metavar="MESSAGE",
-            help="What the station should send: BootNotification, Heartbeat, StatusNotification, "
-            "MeterValues, ... (its version's names)",
+            metavar="[STATION...] MESSAGE",
+            help="The stations (or -l / --all), then what they should send: BootNotification, "
+            "Heartbeat, StatusNotification, MeterValues, ... (their version's names)",
+            autocompletion=_complete_station,
+            show_default=False,
         ),
-    ],
+    ] = None,
     evse: EvseOpt = None,
     connector: ConnectorOpt = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Ask the station to send a message now (TriggerMessage).
 
@@ -670,24 +781,51 @@ def trigger(
       edrvctl cs trigger edrv01 Heartbeat --wait
       edrvctl cs trigger edrv01 StatusNotification --connector 1
     """
+    stations, message = _split_last(targets, "MESSAGE")
     body = {"requestedMessage": message, **_where(evse, connector)}
-    _act(station, "trigger_message", body, out, quiet, timeout, wait)
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    _operate(stations, bulk, "trigger_message", body, out, quiet, timeout, wait)
 
 
 @command()
 def configure(
-    station: Station,
-    settings: Annotated[
-        list[str],
+    targets: Annotated[
+        list[str] | None,
         typer.Argument(
-            metavar="SETTING",
-            help="KEY=VALUE, the key as `cs config` prints it (2.0.1: Component.Variable, "
-            "EVSE[1].Power)",
+            metavar="[STATION...] [SETTING...]",
+            help="The stations (or -l / --all), then KEY=VALUE settings, the key as `cs config` "
+            "prints it (2.0.1: Component.Variable, EVSE[1].Power)",
+            autocompletion=_complete_station,
+            show_default=False,
         ),
-    ],
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "-f",
+            "--file",
+            metavar="FILE",
+            help="A baseline: a YAML (or JSON) mapping KEY: VALUE; only what differs from the "
+            "stored csconfig is sent",
+            show_default=False,
+        ),
+    ] = None,
+    diff: Annotated[
+        bool,
+        typer.Option("--diff", help="With -f: show per station what differs; send nothing"),
+    ] = False,
+    refresh: Annotated[
+        bool,
+        typer.Option("--refresh", help="With -f: fetch the stations' keys first (get_variables)"),
+    ] = False,
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Change configuration keys, one at a time, each read back and stored in csconfig.
 
@@ -695,24 +833,98 @@ def configure(
     the value takes effect after `cs reset`. Exit 5 when a key is refused or reads back
     otherwise.
 
+    A baseline (`-f FILE`) sends each station only the keys whose stored value differs;
+    `--diff` shows them and sends nothing; `--refresh` reads the keys from the stations first.
+
     Examples:
 
     \b
       edrvctl cs configure edrv01 HeartbeatInterval=300 MeterValueSampleInterval=60
       edrvctl cs configure cp201 OCPPCommCtrlr.HeartbeatInterval=300
+      edrvctl cs configure -l model=X -f baseline.yaml --refresh --diff
     """
+    from edrvctl.cli import bulk as bulk_
+
+    stations = [t for t in targets or [] if "=" not in t]
     body: dict[str, str] = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
+    for item in targets or []:
+        if "=" not in item:
+            continue
+        key, _, value = item.partition("=")
+        if not key:
             raise UsageError(f"{item!r} is not KEY=VALUE")
         body[key] = value
-    _act(station, "configurations", body, out, quiet, timeout, method="PATCH")
+    if file is not None:
+        body = {**_baseline(file), **body}
+    elif diff or refresh:
+        raise UsageError("--diff and --refresh compare with a baseline: give -f FILE")
+    if not body:
+        raise UsageError("give at least one KEY=VALUE, or -f FILE")
+    if file is None and not bulk_.is_bulk(stations, selector, all_, dry_run):
+        _act(stations[0], "configurations", body, out, quiet, timeout, method="PATCH")
+        return
+    client = _client()
+    if refresh:
+        planned = client.create_batch(
+            {
+                "selector": bulk_.selector_of(stations, selector, all_),
+                "type": "configurations",
+                "data": body,
+                "dry_run": True,
+            }
+        )
+        for row in planned["stations"]:
+            try:
+                client.get_variables(row["chargestation"], list(body), timeout)
+            except EdrvError as e:
+                report(e)
+    bulk_.run_batch(
+        client,
+        "configurations",
+        body,
+        stations,
+        selector,
+        all_,
+        dry_run or diff,
+        max_in_flight,
+        max_failures,
+        _fmt(out, quiet),
+        only_differences=file is not None,
+    )
+
+
+def _baseline(path: str) -> dict[str, str]:
+    """A flat KEY: VALUE mapping from a YAML or JSON file; values as text (true/false)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f.read(1 << 20))
+    except OSError as e:
+        raise UsageError(f"cannot read {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not YAML: {e}") from None
+    if not isinstance(data, dict) or not data:
+        raise UsageError(f"{path}: give a mapping KEY: VALUE")
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        if isinstance(v, dict | list) or v is None:
+            raise UsageError(f"{path}: {k}: give a single value")
+        out[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
 
 
 @command("clear-cache")
 def clear_cache(
-    station: Station, timeout: TimeoutOpt = 30.0, out: OutputOpt = None, quiet: QuietOpt = False
+    stations: Targets = None,
+    timeout: TimeoutOpt = 30.0,
+    out: OutputOpt = None,
+    quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Clear the station's authorization cache.
 
@@ -721,13 +933,14 @@ def clear_cache(
     \b
       edrvctl cs clear-cache edrv01
     """
-    _act(station, "clear_cache", None, out, quiet, timeout)
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    _operate(stations or [], bulk, "clear_cache", None, out, quiet, timeout)
 
 
 @command("data-transfer")
 def data_transfer(
-    station: Station,
     vendor: Annotated[str, typer.Option("--vendor", metavar="V", help="The vendorId")],
+    stations: Targets = None,
     message_id: Annotated[
         str | None, typer.Option("--message-id", metavar="M", help="The messageId")
     ] = None,
@@ -735,6 +948,11 @@ def data_transfer(
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Send a vendor-specific DataTransfer; the station's answer is in the Action.
 
@@ -748,13 +966,21 @@ def data_transfer(
         body["messageId"] = message_id
     if data is not None:
         body["data"] = data
-    _act(station, "data_transfer", body, out, quiet, timeout)
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    _operate(stations or [], bulk, "data_transfer", body, out, quiet, timeout)
 
 
 @command()
 def call(
-    station: Station,
-    action: Annotated[str, typer.Argument(metavar="ACTION", help="An OCPP action, e.g. Reset")],
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[STATION...] ACTION",
+            help="The stations (or -l / --all), then an OCPP action, e.g. Reset",
+            autocompletion=_complete_station,
+            show_default=False,
+        ),
+    ] = None,
     data: Annotated[
         str,
         typer.Option(
@@ -764,6 +990,11 @@ def call(
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
     """Send any CSMS-to-station OCPP action, its payload checked against the version's schema.
 
@@ -789,7 +1020,10 @@ def call(
         raise UsageError(f"--data is not JSON: {e}") from None
     if not isinstance(payload, dict):
         raise UsageError("--data must be a JSON object")
-    _act(station, "call", {"action": action, "payload": payload}, out, quiet, timeout)
+    stations, action = _split_last(targets, "ACTION")
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    body = {"action": action, "payload": payload}
+    _operate(stations, bulk, "call", body, out, quiet, timeout)
 
 
 @command("update-firmware")

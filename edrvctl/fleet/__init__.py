@@ -139,6 +139,9 @@ class Fleet:
         self._uploads: dict[str, tuple[str, str]] = {}
         # OCPP request ids (remoteStartId, requestId): int32, distinct across restarts
         self._request_ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
+        from edrvctl.fleet.batch import Batches
+
+        self.batches = Batches()  # the last batch runs (fleet/batch.py), in memory
 
     # --- units of work ------------------------------------------------------------------------
 
@@ -465,7 +468,14 @@ class Fleet:
 
     # --- commands as Actions (fleet/actions.py) ------------------------------------------------
 
-    async def command(self, key: str, command: Command, timeout: float, wait: bool = True) -> dict:
+    async def command(
+        self,
+        key: str,
+        command: Command,
+        timeout: float,
+        wait: bool = True,
+        batch: str | None = None,
+    ) -> dict:
         """Send `command` to a live station as an Action, and return the Action.
 
         Before anything is recorded or sent: NotFound, Unavailable (offline, inactive, not
@@ -475,7 +485,8 @@ class Fleet:
         invalid answer), Timeout (no answer: outcome timed_out), Offline, Busy or Invalid.
         A long command stays outcome pending, followed through the station's messages until
         its end or its deadline (expire_actions). `wait=False`: return the Action as recorded
-        (status requested) and carry the command out in the background."""
+        (status requested) and carry the command out in the background. `batch`: the _id of
+        the batch (fleet/batch.py) it is part of, kept in the Action."""
         if type(command) not in actions.TYPES:
             raise UsageError(f"{type(command).__name__} is not an operation on a station")
         doc = await self.get(key)
@@ -489,6 +500,8 @@ class Fleet:
         limit = actions.DEADLINES.get(type(command))
         deadline = None if limit is None else _iso(time.time() + limit)
         action = actions.new_action(doc, command, now, deadline)
+        if batch is not None:
+            action["batch"] = batch
         async with self.store.unit() as tx:
             await tx.create_action(action)
         if limit is not None:  # followed from now: its first follow-up may beat the answer

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from edrvctl import __version__, model
 from edrvctl.errors import AuthError, Conflict, EdrvError, UsageError
-from edrvctl.fleet import Fleet, actions
+from edrvctl.fleet import Fleet, actions, batch
 from edrvctl.fleet import live as commands
 from edrvctl.server.files import Files
 from edrvctl.store import ACTION_FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery
@@ -111,6 +111,16 @@ def _action_message(action: dict) -> str:
             return f"{what} accepted, but failed: {error.get('description', '')}"
         return f"{what} {action['outcome']}"
     return f"{what} failed: {error.get('description') or error.get('code') or 'refused'}"
+
+
+def _batch_message(record: dict) -> str:
+    c = record["counts"]
+    if record["dryRun"]:
+        return f"dry run: {c['requested']} of {record['matched']} chargestation(s) would be sent {record['type']}"
+    return (
+        f"batch {record['_id']} {record['status']}: {c['requested']} requested, "
+        f"{c['completed']} completed, {c['failed']} failed, {c['skipped']} skipped"
+    )
 
 
 def _error(status: int, message: str) -> Response:
@@ -403,20 +413,8 @@ def create_app(
         wait: Wait = DEFAULT_WAIT,
     ) -> Response:
         body = body or model.ResetRequest()
-        hard = body.hard
-        if body.type is not None:
-            protocol = await protocol_of(id)
-            allowed = model.RESET_TYPES[protocol]
-            if body.type not in allowed:
-                raise UsageError(
-                    f"reset type {body.type!r} is not an {protocol} reset type; "
-                    f"use {' or '.join(allowed)} (or hard: true|false for either version)"
-                )
-            by_type = body.type == allowed[1]
-            if hard is not None and hard != by_type:
-                raise UsageError(f"reset type {body.type!r} and hard: {str(hard).lower()} differ")
-            hard = by_type
-        return await run(request, id, commands.Reset(bool(hard), body.evseId), wait)
+        command = batch.reset_command(body, await protocol_of(id) if body.type else "ocpp1.6")
+        return await run(request, id, command, wait)
 
     @app.post(
         "/v1.1/chargestations/{id}/unlock_connector",
@@ -661,6 +659,9 @@ def create_app(
         type: Annotated[str | None, Query(description="|".join(actions.TYPES.values()))] = None,
         status: Annotated[str | None, Query(description="|".join(ACTION_STATUSES))] = None,
         outcome: Annotated[str | None, Query(description="|".join(OUTCOMES))] = None,
+        batch: Annotated[
+            str | None, Query(max_length=64, description="the batch it was part of")
+        ] = None,
         paginate_enabled: bool = True,
         paginate_limit: Annotated[int, Query(ge=1, le=1000)] = 20,
         paginate_page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
@@ -687,6 +688,7 @@ def create_app(
                 ("type", type),
                 ("status", status),
                 ("outcome", outcome),
+                ("batch", batch),
             )
             if v is not None
         }
@@ -710,6 +712,43 @@ def create_app(
             hasPrevious=paginate_page > 1,
             total=total,
         )
+
+    @app.post(
+        "/v1.1/actions/batch",
+        dependencies=auth,
+        status_code=201,
+        summary="One command to many stations (a selector), paced, stopped after failures",
+    )
+    async def create_batch(
+        request: Request, body: model.BatchRequest, wait: Wait = DEFAULT_WAIT
+    ) -> Response:
+        record, plans = await batch.create(
+            fleet,
+            body.selector,
+            body.type,
+            body.data,
+            body.max_in_flight,
+            body.max_failures,
+            body.dry_run,
+            body.only_differences,
+        )
+        log.info(
+            "admin %s: batch %s %s on %d chargestation(s)%s",
+            admin(request),
+            record["_id"],
+            record["type"],
+            record["counts"]["requested"],
+            " (dry run)" if body.dry_run else "",
+        )
+        task = batch.start(fleet, record, plans, DEFAULT_WAIT if wait == 0 else wait, body.follow)
+        if wait != 0 and not body.dry_run:
+            await asyncio.shield(task)
+        return envelope(record, _batch_message(record), 201 if record["finishedAt"] else 202)
+
+    @app.get("/v1.1/actions/batch/{id}", dependencies=auth, summary="One batch, with counts")
+    async def get_batch(id: Annotated[str, Path(max_length=64)]) -> Response:
+        record = fleet.batches.get(id)
+        return envelope(record, _batch_message(record))
 
     @app.get("/v1.1/actions/{id}", dependencies=auth, summary="One Action")
     async def get_action(id: Annotated[str, Path(max_length=64)]) -> Response:

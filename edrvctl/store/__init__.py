@@ -28,7 +28,7 @@ class StationQuery:
     offset: int = 0
 
 
-ACTION_FILTER_FIELDS = ("chargestation", "type", "status", "outcome")
+ACTION_FILTER_FIELDS = ("chargestation", "type", "status", "outcome", "batch")
 
 
 @dataclass

@@ -733,7 +733,8 @@ class SqliteUnit:
                 raise UsageError(
                     f"cannot filter actions on {name!r}; fields: {', '.join(ACTION_FILTER_FIELDS)}"
                 )
-            where.append(f"{'station_id' if name == 'chargestation' else name} = ?")
+            column = {"chargestation": "station_id", "batch": "json_extract(doc, '$.batch')"}
+            where.append(f"{column.get(name, name)} = ?")
             args.append(value)
         if query.created_from is not None:
             where.append("createdAt >= ?")
