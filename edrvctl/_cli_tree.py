@@ -1455,11 +1455,19 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Update the station's firmware from a URL, or from a local file (--file).",
+     "help": "Update the stations' firmware from a URL, or from a local file (--file).",
      "options": {
+      "--all": {
+       "help": "Every station",
+       "value": false
+      },
       "--at": {
        "help": "When to download it (ISO-8601) default: now",
        "value": true
+      },
+      "--dry-run": {
+       "help": "List the stations that would be targeted; send nothing",
+       "value": false
       },
       "--file": {
        "help": "A local firmware file: uploaded to the server, which the station downloads it from (serve's files listener)",
@@ -1468,6 +1476,14 @@ TREE: dict = {
       "--help": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "--max-failures": {
+       "help": "Start no more stations once N have failed default: no limit",
+       "value": true
+      },
+      "--max-in-flight": {
+       "help": "At most N stations at once",
+       "value": true
       },
       "--output": {
        "choices": [
@@ -1483,6 +1499,10 @@ TREE: dict = {
       "--quiet": {
        "help": "Print ids only",
        "value": false
+      },
+      "--selector": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "--timeout": {
        "help": "Seconds to wait for the station's answer (the server waits at most 120)",
@@ -1503,6 +1523,10 @@ TREE: dict = {
       "-h": {
        "help": "Show this message and exit.",
        "value": false
+      },
+      "-l": {
+       "help": "Stations whose fields match: location, organization, manufacturer, model, firmware, protocol, status, online, active",
+       "value": true
       },
       "-o": {
        "choices": [

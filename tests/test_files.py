@@ -253,3 +253,31 @@ def test_uploaded_before_the_file_waits_for_the_file():
     step = actions.follow(other, "DiagnosticsStatusNotification", {"status": "Uploaded"})
     assert step is not None and step.outcome == "succeeded"
     assert "upload_token" not in actions.data_of(hosted.command)
+
+
+def test_one_firmware_file_to_several_stations_of_both_versions(server, api, cli_env, tmp_path):
+    """`-l`/several stations with --file: the file is uploaded once, and every station, 1.6
+    and 2.0.1, downloads it from the files listener and boots with a new version."""
+    stations = [online(server, proto) for proto in PROTOCOLS]
+    try:
+        fw = tmp_path / "fw-3.0.bin"
+        fw.write_bytes(b"\x7fFIRMWARE-3" + bytes(range(256)) * 50)
+        eps = [ep for ep, _ in stations]
+        r = ok(cli_env, "cs", "update-firmware", *eps, "--file", str(fw), "--wait", "--yes")
+        assert r.stderr.count("uploaded fw-3.0.bin") == 1, r.stderr
+        for ep in eps:
+            acts = answer(
+                api.get("/v1.1/actions", params={"chargestation": ep, "type": "update_firmware"}),
+                200,
+            )["result"]
+            assert len(acts) == 1 and acts[0]["outcome"] == "succeeded", acts
+            assert acts[0]["data"]["url"].endswith("/fw-3.0.bin")
+        # a batch of diagnostics needs a location (serve's upload target is per station)
+        r = api.post(
+            "/v1.1/actions/batch",
+            json={"selector": {"ids": eps}, "type": "get_diagnostics", "data": {}},
+        )
+        assert r.status_code == 400, r.text
+    finally:
+        for _, sim in stations:
+            sim.stop()

@@ -1028,7 +1028,7 @@ def call(
 
 @command("update-firmware")
 def update_firmware(
-    station: Station,
+    stations: Targets = None,
     url: Annotated[
         str | None,
         typer.Option("--url", metavar="URL", help="Where the station downloads the firmware"),
@@ -1051,8 +1051,13 @@ def update_firmware(
     timeout: TimeoutOpt = 30.0,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
+    selector: SelectorOpt = None,
+    all_: AllOpt = False,
+    dry_run: DryRunOpt = False,
+    max_in_flight: MaxInFlightOpt = 10,
+    max_failures: MaxFailuresOpt = None,
 ) -> None:
-    """Update the station's firmware from a URL, or from a local file (--file).
+    """Update the stations' firmware from a URL, or from a local file (--file).
 
     With --file, the file is uploaded to `edrvctl serve` (POST /v1.1/files), and the station
     is told to download it from serve's files listener (serve --files-port,
@@ -1064,22 +1069,32 @@ def update_firmware(
     \b
       edrvctl cs update-firmware edrv01 --file ./fw-2.1.bin --wait --yes
       edrvctl cs update-firmware edrv01 --url https://files.example.com/fw-2.1.bin --wait --yes
+      edrvctl cs update-firmware -l model=X --file ./fw-2.1.bin --max-in-flight 20 --yes
     """
     if (url is None) == (file is None):
         raise UsageError("give either --url URL or --file PATH")
-    _confirm("update the firmware of", station, yes)
-    client = _client()
     body: dict[str, Any] = {"location": url} if url else {}
-    if file is not None:
-        stored = client.upload_file(file)
+    if file is not None and not dry_run:  # uploaded once, whatever the number of stations
+        stored = _client().upload_file(file)
         output.info(f"uploaded {stored['name']} ({stored['size']} bytes) as file {stored['_id']}")
         body["file"] = stored["_id"]
+    elif file is not None:
+        body["location"] = "http://example.invalid/dry-run"  # nothing is sent in a dry run
     if at:
         body["retrieveDate"] = at
-    from edrvctl.cli.actions import run
-
-    path = _path(station, "update_firmware")
-    run(client, "POST", path, body, _fmt(out, quiet), timeout, wait)
+    bulk = (selector, all_, dry_run, max_in_flight, max_failures)
+    _operate(
+        stations or [],
+        bulk,
+        "update_firmware",
+        body,
+        out,
+        quiet,
+        timeout,
+        wait,
+        confirm_verb="update the firmware of",
+        yes=yes,
+    )
 
 
 @command()

@@ -722,11 +722,21 @@ def create_app(
     async def create_batch(
         request: Request, body: model.BatchRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
+        data = body.data
+        if body.type == "update_firmware" and isinstance(data, dict) and data.get("file"):
+            # an uploaded file: every station downloads it from the files listener
+            data = {k: v for k, v in data.items() if k != "file"}
+            data["location"] = hosting().firmware(str(body.data["file"]))["url"]
+        if body.type == "get_diagnostics" and not (isinstance(data, dict) and data.get("location")):
+            raise UsageError(
+                "a batch of get_diagnostics needs a location: serve's own upload target is "
+                "one station's (run `cs diagnostics` per station for it)"
+            )
         record, plans = await batch.create(
             fleet,
             body.selector,
             body.type,
-            body.data,
+            data,
             body.max_in_flight,
             body.max_failures,
             body.dry_run,
