@@ -219,7 +219,8 @@ def _remote_start(f: Follow, kind: str, info: dict) -> Step | None:
     if kind != "StartTransaction":
         return None
     c = f.command
-    assert isinstance(c, RemoteStart)
+    if not isinstance(c, RemoteStart):  # (followed only for its own command)
+        return None
     rid = info.get("remoteStartId")
     if rid is not None and c.remote_start_id is not None:
         if rid != c.remote_start_id:
@@ -235,7 +236,8 @@ def _remote_start(f: Follow, kind: str, info: dict) -> Step | None:
 
 def _remote_stop(f: Follow, kind: str, info: dict) -> Step | None:
     c = f.command
-    assert isinstance(c, RemoteStop)
+    if not isinstance(c, RemoteStop):  # (followed only for its own command)
+        return None
     if kind != "StopTransaction" or str(info.get("transactionId")) != c.transaction_id:
         return None
     return _done("Ended", reason=info.get("reason"))
@@ -243,7 +245,8 @@ def _remote_stop(f: Follow, kind: str, info: dict) -> Step | None:
 
 def _trigger(f: Follow, kind: str, info: dict) -> Step | None:
     c = f.command
-    assert isinstance(c, TriggerMessage)
+    if not isinstance(c, TriggerMessage):  # (followed only for its own command)
+        return None
     if kind == c.message or kind in TRIGGERED_BY.get(c.message, ()):
         return _done(kind)
     return None

@@ -543,7 +543,8 @@ def create_app(
         location = body.location
         if body.file is not None:
             location = hosting().firmware(body.file)["url"]
-        assert location is not None
+        if location is None:  # (the body model requires one of the two)
+            raise UsageError("give either location (a URL) or file (an uploaded file's _id)")
         command = commands.UpdateFirmware(location, body.retrieveDate)
         return await run(request, id, command, wait)
 
@@ -789,7 +790,7 @@ class EnvelopeTooLarge:
             and scope["method"] == "POST"
             and self.files is not None
         ):
-            await self._add_file(scope, receive, send)
+            await self._add_file(self.files, scope, receive, send)
             return
         replaced = False
 
@@ -816,12 +817,11 @@ class EnvelopeTooLarge:
 
         await self.app(scope, receive, send_enveloped)
 
-    async def _add_file(self, scope, receive, send) -> None:
+    async def _add_file(self, files: Files, scope, receive, send) -> None:
         from urllib.parse import parse_qs
 
         from edrvctl.server.files import Refused, _json
 
-        assert self.files is not None
         auth = [v for k, v in scope.get("headers") or [] if k == b"authorization"]
         if len(auth) != 1 or not hmac.compare_digest(auth[0], self.expected):
             await _json(
@@ -835,7 +835,7 @@ class EnvelopeTooLarge:
             if len(names) != 1:
                 raise Refused(400, "say the file's name: POST /v1.1/files?name=fw-2.1.bin")
             headers = dict(scope.get("headers") or [])
-            info = await self.files.add_firmware(names[0], headers, receive)
+            info = await files.add_firmware(names[0], headers, receive)
         except Refused as e:
             await _json(send, e.status, {"ok": False, "message": e.message, "result": None})
             return
