@@ -145,6 +145,35 @@ def config_body(data: Any) -> dict:
         raise InvalidBody(f"data.{where}: {first['msg']}") from None
 
 
+# A command whose body says all of it, whatever the station's version: body model -> command.
+# The single-station routes and batches build them here, one place.
+_COMMAND_OF: dict[type[BaseModel], Callable[[Any], commands.Command]] = {
+    model.UnlockConnectorRequest: lambda b: commands.UnlockConnector(
+        connector=b.connectorId, evse=b.evseId
+    ),
+    model.ChangeAvailabilityRequest: lambda b: commands.ChangeAvailability(
+        b.type == "Operative", evse=b.evseId, connector=b.connectorId
+    ),
+    model.TriggerMessageRequest: lambda b: commands.TriggerMessage(
+        b.requestedMessage, evse=b.evseId, connector=b.connectorId
+    ),
+    model.DataTransferRequest: lambda b: commands.DataTransfer(b.vendorId, b.messageId, b.data),
+    model.CallRequest: lambda b: commands.RawCall(b.action, b.payload),
+}
+SIMPLE_TYPES: dict[str, type[BaseModel]] = {
+    "unlock_connector": model.UnlockConnectorRequest,
+    "change_availability": model.ChangeAvailabilityRequest,
+    "trigger_message": model.TriggerMessageRequest,
+    "data_transfer": model.DataTransferRequest,
+    "call": model.CallRequest,
+}
+
+
+def command_of(body: BaseModel) -> commands.Command:
+    """The command a parsed request body stands for (the types in SIMPLE_TYPES)."""
+    return _COMMAND_OF[type(body)](body)
+
+
 def _parse(cls: type[BaseModel], data: Any) -> Any:
     try:
         return cls.model_validate(data if data is not None else {})
@@ -159,29 +188,12 @@ def build(type_: str, data: Any, station: dict) -> list[commands.Command]:
     protocol = station.get("protocol", "ocpp1.6")
     if type_ == "reset":
         return [reset_command(_parse(model.ResetRequest, data), protocol)]
-    if type_ == "unlock_connector":
-        b = _parse(model.UnlockConnectorRequest, data)
-        return [commands.UnlockConnector(connector=b.connectorId, evse=b.evseId)]
-    if type_ == "change_availability":
-        b = _parse(model.ChangeAvailabilityRequest, data)
-        return [
-            commands.ChangeAvailability(
-                b.type == "Operative", evse=b.evseId, connector=b.connectorId
-            )
-        ]
-    if type_ == "trigger_message":
-        b = _parse(model.TriggerMessageRequest, data)
-        return [commands.TriggerMessage(b.requestedMessage, evse=b.evseId, connector=b.connectorId)]
+    if type_ in SIMPLE_TYPES:
+        return [command_of(_parse(SIMPLE_TYPES[type_], data))]
     if type_ == "clear_cache":
         if data:
             raise InvalidBody("clear_cache takes no data")
         return [commands.ClearCache()]
-    if type_ == "data_transfer":
-        b = _parse(model.DataTransferRequest, data)
-        return [commands.DataTransfer(b.vendorId, b.messageId, b.data)]
-    if type_ == "call":
-        b = _parse(model.CallRequest, data)
-        return [commands.RawCall(b.action, b.payload)]
     if type_ == "update_firmware":
         b = _parse(model.UpdateFirmwareRequest, data)
         return [commands.UpdateFirmware(b.location, b.retrieveDate)]

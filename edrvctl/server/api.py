@@ -425,8 +425,7 @@ def create_app(
     async def unlock_connector(
         request: Request, id: Id, body: model.UnlockConnectorRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
-        command = commands.UnlockConnector(connector=body.connectorId, evse=body.evseId)
-        return await run(request, id, command, wait)
+        return await run(request, id, batch.command_of(body), wait)
 
     @app.post(
         "/v1.1/chargestations/{id}/change_availability",
@@ -437,10 +436,7 @@ def create_app(
     async def change_availability(
         request: Request, id: Id, body: model.ChangeAvailabilityRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
-        command = commands.ChangeAvailability(
-            body.type == "Operative", evse=body.evseId, connector=body.connectorId
-        )
-        return await run(request, id, command, wait)
+        return await run(request, id, batch.command_of(body), wait)
 
     @app.post(
         "/v1.1/chargestations/{id}/trigger_message",
@@ -451,10 +447,7 @@ def create_app(
     async def trigger_message(
         request: Request, id: Id, body: model.TriggerMessageRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
-        command = commands.TriggerMessage(
-            body.requestedMessage, evse=body.evseId, connector=body.connectorId
-        )
-        return await run(request, id, command, wait)
+        return await run(request, id, batch.command_of(body), wait)
 
     @app.patch(
         "/v1.1/chargestations/{id}/configurations",
@@ -517,8 +510,7 @@ def create_app(
     async def data_transfer(
         request: Request, id: Id, body: model.DataTransferRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
-        command = commands.DataTransfer(body.vendorId, body.messageId, body.data)
-        return await run(request, id, command, wait)
+        return await run(request, id, batch.command_of(body), wait)
 
     @app.post(
         "/v1.1/chargestations/{id}/call",
@@ -529,7 +521,7 @@ def create_app(
     async def call(
         request: Request, id: Id, body: model.CallRequest, wait: Wait = DEFAULT_WAIT
     ) -> Response:
-        return await run(request, id, commands.RawCall(body.action, body.payload), wait)
+        return await run(request, id, batch.command_of(body), wait)
 
     @app.post(
         "/v1.1/chargestations/{id}/update_firmware",
