@@ -29,7 +29,7 @@ from edrvctl.fleet.live import (
 from edrvctl.model import canonical_time, utcnow
 from edrvctl.ocppj import RpcError, schemas
 from edrvctl.ocppj.rpc import Handler
-from edrvctl.server.stations import StationSession
+from edrvctl.server.stations import StationSession, translated
 
 
 async def boot(s: StationSession, p: dict) -> dict:
@@ -221,10 +221,7 @@ TRANSLATIONS: dict[type, Any] = {
 
 def translate(command: Command) -> tuple[str, dict]:
     """A command in OCPP 1.6: (action, payload); UsageError if 1.6 cannot take it."""
-    fn = TRANSLATIONS.get(type(command))
-    if fn is None:
-        raise UsageError(f"{type(command).__name__} is not an OCPP 1.6 command here")
-    return fn(command)
+    return translated(TRANSLATIONS, "1.6", command)
 
 
 class Station16(StationSession):

@@ -34,7 +34,7 @@ from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
 from edrvctl.ocppj import RpcClosed
 from edrvctl.ocppj.rpc import Handler
 from edrvctl.server.ocpp16 import _data_transfer, heartbeat, kept_as_event, raw_call
-from edrvctl.server.stations import StationSession
+from edrvctl.server.stations import StationSession, translated
 
 
 def config_key(component: dict, variable: dict) -> str:
@@ -196,10 +196,7 @@ TRANSLATIONS: dict[type, Any] = {
 
 def translate(command: Command) -> tuple[str, dict]:
     """A command in OCPP 2.0.1: (action, payload); UsageError if 2.0.1 cannot take it."""
-    fn = TRANSLATIONS.get(type(command))
-    if fn is None:
-        raise UsageError(f"{type(command).__name__} is not an OCPP 2.0.1 command here")
-    return fn(command)
+    return translated(TRANSLATIONS, "2.0.1", command)
 
 
 async def boot(s: StationSession, p: dict) -> dict:

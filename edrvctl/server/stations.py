@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from websockets.exceptions import ConnectionClosed
@@ -54,6 +54,17 @@ def rpc_error_for(exc: Exception) -> RpcError:
         return RpcError("InternalError", exc.message)
     log.error("a station message handler failed", exc_info=exc)
     return RpcError("InternalError", "the central system failed to handle this request")
+
+
+def translated(
+    table: Mapping[type, Callable[[Any], tuple[str, dict]]], version: str, command: Command
+) -> tuple[str, dict]:
+    """`command` in one version's OCPP, by its translation table: (action, payload);
+    UsageError if the version has no translation for it (or, from the table, cannot take it)."""
+    fn = table.get(type(command))
+    if fn is None:
+        raise UsageError(f"{type(command).__name__} is not an OCPP {version} command here")
+    return fn(command)
 
 
 class StationSession:
