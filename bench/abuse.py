@@ -212,7 +212,7 @@ def stored(store: Path) -> dict:
     """What the store keeps: events and meter values (rows, bytes of JSON), the largest
     station record (endpoint, bytes)."""
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
-        ev = db.execute("SELECT count(*), coalesce(sum(length(doc)), 0) FROM events").fetchone()
+        ev = db.execute("SELECT count(*), coalesce(sum(length(doc)), 0) FROM event_log").fetchone()
         mv = db.execute(
             "SELECT count(*), coalesce(sum(length(doc)), 0) FROM meter_values"
         ).fetchone()
@@ -240,8 +240,7 @@ def record_of(store: Path, endpoint: str) -> dict:
 def events_of(store: Path, endpoint: str, kind: str) -> int:
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
         return db.execute(
-            "SELECT count(*) FROM events e JOIN chargestations c "
-            "ON e.station_id = c.id WHERE c.endpoint = ? AND e.kind = ?",
+            "SELECT count(*) FROM event_log WHERE endpoint = ? AND type = ?",
             (endpoint, kind),
         ).fetchone()[0]
 
@@ -749,7 +748,7 @@ async def flood_subprotocol(ctx: Ctx) -> None:
         return upgrade(f"/{ep}", protocol=(f"bogus{i:07d}-" + "p" * 7000)[:7000])
 
     got, n, took = await refused_upgrades(ctx, request, writers=8, limit=100_000)
-    kept = events_of(ctx.srv.store, ep, "ConnectionRefused")
+    kept = events_of(ctx.srv.store, ep, "chargestation.connection_refused")
     minutes = math.ceil(took / 60)
     ctx.figures.update(sent=n, seconds=took, answers=dict(got), refusals_kept=kept)
     ctx.rows += [
@@ -998,7 +997,7 @@ def stored_by(store: Path, endpoint: str) -> int:
             db.execute(
                 f"SELECT coalesce(sum(length(doc)), 0) FROM {t} WHERE station_id = ?", (sid,)
             ).fetchone()[0]
-            for t in ("events", "meter_values")
+            for t in ("event_log", "meter_values")
         )
 
 

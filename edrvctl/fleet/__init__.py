@@ -41,7 +41,7 @@ from edrvctl.errors import (
     Unavailable,
     UsageError,
 )
-from edrvctl.fleet import actions
+from edrvctl.fleet import actions, events
 from edrvctl.fleet.actions import Follow, Step
 from edrvctl.fleet.live import (
     ChangeAvailability,
@@ -54,13 +54,15 @@ from edrvctl.fleet.live import (
     RemoteStart,
     UpdateFirmware,
 )
-from edrvctl.store import ActionQuery, StationQuery, Store, Unit
+from edrvctl.store import ActionQuery, EventQuery, StationQuery, Store, Unit
 from edrvctl.timefmt import ago
 
 log = logging.getLogger("edrvctl.fleet")
 
 MAX_SAVE_TRIES = 5  # a record changed by another writer meanwhile is read and changed again
 MAX_REMEMBERED = 100_000  # memos keyed by something a station sends are cleared past this
+MAX_UNKNOWN = 1_000  # endpoints that tried to connect but are no station, kept (last seen)
+MAX_REASON = 200  # characters of a refusal's reason kept (it may quote what the client sent)
 # Slow password checks at once, on HASH_THREADS threads: each check holds ~8 MiB for ~50 ms,
 # and glibc keeps an arena per thread, so more threads only buy memory (2 cores).
 MAX_HASHING = 4
@@ -110,6 +112,9 @@ class Fleet:
         budgets: Budgets | None = None,
     ):
         self.store = store
+        # committed events, pushed to live readers (the event stream, webhooks, --watch)
+        self.feed = events.Feed()
+        store.on_events = self.feed.publish
         self.budgets = budgets or Budgets()
         # endpoint -> (UTC day, bytes kept that day); in memory: a restart forgives the day
         self._kept: dict[str, tuple[str, int]] = {}
@@ -157,12 +162,18 @@ class Fleet:
         return doc
 
     async def _change(
-        self, key: str, fn: Callable[[dict, str], Any], content: bool = True, message: bool = True
+        self,
+        key: str,
+        fn: Callable[[dict, str], Any],
+        content: bool = True,
+        message: bool = True,
+        event: str | None = None,
     ) -> tuple[dict, Any]:
         """Read a station, apply fn(doc, now), stamp it, save it, in one unit; read and apply
         again if another writer saved the record meanwhile. Returns (record, fn's result).
         `content`: the record's content changed (updatedAt); `message`: the station said
-        something (lastMessageAt)."""
+        something (lastMessageAt). `event`: the type of an event recorded with the change,
+        whose data is fn's result (none if that is None)."""
         for attempt in range(MAX_SAVE_TRIES):
             try:
                 async with self.store.unit() as tx:
@@ -182,6 +193,8 @@ class Fleet:
                     if content:
                         doc["updatedAt"] = now
                     await tx.save_station(doc)
+                    if event is not None and result is not None:
+                        await tx.add_event(doc["_id"], now, event, result, doc["endpoint"])
                 return doc, result
             except StaleRecord:
                 if attempt == MAX_SAVE_TRIES - 1:
@@ -288,6 +301,7 @@ class Fleet:
             await tx.create_station(doc)
             if hashed:
                 await tx.set_password_hash(doc["_id"], hashed, now)
+            await tx.forget_unknown(doc["endpoint"])
         return doc, password
 
     @staticmethod
@@ -504,6 +518,7 @@ class Fleet:
             action["batch"] = batch
         async with self.store.unit() as tx:
             await tx.create_action(action)
+            await self._action_event(tx, action, "requested")
         if limit is not None:  # followed from now: its first follow-up may beat the answer
             self._following.setdefault(endpoint, {})[action["_id"]] = Follow(
                 action["_id"],
@@ -621,14 +636,30 @@ class Fleet:
                     if action is None:
                         raise NotFound(f"action {action_id!r} not found")
                     now = model.utcnow()
+                    status, outcome = action["status"], action["outcome"]
                     fn(action, now)
                     action["updatedAt"] = now
                     await tx.save_action(action)
+                    if action["status"] != status:
+                        done = "accepted" if action["status"] == "completed" else "rejected"
+                        await self._action_event(tx, action, done)
+                    if action["outcome"] != outcome:
+                        await self._action_event(tx, action, action["outcome"])
                 return action
             except StaleRecord:
                 if attempt == MAX_SAVE_TRIES - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _action_event(tx: Unit, action: dict, stage: str) -> None:
+        await tx.add_event(
+            action["chargestation"],
+            action["updatedAt"],
+            events.action_type(action["type"], stage),
+            action,
+            action.get("endpoint"),
+        )
 
     def upload_target(self, token: str) -> str | None:
         """The _id of the followed action whose upload URL holds `token`; None once it has
@@ -773,23 +804,27 @@ class Fleet:
         doc = await self._read(endpoint)
         return doc if doc is not None and doc["endpoint"] == endpoint else None
 
-    async def connected(self, endpoint: str) -> None:
-        def apply(doc: dict, now: str) -> str:
+    async def connected(self, endpoint: str, info: dict | None = None) -> None:
+        """`info`: what the connection says of itself (address, subprotocol), for the event."""
+
+        def apply(doc: dict, now: str) -> dict:
             doc["online"] = True
             doc["lastConnectAt"] = now
-            return doc["_id"]
+            return info or {}
 
-        _, self._ids[endpoint] = await self._change(endpoint, apply, message=False)
+        doc, _ = await self._change(endpoint, apply, message=False, event=events.ONLINE)
+        self._ids[endpoint] = doc["_id"]
 
     async def disconnected(self, endpoint: str) -> None:
-        def apply(doc: dict, now: str) -> None:
+        def apply(doc: dict, now: str) -> dict:
             doc["online"] = False
             doc["lastDisconnectAt"] = now
+            return {}
 
         self._ids.pop(endpoint, None)
         self._statuses.pop(endpoint, None)
         try:
-            await self._change(endpoint, apply, message=False)
+            await self._change(endpoint, apply, message=False, event=events.OFFLINE)
         except NotFound:
             pass
         if endpoint in self._following:
@@ -805,12 +840,13 @@ class Fleet:
         past the websocket upgrade). Returns (registration status, heartbeat interval). An
         inactive station is told again that it is Inoperative, after this answer."""
 
-        def apply(doc: dict, now: str) -> None:
+        def apply(doc: dict, now: str) -> dict:
             doc["bootInfo"] = {k: v for k, v in boot_info.items() if v is not None}
             doc["manufacturer"] = boot_info.get("chargePointVendor")
             doc["model"] = boot_info.get("chargePointModel")
+            return doc["bootInfo"]
 
-        doc, _ = await self._change(endpoint, apply)
+        doc, _ = await self._change(endpoint, apply, event=events.BOOTED)
         if endpoint in self._following:
             await self._observe(endpoint, "BootNotification", boot_info)
         if not doc["active"] or doc.get("availabilityPending"):
@@ -838,7 +874,7 @@ class Fleet:
             self._touch(endpoint)  # stations repeat their status: no read, no write
             return
 
-        def apply(doc: dict, now: str) -> None:
+        def apply(doc: dict, now: str) -> dict:
             if evse_id == 0:
                 doc["stationStatus"] = status
             else:
@@ -847,8 +883,14 @@ class Fleet:
                     doc, evse_id, connector_id, now, status=status, errorCode=error_code, info=info
                 )
             doc["status"] = model.status_of(doc)
+            said = {"evseId": evse_id, "connectorId": connector_id, "status": status}
+            if error_code not in (None, "NoError"):
+                said["errorCode"] = error_code
+            if info:
+                said["info"] = info
+            return {**said, "stationStatus": doc["status"]}
 
-        await self._change(endpoint, apply)
+        await self._change(endpoint, apply, event=events.CONNECTOR_STATUS)
         # remembered only once committed: a retry after a failed commit is written again
         self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = said
 
@@ -1012,19 +1054,51 @@ class Fleet:
                 endpoint, "MeterValues", {"connector": connector, "transactionId": tx_key}
             )
 
-    async def record_event(
-        self, endpoint: str, kind: str, payload: dict, from_station: bool = True
-    ) -> None:
-        """Notifications kept as they came (firmware, diagnostics, security, ...), and things
-        the server saw happen to a station (from_station=False: not a message from it)."""
+    async def record_event(self, endpoint: str, action: str, payload: dict) -> None:
+        """A notification kept as the station sent it (firmware, diagnostics, security, ...),
+        as an event of its type (events.notification_type)."""
         sid = await self._station_id(endpoint)
-        if from_station:
-            self._charge(endpoint, payload)
-            self._touch(endpoint)
+        self._charge(endpoint, payload)
+        self._touch(endpoint)
         async with self.store.unit() as tx:
-            await tx.add_event(sid, model.utcnow(), kind, payload)
-        if from_station and endpoint in self._following:
-            await self._observe(endpoint, kind, payload)
+            await tx.add_event(
+                sid, model.utcnow(), events.notification_type(action), payload, endpoint
+            )
+        if endpoint in self._following:
+            await self._observe(endpoint, action, payload)
+
+    async def refused(self, endpoint: str, status: int, reason: str, info: dict) -> None:
+        """A known station's websocket upgrade was refused (`info`: address, subprotocols
+        offered): an event, and its record's `lastRefusal` (shown by `cs inspect`)."""
+
+        def apply(doc: dict, now: str) -> dict:
+            doc["lastRefusal"] = {"at": now, "status": status, "reason": reason[:MAX_REASON]}
+            return {**doc["lastRefusal"], **info}
+
+        await self._change(
+            endpoint, apply, content=False, message=False, event=events.CONNECTION_REFUSED
+        )
+
+    async def unknown(self, endpoint: str, info: dict, times: int = 1) -> None:
+        """An endpoint that is no station tried to connect `times` times (`info`: address,
+        subprotocols offered, reason): counted in the unknown list; an event when it is new
+        there."""
+        now = model.utcnow()
+        async with self.store.unit() as tx:
+            if await tx.seen_unknown(endpoint, now, info, times, MAX_UNKNOWN):
+                await tx.add_event(None, now, events.UNKNOWN, info, endpoint)
+
+    async def unknown_endpoints(self) -> list[dict]:
+        async with self.store.unit() as tx:
+            return await tx.unknown_endpoints()
+
+    async def list_events(self, query: EventQuery, station: str | None = None) -> list[dict]:
+        """Stored events (rows, fleet/events.py); `station`: an _id or an endpoint."""
+        if station is not None:
+            doc = await self._read(station)
+            query = dataclasses.replace(query, station_id=doc["_id"] if doc else station)
+        async with self.store.unit() as tx:
+            return await tx.list_events(query)
 
     async def mark_all_offline(self) -> int:
         """At start-up no station is connected here, whatever the last run left behind."""

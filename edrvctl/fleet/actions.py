@@ -140,6 +140,7 @@ def new_action(station: dict, command: Command, now: str, deadline: str | None) 
         "type": TYPES[type(command)],
         "status": "requested",
         "chargestation": station["_id"],
+        "endpoint": station["endpoint"],
         "connector": _connector_id(station, command),
         "data": data_of(command),
         "response_data": None,

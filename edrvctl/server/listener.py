@@ -4,8 +4,9 @@ speak, and the session's life from upgrade to close.
 Refusals happen before the upgrade, with an HTTP status and a one-line reason in the body:
 404 unknown endpoint, 400 no or wrong subprotocol, 401 missing or wrong password (with
 WWW-Authenticate), 403 TLS or a client certificate required / certificate for another identity,
-503 too many connections from one address. Each is logged (never with the secret), and kept as
-a `ConnectionRefused` event on a known station.
+503 too many connections from one address. Each is logged (never with the secret); a known
+station's is a `chargestation.connection_refused` event and its record's `lastRefusal`, an
+unknown endpoint's is counted in the list `edrvctl cs unknown` shows.
 """
 
 from __future__ import annotations
@@ -107,15 +108,17 @@ def certificate_identity(conn: ServerConnection) -> str | None:
 class Refusals:
     """Refused upgrades within a fixed budget of memory, log and store, whatever is sent.
 
-    A known station's refusal (wrong password, wrong subprotocol, ...) is logged and kept as a
-    `ConnectionRefused` event once a minute per (station, status, kind of reason). Everything else (unknown
-    endpoints, over-limit addresses) keeps no state per endpoint or address: the first of a
-    minute is logged in full, the rest are counted and summarised in one line a minute.
+    A refusal of an endpoint (a known station's wrong password, wrong subprotocol, ...; an
+    unknown endpoint) is kept in the store once a minute per (endpoint, status, kind of
+    reason), with the count of those not kept since. A known station's is logged then too;
+    everything else (unknown endpoints, over-limit addresses) is logged in full once a minute,
+    the rest counted and summarised in one line a minute.
     """
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self.kept: dict[tuple[str, int, str], float] = {}  # (endpoint, status, kind) -> when
+        # (endpoint, status, kind) -> (when last kept, refusals since, not kept)
+        self.kept: dict[tuple[str, int, str], tuple[float, int]] = {}
         self.window = time.monotonic()
         self.logged_in_window = False
         self.suppressed: Counter[int] = Counter()  # status -> refusals not logged
@@ -150,33 +153,46 @@ class Refusals:
             self.suppressed.clear()
 
     async def refused(
-        self, endpoint: str | None, status: int, address: str, reason: str, known: bool
+        self,
+        endpoint: str | None,
+        status: int,
+        address: str,
+        reason: str,
+        known: bool,
+        offered: list[str] | None = None,
     ) -> None:
-        if not known or endpoint is None:
+        if endpoint is None or status == 503:  # no identity, or not about this endpoint
             self.count(endpoint, status, address, reason)
             return
         # the reason's fixed start tells the kinds apart; what follows may quote the client
         key, now = (endpoint, status, reason[:32]), time.monotonic()
-        if now - self.kept.get(key, -REFUSAL_EVERY) < REFUSAL_EVERY:
+        last = self.kept.get(key)
+        if last is not None and now - last[0] < REFUSAL_EVERY:
+            self.kept[key] = (last[0], last[1] + 1)
             log.debug("refused %s again: %s", printable(endpoint, 60), status)
             return
         if len(self.kept) >= 100_000:
             self.kept.clear()
-        self.kept[key] = now
-        log.warning(
-            "refused %s from %s: %s %s",
-            printable(endpoint, 60),
-            printable(address),
-            status,
-            printable(reason, MAX_REASON),
-        )
-        try:  # kept for the admin, best effort: a full store must not fail the refusal
-            await self.fleet.record_event(
-                endpoint,
-                "ConnectionRefused",
-                {"status": status, "reason": reason[:MAX_REASON], "address": address},
-                from_station=False,
+        self.kept[key] = (now, 0)
+        repeats = last[1] if last is not None else 0
+        if known:
+            log.warning(
+                "refused %s from %s: %s %s%s",
+                printable(endpoint, 60),
+                printable(address),
+                status,
+                printable(reason, MAX_REASON),
+                f" ({repeats} more time(s) since the last line)" if repeats else "",
             )
+        else:
+            self.count(endpoint, status, address, reason)
+        info = {"address": address, "subprotocols": [p[:40] for p in (offered or [])[:8]]}
+        try:  # kept for the admin, best effort: a full store must not fail the refusal
+            if known:
+                await self.fleet.refused(endpoint, status, reason, info)
+            else:
+                info["reason"] = reason[:MAX_REASON]
+                await self.fleet.unknown(endpoint, info, 1 + repeats)
         except Exception as e:
             log.error("refusal of %s not recorded: %s", printable(endpoint, 60), e)
 
@@ -309,7 +325,10 @@ class Listener:
         reason: str,
         known: bool = False,
     ) -> Response:
-        await self.refusals.refused(endpoint, status, conn.remote_address[0], reason, known)
+        offered = offered_protocols(conn.request) if conn.request is not None else []
+        await self.refusals.refused(
+            endpoint, status, conn.remote_address[0], reason, known, offered
+        )
         response = conn.respond(status, printable(reason, MAX_REASON) + "\n")
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="edrvctl", charset="UTF-8"'

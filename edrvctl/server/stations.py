@@ -199,7 +199,11 @@ class Registry:
             )
             task.add_done_callback(self._closing.discard)
         try:
-            await self.fleet.connected(session.endpoint)
+            address = getattr(session.ws, "remote_address", None)
+            await self.fleet.connected(
+                session.endpoint,
+                {"protocol": session.protocol, "address": address[0] if address else None},
+            )
         except Exception:  # deleted between the upgrade and now, or the store failed
             if self._sessions.get(session.endpoint) is session:
                 del self._sessions[session.endpoint]

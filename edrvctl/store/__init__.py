@@ -9,6 +9,7 @@ two protocols (methods are async because that one really waits on the network).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -40,6 +41,19 @@ class ActionQuery:
     created_to: str | None = None  # createdAt <= this
     limit: int | None = 20  # None: no limit
     offset: int = 0
+
+
+@dataclass
+class EventQuery:
+    """Events oldest first, after `after` (a seq); `newest`: the latest `limit` of them."""
+
+    after: int = 0
+    station_id: str | None = None
+    types: tuple[str, ...] = ()  # globs (`session.*`); any of them
+    since: str | None = None  # createdAt >= this
+    until: str | None = None  # createdAt <= this
+    limit: int | None = 100  # None: no limit
+    newest: bool = False
 
 
 class Unit(Protocol):
@@ -74,12 +88,29 @@ class Unit(Protocol):
 
     async def password_hash(self, station_id: str) -> str | None: ...
 
-    async def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None: ...
+    async def add_event(
+        self,
+        station_id: str | None,
+        at: str,
+        type: str,
+        data: dict,
+        endpoint: str | None = None,
+    ) -> dict:
+        """Adds to the event log; returns the row (fleet/events.py), its `seq` set. Once the
+        unit has committed, the row is handed to the store's `on_events`."""
 
-    async def events(
-        self, station_id: str | None = None, kind: str | None = None, limit: int = 1000
-    ) -> list[dict]:
-        """The latest `limit` events, oldest first: {id, station_id, at, kind, payload}."""
+    async def list_events(self, query: EventQuery) -> list[dict]: ...
+
+    async def seen_unknown(
+        self, endpoint: str, at: str, info: dict, times: int, keep: int
+    ) -> bool:
+        """Counts `times` upgrades from an endpoint that is no station; True if new to the
+        list, which keeps the `keep` seen last."""
+
+    async def unknown_endpoints(self, limit: int | None = None) -> list[dict]:
+        """Last seen first: {endpoint, seen, firstSeenAt, lastSeenAt, ...info}."""
+
+    async def forget_unknown(self, endpoint: str) -> None: ...
 
     async def start_transaction(self, tx: dict) -> str:
         """Returns the tx_key; without one (OCPP 1.6) the new row's id becomes it."""
@@ -126,6 +157,9 @@ class Store(Protocol):
     def unit(self) -> AbstractAsyncContextManager[Unit]:
         """Exits only after a commit holding the unit's writes (or anything it read that was
         not yet committed); errors.StoreUnavailable if that commit failed."""
+
+    # called with the event rows of each commit, in seq order, once it is durable
+    on_events: Callable[[list[dict]], None] | None
 
     async def close(self) -> None:
         """Commits what is pending, then closes."""

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -40,6 +41,7 @@ from edrvctl.store import (
     FILTER_FIELDS,
     SORT_FIELDS,
     ActionQuery,
+    EventQuery,
     StationQuery,
 )
 
@@ -117,6 +119,40 @@ CREATE INDEX IF NOT EXISTS actions_created ON actions(createdAt);
 CREATE INDEX IF NOT EXISTS actions_station ON actions(station_id, createdAt);
 CREATE INDEX IF NOT EXISTS actions_outcome ON actions(outcome);
 """,
+    # 4: events with eDRV types (fleet/events.py), endpoints that tried but are not stations
+    """
+CREATE TABLE event_log (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    type        TEXT NOT NULL,
+    station_id  TEXT,
+    endpoint    TEXT,
+    at          TEXT NOT NULL,
+    doc         TEXT NOT NULL
+);
+INSERT INTO event_log (seq, type, station_id, endpoint, at, doc)
+    SELECT e.id,
+        CASE e.kind
+            WHEN 'ConnectionRefused' THEN 'chargestation.connection_refused'
+            WHEN 'FirmwareStatusNotification' THEN 'chargestation.firmware_status.updated'
+            WHEN 'DiagnosticsStatusNotification' THEN 'chargestation.log_status.updated'
+            WHEN 'LogStatusNotification' THEN 'chargestation.log_status.updated'
+            WHEN 'SecurityEventNotification' THEN 'chargestation.security_event'
+            ELSE 'chargestation.' || lower(e.kind)
+        END,
+        e.station_id, c.endpoint, e.at, e.doc
+    FROM events e LEFT JOIN chargestations c ON c.id = e.station_id;
+DROP TABLE events;
+CREATE INDEX event_log_station ON event_log(station_id, seq);
+CREATE INDEX event_log_at ON event_log(at);
+CREATE TABLE unknown_endpoints (
+    endpoint    TEXT PRIMARY KEY,
+    seen        INTEGER NOT NULL,
+    firstSeenAt TEXT NOT NULL,
+    lastSeenAt  TEXT NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX unknown_last ON unknown_endpoints(lastSeenAt);
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
@@ -159,10 +195,11 @@ def _unwritable(e: BaseException) -> StoreUnavailable:
 class _Batch:
     """Writes of finished units that one COMMIT makes durable, or that are lost together."""
 
-    __slots__ = ("done", "error", "waiters")
+    __slots__ = ("done", "error", "events", "waiters")
 
     def __init__(self) -> None:
         self.waiters: list[asyncio.Future] = []
+        self.events: list[dict] = []  # rows of its units' events, in seq order
         self.done = False
         self.error: str | None = None
 
@@ -189,6 +226,8 @@ class SqliteStore:
         self._batch: _Batch | None = None  # writes of finished units, not yet committed
         self._scheduled = False
         self._closed = False
+        # called with the event rows of each COMMIT, in seq order, once it succeeded
+        self.on_events: Callable[[list[dict]], None] | None = None
         try:
             self.db = self._connect(max_bytes)
         except (sqlite3.Error, OSError) as e:
@@ -326,8 +365,11 @@ class SqliteStore:
             if self._savepoint and db.in_transaction:  # else SQLite rolled it all back
                 if failed:
                     db.execute("ROLLBACK TO unit")
+                elif unit._events and self._batch is not None:
+                    self._batch.events.extend(unit._events)
                 db.execute("RELEASE unit")
         finally:
+            unit._events = None
             self._savepoint = False
             self._owner = self._owner_task = None
             self._lock.release()
@@ -395,6 +437,11 @@ class SqliteStore:
             error = "the store cannot be written: its transaction was rolled back"
         if batch is not None:
             batch.finish(error)
+            if error is None and batch.events and self.on_events is not None:
+                try:
+                    self.on_events(batch.events)
+                except Exception:
+                    log.exception("publishing committed events failed")
         return error
 
     async def _durable(self, batches: list[_Batch]) -> None:
@@ -410,13 +457,14 @@ class SqliteStore:
 
 
 class SqliteUnit:
-    __slots__ = ("_batches", "_db", "_revs", "_s")
+    __slots__ = ("_batches", "_db", "_events", "_revs", "_s")
 
     def __init__(self, store: SqliteStore):
         self._s = store
         self._db = store.db
         self._revs: dict[str, int] = {}  # _id -> rev, of the rows this unit read or wrote
         self._batches: list[_Batch] | None = None  # uncommitted writes it made or saw
+        self._events: list[dict] | None = None  # event rows it added (published once committed)
 
     async def __aenter__(self) -> Self:
         self._s._bind()
@@ -513,7 +561,7 @@ class SqliteUnit:
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         cur = s._run("DELETE FROM chargestations WHERE id = ?", (station_id,))
-        for table in ("transactions", "meter_values", "events", "credentials", "actions"):
+        for table in ("transactions", "meter_values", "event_log", "credentials", "actions"):
             s._run(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
         self._revs.pop(station_id, None)
         return cur.rowcount > 0
@@ -583,29 +631,117 @@ class SqliteUnit:
 
     # --- what stations report ---
 
-    async def add_event(self, station_id: str, at: str, kind: str, payload: dict) -> None:
+    async def add_event(
+        self,
+        station_id: str | None,
+        at: str,
+        type: str,
+        data: dict,
+        endpoint: str | None = None,
+    ) -> dict:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        s._run(
-            "INSERT INTO events (station_id, at, kind, doc) VALUES (?,?,?,?)",
-            (station_id, at, kind, _json(payload)),
+        cur = s._run(
+            "INSERT INTO event_log (type, station_id, endpoint, at, doc) VALUES (?,?,?,?,?)",
+            (type, station_id, endpoint, at, _json(data)),
         )
+        row = {
+            "seq": cur.lastrowid,
+            "type": type,
+            "chargestation": station_id,
+            "endpoint": endpoint,
+            "data": data,
+            "createdAt": at,
+        }
+        if self._events is None:
+            self._events = [row]
+        else:
+            self._events.append(row)
+        return row
 
-    async def events(
-        self, station_id: str | None = None, kind: str | None = None, limit: int = 1000
-    ) -> list[dict]:
-        where, args = _where(station_id=station_id, kind=kind)
+    async def list_events(self, query: EventQuery) -> list[dict]:
+        where: list[str] = ["seq > ?"]
+        args: list[object] = [query.after]
+        if query.station_id is not None:
+            where.append("station_id = ?")
+            args.append(query.station_id)
+        if query.types:
+            where.append("(" + " OR ".join("type GLOB ?" for _ in query.types) + ")")
+            args.extend(query.types)
+        if query.since is not None:
+            where.append("at >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("at <= ?")
+            args.append(query.until)
+        order = "DESC" if query.newest else "ASC"
         await self._read()
         rows = self._db.execute(
-            f"SELECT id, station_id, at, kind, doc FROM events{where} ORDER BY id DESC LIMIT ?",
-            (*args, limit),
+            "SELECT seq, type, station_id, endpoint, at, doc FROM event_log "
+            f"WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            (*args, -1 if query.limit is None else query.limit),
+        ).fetchall()
+        self._read_done()
+        if query.newest:
+            rows.reverse()
+        return [
+            {
+                "seq": seq,
+                "type": t,
+                "chargestation": sid,
+                "endpoint": ep,
+                "data": orjson.loads(d),
+                "createdAt": at,
+            }
+            for seq, t, sid, ep, at, d in rows
+        ]
+
+    async def seen_unknown(
+        self, endpoint: str, at: str, info: dict, times: int, keep: int
+    ) -> bool:
+        """Count `times` attempts of an endpoint that is no station; True if it is new to the
+        list. The list keeps the `keep` endpoints seen last."""
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run(
+            "UPDATE unknown_endpoints SET seen = seen + ?, lastSeenAt = ?, doc = ? "
+            "WHERE endpoint = ?",
+            (times, at, _json(info), endpoint),
+        )
+        if cur.rowcount:
+            return False
+        s._run(
+            "INSERT INTO unknown_endpoints (endpoint, seen, firstSeenAt, lastSeenAt, doc) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (endpoint, times, at, at, _json(info)),
+        )
+        s._run(
+            "DELETE FROM unknown_endpoints WHERE endpoint IN (SELECT endpoint FROM "
+            "unknown_endpoints ORDER BY lastSeenAt DESC LIMIT -1 OFFSET ?)",
+            (keep,),
+        )
+        return True
+
+    async def unknown_endpoints(self, limit: int | None = None) -> list[dict]:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT endpoint, seen, firstSeenAt, lastSeenAt, doc FROM unknown_endpoints "
+            "ORDER BY lastSeenAt DESC LIMIT ?",
+            (-1 if limit is None else limit,),
         ).fetchall()
         self._read_done()
         return [
-            {"id": i, "station_id": sid, "at": at, "kind": k, "payload": orjson.loads(d)}
-            for i, sid, at, k, d in reversed(rows)
+            {"endpoint": ep, "seen": n, "firstSeenAt": first, "lastSeenAt": last, **orjson.loads(d)}
+            for ep, n, first, last, d in rows
         ]
+
+    async def forget_unknown(self, endpoint: str) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        s._run("DELETE FROM unknown_endpoints WHERE endpoint = ?", (endpoint,))
 
     async def start_transaction(self, tx: dict) -> str:
         s = self._s
