@@ -1,7 +1,7 @@
 """The benchmark suite: runs one benchmark or all, and prints a Markdown section for each.
 
     python bench/run.py [held|throughput|csconfig|storm|cli|commands|all] [--quick] [--profile DIR]
-                        [--before REV]
+                        [--before REV] [--frame-log]
 
 held        10,000 simulated stations against one `edrvctl serve`: time until all are online,
             server RSS per station, server CPU at idle
@@ -27,6 +27,10 @@ csconfig also measure `edrvctl serve` started from it ("edrvctl@<short hash>", b
 the package this script imports (after), one after the other in every round; the tables get a
 column or row per version and the change after / before. Only the servers differ: the
 simulated stations and load.py are the same for both, from this tree.
+
+`throughput --frame-log` measures the cost of the frame log: this tree's `edrvctl serve` with
+`--frame-log off` and with `--frame-log all`, one after the other in every round (no bare or
+ocpp server), and checks that logging every frame keeps at least 85% of the calls/s.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -246,6 +251,7 @@ class Contender:
     bench: Path = HERE  # the directory holding the bench/cli.py whose seed() fills its stores
     about: str = ""  # which code it is, for the report
     rev: str = ""  # --before as given
+    flags: tuple[str, ...] = ()  # given to its `edrvctl serve`
 
     def phase(self, name: str) -> str:
         """A profile's file name: the current package's phases keep their plain names."""
@@ -393,6 +399,7 @@ def edrvctl_server(
         *NO_LIMITS,
         "--heartbeat-interval",
         str(HEARTBEAT),
+        *c.flags,
         *flags,
         store=store,
         env=tree_env(c.tree, hermetic_env(root)),
@@ -726,14 +733,28 @@ def stored_meter_values(store: Path) -> int | None:
             return None
 
 
-def bench_throughput(quick: bool = False, before: Contender | None = None) -> Result:
+def frame_log_contenders() -> list[Contender]:
+    """--frame-log: the current edrvctl twice, with the frame log off and with every frame."""
+    c = current()
+    return [
+        dataclasses.replace(
+            c, key="off", label="edrvctl --frame-log off", flags=("--frame-log", "off")
+        ),
+        dataclasses.replace(c, label="edrvctl --frame-log all", flags=("--frame-log", "all")),
+    ]
+
+
+def bench_throughput(
+    quick: bool = False, before: Contender | None = None, frame_log: bool = False
+) -> Result:
     sizes, rounds, seconds, warmup = ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
-    trees = edrvctls(before)
-    contenders = [BARE, OCPP, *trees]
+    trees = frame_log_contenders() if frame_log else edrvctls(before)
+    contenders = trees if frame_log else [BARE, OCPP, *trees]
     res = Result(
         "throughput",
-        "Message throughput: Heartbeat/StatusNotification/MeterValues as fast as answered",
-        command("throughput", quick, before),
+        "Message throughput: Heartbeat/StatusNotification/MeterValues as fast as answered"
+        + (", with the frame log off and on" if frame_log else ""),
+        command("throughput", quick, before) + (" --frame-log" if frame_log else ""),
         load=loadavg(),
         versions=versions(before),
         header=(
@@ -802,6 +823,21 @@ def bench_throughput(quick: bool = False, before: Contender | None = None) -> Re
             )
             for metric in ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call"):
                 res.figures[f"{c.key}_{n}_{metric}"] = med(c.key, n, metric)
+        if frame_log:
+            rate = med("edrvctl", n, "calls_per_s") / med("off", n, "calls_per_s")
+            cpu = med("edrvctl", n, "server_cpu_us_per_call") / med(
+                "off", n, "server_cpu_us_per_call"
+            )
+            res.figures[f"frame_log_rate_{n}"], res.figures[f"frame_log_cpu_{n}"] = rate, cpu
+            res.rows.append(("all / off", n, f"{rate:.2f}×", "", "", f"{cpu:.2f}×", "", "", "", ""))
+            res.checks.append(
+                (
+                    f"{n} stations: with every frame logged, {100 * rate:.0f}% of the calls/s "
+                    f"with the log off (target >= 85%); server CPU per call {cpu:.2f}×",
+                    rate >= 0.85,
+                )
+            )
+            continue
         if before:  # the change, after / before, of each median
             res.rows.append(
                 (
@@ -846,7 +882,7 @@ def bench_throughput(quick: bool = False, before: Contender | None = None) -> Re
                     ratio >= was,
                 )
             )
-    res.notes = [
+    res.notes += [
         (
             f"{rounds} round(s), each {' -> '.join(c.label for c in contenders)}, a fresh server "
             f"per round; each run {warmup:g} s warm-up + {seconds:g} s measured (bench/load.py); "
@@ -1486,9 +1522,17 @@ def main(argv: list[str] | None = None) -> list[Result]:
         help="a git revision (main~5, a hash): its edrvctl/ is measured too, beside "
         f"the current one, in {', '.join(COMPARED)}",
     )
+    ap.add_argument(
+        "--frame-log",
+        action="store_true",
+        help="throughput only: edrvctl with `serve --frame-log off` and `all`, side by side in "
+        "every round (instead of bare, ocpp and edrvctl)",
+    )
     a = ap.parse_args(argv)
     if a.before and a.which not in (*COMPARED, "all"):
         ap.error(f"--before applies to {', '.join(COMPARED)} (and all)")
+    if a.frame_log and (a.which != "throughput" or a.before):
+        ap.error("--frame-log applies to throughput, without --before")
     PROFILE_DIR = a.profile
     import resource
 
@@ -1507,7 +1551,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
         for name in names:
             log(f"{name} ...")
             t0 = time.monotonic()
-            kwargs = {"before": before} if name in COMPARED else {}
+            kwargs: dict = {"before": before} if name in COMPARED else {}
+            if a.frame_log:
+                kwargs["frame_log"] = True
             results.append(BENCHMARKS[name](quick=a.quick, **kwargs))
             print(results[-1].markdown(), flush=True)
             log(f"{name} done in {time.monotonic() - t0:.0f} s")

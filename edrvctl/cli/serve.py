@@ -148,6 +148,20 @@ def serve(
     max_report_mb: Annotated[
         float, typer.Option(help="MB of one assembled 2.0.1 report (GetBaseReport)", min=0.001)
     ] = 8,
+    frame_log: Annotated[
+        str,
+        typer.Option(
+            help="Keep every OCPP frame in and out (all), only CALLERRORs and invalid frames "
+            "with the CALLs they answer (errors), or none (off): `edrvctl logs`",
+            metavar="all|errors|off",
+        ),
+    ] = "all",
+    frames_per_station: Annotated[
+        int, typer.Option(help="Frames kept per station (its newest)", min=0, metavar="N")
+    ] = 10_000,
+    frames_days: Annotated[
+        float, typer.Option(help="Days a frame is kept at most", min=0.0001, metavar="DAYS")
+    ] = 7,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
     log_format: Annotated[str, typer.Option(help="text | json")] = "text",
 ) -> None:
@@ -185,6 +199,8 @@ def serve(
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
     if log_format not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--log-format")
+    if frame_log not in ("all", "errors", "off"):
+        raise typer.BadParameter("use all, errors or off", param_hint="--frame-log")
     setup_logging(log_level.upper(), log_format)
     log = logging.getLogger("edrvctl.serve")
     try:
@@ -230,6 +246,9 @@ def serve(
             files_port=files_port,
             public_files_url=public_files_url,
             max_upload_bytes=int(max_upload_mb * (1 << 20)),
+            frame_log=frame_log,
+            frames_per_station=frames_per_station,
+            frames_days=frames_days,
             budgets=Budgets(
                 connectors=max_connectors,
                 stored_per_day=int(max_stored_mb_per_day * (1 << 20)),

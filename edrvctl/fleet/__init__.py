@@ -41,7 +41,7 @@ from edrvctl.errors import (
     Unavailable,
     UsageError,
 )
-from edrvctl.fleet import actions, events
+from edrvctl.fleet import actions, events, frames
 from edrvctl.fleet.actions import Follow, Step
 from edrvctl.fleet.live import (
     ChangeAvailability,
@@ -115,6 +115,8 @@ class Fleet:
         # committed events, pushed to live readers (the event stream, webhooks, --watch)
         self.feed = events.Feed()
         store.on_events = self.feed.publish
+        # every OCPP frame in and out, per station (serve configures it; fleet/frames.py)
+        self.frames = frames.FrameLog(store)
         self.budgets = budgets or Budgets()
         # endpoint -> (UTC day, bytes kept that day); in memory: a restart forgives the day
         self._kept: dict[str, tuple[str, int]] = {}

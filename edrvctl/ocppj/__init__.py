@@ -8,6 +8,7 @@ from edrvctl.ocppj.rpc import (
     Rpc,
     RpcClosed,
     TokenBucket,
+    Trace,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "RpcClosed",
     "RpcError",
     "TokenBucket",
+    "Trace",
 ]

@@ -10,18 +10,23 @@ socket closes, every pending and queued CALL fails at once.
 Handlers must not await a CALL to the same peer (the reader would wait on itself): start such
 follow-ups as tasks. Every payload is validated against the official schema, the peer's and our
 own, so an invalid frame is never sent.
+
+An observer (`trace`) sees every frame in and out as a `Trace`, the text as read or sent: each
+answer names the action of the CALL it answers and the time since that CALL. Without one, a
+frame costs a single `is None` test more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from edrvctl.ocppj import frames, schemas
-from edrvctl.ocppj.frames import Call, CallError, FrameError, RpcError
+from edrvctl.ocppj.frames import CALL, CALLERROR, CALLRESULT, Call, CallError, FrameError, RpcError
 
 log = logging.getLogger("edrvctl.ocppj")
 WARN_EVERY = 60.0  # seconds between two logged malformed frames of one connection
@@ -29,6 +34,29 @@ WARN_EVERY = 60.0  # seconds between two logged malformed frames of one connecti
 # A handler gets the Rpc's `peer` object (whatever the owner keeps per connection) and the
 # payload as sent; tables are built once per class, so a connection costs no bound methods.
 Handler = Callable[[Any, dict], dict | Awaitable[dict]]
+
+
+IN, OUT = "in", "out"  # a frame from the peer, or to it
+INVALID = 0  # Trace.kind of a frame that is not a valid OCPP-J message
+KINDS = {INVALID: "INVALID", CALL: "CALL", CALLRESULT: "CALLRESULT", CALLERROR: "CALLERROR"}
+
+
+class Trace(NamedTuple):
+    """One frame, in or out, as the observer given to `Rpc(trace=...)` sees it."""
+
+    at: float  # time.time() when it was read or sent
+    direction: str  # IN (from the peer) or OUT (to it)
+    kind: int  # frames.CALL, CALLRESULT or CALLERROR; INVALID: not an OCPP-J message
+    id: str  # its message id ("-1" when an invalid frame's cannot be read)
+    action: str | None  # a CALL's; an answer's is its CALL's (None: it answers no CALL known)
+    size: int  # bytes
+    latency: float | None  # an answer's: seconds since its CALL was read or sent
+    error: str | None  # a CALLERROR's code; an invalid frame's: the code it is answered with
+    text: str | bytes  # as read or sent; "" when refused unread (past the peer's rate budget)
+
+
+def _size(raw: str | bytes) -> int:
+    return len(raw) if type(raw) is bytes or raw.isascii() else len(raw.encode())  # type: ignore[union-attr]
 
 
 class Socket(Protocol):
@@ -87,6 +115,7 @@ def internal_error(exc: Exception) -> RpcError:
 
 class Rpc:
     __slots__ = (
+        "_calling",
         "_known",
         "_order",
         "_pending",
@@ -99,6 +128,7 @@ class Rpc:
         "name",
         "on_error",
         "peer",
+        "trace",
         "version",
         "ws",
     )
@@ -114,6 +144,7 @@ class Rpc:
         max_queued: int = 16,
         bucket: TokenBucket | None = None,
         on_error: Callable[[Exception], RpcError] = internal_error,
+        trace: Callable[[Trace], None] | None = None,
     ) -> None:
         self.ws = ws
         self.version = version
@@ -129,12 +160,15 @@ class Rpc:
         self._queued = 0
         self._known = schemas.actions(version)
         self._warned = -WARN_EVERY
+        self.trace = trace  # called with every frame in and out (a Trace)
+        self._calling: tuple[str, str, float] = ("", "", 0.0)  # our CALL in flight: id, action, t0
 
     # --- the peer's frames ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Read frames until the socket closes (returns, or raises the socket's error)."""
         loop = asyncio.get_running_loop()
+        trace = self.trace
         try:
             async for raw in self.ws:
                 try:
@@ -143,24 +177,90 @@ class Rpc:
                     # garbage costs the sender's budget too; past it, it is answered with the
                     # rate-limit error, not examined or logged
                     if self._within_budget(loop):
+                        if trace is not None:
+                            self._traced(raw, INVALID, e.message_id, None, e.code, True)
                         self._malformed(raw, e, loop.time())
-                        await self._send(frames.encode_error(e.message_id, e, self.version))
+                        await self._send_error(e.message_id, e)
                     else:
+                        if trace is not None:
+                            self._traced(raw, INVALID, e.message_id, None, e.code, False)
                         await self._send_error(e.message_id, self._over_rate())
                     continue
                 if type(msg) is Call:
                     if self._within_budget(loop):
-                        await self._answer(msg)
+                        if trace is not None:
+                            trace(
+                                Trace(
+                                    time.time(),
+                                    IN,
+                                    CALL,
+                                    msg.id,
+                                    msg.action,
+                                    _size(raw),
+                                    None,
+                                    None,
+                                    raw,
+                                )
+                            )
+                            await self._answer(msg, time.monotonic())
+                        else:
+                            await self._answer(msg)
                     else:  # refused at once: a flooding peer costs no memory
-                        await self._send_error(msg.id, self._over_rate())
+                        if trace is not None:
+                            self._traced(raw, CALL, msg.id, msg.action, None, False)
+                            await self._send_error(
+                                msg.id, self._over_rate(), msg.action, time.monotonic()
+                            )
+                        else:
+                            await self._send_error(msg.id, self._over_rate())
                     continue
                 fut = self._pending.pop(msg.id, None)
                 if fut is not None and not fut.done():
+                    if trace is not None:
+                        self._traced_answer(raw, msg, True)
                     fut.set_result(msg)  # the answer we wait for is never refused
                 elif self._within_budget(loop):
+                    if trace is not None:
+                        self._traced_answer(raw, msg, True)
                     log.debug("%s: dropped a reply nobody waits for: %.100r", self.name, raw)
+                elif trace is not None:
+                    self._traced_answer(raw, msg, False)
         finally:
             self.close()
+
+    def _traced(
+        self,
+        raw: str | bytes,
+        kind: int,
+        mid: str,
+        action: str | None,
+        error: str | None,
+        keep: bool,
+    ) -> None:
+        """Trace a frame read (`keep`: with its text, else refused unread)."""
+        if error is not None:
+            error = frames.spelled(error, self.version)
+        self.trace(  # type: ignore[misc]
+            Trace(time.time(), IN, kind, mid, action, _size(raw), None, error, raw if keep else "")
+        )
+
+    def _traced_answer(self, raw: str | bytes, msg: Any, keep: bool) -> None:
+        """Trace an answer read: to our CALL in flight, or to none we know of."""
+        mid, action, t0 = self._calling
+        known = mid == msg.id
+        self.trace(  # type: ignore[misc]
+            Trace(
+                time.time(),
+                IN,
+                CALLERROR if type(msg) is CallError else CALLRESULT,
+                msg.id,
+                action if known else None,
+                _size(raw),
+                time.monotonic() - t0 if known else None,
+                msg.code if type(msg) is CallError else None,
+                raw if keep else "",
+            )
+        )
 
     def _over_rate(self) -> RpcError:
         rate = self.bucket.rate if self.bucket else 0
@@ -184,8 +284,8 @@ class Rpc:
         else:
             log.debug("%s: malformed frame %.200r: %s", self.name, raw, e.cause)
 
-    async def _answer(self, call: Call) -> None:
-        """Run one CALL and send exactly one reply."""
+    async def _answer(self, call: Call, since: float = 0.0) -> None:
+        """Run one CALL and send exactly one reply (`since`: when it was read, when traced)."""
         handler = self.handlers.get(call.action)
         try:
             if handler is None:
@@ -199,10 +299,10 @@ class Rpc:
             if not isinstance(answer, dict):
                 answer = await answer
         except RpcError as e:
-            await self._send_error(call.id, e)
+            await self._send_error(call.id, e, call.action, since)
             return
         except Exception as e:
-            await self._send_error(call.id, self.on_error(e))
+            await self._send_error(call.id, self.on_error(e), call.action, since)
             return
         try:  # what we answer is ours to get right: never blame the peer's request for it
             schemas.validate(self.version, call.action, schemas.RESPONSE, answer)
@@ -210,13 +310,48 @@ class Rpc:
         except (RpcError, TypeError) as e:
             log.error("%s: our %s answer is invalid, not sent: %s", self.name, call.action, e)
             await self._send_error(
-                call.id, RpcError("InternalError", "the receiver could not build a valid answer")
+                call.id,
+                RpcError("InternalError", "the receiver could not build a valid answer"),
+                call.action,
+                since,
             )
             return
+        if self.trace is not None:
+            self.trace(
+                Trace(
+                    time.time(),
+                    OUT,
+                    CALLRESULT,
+                    call.id,
+                    call.action,
+                    len(frame),
+                    time.monotonic() - since,
+                    None,
+                    frame,
+                )
+            )
         await self._send(frame)
 
-    async def _send_error(self, message_id: str, error: RpcError) -> None:
-        await self._send(frames.encode_error(message_id, error, self.version))
+    async def _send_error(
+        self, message_id: str, error: RpcError, action: str | None = None, since: float = 0.0
+    ) -> None:
+        """A CALLERROR (`action`, `since`: the CALL it answers and when it was read)."""
+        frame = frames.encode_error(message_id, error, self.version)
+        if self.trace is not None:
+            self.trace(
+                Trace(
+                    time.time(),
+                    OUT,
+                    CALLERROR,
+                    message_id,
+                    action,
+                    len(frame),
+                    time.monotonic() - since if action is not None else None,
+                    frames.spelled(error.code, self.version),
+                    frame,
+                )
+            )
+        await self._send(frame)
 
     async def _send(self, frame: bytes) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -254,7 +389,23 @@ class Rpc:
                     fut = asyncio.get_running_loop().create_future()
                     self._pending[mid] = fut
                     try:
-                        await self._send(frames.encode_call(mid, action, payload))
+                        frame = frames.encode_call(mid, action, payload)
+                        if self.trace is not None:
+                            self._calling = (mid, action, time.monotonic())
+                            self.trace(
+                                Trace(
+                                    time.time(),
+                                    OUT,
+                                    CALL,
+                                    mid,
+                                    action,
+                                    len(frame),
+                                    None,
+                                    None,
+                                    frame,
+                                )
+                            )
+                        await self._send(frame)
                         reply = await fut
                     finally:
                         self._pending.pop(mid, None)  # a late answer is dropped, never kept

@@ -51,6 +51,10 @@ class ServeConfig:
     files_port: int | None = None
     public_files_url: str | None = None  # http(s):// base told to stations
     max_upload_bytes: int = 50 * 1024 * 1024
+    # the frame log (fleet/frames.py): all | errors | off; kept per station: a count and days
+    frame_log: str = "all"
+    frames_per_station: int = 10_000
+    frames_days: float = 7.0
 
 
 def is_loopback(host: str) -> bool:
@@ -320,6 +324,7 @@ async def _run(
 
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
     fleet.command_timeout = cfg.listener.response_timeout
+    fleet.frames.configure(cfg.frame_log, cfg.frames_per_station, cfg.frames_days)
     stale = await fleet.mark_all_offline()
     if stale:
         log.info("marked %d station(s) offline that were online when the last run ended", stale)
@@ -434,6 +439,10 @@ async def _run(
                     await fleet.expire_actions()
                 except Exception as e:  # a full store: the next second tries again
                     log.error("lastMessageAt or expired actions not written: %s", e)
+                try:
+                    await fleet.frames.prune()
+                except Exception as e:
+                    log.error("frame log not pruned: %s", e)
 
         flusher = asyncio.create_task(flush_seen())
         stop = stop or asyncio.Event()
@@ -447,6 +456,7 @@ async def _run(
     finally:
         log.info("stopping")
         api.should_exit = True
+        fleet.frames.end_streams()  # or open streams would hold the API's shutdown
         if files_server is not None:
             files_server.should_exit = True
         await listener.stop()  # stations see a clean close and are marked offline
@@ -458,6 +468,10 @@ async def _run(
         if flusher is not None:
             flusher.cancel()
         await fleet.flush_seen()
+        try:
+            await fleet.frames.close()
+        except Exception as e:
+            log.error("frame log: the last frames not written: %s", e)
         try:
             paths.server_file(cfg.store).unlink()  # ours: we hold the store's lock
         except FileNotFoundError:

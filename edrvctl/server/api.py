@@ -758,6 +758,9 @@ def create_app(
         action = await fleet.get_action(id)
         return envelope(action, _action_message(action))
 
+    from edrvctl.server import api_frames  # (it imports this module)
+
+    api_frames.add_routes(app, fleet, auth)
     return EnvelopeTooLarge(app, files, expected)
 
 

@@ -237,6 +237,7 @@ class StationConnection(ServerConnection):
     refused = False
     handshaking = False
     ocpp_protocol: str | None = None  # the station's registered one, once process_request says
+    station_id: str | None = None  # and its _id
     stuck_since: float | None = None  # since when its write buffer has not drained
     unread = 0  # bytes in its write buffer at the last look
 
@@ -354,6 +355,7 @@ class Listener:
             return await self.refuse(conn, reason[0], endpoint, reason[1], known=True)
         if isinstance(conn, StationConnection):  # (always: create_connection makes them)
             conn.ocpp_protocol = doc["protocol"]  # for select_subprotocol
+            conn.station_id = doc["_id"]  # for the frame log
         return None
 
     async def _refusal(
@@ -442,8 +444,14 @@ class Listener:
         # process_request refused connections without an endpoint or a subprotocol
         endpoint = endpoint_of(ws.request.path if ws.request else "/") or ""
         protocol = ws.subprotocol or ""
+        station_id = getattr(ws, "station_id", None)
         session = CHARGE_POINTS[protocol](
-            endpoint, protocol, ws, self.fleet, self._bucket(endpoint)
+            endpoint,
+            protocol,
+            ws,
+            self.fleet,
+            self._bucket(endpoint),
+            trace=self.fleet.frames.tracer(station_id) if station_id else None,
         )
         try:
             await self.stations.attach(session)

@@ -34,6 +34,7 @@ from edrvctl.ocppj import (
     RpcClosed,
     RpcError,
     TokenBucket,
+    Trace,
 )
 from edrvctl.ocppj.rpc import Handler
 
@@ -75,7 +76,13 @@ class StationSession:
     __slots__ = ("endpoint", "fleet", "protocol", "rpc", "ws")
 
     def __init__(
-        self, endpoint: str, protocol: str, ws: Any, fleet: Any, bucket: TokenBucket | None = None
+        self,
+        endpoint: str,
+        protocol: str,
+        ws: Any,
+        fleet: Any,
+        bucket: TokenBucket | None = None,
+        trace: Callable[[Trace], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.protocol = protocol
@@ -90,6 +97,7 @@ class StationSession:
             max_queued=MAX_QUEUED,
             bucket=bucket,
             on_error=rpc_error_for,
+            trace=trace,  # the frame log's observer (fleet/frames.py), if it is on
         )
 
     async def run(self) -> None:

@@ -9,7 +9,7 @@ two protocols (methods are async because that one really waits on the network).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,6 +54,27 @@ class EventQuery:
     until: str | None = None  # createdAt <= this
     limit: int | None = 100  # None: no limit
     newest: bool = False
+
+
+@dataclass
+class FrameQuery:
+    """One station's frame log. A page of `limit` frames, oldest first: by default its newest;
+    `after` (a frame id): the oldest after it; `before`: the newest before it."""
+
+    station_id: str
+    after: int | None = None
+    before: int | None = None
+    since: int | None = None  # at >= this (milliseconds since the epoch)
+    until: int | None = None  # at <= this
+    actions: tuple[str, ...] = ()  # any of these actions (an answer's is its CALL's)
+    errors: bool = False  # only CALLERRORs and invalid frames
+    limit: int = 100
+
+
+# A frame to keep, shaped as ocppj.Trace: (at: epoch seconds, direction "in"|"out", kind (0
+# invalid, 2 CALL, 3 CALLRESULT, 4 CALLERROR), message id, action, size in bytes, latency in
+# seconds or None, error code or None, text as str or bytes, already cut to what is kept).
+Frame = Sequence[Any]
 
 
 class Unit(Protocol):
@@ -101,9 +122,26 @@ class Unit(Protocol):
 
     async def list_events(self, query: EventQuery) -> list[dict]: ...
 
-    async def seen_unknown(
-        self, endpoint: str, at: str, info: dict, times: int, keep: int
-    ) -> bool:
+    async def add_frames(self, chunks: Sequence[tuple[str, Sequence[Frame]]]) -> list[int]:
+        """Keeps frames: (station _id, its frames oldest first) for each station. Returns for
+        each the id of its first frame; the ids of the others follow one by one. Ids rise in the
+        order frames are added."""
+
+    async def list_frames(self, query: FrameQuery) -> tuple[list[dict], bool]:
+        """A page of frames oldest first, and whether more match beyond it (older ones; with
+        `after`, newer ones). Each is {seq (its id), chargestation, at (milliseconds since the
+        epoch), direction, kind, messageId, action, size, latency (s), error, text (str; bytes
+        that are no UTF-8 replaced), truncated (the text is shorter than `size`)}."""
+
+    async def prune_frames(self, station_id: str, keep: int, limit: int = 500) -> int:
+        """Drops the station's oldest frames beyond its newest `keep` (removing at most `limit`
+        groups of frames as written at once); returns how many it holds then."""
+
+    async def expire_frames(self, before: int, limit: int = 500) -> int:
+        """Drops frames older than `before` (ms since the epoch), oldest first, at most `limit`
+        groups of frames as written at once; returns how many groups went."""
+
+    async def seen_unknown(self, endpoint: str, at: str, info: dict, times: int, keep: int) -> bool:
         """Counts `times` upgrades from an endpoint that is no station; True if new to the
         list, which keeps the `keep` seen last."""
 

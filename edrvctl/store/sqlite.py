@@ -19,10 +19,11 @@ its unit), and no COMMIT runs while a unit holds it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -42,6 +43,8 @@ from edrvctl.store import (
     SORT_FIELDS,
     ActionQuery,
     EventQuery,
+    Frame,
+    FrameQuery,
     StationQuery,
 )
 
@@ -152,6 +155,21 @@ CREATE TABLE unknown_endpoints (
     doc         TEXT NOT NULL
 );
 CREATE INDEX unknown_last ON unknown_endpoints(lastSeenAt);
+""",
+    # 5: the frame log (fleet/frames.py): a station's frames of one flush in one row
+    """
+CREATE TABLE frame_chunks (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    station_id  TEXT NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    n           INTEGER NOT NULL,
+    skip        INTEGER NOT NULL DEFAULT 0,
+    errors      INTEGER NOT NULL,
+    meta        BLOB NOT NULL,
+    texts       BLOB NOT NULL
+);
+CREATE INDEX frame_chunks_station ON frame_chunks(station_id, seq);
 """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -561,7 +579,14 @@ class SqliteUnit:
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         cur = s._run("DELETE FROM chargestations WHERE id = ?", (station_id,))
-        for table in ("transactions", "meter_values", "event_log", "credentials", "actions"):
+        for table in (
+            "transactions",
+            "meter_values",
+            "event_log",
+            "credentials",
+            "actions",
+            "frame_chunks",
+        ):
             s._run(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
         self._revs.pop(station_id, None)
         return cur.rowcount > 0
@@ -697,9 +722,148 @@ class SqliteUnit:
             for seq, t, sid, ep, at, d in rows
         ]
 
-    async def seen_unknown(
-        self, endpoint: str, at: str, info: dict, times: int, keep: int
-    ) -> bool:
+    # --- the frame log: one row per station and flush (_pack), frame ids seq << 16 | index ---
+
+    async def add_frames(self, chunks: Sequence[tuple[str, Sequence[Frame]]]) -> list[int]:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        rows = [_pack(sid, frames) for sid, frames in chunks if frames]
+        if not rows:
+            return [0] * len(chunks)
+        s._run(
+            "INSERT INTO frame_chunks (station_id, first_at, last_at, n, errors, meta, texts) "
+            "VALUES (?,?,?,?,?,?,?)",
+            rows,
+            many=True,
+        )
+        last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        seqs = iter(range(last - len(rows) + 1, last + 1))  # one statement: consecutive
+        return [next(seqs) << CHUNK_BITS if frames else 0 for _, frames in chunks]
+
+    async def list_frames(self, query: FrameQuery) -> tuple[list[dict], bool]:
+        where: list[str] = ["station_id = ?"]
+        args: list[object] = [query.station_id]
+        if query.errors:
+            where.append("errors > 0")
+        if query.since is not None:
+            where.append("last_at >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("first_at <= ?")
+            args.append(query.until)
+        forward = query.after is not None
+        if query.after is not None:
+            where.append("seq >= ?")
+            args.append(query.after >> CHUNK_BITS)
+        if query.before is not None:
+            where.append("seq <= ?")
+            args.append(query.before >> CHUNK_BITS)
+        actions = set(query.actions)
+        low = query.after if query.after is not None else -1
+        high = query.before if query.before is not None else 1 << 62
+        since = query.since if query.since is not None else -(1 << 62)
+        until = query.until if query.until is not None else 1 << 62
+        found: list[dict] = []
+        more = False
+        await self._read()
+        try:
+            cur = self._db.execute(
+                "SELECT seq, skip, meta, texts FROM frame_chunks "
+                f"WHERE {' AND '.join(where)} ORDER BY seq {'ASC' if forward else 'DESC'}",
+                args,
+            )
+            for seq, skip, meta, texts in cur:
+                base = seq << CHUNK_BITS
+                entries = orjson.loads(meta)
+                offsets = list(itertools.accumulate((e[8] for e in entries), initial=0))
+                order = range(skip, len(entries))
+                for i in order if forward else reversed(order):
+                    at, out, kind, mid, action, size, latency, error, _ = entries[i]
+                    fid = base + i
+                    if (
+                        not low < fid < high
+                        or not since <= at <= until
+                        or (actions and action not in actions)
+                        or (query.errors and error is None)
+                    ):
+                        continue
+                    if len(found) == query.limit:
+                        more = True
+                        break
+                    text = texts[offsets[i] : offsets[i + 1]].decode("utf-8", "replace")
+                    found.append(
+                        {
+                            "seq": fid,
+                            "chargestation": query.station_id,
+                            "at": at,
+                            "direction": "out" if out else "in",
+                            "kind": kind,
+                            "messageId": mid,
+                            "action": action,
+                            "size": size,
+                            "latency": None if latency is None else latency / 1e6,
+                            "error": error,
+                            "text": text,
+                            "truncated": offsets[i + 1] - offsets[i] < size,
+                        }
+                    )
+                if more:
+                    break
+            cur.close()
+        finally:
+            self._read_done()
+        if not forward:
+            found.reverse()
+        return found, more
+
+    async def prune_frames(self, station_id: str, keep: int, limit: int = 500) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        held = 0
+        older: int | None = None  # chunks up to this seq all go
+        for seq, n, skip in self._db.execute(
+            "SELECT seq, n, skip FROM frame_chunks WHERE station_id = ? ORDER BY seq DESC",
+            (station_id,),
+        ).fetchall():
+            if held >= keep:
+                older = seq
+                break
+            held += n - skip
+            if held > keep:  # this chunk straddles the limit: its oldest frames go
+                s._run("UPDATE frame_chunks SET skip = ? WHERE seq = ?", (skip + held - keep, seq))
+                held = keep
+        if older is not None:
+            s._run(
+                "DELETE FROM frame_chunks WHERE seq IN (SELECT seq FROM frame_chunks "
+                "WHERE station_id = ? AND seq <= ? ORDER BY seq LIMIT ?)",
+                (station_id, older, limit),
+            )
+            held += self._db.execute(
+                "SELECT coalesce(sum(n - skip), 0) FROM frame_chunks "
+                "WHERE station_id = ? AND seq <= ?",
+                (station_id, older),
+            ).fetchone()[0]
+        return held
+
+    async def expire_frames(self, before: int, limit: int = 500) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        # chunks are written in time order: the oldest ones by seq are the oldest in time
+        gone = [
+            (seq,)
+            for seq, last_at in self._db.execute(
+                "SELECT seq, last_at FROM frame_chunks ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+            if last_at < before
+        ]
+        if gone:
+            s._run("DELETE FROM frame_chunks WHERE seq = ?", gone, many=True)
+        return len(gone)
+
+    async def seen_unknown(self, endpoint: str, at: str, info: dict, times: int, keep: int) -> bool:
         """Count `times` attempts of an endpoint that is no station; True if it is new to the
         list. The list keeps the `keep` endpoints seen last."""
         s = self._s
@@ -906,6 +1070,47 @@ class SqliteUnit:
             (now, error),
         )
         return cur.rowcount
+
+
+CHUNK_BITS = 16  # a frame's id: its chunk's seq << CHUNK_BITS | its index in the chunk
+MAX_CHUNK = 1 << CHUNK_BITS
+
+
+def _pack(station_id: str, frames: Sequence[Frame]) -> tuple:
+    """One station's frames of one flush as one row: their fields as a JSON list (times in ms,
+    latencies in µs, each text's length in bytes) and their texts as they are, one after the
+    other (a text is never JSON-encoded again)."""
+    if len(frames) > MAX_CHUNK:
+        raise ValueError(f"at most {MAX_CHUNK} frames in one chunk")
+    meta, texts, errors = [], [], 0
+    for at, direction, kind, mid, action, size, latency, error, text in frames:
+        if type(text) is str:
+            text = text.encode("utf-8", "replace")
+        texts.append(text)
+        meta.append(
+            (
+                int(at * 1000),
+                direction == "out",
+                kind,
+                mid,
+                action,
+                size,
+                None if latency is None else int(latency * 1e6),
+                error,
+                len(text),
+            )
+        )
+        if error is not None:
+            errors += 1
+    return (
+        station_id,
+        meta[0][0],
+        meta[-1][0],
+        len(meta),
+        errors,
+        orjson.dumps(meta),
+        b"".join(texts),
+    )
 
 
 def _action_columns(doc: dict) -> tuple:

@@ -1,0 +1,336 @@
+"""The frame log: every OCPP frame in and out of each station, kept for a while, and pushed live.
+
+Each station's connection gets a `StationLog`, the observer its `ocppj.Rpc` calls with every
+frame (an `ocppj.Trace`): it only appends the frame to the station's buffer. `FrameLog` writes
+every buffer in one store unit every FLUSH_EVERY seconds (or as soon as FLUSH_AT frames wait),
+off the stations' path: no station message waits for the frame log, and the log never holds more
+than `max_buffered` bytes in memory (past it, frames are dropped and counted, never waited for).
+A committed batch is published to the stations' feeds (only those someone follows).
+
+What is kept: with mode "all" every frame; with "errors" the CALLERRORs and invalid frames, each
+with the CALL it answers. A frame's text is kept up to MAX_TEXT bytes (`truncated` says it was
+cut). Retention: a station's newest `keep` frames and at most `days` of them, pruned a little at
+a time by `prune()` (the server calls it every second): a station is pruned back to `keep` once
+it holds a tenth more, and old frames go a few hundred batches at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
+
+from edrvctl import model
+from edrvctl.fleet.events import Feed, Subscription, follow
+from edrvctl.ocppj.rpc import CALL, CALLERROR, INVALID, KINDS, Trace
+from edrvctl.store import FrameQuery, Store
+
+log = logging.getLogger("edrvctl.frames")
+
+MODES = ("all", "errors", "off")
+MAX_TEXT = 8 * 1024  # bytes of a frame's text kept
+FLUSH_EVERY = 0.1  # s between two writes of the buffered frames
+FLUSH_AT = 10_000  # frames buffered that are written at once
+MAX_BUFFERED = 32 << 20  # bytes of frames waiting to be written; past it, frames are dropped
+OVERHEAD = 200  # bytes a buffered frame costs besides its text (its Trace, the list slot)
+SLACK = 0.1  # a station is pruned back to `keep` once it holds this share more
+PRUNE_STATIONS = 100  # stations pruned per prune() (a unit each)
+EXPIRE_BATCH = 500  # groups of frames expired per unit
+EXPIRE_UNITS = 20  # units of expiry per prune()
+FOLLOW_PAGE = 500  # stored frames a live reader reads at a time
+MAX_FEED_QUEUE = 1000  # frames a live reader may be behind before it reads on from the store
+WARN_EVERY = 60.0  # s between two log lines about dropped frames
+
+
+class StationLog:
+    """The observer of one station's connection (`Rpc(trace=...)`): appends, nothing more."""
+
+    __slots__ = ("calls", "frames", "log", "station_id")
+
+    def __init__(self, frame_log: FrameLog, station_id: str) -> None:
+        self.log = frame_log
+        self.station_id = station_id
+        self.frames: list[Trace] = []
+        self.calls: dict[str, Trace] = {}  # errors mode: the last CALL each way, by direction
+
+    def __call__(self, t: Trace) -> None:
+        fl = self.log
+        if fl.errors_only:
+            if t.kind == CALL:
+                self.calls[t.direction] = t  # kept if its answer is an error
+                return
+            if t.error is None:
+                return
+            call = self.calls.pop("out" if t.direction == "in" else "in", None)
+            if call is not None and call.id == t.id:
+                self._keep(call)
+        self._keep(t)
+
+    def _keep(self, t: Trace) -> None:
+        fl = self.log
+        size = t.size
+        if size > MAX_TEXT:  # rare: cut now, so that the buffer holds no more than is kept
+            text = t.text if isinstance(t.text, bytes) else t.text.encode("utf-8", "replace")
+            t = t._replace(text=text[:MAX_TEXT])
+            size = MAX_TEXT
+        cost = size + OVERHEAD
+        if fl.buffered + cost > fl.max_buffered:
+            fl.dropped_frame()
+            return
+        fl.buffered += cost
+        fl.waiting += 1
+        frames = self.frames
+        if not frames:
+            fl.dirty.append(self)
+            if fl.waiting == 1 or fl.waiting >= FLUSH_AT:
+                fl.schedule()
+        elif fl.waiting >= FLUSH_AT:
+            fl.schedule()
+        frames.append(t)
+
+
+class FrameFeed(Feed):
+    """A station's committed frames; a reader holds at most MAX_FEED_QUEUE of them."""
+
+    def subscribe(self, max_queued: int = MAX_FEED_QUEUE) -> Subscription:
+        return super().subscribe(max_queued)
+
+
+class FrameLog:
+    def __init__(
+        self,
+        store: Store,
+        mode: str = "all",
+        keep: int = 10_000,
+        days: float = 7.0,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
+        self.store = store
+        self.max_buffered = max_buffered
+        self.configure(mode, keep, days)
+        self.dirty: list[StationLog] = []  # logs with frames to write, in the order they came
+        self.waiting = 0  # frames buffered
+        self.buffered = 0  # their bytes (as counted by StationLog._keep)
+        self.dropped = 0  # frames dropped: over the buffer budget, or their write failed
+        self.written = 0  # frames written
+        self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._soon = False  # what is scheduled runs in this loop turn
+        self._writing: asyncio.Task | None = None
+        self._warned = -WARN_EVERY
+        self._dropped_since_warning = 0
+        # station _id -> frames it holds, as far as this process knows (written since the last
+        # prune); a station not seen yet starts at the threshold, so that it is looked at once
+        self._held: dict[str, int] = {}
+        self._feeds: dict[str, FrameFeed] = {}
+        self.ending = False  # the server stops: live readers end
+
+    def end_streams(self) -> None:
+        """Tell every live reader to end (the server is stopping)."""
+        self.ending = True
+        for feed in self._feeds.values():
+            feed.publish([])  # wakes its readers, who see `ending`
+
+    def configure(self, mode: str, keep: int, days: float) -> None:
+        if mode not in MODES:
+            raise ValueError(f"frame log mode must be one of {', '.join(MODES)}")
+        self.mode, self.keep, self.days = mode, keep, days
+        self.errors_only = mode == "errors"
+
+    def tracer(self, station_id: str) -> StationLog | None:
+        """The observer for a connection of this station (None: the log is off)."""
+        return None if self.mode == "off" else StationLog(self, station_id)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def dropped_frame(self, n: int = 1) -> None:
+        self.dropped += n
+        self._dropped_since_warning += n
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning(
+                "frame log: %d frame(s) dropped (over %d bytes waiting to be written, or the "
+                "store refused them); %d in all",
+                self._dropped_since_warning,
+                self.max_buffered,
+                self.dropped,
+            )
+            self._dropped_since_warning = 0
+
+    def schedule(self) -> None:
+        """Write soon: at once when FLUSH_AT frames wait, else after FLUSH_EVERY."""
+        if self._writing is not None:
+            return  # the running write looks again when it ends
+        now = self.waiting >= FLUSH_AT
+        if self._scheduled is not None:
+            if self._soon or not now:
+                return
+            self._scheduled.cancel()
+        loop = asyncio.get_running_loop()
+        self._soon = now
+        self._scheduled = (
+            loop.call_soon(self._start) if now else loop.call_later(FLUSH_EVERY, self._start)
+        )
+
+    def _start(self) -> None:
+        self._scheduled = None
+        if self._writing is None and self.dirty:
+            self._writing = asyncio.ensure_future(self._write())
+            self._writing.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task) -> None:
+        self._writing = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("frame log: a write failed", exc_info=task.exception())
+        if self.dirty:
+            self.schedule()
+
+    async def _write(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        chunks = []
+        for station in dirty:
+            frames, station.frames = station.frames, []
+            chunks.append((station.station_id, frames))
+        n, self.waiting, self.buffered = self.waiting, 0, 0
+        try:
+            async with self.store.unit() as tx:
+                firsts = await tx.add_frames(chunks)
+        except Exception as e:
+            self.dropped_frame(n)
+            log.error("frame log: %d frame(s) not written: %s", n, e)
+            return
+        self.written += n
+        held = self._held
+        threshold = self.keep + int(self.keep * SLACK)
+        for (sid, frames), first in zip(chunks, firsts, strict=True):
+            held[sid] = held.get(sid, threshold) + len(frames)
+            feed = self._feeds.get(sid)
+            if feed is not None and feed.listeners:
+                feed.publish([row(sid, first + i, t) for i, t in enumerate(frames)])
+
+    async def close(self) -> None:
+        """Write what is buffered (the server calls this when it stops)."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+        if self.dirty:
+            await self._write()
+
+    # --- retention ----------------------------------------------------------------------------
+
+    async def prune(self) -> None:
+        """One round of retention, in small units: frames older than `days`, then the
+        stations holding more than `keep` (and a tenth)."""
+        before = int((time.time() - self.days * 86400) * 1000)
+        for _ in range(EXPIRE_UNITS):
+            async with self.store.unit() as tx:
+                gone = await tx.expire_frames(before, EXPIRE_BATCH)
+            if gone < EXPIRE_BATCH:
+                break
+            await asyncio.sleep(0)  # let the stations in between
+        threshold = self.keep + int(self.keep * SLACK)
+        over = [sid for sid, n in self._held.items() if n > threshold][:PRUNE_STATIONS]
+        for sid in over:
+            async with self.store.unit() as tx:
+                self._held[sid] = await tx.prune_frames(sid, self.keep)
+            await asyncio.sleep(0)
+        if len(self._held) > 1_000_000:  # stations deleted meanwhile are never forgotten else
+            self._held.clear()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def read(self, query: FrameQuery) -> tuple[list[dict], bool]:
+        async with self.store.unit() as tx:
+            return await tx.list_frames(query)
+
+    async def follow(
+        self, query: FrameQuery, after: int | None, idle: float = 15.0
+    ) -> AsyncGenerator[list[dict]]:
+        """The station's frames that match `query` (its actions, errors, since), after the
+        frame id `after` (None: from now on), stored first then live; [] every `idle` seconds
+        without any."""
+        sid = query.station_id
+        if after is None:
+            newest, _ = await self.read(FrameQuery(sid, limit=1))
+            after = newest[-1]["seq"] if newest else 0
+        feed = self._feeds.get(sid)
+        if feed is None:
+            feed = self._feeds[sid] = FrameFeed()
+        actions = set(query.actions)
+
+        def keep(r: dict) -> bool:
+            return (
+                (not actions or r["action"] in actions)
+                and (not query.errors or r["error"] is not None)
+                and (query.since is None or r["at"] >= query.since)
+            )
+
+        async def read_after(seq: int) -> list[dict]:
+            page, _ = await self.read(
+                FrameQuery(
+                    sid,
+                    after=seq,
+                    since=query.since,
+                    actions=query.actions,
+                    errors=query.errors,
+                    limit=FOLLOW_PAGE,
+                )
+            )
+            return page
+
+        rows = follow(feed, read_after, after, keep, idle)
+        try:
+            async for found in rows:
+                yield found
+        finally:
+            await rows.aclose()  # type: ignore[attr-defined]  # (an async generator: ends now)
+            if not feed.listeners and self._feeds.get(sid) is feed:
+                del self._feeds[sid]
+
+
+def row(station_id: str, seq: int, t: Trace) -> dict:
+    """A frame just written, as the store's list_frames gives it."""
+    raw = t.text if isinstance(t.text, bytes) else t.text.encode("utf-8", "replace")
+    text = raw.decode("utf-8", "replace")
+    return {
+        "seq": seq,
+        "chargestation": station_id,
+        "at": int(t.at * 1000),
+        "direction": t.direction,
+        "kind": t.kind,
+        "messageId": t.id,
+        "action": t.action,
+        "size": t.size,
+        "latency": None if t.latency is None else int(t.latency * 1e6) / 1e6,
+        "error": t.error,
+        "text": text,
+        "truncated": len(raw) < t.size,
+    }
+
+
+def shape(r: dict, endpoint: str | None = None) -> dict:
+    """A frame's outside shape (the API, the stream, `edrvctl logs -o jsonl`)."""
+    out = {
+        "_id": str(r["seq"]),
+        "chargestation": r["chargestation"],
+        "createdAt": model.format_time(datetime.fromtimestamp(r["at"] / 1000, UTC)),
+        "direction": r["direction"],
+        "type": KINDS.get(r["kind"], str(r["kind"])),
+        "messageId": r["messageId"],
+        "action": r["action"],
+        "size": r["size"],
+        "latencyMs": None if r["latency"] is None else round(r["latency"] * 1000, 3),
+        "error": r["error"],
+        "text": r["text"],
+        "truncated": r["truncated"],
+    }
+    if endpoint is not None:
+        out["endpoint"] = endpoint
+    return out
+
+
+__all__ = ["CALLERROR", "INVALID", "MODES", "FrameLog", "StationLog", "row", "shape"]
