@@ -47,48 +47,54 @@ WARN_EVERY = 60.0  # s between two log lines about dropped frames
 class StationLog:
     """The observer of one station's connection (`Rpc(trace=...)`): appends, nothing more."""
 
-    __slots__ = ("calls", "frames", "log", "station_id")
+    __slots__ = ("frames", "log", "station_id")
 
     def __init__(self, frame_log: FrameLog, station_id: str) -> None:
         self.log = frame_log
         self.station_id = station_id
         self.frames: list[Trace] = []
-        self.calls: dict[str, Trace] = {}  # errors mode: the last CALL each way, by direction
 
     def __call__(self, t: Trace) -> None:
-        fl = self.log
-        if fl.errors_only:
-            if t.kind == CALL:
-                self.calls[t.direction] = t  # kept if its answer is an error
-                return
-            if t.error is None:
-                return
-            call = self.calls.pop("out" if t.direction == "in" else "in", None)
-            if call is not None and call.id == t.id:
-                self._keep(call)
-        self._keep(t)
-
-    def _keep(self, t: Trace) -> None:
         fl = self.log
         size = t.size
         if size > MAX_TEXT:  # rare: cut now, so that the buffer holds no more than is kept
             text = t.text if isinstance(t.text, bytes) else t.text.encode("utf-8", "replace")
             t = t._replace(text=text[:MAX_TEXT])
             size = MAX_TEXT
-        cost = size + OVERHEAD
-        if fl.buffered + cost > fl.max_buffered:
+        if fl.buffered + size + OVERHEAD > fl.max_buffered:
             fl.dropped_frame()
             return
-        fl.buffered += cost
+        fl.buffered += size + OVERHEAD
         fl.waiting += 1
         frames = self.frames
         if not frames:
             fl.dirty.append(self)
-            if fl.waiting == 1 or fl.waiting >= FLUSH_AT:
+            if fl.waiting == 1:
                 fl.schedule()
-        elif fl.waiting >= FLUSH_AT:
+        if fl.waiting >= FLUSH_AT:
             fl.schedule()
         frames.append(t)
+
+
+class ErrorsLog(StationLog):
+    """--frame-log errors: only CALLERRORs and invalid frames, each with the CALL it answers."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, frame_log: FrameLog, station_id: str) -> None:
+        super().__init__(frame_log, station_id)
+        self.calls: dict[str, Trace] = {}  # the last CALL each way, by direction
+
+    def __call__(self, t: Trace) -> None:
+        if t.kind == CALL:
+            self.calls[t.direction] = t  # kept if its answer is an error
+            return
+        if t.error is None:
+            return
+        call = self.calls.pop("out" if t.direction == "in" else "in", None)
+        if call is not None and call.id == t.id:
+            super().__call__(call)
+        super().__call__(t)
 
 
 class FrameFeed(Feed):
@@ -136,11 +142,12 @@ class FrameLog:
         if mode not in MODES:
             raise ValueError(f"frame log mode must be one of {', '.join(MODES)}")
         self.mode, self.keep, self.days = mode, keep, days
-        self.errors_only = mode == "errors"
 
     def tracer(self, station_id: str) -> StationLog | None:
         """The observer for a connection of this station (None: the log is off)."""
-        return None if self.mode == "off" else StationLog(self, station_id)
+        if self.mode == "off":
+            return None
+        return (ErrorsLog if self.mode == "errors" else StationLog)(self, station_id)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -305,7 +312,7 @@ def row(station_id: str, seq: int, t: Trace) -> dict:
         "messageId": t.id,
         "action": t.action,
         "size": t.size,
-        "latency": None if t.latency is None else int(t.latency * 1e6) / 1e6,
+        "latency": t.latency,
         "error": t.error,
         "text": text,
         "truncated": len(raw) < t.size,
@@ -333,4 +340,4 @@ def shape(r: dict, endpoint: str | None = None) -> dict:
     return out
 
 
-__all__ = ["CALLERROR", "INVALID", "MODES", "FrameLog", "StationLog", "row", "shape"]
+__all__ = ["CALLERROR", "INVALID", "MODES", "ErrorsLog", "FrameLog", "StationLog", "row", "shape"]

@@ -775,11 +775,12 @@ class SqliteUnit:
             )
             for seq, skip, meta, texts in cur:
                 base = seq << CHUNK_BITS
-                entries = orjson.loads(meta)
-                offsets = list(itertools.accumulate((e[8] for e in entries), initial=0))
+                lengths, entries = orjson.loads(meta)
+                offsets = list(itertools.accumulate(lengths, initial=0))
                 order = range(skip, len(entries))
                 for i in order if forward else reversed(order):
-                    at, out, kind, mid, action, size, latency, error, _ = entries[i]
+                    at, direction, kind, mid, action, size, latency, error = entries[i]
+                    at = int(at * 1000)
                     fid = base + i
                     if (
                         not low < fid < high
@@ -797,12 +798,12 @@ class SqliteUnit:
                             "seq": fid,
                             "chargestation": query.station_id,
                             "at": at,
-                            "direction": "out" if out else "in",
+                            "direction": direction,
                             "kind": kind,
                             "messageId": mid,
                             "action": action,
                             "size": size,
-                            "latency": None if latency is None else latency / 1e6,
+                            "latency": latency,
                             "error": error,
                             "text": text,
                             "truncated": offsets[i + 1] - offsets[i] < size,
@@ -1077,38 +1078,22 @@ MAX_CHUNK = 1 << CHUNK_BITS
 
 
 def _pack(station_id: str, frames: Sequence[Frame]) -> tuple:
-    """One station's frames of one flush as one row: their fields as a JSON list (times in ms,
-    latencies in µs, each text's length in bytes) and their texts as they are, one after the
-    other (a text is never JSON-encoded again)."""
+    """One station's frames of one flush as one row: their fields but the text as one JSON
+    list, `[[text lengths in bytes], [[at, direction, kind, id, action, size, latency,
+    error], ...]]`, and their texts as they are, one after the other (a text is never
+    JSON-encoded again)."""
     if len(frames) > MAX_CHUNK:
         raise ValueError(f"at most {MAX_CHUNK} frames in one chunk")
-    meta, texts, errors = [], [], 0
-    for at, direction, kind, mid, action, size, latency, error, text in frames:
-        if type(text) is str:
-            text = text.encode("utf-8", "replace")
-        texts.append(text)
-        meta.append(
-            (
-                int(at * 1000),
-                direction == "out",
-                kind,
-                mid,
-                action,
-                size,
-                None if latency is None else int(latency * 1e6),
-                error,
-                len(text),
-            )
-        )
-        if error is not None:
-            errors += 1
+    texts = [
+        t if type(t) is bytes else t.encode("utf-8", "replace") for t in [f[8] for f in frames]
+    ]
     return (
         station_id,
-        meta[0][0],
-        meta[-1][0],
-        len(meta),
-        errors,
-        orjson.dumps(meta),
+        int(frames[0][0] * 1000),
+        int(frames[-1][0] * 1000),
+        len(frames),
+        sum(1 for f in frames if f[7] is not None),
+        orjson.dumps(([len(t) for t in texts], [tuple(f[:8]) for f in frames])),
         b"".join(texts),
     )
 
