@@ -1566,6 +1566,54 @@ TREE: dict = {
    "alias": "chargestations",
    "help": "alias of chargestations"
   },
+  "logs": {
+   "args": [
+    "station"
+   ],
+   "help": "Show a station's OCPP frames in and out, oldest first: time, \u2190 received from the",
+   "options": {
+    "--action": {
+     "help": "Only frames of this OCPP action (an answer's is its CALL's); repeatable",
+     "value": true
+    },
+    "--errors": {
+     "help": "Only CALLERRORs and frames that are not OCPP-J",
+     "value": false
+    },
+    "--follow": {
+     "help": "Then show the frames as they happen",
+     "value": false
+    },
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "--limit": {
+     "help": "Show the newest N frames (before -f)",
+     "value": true
+    },
+    "--output": {
+     "help": "table (a line per frame) or jsonl (a JSON object per line, e.g. for a vendor)",
+     "value": true
+    },
+    "--since": {
+     "help": "Only frames since TIME: ISO-8601, or 30s, 10m, 2h, 7d",
+     "value": true
+    },
+    "-f": {
+     "help": "Then show the frames as they happen",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-o": {
+     "help": "table (a line per frame) or jsonl (a JSON object per line, e.g. for a vendor)",
+     "value": true
+    }
+   }
+  },
   "serve": {
    "help": "Run the OCPP central system and the admin API until SIGINT/SIGTERM.",
    "options": {
@@ -1583,6 +1631,18 @@ TREE: dict = {
     },
     "--files-port": {
      "help": "Port of the files listener stations download firmware from and upload diagnostics to (on --ocpp-host); 0 picks a free one default: 9001; a free one if 9001 is taken or --ocpp-port is 0",
+     "value": true
+    },
+    "--frame-log": {
+     "help": "Keep every OCPP frame in and out (all), only CALLERRORs and invalid frames with the CALLs they answer (errors), or none (off): `edrvctl logs`",
+     "value": true
+    },
+    "--frames-days": {
+     "help": "Days a frame is kept at most",
+     "value": true
+    },
+    "--frames-per-station": {
+     "help": "Frames kept per station (its newest)",
      "value": true
     },
     "--handshake-timeout": {

@@ -798,6 +798,241 @@ def test_meter_values(store):
     run(scenario())
 
 
+# --- the frame log (fleet/frames.py) ---------------------------------------------------------
+
+T0 = 1_700_000_000.0  # epoch seconds of the first test frame
+
+
+def frame(i: int, kind: int = 2, action: str | None = "Heartbeat", **fields) -> tuple:
+    """A frame as Unit.add_frames takes it (the shape of ocppj.Trace), `i` ms after T0."""
+    text = fields.pop("text", f'[{kind},"m{i}","{action}",{{}}]')
+    f = {
+        "at": T0 + i / 1000,
+        "direction": "in" if i % 2 == 0 else "out",
+        "kind": kind,
+        "id": f"m{i}",
+        "action": action,
+        "size": len(text.encode() if isinstance(text, str) else text),
+        "latency": None if i % 2 == 0 else 0.0125,
+        "error": None,
+        "text": text,
+        **fields,
+    }
+    return tuple(f.values())
+
+
+async def frames_of(store: Store, sid: str, **query) -> tuple[list[dict], bool]:
+    from edrvctl.store import FrameQuery
+
+    async with store.unit() as tx:
+        return await tx.list_frames(FrameQuery(sid, **query))
+
+
+def test_frames_are_kept_with_rising_ids_and_read_back_oldest_first(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            firsts = await tx.add_frames(
+                [(a["_id"], [frame(0), frame(1)]), (b["_id"], [frame(2)]), (a["_id"], [])]
+            )
+            later = await tx.add_frames([(a["_id"], [frame(3, kind=4, error="NotSupported")])])
+        assert firsts[0] < firsts[1] < later[0]  # ids rise in the order frames are added
+        found, more = await frames_of(store, a["_id"])
+        assert not more
+        assert [f["seq"] for f in found] == [firsts[0], firsts[0] + 1, later[0]]
+        assert found[0] == {
+            "seq": firsts[0],
+            "chargestation": a["_id"],
+            "at": int(T0 * 1000),
+            "direction": "in",
+            "kind": 2,
+            "messageId": "m0",
+            "action": "Heartbeat",
+            "size": len('[2,"m0","Heartbeat",{}]'),
+            "latency": None,
+            "error": None,
+            "text": '[2,"m0","Heartbeat",{}]',
+            "truncated": False,
+        }
+        assert found[1]["latency"] == 0.0125 and found[1]["direction"] == "out"
+        assert found[2]["error"] == "NotSupported" and found[2]["kind"] == 4
+        assert [f["messageId"] for f in (await frames_of(store, b["_id"]))[0]] == ["m2"]
+        assert await frames_of(store, "nobody") == ([], False)
+
+    run(scenario())
+
+
+def test_frames_pages_and_filters(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        async with store.unit() as tx:
+            for start in range(0, 30, 10):  # three writes of ten
+                await tx.add_frames(
+                    [
+                        (
+                            a["_id"],
+                            [
+                                frame(i, action="MeterValues" if i % 3 == 0 else "Heartbeat")
+                                if i % 7
+                                else frame(i, kind=0, action=None, error="FormatViolation")
+                                for i in range(start, start + 10)
+                            ],
+                        )
+                    ]
+                )
+        every, _ = await frames_of(store, a["_id"], limit=1000)
+        ids = [f["seq"] for f in every]
+        assert [f["messageId"] for f in every] == [f"m{i}" for i in range(30)]
+        # the newest page, oldest first; then the one before it; then the rest
+        page, more = await frames_of(store, a["_id"], limit=12)
+        assert [f["seq"] for f in page] == ids[18:] and more
+        page, more = await frames_of(store, a["_id"], limit=12, before=ids[18])
+        assert [f["seq"] for f in page] == ids[6:18] and more
+        page, more = await frames_of(store, a["_id"], limit=12, before=ids[6])
+        assert [f["seq"] for f in page] == ids[:6] and not more
+        # forward from an id
+        page, more = await frames_of(store, a["_id"], limit=12, after=ids[4])
+        assert [f["seq"] for f in page] == ids[5:17] and more
+        page, more = await frames_of(store, a["_id"], limit=100, after=ids[-1])
+        assert page == [] and not more
+        # filters: action (an answer's too), errors, since/until (ms)
+        page, _ = await frames_of(store, a["_id"], actions=("MeterValues",), limit=100)
+        assert [f["messageId"] for f in page] == [
+            f"m{i}" for i in range(30) if i % 21 and not i % 3
+        ]
+        page, _ = await frames_of(store, a["_id"], errors=True, limit=100)
+        assert [(f["messageId"], f["kind"]) for f in page] == [
+            ("m0", 0),
+            ("m7", 0),
+            ("m14", 0),
+            ("m21", 0),
+            ("m28", 0),
+        ]
+        page, _ = await frames_of(store, a["_id"], errors=True, limit=2)
+        assert [f["messageId"] for f in page] == ["m21", "m28"]
+        t = int(T0 * 1000)
+        page, _ = await frames_of(store, a["_id"], since=t + 8, until=t + 12, limit=100)
+        assert [f["messageId"] for f in page] == ["m8", "m9", "m10", "m11", "m12"]
+
+    run(scenario())
+
+
+def test_a_frame_text_is_kept_as_given_cut_ones_say_so(store):
+    a = station()
+    whole = '[2,"x","DataTransfer",{"data":"\u00e9t\u00e9 \u2603"}]'
+    cut = '[2,"y","DataTransfer",{"data":"\u00e9'.encode()  # ends inside a character
+    cut = cut[:-1]
+
+    async def scenario():
+        await create(store, a)
+        async with store.unit() as tx:
+            await tx.add_frames(
+                [
+                    (
+                        a["_id"],
+                        [
+                            frame(0, text=whole),
+                            frame(1, text=b'[3,"x",{"status":"Accepted"}]'),
+                            frame(2, text=cut, size=9000),
+                            frame(3, text="", size=120),  # refused unread: no text kept
+                        ],
+                    )
+                ]
+            )
+        found, _ = await frames_of(store, a["_id"])
+        assert found[0]["text"] == whole and not found[0]["truncated"]
+        assert found[0]["size"] == len(whole.encode())
+        assert found[1]["text"] == '[3,"x",{"status":"Accepted"}]' and not found[1]["truncated"]
+        assert found[2]["truncated"] and found[2]["size"] == 9000
+        assert found[2]["text"].endswith("\ufffd")  # the cut character, replaced
+        assert found[3] | {"text": "", "truncated": True} == found[3]
+
+    run(scenario())
+
+
+def test_prune_frames_keeps_a_stations_newest(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            for start in range(0, 25, 5):
+                await tx.add_frames([(a["_id"], [frame(i) for i in range(start, start + 5)])])
+            await tx.add_frames([(b["_id"], [frame(i) for i in range(3)])])
+        async with store.unit() as tx:
+            assert await tx.prune_frames(a["_id"], 12) == 12  # whole writes and part of one
+        found, _ = await frames_of(store, a["_id"], limit=100)
+        assert [f["messageId"] for f in found] == [f"m{i}" for i in range(13, 25)]
+        async with store.unit() as tx:
+            assert await tx.prune_frames(a["_id"], 12) == 12  # nothing more to do
+            # a limit of one write a time: the oldest goes, the next one waits for the next call
+            assert await tx.prune_frames(a["_id"], 3, limit=1) == 3 + 5
+            assert await tx.prune_frames(a["_id"], 3, limit=1) == 3
+        found, _ = await frames_of(store, a["_id"], limit=100)
+        assert [f["messageId"] for f in found] == ["m22", "m23", "m24"]
+        assert len((await frames_of(store, b["_id"]))[0]) == 3  # another station's stay
+        async with store.unit() as tx:
+            assert await tx.prune_frames(a["_id"], 0) == 0
+            assert await tx.prune_frames("nobody", 5) == 0
+        assert (await frames_of(store, a["_id"]))[0] == []
+
+    run(scenario())
+
+
+def test_expire_frames_drops_the_old_ones_a_batch_at_a_time(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            for i in range(6):  # six writes, 1 s apart, of two stations
+                sid = (a, b)[i % 2]["_id"]
+                await tx.add_frames([(sid, [frame(1000 * i), frame(1000 * i + 1)])])
+        cutoff = int(T0 * 1000) + 3500  # the first four writes are older
+        async with store.unit() as tx:
+            assert await tx.expire_frames(cutoff, limit=3) == 3
+        async with store.unit() as tx:
+            assert await tx.expire_frames(cutoff, limit=3) == 1
+            assert await tx.expire_frames(cutoff, limit=3) == 0
+        assert [f["messageId"] for f in (await frames_of(store, a["_id"]))[0]] == ["m4000", "m4001"]
+        assert [f["messageId"] for f in (await frames_of(store, b["_id"]))[0]] == ["m5000", "m5001"]
+
+    run(scenario())
+
+
+def test_frames_go_with_their_station(store):
+    gone, stays = station(), station()
+
+    async def scenario():
+        await create(store, gone, stays)
+        async with store.unit() as tx:
+            await tx.add_frames([(gone["_id"], [frame(0)]), (stays["_id"], [frame(1)])])
+        async with store.unit() as tx:
+            assert await tx.delete_station(gone["_id"])
+        assert (await frames_of(store, gone["_id"]))[0] == []
+        assert len((await frames_of(store, stays["_id"]))[0]) == 1
+
+    run(scenario())
+
+
+def test_frames_are_written_only_with_their_unit(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        with pytest.raises(RuntimeError):
+            async with store.unit() as tx:
+                await tx.add_frames([(a["_id"], [frame(0)])])
+                raise RuntimeError("undone")
+        assert (await frames_of(store, a["_id"]))[0] == []
+
+    run(scenario())
+
+
 # --- actions ------------------------------------------------------------------------------
 
 
