@@ -51,10 +51,9 @@ def line(f: dict, width: int | None = None) -> str:
         f"{printable(f['type']):<10}",
         f"{printable(f.get('action') or '-', 40):<20}",
         printable(f["messageId"], 40),
-        f"{f['size']} B",
+        f"{f['size']:>6} B",
+        f"{latency:>8.1f} ms" if latency is not None else " " * 11,
     ]
-    if latency is not None:
-        parts.append(f"{latency:.1f} ms")
     if f.get("error"):
         parts.append(printable(f["error"], 40))
     head = " ".join(parts)
