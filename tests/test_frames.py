@@ -396,3 +396,22 @@ def test_the_outside_shape():
         "text": "[4]",
         "truncated": True,
     }
+
+
+def test_a_deleted_stations_waiting_frames_are_not_written():
+    async def scenario():
+        from edrvctl import model
+        from edrvctl.fleet import Fleet
+
+        fleet = Fleet(open_store(":memory:"))
+        gone, _ = await fleet.create(model.StationCreate(endpoint="GONE"))
+        stays, _ = await fleet.create(model.StationCreate(endpoint="STAYS"))
+        for doc in (gone, stays):
+            log = fleet.frames.tracer(doc["_id"])
+            log(trace(0))
+        await fleet.delete("GONE")
+        await fleet.frames.close()
+        assert await stored(fleet.frames, gone["_id"]) == []
+        assert len(await stored(fleet.frames, stays["_id"])) == 1
+
+    run(scenario())

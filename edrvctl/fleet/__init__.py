@@ -421,6 +421,7 @@ class Fleet:
             await tx.delete_station(doc["_id"])
         for memo in (self._seen, self._ids, self._statuses, self._following):
             memo.pop(doc["endpoint"], None)
+        self.frames.forget(doc["_id"])
         await self._disconnect(doc["endpoint"], "chargestation deleted")
         return doc
 

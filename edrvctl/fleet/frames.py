@@ -58,8 +58,7 @@ class StationLog:
         fl = self.log
         size = t.size
         if size > MAX_TEXT:  # rare: cut now, so that the buffer holds no more than is kept
-            text = t.text if isinstance(t.text, bytes) else t.text.encode("utf-8", "replace")
-            t = t._replace(text=text[:MAX_TEXT])
+            t = cut(t)
             size = MAX_TEXT
         if fl.buffered + size + OVERHEAD > fl.max_buffered:
             fl.dropped_frame()
@@ -87,14 +86,20 @@ class ErrorsLog(StationLog):
 
     def __call__(self, t: Trace) -> None:
         if t.kind == CALL:
-            self.calls[t.direction] = t  # kept if its answer is an error
-            return
+            self.calls[t.direction] = cut(t) if t.size > MAX_TEXT else t  # kept if answered
+            return  # with an error
         if t.error is None:
             return
         call = self.calls.pop("out" if t.direction == "in" else "in", None)
         if call is not None and call.id == t.id:
             super().__call__(call)
         super().__call__(t)
+
+
+def cut(t: Trace) -> Trace:
+    """`t` with its text cut to its first MAX_TEXT bytes."""
+    text = t.text if isinstance(t.text, bytes) else t.text.encode("utf-8", "replace")
+    return t._replace(text=text[:MAX_TEXT])
 
 
 class FrameFeed(Feed):
@@ -148,6 +153,14 @@ class FrameLog:
         if self.mode == "off":
             return None
         return (ErrorsLog if self.mode == "errors" else StationLog)(self, station_id)
+
+    def forget(self, station_id: str) -> None:
+        """A station was deleted: its frames not written yet are dropped with it."""
+        self._held.pop(station_id, None)
+        for station in self.dirty:
+            if station.station_id == station_id:
+                self.waiting -= len(station.frames)
+                station.frames = []
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -212,6 +225,8 @@ class FrameLog:
         held = self._held
         threshold = self.keep + int(self.keep * SLACK)
         for (sid, frames), first in zip(chunks, firsts, strict=True):
+            if not frames:
+                continue
             held[sid] = held.get(sid, threshold) + len(frames)
             feed = self._feeds.get(sid)
             if feed is not None and feed.listeners:
