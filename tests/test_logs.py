@@ -106,6 +106,11 @@ def test_logs_shows_a_stations_frames_in_and_out_paired(server, cli_env, proto):
     }
     assert got == [f for f in frames if f["action"] == "Heartbeat"][-len(got) :]
 
+    r = cli(cli_env, "logs", ep, "--action", "Heartbeat", "--action", "BootNotification")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == len(got) + 2
+    assert run(messages(server, ep, action="Heartbeat,BootNotification"))["result"] == [
+        f for f in frames if f["action"] in ("Heartbeat", "BootNotification")
+    ]
     r = cli(cli_env, "logs", ep, "--limit", "2", "--since", "1h")
     assert r.exit_code == 0 and r.stdout.splitlines() == lines[-2:]
     assert cli(cli_env, "logs", "no-such-station").exit_code == 3

@@ -201,7 +201,7 @@ def logs(
     path = f"/v1.1/chargestations/{_seg(station)}/messages"
     params: dict = {}
     if action:
-        params["action"] = action
+        params["action"] = ",".join(action)
     if errors:
         params["errors"] = "true"
     if since:

@@ -2,7 +2,7 @@
 
 - `GET /v1.1/chargestations/{id}/messages`: a page of frames, oldest first; by default the
   newest `limit`, `before=` an id the ones before it, `after=` the ones after it; filters
-  `action` (repeatable), `errors`, `since`, `until`.
+  `action` (comma-separated), `errors`, `since`, `until`.
 - `GET /v1.1/chargestations/{id}/messages/stream`: server-sent events, `id: <frame id>`,
   `event: frame`, `data: <the frame as JSON>`, from `after=` or `Last-Event-ID` (else from now);
   a comment line every KEEPALIVE seconds without frames. At most MAX_STREAMS at once; a reader
@@ -33,8 +33,13 @@ LIST_PARAMS = {"action", "errors", "since", "until", "after", "before", "limit"}
 STREAM_PARAMS = {"action", "errors", "since", "after"}
 
 Actions = Annotated[
-    list[str] | None,
-    Query(max_length=64, description="only frames of this action (an answer's is its CALL's)"),
+    str | None,
+    Query(
+        max_length=1000,
+        pattern=r"^[A-Za-z0-9]+(,[A-Za-z0-9]+)*$",
+        description="only frames of these actions, comma-separated (an answer's action is its "
+        "CALL's)",
+    ),
 ]
 Errors = Annotated[bool, Query(description="only CALLERRORs and invalid frames")]
 FrameId = Annotated[int | None, Query(ge=0, lt=1 << 62)]
@@ -44,6 +49,10 @@ def _ms(name: str, value: str | None) -> int | None:
     if value is None:
         return None
     return int(model.parse_time(_parse_range(name, value)).timestamp() * 1000)
+
+
+def _actions(given: str | None) -> tuple[str, ...]:
+    return tuple(given.split(",")) if given else ()
 
 
 def _known(request: Request, known: set[str]) -> None:
@@ -126,7 +135,7 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list) -> None:
                 before=before,
                 since=_ms("since", since),
                 until=_ms("until", until),
-                actions=tuple(action or ()),
+                actions=_actions(action),
                 errors=errors,
                 limit=limit,
             )
@@ -142,6 +151,8 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list) -> None:
         dependencies=auth,
         summary="The station's frames as they happen (server-sent events; Last-Event-ID resumes)",
         response_class=EventStream,
+        status_code=200,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "frames"}},
     )
     async def stream_messages(
         request: Request,
@@ -166,7 +177,7 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list) -> None:
             start = int(last_event_id)
         frames = fleet.frames.follow(
             FrameQuery(
-                doc["_id"], actions=tuple(action or ()), errors=errors, since=_ms("since", since)
+                doc["_id"], actions=_actions(action), errors=errors, since=_ms("since", since)
             ),
             start,
             idle=KEEPALIVE,
