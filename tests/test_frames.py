@@ -17,7 +17,7 @@ from edrvctl.fleet import frames as frame_log
 from edrvctl.fleet.frames import FrameLog
 from edrvctl.ocppj import Rpc, RpcError, TokenBucket, Trace
 from edrvctl.ocppj.rpc import CALL, CALLERROR, CALLRESULT, IN, INVALID, OUT
-from edrvctl.store import FrameQuery, open_store
+from edrvctl.store import FrameQuery, frame_json, open_store
 from test_ocppj import HANDLERS, NOW, FakeSocket
 from timing import scaled, until_async
 
@@ -37,7 +37,11 @@ async def traced(version: str, frames: list, handlers: dict | None = None, **kw)
     sock = FakeSocket()
     sock.feed(*frames, None)
     rpc = Rpc(
-        sock, version, HANDLERS[version] if handlers is None else handlers, trace=seen.append, **kw
+        sock,
+        version,
+        HANDLERS[version] if handlers is None else handlers,
+        trace=lambda *fields: seen.append(Trace(*fields)),
+        **kw,
     )
     await rpc.run()
     return seen
@@ -52,7 +56,12 @@ def test_each_answer_is_paired_with_its_call_and_timed(version):
     async def scenario():
         seen: list[Trace] = []
         sock = FakeSocket(reply=lambda f: [[3, f[1], {"status": "Accepted"}]] if f[0] == 2 else [])
-        rpc = Rpc(sock, version, {"Heartbeat": slow_heartbeat}, trace=seen.append)
+        rpc = Rpc(
+            sock,
+            version,
+            {"Heartbeat": slow_heartbeat},
+            trace=lambda *fields: seen.append(Trace(*fields)),
+        )
         reader = asyncio.create_task(rpc.run())
         t0 = time.time()
         sock.feed([2, "hb-1", "Heartbeat", {}])
@@ -158,13 +167,13 @@ def test_frames_are_written_in_one_unit_per_batch_off_the_callers_path():
         other = fl.tracer("f" * 24)
         commits = store.commits
         for i in range(50):
-            log(trace(i))  # only appends: nothing is written yet
-            other(trace(1000 + i))
-        assert fl.waiting == 100 and await stored(fl) == []
+            log(*trace(i))  # only appends: nothing is written yet
+            other(*trace(1000 + i))
+        assert fl.buffered > 0 and await stored(fl) == []
         await until_async(lambda: fl.written == 100, what="the batch written")
         assert store.commits == commits + 1  # both stations' frames, one unit
         assert [f["messageId"] for f in await stored(fl)] == [f"m{i}" for i in range(50)]
-        log(trace(50))
+        log(*trace(50))
         await fl.close()  # what waits is written when the server stops
         assert len(await stored(fl)) == 51
 
@@ -173,13 +182,16 @@ def test_frames_are_written_in_one_unit_per_batch_off_the_callers_path():
 
 def test_many_waiting_frames_are_written_at_once(monkeypatch):
     monkeypatch.setattr(frame_log, "FLUSH_EVERY", 60.0)
-    monkeypatch.setattr(frame_log, "FLUSH_AT", 10)
+    monkeypatch.setattr(frame_log, "FLUSH_AT", int(9.5 * (len(frame_json(*trace(0))) + 1)))
 
     async def scenario():
         fl = FrameLog(open_store(":memory:"))
         log = fl.tracer(SID)
-        for i in range(10):
-            log(trace(i))
+        for i in range(9):
+            log(*trace(i))
+        await asyncio.sleep(scaled(0.2))
+        assert fl.written == 0  # not yet: the minute is not over, FLUSH_AT not reached
+        log(*trace(9))
         await until_async(lambda: fl.written == 10, timeout=2, what="a write before the minute")
 
     run(scenario())
@@ -192,8 +204,8 @@ def test_a_long_frame_is_kept_cut_to_its_first_8_kib():
     async def scenario():
         fl = FrameLog(open_store(":memory:"))
         log = fl.tracer(SID)
-        log(trace(0, action="DataTransfer", text=BIG))
-        log(trace(1, kind=CALLRESULT, action="DataTransfer", text=b'[3,"m0",{"status":"x"}]'))
+        log(*trace(0, action="DataTransfer", text=BIG))
+        log(*trace(1, kind=CALLRESULT, action="DataTransfer", text=b'[3,"m0",{"status":"x"}]'))
         await fl.close()
         return await stored(fl)
 
@@ -208,13 +220,13 @@ def test_errors_mode_keeps_errors_with_the_calls_they_answer():
     async def scenario():
         fl = FrameLog(open_store(":memory:"), mode="errors")
         log = fl.tracer(SID)
-        log(trace(0))  # answered fine: neither is kept
-        log(trace(0, kind=CALLRESULT))
-        log(trace(1, action="Authorize"))  # answered with an error: both kept
-        log(trace(1, kind=CALLERROR, action="Authorize", error="FormatViolation"))
-        log(trace(2, kind=INVALID, action=None, error="RpcFrameworkError", text="garbage"))
-        log(trace(3, kind=CALL, direction=OUT, action="Reset"))  # ours, refused by the station
-        log(trace(3, kind=CALLERROR, direction=IN, action="Reset", error="NotSupported"))
+        log(*trace(0))  # answered fine: neither is kept
+        log(*trace(0, kind=CALLRESULT))
+        log(*trace(1, action="Authorize"))  # answered with an error: both kept
+        log(*trace(1, kind=CALLERROR, action="Authorize", error="FormatViolation"))
+        log(*trace(2, kind=INVALID, action=None, error="RpcFrameworkError", text="garbage"))
+        log(*trace(3, kind=CALL, direction=OUT, action="Reset"))  # ours, refused by the station
+        log(*trace(3, kind=CALLERROR, direction=IN, action="Reset", error="NotSupported"))
         await fl.close()
         return await stored(fl)
 
@@ -237,15 +249,16 @@ def test_off_means_no_observer():
 
 def test_the_buffer_has_a_budget_past_it_frames_are_dropped_and_counted(caplog):
     async def scenario():
-        fl = FrameLog(open_store(":memory:"), max_buffered=20 * (100 + frame_log.OVERHEAD))
+        each = len(frame_json(*trace(10, text="x" * 100))) + 1
+        fl = FrameLog(open_store(":memory:"), max_buffered=int(20.5 * each))  # (times vary)
         log = fl.tracer(SID)
         with caplog.at_level("WARNING", logger="edrvctl.frames"):
-            for i in range(100):  # all in one loop turn: nothing can be written meanwhile
-                log(trace(i, text="x" * 100))
-        assert fl.waiting == 20 and fl.dropped == 80
+            for i in range(10, 110):  # all in one loop turn: nothing can be written meanwhile
+                log(*trace(i, text="x" * 100))
+        assert fl.dropped == 80
         await fl.close()
         assert len(await stored(fl)) == 20
-        log(trace(100, text="x" * 100))  # room again once written
+        log(*trace(110, text="x" * 100))  # room again once written
         await fl.close()
         assert len(await stored(fl)) == 21
 
@@ -273,10 +286,10 @@ def test_a_failed_write_drops_its_frames_and_the_log_goes_on():
         fl = FrameLog(FailingStore())  # type: ignore[arg-type]
         log = fl.tracer(SID)
         for i in range(5):
-            log(trace(i))
+            log(*trace(i))
         await until_async(lambda: fl.dropped == 5, what="the failed write counted")
-        assert fl.waiting == 0 and fl.buffered == 0 and fl.written == 0
-        log(trace(5))  # still taken, tried again
+        assert fl.buffered == 0 and fl.written == 0
+        log(*trace(5))  # still taken, tried again
         await until_async(lambda: fl.dropped == 6, what="the next write tried")
 
     run(scenario())
@@ -287,16 +300,16 @@ def test_a_station_is_pruned_back_to_its_count_once_a_tenth_over():
         fl = FrameLog(open_store(":memory:"), keep=20)
         log = fl.tracer(SID)
         for i in range(50):
-            log(trace(i))
+            log(*trace(i))
         await fl.close()
         await fl.prune()
         assert [f["messageId"] for f in await stored(fl)] == [f"m{i}" for i in range(30, 50)]
         for i in range(50, 52):  # 22 held: within the slack, left alone
-            log(trace(i))
+            log(*trace(i))
         await fl.close()
         await fl.prune()
         assert len(await stored(fl)) == 22
-        log(trace(52))  # 23: past it
+        log(*trace(52))  # 23: past it
         await fl.close()
         await fl.prune()
         assert [f["messageId"] for f in await stored(fl)] == [f"m{i}" for i in range(33, 53)]
@@ -310,9 +323,9 @@ def test_frames_older_than_the_days_kept_go():
         log = fl.tracer(SID)
         old = time.time() - 86400 - 60
         for i in range(3):
-            log(trace(i, at=old + i))
+            log(*trace(i, at=old + i))
         await fl.close()
-        log(trace(3))
+        log(*trace(3))
         await fl.close()
         await fl.prune()
         assert [f["messageId"] for f in await stored(fl)] == ["m3"]
@@ -325,8 +338,8 @@ def test_follow_gives_the_stored_frames_then_each_new_one_once_committed():
         store = open_store(":memory:")
         fl = FrameLog(store)
         log = fl.tracer(SID)
-        log(trace(0))
-        log(trace(0, kind=CALLRESULT))
+        log(*trace(0))
+        log(*trace(0, kind=CALLRESULT))
         await fl.close()
         first = (await stored(fl))[0]["seq"]
         rows = fl.follow(FrameQuery(SID), after=first, idle=scaled(5))
@@ -334,7 +347,7 @@ def test_follow_gives_the_stored_frames_then_each_new_one_once_committed():
         assert [(f["messageId"], f["kind"]) for f in got] == [("m0", CALLRESULT)]
         commits = store.commits
         nxt = asyncio.ensure_future(anext(rows))
-        log(trace(1, action="MeterValues"))
+        log(*trace(1, action="MeterValues"))
         live = await asyncio.wait_for(nxt, scaled(5))
         assert [f["messageId"] for f in live] == ["m1"]
         assert store.commits > commits  # published after its commit, not before
@@ -352,8 +365,8 @@ def test_follow_keeps_to_its_filters_and_ends_when_the_server_stops():
         rows = fl.follow(FrameQuery(SID, errors=True), after=None, idle=scaled(5))
         nxt = asyncio.ensure_future(anext(rows))
         await asyncio.sleep(0.05)
-        log(trace(0))
-        log(trace(0, kind=CALLERROR, error="NotSupported"))
+        log(*trace(0))
+        log(*trace(0, kind=CALLERROR, error="NotSupported"))
         got = await asyncio.wait_for(nxt, scaled(5))
         assert [f["kind"] for f in got] == [CALLERROR]
         nxt = asyncio.ensure_future(anext(rows))
@@ -408,7 +421,7 @@ def test_a_deleted_stations_waiting_frames_are_not_written():
         stays, _ = await fleet.create(model.StationCreate(endpoint="STAYS"))
         for doc in (gone, stays):
             log = fleet.frames.tracer(doc["_id"])
-            log(trace(0))
+            log(*trace(0))
         await fleet.delete("GONE")
         await fleet.frames.close()
         assert await stored(fleet.frames, gone["_id"]) == []

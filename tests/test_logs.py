@@ -400,7 +400,7 @@ def test_a_stream_outlives_the_read_deadline_and_keeps_alive(monkeypatch):
                 async for line in r.aiter_lines():
                     lines.append(line)
                     if time.monotonic() - t0 > 4 * deadline and log is not None:
-                        log(heartbeat(1))  # well past the deadline: still delivered
+                        log(*heartbeat(1))  # well past the deadline: still delivered
                         log = None
                     if line.startswith("data: "):
                         break

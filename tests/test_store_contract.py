@@ -804,7 +804,7 @@ T0 = 1_700_000_000.0  # epoch seconds of the first test frame
 
 
 def frame(i: int, kind: int = 2, action: str | None = "Heartbeat", **fields) -> tuple:
-    """A frame as Unit.add_frames takes it (the shape of ocppj.Trace), `i` ms after T0."""
+    """A frame's fields (an ocppj.Trace's, as store.frame_json takes them), `i` ms after T0."""
     text = fields.pop("text", f'[{kind},"m{i}","{action}",{{}}]')
     f = {
         "at": T0 + i / 1000,
@@ -821,6 +821,20 @@ def frame(i: int, kind: int = 2, action: str | None = "Heartbeat", **fields) -> 
     return tuple(f.values())
 
 
+def chunk(sid: str, frames: list[tuple]):
+    """A station's frames as written at once (store.FrameChunk)."""
+    from edrvctl.store import FrameChunk, frame_json
+
+    return FrameChunk(
+        sid,
+        int(frames[0][0] * 1000),
+        int(frames[-1][0] * 1000),
+        len(frames),
+        sum(f[7] is not None for f in frames),
+        b"[" + b",".join(frame_json(*f) for f in frames) + b"]",
+    )
+
+
 async def frames_of(store: Store, sid: str, **query) -> tuple[list[dict], bool]:
     from edrvctl.store import FrameQuery
 
@@ -835,9 +849,9 @@ def test_frames_are_kept_with_rising_ids_and_read_back_oldest_first(store):
         await create(store, a, b)
         async with store.unit() as tx:
             firsts = await tx.add_frames(
-                [(a["_id"], [frame(0), frame(1)]), (b["_id"], [frame(2)]), (a["_id"], [])]
+                [chunk(a["_id"], [frame(0), frame(1)]), chunk(b["_id"], [frame(2)])]
             )
-            later = await tx.add_frames([(a["_id"], [frame(3, kind=4, error="NotSupported")])])
+            later = await tx.add_frames([chunk(a["_id"], [frame(3, kind=4, error="NotSupported")])])
         assert firsts[0] < firsts[1] < later[0]  # ids rise in the order frames are added
         found, more = await frames_of(store, a["_id"])
         assert not more
@@ -873,7 +887,7 @@ def test_frames_pages_and_filters(store):
             for start in range(0, 30, 10):  # three writes of ten
                 await tx.add_frames(
                     [
-                        (
+                        chunk(
                             a["_id"],
                             [
                                 frame(i, action="MeterValues" if i % 3 == 0 else "Heartbeat")
@@ -926,19 +940,21 @@ def test_a_frame_text_is_kept_as_given_cut_ones_say_so(store):
     whole = '[2,"x","DataTransfer",{"data":"\u00e9t\u00e9 \u2603"}]'
     cut = '[2,"y","DataTransfer",{"data":"\u00e9'.encode()  # ends inside a character
     cut = cut[:-1]
+    ours = orjson.dumps([3, "z", {"a": 0.1, "b": '\u00e9\u2603\n"', "c": [1e-7, 2**62, -0.0]}])
 
     async def scenario():
         await create(store, a)
         async with store.unit() as tx:
             await tx.add_frames(
                 [
-                    (
+                    chunk(
                         a["_id"],
                         [
                             frame(0, text=whole),
                             frame(1, text=b'[3,"x",{"status":"Accepted"}]'),
                             frame(2, text=cut, size=9000),
                             frame(3, text="", size=120),  # refused unread: no text kept
+                            frame(5, text=ours),  # sent by us (odd: out), exactly as sent
                         ],
                     )
                 ]
@@ -950,6 +966,7 @@ def test_a_frame_text_is_kept_as_given_cut_ones_say_so(store):
         assert found[2]["truncated"] and found[2]["size"] == 9000
         assert found[2]["text"].endswith("\ufffd")  # the cut character, replaced
         assert found[3] | {"text": "", "truncated": True} == found[3]
+        assert found[4]["text"].encode() == ours and not found[4]["truncated"]
 
     run(scenario())
 
@@ -961,8 +978,8 @@ def test_prune_frames_keeps_a_stations_newest(store):
         await create(store, a, b)
         async with store.unit() as tx:
             for start in range(0, 25, 5):
-                await tx.add_frames([(a["_id"], [frame(i) for i in range(start, start + 5)])])
-            await tx.add_frames([(b["_id"], [frame(i) for i in range(3)])])
+                await tx.add_frames([chunk(a["_id"], [frame(i) for i in range(start, start + 5)])])
+            await tx.add_frames([chunk(b["_id"], [frame(i) for i in range(3)])])
         async with store.unit() as tx:
             assert await tx.prune_frames(a["_id"], 12) == 12  # whole writes and part of one
         found, _ = await frames_of(store, a["_id"], limit=100)
@@ -991,7 +1008,7 @@ def test_expire_frames_drops_the_old_ones_a_batch_at_a_time(store):
         async with store.unit() as tx:
             for i in range(6):  # six writes, 1 s apart, of two stations
                 sid = (a, b)[i % 2]["_id"]
-                await tx.add_frames([(sid, [frame(1000 * i), frame(1000 * i + 1)])])
+                await tx.add_frames([chunk(sid, [frame(1000 * i), frame(1000 * i + 1)])])
         cutoff = int(T0 * 1000) + 3500  # the first four writes are older
         async with store.unit() as tx:
             assert await tx.expire_frames(cutoff, limit=3) == 3
@@ -1010,7 +1027,7 @@ def test_frames_go_with_their_station(store):
     async def scenario():
         await create(store, gone, stays)
         async with store.unit() as tx:
-            await tx.add_frames([(gone["_id"], [frame(0)]), (stays["_id"], [frame(1)])])
+            await tx.add_frames([chunk(gone["_id"], [frame(0)]), chunk(stays["_id"], [frame(1)])])
         async with store.unit() as tx:
             assert await tx.delete_station(gone["_id"])
         assert (await frames_of(store, gone["_id"]))[0] == []
@@ -1026,7 +1043,7 @@ def test_frames_are_written_only_with_their_unit(store):
         await create(store, a)
         with pytest.raises(RuntimeError):
             async with store.unit() as tx:
-                await tx.add_frames([(a["_id"], [frame(0)])])
+                await tx.add_frames([chunk(a["_id"], [frame(0)])])
                 raise RuntimeError("undone")
         assert (await frames_of(store, a["_id"]))[0] == []
 

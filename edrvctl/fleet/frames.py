@@ -2,7 +2,7 @@
 
 Each station's connection gets a `StationLog`, the observer its `ocppj.Rpc` calls with every
 frame (an `ocppj.Trace`): it only appends the frame to the station's buffer. `FrameLog` writes
-every buffer in one store unit every FLUSH_EVERY seconds (or as soon as FLUSH_AT frames wait),
+every buffer in one store unit every FLUSH_EVERY seconds (or as soon as FLUSH_AT bytes wait),
 off the stations' path: no station message waits for the frame log, and the log never holds more
 than `max_buffered` bytes in memory (past it, frames are dropped and counted, never waited for).
 A committed batch is published to the stations' feeds (only those someone follows).
@@ -21,20 +21,22 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
+from typing import Any
 
 from edrvctl import model
 from edrvctl.fleet.events import Feed, Subscription, follow
-from edrvctl.ocppj.rpc import CALL, CALLERROR, INVALID, KINDS, Trace
-from edrvctl.store import FrameQuery, Store
+from edrvctl.ocppj.rpc import CALL, CALLERROR, INVALID, KINDS
+from edrvctl.store import FrameChunk, FrameQuery, Store, chunk_frames, frame_json
 
 log = logging.getLogger("edrvctl.frames")
 
 MODES = ("all", "errors", "off")
 MAX_TEXT = 8 * 1024  # bytes of a frame's text kept
-FLUSH_EVERY = 0.1  # s between two writes of the buffered frames
-FLUSH_AT = 10_000  # frames buffered that are written at once
+FLUSH_EVERY = float(
+    __import__("os").environ.get("XFLUSH", "0.1")
+)  # s between two writes of the buffered frames
+FLUSH_AT = 4 << 20  # bytes of buffered frames that are written at once
 MAX_BUFFERED = 32 << 20  # bytes of frames waiting to be written; past it, frames are dropped
-OVERHEAD = 200  # bytes a buffered frame costs besides its text (its Trace, the list slot)
 SLACK = 0.1  # a station is pruned back to `keep` once it holds this share more
 PRUNE_STATIONS = 100  # stations pruned per prune() (a unit each)
 EXPIRE_BATCH = 500  # groups of frames expired per unit
@@ -45,34 +47,75 @@ WARN_EVERY = 60.0  # s between two log lines about dropped frames
 
 
 class StationLog:
-    """The observer of one station's connection (`Rpc(trace=...)`): appends, nothing more."""
+    """The observer of one station's connection (`Rpc(trace=...)`): each frame is encoded as
+    it will be kept (store.frame_json) and appended to the station's buffer, nothing more.
+    (Only bytes wait to be written: holding each frame's objects for a while cost more.)"""
 
-    __slots__ = ("frames", "log", "station_id")
+    __slots__ = ("buf", "errors", "first", "last", "log", "n", "station_id")
 
     def __init__(self, frame_log: FrameLog, station_id: str) -> None:
         self.log = frame_log
         self.station_id = station_id
-        self.frames: list[Trace] = []
+        self.buf = bytearray()  # frame_json(...) + b"," each
+        self.n = self.errors = 0
+        self.first = self.last = 0.0  # when the first and the last frame waiting came
 
-    def __call__(self, t: Trace) -> None:
+    def __call__(
+        self,
+        at: float,
+        direction: str,
+        kind: int,
+        mid: str,
+        action: str | None,
+        size: int,
+        latency: float | None,
+        error: str | None,
+        text: str | bytes,
+    ) -> None:
+        if size > MAX_TEXT:  # rare: only its first MAX_TEXT bytes are kept
+            text = cut(text)
+        row = frame_json(at, direction, kind, mid, action, size, latency, error, text)
         fl = self.log
-        size = t.size
-        if size > MAX_TEXT:  # rare: cut now, so that the buffer holds no more than is kept
-            t = cut(t)
-            size = MAX_TEXT
-        if fl.buffered + size + OVERHEAD > fl.max_buffered:
+        buffered = fl.buffered + len(row) + 1
+        if buffered > fl.max_buffered:
             fl.dropped_frame()
             return
-        fl.buffered += size + OVERHEAD
-        fl.waiting += 1
-        frames = self.frames
-        if not frames:
+        fl.buffered = buffered
+        buf = self.buf
+        if not buf:
+            self.first = at
             fl.dirty.append(self)
-            if fl.waiting == 1:
+            if len(fl.dirty) == 1:
                 fl.schedule()
-        if fl.waiting >= FLUSH_AT:
+        buf += row
+        buf += b","
+        self.n += 1
+        if error is not None:
+            self.errors += 1
+        self.last = at
+        if buffered >= FLUSH_AT:
             fl.schedule()
-        frames.append(t)
+
+    def take(self) -> FrameChunk | None:
+        """What waits to be written, as one chunk (None: nothing); the buffer starts anew."""
+        if not self.buf:
+            return None
+        chunk = FrameChunk(
+            self.station_id,
+            int(self.first * 1000),
+            int(self.last * 1000),
+            self.n,
+            self.errors,
+            b"[" + self.buf[:-1] + b"]",
+        )
+        self.buf = bytearray()
+        self.n = self.errors = 0
+        return chunk
+
+    def drop(self) -> int:
+        """Forget what waits; how many frames that was."""
+        n, self.buf, self.n, self.errors = self.n, bytearray(), 0, 0
+        return n
 
 
 class ErrorsLog(StationLog):
@@ -82,24 +125,26 @@ class ErrorsLog(StationLog):
 
     def __init__(self, frame_log: FrameLog, station_id: str) -> None:
         super().__init__(frame_log, station_id)
-        self.calls: dict[str, Trace] = {}  # the last CALL each way, by direction
+        self.calls: dict[str, tuple] = {}  # the last CALL each way, by direction
 
-    def __call__(self, t: Trace) -> None:
-        if t.kind == CALL:
-            self.calls[t.direction] = cut(t) if t.size > MAX_TEXT else t  # kept if answered
-            return  # with an error
-        if t.error is None:
+    def __call__(self, *t: Any) -> None:
+        kind, error = t[2], t[7]
+        if kind == CALL:
+            if t[5] > MAX_TEXT:
+                t = (*t[:8], cut(t[8]))
+            self.calls[t[1]] = t  # kept if its answer is an error
             return
-        call = self.calls.pop("out" if t.direction == "in" else "in", None)
-        if call is not None and call.id == t.id:
-            super().__call__(call)
-        super().__call__(t)
+        if error is None:
+            return
+        call = self.calls.pop("out" if t[1] == "in" else "in", None)
+        if call is not None and call[3] == t[3]:
+            super().__call__(*call)
+        super().__call__(*t)
 
 
-def cut(t: Trace) -> Trace:
-    """`t` with its text cut to its first MAX_TEXT bytes."""
-    text = t.text if isinstance(t.text, bytes) else t.text.encode("utf-8", "replace")
-    return t._replace(text=text[:MAX_TEXT])
+def cut(text: str | bytes) -> bytes:
+    """The first MAX_TEXT bytes of a frame's text."""
+    return (text if isinstance(text, bytes) else text.encode("utf-8", "replace"))[:MAX_TEXT]
 
 
 class FrameFeed(Feed):
@@ -122,8 +167,7 @@ class FrameLog:
         self.max_buffered = max_buffered
         self.configure(mode, keep, days)
         self.dirty: list[StationLog] = []  # logs with frames to write, in the order they came
-        self.waiting = 0  # frames buffered
-        self.buffered = 0  # their bytes (as counted by StationLog._keep)
+        self.buffered = 0  # bytes of frames waiting to be written
         self.dropped = 0  # frames dropped: over the buffer budget, or their write failed
         self.written = 0  # frames written
         self._scheduled: asyncio.TimerHandle | asyncio.Handle | None = None
@@ -159,8 +203,7 @@ class FrameLog:
         self._held.pop(station_id, None)
         for station in self.dirty:
             if station.station_id == station_id:
-                self.waiting -= len(station.frames)
-                station.frames = []
+                station.drop()
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -180,10 +223,10 @@ class FrameLog:
             self._dropped_since_warning = 0
 
     def schedule(self) -> None:
-        """Write soon: at once when FLUSH_AT frames wait, else after FLUSH_EVERY."""
+        """Write soon: at once when FLUSH_AT bytes wait, else after FLUSH_EVERY."""
         if self._writing is not None:
             return  # the running write looks again when it ends
-        now = self.waiting >= FLUSH_AT
+        now = self.buffered >= FLUSH_AT
         if self._scheduled is not None:
             if self._soon or not now:
                 return
@@ -209,11 +252,11 @@ class FrameLog:
 
     async def _write(self) -> None:
         dirty, self.dirty = self.dirty, []
-        chunks = []
-        for station in dirty:
-            frames, station.frames = station.frames, []
-            chunks.append((station.station_id, frames))
-        n, self.waiting, self.buffered = self.waiting, 0, 0
+        chunks = [c for c in (station.take() for station in dirty) if c is not None]
+        self.buffered = 0
+        if not chunks:
+            return
+        n = sum(c.n for c in chunks)
         try:
             async with self.store.unit() as tx:
                 firsts = await tx.add_frames(chunks)
@@ -224,13 +267,12 @@ class FrameLog:
         self.written += n
         held = self._held
         threshold = self.keep + int(self.keep * SLACK)
-        for (sid, frames), first in zip(chunks, firsts, strict=True):
-            if not frames:
-                continue
-            held[sid] = held.get(sid, threshold) + len(frames)
+        for chunk, first in zip(chunks, firsts, strict=True):
+            sid = chunk.station_id
+            held[sid] = held.get(sid, threshold) + chunk.n
             feed = self._feeds.get(sid)
             if feed is not None and feed.listeners:
-                feed.publish([row(sid, first + i, t) for i, t in enumerate(frames)])
+                feed.publish(chunk_frames(sid, first, chunk.data))
 
     async def close(self) -> None:
         """Write what is buffered (the server calls this when it stops)."""
@@ -314,26 +356,6 @@ class FrameLog:
                 del self._feeds[sid]
 
 
-def row(station_id: str, seq: int, t: Trace) -> dict:
-    """A frame just written, as the store's list_frames gives it."""
-    raw = t.text if isinstance(t.text, bytes) else t.text.encode("utf-8", "replace")
-    text = raw.decode("utf-8", "replace")
-    return {
-        "seq": seq,
-        "chargestation": station_id,
-        "at": int(t.at * 1000),
-        "direction": t.direction,
-        "kind": t.kind,
-        "messageId": t.id,
-        "action": t.action,
-        "size": t.size,
-        "latency": t.latency,
-        "error": t.error,
-        "text": text,
-        "truncated": len(raw) < t.size,
-    }
-
-
 def shape(r: dict, endpoint: str | None = None) -> dict:
     """A frame's outside shape (the API, the stream, `edrvctl logs -o jsonl`)."""
     out = {
@@ -355,4 +377,4 @@ def shape(r: dict, endpoint: str | None = None) -> dict:
     return out
 
 
-__all__ = ["CALLERROR", "INVALID", "MODES", "ErrorsLog", "FrameLog", "StationLog", "row", "shape"]
+__all__ = ["CALLERROR", "INVALID", "MODES", "ErrorsLog", "FrameLog", "StationLog", "shape"]

@@ -9,6 +9,7 @@ from edrvctl.ocppj.rpc import (
     RpcClosed,
     TokenBucket,
     Trace,
+    Tracer,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "RpcError",
     "TokenBucket",
     "Trace",
+    "Tracer",
 ]

@@ -11,9 +11,10 @@ Handlers must not await a CALL to the same peer (the reader would wait on itself
 follow-ups as tasks. Every payload is validated against the official schema, the peer's and our
 own, so an invalid frame is never sent.
 
-An observer (`trace`) sees every frame in and out as a `Trace`, the text as read or sent: each
-answer names the action of the CALL it answers and the time since that CALL. Without one, a
-frame costs a single `is None` test more.
+An observer (`trace`) is called with every frame in and out, its fields as positional arguments
+in `Trace`'s order (`Trace(*fields)` makes the record; no record is built per frame for it), the
+text as read or sent: each answer names the action of the CALL it answers and the time since
+that CALL. Without one, a frame costs a single `is None` test more.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ KINDS = {INVALID: "INVALID", CALL: "CALL", CALLRESULT: "CALLRESULT", CALLERROR: 
 
 
 class Trace(NamedTuple):
-    """One frame, in or out, as the observer given to `Rpc(trace=...)` sees it."""
+    """One frame, in or out: the fields, in this order, that `Rpc(trace=...)` calls its
+    observer with."""
 
     at: float  # time.time() when it was read or sent
     direction: str  # IN (from the peer) or OUT (to it)
@@ -53,6 +55,11 @@ class Trace(NamedTuple):
     latency: float | None  # an answer's: seconds since its CALL was read or sent
     error: str | None  # a CALLERROR's code; an invalid frame's: the code it is answered with
     text: str | bytes  # as read or sent; "" when refused unread (past the peer's rate budget)
+
+
+# called as trace(*fields) with the fields of a Trace (at, direction, kind, id, action, size,
+# latency, error, text)
+Tracer = Callable[..., None]
 
 
 def _size(raw: str | bytes) -> int:
@@ -144,7 +151,7 @@ class Rpc:
         max_queued: int = 16,
         bucket: TokenBucket | None = None,
         on_error: Callable[[Exception], RpcError] = internal_error,
-        trace: Callable[[Trace], None] | None = None,
+        trace: Tracer | None = None,
     ) -> None:
         self.ws = ws
         self.version = version
@@ -160,7 +167,7 @@ class Rpc:
         self._queued = 0
         self._known = schemas.actions(version)
         self._warned = -WARN_EVERY
-        self.trace = trace  # called with every frame in and out (a Trace)
+        self.trace = trace  # called with the fields of every frame in and out (a Trace's)
         self._calling: tuple[str, str, float] = ("", "", 0.0)  # our CALL in flight: id, action, t0
 
     # --- the peer's frames ----------------------------------------------------------------------
@@ -190,17 +197,15 @@ class Rpc:
                     if self._within_budget(loop):
                         if trace is not None:
                             trace(
-                                Trace(
-                                    time.time(),
-                                    IN,
-                                    CALL,
-                                    msg.id,
-                                    msg.action,
-                                    _size(raw),
-                                    None,
-                                    None,
-                                    raw,
-                                )
+                                time.time(),
+                                IN,
+                                CALL,
+                                msg.id,
+                                msg.action,
+                                _size(raw),
+                                None,
+                                None,
+                                raw,
                             )
                             await self._answer(msg, time.monotonic())
                         else:
@@ -240,26 +245,24 @@ class Rpc:
         """Trace a frame read (`keep`: with its text, else refused unread)."""
         if error is not None:
             error = frames.spelled(error, self.version)
-        self.trace(  # type: ignore[misc]
-            Trace(time.time(), IN, kind, mid, action, _size(raw), None, error, raw if keep else "")
+        self.trace(  # type: ignore[misc]  # (called only when set)
+            time.time(), IN, kind, mid, action, _size(raw), None, error, raw if keep else ""
         )
 
     def _traced_answer(self, raw: str | bytes, msg: Any, keep: bool) -> None:
         """Trace an answer read: to our CALL in flight, or to none we know of."""
         mid, action, t0 = self._calling
         known = mid == msg.id
-        self.trace(  # type: ignore[misc]
-            Trace(
-                time.time(),
-                IN,
-                CALLERROR if type(msg) is CallError else CALLRESULT,
-                msg.id,
-                action if known else None,
-                _size(raw),
-                time.monotonic() - t0 if known else None,
-                msg.code if type(msg) is CallError else None,
-                raw if keep else "",
-            )
+        self.trace(  # type: ignore[misc]  # (called only when set)
+            time.time(),
+            IN,
+            CALLERROR if type(msg) is CallError else CALLRESULT,
+            msg.id,
+            action if known else None,
+            _size(raw),
+            time.monotonic() - t0 if known else None,
+            msg.code if type(msg) is CallError else None,
+            raw if keep else "",
         )
 
     def _over_rate(self) -> RpcError:
@@ -318,17 +321,15 @@ class Rpc:
             return
         if self.trace is not None:
             self.trace(
-                Trace(
-                    time.time(),
-                    OUT,
-                    CALLRESULT,
-                    call.id,
-                    call.action,
-                    len(frame),
-                    time.monotonic() - since,
-                    None,
-                    frame,
-                )
+                time.time(),
+                OUT,
+                CALLRESULT,
+                call.id,
+                call.action,
+                len(frame),
+                time.monotonic() - since,
+                None,
+                frame,
             )
         await self._send(frame)
 
@@ -339,17 +340,15 @@ class Rpc:
         frame = frames.encode_error(message_id, error, self.version)
         if self.trace is not None:
             self.trace(
-                Trace(
-                    time.time(),
-                    OUT,
-                    CALLERROR,
-                    message_id,
-                    action,
-                    len(frame),
-                    time.monotonic() - since if action is not None else None,
-                    frames.spelled(error.code, self.version),
-                    frame,
-                )
+                time.time(),
+                OUT,
+                CALLERROR,
+                message_id,
+                action,
+                len(frame),
+                time.monotonic() - since if action is not None else None,
+                frames.spelled(error.code, self.version),
+                frame,
             )
         await self._send(frame)
 
@@ -393,17 +392,15 @@ class Rpc:
                         if self.trace is not None:
                             self._calling = (mid, action, time.monotonic())
                             self.trace(
-                                Trace(
-                                    time.time(),
-                                    OUT,
-                                    CALL,
-                                    mid,
-                                    action,
-                                    len(frame),
-                                    None,
-                                    None,
-                                    frame,
-                                )
+                                time.time(),
+                                OUT,
+                                CALL,
+                                mid,
+                                action,
+                                len(frame),
+                                None,
+                                None,
+                                frame,
                             )
                         await self._send(frame)
                         reply = await fut

@@ -34,7 +34,7 @@ from edrvctl.ocppj import (
     RpcClosed,
     RpcError,
     TokenBucket,
-    Trace,
+    Tracer,
 )
 from edrvctl.ocppj.rpc import Handler
 
@@ -82,7 +82,7 @@ class StationSession:
         ws: Any,
         fleet: Any,
         bucket: TokenBucket | None = None,
-        trace: Callable[[Trace], None] | None = None,
+        trace: Tracer | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.protocol = protocol

@@ -12,7 +12,9 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+import orjson
 
 # Fields a list can be filtered on exactly, and fields it can be sorted by.
 FILTER_FIELDS = ("online", "active", "location", "organization", "protocol", "status", "endpoint")
@@ -71,10 +73,70 @@ class FrameQuery:
     limit: int = 100
 
 
-# A frame to keep, shaped as ocppj.Trace: (at: epoch seconds, direction "in"|"out", kind (0
-# invalid, 2 CALL, 3 CALLRESULT, 4 CALLERROR), message id, action, size in bytes, latency in
-# seconds or None, error code or None, text as str or bytes, already cut to what is kept).
-Frame = Sequence[Any]
+class FrameChunk(NamedTuple):
+    """A station's frames written at once (fleet/frames.py), as Unit.add_frames takes them."""
+
+    station_id: str
+    first_at: int  # ms since the epoch, of its first frame
+    last_at: int  # and of its last
+    n: int  # frames in it
+    errors: int  # frames with an error (CALLERRORs, invalid frames)
+    data: bytes  # `[frame, ...]`, each frame_json(...)
+
+
+def frame_json(
+    at: float,
+    direction: str,
+    kind: int,
+    id: str,
+    action: str | None,
+    size: int,
+    latency: float | None,
+    error: str | None,
+    text: str | bytes,
+) -> bytes:
+    """One frame as a FrameChunk holds it (the fields of an ocppj.Trace): `[at (epoch s),
+    direction, kind, id, action, size, latency (s), error, text]`. The text is a JSON string,
+    but one we sent whole is the JSON it is (our frames are orjson's: read back and written
+    again they are the same bytes), so that it is never encoded twice."""
+    kept: str | orjson.Fragment = text if isinstance(text, str) else ""
+    if isinstance(text, bytes):
+        if direction == "out" and len(text) == size:
+            kept = orjson.Fragment(text)
+        else:  # a binary frame, or one cut short
+            kept = text.decode("utf-8", "replace")
+    return orjson.dumps((at, direction, kind, id, action, size, latency, error, kept))
+
+
+def chunk_frames(station_id: str, first_id: int, data: bytes, skip: int = 0) -> list[dict]:
+    """The frames of a FrameChunk's data (but its first `skip`), as Unit.list_frames gives
+    them; the first has the id `first_id`, the others the ids after it."""
+    found = []
+    for i, (at, direction, kind, mid, action, size, latency, error, text) in enumerate(
+        orjson.loads(data)[skip:], skip
+    ):
+        if type(text) is not str:
+            text = orjson.dumps(text).decode()
+            truncated = False
+        else:
+            truncated = (len(text) if text.isascii() else len(text.encode())) < size
+        found.append(
+            {
+                "seq": first_id + i,
+                "chargestation": station_id,
+                "at": int(at * 1000),
+                "direction": direction,
+                "kind": kind,
+                "messageId": mid,
+                "action": action,
+                "size": size,
+                "latency": latency,
+                "error": error,
+                "text": text,
+                "truncated": truncated,
+            }
+        )
+    return found
 
 
 class Unit(Protocol):
@@ -122,10 +184,9 @@ class Unit(Protocol):
 
     async def list_events(self, query: EventQuery) -> list[dict]: ...
 
-    async def add_frames(self, chunks: Sequence[tuple[str, Sequence[Frame]]]) -> list[int]:
-        """Keeps frames: (station _id, its frames oldest first) for each station. Returns for
-        each the id of its first frame; the ids of the others follow one by one. Ids rise in the
-        order frames are added."""
+    async def add_frames(self, chunks: Sequence[FrameChunk]) -> list[int]:
+        """Keeps chunks of frames. Returns for each the id of its first frame; the ids of the
+        others follow one by one. Ids rise in the order frames are added."""
 
     async def list_frames(self, query: FrameQuery) -> tuple[list[dict], bool]:
         """A page of frames oldest first, and whether more match beyond it (older ones; with

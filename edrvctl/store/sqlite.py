@@ -19,7 +19,6 @@ its unit), and no COMMIT runs while a unit holds it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import sqlite3
@@ -43,9 +42,10 @@ from edrvctl.store import (
     SORT_FIELDS,
     ActionQuery,
     EventQuery,
-    Frame,
+    FrameChunk,
     FrameQuery,
     StationQuery,
+    chunk_frames,
 )
 
 log = logging.getLogger("edrvctl.store")
@@ -166,8 +166,7 @@ CREATE TABLE frame_chunks (
     n           INTEGER NOT NULL,
     skip        INTEGER NOT NULL DEFAULT 0,
     errors      INTEGER NOT NULL,
-    meta        BLOB NOT NULL,
-    texts       BLOB NOT NULL
+    data        BLOB NOT NULL
 );
 CREATE INDEX frame_chunks_station ON frame_chunks(station_id, seq);
 """,
@@ -722,24 +721,23 @@ class SqliteUnit:
             for seq, t, sid, ep, at, d in rows
         ]
 
-    # --- the frame log: one row per station and flush (_pack), frame ids seq << 16 | index ---
+    # --- the frame log: a row per station and write (FrameChunk), frame ids seq << 16 | index ---
 
-    async def add_frames(self, chunks: Sequence[tuple[str, Sequence[Frame]]]) -> list[int]:
+    async def add_frames(self, chunks: Sequence[FrameChunk]) -> list[int]:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
-        rows = [_pack(sid, frames) for sid, frames in chunks if frames]
-        if not rows:
-            return [0] * len(chunks)
+        if any(c.n > MAX_CHUNK for c in chunks):
+            raise ValueError(f"at most {MAX_CHUNK} frames in one chunk")
         s._run(
-            "INSERT INTO frame_chunks (station_id, first_at, last_at, n, errors, meta, texts) "
-            "VALUES (?,?,?,?,?,?,?)",
-            rows,
+            "INSERT INTO frame_chunks (station_id, first_at, last_at, n, errors, data) "
+            "VALUES (?,?,?,?,?,?)",
+            list(chunks),
             many=True,
         )
         last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
-        seqs = iter(range(last - len(rows) + 1, last + 1))  # one statement: consecutive
-        return [next(seqs) << CHUNK_BITS if frames else 0 for _, frames in chunks]
+        # one statement: consecutive seqs
+        return [seq << CHUNK_BITS for seq in range(last - len(chunks) + 1, last + 1)]
 
     async def list_frames(self, query: FrameQuery) -> tuple[list[dict], bool]:
         where: list[str] = ["station_id = ?"]
@@ -769,46 +767,24 @@ class SqliteUnit:
         await self._read()
         try:
             cur = self._db.execute(
-                "SELECT seq, skip, meta, texts FROM frame_chunks "
+                "SELECT seq, skip, data FROM frame_chunks "
                 f"WHERE {' AND '.join(where)} ORDER BY seq {'ASC' if forward else 'DESC'}",
                 args,
             )
-            for seq, skip, meta, texts in cur:
-                base = seq << CHUNK_BITS
-                lengths, entries = orjson.loads(meta)
-                offsets = list(itertools.accumulate(lengths, initial=0))
-                order = range(skip, len(entries))
-                for i in order if forward else reversed(order):
-                    at, direction, kind, mid, action, size, latency, error = entries[i]
-                    at = int(at * 1000)
-                    fid = base + i
+            for seq, skip, data in cur:
+                frames = chunk_frames(query.station_id, seq << CHUNK_BITS, data, skip)
+                for f in frames if forward else reversed(frames):
                     if (
-                        not low < fid < high
-                        or not since <= at <= until
-                        or (actions and action not in actions)
-                        or (query.errors and error is None)
+                        not low < f["seq"] < high
+                        or not since <= f["at"] <= until
+                        or (actions and f["action"] not in actions)
+                        or (query.errors and f["error"] is None)
                     ):
                         continue
                     if len(found) == query.limit:
                         more = True
                         break
-                    text = texts[offsets[i] : offsets[i + 1]].decode("utf-8", "replace")
-                    found.append(
-                        {
-                            "seq": fid,
-                            "chargestation": query.station_id,
-                            "at": at,
-                            "direction": direction,
-                            "kind": kind,
-                            "messageId": mid,
-                            "action": action,
-                            "size": size,
-                            "latency": latency,
-                            "error": error,
-                            "text": text,
-                            "truncated": offsets[i + 1] - offsets[i] < size,
-                        }
-                    )
+                    found.append(f)
                 if more:
                     break
             cur.close()
@@ -1075,27 +1051,6 @@ class SqliteUnit:
 
 CHUNK_BITS = 16  # a frame's id: its chunk's seq << CHUNK_BITS | its index in the chunk
 MAX_CHUNK = 1 << CHUNK_BITS
-
-
-def _pack(station_id: str, frames: Sequence[Frame]) -> tuple:
-    """One station's frames of one flush as one row: their fields but the text as one JSON
-    list, `[[text lengths in bytes], [[at, direction, kind, id, action, size, latency,
-    error], ...]]`, and their texts as they are, one after the other (a text is never
-    JSON-encoded again)."""
-    if len(frames) > MAX_CHUNK:
-        raise ValueError(f"at most {MAX_CHUNK} frames in one chunk")
-    texts = [
-        t if type(t) is bytes else t.encode("utf-8", "replace") for t in [f[8] for f in frames]
-    ]
-    return (
-        station_id,
-        int(frames[0][0] * 1000),
-        int(frames[-1][0] * 1000),
-        len(frames),
-        sum(1 for f in frames if f[7] is not None),
-        orjson.dumps(([len(t) for t in texts], [tuple(f[:8]) for f in frames])),
-        b"".join(texts),
-    )
 
 
 def _action_columns(doc: dict) -> tuple:
