@@ -32,9 +32,7 @@ log = logging.getLogger("edrvctl.frames")
 
 MODES = ("all", "errors", "off")
 MAX_TEXT = 8 * 1024  # bytes of a frame's text kept
-FLUSH_EVERY = float(
-    __import__("os").environ.get("XFLUSH", "0.1")
-)  # s between two writes of the buffered frames
+FLUSH_EVERY = 0.1  # s between two writes of the buffered frames
 FLUSH_AT = 4 << 20  # bytes of buffered frames that are written at once
 MAX_BUFFERED = 32 << 20  # bytes of frames waiting to be written; past it, frames are dropped
 SLACK = 0.1  # a station is pruned back to `keep` once it holds this share more
