@@ -428,3 +428,21 @@ def test_a_deleted_stations_waiting_frames_are_not_written():
         assert len(await stored(fleet.frames, stays["_id"])) == 1
 
     run(scenario())
+
+
+def test_a_busy_station_is_written_at_once_a_quiet_one_within_a_second(monkeypatch):
+    monkeypatch.setattr(frame_log, "MAX_WAIT", 60.0)
+
+    async def scenario():
+        fl = FrameLog(open_store(":memory:"))
+        busy, quiet = fl.tracer(SID), fl.tracer("f" * 24)
+        quiet(*trace(0))
+        for i in range(frame_log.CHUNK_FRAMES):
+            busy(*trace(i))
+        await until_async(lambda: fl.written == frame_log.CHUNK_FRAMES, what="the busy one")
+        await asyncio.sleep(scaled(0.3))
+        assert await stored(fl, "f" * 24) == []  # a single frame waits (here: a minute)
+        await fl.close()
+        assert len(await stored(fl, "f" * 24)) == 1
+
+    run(scenario())

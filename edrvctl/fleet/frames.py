@@ -1,11 +1,13 @@
 """The frame log: every OCPP frame in and out of each station, kept for a while, and pushed live.
 
 Each station's connection gets a `StationLog`, the observer its `ocppj.Rpc` calls with every
-frame (an `ocppj.Trace`): it only appends the frame to the station's buffer. `FrameLog` writes
-every buffer in one store unit every FLUSH_EVERY seconds (or as soon as FLUSH_AT bytes wait),
-off the stations' path: no station message waits for the frame log, and the log never holds more
-than `max_buffered` bytes in memory (past it, frames are dropped and counted, never waited for).
-A committed batch is published to the stations' feeds (only those someone follows).
+frame (an `ocppj.Trace`'s fields): it only appends the frame, encoded as it will be kept, to the
+station's buffer. Every FLUSH_EVERY seconds `FrameLog` writes, in one store unit, the buffers
+that are due (CHUNK_FRAMES frames, or MAX_WAIT seconds old, or followed live; all of them once
+FLUSH_AT bytes wait), off the stations' path: no station message waits for the frame log, and
+the log never holds more than `max_buffered` bytes in memory (past it, frames are dropped and
+counted, never waited for). What was committed is published to the feeds of the stations
+someone follows.
 
 What is kept: with mode "all" every frame; with "errors" the CALLERRORs and invalid frames, each
 with the CALL it answers. A frame's text is kept up to MAX_TEXT bytes (`truncated` says it was
@@ -32,8 +34,10 @@ log = logging.getLogger("edrvctl.frames")
 
 MODES = ("all", "errors", "off")
 MAX_TEXT = 8 * 1024  # bytes of a frame's text kept
-FLUSH_EVERY = 0.1  # s between two writes of the buffered frames
-FLUSH_AT = 4 << 20  # bytes of buffered frames that are written at once
+FLUSH_EVERY = 0.1  # s between two looks at the buffered frames
+CHUNK_FRAMES = 64  # a station's frames written as soon as this many wait,
+MAX_WAIT = 1.0  # or once the first of them has waited this long (s), or at once if followed
+FLUSH_AT = 4 << 20  # bytes of buffered frames that are all written at once
 MAX_BUFFERED = 32 << 20  # bytes of frames waiting to be written; past it, frames are dropped
 SLACK = 0.1  # a station is pruned back to `keep` once it holds this share more
 PRUNE_STATIONS = 100  # stations pruned per prune() (a unit each)
@@ -201,6 +205,7 @@ class FrameLog:
         self._held.pop(station_id, None)
         for station in self.dirty:
             if station.station_id == station_id:
+                self.buffered -= len(station.buf)
                 station.drop()
 
     # --- writing ------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ class FrameLog:
     def _start(self) -> None:
         self._scheduled = None
         if self._writing is None and self.dirty:
-            self._writing = asyncio.ensure_future(self._write())
+            self._writing = asyncio.ensure_future(self._write(self._soon))
             self._writing.add_done_callback(self._written)
 
     def _written(self, task: asyncio.Task) -> None:
@@ -248,10 +253,28 @@ class FrameLog:
         if self.dirty:
             self.schedule()
 
-    async def _write(self) -> None:
-        dirty, self.dirty = self.dirty, []
-        chunks = [c for c in (station.take() for station in dirty) if c is not None]
-        self.buffered = 0
+    async def _write(self, everything: bool = False) -> None:
+        """Write the stations whose frames are due (`everything`: all that wait): those with
+        CHUNK_FRAMES frames or more, those waiting MAX_WAIT seconds, and the ones someone
+        follows live. (A row per station and write costs as much as a dozen frames in it:
+        with many stations each sending little, writing each every FLUSH_EVERY cost a fifth
+        of the server's time.)"""
+        now, feeds = time.time(), self._feeds
+        due: list[StationLog] = []
+        later: list[StationLog] = []
+        for station in self.dirty:
+            if (
+                everything
+                or station.n >= CHUNK_FRAMES
+                or now - station.first >= MAX_WAIT
+                or station.station_id in feeds
+            ):
+                due.append(station)
+            else:
+                later.append(station)
+        self.dirty = later
+        chunks = [c for c in (station.take() for station in due) if c is not None]
+        self.buffered -= sum(len(c.data) - 1 for c in chunks)  # (as counted: frame + ",")
         if not chunks:
             return
         n = sum(c.n for c in chunks)
@@ -280,7 +303,7 @@ class FrameLog:
         if self._writing is not None:
             await asyncio.shield(self._writing)
         if self.dirty:
-            await self._write()
+            await self._write(everything=True)
 
     # --- retention ----------------------------------------------------------------------------
 
