@@ -823,7 +823,7 @@ def frame(i: int, kind: int = 2, action: str | None = "Heartbeat", **fields) -> 
 
 def chunk(sid: str, frames: list[tuple]):
     """A station's frames as written at once (store.FrameChunk)."""
-    from edrvctl.store import FrameChunk, frame_json
+    from edrvctl.store import FrameChunk, chunk_data, frame_json
 
     return FrameChunk(
         sid,
@@ -831,7 +831,7 @@ def chunk(sid: str, frames: list[tuple]):
         int(frames[-1][0] * 1000),
         len(frames),
         sum(f[7] is not None for f in frames),
-        b"[" + b",".join(frame_json(*f) for f in frames) + b"]",
+        chunk_data(b"".join(frame_json(*f) + b"," for f in frames)),
     )
 
 
@@ -967,6 +967,27 @@ def test_a_frame_text_is_kept_as_given_cut_ones_say_so(store):
         assert found[2]["text"].endswith("\ufffd")  # the cut character, replaced
         assert found[3] | {"text": "", "truncated": True} == found[3]
         assert found[4]["text"].encode() == ours and not found[4]["truncated"]
+
+    run(scenario())
+
+
+def test_frames_read_back_the_same_however_they_were_written(store):
+    a, b = station(), station()  # a: one write of 100 (compressed), b: 100 writes of one
+
+    async def scenario():
+        await create(store, a, b)
+        frames = [frame(i, kind=2 + i % 3, action=f"Action{i % 7}") for i in range(100)]
+        assert len(chunk(a["_id"], frames).data) < sum(len(f[8]) for f in frames) / 2
+        async with store.unit() as tx:
+            await tx.add_frames([chunk(a["_id"], frames)])
+            await tx.add_frames([chunk(b["_id"], [f]) for f in frames])
+        in_one = (await frames_of(store, a["_id"], limit=1000))[0]
+        one_by_one = (await frames_of(store, b["_id"], limit=1000))[0]
+        ignore = ("seq", "chargestation")
+        assert [{k: v for k, v in f.items() if k not in ignore} for f in in_one] == [
+            {k: v for k, v in f.items() if k not in ignore} for f in one_by_one
+        ]
+        assert len(in_one) == 100
 
     run(scenario())
 

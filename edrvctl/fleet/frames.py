@@ -28,7 +28,7 @@ from typing import Any
 from edrvctl import model
 from edrvctl.fleet.events import Feed, Subscription, follow
 from edrvctl.ocppj.rpc import CALL, CALLERROR, INVALID, KINDS
-from edrvctl.store import FrameChunk, FrameQuery, Store, chunk_frames, frame_json
+from edrvctl.store import FrameChunk, FrameQuery, Store, chunk_data, chunk_frames, frame_json
 
 log = logging.getLogger("edrvctl.frames")
 
@@ -108,7 +108,7 @@ class StationLog:
             int(self.last * 1000),
             self.n,
             self.errors,
-            b"[" + self.buf[:-1] + b"]",
+            chunk_data(self.buf),
         )
         self.buf = bytearray()
         self.n = self.errors = 0
@@ -273,8 +273,8 @@ class FrameLog:
             else:
                 later.append(station)
         self.dirty = later
+        self.buffered -= sum(len(station.buf) for station in due)
         chunks = [c for c in (station.take() for station in due) if c is not None]
-        self.buffered -= sum(len(c.data) - 1 for c in chunks)  # (as counted: frame + ",")
         if not chunks:
             return
         n = sum(c.n for c in chunks)

@@ -9,6 +9,7 @@ two protocols (methods are async because that one really waits on the network).
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -81,7 +82,18 @@ class FrameChunk(NamedTuple):
     last_at: int  # and of its last
     n: int  # frames in it
     errors: int  # frames with an error (CALLERRORs, invalid frames)
-    data: bytes  # `[frame, ...]`, each frame_json(...)
+    data: bytes  # chunk_data(...)
+
+
+COMPRESS_FROM = 1024  # bytes of frames from which a chunk is kept compressed
+
+
+def chunk_data(frames: bytes | bytearray) -> bytes:
+    """A chunk's data from its frames, each frame_json(...) followed by a comma: the JSON
+    array of them, zlib-compressed (level 1) from COMPRESS_FROM bytes on. (Frames compress
+    to a tenth: a write of a tenth of the bytes costs less than the compression.)"""
+    data = b"[" + frames[:-1] + b"]"
+    return zlib.compress(data, 1) if len(data) >= COMPRESS_FROM else data
 
 
 def frame_json(
@@ -111,6 +123,8 @@ def frame_json(
 def chunk_frames(station_id: str, first_id: int, data: bytes, skip: int = 0) -> list[dict]:
     """The frames of a FrameChunk's data (but its first `skip`), as Unit.list_frames gives
     them; the first has the id `first_id`, the others the ids after it."""
+    if data[:1] != b"[":  # compressed
+        data = zlib.decompress(data)
     found = []
     for i, (at, direction, kind, mid, action, size, latency, error, text) in enumerate(
         orjson.loads(data)[skip:], skip
