@@ -379,6 +379,13 @@ def test_follow_keeps_to_its_filters_and_ends_when_the_server_stops():
     run(scenario())
 
 
+def test_a_frame_is_encoded_one_way_whichever_path_it_takes():
+    import orjson
+
+    fields = tuple(trace(1, kind=CALLERROR, error="NotSupported", latency=0.25))
+    assert orjson.dumps(fields) == frame_json(*fields)  # StationLog's shortcut for a str text
+
+
 def test_the_outside_shape():
     row = {
         "seq": 65537,

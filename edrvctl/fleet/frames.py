@@ -25,6 +25,8 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from edrvctl import model
 from edrvctl.fleet.events import Feed, Subscription, follow
 from edrvctl.ocppj.rpc import CALL, CALLERROR, INVALID, KINDS
@@ -62,21 +64,15 @@ class StationLog:
         self.n = self.errors = 0
         self.first = self.last = 0.0  # when the first and the last frame waiting came
 
-    def __call__(
-        self,
-        at: float,
-        direction: str,
-        kind: int,
-        mid: str,
-        action: str | None,
-        size: int,
-        latency: float | None,
-        error: str | None,
-        text: str | bytes,
-    ) -> None:
-        if size > MAX_TEXT:  # rare: only its first MAX_TEXT bytes are kept
-            text = cut(text)
-        row = frame_json(at, direction, kind, mid, action, size, latency, error, text)
+    def __call__(self, *t: Any) -> None:
+        """`t`: a frame's fields, an ocppj.Trace's (at, direction, kind, id, action, size,
+        latency, error, text)."""
+        if type(t[8]) is str and t[5] <= MAX_TEXT:
+            row = orjson.dumps(t)  # what frame_json(*t) gives for a text as str, sooner
+        else:
+            if t[5] > MAX_TEXT:  # rare: only its first MAX_TEXT bytes are kept
+                t = (*t[:8], cut(t[8]))
+            row = frame_json(*t)
         fl = self.log
         buffered = fl.buffered + len(row) + 1
         if buffered > fl.max_buffered:
@@ -85,16 +81,16 @@ class StationLog:
         fl.buffered = buffered
         buf = self.buf
         if not buf:
-            self.first = at
+            self.first = t[0]
             fl.dirty.append(self)
             if len(fl.dirty) == 1:
                 fl.schedule()
         buf += row
         buf += b","
         self.n += 1
-        if error is not None:
+        if t[7] is not None:
             self.errors += 1
-        self.last = at
+        self.last = t[0]
         if buffered >= FLUSH_AT:
             fl.schedule()
 
@@ -108,7 +104,7 @@ class StationLog:
             int(self.last * 1000),
             self.n,
             self.errors,
-            chunk_data(self.buf),
+            bytes(self.buf),  # (chunk_data() in _write, off the event loop)
         )
         self.buf = bytearray()
         self.n = self.errors = 0
@@ -277,6 +273,8 @@ class FrameLog:
         chunks = [c for c in (station.take() for station in due) if c is not None]
         if not chunks:
             return
+        # zlib lets go of the GIL: compressing in a thread keeps it off the stations' loop
+        chunks = await asyncio.to_thread(_compressed, chunks)
         n = sum(c.n for c in chunks)
         try:
             async with self.store.unit() as tx:
@@ -375,6 +373,10 @@ class FrameLog:
             await rows.aclose()  # type: ignore[attr-defined]  # (an async generator: ends now)
             if not feed.listeners and self._feeds.get(sid) is feed:
                 del self._feeds[sid]
+
+
+def _compressed(chunks: list[FrameChunk]) -> list[FrameChunk]:
+    return [c._replace(data=chunk_data(c.data)) for c in chunks]
 
 
 def shape(r: dict, endpoint: str | None = None) -> dict:

@@ -196,25 +196,17 @@ class Rpc:
                 if type(msg) is Call:
                     if self._within_budget(loop):
                         if trace is not None:
-                            trace(
-                                time.time(),
-                                IN,
-                                CALL,
-                                msg.id,
-                                msg.action,
-                                _size(raw),
-                                None,
-                                None,
-                                raw,
-                            )
-                            await self._answer(msg, time.monotonic())
+                            now = time.time()
+                            size = len(raw) if type(raw) is bytes or raw.isascii() else _size(raw)
+                            trace(now, IN, CALL, msg.id, msg.action, size, None, None, raw)
+                            await self._answer(msg, now)
                         else:
                             await self._answer(msg)
                     else:  # refused at once: a flooding peer costs no memory
                         if trace is not None:
                             self._traced(raw, CALL, msg.id, msg.action, None, False)
                             await self._send_error(
-                                msg.id, self._over_rate(), msg.action, time.monotonic()
+                                msg.id, self._over_rate(), msg.action, time.time()
                             )
                         else:
                             await self._send_error(msg.id, self._over_rate())
@@ -260,7 +252,7 @@ class Rpc:
             msg.id,
             action if known else None,
             _size(raw),
-            time.monotonic() - t0 if known else None,
+            time.time() - t0 if known else None,
             msg.code if type(msg) is CallError else None,
             raw if keep else "",
         )
@@ -288,7 +280,8 @@ class Rpc:
             log.debug("%s: malformed frame %.200r: %s", self.name, raw, e.cause)
 
     async def _answer(self, call: Call, since: float = 0.0) -> None:
-        """Run one CALL and send exactly one reply (`since`: when it was read, when traced)."""
+        """Run one CALL and send exactly one reply (`since`: when it was read, time.time(),
+        when traced)."""
         handler = self.handlers.get(call.action)
         try:
             if handler is None:
@@ -320,14 +313,15 @@ class Rpc:
             )
             return
         if self.trace is not None:
+            now = time.time()
             self.trace(
-                time.time(),
+                now,
                 OUT,
                 CALLRESULT,
                 call.id,
                 call.action,
                 len(frame),
-                time.monotonic() - since,
+                now - since,
                 None,
                 frame,
             )
@@ -339,14 +333,15 @@ class Rpc:
         """A CALLERROR (`action`, `since`: the CALL it answers and when it was read)."""
         frame = frames.encode_error(message_id, error, self.version)
         if self.trace is not None:
+            now = time.time()
             self.trace(
-                time.time(),
+                now,
                 OUT,
                 CALLERROR,
                 message_id,
                 action,
                 len(frame),
-                time.monotonic() - since if action is not None else None,
+                now - since if action is not None else None,
                 frames.spelled(error.code, self.version),
                 frame,
             )
@@ -390,9 +385,10 @@ class Rpc:
                     try:
                         frame = frames.encode_call(mid, action, payload)
                         if self.trace is not None:
-                            self._calling = (mid, action, time.monotonic())
+                            now = time.time()
+                            self._calling = (mid, action, now)
                             self.trace(
-                                time.time(),
+                                now,
                                 OUT,
                                 CALL,
                                 mid,

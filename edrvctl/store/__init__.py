@@ -110,7 +110,8 @@ def frame_json(
     """One frame as a FrameChunk holds it (the fields of an ocppj.Trace): `[at (epoch s),
     direction, kind, id, action, size, latency (s), error, text]`. The text is a JSON string,
     but one we sent whole is the JSON it is (our frames are orjson's: read back and written
-    again they are the same bytes), so that it is never encoded twice."""
+    again they are the same bytes), so that it is never encoded twice. For a text given as str
+    this is `orjson.dumps(fields)`."""
     kept: str | orjson.Fragment = text if isinstance(text, str) else ""
     if isinstance(text, bytes):
         if direction == "out" and len(text) == size:
