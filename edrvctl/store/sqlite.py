@@ -795,22 +795,29 @@ class SqliteUnit:
         return found, more
 
     async def prune_frames(self, station_id: str, keep: int, limit: int = 500) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
-        held = 0
-        older: int | None = None  # chunks up to this seq all go
-        for seq, n, skip in self._db.execute(
+        await self._read()  # (most stations hold less: no write, no lock)
+        chunks = self._db.execute(
             "SELECT seq, n, skip FROM frame_chunks WHERE station_id = ? ORDER BY seq DESC",
             (station_id,),
-        ).fetchall():
+        ).fetchall()
+        self._read_done()
+        held = 0
+        straddles: tuple[int, int] | None = None  # (its seq, its new skip)
+        older: int | None = None  # chunks up to this seq all go
+        for seq, n, skip in chunks:
             if held >= keep:
                 older = seq
                 break
             held += n - skip
             if held > keep:  # this chunk straddles the limit: its oldest frames go
-                s._run("UPDATE frame_chunks SET skip = ? WHERE seq = ?", (skip + held - keep, seq))
-                held = keep
+                straddles, held = (seq, skip + held - keep), keep
+        if straddles is None and older is None:
+            return held
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        if straddles is not None:
+            s._run("UPDATE frame_chunks SET skip = ? WHERE seq = ?", (straddles[1], straddles[0]))
         if older is not None:
             s._run(
                 "DELETE FROM frame_chunks WHERE seq IN (SELECT seq FROM frame_chunks "
@@ -825,9 +832,7 @@ class SqliteUnit:
         return held
 
     async def expire_frames(self, before: int, limit: int = 500) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        await self._read()
         # chunks are written in time order: the oldest ones by seq are the oldest in time
         gone = [
             (seq,)
@@ -836,7 +841,11 @@ class SqliteUnit:
             ).fetchall()
             if last_at < before
         ]
+        self._read_done()
         if gone:
+            s = self._s
+            if s._owner is not self or not s._savepoint:
+                await s._begin(self)
             s._run("DELETE FROM frame_chunks WHERE seq = ?", gone, many=True)
         return len(gone)
 
