@@ -26,7 +26,15 @@ from edrvctl.errors import (
     StoreUnavailable,
     UsageError,
 )
-from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery, Store, open_store
+from edrvctl.store import (
+    FILTER_FIELDS,
+    SORT_FIELDS,
+    ActionQuery,
+    EventQuery,
+    StationQuery,
+    Store,
+    open_store,
+)
 from edrvctl.store.sqlite import SCHEMA_VERSION
 from timing import scaled
 
@@ -168,7 +176,7 @@ def test_a_duplicate_endpoint_is_a_conflict_and_undoes_its_unit(store):
         assert await get(store, other["_id"]) is None
         assert await get(store, first["endpoint"]) == first
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
 
     run(scenario())
 
@@ -278,7 +286,7 @@ def test_a_unit_that_raises_writes_nothing(store):
         assert await get(store, kept["_id"]) == kept
         async with store.unit() as tx:
             assert (await tx.list_stations_json(StationQuery()))[1] == 2
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
             assert await tx.password_hash(doc["_id"]) is None
             assert await tx.transactions() == []
             assert await tx.meter_values() == []
@@ -343,7 +351,7 @@ def test_units_of_one_loop_turn_share_one_commit(store):
         await one(station())  # alone, outside any batch: still committed before returning
         assert store.commits == before + 2
         async with store.unit() as tx:  # reading committed data commits nothing
-            assert len(await tx.events()) == 26
+            assert len(await tx.list_events(EventQuery())) == 26
         assert store.commits == before + 2
 
     run(scenario())
@@ -451,7 +459,7 @@ def test_values_that_cannot_be_stored_are_refused_before_writing(store):
                 mine["meta"] = {"n": 2**64}
                 await tx.save_station(mine)
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
         assert await get(store, doc["_id"]) == doc
 
     run(scenario())
@@ -622,12 +630,12 @@ def test_delete_takes_everything_that_hangs_off_the_station(store):
         async with store.unit() as tx:
             assert await tx.get_station(gone["_id"]) is None
             assert await tx.get_station(gone["endpoint"]) is None
-            assert await tx.events(gone["_id"]) == []
+            assert await tx.list_events(EventQuery(station_id=gone["_id"])) == []
             assert await tx.transactions(gone["_id"]) == []
             assert await tx.meter_values(gone["_id"]) == []
             assert await tx.password_hash(gone["_id"]) is None
             assert await tx.get_station(stays["_id"]) == stays
-            assert len(await tx.events(stays["_id"])) == 1
+            assert len(await tx.list_events(EventQuery(station_id=stays["_id"]))) == 1
             assert len(await tx.transactions(stays["_id"])) == 1
             assert len(await tx.meter_values(stays["_id"])) == 1
             assert await tx.password_hash(stays["_id"]) == f"hash-{stays['_id']}"
@@ -695,28 +703,44 @@ def test_events_oldest_first_filtered_and_limited(store):
                 await tx.add_event(
                     a["_id"],
                     f"2024-01-01T00:00:0{i}.000Z",
-                    "Odd" if i % 2 else "Even",
+                    "session.odd" if i % 2 else "chargestation.even",
                     {"i": i, "deep": {"x": [i]}},
+                    a["endpoint"],
                 )
-            await tx.add_event(b["_id"], "2024-01-02T00:00:00.000Z", "Even", {"i": 99})
+            await tx.add_event(
+                b["_id"], "2024-01-02T00:00:00.000Z", "chargestation.even", {"i": 99}
+            )
+            await tx.add_event(None, "2024-01-03T00:00:00.000Z", "chargestation.unknown", {"i": 7})
         async with store.unit() as tx:
-            every = await tx.events()
-            assert [e["payload"]["i"] for e in every] == [0, 1, 2, 3, 4, 99]
-            assert [e["id"] for e in every] == sorted(e["id"] for e in every)
+
+            async def numbers(**query) -> list[int]:
+                return [e["data"]["i"] for e in await tx.list_events(EventQuery(**query))]
+
+            every = await tx.list_events(EventQuery())
+            assert [e["data"]["i"] for e in every] == [0, 1, 2, 3, 4, 99, 7]
+            assert [e["seq"] for e in every] == sorted(e["seq"] for e in every)
             first = every[0]
             assert first == {
-                "id": first["id"],
-                "station_id": a["_id"],
-                "at": "2024-01-01T00:00:00.000Z",
-                "kind": "Even",
-                "payload": {"i": 0, "deep": {"x": [0]}},
+                "seq": first["seq"],
+                "type": "chargestation.even",
+                "chargestation": a["_id"],
+                "endpoint": a["endpoint"],
+                "createdAt": "2024-01-01T00:00:00.000Z",
+                "data": {"i": 0, "deep": {"x": [0]}},
             }
-            assert [e["payload"]["i"] for e in await tx.events(a["_id"])] == [0, 1, 2, 3, 4]
-            assert [e["payload"]["i"] for e in await tx.events(kind="Even")] == [0, 2, 4, 99]
-            assert [e["payload"]["i"] for e in await tx.events(a["_id"], "Odd")] == [1, 3]
-            # a limit keeps the latest, still oldest first
-            assert [e["payload"]["i"] for e in await tx.events(a["_id"], limit=2)] == [3, 4]
-            assert await tx.events("nobody") == []
+            assert await numbers(station_id=a["_id"]) == [0, 1, 2, 3, 4]
+            assert await numbers(types=("chargestation.even",)) == [0, 2, 4, 99]
+            assert await numbers(types=("chargestation.*",)) == [0, 2, 4, 99, 7]
+            assert await numbers(types=("session.*", "*.unknown")) == [1, 3, 7]
+            assert await numbers(station_id=a["_id"], types=("session.*",)) == [1, 3]
+            assert await numbers(after=every[4]["seq"]) == [99, 7]
+            assert await numbers(
+                since="2024-01-01T00:00:03.000Z", until="2024-01-02T00:00:00.000Z"
+            ) == [3, 4, 99]
+            assert await numbers(limit=2) == [0, 1]
+            # newest: the latest, still oldest first
+            assert await numbers(station_id=a["_id"], limit=2, newest=True) == [3, 4]
+            assert await numbers(station_id="nobody") == []
 
     run(scenario())
 
@@ -978,7 +1002,7 @@ def test_read_only_store_refuses_writes(store, backend):
                 await tx.save_station(mine)
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
 
     run(scenario())
 
@@ -1090,7 +1114,9 @@ def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog
         try:
             async with store.unit() as tx:
                 assert await tx.get_station(doc["endpoint"]) == doc
-                assert [e["payload"] for e in await tx.events(doc["_id"])] == [{"kept": True}]
+                assert [
+                    e["data"] for e in await tx.list_events(EventQuery(station_id=doc["_id"]))
+                ] == [{"kept": True}]
                 assert await tx.password_hash(doc["_id"]) == "old-hash"
                 assert await tx.get_transaction(doc["_id"], "1") is not None
                 assert await tx.mark_all_offline("now") == 1
@@ -1213,7 +1239,7 @@ def test_sqlite_a_unit_inside_one_that_has_written_fails_rather_than_hangs():
                     await inner.add_event(doc["_id"], "t", "k", {})
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
         await store.close()
 
     run(scenario())

@@ -36,6 +36,7 @@ SESSION_ENDED = "session.ended"
 # OCPP notifications kept as events: their type (others: chargestation.<snake_case action>)
 NOTIFICATIONS = {
     "FirmwareStatusNotification": FIRMWARE_STATUS,
+    "SignedFirmwareStatusNotification": FIRMWARE_STATUS,  # 1.6 security extension
     "DiagnosticsStatusNotification": LOG_STATUS,
     "LogStatusNotification": LOG_STATUS,
     "SecurityEventNotification": SECURITY_EVENT,
