@@ -1042,6 +1042,10 @@ TREE: dict = {
        "help": "Only stations with this status: Available, Preparing, Charging, SuspendedEV, SuspendedEVSE, Finishing, Reserved, Unavailable, Faulted, Occupied (any case)",
        "value": true
       },
+      "--watch": {
+       "help": "Then redraw whenever a station changes (on a terminal; otherwise one line per change). Ctrl-C ends",
+       "value": false
+      },
       "-h": {
        "help": "Show this message and exit.",
        "value": false
@@ -1282,6 +1286,45 @@ TREE: dict = {
       "-q": {
        "help": "Print ids only",
        "value": false
+      }
+     }
+    },
+    "unknown": {
+     "help": "List the endpoints that tried to connect but are no chargestation (last seen first):",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
       }
      }
     },
@@ -1565,6 +1608,59 @@ TREE: dict = {
   "cs": {
    "alias": "chargestations",
    "help": "alias of chargestations"
+  },
+  "events": {
+   "help": "Show what happened: stations online and offline, boots, connector statuses, refused",
+   "options": {
+    "--follow": {
+     "help": "Then print events as they happen (Ctrl-C ends)",
+     "value": false
+    },
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "--limit": {
+     "help": "The latest N events",
+     "value": true
+    },
+    "--no-headers": {
+     "help": "Omit the header row",
+     "value": false
+    },
+    "--output": {
+     "help": "table, plain, json or jsonl default: table on a terminal, plain otherwise; with -f: one line each, or jsonl",
+     "value": true
+    },
+    "--since": {
+     "help": "From this ISO-8601 time",
+     "value": true
+    },
+    "--station": {
+     "help": "One station's _id or endpoint",
+     "value": true
+    },
+    "--type": {
+     "help": "Event types to show, as globs (session.*, chargestation.online); repeatable",
+     "value": true
+    },
+    "--until": {
+     "help": "Up to this ISO-8601 time",
+     "value": true
+    },
+    "-f": {
+     "help": "Then print events as they happen (Ctrl-C ends)",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-o": {
+     "help": "table, plain, json or jsonl default: table on a terminal, plain otherwise; with -f: one line each, or jsonl",
+     "value": true
+    }
+   }
   },
   "serve": {
    "help": "Run the OCPP central system and the admin API until SIGINT/SIGTERM.",

@@ -145,6 +145,41 @@ class Client:
             raise UsageError(f"cannot write {dest!r}: {e.strerror}") from None
         return size
 
+    # --- live streams (server-sent events) ---
+
+    def stream(
+        self, path: str, params: dict | None = None, after: int | None = None
+    ) -> Iterator[tuple[int, str, Any] | None]:
+        """The events of an SSE stream as (id, event name, data), for as long as the caller
+        iterates; None for each keep-alive (so a caller can redraw or give up). A dropped
+        connection is opened again, resuming after the last id seen; an error answer
+        (401, 404, ...) raises."""
+        last = after
+        delay = 0.5
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                # no read timeout: a quiet stream sends a keep-alive every 15 s
+                timeout = httpx.Timeout(self.http.timeout.connect or 10.0, read=60.0)
+                with self.http.stream(
+                    "GET", path, params=params, headers=headers, timeout=timeout
+                ) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        self._checked(r, "GET", path)
+                    delay = 0.5
+                    for item in _sse_events(r.iter_lines()):
+                        if item is not None:
+                            last = item[0]
+                        yield item
+            except (httpx.TimeoutException, httpx.TransportError):
+                import time
+
+                time.sleep(delay)  # the server restarts, or the network blinks: resume
+                delay = min(delay * 2, 10.0)
+
     def _checked(self, r: httpx.Response, method: str, path: str) -> dict:
         try:
             envelope = orjson.loads(r.content)
@@ -248,6 +283,38 @@ class Client:
 
     def get_batch(self, batch_id: str) -> dict:
         return self.request("GET", f"/v1.1/actions/batch/{_seg(batch_id)}")["result"]
+
+
+MAX_EVENT = 1 << 20  # characters of one server-sent event read; past it, the event is skipped
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[int, str, Any] | None]:
+    """Parse server-sent events (id, event, data lines; a blank line ends one; a comment
+    line is a keep-alive, yielded as None)."""
+    seq: int | None = None
+    name, size = "message", 0
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data and seq is not None and size <= MAX_EVENT:
+                try:
+                    yield seq, name, orjson.loads("\n".join(data))
+                except orjson.JSONDecodeError:
+                    pass
+            seq, name, data, size = None, "message", [], 0
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "":
+            yield None
+        elif field == "id":
+            seq = int(value) if value.isdigit() else None
+        elif field == "event":
+            name = value
+        elif field == "data":
+            size += len(value)
+            if size <= MAX_EVENT:
+                data.append(value)
 
 
 def _seg(key: str) -> str:

@@ -167,6 +167,14 @@ def list_(
         int, typer.Option(metavar="N", help="At most this many stations", min=1)
     ] = 100,
     all_: Annotated[bool, typer.Option("--all", help="Every matching station (no limit)")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Then redraw whenever a station changes (on a terminal; otherwise one line "
+            "per change). Ctrl-C ends",
+        ),
+    ] = False,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
     no_headers: NoHeadersOpt = False,
@@ -182,6 +190,7 @@ def list_(
       edrvctl cs list --online
       edrvctl cs list --status faulted -o json
       edrvctl cs list -q --inactive | xargs -n1 edrvctl cs activate
+      edrvctl cs list --online --watch
     """
     filters = {
         k: v
@@ -196,15 +205,75 @@ def list_(
         if v is not None
     }
     client = _client()
-    docs = list(client.list_stations(filters, None if all_ else limit + 1))
-    more = not all_ and len(docs) > limit
-    docs = docs[:limit] if more else docs
-    from edrvctl.completion import remember
 
-    remember(client.api_url, docs, replace=all_ and not filters)
-    output.stations(docs, _fmt(out, quiet), no_headers)
-    if more and sys.stderr.isatty():
-        output.info(f"(showing the first {limit}; use --limit N or --all for more)")
+    def show() -> None:
+        docs = list(client.list_stations(filters, None if all_ else limit + 1))
+        more = not all_ and len(docs) > limit
+        docs = docs[:limit] if more else docs
+        from edrvctl.completion import remember
+
+        remember(client.api_url, docs, replace=all_ and not filters)
+        output.stations(docs, _fmt(out, quiet), no_headers)
+        if more and sys.stderr.isatty():
+            output.info(f"(showing the first {limit}; use --limit N or --all for more)")
+
+    if not watch:
+        show()
+        return
+    from edrvctl.cli import events
+
+    events.watch(client, {"type": ["chargestation.*"]}, show)
+
+
+@command()
+def unknown(
+    out: OutputOpt = None,
+    no_headers: NoHeadersOpt = False,
+) -> None:
+    """List the endpoints that tried to connect but are no chargestation (last seen first):
+    a station pointed here before it was created, or a typo in its URL. `cs create` of one
+    takes it off the list.
+
+    Examples:
+
+    \b
+      edrvctl cs unknown
+      edrvctl cs unknown -o json
+    """
+    from edrvctl.timefmt import ago
+
+    found = _client().request("GET", "/v1.1/unknown_chargestations")["result"]
+    fmt = _fmt(out)
+    if fmt in ("json", "yaml"):
+        output.dump(found, fmt)
+        return
+    if fmt == "ids":
+        sys.stdout.write("".join(output.printable(u["endpoint"]) + "\n" for u in found))
+        return
+    headers = ["ENDPOINT", "SEEN", "LAST ADDRESS", "SUBPROTOCOLS", "LAST SEEN", "FIRST SEEN"]
+    rows = [
+        [
+            u["endpoint"],
+            u["seen"],
+            u.get("address") or "-",
+            ",".join(u.get("subprotocols") or []) or "-",
+            u["lastSeenAt"] if fmt == "plain" else ago(u["lastSeenAt"]),
+            u["firstSeenAt"] if fmt == "plain" else ago(u["firstSeenAt"]),
+        ]
+        for u in found
+    ]
+    if fmt == "plain":
+        output.plain(headers, rows, no_headers)
+    else:
+        output.table(
+            headers,
+            rows,
+            cuttable=[True, False, False, True, False, False],
+            no_headers=no_headers,
+            drop_order=("FIRST SEEN", "SUBPROTOCOLS"),
+        )
+        if not found:
+            output.info("no unknown endpoints have tried to connect")
 
 
 @command()

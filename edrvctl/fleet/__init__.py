@@ -1095,8 +1095,7 @@ class Fleet:
     async def list_events(self, query: EventQuery, station: str | None = None) -> list[dict]:
         """Stored events (rows, fleet/events.py); `station`: an _id or an endpoint."""
         if station is not None:
-            doc = await self._read(station)
-            query = dataclasses.replace(query, station_id=doc["_id"] if doc else station)
+            query = dataclasses.replace(query, station_id=(await self.get(station))["_id"])
         async with self.store.unit() as tx:
             return await tx.list_events(query)
 

@@ -446,6 +446,7 @@ async def _run(
         await stop.wait()
     finally:
         log.info("stopping")
+        fleet.feed.close()  # live streams end, so the API can finish its responses
         api.should_exit = True
         if files_server is not None:
             files_server.should_exit = True
