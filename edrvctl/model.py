@@ -187,6 +187,13 @@ def new_id() -> str:
 # number is a JSON number (not "1.5"). Lax coercion accepted what /openapi.json says is invalid.
 
 
+AuthorizePolicy = Literal["open", "known"]
+AUTHORIZE_HELP = (
+    "who may charge here (fleet/tokens.py): open (every id tag), known (stored tokens, by "
+    "their status); null: the server's `serve --authorize`"
+)
+
+
 class StationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -208,6 +215,7 @@ class StationCreate(BaseModel):
         description="none; basic_auth (profile 1); tls_basic_auth (2); tls_client_cert (3). "
         "With a password, the response carries it once as `password`.",
     )
+    authorize: AuthorizePolicy | None = Field(None, description=AUTHORIZE_HELP)
 
 
 class StationUpdate(BaseModel):
@@ -232,6 +240,7 @@ class StationUpdate(BaseModel):
         "disconnected). Moving to basic_auth or tls_basic_auth from a profile without a "
         "password issues one: the response carries it once as `password`.",
     )
+    authorize: AuthorizePolicy | None = Field(None, description=AUTHORIZE_HELP)
 
 
 class GetVariablesRequest(BaseModel):
@@ -401,6 +410,7 @@ def new_station(body: StationCreate, now: str) -> dict:
         "coordinates": body.coordinates,
         "meta_data": body.meta_data,
         "security": {"type": body.security.type, "profile": SECURITY_PROFILES[body.security.type]},
+        "authorize": body.authorize,
     }
 
 

@@ -252,7 +252,7 @@ def test_an_inactive_station_is_told_again_at_boot(fresh_fleet):
         )
         await settle(fresh_fleet)
         assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
-        assert await fresh_fleet.authorize(doc["endpoint"], "TAG") == "Blocked"
+        assert (await fresh_fleet.authorize(doc["endpoint"], "TAG")).status == "Blocked"
 
     run(scenario())
 
@@ -319,10 +319,10 @@ def test_a_transaction_refused_at_start_ends_refused_not_completed(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet, active=False)
         await online(fresh_fleet, doc)
-        key, status = await fresh_fleet.start_transaction(
+        key, decision = await fresh_fleet.start_transaction(
             doc["endpoint"], 1, "TAG", 100, model.utcnow(), tx_key="tx-1"
         )
-        assert (key, status) == ("tx-1", "Blocked")
+        assert (key, decision.status) == ("tx-1", "Blocked")
         assert await fresh_fleet.transaction_connector(doc["endpoint"], "tx-1") == 1
         await fresh_fleet.stop_transaction(
             doc["endpoint"], "tx-1", 150, model.utcnow(), "DeAuthorized"

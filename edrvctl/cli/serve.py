@@ -148,6 +148,15 @@ def serve(
     max_report_mb: Annotated[
         float, typer.Option(help="MB of one assembled 2.0.1 report (GetBaseReport)", min=0.001)
     ] = 8,
+    authorize: Annotated[
+        str,
+        typer.Option(
+            metavar="POLICY",
+            help="Who may charge: open (every id tag is Accepted on an active station) or "
+            "known (only stored tokens, by their status; `edrvctl tokens`); a station's own "
+            "`authorize` overrides it",
+        ),
+    ] = "open",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
     log_format: Annotated[str, typer.Option(help="text | json")] = "text",
 ) -> None:
@@ -185,6 +194,8 @@ def serve(
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
     if log_format not in ("text", "json"):
         raise typer.BadParameter("use text or json", param_hint="--log-format")
+    if authorize not in ("open", "known"):
+        raise typer.BadParameter("use open or known", param_hint="--authorize")
     setup_logging(log_level.upper(), log_format)
     log = logging.getLogger("edrvctl.serve")
     try:
@@ -221,6 +232,7 @@ def serve(
             api_port=api_port,
             store_max_bytes=store_max_mb * 1024 * 1024 if store_max_mb else None,
             heartbeat_interval=heartbeat_interval,
+            authorize=authorize,
             api_tls=api_tls,
             tls_cert=tls_cert,
             tls_key=tls_key,

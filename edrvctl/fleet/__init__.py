@@ -41,7 +41,7 @@ from edrvctl.errors import (
     Unavailable,
     UsageError,
 )
-from edrvctl.fleet import actions, events
+from edrvctl.fleet import actions, events, tokens
 from edrvctl.fleet.actions import Follow, Step
 from edrvctl.fleet.live import (
     ChangeAvailability,
@@ -52,6 +52,7 @@ from edrvctl.fleet.live import (
     GetDiagnostics,
     LiveStations,
     RemoteStart,
+    SendLocalList,
     UpdateFirmware,
 )
 from edrvctl.store import ActionQuery, EventQuery, StationQuery, Store, Unit
@@ -147,6 +148,7 @@ class Fleet:
         from edrvctl.fleet.batch import Batches
 
         self.batches = Batches()  # the last batch runs (fleet/batch.py), in memory
+        self.tokens = tokens.Authorizer()  # who may charge (fleet/tokens.py)
 
     # --- units of work ------------------------------------------------------------------------
 
@@ -480,6 +482,17 @@ class Fleet:
             "unknownKeys": unknown,
         }
 
+    async def send_local_list(
+        self, key: str, full: bool, timeout: float, wait: bool = True
+    ) -> dict:
+        """Send a station its local authorization list (fleet/tokens.local_list) as an
+        Action: all of it, or what changed since the list it last accepted."""
+        doc = await self.get(key)
+        self._check_reachable(doc)
+        async with self.store.unit() as tx:
+            command = await tokens.local_list(tx, doc, full)
+        return await self.command(doc["_id"], command, timeout, wait)
+
     # --- commands as Actions (fleet/actions.py) ------------------------------------------------
 
     async def command(
@@ -587,6 +600,8 @@ class Fleet:
                 outcome, stage = "succeeded", "done"
         if outcome != "pending":  # nothing more to follow
             self._unfollow(endpoint, action_id)
+        if status == "Accepted" and isinstance(command, SendLocalList):
+            await tokens.local_list_sent(self, doc, command)  # what the station holds now
 
         def apply(action: dict, now: str) -> None:
             action["status"] = "completed" if status in actions.ACCEPTED else "failed"
@@ -936,18 +951,45 @@ class Fleet:
             f"most {self.budgets.connectors} connectors"
         )
 
-    async def authorize(self, endpoint: str, id_tag: str) -> str:
-        """Id tags are not managed here: every tag is accepted on an active station. An inactive
-        station is Blocked, so it cannot start charging."""
-        return "Accepted" if (await self._message_from(endpoint))["active"] else "Blocked"
+    async def authorize(
+        self,
+        endpoint: str,
+        id_tag: str,
+        token_type: str | None = None,
+        *,
+        purpose: tokens.Purpose = "authorize",
+        evse: int | None = None,
+        tx_key: str | None = None,
+    ) -> tokens.Decision:
+        """What a station is told about an id tag (fleet/tokens.py decides): at Authorize, a
+        token given later in a 2.0.1 transaction (`tx_key`, purpose "start"), or the one
+        that ended a transaction (purpose "stop"). An unknown or refused one is an event."""
+        async with self.store.unit() as tx:
+            doc = await self._load(tx, endpoint)
+            if doc is None:  # deleted while connected; the session is being closed
+                raise NotFound(f"chargestation {endpoint!r} not found")
+            self._touch(endpoint)
+            decision, note = await self._judge(tx, doc, id_tag, token_type, purpose, evse, tx_key)
+        if note is not None:
+            self.tokens.noted(note)
+        return decision
 
-    async def _message_from(self, endpoint: str) -> dict:
-        """The record of a station that just said something that changes nothing in it."""
-        doc = await self._read(endpoint)
-        if doc is None:  # deleted while connected; the session is being closed
-            raise NotFound(f"chargestation {endpoint!r} not found")
-        self._touch(endpoint)
-        return doc
+    async def _judge(
+        self,
+        tx: Unit,
+        doc: dict,
+        id_tag: str | None,
+        token_type: str | None,
+        purpose: tokens.Purpose,
+        evse: int | None = None,
+        tx_key: str | None = None,
+    ) -> tuple[tokens.Decision, tokens.Note | None]:
+        """The decision about an id tag, and its event recorded in `tx` if it is one."""
+        decision = await self.tokens.check(tx, doc, id_tag, token_type, purpose, evse, tx_key)
+        note = self.tokens.note(doc, id_tag, token_type, decision)
+        if note is not None:
+            await tx.add_event(doc["_id"], model.utcnow(), note.type, note.data, doc["endpoint"])
+        return decision, note
 
     async def start_transaction(
         self,
@@ -958,30 +1000,40 @@ class Fleet:
         timestamp: str,
         tx_key: str | None = None,
         remote_start_id: int | None = None,
-    ) -> tuple[str, str]:
-        """Record a transaction start. Returns (transaction key, id-tag status)."""
+        token_type: str | None = None,
+    ) -> tuple[str, tokens.Decision]:
+        """Record a transaction start. Returns (transaction key, what the station is told
+        about its id tag; `token_type`: 2.0.1's idToken type)."""
         async with self.store.unit() as tx:
             doc = await self._load(tx, endpoint)
             if doc is None:
                 raise NotFound(f"chargestation {endpoint!r} not found")
             self._touch(endpoint)
-            status = "Accepted" if doc["active"] else "Blocked"
-            if tx_key is not None and await tx.get_transaction(doc["_id"], tx_key):
-                return tx_key, status  # a repeated start (2.0.1 Started resent): recorded
-            key = await tx.start_transaction(
-                {
-                    "station_id": doc["_id"],
-                    "tx_key": tx_key,
-                    "connector": connector,
-                    "idTag": id_tag,
-                    "meterStart": meter_start,
-                    "startedAt": timestamp,
-                    "stoppedAt": None,
-                    "meterStop": None,
-                    "stopReason": None,
-                    "status": "Active" if status == "Accepted" else "Refused",
-                }
+            decision, note = await self._judge(
+                tx, doc, id_tag, token_type, "start", connector, tx_key
             )
+            if tx_key is not None and await tx.get_transaction(doc["_id"], tx_key):
+                key = None  # a repeated start (2.0.1 Started resent): recorded
+            else:
+                key = await tx.start_transaction(
+                    {
+                        "station_id": doc["_id"],
+                        "tx_key": tx_key,
+                        "connector": connector,
+                        "idTag": id_tag,
+                        "idTokenType": token_type,
+                        "meterStart": meter_start,
+                        "startedAt": timestamp,
+                        "stoppedAt": None,
+                        "meterStop": None,
+                        "stopReason": None,
+                        "status": "Active" if decision.accepted else "Refused",
+                    }
+                )
+        if note is not None:
+            self.tokens.noted(note)
+        if key is None:
+            return str(tx_key), decision
         if endpoint in self._following:
             await self._observe(
                 endpoint,
@@ -993,7 +1045,7 @@ class Fleet:
                     "remoteStartId": remote_start_id,
                 },
             )
-        return key, status
+        return key, decision
 
     async def stop_transaction(
         self,

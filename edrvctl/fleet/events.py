@@ -32,6 +32,8 @@ SECURITY_EVENT = "chargestation.security_event"
 SESSION_STARTED = "session.started"
 SESSION_UPDATED = "session.updated"
 SESSION_ENDED = "session.ended"
+TOKEN_UNKNOWN = "token.unknown"  # an id tag no token has (fleet/tokens.py)
+TOKEN_REFUSED = "token.refused"  # a token refused for itself: blocked, expired, ...
 
 # OCPP notifications kept as events: their type (others: chargestation.<snake_case action>)
 NOTIFICATIONS = {

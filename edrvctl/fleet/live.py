@@ -126,6 +126,34 @@ class RawCall:
 
 
 @dataclass(frozen=True)
+class LocalListEntry:
+    """One id token of a local authorization list, in neither version's words; `status`
+    None: take it off the list (a differential update)."""
+
+    id_tag: str
+    type: str
+    status: str | None
+    expiry: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class SendLocalList:
+    """1.6 SendLocalList (listVersion), 2.0.1 SendLocalList (versionNumber): the whole list
+    (`full`) or what changed since the last one sent (fleet/tokens.py builds it)."""
+
+    version: int
+    full: bool
+    entries: tuple[LocalListEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class GetLocalListVersion:
+    """Answers the version of the station's local list (0: none; 1.6 listVersion, 2.0.1
+    versionNumber)."""
+
+
+@dataclass(frozen=True)
 class Disconnect:
     """Close the station's connection (it may come back)."""
 
@@ -147,6 +175,8 @@ Command = (
     | UpdateFirmware
     | GetDiagnostics
     | RawCall
+    | SendLocalList
+    | GetLocalListVersion
 )
 
 # Commands that answer (status, the station's answer payload) through the live port: status
@@ -165,6 +195,8 @@ ANSWERED = (
     UpdateFirmware,
     GetDiagnostics,
     RawCall,
+    SendLocalList,
+    GetLocalListVersion,
 )
 
 

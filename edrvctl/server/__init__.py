@@ -38,6 +38,7 @@ class ServeConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 7780
     heartbeat_interval: int = 300
+    authorize: str = "open"  # who may charge (fleet/tokens.py): open or known
     store_max_bytes: int | None = None
     api_tls: bool = False  # serve the admin API over HTTPS with the listener's certificate
     tls_cert: Path | None = None
@@ -320,6 +321,7 @@ async def _run(
 
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
     fleet.command_timeout = cfg.listener.response_timeout
+    fleet.tokens.policy = cfg.authorize
     stale = await fleet.mark_all_offline()
     if stale:
         log.info("marked %d station(s) offline that were online when the last run ended", stale)

@@ -25,7 +25,7 @@ from edrvctl import __version__, model
 from edrvctl.errors import AuthError, Conflict, EdrvError, UsageError
 from edrvctl.fleet import Fleet, actions, batch
 from edrvctl.fleet import live as commands
-from edrvctl.server import api_events
+from edrvctl.server import api_events, api_tokens
 from edrvctl.server.api_events import Streams
 from edrvctl.server.files import Files
 from edrvctl.store import ACTION_FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery
@@ -194,6 +194,7 @@ def create_app(
     auth = [Depends(authorized)]
     streams = Streams()
     api_events.add_routes(app, fleet, auth, streams)
+    api_tokens.add_routes(app, fleet, auth)
 
     def reachable(security: model.Security | None) -> None:
         """A station must be able to connect with the security it is given: refuse a TLS

@@ -22,14 +22,17 @@ from edrvctl.fleet.live import (
     Configure,
     DataTransfer,
     GetDiagnostics,
+    GetLocalListVersion,
     RawCall,
     RemoteStart,
     RemoteStop,
     Reset,
+    SendLocalList,
     TriggerMessage,
     UnlockConnector,
     UpdateFirmware,
 )
+from edrvctl.fleet.tokens import id_token_info
 from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
 from edrvctl.ocppj import RpcClosed
 from edrvctl.ocppj.rpc import Handler
@@ -179,6 +182,23 @@ def _diagnostics(c: GetDiagnostics) -> tuple[str, dict]:
     }
 
 
+def _send_local_list(c: SendLocalList) -> tuple[str, dict]:
+    p: dict = {"versionNumber": c.version, "updateType": "Full" if c.full else "Differential"}
+    if c.entries:  # (2.0.1: a list given has at least one entry)
+        p["localAuthorizationList"] = [
+            {
+                "idToken": {"idToken": e.id_tag, "type": e.type},
+                **(
+                    {"idTokenInfo": id_token_info(e.status, e.expiry, e.group)}
+                    if e.status
+                    else {}
+                ),
+            }
+            for e in c.entries
+        ]
+    return "SendLocalList", p
+
+
 TRANSLATIONS: dict[type, Any] = {
     Reset: _reset,
     UnlockConnector: _unlock,
@@ -191,6 +211,8 @@ TRANSLATIONS: dict[type, Any] = {
     UpdateFirmware: _update_firmware,
     GetDiagnostics: _diagnostics,
     RawCall: raw_call("2.0.1"),
+    SendLocalList: _send_local_list,
+    GetLocalListVersion: lambda c: ("GetLocalListVersion", {}),
 }
 
 
@@ -223,8 +245,9 @@ async def status_notification(s: StationSession, p: dict) -> dict:
 
 
 async def authorize(s: StationSession, p: dict) -> dict:
-    status = await s.fleet.authorize(s.endpoint, p["idToken"]["idToken"])
-    return {"idTokenInfo": {"status": status}}
+    token = p["idToken"]
+    decision = await s.fleet.authorize(s.endpoint, token["idToken"], token["type"])
+    return {"idTokenInfo": decision.id_token_info()}
 
 
 async def transaction_event(s: StationSession, p: dict) -> dict:
@@ -234,10 +257,10 @@ async def transaction_event(s: StationSession, p: dict) -> dict:
     evse = p.get("evse")
     id_token = p.get("idToken")
     meter = p.get("meterValue")
-    status = None
+    decision = None
     if p["eventType"] == "Started":
         connector = (evse or {}).get("id", 0)
-        _, status = await s.fleet.start_transaction(
+        _, decision = await s.fleet.start_transaction(
             s.endpoint,
             connector,
             (id_token or {}).get("idToken"),
@@ -245,20 +268,28 @@ async def transaction_event(s: StationSession, p: dict) -> dict:
             when,
             tx_key=tx_key,
             remote_start_id=info.get("remoteStartId"),
+            token_type=(id_token or {}).get("type"),
         )
     else:  # later events name the EVSE only if it changed: the stored one holds
         connector = (
             evse["id"] if evse else await s.fleet.transaction_connector(s.endpoint, tx_key) or 0
         )
         if id_token is not None:  # a token presented mid-transaction is authorized too
-            status = await s.fleet.authorize(s.endpoint, id_token["idToken"])
+            decision = await s.fleet.authorize(
+                s.endpoint,
+                id_token["idToken"],
+                id_token["type"],
+                purpose="stop" if p["eventType"] == "Ended" else "start",
+                evse=connector,
+                tx_key=tx_key,
+            )
     if meter:
         await s.fleet.meter_values(s.endpoint, connector, tx_key, meter)
     if p["eventType"] == "Ended":
         await s.fleet.stop_transaction(
             s.endpoint, tx_key, energy_register_wh(meter), when, info.get("stoppedReason")
         )
-    return {"idTokenInfo": {"status": status}} if id_token is not None and status else {}
+    return {"idTokenInfo": decision.id_token_info()} if id_token and decision else {}
 
 
 async def meter_values(s: StationSession, p: dict) -> dict:

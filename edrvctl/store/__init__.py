@@ -56,6 +56,20 @@ class EventQuery:
     newest: bool = False
 
 
+TOKEN_FILTER_FIELDS = ("physicalId", "type", "active", "organization")
+
+
+@dataclass
+class TokenQuery:
+    """Id tokens, newest first (createdAt), or oldest first."""
+
+    equals: dict[str, Any] = field(default_factory=dict)  # TOKEN_FILTER_FIELDS -> value
+    usable_in: str | None = None  # only tokens of no organization or of this one
+    newest_first: bool = True
+    limit: int | None = 20  # None: no limit
+    offset: int = 0
+
+
 class Unit(Protocol):
     """One unit of work, used by one task. Units may overlap (other tasks, or one opened
     inside another that has only read); once a unit has written it may hold the connection
@@ -149,6 +163,40 @@ class Unit(Protocol):
     async def fail_pending_actions(self, reason: str, now: str) -> int:
         """Every action whose outcome is still pending ends failed (status failed if it was
         never answered), with error {code: "Interrupted", description: reason}."""
+
+    # --- id tokens (fleet/tokens.py) ---
+
+    async def create_token(self, doc: dict) -> None:
+        """errors.Conflict if a token with that physicalId (in any case) and type exists."""
+
+    async def import_tokens(self, docs: list[dict]) -> int:
+        """Create the tokens, or update the one with the same physicalId and type (it keeps
+        its _id, createdAt and meta_data); returns how many were created."""
+
+    async def get_token(self, token_id: str) -> dict | None:
+        """Remembers the row's revision for save_token."""
+
+    async def find_tokens(self, physical_id: str, type: str | None = None) -> list[dict]:
+        """The tokens of this physicalId (compared without case, as OCPP compares id tags),
+        of any type or of `type`; oldest first. Remembers their revisions."""
+
+    async def save_token(self, doc: dict) -> None:
+        """Compare-and-set, as save_station; errors.Conflict if its new physicalId and type
+        are another token's."""
+
+    async def delete_token(self, token_id: str) -> bool: ...
+
+    async def list_tokens(self, query: TokenQuery) -> tuple[list[dict], int]:
+        """A page, and how many match in all."""
+
+    async def active_transactions(self, id_tag: str) -> list[dict]:
+        """The transactions of this id tag (without case) whose status is Active."""
+
+    async def get_local_list(self, station_id: str) -> dict | None:
+        """What was last sent to the station as its local authorization list."""
+
+    async def set_local_list(self, station_id: str, doc: dict) -> None:
+        """`doc` has `version`; deleted with the station."""
 
 
 class Store(Protocol):

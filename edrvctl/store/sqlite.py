@@ -41,8 +41,10 @@ from edrvctl.store import (
     FILTER_FIELDS,
     SORT_FIELDS,
     ActionQuery,
+    TOKEN_FILTER_FIELDS,
     EventQuery,
     StationQuery,
+    TokenQuery,
 )
 
 log = logging.getLogger("edrvctl.store")
@@ -152,6 +154,30 @@ CREATE TABLE unknown_endpoints (
     doc         TEXT NOT NULL
 );
 CREATE INDEX unknown_last ON unknown_endpoints(lastSeenAt);
+""",
+    # 5 (tokens): id tokens (fleet/tokens.py), found by physicalId (case-insensitive, as OCPP
+    # compares id tags) and type; the local list last sent to each station; a token's running
+    # transactions found by its id tag (ConcurrentTx)
+    """
+CREATE TABLE tokens (
+    id           TEXT PRIMARY KEY,
+    physicalId   TEXT NOT NULL COLLATE NOCASE,
+    type         TEXT NOT NULL,
+    active       INTEGER NOT NULL,
+    organization TEXT,
+    createdAt    TEXT NOT NULL,
+    rev          INTEGER NOT NULL DEFAULT 1,
+    doc          TEXT NOT NULL,
+    UNIQUE (physicalId, type)
+);
+CREATE INDEX tokens_created ON tokens(createdAt, id);
+CREATE TABLE local_lists (
+    station_id  TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX transactions_active_tag ON transactions(json_extract(doc, '$.idTag') COLLATE NOCASE)
+    WHERE json_extract(doc, '$.status') = 'Active';
 """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -561,7 +587,14 @@ class SqliteUnit:
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         cur = s._run("DELETE FROM chargestations WHERE id = ?", (station_id,))
-        for table in ("transactions", "meter_values", "event_log", "credentials", "actions"):
+        for table in (
+            "transactions",
+            "meter_values",
+            "event_log",
+            "credentials",
+            "actions",
+            "local_lists",
+        ):
             s._run(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
         self._revs.pop(station_id, None)
         return cur.rowcount > 0
@@ -904,6 +937,163 @@ class SqliteUnit:
             (now, error),
         )
         return cur.rowcount
+
+    # --- id tokens (fleet/tokens.py) ---
+
+    async def create_token(self, doc: dict) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        try:
+            s._run(_TOKEN_INSERT, (*_token_columns(doc), _json(doc).decode()))
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"a token {doc['physicalId']!r} of type {doc['type']} exists",
+                hint="change that one (`edrvctl tokens inspect`), or give another type",
+            ) from None
+        self._revs["token:" + doc["_id"]] = 1
+
+    async def import_tokens(self, docs: list[dict]) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        before = s.db.execute("SELECT count(*) FROM tokens").fetchone()[0]
+        # a token that exists (physicalId and type) is updated: it keeps its _id, createdAt
+        # and meta_data
+        s._run(
+            _TOKEN_INSERT + " ON CONFLICT (physicalId, type) DO UPDATE SET "
+            "physicalId = excluded.physicalId, active = excluded.active, "
+            "organization = excluded.organization, rev = rev + 1, "
+            "doc = json_set(excluded.doc, '$._id', tokens.id, '$.createdAt', tokens.createdAt, "
+            "'$.meta_data', json(json_extract(tokens.doc, '$.meta_data')))",
+            [(*_token_columns(d), _json(d).decode()) for d in docs],
+            many=True,
+        )
+        return s.db.execute("SELECT count(*) FROM tokens").fetchone()[0] - before
+
+    def _tokens(self, rows: list) -> list[dict]:
+        docs = []
+        for token_id, rev, doc in rows:
+            self._revs["token:" + token_id] = rev
+            docs.append(orjson.loads(doc))
+        return docs
+
+    async def get_token(self, token_id: str) -> dict | None:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT id, rev, doc FROM tokens WHERE id = ?", (token_id,)
+        ).fetchall()
+        self._read_done()
+        found = self._tokens(rows)
+        return found[0] if found else None
+
+    async def find_tokens(self, physical_id: str, type: str | None = None) -> list[dict]:
+        sql = "SELECT id, rev, doc FROM tokens WHERE physicalId = ?"
+        args: tuple = (physical_id,)
+        if type is not None:
+            sql += " AND type = ?"
+            args = (physical_id, type)
+        await self._read()
+        rows = self._db.execute(sql + " ORDER BY createdAt, id", args).fetchall()
+        self._read_done()
+        return self._tokens(rows)
+
+    async def save_token(self, doc: dict) -> None:
+        key = "token:" + doc["_id"]
+        rev = self._revs.get(key)
+        if rev is None:
+            raise StaleRecord(f"token {doc['_id']} was not read in this unit of work")
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        _id, *columns = _token_columns(doc)
+        try:
+            cur = s._run(
+                "UPDATE tokens SET physicalId = ?, type = ?, active = ?, organization = ?, "
+                "createdAt = ?, doc = ?, rev = rev + 1 WHERE id = ? AND rev = ?",
+                (*columns, _json(doc).decode(), _id, rev),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"a token {doc['physicalId']!r} of type {doc['type']} exists") from None
+        if cur.rowcount == 0:
+            raise StaleRecord(f"token {_id} was changed or deleted since it was read")
+        self._revs[key] = rev + 1
+
+    async def delete_token(self, token_id: str) -> bool:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        self._revs.pop("token:" + token_id, None)
+        return s._run("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+    async def list_tokens(self, query: TokenQuery) -> tuple[list[dict], int]:
+        where, args = [], []
+        for name, value in query.equals.items():
+            if name not in TOKEN_FILTER_FIELDS:
+                raise UsageError(
+                    f"cannot filter tokens on {name!r}; fields: {', '.join(TOKEN_FILTER_FIELDS)}"
+                )
+            where.append(f"{name} IS ?")
+            args.append(value)
+        if query.usable_in is not None:
+            where.append("(organization IS NULL OR organization = ?)")
+            args.append(query.usable_in)
+        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC" if query.newest_first else "ASC"
+        await self._read()
+        db = self._db
+        total = db.execute(f"SELECT count(*) FROM tokens{sql_where}", args).fetchone()[0]
+        rows = db.execute(
+            f"SELECT doc FROM tokens{sql_where} ORDER BY createdAt {order}, id {order} "
+            "LIMIT ? OFFSET ?",
+            (*args, -1 if query.limit is None else query.limit, query.offset),
+        ).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows], total
+
+    async def active_transactions(self, id_tag: str) -> list[dict]:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT doc FROM transactions WHERE json_extract(doc, '$.idTag') = ? COLLATE NOCASE "
+            "AND json_extract(doc, '$.status') = 'Active' ORDER BY id",
+            (id_tag,),
+        ).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows]
+
+    async def get_local_list(self, station_id: str) -> dict | None:
+        await self._read()
+        row = self._db.execute(
+            "SELECT doc FROM local_lists WHERE station_id = ?", (station_id,)
+        ).fetchone()
+        self._read_done()
+        return orjson.loads(row[0]) if row else None
+
+    async def set_local_list(self, station_id: str, doc: dict) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        s._run(
+            "INSERT OR REPLACE INTO local_lists (station_id, version, doc) VALUES (?,?,?)",
+            (station_id, doc["version"], _json(doc).decode()),
+        )
+
+
+_TOKEN_INSERT = (
+    "INSERT INTO tokens (id, physicalId, type, active, organization, createdAt, rev, doc) "
+    "VALUES (?,?,?,?,?,?,1,?)"
+)
+
+
+def _token_columns(doc: dict) -> tuple:
+    return (
+        doc["_id"],
+        doc["physicalId"],
+        doc["type"],
+        doc["active"],
+        doc.get("organization"),
+        doc["createdAt"],
+    )
 
 
 def _action_columns(doc: dict) -> tuple:
