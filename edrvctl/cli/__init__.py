@@ -72,13 +72,22 @@ def root(
     output.color_mode = color
 
 
-from edrvctl.cli import actions, chargestations, events, serve, sessions, simulate  # noqa: E402
+from edrvctl.cli import (  # noqa: E402
+    actions,
+    chargestations,
+    events,
+    serve,
+    sessions,
+    simulate,
+    tokens,
+)
 
 ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
 app.add_typer(sessions.app, name="sessions", help="Start and stop charging sessions remotely.")
 app.add_typer(actions.app, name="actions", help="The commands sent to stations, and their ends.")
+app.add_typer(tokens.app, name="tokens", help="The id tokens that may charge (serve --authorize).")
 app.command("events", cls=Command, short_help="What happened to the fleet, and as it happens.")(
     events.events
 )

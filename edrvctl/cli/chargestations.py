@@ -33,6 +33,19 @@ ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)  # type
 StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)  # type: ignore[misc]
 SECURITY_TYPES = ("none", "basic_auth", "tls_basic_auth", "tls_client_cert")
 SecurityName = Enum("SecurityName", {s: s for s in SECURITY_TYPES}, type=str)  # type: ignore[misc]
+AuthorizeName = Enum(  # type: ignore[misc]
+    "AuthorizeName", {p: p for p in ("open", "known", "server")}, type=str
+)
+AuthorizeOpt = Annotated[
+    AuthorizeName | None,
+    typer.Option(
+        metavar="POLICY",
+        case_sensitive=False,
+        help="Who may charge here: open (every id tag), known (stored tokens only; "
+        "`edrvctl tokens`), or server (the server's --authorize, the default)",
+        show_default=False,
+    ),
+]
 SECURITY_HELP = (
     "OCPP security profile: none (0), basic_auth (1), tls_basic_auth (2), tls_client_cert (3)"
 )
@@ -295,6 +308,7 @@ def create(
     security: Annotated[
         SecurityName, typer.Option(metavar="TYPE", case_sensitive=False, help=SECURITY_HELP)
     ] = SecurityName["none"],
+    authorize: AuthorizeOpt = None,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -319,6 +333,8 @@ def create(
         "security": {"type": security.value},
     }
     body.update({k: v for k, v in (("location", location), ("organization", organization)) if v})
+    if authorize is not None:
+        body["authorize"] = None if authorize.value == "server" else authorize.value
     client = _client()
     doc = client.create_station(body)
     from edrvctl.completion import remember
@@ -397,11 +413,13 @@ def update(
             show_default=False,
         ),
     ] = None,
+    authorize: AuthorizeOpt = None,
     yes: YesOpt = False,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Change a chargestation's location, organization, visibility, meta_data or security.
+    """Change a chargestation's location, organization, visibility, meta_data, security or
+    authorization policy.
 
     Only what is given changes. A new --security takes effect at once: a connected station
     is disconnected and must come back under its new profile. Moving to basic_auth or
@@ -414,6 +432,7 @@ def update(
       edrvctl cs update edrv01 --location depot-south --public
       edrvctl cs update edrv01 --meta-data '{"owner": "ops"}' -o json
       edrvctl cs update edrv01 --security basic_auth --yes
+      edrvctl cs update edrv01 --authorize known
     """
     body: dict = {}
     for name, value in (("location", location), ("organization", organization)):
@@ -433,10 +452,12 @@ def update(
         body["meta_data"] = parsed
     if security is not None:
         body["security"] = {"type": security.value}
+    if authorize is not None:
+        body["authorize"] = None if authorize.value == "server" else authorize.value
     if not body:
         raise UsageError(
             "nothing to change: give --location, --organization, --public/--no-public, "
-            "--meta-data or --security"
+            "--meta-data, --security or --authorize"
         )
     if security is not None:
         _confirm(f"change the security profile to {security.value} of", station, yes)

@@ -326,6 +326,7 @@ DETAIL_FIELDS = [
     ("Public", "public"),
     ("Connection URL", "connection_url"),
     ("Security", None),
+    ("Authorize", "authorize"),  # who may charge; none: the server's --authorize
     ("Created", "createdAt"),
     ("Updated", "updatedAt"),
     ("Last connect", "lastConnectAt"),

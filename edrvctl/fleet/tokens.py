@@ -104,9 +104,9 @@ Policy = Literal["open", "known"]
 def _plain_text(value: str) -> str:
     if printable(value) != value:
         raise PydanticCustomError(
-            "plain_text", "no control characters, bidi or zero-width marks: {shown}", {
-                "shown": printable(value)
-            }
+            "plain_text",
+            "no control characters, bidi or zero-width marks: {shown}",
+            {"shown": printable(value)},
         )
     return value
 
@@ -126,7 +126,7 @@ class TokenCreate(BaseModel):
         description="the OCPP id tag (1.6, at most 20 characters) or idToken (2.0.1, at most "
         "36); unique per type, compared without case; empty only for NoAuthorization"
     )
-    type: TokenType = DEFAULT_TYPE
+    type: TokenType = "ISO14443"  # DEFAULT_TYPE
     active: bool = True
     organization: model.ShortText | None = None
     expiryDate: model.TimeText | None = Field(
@@ -272,13 +272,13 @@ def _concurrent(
       transaction itself nor an older one on the same EVSE (a start sent again)."""
     if purpose == "stop" or (purpose == "authorize" and station["protocol"] == "ocpp1.6"):
         return []
-    found = []
-    for t in running:
-        if t["station_id"] != station["_id"]:
-            found.append(t)
-        elif purpose == "start" and t.get("tx_key") != tx_key and t.get("connector") != evse:
-            found.append(t)
-    return found
+    here = station["_id"]
+    return [
+        t
+        for t in running
+        if t["station_id"] != here
+        or (purpose == "start" and t.get("tx_key") != tx_key and t.get("connector") != evse)
+    ]
 
 
 Purpose = Literal["authorize", "start", "stop"]
@@ -402,9 +402,7 @@ async def get(fleet: Fleet, key: str, token_type: str | None = None) -> dict:
         return await _resolve(tx, key, token_type)
 
 
-async def update(
-    fleet: Fleet, key: str, patch: TokenUpdate, token_type: str | None = None
-) -> dict:
+async def update(fleet: Fleet, key: str, patch: TokenUpdate, token_type: str | None = None) -> dict:
     changes = patch.model_dump(exclude_unset=True)
     async with fleet.store.unit() as tx:
         doc = await _resolve(tx, key, token_type)
@@ -458,8 +456,7 @@ def parse_csv(body: bytes, now: str) -> list[dict]:
         raise UsageError(f"line 1: {e}") from None
     if not header or not any(h.strip() for h in header):
         raise UsageError(
-            "an empty import: the first line names the columns, "
-            f"e.g. {','.join(IMPORT_COLUMNS)}"
+            f"an empty import: the first line names the columns, e.g. {','.join(IMPORT_COLUMNS)}"
         )
     names = [h.strip() for h in header]
     unknown = [n for n in names if n not in IMPORT_COLUMNS]
@@ -481,9 +478,7 @@ def parse_csv(body: bytes, now: str) -> list[dict]:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # a blank line
             if len(row) != len(names):
-                raise UsageError(
-                    f"line {line}: {len(row)} fields, the header names {len(names)}"
-                )
+                raise UsageError(f"line {line}: {len(row)} fields, the header names {len(names)}")
             if len(docs) >= MAX_IMPORT_ROWS:
                 raise UsageError(
                     f"line {line}: an import has at most {MAX_IMPORT_ROWS} tokens; split the file"
@@ -554,9 +549,7 @@ async def local_list(tx: Unit, station: dict, full: bool) -> SendLocalList:
     list it last accepted (a token gone: taken off)."""
     protocol = station["protocol"]
     docs, total = await tx.list_tokens(
-        TokenQuery(
-            usable_in=station.get("organization"), newest_first=False, limit=MAX_LOCAL_LIST
-        )
+        TokenQuery(usable_in=station.get("organization"), newest_first=False, limit=MAX_LOCAL_LIST)
     )
     if total > MAX_LOCAL_LIST:
         raise UsageError(

@@ -192,9 +192,7 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list) -> None:
         return await run(
             request,
             id,
-            lambda: fleet.command(
-                id, GetLocalListVersion(), wait or DEFAULT_WAIT, wait=wait != 0
-            ),
+            lambda: fleet.command(id, GetLocalListVersion(), wait or DEFAULT_WAIT, wait=wait != 0),
             "get_local_list_version",
         )
 

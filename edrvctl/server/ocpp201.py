@@ -188,11 +188,7 @@ def _send_local_list(c: SendLocalList) -> tuple[str, dict]:
         p["localAuthorizationList"] = [
             {
                 "idToken": {"idToken": e.id_tag, "type": e.type},
-                **(
-                    {"idTokenInfo": id_token_info(e.status, e.expiry, e.group)}
-                    if e.status
-                    else {}
-                ),
+                **({"idTokenInfo": id_token_info(e.status, e.expiry, e.group)} if e.status else {}),
             }
             for e in c.entries
         ]

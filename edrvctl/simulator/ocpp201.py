@@ -252,6 +252,19 @@ def get_log(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted", "filename": name}
 
 
+def send_local_list(st: SimStation, p: dict) -> dict:
+    entries = [
+        ((e["idToken"]["idToken"], e["idToken"]["type"]), e.get("idTokenInfo"))
+        for e in p.get("localAuthorizationList") or []
+    ]
+    full = p["updateType"] == "Full"
+    return {"status": st._update_local_list(full, p["versionNumber"], entries)}
+
+
+def get_local_list_version(st: SimStation, p: dict) -> dict:
+    return {"versionNumber": st.local_list_version}
+
+
 def accepted(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
@@ -284,6 +297,8 @@ class V201:
         "DataTransfer": unknown_vendor,
         "UpdateFirmware": update_firmware,
         "GetLog": get_log,
+        "SendLocalList": send_local_list,
+        "GetLocalListVersion": get_local_list_version,
     }
 
     # --- what the station sends -----------------------------------------------------------------
