@@ -74,7 +74,7 @@ TREE: dict = {
        "value": true
       },
       "--type": {
-       "help": "One type: reset, unlock_connector, change_availability, trigger_message, set_configuration, clear_cache, data_transfer, remote_start, remote_stop, update_firmware, get_diagnostics, call",
+       "help": "One type: reset, unlock_connector, change_availability, trigger_message, set_configuration, clear_cache, data_transfer, remote_start, remote_stop, update_firmware, get_diagnostics, call, send_local_list, get_local_list_version",
        "value": true
       },
       "-h": {
@@ -568,6 +568,15 @@ TREE: dict = {
      ],
      "help": "Create a chargestation; it may then connect to ws://HOST:PORT/ENDPOINT.",
      "options": {
+      "--authorize": {
+       "choices": [
+        "open",
+        "known",
+        "server"
+       ],
+       "help": "Who may charge here: open (every id tag), known (stored tokens only; `edrvctl tokens`), or server (the server's --authorize, the default)",
+       "value": true
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
@@ -1067,6 +1076,56 @@ TREE: dict = {
       }
      }
     },
+    "local-list-version": {
+     "args": [
+      "station"
+     ],
+     "help": "Ask a station the version of its local authorization list (0: none), beside the",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
     "reset": {
      "args": [
       "station"
@@ -1199,6 +1258,64 @@ TREE: dict = {
       },
       "-y": {
        "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "send-local-list": {
+     "args": [
+      "station"
+     ],
+     "help": "Send a station its local authorization list: the tokens usable there (of no",
+     "options": {
+      "--diff": {
+       "help": "Send only what changed since the list the station last accepted, or the whole list default: --full",
+       "value": false
+      },
+      "--full": {
+       "help": "Send only what changed since the list the station last accepted, or the whole list default: --full",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
        "value": false
       }
      }
@@ -1414,8 +1531,17 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Change a chargestation's location, organization, visibility, meta_data or security.",
+     "help": "Change a chargestation's location, organization, visibility, meta_data, security or",
      "options": {
+      "--authorize": {
+       "choices": [
+        "open",
+        "known",
+        "server"
+       ],
+       "help": "Who may charge here: open (every id tag), known (stored tokens only; `edrvctl tokens`), or server (the server's --authorize, the default)",
+       "value": true
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
@@ -1676,6 +1802,10 @@ TREE: dict = {
     "--api-tls": {
      "help": "Serve the admin API over HTTPS (with --tls-cert)",
      "value": false
+    },
+    "--authorize": {
+     "help": "Who may charge: open (every id tag is Accepted on an active station) or known (only stored tokens, by their status; `edrvctl tokens`); a station's own `authorize` overrides it",
+     "value": true
     },
     "--files-port": {
      "help": "Port of the files listener stations download firmware from and upload diagnostics to (on --ocpp-host); 0 picks a free one default: 9001; a free one if 9001 is taken or --ocpp-port is 0",
@@ -2021,6 +2151,544 @@ TREE: dict = {
      ],
      "help": "text or json: the final summary on stdout",
      "value": true
+    }
+   }
+  },
+  "tokens": {
+   "commands": {
+    "block": {
+     "args": [
+      "value"
+     ],
+     "help": "Block tokens: under the `known` policy they are refused (Blocked) from now on.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "create": {
+     "args": [
+      "value"
+     ],
+     "help": "Create an id token: who may charge when the server's policy is `known`.",
+     "options": {
+      "--blocked": {
+       "help": "Create it blocked",
+       "value": false
+      },
+      "--expiry": {
+       "help": "After this it is Expired (ISO-8601)",
+       "value": true
+      },
+      "--from-event": {
+       "help": "Take the id tag and type from a token.unknown event (`edrvctl events`)",
+       "value": true
+      },
+      "--group": {
+       "help": "Its group id (1.6 parentIdTag, 2.0.1 groupIdToken)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--meta-data": {
+       "help": "A JSON object",
+       "value": true
+      },
+      "--organization": {
+       "help": "Organization id",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "Its type: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization default: the event's, else ISO14443",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "delete": {
+     "args": [
+      "value"
+     ],
+     "help": "Delete tokens: under the `known` policy they are unknown from now on (Invalid).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "import": {
+     "args": [
+      "value"
+     ],
+     "help": "Create or update tokens from a CSV file, all in one: every row, or none.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show id tokens in full.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List id tokens, newest first.",
+     "options": {
+      "--active": {
+       "help": "Only tokens that are (not) active",
+       "value": false
+      },
+      "--all": {
+       "help": "Every matching token (no limit)",
+       "value": false
+      },
+      "--blocked": {
+       "help": "Only tokens that are (not) active",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most this many tokens",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--organization": {
+       "help": "Only this organization",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--physical-id": {
+       "help": "Only this id tag",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "Only this type",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "unblock": {
+     "args": [
+      "value"
+     ],
+     "help": "Unblock tokens: they are Accepted again (unless expired).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "update": {
+     "args": [
+      "value"
+     ],
+     "help": "Change a token's organization, expiry, group or meta_data (block and unblock change",
+     "options": {
+      "--expiry": {
+       "help": "After this it is Expired ('' removes it)",
+       "value": true
+      },
+      "--group": {
+       "help": "Its group id ('' removes it)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--meta-data": {
+       "help": "Replace meta_data ('{}' empties it)",
+       "value": true
+      },
+      "--organization": {
+       "help": "Organization id ('' removes it)",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "The id tokens that may charge (serve --authorize).",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
     }
    }
   },

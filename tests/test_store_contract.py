@@ -33,6 +33,7 @@ from edrvctl.store import (
     EventQuery,
     StationQuery,
     Store,
+    TokenQuery,
     open_store,
 )
 from edrvctl.store.sqlite import SCHEMA_VERSION
@@ -1003,6 +1004,188 @@ def test_read_only_store_refuses_writes(store, backend):
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
             assert await tx.list_events(EventQuery()) == []
+
+    run(scenario())
+
+
+# --- id tokens (fleet/tokens.py) ---------------------------------------------------------------
+
+
+def token(physical_id: str, **fields) -> dict:
+    """A token shaped like fleet.tokens.new_token's; createdAt increases with each one."""
+    n = next(_seq)
+    at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    doc = {
+        "_id": f"{n:024x}",
+        "physicalId": physical_id,
+        "type": "ISO14443",
+        "active": True,
+        "organization": None,
+        "expiryDate": None,
+        "parentIdTag": None,
+        "meta_data": {},
+        "createdAt": at,
+        "updatedAt": at,
+    }
+    doc.update(fields)
+    return doc
+
+
+def test_tokens_unique_per_type_found_without_case_and_compare_and_set(store):
+    a, b = token("CARD"), token("CARD", type="KeyCode")
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_token(a)
+            await tx.create_token(b)
+        with pytest.raises(Conflict):  # the same physicalId and type, in another case
+            async with store.unit() as tx:
+                await tx.create_token(token("card"))
+        async with store.unit() as tx:
+            assert await tx.get_token(a["_id"]) == a
+            assert await tx.get_token("nope") is None
+            assert await tx.find_tokens("card") == [a, b]  # oldest first
+            assert await tx.find_tokens("Card", "KeyCode") == [b]
+            assert await tx.find_tokens("card", "Local") == []
+            assert await tx.find_tokens("CAR") == []
+        # compare-and-set: a token changed since it was read is stale
+        async with store.unit() as tx:
+            mine = await tx.get_token(a["_id"])
+        async with store.unit() as tx:
+            theirs = await tx.get_token(a["_id"])
+            await tx.save_token({**theirs, "active": False})
+        with pytest.raises(StaleRecord):
+            async with store.unit() as tx:
+                await tx.save_token({**mine, "organization": "x"})
+        with pytest.raises(StaleRecord):  # never read in this unit
+            async with store.unit() as tx:
+                await tx.save_token(a)
+        with pytest.raises(Conflict):  # onto another token's physicalId and type
+            async with store.unit() as tx:
+                doc = await tx.get_token(b["_id"])
+                await tx.save_token({**doc, "type": "ISO14443"})
+        async with store.unit() as tx:
+            assert (await tx.get_token(a["_id"]))["active"] is False
+            assert await tx.delete_token(a["_id"]) is True
+            assert await tx.delete_token(a["_id"]) is False
+            assert await tx.find_tokens("CARD") == [b]
+
+    run(scenario())
+
+
+def test_tokens_list_filters_pages_and_usable_in(store):
+    docs = [
+        token("A", organization="acme"),
+        token("B", organization="globex", active=False),
+        token("C"),
+        token("D", organization="acme", type="KeyCode"),
+    ]
+
+    async def scenario():
+        async with store.unit() as tx:
+            for d in docs:
+                await tx.create_token(d)
+
+        async def ids(**kw) -> tuple[list[str], int]:
+            async with store.unit() as tx:
+                found, total = await tx.list_tokens(TokenQuery(**kw))
+            return [d["physicalId"] for d in found], total
+
+        assert await ids() == (["D", "C", "B", "A"], 4)  # newest first
+        assert await ids(newest_first=False, limit=2, offset=1) == (["B", "C"], 4)
+        assert await ids(equals={"organization": "acme"}) == (["D", "A"], 2)
+        assert await ids(equals={"active": False}) == (["B"], 1)
+        assert await ids(equals={"type": "KeyCode"}) == (["D"], 1)
+        assert await ids(equals={"physicalId": "c"}) == (["C"], 1)
+        assert await ids(equals={"organization": None}) == (["C"], 1)
+        # usable at a station of acme: its own and those of no organization
+        assert await ids(usable_in="acme", newest_first=False) == (["A", "C", "D"], 3)
+        with pytest.raises(UsageError):
+            await ids(equals={"meta_data": 1})
+
+    run(scenario())
+
+
+def test_tokens_import_creates_or_updates_in_one_unit(store):
+    kept = token("A", meta_data={"driver": "ann"}, parentIdTag="OLD")
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_token(kept)
+        new = [
+            token("a", active=False, parentIdTag="NEW", organization="acme"),
+            token("B"),
+            token("A", type="KeyCode"),
+        ]
+        async with store.unit() as tx:
+            assert await tx.import_tokens(new) == 2  # created; one updated
+        async with store.unit() as tx:
+            got = await tx.find_tokens("A", "ISO14443")
+            assert got == [
+                {
+                    **new[0],
+                    "_id": kept["_id"],
+                    "createdAt": kept["createdAt"],
+                    "meta_data": {"driver": "ann"},
+                }
+            ]
+            _, total = await tx.list_tokens(TokenQuery(equals={"organization": "acme"}))
+            assert total == 1  # the indexed columns follow the document
+            assert len(await tx.find_tokens("b")) == 1
+        # a unit that fails imports nothing
+        with pytest.raises(RuntimeError):
+            async with store.unit() as tx:
+                await tx.import_tokens([token("C"), token("D")])
+                raise RuntimeError("later in the same unit")
+        async with store.unit() as tx:
+            assert await tx.find_tokens("C") == []
+
+    run(scenario())
+
+
+def test_active_transactions_of_an_id_tag(store):
+    a, b = station(), station()
+
+    def tx_doc(doc, tag, status="Active"):
+        return {"station_id": doc["_id"], "tx_key": None, "idTag": tag, "status": status}
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            k1 = await tx.start_transaction(tx_doc(a, "TAG"))
+            await tx.start_transaction(tx_doc(b, "tag"))
+            await tx.start_transaction(tx_doc(b, "TAG", "Refused"))
+            await tx.start_transaction(tx_doc(b, "OTHER"))
+        async with store.unit() as tx:
+            running = await tx.active_transactions("Tag")
+            assert [(t["station_id"], t["idTag"]) for t in running] == [
+                (a["_id"], "TAG"),
+                (b["_id"], "tag"),
+            ]
+            await tx.update_transaction(a["_id"], k1, {"status": "Completed"})
+        async with store.unit() as tx:
+            assert [t["idTag"] for t in await tx.active_transactions("TAG")] == ["tag"]
+            assert await tx.active_transactions("nobody") == []
+
+    run(scenario())
+
+
+def test_local_lists_kept_per_station_and_deleted_with_it(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            assert await tx.get_local_list(a["_id"]) is None
+            await tx.set_local_list(a["_id"], {"version": 1, "entries": [["A", "ISO14443"]]})
+            await tx.set_local_list(b["_id"], {"version": 7, "entries": []})
+            await tx.set_local_list(a["_id"], {"version": 2, "entries": []})
+        async with store.unit() as tx:
+            assert await tx.get_local_list(a["_id"]) == {"version": 2, "entries": []}
+            await tx.delete_station(a["_id"])
+        async with store.unit() as tx:
+            assert await tx.get_local_list(a["_id"]) is None
+            assert (await tx.get_local_list(b["_id"]))["version"] == 7
 
     run(scenario())
 

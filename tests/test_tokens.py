@@ -295,7 +295,9 @@ def test_unknown_and_refused_tokens_are_events_at_most_once_a_minute(fleet):
         for _ in range(3):
             await fleet.authorize(doc["endpoint"], "NEW-CARD", "ISO14443")
             await fleet.authorize(doc["endpoint"], "OFF", "ISO14443")
-        await fleet.start_transaction(doc["endpoint"], 1, "NEW-CARD", 0, T, tx_key="x", token_type="ISO14443")
+        await fleet.start_transaction(
+            doc["endpoint"], 1, "NEW-CARD", 0, T, tx_key="x", token_type="ISO14443"
+        )
         seen = await token_events(fleet, doc)
         assert [(e["type"], e["data"]["idTag"]) for e in seen] == [
             ("token.unknown", "NEW-CARD"),

@@ -793,7 +793,11 @@ class EnvelopeTooLarge:
 
         async def send_enveloped(message) -> None:
             nonlocal replaced
-            if message["type"] == "http.response.start" and message["status"] == 413:
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] == 413
+                and (b"content-type", b"application/json") not in message.get("headers", ())
+            ):  # (an envelope already, e.g. a token import over its own limit, goes as it is)
                 replaced = True
                 body = orjson.dumps(
                     {"ok": False, "result": None, "message": f"request body over {MAX_BODY} bytes"}

@@ -4,9 +4,10 @@ and `GET .../local_list`: what it was last sent). The policy is fleet/tokens.py'
 
 A CSV import is bigger than the 256 KiB of other bodies: it is read here, up to
 tokens.MAX_IMPORT_BYTES (16 MiB, about 250,000 tokens), and a bigger one is 413.
-"""
 
-from __future__ import annotations
+Annotations are evaluated when the routes are defined (no `from __future__ import
+annotations`): their types (`Id`, `Wait`) come from server/api.py at that time.
+"""
 
 import logging
 from typing import Annotated, Literal
