@@ -122,7 +122,7 @@ def test_an_inactive_station_refuses_every_token_whatever_the_policy(fleet):
         for doc in (closed, open_):
             assert await status(fleet, doc, "GOOD") == "Blocked"
             assert await status(fleet, doc, "NOBODY") == "Blocked"
-            key, d = await fleet.start_transaction(doc["endpoint"], 1, "GOOD", 0, T)
+            _, d = await fleet.start_transaction(doc["endpoint"], 1, "GOOD", 0, T)
             assert d.status == "Blocked"
         # refused because of the station, not the token: no token.refused event
         assert [e["type"] for e in await token_events(fleet, closed)] == ["token.unknown"]
@@ -211,7 +211,7 @@ def test_concurrent_sessions_of_one_token(fleet):
         b16 = await station(fleet)
         a201 = await station(fleet, "ocpp2.0.1")
         await token(fleet, "TAG")
-        key, d = await fleet.start_transaction(a16["endpoint"], 1, "TAG", 0, T)
+        _, d = await fleet.start_transaction(a16["endpoint"], 1, "TAG", 0, T)
         assert d.status == "Accepted"
         # the same tag starting elsewhere: another station, another connector
         assert (await fleet.start_transaction(b16["endpoint"], 1, "TAG", 0, T))[1].status == (

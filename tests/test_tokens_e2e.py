@@ -220,42 +220,44 @@ def test_local_list_pushed_and_its_version_read_back(known, proto):
         return (tag, None if proto == P16 else "ISO14443")
 
     async def scenario():
-        async with sim_running(known, ep, proto) as st:
-            async with httpx.AsyncClient(
+        async with (
+            sim_running(known, ep, proto) as st,
+            httpx.AsyncClient(
                 base_url=known.api_url, headers={"Authorization": f"Bearer {known.token}"}
-            ) as c:
-                r = await c.post(f"/v1.1/chargestations/{ep}/send_local_list")
-                assert r.status_code == 201, r.text
-                action = r.json()["result"]
-                assert action["data"] == {"listVersion": 1, "updateType": "Full", "entries": 2}
-                assert st.local_list_version == 1
-                assert set(st.local_list) == {key(a), key(b)}
-                assert st.local_list[key(a)]["status"] == "Accepted"
-                assert group(proto, st.local_list[key(a)]) == "G"
-                assert st.local_list[key(b)]["status"] == "Blocked"
+            ) as c,
+        ):
+            r = await c.post(f"/v1.1/chargestations/{ep}/send_local_list")
+            assert r.status_code == 201, r.text
+            action = r.json()["result"]
+            assert action["data"] == {"listVersion": 1, "updateType": "Full", "entries": 2}
+            assert st.local_list_version == 1
+            assert set(st.local_list) == {key(a), key(b)}
+            assert st.local_list[key(a)]["status"] == "Accepted"
+            assert group(proto, st.local_list[key(a)]) == "G"
+            assert st.local_list[key(b)]["status"] == "Blocked"
 
-                # a change, sent as a differential update
-                r = await c.patch(f"/v1.1/tokens/{b}", json={"active": True})
-                assert r.status_code == 200
-                r = await c.delete(f"/v1.1/tokens/{a}")
-                assert r.status_code == 200
-                r = await c.post(
-                    f"/v1.1/chargestations/{ep}/send_local_list",
-                    json={"updateType": "Differential"},
-                )
-                assert r.status_code == 201, r.text
-                assert r.json()["result"]["data"]["entries"] == 2
-                assert st.local_list_version == 2
-                assert set(st.local_list) == {key(b)}
-                assert st.local_list[key(b)]["status"] == "Accepted"
+            # a change, sent as a differential update
+            r = await c.patch(f"/v1.1/tokens/{b}", json={"active": True})
+            assert r.status_code == 200
+            r = await c.delete(f"/v1.1/tokens/{a}")
+            assert r.status_code == 200
+            r = await c.post(
+                f"/v1.1/chargestations/{ep}/send_local_list",
+                json={"updateType": "Differential"},
+            )
+            assert r.status_code == 201, r.text
+            assert r.json()["result"]["data"]["entries"] == 2
+            assert st.local_list_version == 2
+            assert set(st.local_list) == {key(b)}
+            assert st.local_list[key(b)]["status"] == "Accepted"
 
-                r = await c.post(f"/v1.1/chargestations/{ep}/get_local_list_version")
-                assert r.status_code == 201, r.text
-                answer = r.json()["result"]["response_data"]
-                assert answer == ({"listVersion": 2} if proto == P16 else {"versionNumber": 2})
-                r = await c.get(f"/v1.1/chargestations/{ep}/local_list")
-                kept = r.json()["result"]
-                assert (kept["version"], [e["idTag"] for e in kept["entries"]]) == (2, [b])
+            r = await c.post(f"/v1.1/chargestations/{ep}/get_local_list_version")
+            assert r.status_code == 201, r.text
+            answer = r.json()["result"]["response_data"]
+            assert answer == ({"listVersion": 2} if proto == P16 else {"versionNumber": 2})
+            r = await c.get(f"/v1.1/chargestations/{ep}/local_list")
+            kept = r.json()["result"]
+            assert (kept["version"], [e["idTag"] for e in kept["entries"]]) == (2, [b])
 
     run(scenario())
 
