@@ -181,6 +181,7 @@ CREATE INDEX transactions_active_tag ON transactions(json_extract(doc, '$.idTag'
 """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+IMPORT_CHUNK = 2_000  # tokens written between two turns of the event loop (import_tokens)
 BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
 
 _COLUMNS = (
@@ -958,17 +959,23 @@ class SqliteUnit:
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         before = s.db.execute("SELECT count(*) FROM tokens").fetchone()[0]
-        # a token that exists (physicalId and type) is updated: it keeps its _id, createdAt
-        # and meta_data
-        s._run(
-            _TOKEN_INSERT + " ON CONFLICT (physicalId, type) DO UPDATE SET "
-            "physicalId = excluded.physicalId, active = excluded.active, "
-            "organization = excluded.organization, rev = rev + 1, "
-            "doc = json_set(excluded.doc, '$._id', tokens.id, '$.createdAt', tokens.createdAt, "
-            "'$.meta_data', json(json_extract(tokens.doc, '$.meta_data')))",
-            [(*_token_columns(d), _json(d).decode()) for d in docs],
-            many=True,
-        )
+        for start in range(0, len(docs), IMPORT_CHUNK):
+            if start:  # the event loop goes on between chunks (pings, heartbeats)
+                await asyncio.sleep(0)
+            # a token that exists (physicalId and type) is updated: it keeps its _id,
+            # createdAt and meta_data
+            s._run(
+                _TOKEN_INSERT + " ON CONFLICT (physicalId, type) DO UPDATE SET "
+                "physicalId = excluded.physicalId, active = excluded.active, "
+                "organization = excluded.organization, rev = rev + 1, "
+                "doc = json_set(excluded.doc, '$._id', tokens.id, '$.createdAt', "
+                "tokens.createdAt, '$.meta_data', json(json_extract(tokens.doc, '$.meta_data')))",
+                [
+                    (*_token_columns(d), _json(d).decode())
+                    for d in docs[start : start + IMPORT_CHUNK]
+                ],
+                many=True,
+            )
         return s.db.execute("SELECT count(*) FROM tokens").fetchone()[0] - before
 
     def _tokens(self, rows: list) -> list[dict]:
