@@ -591,3 +591,24 @@ def test_a_local_list_has_a_budget(fleet, monkeypatch):
         assert fleet.live.sent == []  # type: ignore[attr-defined]
 
     run(scenario())
+
+
+def test_token_events_count_against_the_stations_daily_budget(fleet):
+    async def scenario():
+        doc = await station(fleet)
+        fleet.budgets.stored_per_day = 400  # bytes: a few events' worth
+        for n in range(20):
+            assert await status(fleet, doc, f"CARD-{n}") == "Unknown"  # answered all the same
+        kept = await token_events(fleet, doc)
+        assert 0 < len(kept) < 20
+
+    run(scenario())
+
+
+def test_an_id_tag_the_store_cannot_hold_is_unknown_and_not_noted(fleet):
+    async def scenario():
+        doc = await station(fleet, "ocpp2.0.1")
+        assert await status(fleet, doc, "BAD\ud800", "ISO14443") == "Unknown"
+        assert await token_events(fleet, doc) == []
+
+    run(scenario())

@@ -174,6 +174,57 @@ def test_known_policy_end_to_end(known, proto):
     )
 
 
+async def event(st: SimStation, key: str, event_type: str, tag: str, seq: int) -> dict:
+    """A 2.0.1 TransactionEvent of transaction `key` naming `tag`: its idTokenInfo."""
+    p: dict = {
+        "eventType": event_type,
+        "timestamp": utcnow(),
+        "triggerReason": "Authorized" if event_type == "Updated" else "StopAuthorized",
+        "seqNo": seq,
+        "transactionInfo": {"transactionId": key},
+        "idToken": {"idToken": tag, "type": "ISO14443"},
+    }
+    if event_type == "Ended":
+        p["transactionInfo"]["stoppedReason"] = "Local"
+    return (await st.send("TransactionEvent", p))["idTokenInfo"]
+
+
+@pytest.mark.parametrize("proto", PROTOS)
+def test_the_token_that_ends_a_session_and_one_given_later_are_answered(known, proto):
+    org = uniq("org")
+    ep = known.create(uniq(), protocol=proto, organization=org)["endpoint"]
+    card, colleague, off = uniq("C")[:20], uniq("M")[:20], uniq("OFF")[:20]
+    create_token(known, card, parentIdTag="TEAM", organization=org)
+    create_token(known, colleague, parentIdTag="TEAM", organization=org)
+    create_token(known, off, active=False, organization=org)
+
+    async def scenario():
+        async with sim_running(known, ep, proto) as st:
+            key, info = await start(st, proto, card, 1)
+            assert info["status"] == "Accepted"
+            if proto == P16:
+                # a colleague of the same group ends it: told Accepted, with the group
+                res = await st.send(
+                    "StopTransaction",
+                    {
+                        "transactionId": int(key),
+                        "idTag": colleague,
+                        "meterStop": 10,
+                        "timestamp": utcnow(),
+                        "reason": "Local",
+                    },
+                )
+                assert res["idTagInfo"] == {"status": "Accepted", "parentIdTag": "TEAM"}
+            else:
+                # a token given later in the transaction: refused, and said so
+                assert (await event(st, key, "Updated", off, 1))["status"] == "Blocked"
+                info = await event(st, key, "Ended", colleague, 2)
+                assert info["status"] == "Accepted"
+                assert info["groupIdToken"] == {"idToken": "TEAM", "type": "Central"}
+
+    run(scenario())
+
+
 def test_open_policy_is_the_default_and_notes_unknown_cards(server):
     ep = server.create(uniq(), protocol=P16)["endpoint"]
     tag = uniq("CARD")[:20]

@@ -250,8 +250,8 @@ def _detail(doc: dict, fmt: str) -> None:
     width = max(len(label) for label, _ in rows) + 1
     for label, value in rows:
         shown = printable("" if value is None else output._text(value)) or "-"
-        if label in ("Created", "Updated", "Expires") and value:
-            shown = f"{shown} ({ago(value)})" if label != "Expires" else shown
+        if label in ("Created", "Updated") and value:
+            shown = f"{shown} ({ago(value)})"
         print(f"{(label + ':').ljust(width)} {shown}")
 
 
@@ -293,7 +293,7 @@ def inspect(keys: Keys, token_type: TypeOpt = None, out: OutputOpt = None) -> No
 
 def _from_event(client, event_id: str) -> tuple[str, str | None]:
     """The id tag and type of a token.unknown (or token.refused) event."""
-    if not event_id.isdigit():
+    if not event_id.isdigit() or int(event_id) < 1:
         raise UsageError(f"--from-event takes an event's _id (a number), not {event_id!r}")
     found = client.request("GET", "/v1.1/events", params={"after": int(event_id) - 1, "limit": 1})[
         "result"

@@ -988,6 +988,10 @@ class Fleet:
         decision = await self.tokens.check(tx, doc, id_tag, token_type, purpose, evse, tx_key)
         note = self.tokens.note(doc, id_tag, token_type, decision)
         if note is not None:
+            try:  # kept: it counts against the station's daily budget
+                self._charge(doc["endpoint"], note.data)
+            except OverBudget:
+                return decision, None  # answered all the same, not noted
             await tx.add_event(doc["_id"], model.utcnow(), note.type, note.data, doc["endpoint"])
         return decision, note
 

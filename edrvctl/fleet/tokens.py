@@ -293,6 +293,15 @@ class Note:
     key: tuple[str, str, str | None]
 
 
+def _storable(text: str) -> bool:
+    """Text the store can hold and look up (a station may send lone surrogates in JSON)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Authorizer:
     """The policy for a server (`policy`, overridden per station) and the memo of what was
     noted (`NOTE_EVERY`)."""
@@ -322,6 +331,8 @@ class Authorizer:
         if id_tag is None:
             active = station["active"]
             return Decision("Accepted" if active else "Blocked", policy=policy, by_station=True)
+        if not _storable(id_tag):  # (a lone surrogate: no token has it, and it is not kept)
+            return decide(station, policy, [], model.utcnow())
         found = await tx.find_tokens(id_tag, token_type)
         if not found and token_type == "Central":
             found = await tx.find_tokens(id_tag)
@@ -337,7 +348,7 @@ class Authorizer:
     ) -> Note | None:
         """The event this answer is, if it is one (an unknown id tag, a token refused for
         itself) and none was noted for it in the last NOTE_EVERY seconds."""
-        if id_tag is None:
+        if id_tag is None or not _storable(id_tag):
             return None
         if decision.token is None:
             kind = events.TOKEN_UNKNOWN
