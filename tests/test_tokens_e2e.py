@@ -516,3 +516,18 @@ def test_cli_send_local_list_and_read_its_version(known, known_env, proto):
     run(scenario())
     r = cli(known_env, "cs", "send-local-list", ep)  # offline now
     assert r.exit_code == 6, r.output
+
+
+def test_cli_sets_a_stations_policy(known, known_env):
+    ep = uniq()
+    r = cli(known_env, "cs", "create", ep, "--authorize", "open", "-o", "json")
+    assert r.exit_code == 0, r.output
+    assert known.get(ep)["authorize"] == "open"
+    r = cli(known_env, "cs", "inspect", ep, "-o", "plain")
+    assert "Authorize\topen" in r.stdout
+    r = cli(known_env, "cs", "update", ep, "--authorize", "known")
+    assert r.exit_code == 0 and known.get(ep)["authorize"] == "known"
+    r = cli(known_env, "cs", "update", ep, "--authorize", "server")
+    assert r.exit_code == 0 and known.get(ep)["authorize"] is None
+    r = cli(known_env, "cs", "update", ep, "--authorize", "sometimes")
+    assert r.exit_code == 2
