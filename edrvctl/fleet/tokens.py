@@ -259,19 +259,21 @@ def decide(station: dict, policy: str, found: list[dict], now: str) -> Decision:
     return Decision("Accepted", best.get("expiryDate"), group, best, policy)
 
 
+def _may_be_concurrent(station: dict, purpose: str) -> bool:
+    """Whether ConcurrentTx is an answer here: not when a session ends (1.6 StopTransaction,
+    2.0.1 Ended), nor to a 1.6 Authorize (1.6 says it is only for StartTransaction)."""
+    return purpose != "stop" and not (purpose == "authorize" and station["protocol"] == "ocpp1.6")
+
+
 def _concurrent(
     running: list[dict], station: dict, purpose: str, evse: int | None, tx_key: str | None
 ) -> list[dict]:
     """The running sessions of an id tag that make it ConcurrentTx (one session per token):
 
-    - ending a session (1.6 StopTransaction, 2.0.1 Ended): none;
-    - 1.6 Authorize: none (1.6 says ConcurrentTx is only for StartTransaction);
     - 2.0.1 Authorize: those on other stations (this station may be asking to stop its own);
     - a start (1.6 StartTransaction, 2.0.1 Started, or a token given later in a 2.0.1
       transaction): those on other stations or other EVSEs of this one, but not the
       transaction itself nor an older one on the same EVSE (a start sent again)."""
-    if purpose == "stop" or (purpose == "authorize" and station["protocol"] == "ocpp1.6"):
-        return []
     here = station["_id"]
     return [
         t
@@ -337,7 +339,7 @@ class Authorizer:
         if not found and token_type == "Central":
             found = await tx.find_tokens(id_tag)
         decision = decide(station, policy, found, model.utcnow())
-        if policy == "known" and decision.accepted:
+        if policy == "known" and decision.accepted and _may_be_concurrent(station, purpose):
             running = await tx.active_transactions(id_tag)
             if _concurrent(running, station, purpose, evse, tx_key):
                 decision = Decision("ConcurrentTx", token=decision.token, policy=policy)
