@@ -72,13 +72,14 @@ def root(
     output.color_mode = color
 
 
-from edrvctl.cli import actions, chargestations, serve, sessions, simulate  # noqa: E402
+from edrvctl.cli import actions, chargestations, serve, sessions, simulate, webhooks  # noqa: E402
 
 ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
 app.add_typer(sessions.app, name="sessions", help="Start and stop charging sessions remotely.")
 app.add_typer(actions.app, name="actions", help="The commands sent to stations, and their ends.")
+app.add_typer(webhooks.app, name="webhooks", help="Receivers the server POSTs events to, signed.")
 app.command("serve", cls=Command, short_help="Run the OCPP central system and the admin API.")(
     serve.serve
 )
