@@ -321,9 +321,7 @@ def test_no_connection_and_no_answer_are_failed_attempts(monkeypatch):
         assert log["B"]["lastError"] == f"no answer within {scaled(0.2):g} s"
         for d in log.values():
             assert d["status"] == "pending" and d["attempts"] == 1 and d["lastStatus"] is None
-            assert d["nextAttemptAt"] == model.format_time(
-                datetime.fromtimestamp(T0 + 1, UTC)
-            )
+            assert d["nextAttemptAt"] == model.format_time(datetime.fromtimestamp(T0 + 1, UTC))
 
     run(scenario())
 
@@ -388,7 +386,7 @@ def test_the_secret_is_shown_once_and_a_new_one_signs_from_then_on():
 def test_update_delete_and_the_number_of_webhooks(monkeypatch):
     monkeypatch.setattr(wh, "MAX_WEBHOOKS", 2)
     rx = Receiver()
-    hooks, store, clock = world(rx)
+    hooks = world(rx)[0]
 
     async def scenario():
         a, _ = await hook(hooks)
@@ -426,7 +424,7 @@ def test_an_inactive_webhook_takes_nothing_and_switched_on_takes_what_follows():
 
 def test_a_test_event_is_signed_and_says_how_the_receiver_answered():
     rx = Receiver(lambda r, b: 200 if len(rx.got) == 1 else 503)
-    hooks, store, clock = world(rx)
+    hooks = world(rx)[0]
 
     async def scenario():
         hid, secret = await hook(hooks)
