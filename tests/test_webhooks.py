@@ -478,3 +478,29 @@ def test_the_worker_follows_committed_events_and_picks_up_after_a_stop():
             await second.stop()
 
     run(scenario())
+
+
+def test_the_readme_shows_how_to_verify_a_delivery():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Webhooks\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(code, namespace)
+    readme_verified = namespace["verified"]
+    rx = Receiver()
+    hooks, store, clock = world(rx)
+
+    async def scenario():
+        hid, secret = await hook(hooks)
+        await hooks.intake([await add(store, clock, "A", "x")])
+        await hooks.run_due(hid)
+        [request] = rx.got
+        header, body = request.headers["edrv-signature"], request.content
+        assert readme_verified(secret, header, body, window=10**10)
+        assert not readme_verified(secret, header, body + b" ", window=10**10)
+        assert not readme_verified("whsec_other", header, body, window=10**10)
+        assert not readme_verified(secret, header, body)  # signed in 2023: outside the window
+
+    run(scenario())
