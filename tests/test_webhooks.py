@@ -326,7 +326,7 @@ def test_no_connection_and_no_answer_are_failed_attempts(monkeypatch):
     run(scenario())
 
 
-def test_past_the_backlog_budget_the_oldest_pending_fail_and_are_counted():
+def test_past_the_backlog_budget_the_oldest_pending_fail_and_are_counted(caplog):
     rx = Receiver(lambda r, b: 500)
     hooks, store, clock = world(rx, max_backlog=3)
 
@@ -341,8 +341,16 @@ def test_past_the_backlog_budget_the_oldest_pending_fail_and_are_counted():
         assert all(d["lastError"] == "backlog over 3: given up" for d in failed)
         assert len(await hooks.deliveries(hid, "pending")) == 3
         assert (await hooks.get(hid))["pending"] == 3
+        for i in range(5, 8):  # one more dropped each time: not one more log line each time
+            await hooks.intake([await add(store, clock, f"S{i}", str(i))])
+        assert hooks.dropped() == {hid: 5}
+        return hid
 
-    run(scenario())
+    with caplog.at_level("WARNING", logger="edrvctl.webhooks"):
+        hid = run(scenario())
+    assert caplog.messages == [
+        f"webhook {hid}: backlog over 3: 2 oldest pending deliveries failed since the start"
+    ]
 
 
 def test_the_delivery_log_is_pruned_by_count(monkeypatch):

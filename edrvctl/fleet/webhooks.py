@@ -80,6 +80,7 @@ IDLE = 1.0  # s: a change of webhooks reaches the intake within this
 HOUSEKEEPING = 5.0  # s between writes of cursors that moved without a delivery
 PRUNE_EVERY = 60.0  # s between prunes of the delivery logs
 PAGE = 500  # events read at once when catching up
+WARN_EVERY = 60.0  # s: at most one warning line per webhook and kind (the others counted)
 
 TEST_EVENT = "webhook.test"
 STATUSES = ("pending", "delivered", "failed")
@@ -196,6 +197,7 @@ class Hook:
     dropped: int = 0  # failed for the backlog budget since the server started
     stored_cursor: int = 0
     in_flight: dict[str, asyncio.Task] = field(default_factory=dict)  # lane -> its attempt
+    warned: dict[str, tuple[float, int]] = field(default_factory=dict)  # kind -> (when, held)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None  # its dispatcher
 
@@ -511,11 +513,11 @@ class Webhooks:
             hook.pending += n - gone
             if gone:
                 hook.dropped += gone
-                log.warning(
-                    "webhook %s: backlog over %d: the %d oldest pending deliveries failed",
-                    hook.id,
-                    self.max_backlog,
-                    gone,
+                _warn(
+                    hook,
+                    "backlog",
+                    f"backlog over {self.max_backlog}: {hook.dropped} oldest pending "
+                    "deliveries failed since the start",
                 )
             if n:
                 hook.wake.set()
@@ -639,12 +641,11 @@ class Webhooks:
             if changed and record["status"] != "pending":
                 hook.pending = max(0, hook.pending - 1)
                 if record["status"] == "failed":
-                    log.warning(
-                        "webhook %s: event %s (%s) not delivered: %s",
-                        hook.id,
-                        record["event"],
-                        record["type"],
-                        record["lastError"],
+                    _warn(
+                        hook,
+                        "failed",
+                        f"event {record['event']} ({record['type']}) not delivered: "
+                        f"{record['lastError']}",
                     )
         except asyncio.CancelledError:
             raise
@@ -695,6 +696,19 @@ class Webhooks:
         if 200 <= status < 300:
             return status, None
         return status, f"HTTP {status}"
+
+
+def _warn(hook: Hook, kind: str, text: str) -> None:
+    """A warning line, at most one per WARN_EVERY per webhook and kind: a dead receiver of a
+    busy fleet must not flood the log. The lines held back are counted in the next one."""
+    now = time.monotonic()
+    last, held = hook.warned.get(kind, (-WARN_EVERY, 0))
+    if now - last < WARN_EVERY:
+        hook.warned[kind] = (last, held + 1)
+        return
+    hook.warned[kind] = (now, 0)
+    more = f" (and {held} more like it)" if held else ""
+    log.warning("webhook %s: %s%s", hook.id, text, more)
 
 
 def _every(row: dict) -> bool:

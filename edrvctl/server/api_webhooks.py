@@ -103,7 +103,7 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list[Any], webhooks: Webhooks) 
     )
     async def test_webhook(id: WebhookId) -> Response:
         result = await webhooks.test(id)
-        url = (await webhooks.get(id))["url"]
+        url = result["event"]["data"]["url"]
         if result["delivered"]:
             message = f"test event delivered to {url}: HTTP {result['status']} in {result['ms']} ms"
             return envelope(result, message, 201)
