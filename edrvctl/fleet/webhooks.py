@@ -14,9 +14,10 @@ How an event reaches a receiver:
   does nothing new: it writes the event rows it always wrote.
 - Dispatch: one task per active webhook. A delivery is sent only while it is the oldest pending
   one of its lane (its station: FIFO per (webhook, station)); lanes go on independently, at
-  most MAX_IN_FLIGHT at once per webhook. The body is `events.envelope(row)` as JSON, POSTed
-  with `edrv-signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, `edrv-event-id`
-  (the event's `_id`: a receiver deduplicates on it) and `edrv-delivery-id`.
+  most MAX_IN_FLIGHT at once per webhook (one webhook's dead receiver holds no connection
+  another needs). The body is `events.envelope(row)` as JSON, POSTed with
+  `edrv-signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, `edrv-event-id` (the
+  event's `_id`: a receiver deduplicates on it) and `edrv-delivery-id`.
 - A 2xx answer delivers it. Anything else (another status, no connection, no answer within
   ATTEMPT_TIMEOUT) is tried again after `backoff(attempts)`: 1 s, doubling, at most 10 min,
   while that is within RETRY_FOR (24 h) of the event; then it fails, and its lane's next event
@@ -25,7 +26,8 @@ How an event reaches a receiver:
   oldest pending ones fail ("backlog over N", counted in `dropped()`); finished deliveries kept
   KEEP_DONE per webhook and KEEP_DONE_FOR long; a receiver's answer is read no further than its
   status line and headers; the dispatchers spend at most about 1/DUTY of the time looking for
-  due deliveries, however long the backlog.
+  due deliveries, however long the backlog. `backlog()` (pending deliveries per webhook) and
+  `dropped()` are for the metrics.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ MAX_GLOBS = 32  # event-type globs per webhook
 MAX_GLOB = 200
 MAX_DESCRIPTION = 200
 MAX_BACKLOG = 10_000  # pending deliveries per webhook; past it the oldest fail
-MAX_IN_FLIGHT = 8  # requests at once per webhook (one per lane at most)
-MAX_CONNECTIONS = 64  # to all receivers together
+MAX_IN_FLIGHT = 8  # requests at once per webhook (one per lane at most): so at most
+# MAX_WEBHOOKS * MAX_IN_FLIGHT in all, and no webhook ever waits for a connection another holds
 CONNECT_TIMEOUT = 5.0  # s
 READ_TIMEOUT = 10.0  # s between two reads of the answer
 ATTEMPT_TIMEOUT = 15.0  # s for a whole attempt, however the receiver trickles
@@ -508,7 +510,8 @@ class Webhooks:
             cursors = {hook.id: max(hook.cursor, last) for hook, _ in plan}
             await tx.set_webhook_cursors(cursors)
         for hook, _ in plan:
-            hook.cursor = hook.stored_cursor = cursors[hook.id]
+            hook.cursor = max(hook.cursor, cursors[hook.id])  # (switched on meanwhile: later)
+            hook.stored_cursor = max(hook.stored_cursor, cursors[hook.id])
             n, gone = added.get(hook, 0), dropped.get(hook, 0)
             hook.pending += n - gone
             if gone:
@@ -663,7 +666,7 @@ class Webhooks:
             self._http = httpx.AsyncClient(
                 transport=self._transport,
                 timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
-                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=16),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=16),
                 follow_redirects=False,
             )
         return self._http
