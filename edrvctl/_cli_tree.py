@@ -2040,6 +2040,406 @@ TREE: dict = {
      "value": false
     }
    }
+  },
+  "webhooks": {
+   "commands": {
+    "create": {
+     "args": [
+      "value"
+     ],
+     "help": "Create a webhook: events matching a glob are POSTed to URL, signed.",
+     "options": {
+      "--description": {
+       "help": "A note for people",
+       "value": true
+      },
+      "--events": {
+       "help": "Event types to deliver, as globs (chargestation.*, session.ended, *); repeat it, or separate with commas",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--inactive": {
+       "help": "Create it switched off (it takes no events)",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "delete": {
+     "args": [
+      "value"
+     ],
+     "help": "Delete webhooks; their pending deliveries are never sent.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "deliveries": {
+     "args": [
+      "value"
+     ],
+     "help": "A webhook's delivery log, newest event first.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most N, newest first",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--status": {
+       "help": "pending, delivered or failed",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show one webhook (never its secret).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "yaml (default) or json",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "yaml (default) or json",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List the webhooks and their pending deliveries (never their secrets).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "rotate-secret": {
+     "args": [
+      "value"
+     ],
+     "help": "Give a webhook a new secret, shown this once.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "test": {
+     "args": [
+      "value"
+     ],
+     "help": "Send a signed webhook.test event now (exit 5 if not answered 2xx).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      }
+     }
+    },
+    "update": {
+     "args": [
+      "value"
+     ],
+     "help": "Change a webhook's URL, globs or description; switch it on or off.",
+     "options": {
+      "--active": {
+       "help": "Switch it on (it takes the events from then on) or off",
+       "value": false
+      },
+      "--description": {
+       "help": "A note for people",
+       "value": true
+      },
+      "--events": {
+       "help": "Event types to deliver, as globs (chargestation.*, session.ended, *); repeat it, or separate with commas",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--inactive": {
+       "help": "Switch it on (it takes the events from then on) or off",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--url": {
+       "help": "A new URL",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "Receivers the server POSTs events to, signed.",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    }
+   }
   }
  },
  "help": "Fleet administration for EV chargestations, and an embedded OCPP central system.",

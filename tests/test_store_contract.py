@@ -991,6 +991,7 @@ def test_read_only_store_refuses_writes(store, backend):
             lambda tx: tx.set_password_hash(doc["_id"], "h", "t"),
             lambda tx: tx.start_transaction({"station_id": doc["_id"], "tx_key": None}),
             lambda tx: tx.add_meter_values(doc["_id"], None, 1, []),
+            lambda tx: tx.create_webhook(webhook(), "s", 0),
         ]
         for write in writes:
             with pytest.raises(StoreUnavailable):
@@ -1003,6 +1004,227 @@ def test_read_only_store_refuses_writes(store, backend):
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
             assert await tx.list_events(EventQuery()) == []
+
+    run(scenario())
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def webhook(**fields) -> dict:
+    """A record shaped like fleet.webhooks.Webhooks.create's."""
+    n = next(_seq)
+    at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    doc = {
+        "_id": f"w{n:023x}",
+        "object": "webhook",
+        "url": "http://receiver.test/hook",
+        "events": ["chargestation.*"],
+        "active": True,
+        "description": None,
+        "createdAt": at,
+        "updatedAt": at,
+    }
+    doc.update(fields)
+    return doc
+
+
+def delivery(webhook_id: str, seq: int, lane: str, at: str = "2024-01-01T00:00:00.000Z") -> dict:
+    """A new delivery shaped like fleet.webhooks'; `seq`, `lane` and `body` are columns."""
+    return {
+        "webhook": webhook_id,
+        "event": str(seq),
+        "type": "chargestation.online",
+        "chargestation": lane,
+        "endpoint": None,
+        "status": "pending",
+        "attempts": 0,
+        "lastStatus": None,
+        "lastError": None,
+        "nextAttemptAt": at,
+        "deliveredAt": None,
+        "eventAt": at,
+        "createdAt": at,
+        "updatedAt": at,
+        "seq": seq,
+        "lane": lane,
+        "body": b'{"_id":"%d"}' % seq,
+    }
+
+
+def record(d: dict) -> dict:
+    """A delivery as lists show it: no columns."""
+    return {k: v for k, v in d.items() if k not in ("seq", "lane", "body")}
+
+
+def test_webhooks_create_get_update_and_delete_with_their_deliveries(store):
+    a, b = webhook(), webhook(active=False)
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "secret-a", 5)
+            await tx.create_webhook(b, "secret-b", 0)
+        async with store.unit() as tx:
+            with pytest.raises(Conflict):
+                await tx.create_webhook(a, "other", 0)
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) == a
+            assert await tx.get_webhook("nope") is None
+            assert await tx.list_webhooks() == [a, b]  # oldest first
+            assert await tx.webhook_internals() == {
+                a["_id"]: ("secret-a", 5),
+                b["_id"]: ("secret-b", 0),
+            }
+            changed = {**a, "url": "https://elsewhere.test/", "updatedAt": "later"}
+            assert await tx.update_webhook(changed) is True
+            assert await tx.update_webhook({**b, "active": True}, cursor=9) is True
+            assert await tx.update_webhook(webhook()) is False
+            assert await tx.set_webhook_secret(a["_id"], "secret-a2") is True
+            assert await tx.set_webhook_secret("nope", "x") is False
+            await tx.add_deliveries(a["_id"], [delivery(a["_id"], 1, "S")])
+            await tx.add_deliveries(b["_id"], [delivery(b["_id"], 1, "S")])
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) == changed
+            assert await tx.webhook_internals() == {
+                a["_id"]: ("secret-a2", 5),
+                b["_id"]: ("secret-b", 9),
+            }
+            assert await tx.delete_webhook(a["_id"]) is True
+            assert await tx.delete_webhook(a["_id"]) is False
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) is None
+            assert await tx.list_deliveries(a["_id"]) == []  # gone with it
+            assert len(await tx.list_deliveries(b["_id"])) == 1
+            assert await tx.pending_deliveries() == {b["_id"]: 1}
+
+    run(scenario())
+
+
+def test_webhook_cursors_never_move_back(store):
+    a = webhook()
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 5)
+            await tx.set_webhook_cursors({a["_id"]: 9, "gone": 3})
+        async with store.unit() as tx:
+            await tx.set_webhook_cursors({a["_id"]: 7})
+        async with store.unit() as tx:
+            assert await tx.webhook_internals() == {a["_id"]: ("s", 9)}
+
+    run(scenario())
+
+
+def test_deliveries_are_added_once_and_only_for_a_webhook_that_exists(store):
+    a = webhook()
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            first = [delivery(a["_id"], seq, "S") for seq in (3, 4, 5)]
+            assert await tx.add_deliveries(a["_id"], first) == 3
+        async with store.unit() as tx:
+            again = [delivery(a["_id"], seq, "S") for seq in (5, 6)]
+            assert await tx.add_deliveries(a["_id"], again) == 1  # 5 it has already
+            assert await tx.add_deliveries("gone", [delivery("gone", 7, "S")]) == 0
+        async with store.unit() as tx:
+            listed = await tx.list_deliveries(a["_id"])
+            assert [d["event"] for d in listed] == ["6", "5", "4", "3"]  # newest first
+            ids = [int(d["_id"]) for d in reversed(listed)]
+            assert ids == sorted(ids)  # in the order added
+            assert listed[-1] == {"_id": listed[-1]["_id"], **record(first[0])}
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"], limit=2)] == ["6", "5"]
+            assert await tx.list_deliveries(a["_id"], "failed") == []
+            assert await tx.list_deliveries("gone") == []
+            assert await tx.pending_deliveries() == {a["_id"]: 4}
+
+    run(scenario())
+
+
+def test_delivery_heads_are_the_oldest_pending_of_each_lane_soonest_first(store):
+    a, other = webhook(), webhook()
+    early, late = "2024-01-01T00:00:00.000Z", "2024-01-01T00:05:00.000Z"
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            await tx.create_webhook(other, "s", 0)
+            await tx.add_deliveries(
+                a["_id"],
+                [
+                    delivery(a["_id"], 1, "C", late),
+                    delivery(a["_id"], 2, "A", early),
+                    delivery(a["_id"], 3, "C", early),
+                    delivery(a["_id"], 4, "A", early),
+                    delivery(a["_id"], 5, "B", early),
+                ],
+            )
+            await tx.add_deliveries(other["_id"], [delivery(other["_id"], 6, "A", early)])
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("A", 2), ("B", 5), ("C", 1)]
+            assert heads[0]["body"] == b'{"_id":"2"}' and heads[0]["event"] == "2"
+            assert [h["seq"] for h in await tx.delivery_heads(a["_id"], 1)] == [2]
+            # retried later, a head stays the head of its lane (FIFO) ...
+            retry = {**record(heads[0]), "attempts": 1, "nextAttemptAt": late}
+            assert await tx.save_delivery(retry) is True
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)  # (equally soon: oldest first)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("B", 5), ("C", 1), ("A", 2)]
+            assert heads[2]["attempts"] == 1
+            # ... until it is delivered or given up
+            done = {**record(heads[2]), "status": "delivered", "deliveredAt": late}
+            assert await tx.save_delivery(done) is True
+            given_up = {**record(heads[1]), "status": "failed", "lastError": "HTTP 500"}
+            assert await tx.save_delivery(given_up) is True
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("C", 3), ("A", 4), ("B", 5)]
+            assert await tx.save_delivery(done) is False  # finished: not changed again
+            assert {d["event"]: d["status"] for d in await tx.list_deliveries(a["_id"])} == {
+                "5": "pending",
+                "4": "pending",
+                "3": "pending",
+                "2": "delivered",
+                "1": "failed",
+            }
+            assert await tx.pending_deliveries() == {a["_id"]: 3, other["_id"]: 1}
+
+    run(scenario())
+
+
+def test_the_oldest_pending_deliveries_fail_past_a_budget_and_finished_ones_are_pruned(store):
+    a = webhook()
+    now = "2024-06-01T00:00:00.000Z"
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            await tx.add_deliveries(a["_id"], [delivery(a["_id"], n, f"S{n}") for n in range(6)])
+        async with store.unit() as tx:
+            assert await tx.fail_oldest_deliveries(a["_id"], 4, "backlog over 4", now) == 2
+            assert await tx.fail_oldest_deliveries(a["_id"], 4, "backlog over 4", now) == 0
+        async with store.unit() as tx:
+            failed = await tx.list_deliveries(a["_id"], "failed")
+            assert [d["event"] for d in failed] == ["1", "0"]
+            assert failed[0] == {
+                **record(delivery(a["_id"], 1, "S1")),
+                "_id": failed[0]["_id"],
+                "status": "failed",
+                "lastError": "backlog over 4",
+                "nextAttemptAt": None,
+                "updatedAt": now,
+            }
+            assert [h["seq"] for h in await tx.delivery_heads(a["_id"], 10)] == [2, 3, 4, 5]
+            head = (await tx.delivery_heads(a["_id"], 1))[0]
+            await tx.save_delivery({**record(head), "status": "delivered", "updatedAt": now})
+        async with store.unit() as tx:  # by count: the newest finished one stays
+            assert await tx.prune_deliveries(a["_id"], 1, "2000-01-01T00:00:00.000Z") == 2
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"])] == ["5", "4", "3", "2"]
+        async with store.unit() as tx:  # by age: every finished one older than `before`
+            assert await tx.prune_deliveries(a["_id"], 100, "2030-01-01T00:00:00.000Z") == 1
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"])] == ["5", "4", "3"]
+            assert await tx.pending_deliveries() == {a["_id"]: 3}  # pending ones are never pruned
 
     run(scenario())
 

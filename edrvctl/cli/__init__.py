@@ -72,7 +72,15 @@ def root(
     output.color_mode = color
 
 
-from edrvctl.cli import actions, chargestations, events, serve, sessions, simulate  # noqa: E402
+from edrvctl.cli import (  # noqa: E402
+    actions,
+    chargestations,
+    events,
+    serve,
+    sessions,
+    simulate,
+    webhooks,
+)
 
 ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
@@ -82,6 +90,7 @@ app.add_typer(actions.app, name="actions", help="The commands sent to stations, 
 app.command("events", cls=Command, short_help="What happened to the fleet, and as it happens.")(
     events.events
 )
+app.add_typer(webhooks.app, name="webhooks", help="Receivers the server POSTs events to, signed.")
 app.command("serve", cls=Command, short_help="Run the OCPP central system and the admin API.")(
     serve.serve
 )

@@ -27,6 +27,7 @@ from edrvctl.fleet import Fleet, actions, batch
 from edrvctl.fleet import live as commands
 from edrvctl.server import api_events
 from edrvctl.server.api_events import Streams
+from edrvctl.fleet.webhooks import Webhooks
 from edrvctl.server.files import Files
 from edrvctl.store import ACTION_FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery
 
@@ -138,11 +139,16 @@ def _describe(errors: Sequence[Any]) -> str:
 
 
 def create_app(
-    fleet: Fleet, token: str, client_certs: bool = False, files: Files | None = None
+    fleet: Fleet,
+    token: str,
+    client_certs: bool = False,
+    files: Files | None = None,
+    webhooks: Webhooks | None = None,
 ) -> EnvelopeTooLarge:
     """`client_certs`: the wss:// listener asks stations for certificates (--tls-client-ca),
     so profile 3 stations can connect; whether there is a wss:// listener at all is
-    `fleet.ocpp_tls_url`. `files`: the files listener (None: `serve --no-files`)."""
+    `fleet.ocpp_tls_url`. `files`: the files listener (None: `serve --no-files`).
+    `webhooks`: the server's (None: records only, nothing delivered)."""
     app = FastAPI(
         title="edrvctl admin API",
         version=__version__,
@@ -762,6 +768,9 @@ def create_app(
         action = await fleet.get_action(id)
         return envelope(action, _action_message(action))
 
+    from edrvctl.server import api_webhooks
+
+    api_webhooks.add_routes(app, fleet, auth, webhooks or Webhooks(fleet.store, fleet.feed))
     return EnvelopeTooLarge(app, files, expected)
 
 

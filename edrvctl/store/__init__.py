@@ -150,6 +150,60 @@ class Unit(Protocol):
         """Every action whose outcome is still pending ends failed (status failed if it was
         never answered), with error {code: "Interrupted", description: reason}."""
 
+    # --- webhooks (fleet/webhooks.py) ---
+
+    async def create_webhook(self, doc: dict, secret: str, cursor: int) -> None:
+        """A new webhook; `cursor`: the last event seq it does not take."""
+
+    async def get_webhook(self, webhook_id: str) -> dict | None: ...
+
+    async def list_webhooks(self) -> list[dict]:
+        """Oldest first."""
+
+    async def update_webhook(self, doc: dict, cursor: int | None = None) -> bool:
+        """Replaces the record (and the cursor, if given); False if there is none."""
+
+    async def set_webhook_secret(self, webhook_id: str, secret: str) -> bool: ...
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """With its deliveries; False if there was none."""
+
+    async def webhook_internals(self) -> dict[str, tuple[str, int]]:
+        """_id -> (secret, cursor) of every webhook: what only the delivery worker reads."""
+
+    async def set_webhook_cursors(self, cursors: dict[str, int]) -> None:
+        """_id -> the last event seq taken; a cursor never moves back."""
+
+    async def add_deliveries(self, webhook_id: str, deliveries: list[dict]) -> int:
+        """New deliveries of events (each a delivery record without `_id`, plus `seq`, `lane`
+        and `body`), unless the webhook is gone or already has that event; returns how many
+        were added. Their `_id`s rise in the order given."""
+
+    async def delivery_heads(self, webhook_id: str, limit: int) -> list[dict]:
+        """The oldest pending delivery of each lane, soonest nextAttemptAt first, with its
+        `seq`, `lane` and `body`."""
+
+    async def save_delivery(self, delivery: dict) -> bool:
+        """Records an attempt (status, attempts, nextAttemptAt, ...) of a delivery that is
+        still pending; False if it is not (given up meanwhile, or gone). The body is kept
+        only while it stays pending."""
+
+    async def list_deliveries(
+        self, webhook_id: str, status: str | None = None, limit: int | None = 100
+    ) -> list[dict]:
+        """Newest event first, without body or lane."""
+
+    async def pending_deliveries(self) -> dict[str, int]:
+        """Webhook _id -> its pending deliveries (only webhooks that have some)."""
+
+    async def fail_oldest_deliveries(self, webhook_id: str, keep: int, error: str, now: str) -> int:
+        """Every pending delivery but the newest `keep` ends failed with lastError `error`;
+        returns how many."""
+
+    async def prune_deliveries(self, webhook_id: str, keep: int, before: str) -> int:
+        """Forgets finished deliveries (delivered or failed) last changed before `before`, and
+        any beyond the newest `keep`; returns how many."""
+
 
 class Store(Protocol):
     def unit(self) -> AbstractAsyncContextManager[Unit]:

@@ -153,6 +153,30 @@ CREATE TABLE unknown_endpoints (
 );
 CREATE INDEX unknown_last ON unknown_endpoints(lastSeenAt);
 """,
+    # 5: webhooks (fleet/webhooks.py): each one's secret and event-log cursor, and its
+    # deliveries (the body kept only while pending)
+    """
+CREATE TABLE webhooks (
+    id          TEXT PRIMARY KEY,
+    secret      TEXT NOT NULL,
+    cursor      INTEGER NOT NULL,
+    createdAt   TEXT NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    lane        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    next_at     TEXT,
+    updated_at  TEXT NOT NULL,
+    body        BLOB,
+    doc         TEXT NOT NULL,
+    UNIQUE (webhook_id, seq)
+);
+CREATE INDEX webhook_deliveries_lane ON webhook_deliveries(webhook_id, status, lane, id);
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
@@ -904,6 +928,188 @@ class SqliteUnit:
             (now, error),
         )
         return cur.rowcount
+
+    # --- webhooks ---
+
+    async def create_webhook(self, doc: dict, secret: str, cursor: int) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        try:
+            s._run(
+                "INSERT INTO webhooks (id, secret, cursor, createdAt, doc) VALUES (?,?,?,?,?)",
+                (doc["_id"], secret, cursor, doc["createdAt"], _json(doc).decode()),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"webhook {doc['_id']} exists") from None
+
+    async def get_webhook(self, webhook_id: str) -> dict | None:
+        await self._read()
+        row = self._db.execute("SELECT doc FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+        self._read_done()
+        return orjson.loads(row[0]) if row else None
+
+    async def list_webhooks(self) -> list[dict]:
+        await self._read()
+        rows = self._db.execute("SELECT doc FROM webhooks ORDER BY createdAt, rowid").fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows]
+
+    async def update_webhook(self, doc: dict, cursor: int | None = None) -> bool:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run(
+            "UPDATE webhooks SET doc = ?, cursor = coalesce(?, cursor) WHERE id = ?",
+            (_json(doc).decode(), cursor, doc["_id"]),
+        )
+        return cur.rowcount > 0
+
+    async def set_webhook_secret(self, webhook_id: str, secret: str) -> bool:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run("UPDATE webhooks SET secret = ? WHERE id = ?", (secret, webhook_id))
+        return cur.rowcount > 0
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
+        s._run("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
+        return cur.rowcount > 0
+
+    async def webhook_internals(self) -> dict[str, tuple[str, int]]:
+        await self._read()
+        rows = self._db.execute("SELECT id, secret, cursor FROM webhooks").fetchall()
+        self._read_done()
+        return {i: (secret, cursor) for i, secret, cursor in rows}
+
+    async def set_webhook_cursors(self, cursors: dict[str, int]) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        s._run(
+            "UPDATE webhooks SET cursor = max(cursor, ?) WHERE id = ?",
+            [(seq, i) for i, seq in cursors.items()],
+            many=True,
+        )
+
+    async def add_deliveries(self, webhook_id: str, deliveries: list[dict]) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        rows = []
+        for d in deliveries:
+            doc = {k: v for k, v in d.items() if k not in _DELIVERY_COLUMNS}
+            rows.append(
+                (
+                    webhook_id,
+                    d["seq"],
+                    d["lane"],
+                    doc["status"],
+                    doc.get("nextAttemptAt"),
+                    doc["updatedAt"],
+                    d["body"],
+                    _json(doc).decode(),
+                    webhook_id,
+                )
+            )
+        # not for a webhook deleted meanwhile; an event it has already is kept as it is
+        cur = s._run(
+            "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, seq, lane, status, "
+            "next_at, updated_at, body, doc) SELECT ?,?,?,?,?,?,?,? "
+            "WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?)",
+            rows,
+            many=True,
+        )
+        return cur.rowcount
+
+    async def delivery_heads(self, webhook_id: str, limit: int) -> list[dict]:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT d.id, d.seq, d.lane, d.body, d.doc FROM webhook_deliveries d JOIN "
+            "(SELECT min(id) AS id FROM webhook_deliveries WHERE webhook_id = ? AND "
+            "status = 'pending' GROUP BY lane) h ON h.id = d.id "
+            "ORDER BY d.next_at, d.id LIMIT ?",
+            (webhook_id, limit),
+        ).fetchall()
+        self._read_done()
+        return [
+            {"_id": str(i), **orjson.loads(doc), "seq": seq, "lane": lane, "body": body}
+            for i, seq, lane, body, doc in rows
+        ]
+
+    async def save_delivery(self, delivery: dict) -> bool:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        doc = {k: v for k, v in delivery.items() if k not in _DELIVERY_COLUMNS and k != "_id"}
+        cur = s._run(
+            "UPDATE webhook_deliveries SET status = ?, next_at = ?, updated_at = ?, doc = ?, "
+            "body = CASE ? WHEN 'pending' THEN body END WHERE id = ? AND status = 'pending'",
+            (
+                doc["status"],
+                doc.get("nextAttemptAt"),
+                doc["updatedAt"],
+                _json(doc).decode(),
+                doc["status"],
+                int(delivery["_id"]),
+            ),
+        )
+        return cur.rowcount > 0
+
+    async def list_deliveries(
+        self, webhook_id: str, status: str | None = None, limit: int | None = 100
+    ) -> list[dict]:
+        where, args = _where(webhook_id=webhook_id, status=status)
+        await self._read()
+        rows = self._db.execute(
+            f"SELECT id, doc FROM webhook_deliveries{where} ORDER BY seq DESC LIMIT ?",
+            (*args, -1 if limit is None else limit),
+        ).fetchall()
+        self._read_done()
+        return [{"_id": str(i), **orjson.loads(doc)} for i, doc in rows]
+
+    async def pending_deliveries(self) -> dict[str, int]:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT webhook_id, count(*) FROM webhook_deliveries WHERE status = 'pending' "
+            "GROUP BY webhook_id"
+        ).fetchall()
+        self._read_done()
+        return dict(rows)
+
+    async def fail_oldest_deliveries(self, webhook_id: str, keep: int, error: str, now: str) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run(
+            "UPDATE webhook_deliveries SET status = 'failed', next_at = NULL, updated_at = ?1, "
+            "body = NULL, doc = json_set(doc, '$.status', 'failed', '$.lastError', ?2, "
+            "'$.nextAttemptAt', json('null'), '$.updatedAt', ?1) WHERE id IN (SELECT id FROM "
+            "webhook_deliveries WHERE webhook_id = ?3 AND status = 'pending' "
+            "ORDER BY id DESC LIMIT -1 OFFSET ?4)",
+            (now, error, webhook_id, keep),
+        )
+        return cur.rowcount
+
+    async def prune_deliveries(self, webhook_id: str, keep: int, before: str) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run(
+            "DELETE FROM webhook_deliveries WHERE webhook_id = ?1 AND status != 'pending' "
+            "AND (updated_at < ?2 OR id IN (SELECT id FROM webhook_deliveries WHERE "
+            "webhook_id = ?1 AND status != 'pending' ORDER BY id DESC LIMIT -1 OFFSET ?3))",
+            (webhook_id, before, keep),
+        )
+        return cur.rowcount
+
+
+# keys of a delivery (fleet/webhooks.py) that are columns, not part of its stored document
+_DELIVERY_COLUMNS = ("seq", "lane", "body")
 
 
 def _action_columns(doc: dict) -> tuple:
