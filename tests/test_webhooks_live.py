@@ -20,8 +20,18 @@ import pytest
 
 from conftest import Server, start_server
 from edrvctl.fleet import events
-from test_ocpp import P16, P201, PROTOS, _status16, _status201, cli, sim_running, uniq
-from timing import scaled, until
+from test_ocpp import (
+    P16,
+    P201,
+    PROTOS,
+    _status16,
+    _status201,
+    all_available,
+    cli,
+    sim_running,
+    uniq,
+)
+from timing import scaled, until, until_async
 
 
 def run(coro, timeout: float = 60):
@@ -131,6 +141,10 @@ def test_a_receiver_gets_signed_events_in_order_per_station(server, proto):
 
         async def scenario():
             async with sim_running(server, doc["endpoint"], proto) as st:
+                # the station's own first statuses, after its boot, come first
+                await until_async(
+                    lambda: all_available(2)(server.get(doc["_id"])), what="its first statuses"
+                )
                 for status in STATUSES[proto]:
                     await st.send(*status_message(proto, status))
 

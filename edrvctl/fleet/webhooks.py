@@ -446,7 +446,7 @@ class Webhooks:
             return await tx.list_events(EventQuery(after=seq, limit=PAGE))
 
     async def _intake_loop(self) -> None:
-        while True:
+        while not self.feed.closed:  # closed: the server is stopping
             generation = self._generation
             active = [h for h in (await self._loaded()).values() if h.doc["active"]]
             if not active:  # nothing to take: not even a subscription

@@ -25,9 +25,9 @@ from edrvctl import __version__, model
 from edrvctl.errors import AuthError, Conflict, EdrvError, UsageError
 from edrvctl.fleet import Fleet, actions, batch
 from edrvctl.fleet import live as commands
+from edrvctl.fleet.webhooks import Webhooks
 from edrvctl.server import api_events
 from edrvctl.server.api_events import Streams
-from edrvctl.fleet.webhooks import Webhooks
 from edrvctl.server.files import Files
 from edrvctl.store import ACTION_FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery
 
