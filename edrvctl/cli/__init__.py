@@ -77,7 +77,11 @@ from edrvctl.cli import actions, chargestations, serve, sessions, simulate  # no
 ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
-app.add_typer(sessions.app, name="sessions", help="Start and stop charging sessions remotely.")
+app.add_typer(
+    sessions.app,
+    name="sessions",
+    help="Charging sessions: list, inspect and close them; start and stop them remotely.",
+)
 app.add_typer(actions.app, name="actions", help="The commands sent to stations, and their ends.")
 app.command("serve", cls=Command, short_help="Run the OCPP central system and the admin API.")(
     serve.serve
