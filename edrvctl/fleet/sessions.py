@@ -27,7 +27,7 @@ chargingState changes or an id token comes later), `session.ended` (with its ene
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from edrvctl import model
@@ -180,8 +180,9 @@ class Recent:
     """Running sessions' last check, so that a meter value does not read its session each
     time: (station _id, transaction key) -> (monotonic time, chargingState committed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._seen: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._clock = clock
 
     def due(self, key: tuple[str, str], charging_state: str | None, id_tag: str | None) -> bool:
         """Whether a message about the session should read (and perhaps update) it now."""
@@ -191,7 +192,7 @@ class Recent:
         at, state = seen
         if charging_state is not None and charging_state != state:
             return True
-        return time.monotonic() - at >= UPDATE_EVERY
+        return self._clock() - at >= UPDATE_EVERY
 
     def checked(self, key: tuple[str, str], charging_state: str | None) -> None:
         """Checked now; `charging_state` is the session's (None: the one known still is)."""
@@ -199,7 +200,7 @@ class Recent:
             charging_state = self._seen.get(key, (0.0, None))[1]
         if len(self._seen) >= MAX_REMEMBERED:
             self._seen.clear()
-        self._seen[key] = (time.monotonic(), charging_state)
+        self._seen[key] = (self._clock(), charging_state)
 
     def forget(self, key: tuple[str, str]) -> None:
         self._seen.pop(key, None)
