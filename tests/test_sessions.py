@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from edrvctl import model
-from edrvctl.errors import Conflict, NotFound, StationRejected
-from edrvctl.fleet import Fleet, sessions
+from edrvctl.errors import Conflict, NotFound, OverBudget, StationRejected
+from edrvctl.fleet import Budgets, Fleet, sessions
 from edrvctl.fleet.live import RemoteStart, TransactionStatus
 from edrvctl.server import ocpp16, ocpp201
 from edrvctl.store import EventQuery, SessionQuery, open_store
@@ -697,5 +697,22 @@ def test_a_station_end_racing_a_close_is_not_closed_again(fleet):
             await closing
         got = await only(fleet)
         assert (got["closedBy"], got["meterStop"]) == (None, 50)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["Started", "Updated", "Ended"])
+def test_a_station_inventing_transactions_is_held_to_its_daily_budget(kind):
+    async def scenario():
+        fleet = Fleet(open_store(":memory:"), Answering(), budgets=Budgets(stored_per_day=8192))
+        s = await station(fleet, "ocpp2.0.1")
+        refused = 0
+        for n in range(50):
+            try:
+                await ocpp201.transaction_event(s, event(kind, f"invented-{n}", 0, evse={"id": 1}))
+            except OverBudget:
+                refused += 1
+        kept = (await sessions.list_(fleet, SessionQuery()))[1]
+        assert 0 < kept <= 8 and refused == 50 - kept  # a session counts as a kilobyte
 
     run(scenario())

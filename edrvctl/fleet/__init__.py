@@ -203,11 +203,12 @@ class Fleet:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _charge(self, endpoint: str, payload: object) -> None:
+    def _charge(self, endpoint: str, payload: object, record: int = 0) -> None:
         """Count what a station's message will keep against its budgets; OverBudget (and
-        nothing kept) past them. The first refusal of a day is logged."""
+        nothing kept) past them. The first refusal of a day is logged. `record`: bytes of a
+        record the message may add besides (a session)."""
         try:
-            size = len(orjson.dumps(payload))
+            size = len(orjson.dumps(payload)) + record
         except orjson.JSONEncodeError as e:  # nesting beyond what JSON storage holds
             raise InvalidBody(f"this value cannot be stored: {e}") from None
         if size > self.budgets.payload:
@@ -969,8 +970,7 @@ class Fleet:
         sent with it and its session.started event, in one unit. `connector`: the EVSE (1.6:
         the connector); `connector_id`: 2.0.1's connector of it; `meter_start` None: from the
         meter values. Returns (transaction key, id-tag status)."""
-        if meter_values:
-            self._charge(endpoint, meter_values)
+        self._charge(endpoint, meter_values or [], sessions.RECORD_BYTES)
         async with self.store.unit() as tx:
             doc = await self._load(tx, endpoint)
             if doc is None:
@@ -1026,8 +1026,8 @@ class Fleet:
         latest reading; `learn`: an end whose start was never seen is a session too (2.0.1).
         False if nothing was recorded (a 1.6 transaction that is not ours)."""
         station = {"_id": await self._station_id(endpoint), "endpoint": endpoint}
-        if meter_values:
-            self._charge(endpoint, meter_values)
+        if meter_values or learn:
+            self._charge(endpoint, meter_values or [], sessions.RECORD_BYTES if learn else 0)
         self._touch(endpoint)
         self.recent_sessions.forget((station["_id"], tx_key))
         async with self.store.unit() as tx:
@@ -1078,8 +1078,10 @@ class Fleet:
         sid = await self._station_id(endpoint)
         memo = (sid, tx_key) if tx_key is not None else None
         due = memo is not None and self.recent_sessions.due(memo, charging_state, id_tag)
-        if values:
-            self._charge(endpoint, values)
+        # a transaction not seen yet may become a session: its record counts too
+        new = learn and memo is not None and not self.recent_sessions.known(memo)
+        if values or new:
+            self._charge(endpoint, values, sessions.RECORD_BYTES if new else 0)
         self._touch(endpoint)
         if values or due:
             async with self.store.unit() as tx:

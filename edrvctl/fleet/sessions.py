@@ -43,6 +43,9 @@ UPDATE_EVERY = 60.0  # s: a session is brought up to date from its meter values 
 MAX_REMEMBERED = 100_000  # running sessions remembered (Recent); cleared past this
 LOOKBACK = 20  # newest messages of a session searched for its latest energy reading
 CHUNK = 500  # messages read at a time when a session's series is paged through
+# bytes a session's record is counted as against its station's daily budget (Fleet._charge):
+# a station inventing ever new transactions must not grow the store without bound
+RECORD_BYTES = 1024
 END = "Transaction.End"
 
 
@@ -193,6 +196,9 @@ class Recent:
         if charging_state is not None and charging_state != state:
             return True
         return self._clock() - at >= UPDATE_EVERY
+
+    def known(self, key: tuple[str, str]) -> bool:
+        return key in self._seen
 
     def checked(self, key: tuple[str, str], charging_state: str | None) -> None:
         """Checked now; `charging_state` is the session's (None: the one known still is)."""
