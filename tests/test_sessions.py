@@ -520,7 +520,10 @@ def test_session_updated_at_once_when_the_201_charging_state_changes(fleet):
 def test_a_201_update_of_a_transaction_never_started_here_is_a_running_session(fleet):
     async def scenario():
         s = await station(fleet, "ocpp2.0.1")
+        before = model.utcnow()
         await ocpp201.transaction_event(s, event("Updated", "t", 5, meterValue=mv201(500)))
+        # listed by when it was recorded, having no start yet
+        assert (await sessions.list_(fleet, SessionQuery(since=before)))[1] == 1
         await ocpp201.transaction_event(s, event("Updated", "t", 6, meterValue=mv201(800)))
         got = await only(fleet)
         assert (got["status"], got["startedAt"], got["meterStart"]) == ("Active", None, 500)

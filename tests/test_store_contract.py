@@ -872,6 +872,34 @@ def test_sessions_by_id_and_listed_newest_first(store):
     run(scenario())
 
 
+def test_a_session_without_a_start_is_listed_by_its_stop_or_when_recorded(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        running = session_doc(a, "r", None, createdAt="2024-01-03T00:00:00.000Z")
+        ended = session_doc(
+            a,
+            "e",
+            None,
+            status="Completed",
+            stoppedAt="2024-01-02T00:00:00.000Z",
+            createdAt="2024-01-09T00:00:00.000Z",
+        )
+        started = session_doc(a, "s", "2024-01-01T00:00:00.000Z")
+        async with store.unit() as tx:
+            for s in (running, ended, started):
+                await tx.start_transaction(s)
+            docs, _ = await tx.list_sessions(SessionQuery())
+            assert [d["tx_key"] for d in docs] == ["r", "e", "s"]
+            window = SessionQuery(
+                since="2024-01-02T00:00:00.000Z", until="2024-01-02T23:00:00.000Z"
+            )
+            assert [d["tx_key"] for d in (await tx.list_sessions(window))[0]] == ["e"]
+
+    run(scenario())
+
+
 def test_meter_values_are_paged_oldest_or_newest_first(store):
     a = station()
 

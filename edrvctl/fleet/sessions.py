@@ -215,9 +215,10 @@ class Recent:
 # --- recording (inside the caller's unit) ---------------------------------------------------
 
 
-async def _first_values(tx: Unit, doc: dict) -> list[dict]:
-    rows = await tx.meter_values(doc["station_id"], doc["tx_key"], limit=LOOKBACK)
-    return [mv for row in rows for mv in row["values"]]
+async def _first_reading(tx: Unit, station_id: str, tx_key: str) -> float | None:
+    """The first energy reading stored for a transaction (start_register)."""
+    rows = await tx.meter_values(station_id, tx_key, limit=LOOKBACK)
+    return start_register(mv for row in rows for mv in row["values"])
 
 
 async def latest_wh(tx: Unit, doc: dict) -> float | None:
@@ -315,7 +316,7 @@ async def record_values(
             evse,
             None,
             id_tag,
-            start_register(await _first_values(tx, {"station_id": sid, "tx_key": tx_key})),
+            await _first_reading(tx, sid, tx_key),
             None,
             "Active" if accepted else "Refused",
             charging_state,
@@ -390,7 +391,7 @@ async def record_end(
             evse or 0,
             None,
             id_tag,
-            start_register(await _first_values(tx, {"station_id": sid, "tx_key": tx_key})),
+            await _first_reading(tx, sid, tx_key),
             None,
             "Active",
             charging_state,

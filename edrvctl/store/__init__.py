@@ -61,8 +61,8 @@ SESSION_STATUSES = ("Active", "Completed", "Refused")
 
 @dataclass
 class SessionQuery:
-    """Sessions (transactions) newest first: by start time (`startedAt`; the stop time for
-    one whose start was never seen), then the one recorded last."""
+    """Sessions (transactions) newest first: by start time (`startedAt`; for one whose start
+    was never seen, its `stoppedAt`, else its `createdAt`), then the one recorded last."""
 
     station_id: str | None = None
     status: str | None = None  # one of SESSION_STATUSES

@@ -155,8 +155,8 @@ CREATE TABLE unknown_endpoints (
 CREATE INDEX unknown_last ON unknown_endpoints(lastSeenAt);
 """,
     # 5: sessions: each transaction has an _id, and is listed by station, status and start
-    # time (the stop time when its start was never seen); a session's meter values are found
-    # by an index that messages without a transaction do not pay for
+    # time (when its start was never seen: its stop time); a session's meter values are
+    # found by an index that messages without a transaction do not pay for
     """
 ALTER TABLE transactions ADD COLUMN session_id TEXT;
 ALTER TABLE transactions ADD COLUMN status TEXT;
@@ -986,8 +986,9 @@ def _action_columns(doc: dict) -> tuple:
 
 def _session_columns(tx: dict) -> tuple:
     """The columns a transaction is found and listed by: its session `_id`, status, and
-    start time (the stop time when its start was never seen)."""
-    return tx.get("_id"), tx.get("status"), tx.get("startedAt") or tx.get("stoppedAt")
+    start time (when its start was never seen: its stop time, else when it was recorded)."""
+    started = tx.get("startedAt") or tx.get("stoppedAt") or tx.get("createdAt")
+    return tx.get("_id"), tx.get("status"), started
 
 
 def _where(**equals: str | None) -> tuple[str, list]:
