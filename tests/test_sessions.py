@@ -719,3 +719,18 @@ def test_a_station_inventing_transactions_is_held_to_its_daily_budget(kind):
         assert 0 < kept <= 8 and refused == 50 - kept  # a session counts as a kilobyte
 
     run(scenario())
+
+
+def test_energy_while_active_is_the_latest_reading_even_behind_other_samples(fleet):
+    async def scenario():
+        s = await station(fleet, "ocpp2.0.1")
+        started = event("Started", "t", 0, evse={"id": 1}, meterValue=mv201(1000))
+        await ocpp201.transaction_event(s, started)
+        await ocpp201.transaction_event(s, event("Updated", "t", 1, meterValue=mv201(1700)))
+        voltage = [{"timestamp": T0, "sampledValue": [{"value": 230, "measurand": "Voltage"}]}]
+        for n in range(2, 4):  # newer messages without the register
+            await ocpp201.transaction_event(s, event("Updated", "t", n, meterValue=voltage))
+        assert (await only(fleet))["energyKwh"] == 0.7
+        assert [k for k, _ in await session_events(fleet)] == ["session.started"]  # <1 min
+
+    run(scenario())

@@ -223,11 +223,14 @@ async def _first_reading(tx: Unit, station_id: str, tx_key: str) -> float | None
 
 async def latest_wh(tx: Unit, doc: dict) -> float | None:
     """The latest energy reading of a session: its newest meter values, else the doc's."""
-    rows = await tx.meter_values(doc["station_id"], doc["tx_key"], limit=LOOKBACK, newest=True)
-    for row in rows:
-        wh = model.energy_register_wh(row["values"])
-        if wh is not None:
-            return wh
+    for limit in (1, LOOKBACK):  # nearly always the newest message has one
+        rows = await tx.meter_values(doc["station_id"], doc["tx_key"], limit=limit, newest=True)
+        for row in rows:
+            wh = model.energy_register_wh(row["values"])
+            if wh is not None:
+                return wh
+        if len(rows) < limit:
+            break
     return doc.get("meterLast")
 
 
