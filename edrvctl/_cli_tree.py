@@ -1805,6 +1805,182 @@ TREE: dict = {
   },
   "sessions": {
    "commands": {
+    "close": {
+     "args": [
+      "value"
+     ],
+     "help": "Close a session its station will never end (it was lost, or the station was",
+     "options": {
+      "--force": {
+       "help": "Close it even if its 2.0.1 station says it is still going on (nothing is asked)",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--reason": {
+       "help": "Why: kept in the session and its event",
+       "value": true
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show a session in full, with its meter values as a series (one row per sampled value:",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List charging sessions (transactions), newest first by start time.",
+     "options": {
+      "--active": {
+       "help": "Only running sessions (status Active)",
+       "value": false
+      },
+      "--all": {
+       "help": "Every matching session (no limit)",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most N sessions",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "plain",
+        "json",
+        "yaml",
+        "csv"
+       ],
+       "help": "table, plain, json, yaml or csv (one row per session, for billing) default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--since": {
+       "help": "Started at or after TIME: ISO-8601, or ago (30m, 2h, 7d)",
+       "value": true
+      },
+      "--station": {
+       "help": "Only this station's (_id or endpoint)",
+       "value": true
+      },
+      "--status": {
+       "choices": [
+        "Active",
+        "Completed",
+        "Refused"
+       ],
+       "help": "Only this status: Active, Completed or Refused (any case)",
+       "value": true
+      },
+      "--until": {
+       "help": "Started at or before TIME (the same forms)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "plain",
+        "json",
+        "yaml",
+        "csv"
+       ],
+       "help": "table, plain, json, yaml or csv (one row per session, for billing) default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
     "start": {
      "args": [
       "station"
@@ -1897,7 +2073,7 @@ TREE: dict = {
        "value": false
       },
       "--station": {
-       "help": "The station running it (_id or endpoint)",
+       "help": "The station running it (_id or endpoint), when SESSION is a transaction id",
        "value": true
       },
       "--timeout": {
@@ -1930,7 +2106,7 @@ TREE: dict = {
      }
     }
    },
-   "help": "Start and stop charging sessions remotely.",
+   "help": "Charging sessions: list, inspect and close them; start and stop them remotely.",
    "options": {
     "--help": {
      "help": "Show this message and exit.",

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -409,11 +410,10 @@ def new_station(body: StationCreate, now: str) -> dict:
 ENERGY_REGISTER = "Energy.Active.Import.Register"  # the measurand when a sample names none
 
 
-def energy_register_wh(meter_values: list[dict] | None) -> float | None:
-    """The last reading of the energy register in Wh, from 1.6 or 2.0.1 meter values (1.6:
-    value as text, `unit`; 2.0.1: value as a number, `unitOfMeasure` with a power-of-ten
-    multiplier), or None when there is none."""
-    found = None
+def energy_registers(meter_values: list[dict] | None) -> Iterator[tuple[dict, float]]:
+    """Each reading of the energy register in Wh, in order, with its sampled value (1.6: value
+    as text, `unit`; 2.0.1: value as a number, `unitOfMeasure` with a power-of-ten
+    multiplier). Per-phase readings are not the register and are left out."""
     for mv in meter_values or []:
         for sv in mv.get("sampledValue") or []:
             if sv.get("measurand", ENERGY_REGISTER) != ENERGY_REGISTER or sv.get("phase"):
@@ -428,7 +428,14 @@ def energy_register_wh(meter_values: list[dict] | None) -> float | None:
             if unit == "kWh":
                 value *= 1000
             if math.isfinite(value):
-                found = value
+                yield sv, value
+
+
+def energy_register_wh(meter_values: list[dict] | None) -> float | None:
+    """The last reading of the energy register in Wh, or None when there is none."""
+    found = None
+    for _, value in energy_registers(meter_values):
+        found = value
     return found
 
 

@@ -31,11 +31,12 @@ from edrvctl.store import (
     SORT_FIELDS,
     ActionQuery,
     EventQuery,
+    SessionQuery,
     StationQuery,
     Store,
     open_store,
 )
-from edrvctl.store.sqlite import SCHEMA_VERSION
+from edrvctl.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from timing import scaled
 
 BACKENDS = ["sqlite-file", "sqlite-memory"]
@@ -822,6 +823,126 @@ def test_meter_values(store):
     run(scenario())
 
 
+def session_doc(doc: dict, key: str | None, started: str | None, **kw) -> dict:
+    """A transaction with a session `_id`, shaped like fleet/sessions.new's."""
+    return {
+        "_id": f"{next(_seq):024x}",
+        "station_id": doc["_id"],
+        "endpoint": doc["endpoint"],
+        "tx_key": key,
+        "connector": 1,
+        "idTag": "TAG",
+        "status": "Active",
+        "startedAt": started,
+        "stoppedAt": None,
+        "meterStart": 0,
+        "meterStop": None,
+        **kw,
+    }
+
+
+def test_sessions_by_id_and_listed_newest_first(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        s1 = session_doc(a, "t1", "2024-01-01T10:00:00.000Z")
+        s2 = session_doc(a, None, "2024-01-02T10:00:00.000Z", status="Completed")
+        s3 = session_doc(b, "t3", "2024-01-03T10:00:00.000Z", status="Refused")
+        # its start never seen: listed by its stop time
+        s4 = session_doc(b, "t4", None, status="Completed", stoppedAt="2024-01-04T10:00:00.000Z")
+        async with store.unit() as tx:
+            for s in (s1, s2, s3, s4):
+                await tx.start_transaction(s)
+            await tx.start_transaction({"station_id": a["_id"], "tx_key": "no-id"})  # no _id
+        ids = [s["_id"] for s in (s1, s2, s3, s4)]
+
+        async def listed(**kw):
+            async with store.unit() as tx:
+                docs, total = await tx.list_sessions(SessionQuery(**kw))
+            return [d["_id"] for d in docs], total
+
+        async with store.unit() as tx:
+            assert await tx.get_session(s2["_id"]) == s2  # its tx_key given by the store
+            assert s2["tx_key"] not in (None, "t1")
+            assert await tx.get_session("f" * 24) is None
+        assert await listed() == (ids[::-1], 4)  # a transaction without _id is no session
+        assert await listed(limit=2, offset=1) == (ids[2:0:-1], 4)
+        assert await listed(limit=None) == (ids[::-1], 4)
+        assert await listed(station_id=a["_id"]) == ([ids[1], ids[0]], 2)
+        assert await listed(station_id="nobody") == ([], 0)
+        assert await listed(status="Completed") == ([ids[3], ids[1]], 2)
+        assert await listed(active=True) == ([ids[0]], 1)
+        assert await listed(active=False) == ([ids[3], ids[2], ids[1]], 3)
+        assert await listed(since="2024-01-02T10:00:00.000Z") == (ids[:0:-1], 3)
+        assert await listed(until="2024-01-02T10:00:00.000Z") == ([ids[1], ids[0]], 2)
+        both = {"since": "2024-01-02T00:00:00.000Z", "until": "2024-01-03T23:00:00.000Z"}
+        assert await listed(**both) == ([ids[2], ids[1]], 2)
+        # an update moves it in the lists (status, and a start learnt later)
+        async with store.unit() as tx:
+            await tx.update_transaction(a["_id"], "t1", {"status": "Completed"})
+            await tx.update_transaction(b["_id"], "t4", {"startedAt": "2023-12-31T00:00:00.000Z"})
+        assert await listed(active=True) == ([], 0)
+        assert (await listed())[0] == [ids[2], ids[1], ids[0], ids[3]]
+        assert (await listed(status="Completed"))[1] == 3
+
+    run(scenario())
+
+
+def test_a_session_without_a_start_is_listed_by_its_stop_or_when_recorded(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        running = session_doc(a, "r", None, createdAt="2024-01-03T00:00:00.000Z")
+        ended = session_doc(
+            a,
+            "e",
+            None,
+            status="Completed",
+            stoppedAt="2024-01-02T00:00:00.000Z",
+            createdAt="2024-01-09T00:00:00.000Z",
+        )
+        started = session_doc(a, "s", "2024-01-01T00:00:00.000Z")
+        async with store.unit() as tx:
+            for s in (running, ended, started):
+                await tx.start_transaction(s)
+            docs, _ = await tx.list_sessions(SessionQuery())
+            assert [d["tx_key"] for d in docs] == ["r", "e", "s"]
+            window = SessionQuery(
+                since="2024-01-02T00:00:00.000Z", until="2024-01-02T23:00:00.000Z"
+            )
+            assert [d["tx_key"] for d in (await tx.list_sessions(window))[0]] == ["e"]
+
+    run(scenario())
+
+
+def test_meter_values_are_paged_oldest_or_newest_first(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        async with store.unit() as tx:
+            for i in range(5):
+                await tx.add_meter_values(a["_id"], "7", 1, [{"i": i}])
+            await tx.add_meter_values(a["_id"], None, 1, [{"i": 99}])
+
+        async def page(**kw):
+            async with store.unit() as tx:
+                rows = await tx.meter_values(a["_id"], "7", **kw)
+            return [r["values"][0]["i"] for r in rows]
+
+        assert await page() == [0, 1, 2, 3, 4]
+        assert await page(limit=2) == [0, 1]
+        assert await page(limit=2, offset=2) == [2, 3]
+        assert await page(limit=2, offset=4) == [4]
+        assert await page(offset=5) == []
+        assert await page(limit=2, newest=True) == [4, 3]
+        assert await page(limit=2, offset=4, newest=True) == [0]
+
+    run(scenario())
+
+
 # --- actions ------------------------------------------------------------------------------
 
 
@@ -1363,6 +1484,48 @@ def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog
     with caplog.at_level("INFO", logger="edrvctl.store"):
         run(open_store(path).close())  # already current: nothing to do
     assert not [m for m in caplog.messages if "migrating" in m]
+
+
+def test_sqlite_gives_sessions_to_the_transactions_of_an_older_store(tmp_path):
+    step = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN session_id" in m)
+    path = tmp_path / "before-sessions.db"
+    a = station()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("".join(MIGRATIONS[:step]) + f"PRAGMA user_version={step};")
+    db.execute(
+        "INSERT INTO chargestations (id, endpoint, protocol, online, active, createdAt, "
+        "updatedAt, doc) VALUES (?,?,?,?,?,?,?,?)",
+        (a["_id"], a["endpoint"], "ocpp1.6", 0, 1, a["createdAt"], a["updatedAt"], json.dumps(a)),
+    )
+    for key, started, stopped, status in (
+        ("1", "2024-01-01T00:00:00.000Z", "2024-01-01T01:00:00.000Z", "Completed"),
+        ("2", "2024-01-02T00:00:00.000Z", None, "Active"),
+    ):
+        doc = {"station_id": a["_id"], "tx_key": key, "connector": 1, "status": status}
+        doc.update(startedAt=started, stoppedAt=stopped)
+        db.execute(
+            "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+            (a["_id"], key, json.dumps(doc)),
+        )
+    db.close()
+
+    async def scenario():
+        store = open_store(path)
+        try:
+            async with store.unit() as tx:
+                docs, total = await tx.list_sessions(SessionQuery())
+                assert total == 2 and [d["tx_key"] for d in docs] == ["2", "1"]
+                assert all(len(d["_id"]) == 24 and d["endpoint"] == a["endpoint"] for d in docs)
+                assert docs[0]["_id"] != docs[1]["_id"]
+                assert await tx.get_session(docs[1]["_id"]) == docs[1]
+                assert [
+                    d["tx_key"] for d in (await tx.list_sessions(SessionQuery(active=True)))[0]
+                ] == ["2"]
+        finally:
+            await store.close()
+
+    run(scenario())
+    assert user_version(path) == SCHEMA_VERSION
 
 
 def test_sqlite_schema_versions(tmp_path):

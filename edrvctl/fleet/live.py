@@ -126,6 +126,15 @@ class RawCall:
 
 
 @dataclass(frozen=True)
+class TransactionStatus:
+    """2.0.1 GetTransactionStatus: is the transaction still going on at the station, and has
+    it messages about it queued? Answers (status, {ongoingIndicator?, messagesInQueue}). A
+    question, not an operation: no Action is recorded. 1.6 has no such message."""
+
+    transaction_id: str
+
+
+@dataclass(frozen=True)
 class Disconnect:
     """Close the station's connection (it may come back)."""
 
@@ -147,6 +156,7 @@ Command = (
     | UpdateFirmware
     | GetDiagnostics
     | RawCall
+    | TransactionStatus
 )
 
 # Commands that answer (status, the station's answer payload) through the live port: status
@@ -165,6 +175,7 @@ ANSWERED = (
     UpdateFirmware,
     GetDiagnostics,
     RawCall,
+    TransactionStatus,
 )
 
 

@@ -26,11 +26,12 @@ from edrvctl.fleet.live import (
     RemoteStart,
     RemoteStop,
     Reset,
+    TransactionStatus,
     TriggerMessage,
     UnlockConnector,
     UpdateFirmware,
 )
-from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
+from edrvctl.model import STATUSES, canonical_time, utcnow
 from edrvctl.ocppj import RpcClosed
 from edrvctl.ocppj.rpc import Handler
 from edrvctl.server.ocpp16 import _data_transfer, heartbeat, kept_as_event, raw_call
@@ -191,6 +192,7 @@ TRANSLATIONS: dict[type, Any] = {
     UpdateFirmware: _update_firmware,
     GetDiagnostics: _diagnostics,
     RawCall: raw_call("2.0.1"),
+    TransactionStatus: lambda c: ("GetTransactionStatus", {"transactionId": c.transaction_id}),
 }
 
 
@@ -232,33 +234,53 @@ async def transaction_event(s: StationSession, p: dict) -> dict:
     info = p["transactionInfo"]
     tx_key = info["transactionId"]
     evse = p.get("evse")
-    id_token = p.get("idToken")
+    token = (p.get("idToken") or {}).get("idToken")
     meter = p.get("meterValue")
+    state = info.get("chargingState")
     status = None
     if p["eventType"] == "Started":
-        connector = (evse or {}).get("id", 0)
         _, status = await s.fleet.start_transaction(
             s.endpoint,
-            connector,
-            (id_token or {}).get("idToken"),
-            energy_register_wh(meter),
+            (evse or {}).get("id", 0),
+            token,
+            None,  # 2.0.1 has no meterStart: the fleet reads it from the meter values
             when,
             tx_key=tx_key,
             remote_start_id=info.get("remoteStartId"),
+            connector_id=(evse or {}).get("connectorId"),
+            meter_values=meter,
+            charging_state=state,
         )
-    else:  # later events name the EVSE only if it changed: the stored one holds
-        connector = (
-            evse["id"] if evse else await s.fleet.transaction_connector(s.endpoint, tx_key) or 0
-        )
-        if id_token is not None:  # a token presented mid-transaction is authorized too
-            status = await s.fleet.authorize(s.endpoint, id_token["idToken"])
-    if meter:
-        await s.fleet.meter_values(s.endpoint, connector, tx_key, meter)
+        return {"idTokenInfo": {"status": status}} if token is not None else {}
+    if token is not None:  # a token presented mid-transaction is authorized too
+        status = await s.fleet.authorize(s.endpoint, token)
+    # later events name the EVSE only if it changed: the stored one holds
+    connector = evse["id"] if evse else await s.fleet.transaction_connector(s.endpoint, tx_key) or 0
     if p["eventType"] == "Ended":
         await s.fleet.stop_transaction(
-            s.endpoint, tx_key, energy_register_wh(meter), when, info.get("stoppedReason")
+            s.endpoint,
+            tx_key,
+            None,  # the energy register in its meter values, else the latest reading
+            when,
+            info.get("stoppedReason"),
+            meter_values=meter,
+            evse=connector,
+            id_tag=token,
+            charging_state=state,
+            learn=True,
         )
-    return {"idTokenInfo": {"status": status}} if id_token is not None and status else {}
+    else:
+        await s.fleet.meter_values(
+            s.endpoint,
+            connector,
+            tx_key,
+            meter or [],
+            charging_state=state,
+            id_tag=token,
+            accepted=status in (None, "Accepted"),
+            learn=True,
+        )
+    return {"idTokenInfo": {"status": status}} if status else {}
 
 
 async def meter_values(s: StationSession, p: dict) -> dict:

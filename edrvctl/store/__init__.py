@@ -56,6 +56,23 @@ class EventQuery:
     newest: bool = False
 
 
+SESSION_STATUSES = ("Active", "Completed", "Refused")
+
+
+@dataclass
+class SessionQuery:
+    """Sessions (transactions) newest first: by start time (`startedAt`; for one whose start
+    was never seen, its `stoppedAt`, else its `createdAt`), then the one recorded last."""
+
+    station_id: str | None = None
+    status: str | None = None  # one of SESSION_STATUSES
+    active: bool | None = None  # status is (not) Active
+    since: str | None = None  # started at or after this
+    until: str | None = None  # started at or before this
+    limit: int | None = 20  # None: no limit
+    offset: int = 0
+
+
 class Unit(Protocol):
     """One unit of work, used by one task. Units may overlap (other tasks, or one opened
     inside another that has only read); once a unit has written it may hold the connection
@@ -111,7 +128,8 @@ class Unit(Protocol):
     async def forget_unknown(self, endpoint: str) -> None: ...
 
     async def start_transaction(self, tx: dict) -> str:
-        """Returns the tx_key; without one (OCPP 1.6) the new row's id becomes it."""
+        """Returns the tx_key; without one (OCPP 1.6) the new row's id becomes it. A
+        transaction with an `_id` is a session found by it (get_session)."""
 
     async def get_transaction(self, station_id: str, tx_key: str) -> dict | None: ...
 
@@ -122,14 +140,26 @@ class Unit(Protocol):
     async def transactions(self, station_id: str | None = None) -> list[dict]:
         """Oldest first."""
 
+    async def get_session(self, session_id: str) -> dict | None:
+        """The transaction whose `_id` this is."""
+
+    async def list_sessions(self, query: SessionQuery) -> tuple[list[dict], int]:
+        """A page of transactions, newest first (SessionQuery), and how many match in all."""
+
     async def add_meter_values(
         self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
     ) -> None: ...
 
     async def meter_values(
-        self, station_id: str | None = None, tx_key: str | None = None
+        self,
+        station_id: str | None = None,
+        tx_key: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest: bool = False,
     ) -> list[dict]:
-        """Oldest first: {station_id, tx_key, connector, values}."""
+        """Oldest first (`newest`: newest first): {station_id, tx_key, connector, values},
+        one per message; `limit` and `offset` page through them."""
 
     # --- actions (commands sent to stations, fleet/actions.py) ---
 

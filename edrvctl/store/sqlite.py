@@ -42,6 +42,7 @@ from edrvctl.store import (
     SORT_FIELDS,
     ActionQuery,
     EventQuery,
+    SessionQuery,
     StationQuery,
 )
 
@@ -176,6 +177,24 @@ CREATE TABLE webhook_deliveries (
     UNIQUE (webhook_id, seq)
 );
 CREATE INDEX webhook_deliveries_lane ON webhook_deliveries(webhook_id, status, lane, id);
+""",
+    # 6: sessions: each transaction has an _id, and is listed by station, status and start
+    # time (when its start was never seen: its stop time); a session's meter values are
+    # found by an index that messages without a transaction do not pay for
+    """
+ALTER TABLE transactions ADD COLUMN session_id TEXT;
+ALTER TABLE transactions ADD COLUMN status TEXT;
+ALTER TABLE transactions ADD COLUMN startedAt TEXT;
+UPDATE transactions SET session_id = lower(hex(randomblob(12)));
+UPDATE transactions SET
+    doc = json_set(doc, '$._id', session_id, '$.endpoint',
+        (SELECT endpoint FROM chargestations c WHERE c.id = transactions.station_id)),
+    status = json_extract(doc, '$.status'),
+    startedAt = coalesce(json_extract(doc, '$.startedAt'), json_extract(doc, '$.stoppedAt'));
+CREATE UNIQUE INDEX transactions_session ON transactions(session_id);
+CREATE INDEX transactions_started ON transactions(startedAt, id);
+CREATE INDEX transactions_station_started ON transactions(station_id, startedAt, id);
+CREATE INDEX meter_values_tx ON meter_values(station_id, tx_key, id) WHERE tx_key IS NOT NULL;
 """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -771,8 +790,9 @@ class SqliteUnit:
             await s._begin(self)
         try:
             cur = s._run(
-                "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-                (tx["station_id"], tx.get("tx_key"), _json(tx)),
+                "INSERT INTO transactions (station_id, tx_key, session_id, status, startedAt, "
+                "doc) VALUES (?,?,?,?,?,?)",
+                (tx["station_id"], tx.get("tx_key"), *_session_columns(tx), _json(tx)),
             )
         except sqlite3.IntegrityError:
             raise Conflict(
@@ -803,9 +823,11 @@ class SqliteUnit:
         if tx is None:
             return None
         tx.update(fields)
+        _, status, started = _session_columns(tx)
         s._run(
-            "UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
-            (_json(tx), station_id, tx_key),
+            "UPDATE transactions SET status = ?, startedAt = ?, doc = ? "
+            "WHERE station_id = ? AND tx_key = ?",
+            (status, started, _json(tx), station_id, tx_key),
         )
         return tx
 
@@ -815,6 +837,43 @@ class SqliteUnit:
         rows = self._db.execute(f"SELECT doc FROM transactions{where} ORDER BY id", args).fetchall()
         self._read_done()
         return [orjson.loads(d) for (d,) in rows]
+
+    async def get_session(self, session_id: str) -> dict | None:
+        await self._read()
+        row = self._db.execute(
+            "SELECT doc FROM transactions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        self._read_done()
+        return orjson.loads(row[0]) if row else None
+
+    async def list_sessions(self, query: SessionQuery) -> tuple[list[dict], int]:
+        where: list[str] = ["session_id IS NOT NULL"]
+        args: list[object] = []
+        if query.station_id is not None:
+            where.append("station_id = ?")
+            args.append(query.station_id)
+        if query.status is not None:
+            where.append("status = ?")
+            args.append(query.status)
+        if query.active is not None:
+            where.append("status = 'Active'" if query.active else "status IS NOT 'Active'")
+        if query.since is not None:
+            where.append("startedAt >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("startedAt <= ?")
+            args.append(query.until)
+        sql_where = " WHERE " + " AND ".join(where)
+        await self._read()
+        db = self._db
+        total = db.execute(f"SELECT count(*) FROM transactions{sql_where}", args).fetchone()[0]
+        rows = db.execute(
+            f"SELECT doc FROM transactions{sql_where} ORDER BY startedAt DESC, id DESC "
+            "LIMIT ? OFFSET ?",
+            (*args, -1 if query.limit is None else query.limit, query.offset),
+        ).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows], total
 
     async def add_meter_values(
         self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
@@ -828,12 +887,19 @@ class SqliteUnit:
         )
 
     async def meter_values(
-        self, station_id: str | None = None, tx_key: str | None = None
+        self,
+        station_id: str | None = None,
+        tx_key: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest: bool = False,
     ) -> list[dict]:
         where, args = _where(station_id=station_id, tx_key=tx_key)
         await self._read()
         rows = self._db.execute(
-            f"SELECT station_id, tx_key, connector, doc FROM meter_values{where} ORDER BY id", args
+            f"SELECT station_id, tx_key, connector, doc FROM meter_values{where} "
+            f"ORDER BY id {'DESC' if newest else 'ASC'} LIMIT ? OFFSET ?",
+            (*args, -1 if limit is None else limit, offset),
         ).fetchall()
         self._read_done()
         return [
@@ -1122,6 +1188,13 @@ def _action_columns(doc: dict) -> tuple:
         doc["createdAt"],
         doc["updatedAt"],
     )
+
+
+def _session_columns(tx: dict) -> tuple:
+    """The columns a transaction is found and listed by: its session `_id`, status, and
+    start time (when its start was never seen: its stop time, else when it was recorded)."""
+    started = tx.get("startedAt") or tx.get("stoppedAt") or tx.get("createdAt")
+    return tx.get("_id"), tx.get("status"), started
 
 
 def _where(**equals: str | None) -> tuple[str, list]:
