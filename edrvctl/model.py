@@ -130,6 +130,15 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+def could_be_endpoint(value: str) -> bool:
+    """Whether a station could be created with this endpoint."""
+    try:
+        check_endpoint(check_endpoint_text(value))
+    except PydanticCustomError:
+        return False
+    return True
+
+
 # The pattern is in the OpenAPI document too; a value that breaks it is explained in words
 # before the pattern is checked; "not only dots" and "not an _id" are checked after it.
 Endpoint = Annotated[

@@ -173,6 +173,9 @@ class Refusals:
             self.kept[key] = (last[0], last[1] + 1)
             log.debug("refused %s again: %s", printable(endpoint, 60), status)
             return
+        if not known and not model.could_be_endpoint(endpoint):  # never a station: count it
+            self.count(endpoint, status, address, reason)
+            return
         if not known:  # endpoints anyone can invent: a fixed number kept a minute in all
             if now - self.unknown_window >= REFUSAL_EVERY:
                 self.unknown_window, self.unknown_kept = now, 0
