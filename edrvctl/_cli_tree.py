@@ -1960,6 +1960,10 @@ TREE: dict = {
        "help": "Started at or before TIME (the same forms)",
        "value": true
       },
+      "--watch": {
+       "help": "Then redraw whenever a session starts, changes or ends (on a terminal; otherwise one line per change). Ctrl-C ends",
+       "value": false
+      },
       "-h": {
        "help": "Show this message and exit.",
        "value": false

@@ -234,3 +234,34 @@ def test_cli_lists_inspects_and_stops_sessions(api, station, cli_env):
     assert r.exit_code == 3 and "not found" in r.stderr
     r = cli(cli_env, "sessions", "stop", "42")  # a transaction id needs its station
     assert r.exit_code == 2 and "chargestation" in r.stderr
+
+
+def test_sessions_list_watch_prints_a_line_per_change_without_a_terminal(
+    api, station, cli_env, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    from timing import scaled
+
+    ep = station["endpoint"]
+    out = tmp_path / "watch.out"
+    env = {**os.environ, **cli_env}
+    argv = ["sessions", "list", "--active", "--station", ep, "--watch", "-o", "plain"]
+    with out.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edrvctl", *argv], stdout=f, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        until(lambda: out.read_text().startswith("ID"), what="the first listing")
+        session = start(api, station)
+        stop(api, session)
+        text = until(
+            lambda: (t := out.read_text()) and f"session.ended {ep}" in t and t,
+            what="a line per change",
+        )
+        assert f"session.started {ep}" in text
+    finally:
+        proc.terminate()
+        proc.wait(scaled(10))

@@ -193,6 +193,14 @@ def list_(
     ] = None,
     limit: Annotated[int, typer.Option(metavar="N", help="At most N sessions", min=1)] = 100,
     all_: Annotated[bool, typer.Option("--all", help="Every matching session (no limit)")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Then redraw whenever a session starts, changes or ends (on a terminal; "
+            "otherwise one line per change). Ctrl-C ends",
+        ),
+    ] = False,
     out: Annotated[
         ListFormat | None,
         typer.Option(
@@ -218,6 +226,7 @@ def list_(
 
     \b
       edrvctl sessions list --active
+      edrvctl sessions list --active --watch
       edrvctl sessions list --station edrv01 --since 7d
       edrvctl sessions list --since 2030-01-01 --until 2030-02-01 --all -o csv > january.csv
     """
@@ -233,12 +242,25 @@ def list_(
         if v is not None
     }
     fmt = output.resolve_format(out.value if out else None, quiet)
-    docs = list(_client().list_sessions(filters, None if all_ else limit + 1))
-    more = not all_ and len(docs) > limit
-    docs = docs[:limit] if more else docs
-    show_list(docs, fmt, no_headers)
-    if more and sys.stderr.isatty():
-        output.info(f"(showing the first {limit}; use --limit N or --all for more)")
+    client = _client()
+
+    def show() -> None:
+        docs = list(client.list_sessions(filters, None if all_ else limit + 1))
+        more = not all_ and len(docs) > limit
+        docs = docs[:limit] if more else docs
+        show_list(docs, fmt, no_headers)
+        if more and sys.stderr.isatty():
+            output.info(f"(showing the first {limit}; use --limit N or --all for more)")
+
+    if not watch:
+        show()
+        return
+    from edrvctl.cli import events
+
+    params: dict = {"type": ["session.*"]}
+    if station:
+        params["chargestation"] = station
+    events.watch(client, params, show)
 
 
 # --- inspect ---------------------------------------------------------------------------------
