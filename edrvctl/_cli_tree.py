@@ -1633,7 +1633,7 @@ TREE: dict = {
      "value": true
     },
     "--since": {
-     "help": "From this ISO-8601 time",
+     "help": "From this time: ISO-8601, or ago (30m, 2h, 7d)",
      "value": true
     },
     "--station": {
@@ -1645,7 +1645,7 @@ TREE: dict = {
      "value": true
     },
     "--until": {
-     "help": "Up to this ISO-8601 time",
+     "help": "Up to this time: ISO-8601, or ago (30m, 2h)",
      "value": true
     },
     "-f": {

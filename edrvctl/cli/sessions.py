@@ -11,7 +11,7 @@ import typer
 
 from edrvctl.cli import output
 from edrvctl.cli.actions import TimeoutOpt, WaitOpt
-from edrvctl.cli.base import Command, Group
+from edrvctl.cli.base import Command, Group, when_option
 from edrvctl.cli.chargestations import (
     ConnectorOpt,
     EvseOpt,
@@ -61,17 +61,6 @@ CSV_FIELDS = (
 
 def command(name: str | None = None, **kw):
     return app.command(name, cls=Command, **kw)
-
-
-def _time(option: str, value: str | None) -> str | None:
-    from edrvctl.timefmt import when
-
-    if value is None:
-        return None
-    try:
-        return when(value)
-    except ValueError as e:
-        raise UsageError(f"{option}: {e}") from None
 
 
 def _kwh(value: Any) -> str:
@@ -236,8 +225,8 @@ def list_(
             "chargestation": station,
             "active": "true" if active else None,
             "status": status.value if status else None,
-            "since": _time("--since", since),
-            "until": _time("--until", until),
+            "since": when_option("--since", since),
+            "until": when_option("--until", until),
         }.items()
         if v is not None
     }
