@@ -214,22 +214,7 @@ class Client:
         return self.request("GET", f"/v1.1/actions/{_seg(action_id)}")["result"]
 
     def list_actions(self, filters: dict, limit: int | None) -> Iterator[dict]:
-        size = PAGE if limit is None else max(1, min(PAGE, limit))
-        page, seen = 1, 0
-        while True:
-            env = self.request(
-                "GET",
-                "/v1.1/actions",
-                params={**filters, "paginate_limit": size, "paginate_page": page},
-            )
-            for doc in env["result"]:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield doc
-            if not env.get("hasNext") or (limit is not None and seen >= limit):
-                return
-            page += 1
+        return self._pages("/v1.1/actions", filters, limit)
 
     # --- sessions ---
 
@@ -271,22 +256,7 @@ class Client:
 
     def list_stations(self, filters: dict, limit: int | None) -> Iterator[dict]:
         """Stations matching `filters`, following the API's pages; at most `limit` of them."""
-        size = PAGE if limit is None else max(1, min(PAGE, limit))
-        page, seen = 1, 0
-        while True:
-            env = self.request(
-                "GET",
-                "/v1.1/chargestations",
-                params={**filters, "paginate_limit": size, "paginate_page": page},
-            )
-            for doc in env["result"]:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield doc
-            if not env.get("hasNext") or (limit is not None and seen >= limit):
-                return
-            page += 1
+        return self._pages("/v1.1/chargestations", filters, limit)
 
     def create_station(self, body: dict) -> dict:
         return self.request("POST", "/v1.1/chargestations", body=body)["result"]

@@ -533,6 +533,13 @@ class SqliteUnit:
         if s._owner is not None and s._owner is not self:
             await s._wait_for_owner()
 
+    async def _writing(self) -> SqliteStore:
+        """Before a write: this unit owns the connection, inside its savepoint."""
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        return s
+
     def _read_done(self) -> None:
         """What was just read may hold uncommitted writes: acknowledge nothing before them."""
         batch = self._s._batch
@@ -542,9 +549,7 @@ class SqliteUnit:
     # --- stations ---
 
     async def create_station(self, doc: dict) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         row = (
             doc["_id"],
             doc["endpoint"],
@@ -578,9 +583,7 @@ class SqliteUnit:
                 f"chargestation {doc.get('endpoint', sid)} was not read in this "
                 "unit of work: read it first"
             )
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(_SAVE, (*(doc.get(c) for c in _COLUMNS), _json(doc).decode(), sid, rev))
         if cur.rowcount == 0:
             raise StaleRecord(
@@ -589,9 +592,7 @@ class SqliteUnit:
         self._revs[sid] = rev + 1
 
     async def set_last_message_at(self, seen: dict[str, str]) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run(
             "UPDATE chargestations SET lastMessageAt = ?, rev = rev + 1, "
             "doc = json_set(doc, '$.lastMessageAt', ?) WHERE endpoint = ?",
@@ -600,9 +601,7 @@ class SqliteUnit:
         )
 
     async def delete_station(self, station_id: str) -> bool:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run("DELETE FROM chargestations WHERE id = ?", (station_id,))
         for table in ("transactions", "meter_values", "event_log", "credentials", "actions"):
             s._run(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
@@ -645,9 +644,7 @@ class SqliteUnit:
         return docs, total
 
     async def mark_all_offline(self, now: str) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         # lastDisconnectAt: when it was found disconnected, which is after any connect
         cur = s._run(
             "UPDATE chargestations SET online = 0, rev = rev + 1, doc = json_set(doc, "
@@ -659,9 +656,7 @@ class SqliteUnit:
     # --- station passwords (hashes only; never part of the record) ---
 
     async def set_password_hash(self, station_id: str, hashed: str, at: str) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run("INSERT OR REPLACE INTO credentials VALUES (?,?,?)", (station_id, hashed, at))
 
     async def password_hash(self, station_id: str) -> str | None:
@@ -682,9 +677,7 @@ class SqliteUnit:
         data: dict,
         endpoint: str | None = None,
     ) -> dict:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(
             "INSERT INTO event_log (type, station_id, endpoint, at, doc) VALUES (?,?,?,?,?)",
             (type, station_id, endpoint, at, _json(data)),
@@ -743,9 +736,7 @@ class SqliteUnit:
     async def seen_unknown(self, endpoint: str, at: str, info: dict, times: int, keep: int) -> bool:
         """Count `times` attempts of an endpoint that is no station; True if it is new to the
         list. The list keeps the `keep` endpoints seen last."""
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(
             "UPDATE unknown_endpoints SET seen = seen + ?, lastSeenAt = ?, doc = ? "
             "WHERE endpoint = ?",
@@ -779,15 +770,11 @@ class SqliteUnit:
         ]
 
     async def forget_unknown(self, endpoint: str) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run("DELETE FROM unknown_endpoints WHERE endpoint = ?", (endpoint,))
 
     async def start_transaction(self, tx: dict) -> str:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         try:
             cur = s._run(
                 "INSERT INTO transactions (station_id, tx_key, session_id, status, startedAt, "
@@ -816,9 +803,7 @@ class SqliteUnit:
         return orjson.loads(row[0]) if row else None
 
     async def update_transaction(self, station_id: str, tx_key: str, fields: dict) -> dict | None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)  # the read and the write are one step
+        s = await self._writing()  # the read and the write are one step
         tx = await self.get_transaction(station_id, tx_key)
         if tx is None:
             return None
@@ -878,9 +863,7 @@ class SqliteUnit:
     async def add_meter_values(
         self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
     ) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run(
             "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
             (station_id, tx_key, connector, _json(values)),
@@ -910,9 +893,7 @@ class SqliteUnit:
     # --- actions ---
 
     async def create_action(self, doc: dict) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         try:
             s._run(
                 "INSERT INTO actions (id, station_id, type, status, outcome, createdAt, "
@@ -937,9 +918,7 @@ class SqliteUnit:
         rev = self._revs.get(key)
         if rev is None:
             raise StaleRecord(f"action {doc['_id']} was not read in this unit of work")
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         _id, _sid, *columns = _action_columns(doc)
         cur = s._run(
             "UPDATE actions SET type = ?, status = ?, outcome = ?, createdAt = ?, "
@@ -981,9 +960,7 @@ class SqliteUnit:
         return docs, total
 
     async def fail_pending_actions(self, reason: str, now: str) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         error = _json({"code": "Interrupted", "description": reason}).decode()
         cur = s._run(
             "UPDATE actions SET outcome = 'failed', updatedAt = ?1, rev = rev + 1, "
@@ -998,9 +975,7 @@ class SqliteUnit:
     # --- webhooks ---
 
     async def create_webhook(self, doc: dict, secret: str, cursor: int) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         try:
             s._run(
                 "INSERT INTO webhooks (id, secret, cursor, createdAt, doc) VALUES (?,?,?,?,?)",
@@ -1022,9 +997,7 @@ class SqliteUnit:
         return [orjson.loads(d) for (d,) in rows]
 
     async def update_webhook(self, doc: dict, cursor: int | None = None) -> bool:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(
             "UPDATE webhooks SET doc = ?, cursor = coalesce(?, cursor) WHERE id = ?",
             (_json(doc).decode(), cursor, doc["_id"]),
@@ -1032,16 +1005,12 @@ class SqliteUnit:
         return cur.rowcount > 0
 
     async def set_webhook_secret(self, webhook_id: str, secret: str) -> bool:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run("UPDATE webhooks SET secret = ? WHERE id = ?", (secret, webhook_id))
         return cur.rowcount > 0
 
     async def delete_webhook(self, webhook_id: str) -> bool:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
         s._run("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
         return cur.rowcount > 0
@@ -1053,9 +1022,7 @@ class SqliteUnit:
         return {i: (secret, cursor) for i, secret, cursor in rows}
 
     async def set_webhook_cursors(self, cursors: dict[str, int]) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run(
             "UPDATE webhooks SET cursor = max(cursor, ?) WHERE id = ?",
             [(seq, i) for i, seq in cursors.items()],
@@ -1063,9 +1030,7 @@ class SqliteUnit:
         )
 
     async def add_deliveries(self, webhook_id: str, deliveries: list[dict]) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         rows = []
         for d in deliveries:
             doc = {k: v for k, v in d.items() if k not in _DELIVERY_COLUMNS}
@@ -1108,9 +1073,7 @@ class SqliteUnit:
         ]
 
     async def save_delivery(self, delivery: dict) -> bool:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         doc = {k: v for k, v in delivery.items() if k not in _DELIVERY_COLUMNS and k != "_id"}
         cur = s._run(
             "UPDATE webhook_deliveries SET status = ?, next_at = ?, updated_at = ?, doc = ?, "
@@ -1148,9 +1111,7 @@ class SqliteUnit:
         return dict(rows)
 
     async def fail_oldest_deliveries(self, webhook_id: str, keep: int, error: str, now: str) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(
             "UPDATE webhook_deliveries SET status = 'failed', next_at = NULL, updated_at = ?1, "
             "body = NULL, doc = json_set(doc, '$.status', 'failed', '$.lastError', ?2, "
@@ -1162,9 +1123,7 @@ class SqliteUnit:
         return cur.rowcount
 
     async def prune_deliveries(self, webhook_id: str, keep: int, before: str) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(
             "DELETE FROM webhook_deliveries WHERE webhook_id = ?1 AND status != 'pending' "
             "AND (updated_at < ?2 OR id IN (SELECT id FROM webhook_deliveries WHERE "
