@@ -1759,7 +1759,7 @@ TREE: dict = {
      "value": true
     },
     "--since": {
-     "help": "From this ISO-8601 time",
+     "help": "From this time: ISO-8601, or ago (30m, 2h, 7d)",
      "value": true
     },
     "--station": {
@@ -1771,7 +1771,7 @@ TREE: dict = {
      "value": true
     },
     "--until": {
-     "help": "Up to this ISO-8601 time",
+     "help": "Up to this time: ISO-8601, or ago (30m, 2h)",
      "value": true
     },
     "-f": {
@@ -1935,6 +1935,186 @@ TREE: dict = {
   },
   "sessions": {
    "commands": {
+    "close": {
+     "args": [
+      "value"
+     ],
+     "help": "Close a session its station will never end (it was lost, or the station was",
+     "options": {
+      "--force": {
+       "help": "Close it even if its 2.0.1 station says it is still going on (nothing is asked)",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--reason": {
+       "help": "Why: kept in the session and its event",
+       "value": true
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show a session in full, with its meter values as a series (one row per sampled value:",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List charging sessions (transactions), newest first by start time.",
+     "options": {
+      "--active": {
+       "help": "Only running sessions (status Active)",
+       "value": false
+      },
+      "--all": {
+       "help": "Every matching session (no limit)",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most N sessions",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "plain",
+        "json",
+        "yaml",
+        "csv"
+       ],
+       "help": "table, plain, json, yaml or csv (one row per session, for billing) default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--since": {
+       "help": "Started at or after TIME: ISO-8601, or ago (30m, 2h, 7d)",
+       "value": true
+      },
+      "--station": {
+       "help": "Only this station's (_id or endpoint)",
+       "value": true
+      },
+      "--status": {
+       "choices": [
+        "Active",
+        "Completed",
+        "Refused"
+       ],
+       "help": "Only this status: Active, Completed or Refused (any case)",
+       "value": true
+      },
+      "--until": {
+       "help": "Started at or before TIME (the same forms)",
+       "value": true
+      },
+      "--watch": {
+       "help": "Then redraw whenever a session starts, changes or ends (on a terminal; otherwise one line per change). Ctrl-C ends",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "plain",
+        "json",
+        "yaml",
+        "csv"
+       ],
+       "help": "table, plain, json, yaml or csv (one row per session, for billing) default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
     "start": {
      "args": [
       "station"
@@ -2027,7 +2207,7 @@ TREE: dict = {
        "value": false
       },
       "--station": {
-       "help": "The station running it (_id or endpoint)",
+       "help": "The station running it (_id or endpoint), when SESSION is a transaction id",
        "value": true
       },
       "--timeout": {
@@ -2060,7 +2240,7 @@ TREE: dict = {
      }
     }
    },
-   "help": "Start and stop charging sessions remotely.",
+   "help": "Charging sessions: list, inspect and close them; start and stop them remotely.",
    "options": {
     "--help": {
      "help": "Show this message and exit.",
@@ -2702,6 +2882,406 @@ TREE: dict = {
     "--timeout": {
      "help": "Seconds to wait at most; 0 asks once",
      "value": true
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    }
+   }
+  },
+  "webhooks": {
+   "commands": {
+    "create": {
+     "args": [
+      "value"
+     ],
+     "help": "Create a webhook: events matching a glob are POSTed to URL, signed.",
+     "options": {
+      "--description": {
+       "help": "A note for people",
+       "value": true
+      },
+      "--events": {
+       "help": "Event types to deliver, as globs (chargestation.*, session.ended, *); repeat it, or separate with commas",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--inactive": {
+       "help": "Create it switched off (it takes no events)",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "delete": {
+     "args": [
+      "value"
+     ],
+     "help": "Delete webhooks; their pending deliveries are never sent.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "deliveries": {
+     "args": [
+      "value"
+     ],
+     "help": "A webhook's delivery log, newest event first.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most N, newest first",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--status": {
+       "help": "pending, delivered or failed",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show one webhook (never its secret).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "yaml (default) or json",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "yaml (default) or json",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List the webhooks and their pending deliveries (never their secrets).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "rotate-secret": {
+     "args": [
+      "value"
+     ],
+     "help": "Give a webhook a new secret, shown this once.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "test": {
+     "args": [
+      "value"
+     ],
+     "help": "Send a signed webhook.test event now (exit 5 if not answered 2xx).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      }
+     }
+    },
+    "update": {
+     "args": [
+      "value"
+     ],
+     "help": "Change a webhook's URL, globs or description; switch it on or off.",
+     "options": {
+      "--active": {
+       "help": "Switch it on (it takes the events from then on) or off",
+       "value": false
+      },
+      "--description": {
+       "help": "A note for people",
+       "value": true
+      },
+      "--events": {
+       "help": "Event types to deliver, as globs (chargestation.*, session.ended, *); repeat it, or separate with commas",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--inactive": {
+       "help": "Switch it on (it takes the events from then on) or off",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--url": {
+       "help": "A new URL",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "Receivers the server POSTs events to, signed.",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
     },
     "-h": {
      "help": "Show this message and exit.",

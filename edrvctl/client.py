@@ -214,13 +214,17 @@ class Client:
         return self.request("GET", f"/v1.1/actions/{_seg(action_id)}")["result"]
 
     def list_actions(self, filters: dict, limit: int | None) -> Iterator[dict]:
+        return self._pages("/v1.1/actions", filters, limit)
+
+    # --- sessions ---
+
+    def _pages(self, path: str, params: dict, limit: int | None) -> Iterator[dict]:
+        """The items of a paged list, following its pages; at most `limit` of them."""
         size = PAGE if limit is None else max(1, min(PAGE, limit))
         page, seen = 1, 0
         while True:
             env = self.request(
-                "GET",
-                "/v1.1/actions",
-                params={**filters, "paginate_limit": size, "paginate_page": page},
+                "GET", path, params={**params, "paginate_limit": size, "paginate_page": page}
             )
             for doc in env["result"]:
                 if limit is not None and seen >= limit:
@@ -230,27 +234,29 @@ class Client:
             if not env.get("hasNext") or (limit is not None and seen >= limit):
                 return
             page += 1
+
+    def list_sessions(self, filters: dict, limit: int | None) -> Iterator[dict]:
+        return self._pages("/v1.1/sessions", filters, limit)
+
+    def get_session(self, session_id: str) -> dict:
+        return self.request("GET", f"/v1.1/sessions/{_seg(session_id, 'session')}")["result"]
+
+    def session_meter_values(self, session_id: str, limit: int | None = None) -> Iterator[dict]:
+        return self._pages(f"/v1.1/sessions/{_seg(session_id, 'session')}/meter_values", {}, limit)
+
+    def close_session(self, session_id: str, reason: str, force: bool, timeout: float) -> dict:
+        return self.request(
+            "POST",
+            f"/v1.1/sessions/{_seg(session_id, 'session')}/close",
+            body={"reason": reason, "force": force, "timeout": timeout},
+            timeout=timeout + 15,
+        )["result"]
 
     # --- chargestations ---
 
     def list_stations(self, filters: dict, limit: int | None) -> Iterator[dict]:
         """Stations matching `filters`, following the API's pages; at most `limit` of them."""
-        size = PAGE if limit is None else max(1, min(PAGE, limit))
-        page, seen = 1, 0
-        while True:
-            env = self.request(
-                "GET",
-                "/v1.1/chargestations",
-                params={**filters, "paginate_limit": size, "paginate_page": page},
-            )
-            for doc in env["result"]:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield doc
-            if not env.get("hasNext") or (limit is not None and seen >= limit):
-                return
-            page += 1
+        return self._pages("/v1.1/chargestations", filters, limit)
 
     def create_station(self, body: dict) -> dict:
         return self.request("POST", "/v1.1/chargestations", body=body)["result"]
@@ -317,10 +323,11 @@ def _sse_events(lines: Iterator[str]) -> Iterator[tuple[int, str, Any] | None]:
                 data.append(value)
 
 
-def _seg(key: str) -> str:
-    """A station's `_id` or endpoint as one path segment."""
+def _seg(key: str, what: str = "chargestation") -> str:
+    """A station's `_id` or endpoint (or another record's `_id`) as one path segment."""
     from urllib.parse import quote
 
     if not key.strip():
-        raise UsageError("a chargestation _id or endpoint is required, not an empty string")
+        names = "_id or endpoint" if what == "chargestation" else "_id"
+        raise UsageError(f"a {what} {names} is required, not an empty string")
     return quote(key, safe="")

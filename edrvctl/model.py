@@ -10,6 +10,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -127,6 +128,15 @@ def check_endpoint(value: str) -> str:
             "_id, and a station is named by either"
         )
     return value
+
+
+def could_be_endpoint(value: str) -> bool:
+    """Whether a station could be created with this endpoint."""
+    try:
+        check_endpoint(check_endpoint_text(value))
+    except PydanticCustomError:
+        return False
+    return True
 
 
 # The pattern is in the OpenAPI document too; a value that breaks it is explained in words
@@ -419,11 +429,10 @@ def new_station(body: StationCreate, now: str) -> dict:
 ENERGY_REGISTER = "Energy.Active.Import.Register"  # the measurand when a sample names none
 
 
-def energy_register_wh(meter_values: list[dict] | None) -> float | None:
-    """The last reading of the energy register in Wh, from 1.6 or 2.0.1 meter values (1.6:
-    value as text, `unit`; 2.0.1: value as a number, `unitOfMeasure` with a power-of-ten
-    multiplier), or None when there is none."""
-    found = None
+def energy_registers(meter_values: list[dict] | None) -> Iterator[tuple[dict, float]]:
+    """Each reading of the energy register in Wh, in order, with its sampled value (1.6: value
+    as text, `unit`; 2.0.1: value as a number, `unitOfMeasure` with a power-of-ten
+    multiplier). Per-phase readings are not the register and are left out."""
     for mv in meter_values or []:
         for sv in mv.get("sampledValue") or []:
             if sv.get("measurand", ENERGY_REGISTER) != ENERGY_REGISTER or sv.get("phase"):
@@ -438,7 +447,14 @@ def energy_register_wh(meter_values: list[dict] | None) -> float | None:
             if unit == "kWh":
                 value *= 1000
             if math.isfinite(value):
-                found = value
+                yield sv, value
+
+
+def energy_register_wh(meter_values: list[dict] | None) -> float | None:
+    """The last reading of the energy register in Wh, or None when there is none."""
+    found = None
+    for _, value in energy_registers(meter_values):
+        found = value
     return found
 
 

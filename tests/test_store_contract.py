@@ -31,12 +31,13 @@ from edrvctl.store import (
     SORT_FIELDS,
     ActionQuery,
     EventQuery,
+    SessionQuery,
     StationQuery,
     Store,
     TokenQuery,
     open_store,
 )
-from edrvctl.store.sqlite import SCHEMA_VERSION
+from edrvctl.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from timing import scaled
 
 BACKENDS = ["sqlite-file", "sqlite-memory"]
@@ -823,6 +824,126 @@ def test_meter_values(store):
     run(scenario())
 
 
+def session_doc(doc: dict, key: str | None, started: str | None, **kw) -> dict:
+    """A transaction with a session `_id`, shaped like fleet/sessions.new's."""
+    return {
+        "_id": f"{next(_seq):024x}",
+        "station_id": doc["_id"],
+        "endpoint": doc["endpoint"],
+        "tx_key": key,
+        "connector": 1,
+        "idTag": "TAG",
+        "status": "Active",
+        "startedAt": started,
+        "stoppedAt": None,
+        "meterStart": 0,
+        "meterStop": None,
+        **kw,
+    }
+
+
+def test_sessions_by_id_and_listed_newest_first(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        s1 = session_doc(a, "t1", "2024-01-01T10:00:00.000Z")
+        s2 = session_doc(a, None, "2024-01-02T10:00:00.000Z", status="Completed")
+        s3 = session_doc(b, "t3", "2024-01-03T10:00:00.000Z", status="Refused")
+        # its start never seen: listed by its stop time
+        s4 = session_doc(b, "t4", None, status="Completed", stoppedAt="2024-01-04T10:00:00.000Z")
+        async with store.unit() as tx:
+            for s in (s1, s2, s3, s4):
+                await tx.start_transaction(s)
+            await tx.start_transaction({"station_id": a["_id"], "tx_key": "no-id"})  # no _id
+        ids = [s["_id"] for s in (s1, s2, s3, s4)]
+
+        async def listed(**kw):
+            async with store.unit() as tx:
+                docs, total = await tx.list_sessions(SessionQuery(**kw))
+            return [d["_id"] for d in docs], total
+
+        async with store.unit() as tx:
+            assert await tx.get_session(s2["_id"]) == s2  # its tx_key given by the store
+            assert s2["tx_key"] not in (None, "t1")
+            assert await tx.get_session("f" * 24) is None
+        assert await listed() == (ids[::-1], 4)  # a transaction without _id is no session
+        assert await listed(limit=2, offset=1) == (ids[2:0:-1], 4)
+        assert await listed(limit=None) == (ids[::-1], 4)
+        assert await listed(station_id=a["_id"]) == ([ids[1], ids[0]], 2)
+        assert await listed(station_id="nobody") == ([], 0)
+        assert await listed(status="Completed") == ([ids[3], ids[1]], 2)
+        assert await listed(active=True) == ([ids[0]], 1)
+        assert await listed(active=False) == ([ids[3], ids[2], ids[1]], 3)
+        assert await listed(since="2024-01-02T10:00:00.000Z") == (ids[:0:-1], 3)
+        assert await listed(until="2024-01-02T10:00:00.000Z") == ([ids[1], ids[0]], 2)
+        both = {"since": "2024-01-02T00:00:00.000Z", "until": "2024-01-03T23:00:00.000Z"}
+        assert await listed(**both) == ([ids[2], ids[1]], 2)
+        # an update moves it in the lists (status, and a start learnt later)
+        async with store.unit() as tx:
+            await tx.update_transaction(a["_id"], "t1", {"status": "Completed"})
+            await tx.update_transaction(b["_id"], "t4", {"startedAt": "2023-12-31T00:00:00.000Z"})
+        assert await listed(active=True) == ([], 0)
+        assert (await listed())[0] == [ids[2], ids[1], ids[0], ids[3]]
+        assert (await listed(status="Completed"))[1] == 3
+
+    run(scenario())
+
+
+def test_a_session_without_a_start_is_listed_by_its_stop_or_when_recorded(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        running = session_doc(a, "r", None, createdAt="2024-01-03T00:00:00.000Z")
+        ended = session_doc(
+            a,
+            "e",
+            None,
+            status="Completed",
+            stoppedAt="2024-01-02T00:00:00.000Z",
+            createdAt="2024-01-09T00:00:00.000Z",
+        )
+        started = session_doc(a, "s", "2024-01-01T00:00:00.000Z")
+        async with store.unit() as tx:
+            for s in (running, ended, started):
+                await tx.start_transaction(s)
+            docs, _ = await tx.list_sessions(SessionQuery())
+            assert [d["tx_key"] for d in docs] == ["r", "e", "s"]
+            window = SessionQuery(
+                since="2024-01-02T00:00:00.000Z", until="2024-01-02T23:00:00.000Z"
+            )
+            assert [d["tx_key"] for d in (await tx.list_sessions(window))[0]] == ["e"]
+
+    run(scenario())
+
+
+def test_meter_values_are_paged_oldest_or_newest_first(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        async with store.unit() as tx:
+            for i in range(5):
+                await tx.add_meter_values(a["_id"], "7", 1, [{"i": i}])
+            await tx.add_meter_values(a["_id"], None, 1, [{"i": 99}])
+
+        async def page(**kw):
+            async with store.unit() as tx:
+                rows = await tx.meter_values(a["_id"], "7", **kw)
+            return [r["values"][0]["i"] for r in rows]
+
+        assert await page() == [0, 1, 2, 3, 4]
+        assert await page(limit=2) == [0, 1]
+        assert await page(limit=2, offset=2) == [2, 3]
+        assert await page(limit=2, offset=4) == [4]
+        assert await page(offset=5) == []
+        assert await page(limit=2, newest=True) == [4, 3]
+        assert await page(limit=2, offset=4, newest=True) == [0]
+
+    run(scenario())
+
+
 # --- actions ------------------------------------------------------------------------------
 
 
@@ -992,6 +1113,7 @@ def test_read_only_store_refuses_writes(store, backend):
             lambda tx: tx.set_password_hash(doc["_id"], "h", "t"),
             lambda tx: tx.start_transaction({"station_id": doc["_id"], "tx_key": None}),
             lambda tx: tx.add_meter_values(doc["_id"], None, 1, []),
+            lambda tx: tx.create_webhook(webhook(), "s", 0),
         ]
         for write in writes:
             with pytest.raises(StoreUnavailable):
@@ -1004,6 +1126,227 @@ def test_read_only_store_refuses_writes(store, backend):
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
             assert await tx.list_events(EventQuery()) == []
+
+    run(scenario())
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def webhook(**fields) -> dict:
+    """A record shaped like fleet.webhooks.Webhooks.create's."""
+    n = next(_seq)
+    at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    doc = {
+        "_id": f"w{n:023x}",
+        "object": "webhook",
+        "url": "http://receiver.test/hook",
+        "events": ["chargestation.*"],
+        "active": True,
+        "description": None,
+        "createdAt": at,
+        "updatedAt": at,
+    }
+    doc.update(fields)
+    return doc
+
+
+def delivery(webhook_id: str, seq: int, lane: str, at: str = "2024-01-01T00:00:00.000Z") -> dict:
+    """A new delivery shaped like fleet.webhooks'; `seq`, `lane` and `body` are columns."""
+    return {
+        "webhook": webhook_id,
+        "event": str(seq),
+        "type": "chargestation.online",
+        "chargestation": lane,
+        "endpoint": None,
+        "status": "pending",
+        "attempts": 0,
+        "lastStatus": None,
+        "lastError": None,
+        "nextAttemptAt": at,
+        "deliveredAt": None,
+        "eventAt": at,
+        "createdAt": at,
+        "updatedAt": at,
+        "seq": seq,
+        "lane": lane,
+        "body": b'{"_id":"%d"}' % seq,
+    }
+
+
+def record(d: dict) -> dict:
+    """A delivery as lists show it: no columns."""
+    return {k: v for k, v in d.items() if k not in ("seq", "lane", "body")}
+
+
+def test_webhooks_create_get_update_and_delete_with_their_deliveries(store):
+    a, b = webhook(), webhook(active=False)
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "secret-a", 5)
+            await tx.create_webhook(b, "secret-b", 0)
+        async with store.unit() as tx:
+            with pytest.raises(Conflict):
+                await tx.create_webhook(a, "other", 0)
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) == a
+            assert await tx.get_webhook("nope") is None
+            assert await tx.list_webhooks() == [a, b]  # oldest first
+            assert await tx.webhook_internals() == {
+                a["_id"]: ("secret-a", 5),
+                b["_id"]: ("secret-b", 0),
+            }
+            changed = {**a, "url": "https://elsewhere.test/", "updatedAt": "later"}
+            assert await tx.update_webhook(changed) is True
+            assert await tx.update_webhook({**b, "active": True}, cursor=9) is True
+            assert await tx.update_webhook(webhook()) is False
+            assert await tx.set_webhook_secret(a["_id"], "secret-a2") is True
+            assert await tx.set_webhook_secret("nope", "x") is False
+            await tx.add_deliveries(a["_id"], [delivery(a["_id"], 1, "S")])
+            await tx.add_deliveries(b["_id"], [delivery(b["_id"], 1, "S")])
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) == changed
+            assert await tx.webhook_internals() == {
+                a["_id"]: ("secret-a2", 5),
+                b["_id"]: ("secret-b", 9),
+            }
+            assert await tx.delete_webhook(a["_id"]) is True
+            assert await tx.delete_webhook(a["_id"]) is False
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) is None
+            assert await tx.list_deliveries(a["_id"]) == []  # gone with it
+            assert len(await tx.list_deliveries(b["_id"])) == 1
+            assert await tx.pending_deliveries() == {b["_id"]: 1}
+
+    run(scenario())
+
+
+def test_webhook_cursors_never_move_back(store):
+    a = webhook()
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 5)
+            await tx.set_webhook_cursors({a["_id"]: 9, "gone": 3})
+        async with store.unit() as tx:
+            await tx.set_webhook_cursors({a["_id"]: 7})
+        async with store.unit() as tx:
+            assert await tx.webhook_internals() == {a["_id"]: ("s", 9)}
+
+    run(scenario())
+
+
+def test_deliveries_are_added_once_and_only_for_a_webhook_that_exists(store):
+    a = webhook()
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            first = [delivery(a["_id"], seq, "S") for seq in (3, 4, 5)]
+            assert await tx.add_deliveries(a["_id"], first) == 3
+        async with store.unit() as tx:
+            again = [delivery(a["_id"], seq, "S") for seq in (5, 6)]
+            assert await tx.add_deliveries(a["_id"], again) == 1  # 5 it has already
+            assert await tx.add_deliveries("gone", [delivery("gone", 7, "S")]) == 0
+        async with store.unit() as tx:
+            listed = await tx.list_deliveries(a["_id"])
+            assert [d["event"] for d in listed] == ["6", "5", "4", "3"]  # newest first
+            ids = [int(d["_id"]) for d in reversed(listed)]
+            assert ids == sorted(ids)  # in the order added
+            assert listed[-1] == {"_id": listed[-1]["_id"], **record(first[0])}
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"], limit=2)] == ["6", "5"]
+            assert await tx.list_deliveries(a["_id"], "failed") == []
+            assert await tx.list_deliveries("gone") == []
+            assert await tx.pending_deliveries() == {a["_id"]: 4}
+
+    run(scenario())
+
+
+def test_delivery_heads_are_the_oldest_pending_of_each_lane_soonest_first(store):
+    a, other = webhook(), webhook()
+    early, late = "2024-01-01T00:00:00.000Z", "2024-01-01T00:05:00.000Z"
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            await tx.create_webhook(other, "s", 0)
+            await tx.add_deliveries(
+                a["_id"],
+                [
+                    delivery(a["_id"], 1, "C", late),
+                    delivery(a["_id"], 2, "A", early),
+                    delivery(a["_id"], 3, "C", early),
+                    delivery(a["_id"], 4, "A", early),
+                    delivery(a["_id"], 5, "B", early),
+                ],
+            )
+            await tx.add_deliveries(other["_id"], [delivery(other["_id"], 6, "A", early)])
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("A", 2), ("B", 5), ("C", 1)]
+            assert heads[0]["body"] == b'{"_id":"2"}' and heads[0]["event"] == "2"
+            assert [h["seq"] for h in await tx.delivery_heads(a["_id"], 1)] == [2]
+            # retried later, a head stays the head of its lane (FIFO) ...
+            retry = {**record(heads[0]), "attempts": 1, "nextAttemptAt": late}
+            assert await tx.save_delivery(retry) is True
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)  # (equally soon: oldest first)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("B", 5), ("C", 1), ("A", 2)]
+            assert heads[2]["attempts"] == 1
+            # ... until it is delivered or given up
+            done = {**record(heads[2]), "status": "delivered", "deliveredAt": late}
+            assert await tx.save_delivery(done) is True
+            given_up = {**record(heads[1]), "status": "failed", "lastError": "HTTP 500"}
+            assert await tx.save_delivery(given_up) is True
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("C", 3), ("A", 4), ("B", 5)]
+            assert await tx.save_delivery(done) is False  # finished: not changed again
+            assert {d["event"]: d["status"] for d in await tx.list_deliveries(a["_id"])} == {
+                "5": "pending",
+                "4": "pending",
+                "3": "pending",
+                "2": "delivered",
+                "1": "failed",
+            }
+            assert await tx.pending_deliveries() == {a["_id"]: 3, other["_id"]: 1}
+
+    run(scenario())
+
+
+def test_the_oldest_pending_deliveries_fail_past_a_budget_and_finished_ones_are_pruned(store):
+    a = webhook()
+    now = "2024-06-01T00:00:00.000Z"
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            await tx.add_deliveries(a["_id"], [delivery(a["_id"], n, f"S{n}") for n in range(6)])
+        async with store.unit() as tx:
+            assert await tx.fail_oldest_deliveries(a["_id"], 4, "backlog over 4", now) == 2
+            assert await tx.fail_oldest_deliveries(a["_id"], 4, "backlog over 4", now) == 0
+        async with store.unit() as tx:
+            failed = await tx.list_deliveries(a["_id"], "failed")
+            assert [d["event"] for d in failed] == ["1", "0"]
+            assert failed[0] == {
+                **record(delivery(a["_id"], 1, "S1")),
+                "_id": failed[0]["_id"],
+                "status": "failed",
+                "lastError": "backlog over 4",
+                "nextAttemptAt": None,
+                "updatedAt": now,
+            }
+            assert [h["seq"] for h in await tx.delivery_heads(a["_id"], 10)] == [2, 3, 4, 5]
+            head = (await tx.delivery_heads(a["_id"], 1))[0]
+            await tx.save_delivery({**record(head), "status": "delivered", "updatedAt": now})
+        async with store.unit() as tx:  # by count: the newest finished one stays
+            assert await tx.prune_deliveries(a["_id"], 1, "2000-01-01T00:00:00.000Z") == 2
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"])] == ["5", "4", "3", "2"]
+        async with store.unit() as tx:  # by age: every finished one older than `before`
+            assert await tx.prune_deliveries(a["_id"], 100, "2030-01-01T00:00:00.000Z") == 1
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"])] == ["5", "4", "3"]
+            assert await tx.pending_deliveries() == {a["_id"]: 3}  # pending ones are never pruned
 
     run(scenario())
 
@@ -1324,6 +1667,48 @@ def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog
     with caplog.at_level("INFO", logger="edrvctl.store"):
         run(open_store(path).close())  # already current: nothing to do
     assert not [m for m in caplog.messages if "migrating" in m]
+
+
+def test_sqlite_gives_sessions_to_the_transactions_of_an_older_store(tmp_path):
+    step = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN session_id" in m)
+    path = tmp_path / "before-sessions.db"
+    a = station()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("".join(MIGRATIONS[:step]) + f"PRAGMA user_version={step};")
+    db.execute(
+        "INSERT INTO chargestations (id, endpoint, protocol, online, active, createdAt, "
+        "updatedAt, doc) VALUES (?,?,?,?,?,?,?,?)",
+        (a["_id"], a["endpoint"], "ocpp1.6", 0, 1, a["createdAt"], a["updatedAt"], json.dumps(a)),
+    )
+    for key, started, stopped, status in (
+        ("1", "2024-01-01T00:00:00.000Z", "2024-01-01T01:00:00.000Z", "Completed"),
+        ("2", "2024-01-02T00:00:00.000Z", None, "Active"),
+    ):
+        doc = {"station_id": a["_id"], "tx_key": key, "connector": 1, "status": status}
+        doc.update(startedAt=started, stoppedAt=stopped)
+        db.execute(
+            "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+            (a["_id"], key, json.dumps(doc)),
+        )
+    db.close()
+
+    async def scenario():
+        store = open_store(path)
+        try:
+            async with store.unit() as tx:
+                docs, total = await tx.list_sessions(SessionQuery())
+                assert total == 2 and [d["tx_key"] for d in docs] == ["2", "1"]
+                assert all(len(d["_id"]) == 24 and d["endpoint"] == a["endpoint"] for d in docs)
+                assert docs[0]["_id"] != docs[1]["_id"]
+                assert await tx.get_session(docs[1]["_id"]) == docs[1]
+                assert [
+                    d["tx_key"] for d in (await tx.list_sessions(SessionQuery(active=True)))[0]
+                ] == ["2"]
+        finally:
+            await store.close()
+
+    run(scenario())
+    assert user_version(path) == SCHEMA_VERSION
 
 
 def test_sqlite_schema_versions(tmp_path):

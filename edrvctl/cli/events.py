@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from edrvctl.cli import output
+from edrvctl.cli.base import when_option
 from edrvctl.textsafe import printable
 from edrvctl.timefmt import ago
 
@@ -96,10 +97,14 @@ def events(
         ),
     ] = None,
     since: Annotated[
-        str | None, typer.Option("--since", metavar="TIME", help="From this ISO-8601 time")
+        str | None,
+        typer.Option(
+            "--since", metavar="TIME", help="From this time: ISO-8601, or ago (30m, 2h, 7d)"
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--until", metavar="TIME", help="Up to this ISO-8601 time")
+        str | None,
+        typer.Option("--until", metavar="TIME", help="Up to this time: ISO-8601, or ago (30m, 2h)"),
     ] = None,
     limit: Annotated[
         int, typer.Option("--limit", metavar="N", help="The latest N events", min=1, max=1000)
@@ -144,9 +149,9 @@ def events(
     if types:
         params["type"] = types
     if since:
-        params["since"] = since
+        params["since"] = when_option("--since", since)
     if until:
-        params["until"] = until
+        params["until"] = when_option("--until", until)
     client = _client()
     envelope = client.request("GET", "/v1.1/events", params=params)
     items = envelope["result"]

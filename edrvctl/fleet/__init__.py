@@ -41,7 +41,7 @@ from edrvctl.errors import (
     Unavailable,
     UsageError,
 )
-from edrvctl.fleet import actions, events, tokens
+from edrvctl.fleet import actions, events, sessions, tokens
 from edrvctl.fleet.actions import Follow, Step
 from edrvctl.fleet.live import (
     ChangeAvailability,
@@ -133,6 +133,8 @@ class Fleet:
         self._ids: dict[str, str] = {}  # endpoint -> _id of connected stations
         # endpoint -> {(evse, connector): what it last said and we committed}, while connected
         self._statuses: dict[str, dict[tuple[int, int], tuple]] = {}
+        # running sessions' last check, so that a meter value does not read its session
+        self.recent_sessions = sessions.Recent()
         self._process_key = os.urandom(32)
         # stored password hash -> keyed digest of the password that matched it: a hash
         # changed elsewhere misses here and is checked in full again
@@ -203,11 +205,12 @@ class Fleet:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _charge(self, endpoint: str, payload: object) -> None:
+    def _charge(self, endpoint: str, payload: object, record: int = 0) -> None:
         """Count what a station's message will keep against its budgets; OverBudget (and
-        nothing kept) past them. The first refusal of a day is logged."""
+        nothing kept) past them. The first refusal of a day is logged. `record`: bytes of a
+        record the message may add besides (a session)."""
         try:
-            size = len(orjson.dumps(payload))
+            size = len(orjson.dumps(payload)) + record
         except orjson.JSONEncodeError as e:  # nesting beyond what JSON storage holds
             raise InvalidBody(f"this value cannot be stored: {e}") from None
         if size > self.budgets.payload:
@@ -1004,10 +1007,18 @@ class Fleet:
         timestamp: str,
         tx_key: str | None = None,
         remote_start_id: int | None = None,
+        *,
+        connector_id: int | None = None,
+        meter_values: list[dict] | None = None,
+        charging_state: str | None = None,
         token_type: str | None = None,
     ) -> tuple[str, tokens.Decision]:
-        """Record a transaction start. Returns (transaction key, what the station is told
-        about its id tag; `token_type`: 2.0.1's idToken type)."""
+        """Record a transaction start: a session (fleet/sessions.py), with the meter values
+        sent with it and its session.started event, in one unit. `connector`: the EVSE (1.6:
+        the connector); `connector_id`: 2.0.1's connector of it; `meter_start` None: from the
+        meter values; `token_type`: 2.0.1's idToken type. Returns (transaction key, what the
+        station is told about its id tag: fleet/tokens.py)."""
+        self._charge(endpoint, meter_values or [], sessions.RECORD_BYTES)
         async with self.store.unit() as tx:
             doc = await self._load(tx, endpoint)
             if doc is None:
@@ -1016,28 +1027,25 @@ class Fleet:
             decision, note = await self._judge(
                 tx, doc, id_tag, token_type, "start", connector, tx_key
             )
-            if tx_key is not None and await tx.get_transaction(doc["_id"], tx_key):
-                key = None  # a repeated start (2.0.1 Started resent): recorded
-            else:
-                key = await tx.start_transaction(
-                    {
-                        "station_id": doc["_id"],
-                        "tx_key": tx_key,
-                        "connector": connector,
-                        "idTag": id_tag,
-                        "idTokenType": token_type,
-                        "meterStart": meter_start,
-                        "startedAt": timestamp,
-                        "stoppedAt": None,
-                        "meterStop": None,
-                        "stopReason": None,
-                        "status": "Active" if decision.accepted else "Refused",
-                    }
-                )
+            session, new = await sessions.record_start(
+                tx,
+                doc,
+                tx_key,
+                connector,
+                connector if doc["protocol"] == "ocpp1.6" else connector_id,
+                id_tag,
+                meter_start,
+                timestamp,
+                decision.accepted,
+                charging_state,
+                meter_values,
+                token_type=token_type,
+            )
         if note is not None:
             self.tokens.noted(note)
-        if key is None:
-            return str(tx_key), decision
+        key = session["tx_key"]
+        if new and session["meterStart"] is not None:  # else its first reading is awaited
+            self.recent_sessions.checked((doc["_id"], key), charging_state)
         if endpoint in self._following:
             await self._observe(
                 endpoint,
@@ -1046,6 +1054,7 @@ class Fleet:
                     "connector": connector,
                     "idTag": id_tag,
                     "transactionId": key,
+                    "session": session["_id"],
                     "remoteStartId": remote_start_id,
                 },
             )
@@ -1059,31 +1068,37 @@ class Fleet:
         timestamp: str,
         reason: str | None,
         meter_values: list[dict] | None = None,
+        *,
+        evse: int | None = None,
+        id_tag: str | None = None,
+        charging_state: str | None = None,
+        learn: bool = False,
     ) -> bool:
-        """Record a transaction's end, and the meter values sent with it (one unit)."""
-        sid = await self._station_id(endpoint)
-        if meter_values:
-            self._charge(endpoint, meter_values)
+        """Record a transaction's end, the meter values sent with it and its session.ended
+        event (one unit). `meter_stop` None: the energy register in the meter values, else the
+        latest reading; `learn`: an end whose start was never seen is a session too (2.0.1).
+        False if nothing was recorded (a 1.6 transaction that is not ours)."""
+        station = {"_id": await self._station_id(endpoint), "endpoint": endpoint}
+        if meter_values or learn:
+            self._charge(endpoint, meter_values or [], sessions.RECORD_BYTES if learn else 0)
         self._touch(endpoint)
+        self.recent_sessions.forget((station["_id"], tx_key))
         async with self.store.unit() as tx:
-            known = await tx.get_transaction(sid, tx_key)
-            if meter_values:
-                connector = known["connector"] if known else 0
-                await tx.add_meter_values(sid, tx_key, connector, meter_values)
-            if known is None:
-                return False
-            # a transaction whose token was refused stays so: it never was a charge
-            status = "Refused" if known.get("status") == "Refused" else "Completed"
-            await tx.update_transaction(
-                sid,
+            session = await sessions.record_end(
+                tx,
+                station,
                 tx_key,
-                {
-                    "meterStop": meter_stop,
-                    "stoppedAt": timestamp,
-                    "stopReason": reason,
-                    "status": status,
-                },
+                meter_stop,
+                timestamp,
+                reason,
+                meter_values,
+                evse,
+                id_tag,
+                charging_state,
+                learn,
             )
+        if session is None:
+            return False
         if endpoint in self._following:
             await self._observe(
                 endpoint, "StopTransaction", {"transactionId": tx_key, "reason": reason}
@@ -1098,13 +1113,47 @@ class Fleet:
         return known["connector"] if known else None
 
     async def meter_values(
-        self, endpoint: str, connector: int, tx_key: str | None, values: list[dict]
+        self,
+        endpoint: str,
+        connector: int,
+        tx_key: str | None,
+        values: list[dict],
+        *,
+        charging_state: str | None = None,
+        id_tag: str | None = None,
+        accepted: bool = True,
+        learn: bool = False,
     ) -> None:
+        """Meter values, kept as sent. Those of a transaction bring its session up to date
+        (fleet/sessions.record_values) at most once a minute, and at once when a 2.0.1
+        chargingState changes or an id token comes with them (`accepted`: whether it was);
+        `learn`: a 2.0.1 transaction not recorded yet is recorded now."""
         sid = await self._station_id(endpoint)
-        self._charge(endpoint, values)
+        memo = (sid, tx_key) if tx_key is not None else None
+        due = memo is not None and self.recent_sessions.due(memo, charging_state, id_tag)
+        # a transaction not seen yet may become a session: its record counts too
+        new = learn and memo is not None and not self.recent_sessions.known(memo)
+        if values or new:
+            self._charge(endpoint, values, sessions.RECORD_BYTES if new else 0)
         self._touch(endpoint)
-        async with self.store.unit() as tx:
-            await tx.add_meter_values(sid, tx_key, connector, values)
+        if values or due:
+            async with self.store.unit() as tx:
+                if values:
+                    await tx.add_meter_values(sid, tx_key, connector, values)
+                if due and tx_key is not None:
+                    await sessions.record_values(
+                        tx,
+                        {"_id": sid, "endpoint": endpoint},
+                        tx_key,
+                        connector,
+                        values,
+                        charging_state,
+                        id_tag,
+                        accepted,
+                        learn,
+                    )
+            if due and memo is not None:  # checked, once committed
+                self.recent_sessions.checked(memo, charging_state)
         if endpoint in self._following:
             await self._observe(
                 endpoint, "MeterValues", {"connector": connector, "transactionId": tx_key}

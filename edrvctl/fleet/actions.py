@@ -243,7 +243,7 @@ def _remote_start(f: Follow, kind: str, info: dict) -> Step | None:
         wanted = c.connector if c.connector is not None else c.evse
         if wanted is not None and info.get("connector") != wanted:
             return None
-    return _done("Started", transactionId=info.get("transactionId"))
+    return _done("Started", transactionId=info.get("transactionId"), session=info.get("session"))
 
 
 def _remote_stop(f: Follow, kind: str, info: dict) -> Step | None:

@@ -126,6 +126,15 @@ class RawCall:
 
 
 @dataclass(frozen=True)
+class TransactionStatus:
+    """2.0.1 GetTransactionStatus: is the transaction still going on at the station, and has
+    it messages about it queued? Answers (status, {ongoingIndicator?, messagesInQueue}). A
+    question, not an operation: no Action is recorded. 1.6 has no such message."""
+
+    transaction_id: str
+
+
+@dataclass(frozen=True)
 class LocalListEntry:
     """One id token of a local authorization list, in neither version's words; `status`
     None: take it off the list (a differential update)."""
@@ -175,6 +184,7 @@ Command = (
     | UpdateFirmware
     | GetDiagnostics
     | RawCall
+    | TransactionStatus
     | SendLocalList
     | GetLocalListVersion
 )
@@ -195,6 +205,7 @@ ANSWERED = (
     UpdateFirmware,
     GetDiagnostics,
     RawCall,
+    TransactionStatus,
     SendLocalList,
     GetLocalListVersion,
 )

@@ -316,6 +316,7 @@ async def _run(
     import uvicorn
 
     from edrvctl.fleet import Fleet
+    from edrvctl.fleet.webhooks import Webhooks
     from edrvctl.server import api as admin_api
     from edrvctl.server.listener import Listener
 
@@ -368,9 +369,12 @@ async def _run(
             yield
 
     client_certs = cfg.listener.tls is not None and cfg.listener.tls.verify_mode != ssl.CERT_NONE
+    webhooks = Webhooks(store, fleet.feed)
     api = ApiServer(
         uvicorn.Config(
-            admin_api.create_app(fleet, token, client_certs=client_certs, files=files),
+            admin_api.create_app(
+                fleet, token, client_certs=client_certs, files=files, webhooks=webhooks
+            ),
             # uvicorn's records go to our handler and format (logs.setup_logging), at our levels
             log_config=None,
             log_level=None,
@@ -403,6 +407,7 @@ async def _run(
         files_task = asyncio.create_task(files_server.serve(sockets=[files_sock]))
     flusher: asyncio.Task | None = None
     try:
+        await webhooks.start()  # deliveries go on from the stored cursors
         while not api.started and not api_task.done():
             await asyncio.sleep(0.01)
         if api_task.done():
@@ -461,6 +466,7 @@ async def _run(
         if flusher is not None:
             flusher.cancel()
         await fleet.flush_seen()
+        await webhooks.stop()
         try:
             paths.server_file(cfg.store).unlink()  # ours: we hold the store's lock
         except FileNotFoundError:

@@ -230,6 +230,14 @@ def request_stop_transaction(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
 
+def get_transaction_status(st: SimStation, p: dict) -> dict:
+    """Every message is sent at once here: none is ever queued."""
+    tx_id = p.get("transactionId")
+    if tx_id is None:
+        return {"messagesInQueue": False}
+    return {"messagesInQueue": False, "ongoingIndicator": st._find_tx(tx_id) is not None}
+
+
 def update_firmware(st: SimStation, p: dict) -> dict:
     rid = p["requestId"]
     st._later(
@@ -293,6 +301,7 @@ class V201:
         "UnlockConnector": unlock_connector,
         "RequestStartTransaction": request_start_transaction,
         "RequestStopTransaction": request_stop_transaction,
+        "GetTransactionStatus": get_transaction_status,
         "ClearCache": accepted,
         "DataTransfer": unknown_vendor,
         "UpdateFirmware": update_firmware,
