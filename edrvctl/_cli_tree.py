@@ -74,7 +74,7 @@ TREE: dict = {
        "value": true
       },
       "--type": {
-       "help": "One type: reset, unlock_connector, change_availability, trigger_message, set_configuration, clear_cache, data_transfer, remote_start, remote_stop, update_firmware, get_diagnostics, call",
+       "help": "One type: reset, unlock_connector, change_availability, trigger_message, set_configuration, clear_cache, data_transfer, remote_start, remote_stop, update_firmware, get_diagnostics, call, send_local_list, get_local_list_version",
        "value": true
       },
       "-h": {
@@ -568,6 +568,15 @@ TREE: dict = {
      ],
      "help": "Create a chargestation; it may then connect to ws://HOST:PORT/ENDPOINT.",
      "options": {
+      "--authorize": {
+       "choices": [
+        "open",
+        "known",
+        "server"
+       ],
+       "help": "Who may charge here: open (every id tag), known (stored tokens only; `edrvctl tokens`), or server (the server's --authorize, the default)",
+       "value": true
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
@@ -1042,6 +1051,60 @@ TREE: dict = {
        "help": "Only stations with this status: Available, Preparing, Charging, SuspendedEV, SuspendedEVSE, Finishing, Reserved, Unavailable, Faulted, Occupied (any case)",
        "value": true
       },
+      "--watch": {
+       "help": "Then redraw whenever a station changes (on a terminal; otherwise one line per change). Ctrl-C ends",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "local-list-version": {
+     "args": [
+      "station"
+     ],
+     "help": "Ask a station the version of its local authorization list (0: none), beside the",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
       "-h": {
        "help": "Show this message and exit.",
        "value": false
@@ -1199,6 +1262,64 @@ TREE: dict = {
       }
      }
     },
+    "send-local-list": {
+     "args": [
+      "station"
+     ],
+     "help": "Send a station its local authorization list: the tokens usable there (of no",
+     "options": {
+      "--diff": {
+       "help": "Send only what changed since the list the station last accepted, or the whole list default: --full",
+       "value": false
+      },
+      "--full": {
+       "help": "Send only what changed since the list the station last accepted, or the whole list default: --full",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
     "trigger": {
      "args": [
       "value"
@@ -1282,6 +1403,45 @@ TREE: dict = {
       "-q": {
        "help": "Print ids only",
        "value": false
+      }
+     }
+    },
+    "unknown": {
+     "help": "List the endpoints that tried to connect but are no chargestation (last seen first):",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
       }
      }
     },
@@ -1371,8 +1531,17 @@ TREE: dict = {
      "args": [
       "station"
      ],
-     "help": "Change a chargestation's location, organization, visibility, meta_data or security.",
+     "help": "Change a chargestation's location, organization, visibility, meta_data, security or",
      "options": {
+      "--authorize": {
+       "choices": [
+        "open",
+        "known",
+        "server"
+       ],
+       "help": "Who may charge here: open (every id tag), known (stored tokens only; `edrvctl tokens`), or server (the server's --authorize, the default)",
+       "value": true
+      },
       "--help": {
        "help": "Show this message and exit.",
        "value": false
@@ -1566,6 +1735,59 @@ TREE: dict = {
    "alias": "chargestations",
    "help": "alias of chargestations"
   },
+  "events": {
+   "help": "Show what happened: stations online and offline, boots, connector statuses, refused",
+   "options": {
+    "--follow": {
+     "help": "Then print events as they happen (Ctrl-C ends)",
+     "value": false
+    },
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "--limit": {
+     "help": "The latest N events",
+     "value": true
+    },
+    "--no-headers": {
+     "help": "Omit the header row",
+     "value": false
+    },
+    "--output": {
+     "help": "table, plain, json or jsonl default: table on a terminal, plain otherwise; with -f: one line each, or jsonl",
+     "value": true
+    },
+    "--since": {
+     "help": "From this time: ISO-8601, or ago (30m, 2h, 7d)",
+     "value": true
+    },
+    "--station": {
+     "help": "One station's _id or endpoint",
+     "value": true
+    },
+    "--type": {
+     "help": "Event types to show, as globs (session.*, chargestation.online); repeatable",
+     "value": true
+    },
+    "--until": {
+     "help": "Up to this time: ISO-8601, or ago (30m, 2h)",
+     "value": true
+    },
+    "-f": {
+     "help": "Then print events as they happen (Ctrl-C ends)",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-o": {
+     "help": "table, plain, json or jsonl default: table on a terminal, plain otherwise; with -f: one line each, or jsonl",
+     "value": true
+    }
+   }
+  },
   "logs": {
    "args": [
     "station"
@@ -1628,6 +1850,10 @@ TREE: dict = {
     "--api-tls": {
      "help": "Serve the admin API over HTTPS (with --tls-cert)",
      "value": false
+    },
+    "--authorize": {
+     "help": "Who may charge: open (every id tag is Accepted on an active station) or known (only stored tokens, by their status; `edrvctl tokens`); a station's own `authorize` overrides it",
+     "value": true
     },
     "--files-port": {
      "help": "Port of the files listener stations download firmware from and upload diagnostics to (on --ocpp-host); 0 picks a free one default: 9001; a free one if 9001 is taken or --ocpp-port is 0",
@@ -1769,6 +1995,186 @@ TREE: dict = {
   },
   "sessions": {
    "commands": {
+    "close": {
+     "args": [
+      "value"
+     ],
+     "help": "Close a session its station will never end (it was lost, or the station was",
+     "options": {
+      "--force": {
+       "help": "Close it even if its 2.0.1 station says it is still going on (nothing is asked)",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--reason": {
+       "help": "Why: kept in the session and its event",
+       "value": true
+      },
+      "--timeout": {
+       "help": "Seconds to wait for the station's answer (the server waits at most 120)",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show a session in full, with its meter values as a series (one row per sampled value:",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List charging sessions (transactions), newest first by start time.",
+     "options": {
+      "--active": {
+       "help": "Only running sessions (status Active)",
+       "value": false
+      },
+      "--all": {
+       "help": "Every matching session (no limit)",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most N sessions",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "plain",
+        "json",
+        "yaml",
+        "csv"
+       ],
+       "help": "table, plain, json, yaml or csv (one row per session, for billing) default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--since": {
+       "help": "Started at or after TIME: ISO-8601, or ago (30m, 2h, 7d)",
+       "value": true
+      },
+      "--station": {
+       "help": "Only this station's (_id or endpoint)",
+       "value": true
+      },
+      "--status": {
+       "choices": [
+        "Active",
+        "Completed",
+        "Refused"
+       ],
+       "help": "Only this status: Active, Completed or Refused (any case)",
+       "value": true
+      },
+      "--until": {
+       "help": "Started at or before TIME (the same forms)",
+       "value": true
+      },
+      "--watch": {
+       "help": "Then redraw whenever a session starts, changes or ends (on a terminal; otherwise one line per change). Ctrl-C ends",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "plain",
+        "json",
+        "yaml",
+        "csv"
+       ],
+       "help": "table, plain, json, yaml or csv (one row per session, for billing) default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
     "start": {
      "args": [
       "station"
@@ -1861,7 +2267,7 @@ TREE: dict = {
        "value": false
       },
       "--station": {
-       "help": "The station running it (_id or endpoint)",
+       "help": "The station running it (_id or endpoint), when SESSION is a transaction id",
        "value": true
       },
       "--timeout": {
@@ -1894,7 +2300,7 @@ TREE: dict = {
      }
     }
    },
-   "help": "Start and stop charging sessions remotely.",
+   "help": "Charging sessions: list, inspect and close them; start and stop them remotely.",
    "options": {
     "--help": {
      "help": "Show this message and exit.",
@@ -1988,6 +2394,544 @@ TREE: dict = {
     }
    }
   },
+  "tokens": {
+   "commands": {
+    "block": {
+     "args": [
+      "value"
+     ],
+     "help": "Block tokens: under the `known` policy they are refused (Blocked) from now on.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "create": {
+     "args": [
+      "value"
+     ],
+     "help": "Create an id token: who may charge when the server's policy is `known`.",
+     "options": {
+      "--blocked": {
+       "help": "Create it blocked",
+       "value": false
+      },
+      "--expiry": {
+       "help": "After this it is Expired (ISO-8601)",
+       "value": true
+      },
+      "--from-event": {
+       "help": "Take the id tag and type from a token.unknown event (`edrvctl events`)",
+       "value": true
+      },
+      "--group": {
+       "help": "Its group id (1.6 parentIdTag, 2.0.1 groupIdToken)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--meta-data": {
+       "help": "A JSON object",
+       "value": true
+      },
+      "--organization": {
+       "help": "Organization id",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "Its type: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization default: the event's, else ISO14443",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "delete": {
+     "args": [
+      "value"
+     ],
+     "help": "Delete tokens: under the `known` policy they are unknown from now on (Invalid).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "import": {
+     "args": [
+      "value"
+     ],
+     "help": "Create or update tokens from a CSV file, all in one: every row, or none.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show id tokens in full.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List id tokens, newest first.",
+     "options": {
+      "--active": {
+       "help": "Only tokens that are (not) active",
+       "value": false
+      },
+      "--all": {
+       "help": "Every matching token (no limit)",
+       "value": false
+      },
+      "--blocked": {
+       "help": "Only tokens that are (not) active",
+       "value": false
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most this many tokens",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--organization": {
+       "help": "Only this organization",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--physical-id": {
+       "help": "Only this id tag",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "Only this type",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "unblock": {
+     "args": [
+      "value"
+     ],
+     "help": "Unblock tokens: they are Accepted again (unless expired).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "update": {
+     "args": [
+      "value"
+     ],
+     "help": "Change a token's organization, expiry, group or meta_data (block and unblock change",
+     "options": {
+      "--expiry": {
+       "help": "After this it is Expired ('' removes it)",
+       "value": true
+      },
+      "--group": {
+       "help": "Its group id ('' removes it)",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--meta-data": {
+       "help": "Replace meta_data ('{}' empties it)",
+       "value": true
+      },
+      "--organization": {
+       "help": "Organization id ('' removes it)",
+       "value": true
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--type": {
+       "choices": [
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        "NoAuthorization"
+       ],
+       "help": "The token's type, when several types have its physicalId: Central, eMAID, ISO14443, ISO15693, KeyCode, Local, MacAddress, NoAuthorization",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "The id tokens that may charge (serve --authorize).",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    }
+   }
+  },
   "wait-ready": {
    "help": "Wait until the admin API answers: for scripts that start `edrvctl serve &`.",
    "options": {
@@ -1998,6 +2942,406 @@ TREE: dict = {
     "--timeout": {
      "help": "Seconds to wait at most; 0 asks once",
      "value": true
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    }
+   }
+  },
+  "webhooks": {
+   "commands": {
+    "create": {
+     "args": [
+      "value"
+     ],
+     "help": "Create a webhook: events matching a glob are POSTed to URL, signed.",
+     "options": {
+      "--description": {
+       "help": "A note for people",
+       "value": true
+      },
+      "--events": {
+       "help": "Event types to deliver, as globs (chargestation.*, session.ended, *); repeat it, or separate with commas",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--inactive": {
+       "help": "Create it switched off (it takes no events)",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "delete": {
+     "args": [
+      "value"
+     ],
+     "help": "Delete webhooks; their pending deliveries are never sent.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "deliveries": {
+     "args": [
+      "value"
+     ],
+     "help": "A webhook's delivery log, newest event first.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--limit": {
+       "help": "At most N, newest first",
+       "value": true
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--status": {
+       "help": "pending, delivered or failed",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "inspect": {
+     "args": [
+      "value"
+     ],
+     "help": "Show one webhook (never its secret).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "yaml (default) or json",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "yaml (default) or json",
+       "value": true
+      }
+     }
+    },
+    "list": {
+     "help": "List the webhooks and their pending deliveries (never their secrets).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    },
+    "rotate-secret": {
+     "args": [
+      "value"
+     ],
+     "help": "Give a webhook a new secret, shown this once.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--yes": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "-y": {
+       "help": "Do not ask for confirmation",
+       "value": false
+      }
+     }
+    },
+    "test": {
+     "args": [
+      "value"
+     ],
+     "help": "Send a signed webhook.test event now (exit 5 if not answered 2xx).",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--output": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "help": "plain line (default), json or yaml",
+       "value": true
+      }
+     }
+    },
+    "update": {
+     "args": [
+      "value"
+     ],
+     "help": "Change a webhook's URL, globs or description; switch it on or off.",
+     "options": {
+      "--active": {
+       "help": "Switch it on (it takes the events from then on) or off",
+       "value": false
+      },
+      "--description": {
+       "help": "A note for people",
+       "value": true
+      },
+      "--events": {
+       "help": "Event types to deliver, as globs (chargestation.*, session.ended, *); repeat it, or separate with commas",
+       "value": true
+      },
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--inactive": {
+       "help": "Switch it on (it takes the events from then on) or off",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "--quiet": {
+       "help": "Print ids only",
+       "value": false
+      },
+      "--url": {
+       "help": "A new URL",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-q": {
+       "help": "Print ids only",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "Receivers the server POSTs events to, signed.",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
     },
     "-h": {
      "help": "Show this message and exit.",

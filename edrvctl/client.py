@@ -145,6 +145,41 @@ class Client:
             raise UsageError(f"cannot write {dest!r}: {e.strerror}") from None
         return size
 
+    # --- live streams (server-sent events) ---
+
+    def stream(
+        self, path: str, params: dict | None = None, after: int | None = None
+    ) -> Iterator[tuple[int, str, Any] | None]:
+        """The events of an SSE stream as (id, event name, data), for as long as the caller
+        iterates; None for each keep-alive (so a caller can redraw or give up). A dropped
+        connection is opened again, resuming after the last id seen; an error answer
+        (401, 404, ...) raises."""
+        last = after
+        delay = 0.5
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                # no read timeout: a quiet stream sends a keep-alive every 15 s
+                timeout = httpx.Timeout(self.http.timeout.connect or 10.0, read=60.0)
+                with self.http.stream(
+                    "GET", path, params=params, headers=headers, timeout=timeout
+                ) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        self._checked(r, "GET", path)
+                    delay = 0.5
+                    for item in _sse_events(r.iter_lines()):
+                        if item is not None:
+                            last = item[0]
+                        yield item
+            except (httpx.TimeoutException, httpx.TransportError):
+                import time
+
+                time.sleep(delay)  # the server restarts, or the network blinks: resume
+                delay = min(delay * 2, 10.0)
+
     def _checked(self, r: httpx.Response, method: str, path: str) -> dict:
         try:
             envelope = orjson.loads(r.content)
@@ -179,13 +214,17 @@ class Client:
         return self.request("GET", f"/v1.1/actions/{_seg(action_id)}")["result"]
 
     def list_actions(self, filters: dict, limit: int | None) -> Iterator[dict]:
+        return self._pages("/v1.1/actions", filters, limit)
+
+    # --- sessions ---
+
+    def _pages(self, path: str, params: dict, limit: int | None) -> Iterator[dict]:
+        """The items of a paged list, following its pages; at most `limit` of them."""
         size = PAGE if limit is None else max(1, min(PAGE, limit))
         page, seen = 1, 0
         while True:
             env = self.request(
-                "GET",
-                "/v1.1/actions",
-                params={**filters, "paginate_limit": size, "paginate_page": page},
+                "GET", path, params={**params, "paginate_limit": size, "paginate_page": page}
             )
             for doc in env["result"]:
                 if limit is not None and seen >= limit:
@@ -195,27 +234,29 @@ class Client:
             if not env.get("hasNext") or (limit is not None and seen >= limit):
                 return
             page += 1
+
+    def list_sessions(self, filters: dict, limit: int | None) -> Iterator[dict]:
+        return self._pages("/v1.1/sessions", filters, limit)
+
+    def get_session(self, session_id: str) -> dict:
+        return self.request("GET", f"/v1.1/sessions/{_seg(session_id, 'session')}")["result"]
+
+    def session_meter_values(self, session_id: str, limit: int | None = None) -> Iterator[dict]:
+        return self._pages(f"/v1.1/sessions/{_seg(session_id, 'session')}/meter_values", {}, limit)
+
+    def close_session(self, session_id: str, reason: str, force: bool, timeout: float) -> dict:
+        return self.request(
+            "POST",
+            f"/v1.1/sessions/{_seg(session_id, 'session')}/close",
+            body={"reason": reason, "force": force, "timeout": timeout},
+            timeout=timeout + 15,
+        )["result"]
 
     # --- chargestations ---
 
     def list_stations(self, filters: dict, limit: int | None) -> Iterator[dict]:
         """Stations matching `filters`, following the API's pages; at most `limit` of them."""
-        size = PAGE if limit is None else max(1, min(PAGE, limit))
-        page, seen = 1, 0
-        while True:
-            env = self.request(
-                "GET",
-                "/v1.1/chargestations",
-                params={**filters, "paginate_limit": size, "paginate_page": page},
-            )
-            for doc in env["result"]:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield doc
-            if not env.get("hasNext") or (limit is not None and seen >= limit):
-                return
-            page += 1
+        return self._pages("/v1.1/chargestations", filters, limit)
 
     def create_station(self, body: dict) -> dict:
         return self.request("POST", "/v1.1/chargestations", body=body)["result"]
@@ -250,10 +291,43 @@ class Client:
         return self.request("GET", f"/v1.1/actions/batch/{_seg(batch_id)}")["result"]
 
 
-def _seg(key: str) -> str:
-    """A station's `_id` or endpoint as one path segment."""
+MAX_EVENT = 1 << 20  # characters of one server-sent event read; past it, the event is skipped
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[tuple[int, str, Any] | None]:
+    """Parse server-sent events (id, event, data lines; a blank line ends one; a comment
+    line is a keep-alive, yielded as None)."""
+    seq: int | None = None
+    name, size = "message", 0
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data and seq is not None and size <= MAX_EVENT:
+                try:
+                    yield seq, name, orjson.loads("\n".join(data))
+                except orjson.JSONDecodeError:
+                    pass
+            seq, name, data, size = None, "message", [], 0
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "":
+            yield None
+        elif field == "id":
+            seq = int(value) if value.isdigit() else None
+        elif field == "event":
+            name = value
+        elif field == "data":
+            size += len(value)
+            if size <= MAX_EVENT:
+                data.append(value)
+
+
+def _seg(key: str, what: str = "chargestation") -> str:
+    """A station's `_id` or endpoint (or another record's `_id`) as one path segment."""
     from urllib.parse import quote
 
     if not key.strip():
-        raise UsageError("a chargestation _id or endpoint is required, not an empty string")
+        names = "_id or endpoint" if what == "chargestation" else "_id"
+        raise UsageError(f"a {what} {names} is required, not an empty string")
     return quote(key, safe="")

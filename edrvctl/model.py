@@ -10,6 +10,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -129,6 +130,15 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+def could_be_endpoint(value: str) -> bool:
+    """Whether a station could be created with this endpoint."""
+    try:
+        check_endpoint(check_endpoint_text(value))
+    except PydanticCustomError:
+        return False
+    return True
+
+
 # The pattern is in the OpenAPI document too; a value that breaks it is explained in words
 # before the pattern is checked; "not only dots" and "not an _id" are checked after it.
 Endpoint = Annotated[
@@ -187,6 +197,13 @@ def new_id() -> str:
 # number is a JSON number (not "1.5"). Lax coercion accepted what /openapi.json says is invalid.
 
 
+AuthorizePolicy = Literal["open", "known"]
+AUTHORIZE_HELP = (
+    "who may charge here (fleet/tokens.py): open (every id tag), known (stored tokens, by "
+    "their status); null: the server's `serve --authorize`"
+)
+
+
 class StationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -208,6 +225,7 @@ class StationCreate(BaseModel):
         description="none; basic_auth (profile 1); tls_basic_auth (2); tls_client_cert (3). "
         "With a password, the response carries it once as `password`.",
     )
+    authorize: AuthorizePolicy | None = Field(None, description=AUTHORIZE_HELP)
 
 
 class StationUpdate(BaseModel):
@@ -232,6 +250,7 @@ class StationUpdate(BaseModel):
         "disconnected). Moving to basic_auth or tls_basic_auth from a profile without a "
         "password issues one: the response carries it once as `password`.",
     )
+    authorize: AuthorizePolicy | None = Field(None, description=AUTHORIZE_HELP)
 
 
 class GetVariablesRequest(BaseModel):
@@ -401,6 +420,7 @@ def new_station(body: StationCreate, now: str) -> dict:
         "coordinates": body.coordinates,
         "meta_data": body.meta_data,
         "security": {"type": body.security.type, "profile": SECURITY_PROFILES[body.security.type]},
+        "authorize": body.authorize,
     }
 
 
@@ -409,11 +429,10 @@ def new_station(body: StationCreate, now: str) -> dict:
 ENERGY_REGISTER = "Energy.Active.Import.Register"  # the measurand when a sample names none
 
 
-def energy_register_wh(meter_values: list[dict] | None) -> float | None:
-    """The last reading of the energy register in Wh, from 1.6 or 2.0.1 meter values (1.6:
-    value as text, `unit`; 2.0.1: value as a number, `unitOfMeasure` with a power-of-ten
-    multiplier), or None when there is none."""
-    found = None
+def energy_registers(meter_values: list[dict] | None) -> Iterator[tuple[dict, float]]:
+    """Each reading of the energy register in Wh, in order, with its sampled value (1.6: value
+    as text, `unit`; 2.0.1: value as a number, `unitOfMeasure` with a power-of-ten
+    multiplier). Per-phase readings are not the register and are left out."""
     for mv in meter_values or []:
         for sv in mv.get("sampledValue") or []:
             if sv.get("measurand", ENERGY_REGISTER) != ENERGY_REGISTER or sv.get("phase"):
@@ -428,7 +447,14 @@ def energy_register_wh(meter_values: list[dict] | None) -> float | None:
             if unit == "kWh":
                 value *= 1000
             if math.isfinite(value):
-                found = value
+                yield sv, value
+
+
+def energy_register_wh(meter_values: list[dict] | None) -> float | None:
+    """The last reading of the energy register in Wh, or None when there is none."""
+    found = None
+    for _, value in energy_registers(meter_values):
+        found = value
     return found
 
 

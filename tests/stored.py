@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from edrvctl.store import Unit, open_store
+from edrvctl.store import EventQuery, Unit, open_store
 
 T = TypeVar("T")
 
@@ -28,6 +28,12 @@ async def read_async(location: str | Path, fn: Callable[[Unit], Awaitable[T]]) -
 def read(location: str | Path, fn: Callable[[Unit], Awaitable[T]]) -> T:
     """`read_async` from synchronous test code."""
     return asyncio.run(read_async(location, fn))
+
+
+def events_of(location: str | Path, station_id: str | None, *types: str) -> list[dict]:
+    """Stored events of a station (None: of any), oldest first; `types`: globs, any of them."""
+    query = EventQuery(station_id=station_id, types=types, limit=None)
+    return read(location, lambda tx: tx.list_events(query))
 
 
 def sqlite_intact(path: str | Path) -> bool:

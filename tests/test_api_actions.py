@@ -194,7 +194,7 @@ def test_refused_is_502_with_the_action(api, station):
 def test_callerror_is_502_with_the_action(api, station):
     r = api.post(
         f"{BASE}/{station['endpoint']}/call",
-        json={"action": "GetLocalListVersion", "payload": {}},
+        json={"action": "CancelReservation", "payload": {"reservationId": 1}},
     )
     a = answer(r, 502)["result"]
     assert (a["status"], a["error"]["code"]) == ("failed", "CallError"), a

@@ -66,7 +66,7 @@ def test_refused_and_callerror_exit_5(cli_env, station):
     r = cli(cli_env, "cs", "data-transfer", ep, "--vendor", "acme")
     assert r.exit_code == 5, r.stderr
     assert "data_transfer failed" in r.stdout and "error:" in r.stderr
-    r = cli(cli_env, "cs", "call", ep, "GetLocalListVersion")
+    r = cli(cli_env, "cs", "call", ep, "CancelReservation", "-d", '{"reservationId": 1}')
     assert r.exit_code == 5, r.stderr
     assert "CALLERROR" in r.stderr
 

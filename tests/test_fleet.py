@@ -15,12 +15,12 @@ import pytest
 
 from edrvctl import model
 from edrvctl.errors import OverBudget, StoreUnavailable, Unavailable
-from edrvctl.fleet import Fleet
+from edrvctl.fleet import Fleet, events
 from edrvctl.fleet.live import ChangeAvailability, Disconnect, FetchConfig
 from edrvctl.ocppj import Rpc
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.stations import Registry
-from edrvctl.store import open_store
+from edrvctl.store import EventQuery, open_store
 
 
 class FakeLive:
@@ -252,7 +252,7 @@ def test_an_inactive_station_is_told_again_at_boot(fresh_fleet):
         )
         await settle(fresh_fleet)
         assert fresh_fleet.live.sent == [(doc["endpoint"], ChangeAvailability(False))]
-        assert await fresh_fleet.authorize(doc["endpoint"], "TAG") == "Blocked"
+        assert (await fresh_fleet.authorize(doc["endpoint"], "TAG")).status == "Blocked"
 
     run(scenario())
 
@@ -319,10 +319,10 @@ def test_a_transaction_refused_at_start_ends_refused_not_completed(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet, active=False)
         await online(fresh_fleet, doc)
-        key, status = await fresh_fleet.start_transaction(
+        key, decision = await fresh_fleet.start_transaction(
             doc["endpoint"], 1, "TAG", 100, model.utcnow(), tx_key="tx-1"
         )
-        assert (key, status) == ("tx-1", "Blocked")
+        assert (key, decision.status) == ("tx-1", "Blocked")
         assert await fresh_fleet.transaction_connector(doc["endpoint"], "tx-1") == 1
         await fresh_fleet.stop_transaction(
             doc["endpoint"], "tx-1", 150, model.utcnow(), "DeAuthorized"
@@ -480,6 +480,9 @@ class FakeSession:
     def closed(self) -> None:
         self.rpc.close()
 
+    def describe(self) -> dict:
+        return {"protocol": "ocpp1.6", "address": "192.0.2.1"}
+
     async def close(self, reason: str = "") -> None:
         self.closed_with = reason
 
@@ -562,10 +565,10 @@ def test_what_a_station_keeps_a_day_is_bounded():
             await fleet.record_event(ep, "SecurityEventNotification", {"type": "x"})
         async with fleet.store.unit() as tx:
             assert len(await tx.meter_values(doc["_id"])) == kept
-            assert await tx.events(doc["_id"]) == []
-        await fleet.record_event(
-            ep, "ConnectionRefused", {"status": 401}, from_station=False
-        )  # what the server saw is not charged
+            assert await tx.list_events(EventQuery(station_id=doc["_id"])) == []
+        await fleet.refused(ep, 401, "wrong password", {})  # what the server saw is not charged
+        refused = await fleet.list_events(EventQuery(), station=ep)
+        assert [e["type"] for e in refused] == [events.CONNECTION_REFUSED]
 
     run(scenario())
 

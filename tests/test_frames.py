@@ -353,7 +353,7 @@ def test_follow_gives_the_stored_frames_then_each_new_one_once_committed():
         assert store.commits > commits  # published after its commit, not before
         assert live == (await stored(fl))[-1:]  # as stored, the same shape
         await rows.aclose()
-        assert not fl._feeds  # nobody follows: nothing is built for the feed
+        assert not fl.feed(SID).listeners  # nobody follows: nothing is built for the feed
 
     run(scenario())
 
@@ -372,9 +372,11 @@ def test_follow_keeps_to_its_filters_and_ends_when_the_server_stops():
         nxt = asyncio.ensure_future(anext(rows))
         await asyncio.sleep(0.05)
         fl.end_streams()
-        assert await asyncio.wait_for(nxt, scaled(2)) == []  # woken: the reader checks `ending`
-        assert fl.ending
-        await rows.aclose()
+        with pytest.raises(StopAsyncIteration):  # the server stops: live readers end
+            await asyncio.wait_for(nxt, scaled(2))
+        later = fl.follow(FrameQuery(SID), after=None, idle=scaled(5))
+        with pytest.raises(StopAsyncIteration):  # and any that comes later
+            await asyncio.wait_for(anext(later), scaled(2))
 
     run(scenario())
 

@@ -19,7 +19,8 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from conftest import start_server
-from stored import read, write_lock_held
+from edrvctl.fleet.events import CONNECTION_REFUSED
+from stored import events_of, write_lock_held
 from test_security import basic, refused, try_connect
 from timing import scaled, until, until_async
 
@@ -27,7 +28,7 @@ P16 = "ocpp1.6"
 
 
 def events(srv, station_id: str, kind: str) -> list[dict]:
-    return read(srv.store, lambda tx: tx.events(station_id, kind))
+    return events_of(srv.store, station_id, kind)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +75,9 @@ def test_a_known_station_offering_ever_new_subprotocols_is_stored_once(tight):
             assert result[0] == "refused" and result[1] == 400
 
     asyncio.run(flood())
-    kept = events(tight, doc["_id"], "ConnectionRefused")
+    kept = events(tight, doc["_id"], CONNECTION_REFUSED)
     assert len(kept) == 1, kept
-    assert len(json.dumps(kept[0]["payload"])) < 600  # the reason is cut
+    assert len(json.dumps(kept[0]["data"])) < 600  # the reason is cut
 
 
 def test_half_open_upgrades_count_against_the_per_address_limit(tight):
@@ -222,7 +223,7 @@ def test_budgets_answer_a_callerror_and_keep_nothing(tmp_path):
 
         asyncio.run(scenario())
         assert len(srv.get(doc["_id"])["connectors"]) == 2
-        assert events(srv, doc["_id"], "DataTransfer") == []
+        assert events(srv, doc["_id"], "chargestation.data_transfer") == []
     finally:
         srv.stop()
 
@@ -316,7 +317,7 @@ def test_deeply_nested_payloads_get_a_callerror_not_a_crash(tight, depth):
 
     asyncio.run(scenario())
     assert "Traceback" not in tight.logs()
-    assert events(tight, doc["_id"], "DataTransfer") == []
+    assert events(tight, doc["_id"], "chargestation.data_transfer") == []
 
 
 def test_malformed_admin_requests_do_not_grow_the_log(tight):

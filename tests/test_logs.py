@@ -26,7 +26,7 @@ from conftest import TOKEN, hermetic_env, start_server
 from edrvctl import model
 from edrvctl.fleet import Fleet
 from edrvctl.ocppj.rpc import CALL, IN, Trace
-from edrvctl.server import api, api_frames
+from edrvctl.server import api, api_events, api_frames
 from edrvctl.store import open_store
 from test_ocpp import (
     P16,
@@ -154,18 +154,20 @@ def test_a_station_callerror_to_our_call_is_shown(server, cli_env, proto):
 
     async def scenario():
         async with sim_running(server, ep, proto, connectors=1):
-            # the simulator supports no local list: it answers NotSupported
-            r = await asyncio.to_thread(cli, cli_env, "cs", "call", ep, "GetLocalListVersion")
+            # the simulator takes no reservations: it answers NotSupported
+            r = await asyncio.to_thread(
+                cli, cli_env, "cs", "call", ep, "CancelReservation", "-d", '{"reservationId": 1}'
+            )
             assert r.exit_code == 5, r.output
             return await wait_messages(
-                server, ep, lambda fs: len(fs) == 2, "the refusal", action="GetLocalListVersion"
+                server, ep, lambda fs: len(fs) == 2, "the refusal", action="CancelReservation"
             )
 
     call, refusal = run(scenario())
     assert (call["direction"], call["type"], call["action"]) == (
         "out",
         "CALL",
-        "GetLocalListVersion",
+        "CancelReservation",
     )
     assert (refusal["direction"], refusal["type"], refusal["error"]) == (
         "in",
@@ -415,7 +417,7 @@ def test_a_stream_outlives_the_read_deadline_and_keeps_alive(monkeypatch):
 
 
 def test_streams_are_bounded_and_end_when_the_server_stops(monkeypatch):
-    monkeypatch.setattr(api_frames, "MAX_STREAMS", 2)
+    monkeypatch.setattr(api_events, "MAX_STREAMS", 2)  # (event and frame streams together)
 
     async def scenario():
         fleet = Fleet(open_store(":memory:"))
@@ -430,7 +432,7 @@ def test_streams_are_bounded_and_end_when_the_server_stops(monkeypatch):
             async with c.stream("GET", path) as one, c.stream("GET", path) as two:
                 assert one.status_code == two.status_code == 200
                 r = await c.get(path)
-                assert r.status_code == 429 and "close one" in r.json()["message"]
+                assert r.status_code == 429 and "streams are open" in r.json()["message"]
             # both closed by their reader: room again, once the server has seen them go
 
             async def room() -> httpx.Response | None:
@@ -447,7 +449,7 @@ def test_streams_are_bounded_and_end_when_the_server_stops(monkeypatch):
                 assert not reading.done()
                 fleet.frames.end_streams()  # what serve does when it stops
                 body = await asyncio.wait_for(reading, scaled(5))
-                assert body.startswith(b"retry:")
+                assert body.startswith(b": stream open")
             finally:
                 await three.aclose()
             r = await c.get(path, params={"nope": 1})

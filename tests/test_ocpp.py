@@ -31,8 +31,9 @@ from websockets.exceptions import InvalidStatus
 
 from conftest import start_server
 from edrvctl.cli import app
+from edrvctl.fleet.events import CONNECTION_REFUSED
 from edrvctl.simulator import SimStation, utcnow
-from stored import read
+from stored import events_of
 from timing import scaled, until, until_async
 
 BASE = "/v1.1/chargestations"
@@ -114,13 +115,11 @@ async def patch(server, key: str, body: dict) -> dict:
     return r.json()["result"]
 
 
-def events(store: Path, station_id: str, kind: str | None = None) -> list[dict]:
-    """The station's events, oldest first, as the server stored them."""
-    rows = read(store, lambda tx: tx.events(station_id, kind))
-    assert all(
-        e["station_id"] == station_id and (kind is None or e["kind"] == kind) for e in rows
-    ), rows
-    return [{"kind": e["kind"], "payload": e["payload"]} for e in rows]
+def events(store: Path, station_id: str, kind: str) -> list[dict]:
+    """The station's events of one type, oldest first, as the server stored them."""
+    rows = events_of(store, station_id, kind)
+    assert all(e["chargestation"] == station_id and e["type"] == kind for e in rows), rows
+    return rows
 
 
 def wait_events(store: Path, station_id: str, kind: str, n: int, timeout: float = 10) -> list:
@@ -826,12 +825,12 @@ def test_upgrade_refusals_say_why_and_are_recorded(server):
 
     run(scenario())
     # the simulator's refusal repeats the second one: stored once a minute at most
-    refused16 = wait_events(server.store, doc16["_id"], "ConnectionRefused", 3, timeout=1)
-    assert [e["payload"]["status"] for e in refused16] == [400, 400], refused16
-    assert "subprotocol" in refused16[0]["payload"]["reason"]
-    assert "registered for" in refused16[1]["payload"]["reason"]
-    refused201 = wait_events(server.store, doc201["_id"], "ConnectionRefused", 1)
-    assert [e["payload"]["status"] for e in refused201] == [400]
+    refused16 = wait_events(server.store, doc16["_id"], CONNECTION_REFUSED, 3, timeout=1)
+    assert [e["data"]["status"] for e in refused16] == [400, 400], refused16
+    assert "subprotocol" in refused16[0]["data"]["reason"]
+    assert "registered for" in refused16[1]["data"]["reason"]
+    refused201 = wait_events(server.store, doc201["_id"], CONNECTION_REFUSED, 1)
+    assert [e["data"]["status"] for e in refused201] == [400]
     assert server.get(doc16["_id"])["online"] is False
 
 
@@ -842,7 +841,7 @@ def test_a_refused_upgrade_is_not_a_message_from_the_station(server):
         await _refused(f"{server.ocpp_url}/{doc['endpoint']}", [P201])
 
     run(scenario())
-    assert wait_events(server.store, doc["_id"], "ConnectionRefused", 1)
+    assert wait_events(server.store, doc["_id"], CONNECTION_REFUSED, 1)
     after = server.get(doc["_id"])
     assert after["lastMessageAt"] is None and after["lastConnectAt"] is None
 

@@ -26,8 +26,18 @@ from edrvctl.errors import (
     StoreUnavailable,
     UsageError,
 )
-from edrvctl.store import FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery, Store, open_store
-from edrvctl.store.sqlite import SCHEMA_VERSION
+from edrvctl.store import (
+    FILTER_FIELDS,
+    SORT_FIELDS,
+    ActionQuery,
+    EventQuery,
+    SessionQuery,
+    StationQuery,
+    Store,
+    TokenQuery,
+    open_store,
+)
+from edrvctl.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from timing import scaled
 
 BACKENDS = ["sqlite-file", "sqlite-memory"]
@@ -168,7 +178,7 @@ def test_a_duplicate_endpoint_is_a_conflict_and_undoes_its_unit(store):
         assert await get(store, other["_id"]) is None
         assert await get(store, first["endpoint"]) == first
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
 
     run(scenario())
 
@@ -278,7 +288,7 @@ def test_a_unit_that_raises_writes_nothing(store):
         assert await get(store, kept["_id"]) == kept
         async with store.unit() as tx:
             assert (await tx.list_stations_json(StationQuery()))[1] == 2
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
             assert await tx.password_hash(doc["_id"]) is None
             assert await tx.transactions() == []
             assert await tx.meter_values() == []
@@ -343,7 +353,7 @@ def test_units_of_one_loop_turn_share_one_commit(store):
         await one(station())  # alone, outside any batch: still committed before returning
         assert store.commits == before + 2
         async with store.unit() as tx:  # reading committed data commits nothing
-            assert len(await tx.events()) == 26
+            assert len(await tx.list_events(EventQuery())) == 26
         assert store.commits == before + 2
 
     run(scenario())
@@ -451,7 +461,7 @@ def test_values_that_cannot_be_stored_are_refused_before_writing(store):
                 mine["meta"] = {"n": 2**64}
                 await tx.save_station(mine)
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
         assert await get(store, doc["_id"]) == doc
 
     run(scenario())
@@ -622,12 +632,12 @@ def test_delete_takes_everything_that_hangs_off_the_station(store):
         async with store.unit() as tx:
             assert await tx.get_station(gone["_id"]) is None
             assert await tx.get_station(gone["endpoint"]) is None
-            assert await tx.events(gone["_id"]) == []
+            assert await tx.list_events(EventQuery(station_id=gone["_id"])) == []
             assert await tx.transactions(gone["_id"]) == []
             assert await tx.meter_values(gone["_id"]) == []
             assert await tx.password_hash(gone["_id"]) is None
             assert await tx.get_station(stays["_id"]) == stays
-            assert len(await tx.events(stays["_id"])) == 1
+            assert len(await tx.list_events(EventQuery(station_id=stays["_id"]))) == 1
             assert len(await tx.transactions(stays["_id"])) == 1
             assert len(await tx.meter_values(stays["_id"])) == 1
             assert await tx.password_hash(stays["_id"]) == f"hash-{stays['_id']}"
@@ -695,28 +705,44 @@ def test_events_oldest_first_filtered_and_limited(store):
                 await tx.add_event(
                     a["_id"],
                     f"2024-01-01T00:00:0{i}.000Z",
-                    "Odd" if i % 2 else "Even",
+                    "session.odd" if i % 2 else "chargestation.even",
                     {"i": i, "deep": {"x": [i]}},
+                    a["endpoint"],
                 )
-            await tx.add_event(b["_id"], "2024-01-02T00:00:00.000Z", "Even", {"i": 99})
+            await tx.add_event(
+                b["_id"], "2024-01-02T00:00:00.000Z", "chargestation.even", {"i": 99}
+            )
+            await tx.add_event(None, "2024-01-03T00:00:00.000Z", "chargestation.unknown", {"i": 7})
         async with store.unit() as tx:
-            every = await tx.events()
-            assert [e["payload"]["i"] for e in every] == [0, 1, 2, 3, 4, 99]
-            assert [e["id"] for e in every] == sorted(e["id"] for e in every)
+
+            async def numbers(**query) -> list[int]:
+                return [e["data"]["i"] for e in await tx.list_events(EventQuery(**query))]
+
+            every = await tx.list_events(EventQuery())
+            assert [e["data"]["i"] for e in every] == [0, 1, 2, 3, 4, 99, 7]
+            assert [e["seq"] for e in every] == sorted(e["seq"] for e in every)
             first = every[0]
             assert first == {
-                "id": first["id"],
-                "station_id": a["_id"],
-                "at": "2024-01-01T00:00:00.000Z",
-                "kind": "Even",
-                "payload": {"i": 0, "deep": {"x": [0]}},
+                "seq": first["seq"],
+                "type": "chargestation.even",
+                "chargestation": a["_id"],
+                "endpoint": a["endpoint"],
+                "createdAt": "2024-01-01T00:00:00.000Z",
+                "data": {"i": 0, "deep": {"x": [0]}},
             }
-            assert [e["payload"]["i"] for e in await tx.events(a["_id"])] == [0, 1, 2, 3, 4]
-            assert [e["payload"]["i"] for e in await tx.events(kind="Even")] == [0, 2, 4, 99]
-            assert [e["payload"]["i"] for e in await tx.events(a["_id"], "Odd")] == [1, 3]
-            # a limit keeps the latest, still oldest first
-            assert [e["payload"]["i"] for e in await tx.events(a["_id"], limit=2)] == [3, 4]
-            assert await tx.events("nobody") == []
+            assert await numbers(station_id=a["_id"]) == [0, 1, 2, 3, 4]
+            assert await numbers(types=("chargestation.even",)) == [0, 2, 4, 99]
+            assert await numbers(types=("chargestation.*",)) == [0, 2, 4, 99, 7]
+            assert await numbers(types=("session.*", "*.unknown")) == [1, 3, 7]
+            assert await numbers(station_id=a["_id"], types=("session.*",)) == [1, 3]
+            assert await numbers(after=every[4]["seq"]) == [99, 7]
+            assert await numbers(
+                since="2024-01-01T00:00:03.000Z", until="2024-01-02T00:00:00.000Z"
+            ) == [3, 4, 99]
+            assert await numbers(limit=2) == [0, 1]
+            # newest: the latest, still oldest first
+            assert await numbers(station_id=a["_id"], limit=2, newest=True) == [3, 4]
+            assert await numbers(station_id="nobody") == []
 
     run(scenario())
 
@@ -794,6 +820,126 @@ def test_meter_values(store):
             assert await tx.meter_values(a["_id"]) == every[:2]
             assert await tx.meter_values(a["_id"], "7") == every[:1]
             assert await tx.meter_values(tx_key="7") == [every[0], every[2]]
+
+    run(scenario())
+
+
+def session_doc(doc: dict, key: str | None, started: str | None, **kw) -> dict:
+    """A transaction with a session `_id`, shaped like fleet/sessions.new's."""
+    return {
+        "_id": f"{next(_seq):024x}",
+        "station_id": doc["_id"],
+        "endpoint": doc["endpoint"],
+        "tx_key": key,
+        "connector": 1,
+        "idTag": "TAG",
+        "status": "Active",
+        "startedAt": started,
+        "stoppedAt": None,
+        "meterStart": 0,
+        "meterStop": None,
+        **kw,
+    }
+
+
+def test_sessions_by_id_and_listed_newest_first(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        s1 = session_doc(a, "t1", "2024-01-01T10:00:00.000Z")
+        s2 = session_doc(a, None, "2024-01-02T10:00:00.000Z", status="Completed")
+        s3 = session_doc(b, "t3", "2024-01-03T10:00:00.000Z", status="Refused")
+        # its start never seen: listed by its stop time
+        s4 = session_doc(b, "t4", None, status="Completed", stoppedAt="2024-01-04T10:00:00.000Z")
+        async with store.unit() as tx:
+            for s in (s1, s2, s3, s4):
+                await tx.start_transaction(s)
+            await tx.start_transaction({"station_id": a["_id"], "tx_key": "no-id"})  # no _id
+        ids = [s["_id"] for s in (s1, s2, s3, s4)]
+
+        async def listed(**kw):
+            async with store.unit() as tx:
+                docs, total = await tx.list_sessions(SessionQuery(**kw))
+            return [d["_id"] for d in docs], total
+
+        async with store.unit() as tx:
+            assert await tx.get_session(s2["_id"]) == s2  # its tx_key given by the store
+            assert s2["tx_key"] not in (None, "t1")
+            assert await tx.get_session("f" * 24) is None
+        assert await listed() == (ids[::-1], 4)  # a transaction without _id is no session
+        assert await listed(limit=2, offset=1) == (ids[2:0:-1], 4)
+        assert await listed(limit=None) == (ids[::-1], 4)
+        assert await listed(station_id=a["_id"]) == ([ids[1], ids[0]], 2)
+        assert await listed(station_id="nobody") == ([], 0)
+        assert await listed(status="Completed") == ([ids[3], ids[1]], 2)
+        assert await listed(active=True) == ([ids[0]], 1)
+        assert await listed(active=False) == ([ids[3], ids[2], ids[1]], 3)
+        assert await listed(since="2024-01-02T10:00:00.000Z") == (ids[:0:-1], 3)
+        assert await listed(until="2024-01-02T10:00:00.000Z") == ([ids[1], ids[0]], 2)
+        both = {"since": "2024-01-02T00:00:00.000Z", "until": "2024-01-03T23:00:00.000Z"}
+        assert await listed(**both) == ([ids[2], ids[1]], 2)
+        # an update moves it in the lists (status, and a start learnt later)
+        async with store.unit() as tx:
+            await tx.update_transaction(a["_id"], "t1", {"status": "Completed"})
+            await tx.update_transaction(b["_id"], "t4", {"startedAt": "2023-12-31T00:00:00.000Z"})
+        assert await listed(active=True) == ([], 0)
+        assert (await listed())[0] == [ids[2], ids[1], ids[0], ids[3]]
+        assert (await listed(status="Completed"))[1] == 3
+
+    run(scenario())
+
+
+def test_a_session_without_a_start_is_listed_by_its_stop_or_when_recorded(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        running = session_doc(a, "r", None, createdAt="2024-01-03T00:00:00.000Z")
+        ended = session_doc(
+            a,
+            "e",
+            None,
+            status="Completed",
+            stoppedAt="2024-01-02T00:00:00.000Z",
+            createdAt="2024-01-09T00:00:00.000Z",
+        )
+        started = session_doc(a, "s", "2024-01-01T00:00:00.000Z")
+        async with store.unit() as tx:
+            for s in (running, ended, started):
+                await tx.start_transaction(s)
+            docs, _ = await tx.list_sessions(SessionQuery())
+            assert [d["tx_key"] for d in docs] == ["r", "e", "s"]
+            window = SessionQuery(
+                since="2024-01-02T00:00:00.000Z", until="2024-01-02T23:00:00.000Z"
+            )
+            assert [d["tx_key"] for d in (await tx.list_sessions(window))[0]] == ["e"]
+
+    run(scenario())
+
+
+def test_meter_values_are_paged_oldest_or_newest_first(store):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        async with store.unit() as tx:
+            for i in range(5):
+                await tx.add_meter_values(a["_id"], "7", 1, [{"i": i}])
+            await tx.add_meter_values(a["_id"], None, 1, [{"i": 99}])
+
+        async def page(**kw):
+            async with store.unit() as tx:
+                rows = await tx.meter_values(a["_id"], "7", **kw)
+            return [r["values"][0]["i"] for r in rows]
+
+        assert await page() == [0, 1, 2, 3, 4]
+        assert await page(limit=2) == [0, 1]
+        assert await page(limit=2, offset=2) == [2, 3]
+        assert await page(limit=2, offset=4) == [4]
+        assert await page(offset=5) == []
+        assert await page(limit=2, newest=True) == [4, 3]
+        assert await page(limit=2, offset=4, newest=True) == [0]
 
     run(scenario())
 
@@ -1243,6 +1389,7 @@ def test_read_only_store_refuses_writes(store, backend):
             lambda tx: tx.set_password_hash(doc["_id"], "h", "t"),
             lambda tx: tx.start_transaction({"station_id": doc["_id"], "tx_key": None}),
             lambda tx: tx.add_meter_values(doc["_id"], None, 1, []),
+            lambda tx: tx.create_webhook(webhook(), "s", 0),
         ]
         for write in writes:
             with pytest.raises(StoreUnavailable):
@@ -1254,7 +1401,410 @@ def test_read_only_store_refuses_writes(store, backend):
                 await tx.save_station(mine)
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
+
+    run(scenario())
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def webhook(**fields) -> dict:
+    """A record shaped like fleet.webhooks.Webhooks.create's."""
+    n = next(_seq)
+    at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    doc = {
+        "_id": f"w{n:023x}",
+        "object": "webhook",
+        "url": "http://receiver.test/hook",
+        "events": ["chargestation.*"],
+        "active": True,
+        "description": None,
+        "createdAt": at,
+        "updatedAt": at,
+    }
+    doc.update(fields)
+    return doc
+
+
+def delivery(webhook_id: str, seq: int, lane: str, at: str = "2024-01-01T00:00:00.000Z") -> dict:
+    """A new delivery shaped like fleet.webhooks'; `seq`, `lane` and `body` are columns."""
+    return {
+        "webhook": webhook_id,
+        "event": str(seq),
+        "type": "chargestation.online",
+        "chargestation": lane,
+        "endpoint": None,
+        "status": "pending",
+        "attempts": 0,
+        "lastStatus": None,
+        "lastError": None,
+        "nextAttemptAt": at,
+        "deliveredAt": None,
+        "eventAt": at,
+        "createdAt": at,
+        "updatedAt": at,
+        "seq": seq,
+        "lane": lane,
+        "body": b'{"_id":"%d"}' % seq,
+    }
+
+
+def record(d: dict) -> dict:
+    """A delivery as lists show it: no columns."""
+    return {k: v for k, v in d.items() if k not in ("seq", "lane", "body")}
+
+
+def test_webhooks_create_get_update_and_delete_with_their_deliveries(store):
+    a, b = webhook(), webhook(active=False)
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "secret-a", 5)
+            await tx.create_webhook(b, "secret-b", 0)
+        async with store.unit() as tx:
+            with pytest.raises(Conflict):
+                await tx.create_webhook(a, "other", 0)
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) == a
+            assert await tx.get_webhook("nope") is None
+            assert await tx.list_webhooks() == [a, b]  # oldest first
+            assert await tx.webhook_internals() == {
+                a["_id"]: ("secret-a", 5),
+                b["_id"]: ("secret-b", 0),
+            }
+            changed = {**a, "url": "https://elsewhere.test/", "updatedAt": "later"}
+            assert await tx.update_webhook(changed) is True
+            assert await tx.update_webhook({**b, "active": True}, cursor=9) is True
+            assert await tx.update_webhook(webhook()) is False
+            assert await tx.set_webhook_secret(a["_id"], "secret-a2") is True
+            assert await tx.set_webhook_secret("nope", "x") is False
+            await tx.add_deliveries(a["_id"], [delivery(a["_id"], 1, "S")])
+            await tx.add_deliveries(b["_id"], [delivery(b["_id"], 1, "S")])
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) == changed
+            assert await tx.webhook_internals() == {
+                a["_id"]: ("secret-a2", 5),
+                b["_id"]: ("secret-b", 9),
+            }
+            assert await tx.delete_webhook(a["_id"]) is True
+            assert await tx.delete_webhook(a["_id"]) is False
+        async with store.unit() as tx:
+            assert await tx.get_webhook(a["_id"]) is None
+            assert await tx.list_deliveries(a["_id"]) == []  # gone with it
+            assert len(await tx.list_deliveries(b["_id"])) == 1
+            assert await tx.pending_deliveries() == {b["_id"]: 1}
+
+    run(scenario())
+
+
+def test_webhook_cursors_never_move_back(store):
+    a = webhook()
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 5)
+            await tx.set_webhook_cursors({a["_id"]: 9, "gone": 3})
+        async with store.unit() as tx:
+            await tx.set_webhook_cursors({a["_id"]: 7})
+        async with store.unit() as tx:
+            assert await tx.webhook_internals() == {a["_id"]: ("s", 9)}
+
+    run(scenario())
+
+
+def test_deliveries_are_added_once_and_only_for_a_webhook_that_exists(store):
+    a = webhook()
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            first = [delivery(a["_id"], seq, "S") for seq in (3, 4, 5)]
+            assert await tx.add_deliveries(a["_id"], first) == 3
+        async with store.unit() as tx:
+            again = [delivery(a["_id"], seq, "S") for seq in (5, 6)]
+            assert await tx.add_deliveries(a["_id"], again) == 1  # 5 it has already
+            assert await tx.add_deliveries("gone", [delivery("gone", 7, "S")]) == 0
+        async with store.unit() as tx:
+            listed = await tx.list_deliveries(a["_id"])
+            assert [d["event"] for d in listed] == ["6", "5", "4", "3"]  # newest first
+            ids = [int(d["_id"]) for d in reversed(listed)]
+            assert ids == sorted(ids)  # in the order added
+            assert listed[-1] == {"_id": listed[-1]["_id"], **record(first[0])}
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"], limit=2)] == ["6", "5"]
+            assert await tx.list_deliveries(a["_id"], "failed") == []
+            assert await tx.list_deliveries("gone") == []
+            assert await tx.pending_deliveries() == {a["_id"]: 4}
+
+    run(scenario())
+
+
+def test_delivery_heads_are_the_oldest_pending_of_each_lane_soonest_first(store):
+    a, other = webhook(), webhook()
+    early, late = "2024-01-01T00:00:00.000Z", "2024-01-01T00:05:00.000Z"
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            await tx.create_webhook(other, "s", 0)
+            await tx.add_deliveries(
+                a["_id"],
+                [
+                    delivery(a["_id"], 1, "C", late),
+                    delivery(a["_id"], 2, "A", early),
+                    delivery(a["_id"], 3, "C", early),
+                    delivery(a["_id"], 4, "A", early),
+                    delivery(a["_id"], 5, "B", early),
+                ],
+            )
+            await tx.add_deliveries(other["_id"], [delivery(other["_id"], 6, "A", early)])
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("A", 2), ("B", 5), ("C", 1)]
+            assert heads[0]["body"] == b'{"_id":"2"}' and heads[0]["event"] == "2"
+            assert [h["seq"] for h in await tx.delivery_heads(a["_id"], 1)] == [2]
+            # retried later, a head stays the head of its lane (FIFO) ...
+            retry = {**record(heads[0]), "attempts": 1, "nextAttemptAt": late}
+            assert await tx.save_delivery(retry) is True
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)  # (equally soon: oldest first)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("B", 5), ("C", 1), ("A", 2)]
+            assert heads[2]["attempts"] == 1
+            # ... until it is delivered or given up
+            done = {**record(heads[2]), "status": "delivered", "deliveredAt": late}
+            assert await tx.save_delivery(done) is True
+            given_up = {**record(heads[1]), "status": "failed", "lastError": "HTTP 500"}
+            assert await tx.save_delivery(given_up) is True
+        async with store.unit() as tx:
+            heads = await tx.delivery_heads(a["_id"], 10)
+            assert [(h["lane"], h["seq"]) for h in heads] == [("C", 3), ("A", 4), ("B", 5)]
+            assert await tx.save_delivery(done) is False  # finished: not changed again
+            assert {d["event"]: d["status"] for d in await tx.list_deliveries(a["_id"])} == {
+                "5": "pending",
+                "4": "pending",
+                "3": "pending",
+                "2": "delivered",
+                "1": "failed",
+            }
+            assert await tx.pending_deliveries() == {a["_id"]: 3, other["_id"]: 1}
+
+    run(scenario())
+
+
+def test_the_oldest_pending_deliveries_fail_past_a_budget_and_finished_ones_are_pruned(store):
+    a = webhook()
+    now = "2024-06-01T00:00:00.000Z"
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_webhook(a, "s", 0)
+            await tx.add_deliveries(a["_id"], [delivery(a["_id"], n, f"S{n}") for n in range(6)])
+        async with store.unit() as tx:
+            assert await tx.fail_oldest_deliveries(a["_id"], 4, "backlog over 4", now) == 2
+            assert await tx.fail_oldest_deliveries(a["_id"], 4, "backlog over 4", now) == 0
+        async with store.unit() as tx:
+            failed = await tx.list_deliveries(a["_id"], "failed")
+            assert [d["event"] for d in failed] == ["1", "0"]
+            assert failed[0] == {
+                **record(delivery(a["_id"], 1, "S1")),
+                "_id": failed[0]["_id"],
+                "status": "failed",
+                "lastError": "backlog over 4",
+                "nextAttemptAt": None,
+                "updatedAt": now,
+            }
+            assert [h["seq"] for h in await tx.delivery_heads(a["_id"], 10)] == [2, 3, 4, 5]
+            head = (await tx.delivery_heads(a["_id"], 1))[0]
+            await tx.save_delivery({**record(head), "status": "delivered", "updatedAt": now})
+        async with store.unit() as tx:  # by count: the newest finished one stays
+            assert await tx.prune_deliveries(a["_id"], 1, "2000-01-01T00:00:00.000Z") == 2
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"])] == ["5", "4", "3", "2"]
+        async with store.unit() as tx:  # by age: every finished one older than `before`
+            assert await tx.prune_deliveries(a["_id"], 100, "2030-01-01T00:00:00.000Z") == 1
+            assert [d["event"] for d in await tx.list_deliveries(a["_id"])] == ["5", "4", "3"]
+            assert await tx.pending_deliveries() == {a["_id"]: 3}  # pending ones are never pruned
+
+    run(scenario())
+
+
+# --- id tokens (fleet/tokens.py) ---------------------------------------------------------------
+
+
+def token(physical_id: str, **fields) -> dict:
+    """A token shaped like fleet.tokens.new_token's; createdAt increases with each one."""
+    n = next(_seq)
+    at = (EPOCH + timedelta(milliseconds=n)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    doc = {
+        "_id": f"{n:024x}",
+        "physicalId": physical_id,
+        "type": "ISO14443",
+        "active": True,
+        "organization": None,
+        "expiryDate": None,
+        "parentIdTag": None,
+        "meta_data": {},
+        "createdAt": at,
+        "updatedAt": at,
+    }
+    doc.update(fields)
+    return doc
+
+
+def test_tokens_unique_per_type_found_without_case_and_compare_and_set(store):
+    a, b = token("CARD"), token("CARD", type="KeyCode")
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_token(a)
+            await tx.create_token(b)
+        with pytest.raises(Conflict):  # the same physicalId and type, in another case
+            async with store.unit() as tx:
+                await tx.create_token(token("card"))
+        async with store.unit() as tx:
+            assert await tx.get_token(a["_id"]) == a
+            assert await tx.get_token("nope") is None
+            assert await tx.find_tokens("card") == [a, b]  # oldest first
+            assert await tx.find_tokens("Card", "KeyCode") == [b]
+            assert await tx.find_tokens("card", "Local") == []
+            assert await tx.find_tokens("CAR") == []
+        # compare-and-set: a token changed since it was read is stale
+        async with store.unit() as tx:
+            mine = await tx.get_token(a["_id"])
+        async with store.unit() as tx:
+            theirs = await tx.get_token(a["_id"])
+            await tx.save_token({**theirs, "active": False})
+        with pytest.raises(StaleRecord):
+            async with store.unit() as tx:
+                await tx.save_token({**mine, "organization": "x"})
+        with pytest.raises(StaleRecord):  # never read in this unit
+            async with store.unit() as tx:
+                await tx.save_token(a)
+        with pytest.raises(Conflict):  # onto another token's physicalId and type
+            async with store.unit() as tx:
+                doc = await tx.get_token(b["_id"])
+                await tx.save_token({**doc, "type": "ISO14443"})
+        async with store.unit() as tx:
+            assert (await tx.get_token(a["_id"]))["active"] is False
+            assert await tx.delete_token(a["_id"]) is True
+            assert await tx.delete_token(a["_id"]) is False
+            assert await tx.find_tokens("CARD") == [b]
+
+    run(scenario())
+
+
+def test_tokens_list_filters_pages_and_usable_in(store):
+    docs = [
+        token("A", organization="acme"),
+        token("B", organization="globex", active=False),
+        token("C"),
+        token("D", organization="acme", type="KeyCode"),
+    ]
+
+    async def scenario():
+        async with store.unit() as tx:
+            for d in docs:
+                await tx.create_token(d)
+
+        async def ids(**kw) -> tuple[list[str], int]:
+            async with store.unit() as tx:
+                found, total = await tx.list_tokens(TokenQuery(**kw))
+            return [d["physicalId"] for d in found], total
+
+        assert await ids() == (["D", "C", "B", "A"], 4)  # newest first
+        assert await ids(newest_first=False, limit=2, offset=1) == (["B", "C"], 4)
+        assert await ids(equals={"organization": "acme"}) == (["D", "A"], 2)
+        assert await ids(equals={"active": False}) == (["B"], 1)
+        assert await ids(equals={"type": "KeyCode"}) == (["D"], 1)
+        assert await ids(equals={"physicalId": "c"}) == (["C"], 1)
+        assert await ids(equals={"organization": None}) == (["C"], 1)
+        # usable at a station of acme: its own and those of no organization
+        assert await ids(usable_in="acme", newest_first=False) == (["A", "C", "D"], 3)
+        with pytest.raises(UsageError):
+            await ids(equals={"meta_data": 1})
+
+    run(scenario())
+
+
+def test_tokens_import_creates_or_updates_in_one_unit(store):
+    kept = token("A", meta_data={"driver": "ann"}, parentIdTag="OLD")
+
+    async def scenario():
+        async with store.unit() as tx:
+            await tx.create_token(kept)
+        new = [
+            token("a", active=False, parentIdTag="NEW", organization="acme"),
+            token("B"),
+            token("A", type="KeyCode"),
+        ]
+        async with store.unit() as tx:
+            assert await tx.import_tokens(new) == 2  # created; one updated
+        async with store.unit() as tx:
+            got = await tx.find_tokens("A", "ISO14443")
+            assert got == [
+                {
+                    **new[0],
+                    "_id": kept["_id"],
+                    "createdAt": kept["createdAt"],
+                    "meta_data": {"driver": "ann"},
+                }
+            ]
+            _, total = await tx.list_tokens(TokenQuery(equals={"organization": "acme"}))
+            assert total == 1  # the indexed columns follow the document
+            assert len(await tx.find_tokens("b")) == 1
+        # a unit that fails imports nothing
+        with pytest.raises(RuntimeError):
+            async with store.unit() as tx:
+                await tx.import_tokens([token("C"), token("D")])
+                raise RuntimeError("later in the same unit")
+        async with store.unit() as tx:
+            assert await tx.find_tokens("C") == []
+
+    run(scenario())
+
+
+def test_active_transactions_of_an_id_tag(store):
+    a, b = station(), station()
+
+    def tx_doc(doc, tag, status="Active"):
+        return {"station_id": doc["_id"], "tx_key": None, "idTag": tag, "status": status}
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            k1 = await tx.start_transaction(tx_doc(a, "TAG"))
+            await tx.start_transaction(tx_doc(b, "tag"))
+            await tx.start_transaction(tx_doc(b, "TAG", "Refused"))
+            await tx.start_transaction(tx_doc(b, "OTHER"))
+        async with store.unit() as tx:
+            running = await tx.active_transactions("Tag")
+            assert [(t["station_id"], t["idTag"]) for t in running] == [
+                (a["_id"], "TAG"),
+                (b["_id"], "tag"),
+            ]
+            await tx.update_transaction(a["_id"], k1, {"status": "Completed"})
+        async with store.unit() as tx:
+            assert [t["idTag"] for t in await tx.active_transactions("TAG")] == ["tag"]
+            assert await tx.active_transactions("nobody") == []
+
+    run(scenario())
+
+
+def test_local_lists_kept_per_station_and_deleted_with_it(store):
+    a, b = station(), station()
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            assert await tx.get_local_list(a["_id"]) is None
+            await tx.set_local_list(a["_id"], {"version": 1, "entries": [["A", "ISO14443"]]})
+            await tx.set_local_list(b["_id"], {"version": 7, "entries": []})
+            await tx.set_local_list(a["_id"], {"version": 2, "entries": []})
+        async with store.unit() as tx:
+            assert await tx.get_local_list(a["_id"]) == {"version": 2, "entries": []}
+            await tx.delete_station(a["_id"])
+        async with store.unit() as tx:
+            assert await tx.get_local_list(a["_id"]) is None
+            assert (await tx.get_local_list(b["_id"]))["version"] == 7
 
     run(scenario())
 
@@ -1366,7 +1916,9 @@ def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog
         try:
             async with store.unit() as tx:
                 assert await tx.get_station(doc["endpoint"]) == doc
-                assert [e["payload"] for e in await tx.events(doc["_id"])] == [{"kept": True}]
+                assert [
+                    e["data"] for e in await tx.list_events(EventQuery(station_id=doc["_id"]))
+                ] == [{"kept": True}]
                 assert await tx.password_hash(doc["_id"]) == "old-hash"
                 assert await tx.get_transaction(doc["_id"], "1") is not None
                 assert await tx.mark_all_offline("now") == 1
@@ -1391,6 +1943,48 @@ def test_sqlite_migrates_a_store_written_before_schema_versions(tmp_path, caplog
     with caplog.at_level("INFO", logger="edrvctl.store"):
         run(open_store(path).close())  # already current: nothing to do
     assert not [m for m in caplog.messages if "migrating" in m]
+
+
+def test_sqlite_gives_sessions_to_the_transactions_of_an_older_store(tmp_path):
+    step = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN session_id" in m)
+    path = tmp_path / "before-sessions.db"
+    a = station()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("".join(MIGRATIONS[:step]) + f"PRAGMA user_version={step};")
+    db.execute(
+        "INSERT INTO chargestations (id, endpoint, protocol, online, active, createdAt, "
+        "updatedAt, doc) VALUES (?,?,?,?,?,?,?,?)",
+        (a["_id"], a["endpoint"], "ocpp1.6", 0, 1, a["createdAt"], a["updatedAt"], json.dumps(a)),
+    )
+    for key, started, stopped, status in (
+        ("1", "2024-01-01T00:00:00.000Z", "2024-01-01T01:00:00.000Z", "Completed"),
+        ("2", "2024-01-02T00:00:00.000Z", None, "Active"),
+    ):
+        doc = {"station_id": a["_id"], "tx_key": key, "connector": 1, "status": status}
+        doc.update(startedAt=started, stoppedAt=stopped)
+        db.execute(
+            "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
+            (a["_id"], key, json.dumps(doc)),
+        )
+    db.close()
+
+    async def scenario():
+        store = open_store(path)
+        try:
+            async with store.unit() as tx:
+                docs, total = await tx.list_sessions(SessionQuery())
+                assert total == 2 and [d["tx_key"] for d in docs] == ["2", "1"]
+                assert all(len(d["_id"]) == 24 and d["endpoint"] == a["endpoint"] for d in docs)
+                assert docs[0]["_id"] != docs[1]["_id"]
+                assert await tx.get_session(docs[1]["_id"]) == docs[1]
+                assert [
+                    d["tx_key"] for d in (await tx.list_sessions(SessionQuery(active=True)))[0]
+                ] == ["2"]
+        finally:
+            await store.close()
+
+    run(scenario())
+    assert user_version(path) == SCHEMA_VERSION
 
 
 def test_sqlite_schema_versions(tmp_path):
@@ -1489,7 +2083,7 @@ def test_sqlite_a_unit_inside_one_that_has_written_fails_rather_than_hangs():
                     await inner.add_event(doc["_id"], "t", "k", {})
         assert await get(store, doc["_id"]) == doc
         async with store.unit() as tx:
-            assert await tx.events() == []
+            assert await tx.list_events(EventQuery()) == []
         await store.close()
 
     run(scenario())

@@ -72,14 +72,33 @@ def root(
     output.color_mode = color
 
 
-from edrvctl.cli import actions, chargestations, logs, serve, sessions, simulate  # noqa: E402
+from edrvctl.cli import (  # noqa: E402
+    actions,
+    chargestations,
+    events,
+    logs,
+    serve,
+    sessions,
+    simulate,
+    tokens,
+    webhooks,
+)
 
 ALIASES = {"cs": "chargestations"}
 app.add_typer(chargestations.app, name="chargestations", help="Manage chargestations (alias: cs).")
 app.add_typer(chargestations.app, name="cs", help="Alias of `chargestations`.", hidden=True)
-app.add_typer(sessions.app, name="sessions", help="Start and stop charging sessions remotely.")
+app.add_typer(
+    sessions.app,
+    name="sessions",
+    help="Charging sessions: list, inspect and close them; start and stop them remotely.",
+)
 app.add_typer(actions.app, name="actions", help="The commands sent to stations, and their ends.")
+app.add_typer(tokens.app, name="tokens", help="The id tokens that may charge (serve --authorize).")
+app.command("events", cls=Command, short_help="What happened to the fleet, and as it happens.")(
+    events.events
+)
 app.command("logs", cls=Command, short_help="Show a station's OCPP frames in and out.")(logs.logs)
+app.add_typer(webhooks.app, name="webhooks", help="Receivers the server POSTs events to, signed.")
 app.command("serve", cls=Command, short_help="Run the OCPP central system and the admin API.")(
     serve.serve
 )

@@ -33,6 +33,8 @@ ACTION_TYPES = (
     "update_firmware",
     "get_diagnostics",
     "call",
+    "send_local_list",
+    "get_local_list_version",
 )
 POLL = 0.5  # s between two reads of an Action that --wait follows
 

@@ -308,3 +308,17 @@ def confirm(question: str) -> bool:
         if answer in ("", "n", "no"):
             return False
         sys.stderr.write("please answer y or n\n")
+
+
+def when_option(option: str, value: str | None) -> str | None:
+    """A time option (--since, --until): ISO-8601 or a duration ago (30m, 2h, 7d), as the
+    API's ISO-8601 UTC; a usage error names the option."""
+    from edrvctl.errors import UsageError
+    from edrvctl.timefmt import when
+
+    if value is None:
+        return None
+    try:
+        return when(value)
+    except ValueError as e:
+        raise UsageError(f"{option}: {e}") from None

@@ -33,6 +33,19 @@ ProtocolName = Enum("ProtocolName", {p: p for p in PROTOCOLS}, type=str)  # type
 StatusName = Enum("StatusName", {s: s for s in STATUSES}, type=str)  # type: ignore[misc]
 SECURITY_TYPES = ("none", "basic_auth", "tls_basic_auth", "tls_client_cert")
 SecurityName = Enum("SecurityName", {s: s for s in SECURITY_TYPES}, type=str)  # type: ignore[misc]
+AuthorizeName = Enum(  # type: ignore[misc]
+    "AuthorizeName", {p: p for p in ("open", "known", "server")}, type=str
+)
+AuthorizeOpt = Annotated[
+    AuthorizeName | None,
+    typer.Option(
+        metavar="POLICY",
+        case_sensitive=False,
+        help="Who may charge here: open (every id tag), known (stored tokens only; "
+        "`edrvctl tokens`), or server (the server's --authorize, the default)",
+        show_default=False,
+    ),
+]
 SECURITY_HELP = (
     "OCPP security profile: none (0), basic_auth (1), tls_basic_auth (2), tls_client_cert (3)"
 )
@@ -167,6 +180,14 @@ def list_(
         int, typer.Option(metavar="N", help="At most this many stations", min=1)
     ] = 100,
     all_: Annotated[bool, typer.Option("--all", help="Every matching station (no limit)")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Then redraw whenever a station changes (on a terminal; otherwise one line "
+            "per change). Ctrl-C ends",
+        ),
+    ] = False,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
     no_headers: NoHeadersOpt = False,
@@ -182,6 +203,7 @@ def list_(
       edrvctl cs list --online
       edrvctl cs list --status faulted -o json
       edrvctl cs list -q --inactive | xargs -n1 edrvctl cs activate
+      edrvctl cs list --online --watch
     """
     filters = {
         k: v
@@ -196,15 +218,75 @@ def list_(
         if v is not None
     }
     client = _client()
-    docs = list(client.list_stations(filters, None if all_ else limit + 1))
-    more = not all_ and len(docs) > limit
-    docs = docs[:limit] if more else docs
-    from edrvctl.completion import remember
 
-    remember(client.api_url, docs, replace=all_ and not filters)
-    output.stations(docs, _fmt(out, quiet), no_headers)
-    if more and sys.stderr.isatty():
-        output.info(f"(showing the first {limit}; use --limit N or --all for more)")
+    def show() -> None:
+        docs = list(client.list_stations(filters, None if all_ else limit + 1))
+        more = not all_ and len(docs) > limit
+        docs = docs[:limit] if more else docs
+        from edrvctl.completion import remember
+
+        remember(client.api_url, docs, replace=all_ and not filters)
+        output.stations(docs, _fmt(out, quiet), no_headers)
+        if more and sys.stderr.isatty():
+            output.info(f"(showing the first {limit}; use --limit N or --all for more)")
+
+    if not watch:
+        show()
+        return
+    from edrvctl.cli import events
+
+    events.watch(client, {"type": ["chargestation.*"]}, show)
+
+
+@command()
+def unknown(
+    out: OutputOpt = None,
+    no_headers: NoHeadersOpt = False,
+) -> None:
+    """List the endpoints that tried to connect but are no chargestation (last seen first):
+    a station pointed here before it was created, or a typo in its URL. `cs create` of one
+    takes it off the list.
+
+    Examples:
+
+    \b
+      edrvctl cs unknown
+      edrvctl cs unknown -o json
+    """
+    from edrvctl.timefmt import ago
+
+    found = _client().request("GET", "/v1.1/unknown_chargestations")["result"]
+    fmt = _fmt(out)
+    if fmt in ("json", "yaml"):
+        output.dump(found, fmt)
+        return
+    if fmt == "ids":
+        sys.stdout.write("".join(output.printable(u["endpoint"]) + "\n" for u in found))
+        return
+    headers = ["ENDPOINT", "SEEN", "LAST ADDRESS", "SUBPROTOCOLS", "LAST SEEN", "FIRST SEEN"]
+    rows = [
+        [
+            u["endpoint"],
+            u["seen"],
+            u.get("address") or "-",
+            ",".join(u.get("subprotocols") or []) or "-",
+            u["lastSeenAt"] if fmt == "plain" else ago(u["lastSeenAt"]),
+            u["firstSeenAt"] if fmt == "plain" else ago(u["firstSeenAt"]),
+        ]
+        for u in found
+    ]
+    if fmt == "plain":
+        output.plain(headers, rows, no_headers)
+    else:
+        output.table(
+            headers,
+            rows,
+            cuttable=[True, False, False, True, False, False],
+            no_headers=no_headers,
+            drop_order=("FIRST SEEN", "SUBPROTOCOLS"),
+        )
+        if not found:
+            output.info("no unknown endpoints have tried to connect")
 
 
 @command()
@@ -226,6 +308,7 @@ def create(
     security: Annotated[
         SecurityName, typer.Option(metavar="TYPE", case_sensitive=False, help=SECURITY_HELP)
     ] = SecurityName["none"],
+    authorize: AuthorizeOpt = None,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -250,6 +333,8 @@ def create(
         "security": {"type": security.value},
     }
     body.update({k: v for k, v in (("location", location), ("organization", organization)) if v})
+    if authorize is not None:
+        body["authorize"] = None if authorize.value == "server" else authorize.value
     client = _client()
     doc = client.create_station(body)
     from edrvctl.completion import remember
@@ -328,11 +413,13 @@ def update(
             show_default=False,
         ),
     ] = None,
+    authorize: AuthorizeOpt = None,
     yes: YesOpt = False,
     out: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Change a chargestation's location, organization, visibility, meta_data or security.
+    """Change a chargestation's location, organization, visibility, meta_data, security or
+    authorization policy.
 
     Only what is given changes. A new --security takes effect at once: a connected station
     is disconnected and must come back under its new profile. Moving to basic_auth or
@@ -345,6 +432,7 @@ def update(
       edrvctl cs update edrv01 --location depot-south --public
       edrvctl cs update edrv01 --meta-data '{"owner": "ops"}' -o json
       edrvctl cs update edrv01 --security basic_auth --yes
+      edrvctl cs update edrv01 --authorize known
     """
     body: dict = {}
     for name, value in (("location", location), ("organization", organization)):
@@ -364,10 +452,12 @@ def update(
         body["meta_data"] = parsed
     if security is not None:
         body["security"] = {"type": security.value}
+    if authorize is not None:
+        body["authorize"] = None if authorize.value == "server" else authorize.value
     if not body:
         raise UsageError(
             "nothing to change: give --location, --organization, --public/--no-public, "
-            "--meta-data or --security"
+            "--meta-data, --security or --authorize"
         )
     if security is not None:
         _confirm(f"change the security profile to {security.value} of", station, yes)

@@ -326,11 +326,13 @@ DETAIL_FIELDS = [
     ("Public", "public"),
     ("Connection URL", "connection_url"),
     ("Security", None),
+    ("Authorize", "authorize"),  # who may charge; none: the server's --authorize
     ("Created", "createdAt"),
     ("Updated", "updatedAt"),
     ("Last connect", "lastConnectAt"),
     ("Last disconnect", "lastDisconnectAt"),
     ("Last message", "lastMessageAt"),
+    ("Last refusal", "lastRefusal"),
     ("Config fetched", "csconfigFetchedAt"),
 ]
 
@@ -338,6 +340,9 @@ DETAIL_FIELDS = [
 def _detail_value(doc: dict, key: str | None) -> Any:
     if key is None:
         return (doc.get("security") or {}).get("type")
+    if key == "lastRefusal":  # {at, status, reason}: one line
+        r = doc.get(key)
+        return f"{r['status']} {r['reason']} ({ago(r['at'])}, {r['at']})" if r else None
     return doc.get(key)
 
 

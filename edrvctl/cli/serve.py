@@ -162,6 +162,15 @@ def serve(
     frames_days: Annotated[
         float, typer.Option(help="Days a frame is kept at most", min=0.0001, metavar="DAYS")
     ] = 7,
+    authorize: Annotated[
+        str,
+        typer.Option(
+            metavar="POLICY",
+            help="Who may charge: open (every id tag is Accepted on an active station) or "
+            "known (only stored tokens, by their status; `edrvctl tokens`); a station's own "
+            "`authorize` overrides it",
+        ),
+    ] = "open",
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
     log_format: Annotated[str, typer.Option(help="text | json")] = "text",
 ) -> None:
@@ -201,6 +210,8 @@ def serve(
         raise typer.BadParameter("use text or json", param_hint="--log-format")
     if frame_log not in ("all", "errors", "off"):
         raise typer.BadParameter("use all, errors or off", param_hint="--frame-log")
+    if authorize not in ("open", "known"):
+        raise typer.BadParameter("use open or known", param_hint="--authorize")
     setup_logging(log_level.upper(), log_format)
     log = logging.getLogger("edrvctl.serve")
     try:
@@ -237,6 +248,7 @@ def serve(
             api_port=api_port,
             store_max_bytes=store_max_mb * 1024 * 1024 if store_max_mb else None,
             heartbeat_interval=heartbeat_interval,
+            authorize=authorize,
             api_tls=api_tls,
             tls_cert=tls_cert,
             tls_key=tls_key,

@@ -41,7 +41,7 @@ from edrvctl.errors import (
     Unavailable,
     UsageError,
 )
-from edrvctl.fleet import actions, events, frames
+from edrvctl.fleet import actions, events, frames, sessions, tokens
 from edrvctl.fleet.actions import Follow, Step
 from edrvctl.fleet.live import (
     ChangeAvailability,
@@ -52,6 +52,7 @@ from edrvctl.fleet.live import (
     GetDiagnostics,
     LiveStations,
     RemoteStart,
+    SendLocalList,
     UpdateFirmware,
 )
 from edrvctl.store import ActionQuery, EventQuery, StationQuery, Store, Unit
@@ -134,6 +135,8 @@ class Fleet:
         self._ids: dict[str, str] = {}  # endpoint -> _id of connected stations
         # endpoint -> {(evse, connector): what it last said and we committed}, while connected
         self._statuses: dict[str, dict[tuple[int, int], tuple]] = {}
+        # running sessions' last check, so that a meter value does not read its session
+        self.recent_sessions = sessions.Recent()
         self._process_key = os.urandom(32)
         # stored password hash -> keyed digest of the password that matched it: a hash
         # changed elsewhere misses here and is checked in full again
@@ -149,6 +152,7 @@ class Fleet:
         from edrvctl.fleet.batch import Batches
 
         self.batches = Batches()  # the last batch runs (fleet/batch.py), in memory
+        self.tokens = tokens.Authorizer()  # who may charge (fleet/tokens.py)
 
     # --- units of work ------------------------------------------------------------------------
 
@@ -203,11 +207,12 @@ class Fleet:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _charge(self, endpoint: str, payload: object) -> None:
+    def _charge(self, endpoint: str, payload: object, record: int = 0) -> None:
         """Count what a station's message will keep against its budgets; OverBudget (and
-        nothing kept) past them. The first refusal of a day is logged."""
+        nothing kept) past them. The first refusal of a day is logged. `record`: bytes of a
+        record the message may add besides (a session)."""
         try:
-            size = len(orjson.dumps(payload))
+            size = len(orjson.dumps(payload)) + record
         except orjson.JSONEncodeError as e:  # nesting beyond what JSON storage holds
             raise InvalidBody(f"this value cannot be stored: {e}") from None
         if size > self.budgets.payload:
@@ -483,6 +488,17 @@ class Fleet:
             "unknownKeys": unknown,
         }
 
+    async def send_local_list(
+        self, key: str, full: bool, timeout: float, wait: bool = True
+    ) -> dict:
+        """Send a station its local authorization list (fleet/tokens.local_list) as an
+        Action: all of it, or what changed since the list it last accepted."""
+        doc = await self.get(key)
+        self._check_reachable(doc)
+        async with self.store.unit() as tx:
+            command = await tokens.local_list(tx, doc, full)
+        return await self.command(doc["_id"], command, timeout, wait)
+
     # --- commands as Actions (fleet/actions.py) ------------------------------------------------
 
     async def command(
@@ -590,6 +606,8 @@ class Fleet:
                 outcome, stage = "succeeded", "done"
         if outcome != "pending":  # nothing more to follow
             self._unfollow(endpoint, action_id)
+        if status == "Accepted" and isinstance(command, SendLocalList):
+            await tokens.local_list_sent(self, doc, command)  # what the station holds now
 
         def apply(action: dict, now: str) -> None:
             action["status"] = "completed" if status in actions.ACCEPTED else "failed"
@@ -939,18 +957,49 @@ class Fleet:
             f"most {self.budgets.connectors} connectors"
         )
 
-    async def authorize(self, endpoint: str, id_tag: str) -> str:
-        """Id tags are not managed here: every tag is accepted on an active station. An inactive
-        station is Blocked, so it cannot start charging."""
-        return "Accepted" if (await self._message_from(endpoint))["active"] else "Blocked"
+    async def authorize(
+        self,
+        endpoint: str,
+        id_tag: str,
+        token_type: str | None = None,
+        *,
+        purpose: tokens.Purpose = "authorize",
+        evse: int | None = None,
+        tx_key: str | None = None,
+    ) -> tokens.Decision:
+        """What a station is told about an id tag (fleet/tokens.py decides): at Authorize, a
+        token given later in a 2.0.1 transaction (`tx_key`, purpose "start"), or the one
+        that ended a transaction (purpose "stop"). An unknown or refused one is an event."""
+        async with self.store.unit() as tx:
+            doc = await self._load(tx, endpoint)
+            if doc is None:  # deleted while connected; the session is being closed
+                raise NotFound(f"chargestation {endpoint!r} not found")
+            self._touch(endpoint)
+            decision, note = await self._judge(tx, doc, id_tag, token_type, purpose, evse, tx_key)
+        if note is not None:
+            self.tokens.noted(note)
+        return decision
 
-    async def _message_from(self, endpoint: str) -> dict:
-        """The record of a station that just said something that changes nothing in it."""
-        doc = await self._read(endpoint)
-        if doc is None:  # deleted while connected; the session is being closed
-            raise NotFound(f"chargestation {endpoint!r} not found")
-        self._touch(endpoint)
-        return doc
+    async def _judge(
+        self,
+        tx: Unit,
+        doc: dict,
+        id_tag: str | None,
+        token_type: str | None,
+        purpose: tokens.Purpose,
+        evse: int | None = None,
+        tx_key: str | None = None,
+    ) -> tuple[tokens.Decision, tokens.Note | None]:
+        """The decision about an id tag, and its event recorded in `tx` if it is one."""
+        decision = await self.tokens.check(tx, doc, id_tag, token_type, purpose, evse, tx_key)
+        note = self.tokens.note(doc, id_tag, token_type, decision)
+        if note is not None:
+            try:  # kept: it counts against the station's daily budget
+                self._charge(doc["endpoint"], note.data)
+            except OverBudget:
+                return decision, None  # answered all the same, not noted
+            await tx.add_event(doc["_id"], model.utcnow(), note.type, note.data, doc["endpoint"])
+        return decision, note
 
     async def start_transaction(
         self,
@@ -961,30 +1010,45 @@ class Fleet:
         timestamp: str,
         tx_key: str | None = None,
         remote_start_id: int | None = None,
-    ) -> tuple[str, str]:
-        """Record a transaction start. Returns (transaction key, id-tag status)."""
+        *,
+        connector_id: int | None = None,
+        meter_values: list[dict] | None = None,
+        charging_state: str | None = None,
+        token_type: str | None = None,
+    ) -> tuple[str, tokens.Decision]:
+        """Record a transaction start: a session (fleet/sessions.py), with the meter values
+        sent with it and its session.started event, in one unit. `connector`: the EVSE (1.6:
+        the connector); `connector_id`: 2.0.1's connector of it; `meter_start` None: from the
+        meter values; `token_type`: 2.0.1's idToken type. Returns (transaction key, what the
+        station is told about its id tag: fleet/tokens.py)."""
+        self._charge(endpoint, meter_values or [], sessions.RECORD_BYTES)
         async with self.store.unit() as tx:
             doc = await self._load(tx, endpoint)
             if doc is None:
                 raise NotFound(f"chargestation {endpoint!r} not found")
             self._touch(endpoint)
-            status = "Accepted" if doc["active"] else "Blocked"
-            if tx_key is not None and await tx.get_transaction(doc["_id"], tx_key):
-                return tx_key, status  # a repeated start (2.0.1 Started resent): recorded
-            key = await tx.start_transaction(
-                {
-                    "station_id": doc["_id"],
-                    "tx_key": tx_key,
-                    "connector": connector,
-                    "idTag": id_tag,
-                    "meterStart": meter_start,
-                    "startedAt": timestamp,
-                    "stoppedAt": None,
-                    "meterStop": None,
-                    "stopReason": None,
-                    "status": "Active" if status == "Accepted" else "Refused",
-                }
+            decision, note = await self._judge(
+                tx, doc, id_tag, token_type, "start", connector, tx_key
             )
+            session, new = await sessions.record_start(
+                tx,
+                doc,
+                tx_key,
+                connector,
+                connector if doc["protocol"] == "ocpp1.6" else connector_id,
+                id_tag,
+                meter_start,
+                timestamp,
+                decision.accepted,
+                charging_state,
+                meter_values,
+                token_type=token_type,
+            )
+        if note is not None:
+            self.tokens.noted(note)
+        key = session["tx_key"]
+        if new and session["meterStart"] is not None:  # else its first reading is awaited
+            self.recent_sessions.checked((doc["_id"], key), charging_state)
         if endpoint in self._following:
             await self._observe(
                 endpoint,
@@ -993,10 +1057,11 @@ class Fleet:
                     "connector": connector,
                     "idTag": id_tag,
                     "transactionId": key,
+                    "session": session["_id"],
                     "remoteStartId": remote_start_id,
                 },
             )
-        return key, status
+        return key, decision
 
     async def stop_transaction(
         self,
@@ -1006,31 +1071,37 @@ class Fleet:
         timestamp: str,
         reason: str | None,
         meter_values: list[dict] | None = None,
+        *,
+        evse: int | None = None,
+        id_tag: str | None = None,
+        charging_state: str | None = None,
+        learn: bool = False,
     ) -> bool:
-        """Record a transaction's end, and the meter values sent with it (one unit)."""
-        sid = await self._station_id(endpoint)
-        if meter_values:
-            self._charge(endpoint, meter_values)
+        """Record a transaction's end, the meter values sent with it and its session.ended
+        event (one unit). `meter_stop` None: the energy register in the meter values, else the
+        latest reading; `learn`: an end whose start was never seen is a session too (2.0.1).
+        False if nothing was recorded (a 1.6 transaction that is not ours)."""
+        station = {"_id": await self._station_id(endpoint), "endpoint": endpoint}
+        if meter_values or learn:
+            self._charge(endpoint, meter_values or [], sessions.RECORD_BYTES if learn else 0)
         self._touch(endpoint)
+        self.recent_sessions.forget((station["_id"], tx_key))
         async with self.store.unit() as tx:
-            known = await tx.get_transaction(sid, tx_key)
-            if meter_values:
-                connector = known["connector"] if known else 0
-                await tx.add_meter_values(sid, tx_key, connector, meter_values)
-            if known is None:
-                return False
-            # a transaction whose token was refused stays so: it never was a charge
-            status = "Refused" if known.get("status") == "Refused" else "Completed"
-            await tx.update_transaction(
-                sid,
+            session = await sessions.record_end(
+                tx,
+                station,
                 tx_key,
-                {
-                    "meterStop": meter_stop,
-                    "stoppedAt": timestamp,
-                    "stopReason": reason,
-                    "status": status,
-                },
+                meter_stop,
+                timestamp,
+                reason,
+                meter_values,
+                evse,
+                id_tag,
+                charging_state,
+                learn,
             )
+        if session is None:
+            return False
         if endpoint in self._following:
             await self._observe(
                 endpoint, "StopTransaction", {"transactionId": tx_key, "reason": reason}
@@ -1045,13 +1116,47 @@ class Fleet:
         return known["connector"] if known else None
 
     async def meter_values(
-        self, endpoint: str, connector: int, tx_key: str | None, values: list[dict]
+        self,
+        endpoint: str,
+        connector: int,
+        tx_key: str | None,
+        values: list[dict],
+        *,
+        charging_state: str | None = None,
+        id_tag: str | None = None,
+        accepted: bool = True,
+        learn: bool = False,
     ) -> None:
+        """Meter values, kept as sent. Those of a transaction bring its session up to date
+        (fleet/sessions.record_values) at most once a minute, and at once when a 2.0.1
+        chargingState changes or an id token comes with them (`accepted`: whether it was);
+        `learn`: a 2.0.1 transaction not recorded yet is recorded now."""
         sid = await self._station_id(endpoint)
-        self._charge(endpoint, values)
+        memo = (sid, tx_key) if tx_key is not None else None
+        due = memo is not None and self.recent_sessions.due(memo, charging_state, id_tag)
+        # a transaction not seen yet may become a session: its record counts too
+        new = learn and memo is not None and not self.recent_sessions.known(memo)
+        if values or new:
+            self._charge(endpoint, values, sessions.RECORD_BYTES if new else 0)
         self._touch(endpoint)
-        async with self.store.unit() as tx:
-            await tx.add_meter_values(sid, tx_key, connector, values)
+        if values or due:
+            async with self.store.unit() as tx:
+                if values:
+                    await tx.add_meter_values(sid, tx_key, connector, values)
+                if due and tx_key is not None:
+                    await sessions.record_values(
+                        tx,
+                        {"_id": sid, "endpoint": endpoint},
+                        tx_key,
+                        connector,
+                        values,
+                        charging_state,
+                        id_tag,
+                        accepted,
+                        learn,
+                    )
+            if due and memo is not None:  # checked, once committed
+                self.recent_sessions.checked(memo, charging_state)
         if endpoint in self._following:
             await self._observe(
                 endpoint, "MeterValues", {"connector": connector, "transactionId": tx_key}
@@ -1098,8 +1203,7 @@ class Fleet:
     async def list_events(self, query: EventQuery, station: str | None = None) -> list[dict]:
         """Stored events (rows, fleet/events.py); `station`: an _id or an endpoint."""
         if station is not None:
-            doc = await self._read(station)
-            query = dataclasses.replace(query, station_id=doc["_id"] if doc else station)
+            query = dataclasses.replace(query, station_id=(await self.get(station))["_id"])
         async with self.store.unit() as tx:
             return await tx.list_events(query)
 

@@ -33,10 +33,12 @@ from edrvctl.fleet.live import (
     Configure,
     DataTransfer,
     GetDiagnostics,
+    GetLocalListVersion,
     RawCall,
     RemoteStart,
     RemoteStop,
     Reset,
+    SendLocalList,
     TriggerMessage,
     UnlockConnector,
     UpdateFirmware,
@@ -55,6 +57,8 @@ TYPES: dict[type, str] = {
     UpdateFirmware: "update_firmware",
     GetDiagnostics: "get_diagnostics",
     RawCall: "call",
+    SendLocalList: "send_local_list",
+    GetLocalListVersion: "get_local_list_version",
 }
 
 # seconds a long command may take to reach its end after it was sent
@@ -110,7 +114,14 @@ LOG_FAILED = frozenset(
 
 
 def data_of(command: Command) -> dict:
-    """What the admin asked, as the Action's `data` (fields not given are left out)."""
+    """What the admin asked, as the Action's `data` (fields not given are left out; a local
+    list by its size, not its entries)."""
+    if isinstance(command, SendLocalList):
+        return {
+            "listVersion": command.version,
+            "updateType": "Full" if command.full else "Differential",
+            "entries": len(command.entries),
+        }
     return {
         k: v
         for k, v in dataclasses.asdict(command).items()
@@ -232,7 +243,7 @@ def _remote_start(f: Follow, kind: str, info: dict) -> Step | None:
         wanted = c.connector if c.connector is not None else c.evse
         if wanted is not None and info.get("connector") != wanted:
             return None
-    return _done("Started", transactionId=info.get("transactionId"))
+    return _done("Started", transactionId=info.get("transactionId"), session=info.get("session"))
 
 
 def _remote_stop(f: Follow, kind: str, info: dict) -> Step | None:

@@ -32,10 +32,13 @@ SECURITY_EVENT = "chargestation.security_event"
 SESSION_STARTED = "session.started"
 SESSION_UPDATED = "session.updated"
 SESSION_ENDED = "session.ended"
+TOKEN_UNKNOWN = "token.unknown"  # an id tag no token has (fleet/tokens.py)
+TOKEN_REFUSED = "token.refused"  # a token refused for itself: blocked, expired, ...
 
 # OCPP notifications kept as events: their type (others: chargestation.<snake_case action>)
 NOTIFICATIONS = {
     "FirmwareStatusNotification": FIRMWARE_STATUS,
+    "SignedFirmwareStatusNotification": FIRMWARE_STATUS,  # 1.6 security extension
     "DiagnosticsStatusNotification": LOG_STATUS,
     "LogStatusNotification": LOG_STATUS,
     "SecurityEventNotification": SECURITY_EVENT,
@@ -86,14 +89,19 @@ class Lagged(Exception):
     """The listener fell more than MAX_QUEUED events behind: read on from the store."""
 
 
+class Closed(Exception):
+    """The feed was closed (the server is stopping): listeners end."""
+
+
 class Subscription:
-    __slots__ = ("_feed", "_queue", "_wake", "lagged")
+    __slots__ = ("_feed", "_queue", "_wake", "closed", "lagged")
 
     def __init__(self, feed: Feed, max_queued: int):
         self._feed = feed
         self._queue: deque[dict] = deque(maxlen=max_queued)
         self._wake = asyncio.Event()
         self.lagged = False
+        self.closed = False
 
     def _put(self, rows: list[dict]) -> None:
         if len(self._queue) + len(rows) > (self._queue.maxlen or 0):
@@ -105,13 +113,16 @@ class Subscription:
 
     async def next(self, timeout: float | None = None) -> list[dict]:
         """The events published since the last call, oldest first ([] after `timeout`
-        seconds without any). Raises Lagged if some were dropped meanwhile."""
-        if not self._queue and not self.lagged:
+        seconds without any). Raises Lagged if some were dropped meanwhile, Closed once the
+        feed is closed."""
+        if not self._queue and not self.lagged and not self.closed:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 return []
+        if self.closed:
+            raise Closed()
         if self.lagged:
             self.lagged = False
             raise Lagged()
@@ -134,6 +145,7 @@ class Feed:
 
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        self.closed = False
 
     @property
     def listeners(self) -> int:
@@ -145,8 +157,16 @@ class Feed:
 
     def subscribe(self, max_queued: int = MAX_QUEUED) -> Subscription:
         sub = Subscription(self, max_queued)
+        sub.closed = self.closed
         self._subs.add(sub)
         return sub
+
+    def close(self) -> None:
+        """End every listener (and any that subscribes later): the server is stopping."""
+        self.closed = True
+        for sub in self._subs:
+            sub.closed = True
+            sub._wake.set()
 
 
 async def follow(
@@ -157,8 +177,9 @@ async def follow(
     idle: float = 15.0,
 ) -> AsyncIterator[list[dict]]:
     """Rows past `after`, first those stored, then as they are published, for as long as the
-    caller iterates; [] every `idle` seconds without any (a keep-alive). `read_after(seq)`
-    reads a page of stored rows after seq, oldest first (empty once there are none)."""
+    caller iterates or until the feed is closed; [] every `idle` seconds without any (a
+    keep-alive). `read_after(seq)` reads a page of stored rows after seq, oldest first (empty
+    once there are none)."""
     cursor = after
     while True:
         with feed.subscribe() as sub:  # before reading: nothing published meanwhile is missed
@@ -183,3 +204,5 @@ async def follow(
                         yield rows
             except Lagged:
                 continue  # read on from the store
+            except Closed:
+                return

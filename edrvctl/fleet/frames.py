@@ -19,9 +19,10 @@ it holds a tenth more, and old frames go a few hundred batches at a time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -180,10 +181,10 @@ class FrameLog:
         self.ending = False  # the server stops: live readers end
 
     def end_streams(self) -> None:
-        """Tell every live reader to end (the server is stopping)."""
+        """End every live reader, and any that comes later (the server is stopping)."""
         self.ending = True
         for feed in self._feeds.values():
-            feed.publish([])  # wakes its readers, who see `ending`
+            feed.close()
 
     def configure(self, mode: str, keep: int, days: float) -> None:
         if mode not in MODES:
@@ -256,6 +257,7 @@ class FrameLog:
         with many stations each sending little, writing each every FLUSH_EVERY cost a fifth
         of the server's time.)"""
         now, feeds = time.time(), self._feeds
+        followed = {sid for sid, feed in feeds.items() if feed.listeners} if feeds else ()
         due: list[StationLog] = []
         later: list[StationLog] = []
         for station in self.dirty:
@@ -263,7 +265,7 @@ class FrameLog:
                 everything
                 or station.n >= CHUNK_FRAMES
                 or now - station.first >= MAX_WAIT
-                or station.station_id in feeds
+                or station.station_id in followed
             ):
                 due.append(station)
             else:
@@ -290,7 +292,7 @@ class FrameLog:
             sid = chunk.station_id
             held[sid] = held.get(sid, threshold) + chunk.n
             feed = self._feeds.get(sid)
-            if feed is not None and feed.listeners:
+            if feed is not None and feed.listeners:  # (built only for someone)
                 feed.publish(chunk_frames(sid, first, chunk.data))
 
     async def close(self) -> None:
@@ -330,20 +332,31 @@ class FrameLog:
         async with self.store.unit() as tx:
             return await tx.list_frames(query)
 
-    async def follow(
-        self, query: FrameQuery, after: int | None, idle: float = 15.0
-    ) -> AsyncGenerator[list[dict]]:
-        """The station's frames that match `query` (its actions, errors, since), after the
-        frame id `after` (None: from now on), stored first then live; [] every `idle` seconds
-        without any."""
-        sid = query.station_id
-        if after is None:
-            newest, _ = await self.read(FrameQuery(sid, limit=1))
-            after = newest[-1]["seq"] if newest else 0
-        feed = self._feeds.get(sid)
+    async def newest(self, station_id: str) -> int:
+        """The id of the station's newest frame (0: none): a live reader's start from now."""
+        found, _ = await self.read(FrameQuery(station_id, limit=1))
+        return found[-1]["seq"] if found else 0
+
+    def feed(self, station_id: str) -> FrameFeed:
+        """The station's committed frames, for live readers (kept while the server runs: one
+        per station followed)."""
+        feed = self._feeds.get(station_id)
         if feed is None:
-            feed = self._feeds[sid] = FrameFeed()
+            feed = self._feeds[station_id] = FrameFeed()
+            if self.ending:
+                feed.close()
+        return feed
+
+    def reader(
+        self, query: FrameQuery
+    ) -> tuple[Callable[[int], Awaitable[list[dict]]], Callable[[dict], bool]]:
+        """For events.follow: (read the stored frames that match `query` after an id, a
+        published frame matches `query`)."""
         actions = set(query.actions)
+
+        async def read_after(seq: int) -> list[dict]:
+            page, _ = await self.read(dataclasses.replace(query, after=seq, limit=FOLLOW_PAGE))
+            return page
 
         def keep(r: dict) -> bool:
             return (
@@ -352,27 +365,23 @@ class FrameLog:
                 and (query.since is None or r["at"] >= query.since)
             )
 
-        async def read_after(seq: int) -> list[dict]:
-            page, _ = await self.read(
-                FrameQuery(
-                    sid,
-                    after=seq,
-                    since=query.since,
-                    actions=query.actions,
-                    errors=query.errors,
-                    limit=FOLLOW_PAGE,
-                )
-            )
-            return page
+        return read_after, keep
 
-        rows = follow(feed, read_after, after, keep, idle)
+    async def follow(
+        self, query: FrameQuery, after: int | None, idle: float = 15.0
+    ) -> AsyncGenerator[list[dict]]:
+        """The station's frames that match `query` (its actions, errors, since), after the
+        frame id `after` (None: from now on), stored first then live; [] every `idle` seconds
+        without any; until the server stops."""
+        if after is None:
+            after = await self.newest(query.station_id)
+        read_after, keep = self.reader(query)
+        rows = follow(self.feed(query.station_id), read_after, after, keep, idle)
         try:
             async for found in rows:
                 yield found
         finally:
             await rows.aclose()  # type: ignore[attr-defined]  # (an async generator: ends now)
-            if not feed.listeners and self._feeds.get(sid) is feed:
-                del self._feeds[sid]
 
 
 def _compressed(chunks: list[FrameChunk]) -> list[FrameChunk]:

@@ -126,6 +126,43 @@ class RawCall:
 
 
 @dataclass(frozen=True)
+class TransactionStatus:
+    """2.0.1 GetTransactionStatus: is the transaction still going on at the station, and has
+    it messages about it queued? Answers (status, {ongoingIndicator?, messagesInQueue}). A
+    question, not an operation: no Action is recorded. 1.6 has no such message."""
+
+    transaction_id: str
+
+
+@dataclass(frozen=True)
+class LocalListEntry:
+    """One id token of a local authorization list, in neither version's words; `status`
+    None: take it off the list (a differential update)."""
+
+    id_tag: str
+    type: str
+    status: str | None
+    expiry: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class SendLocalList:
+    """1.6 SendLocalList (listVersion), 2.0.1 SendLocalList (versionNumber): the whole list
+    (`full`) or what changed since the last one sent (fleet/tokens.py builds it)."""
+
+    version: int
+    full: bool
+    entries: tuple[LocalListEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class GetLocalListVersion:
+    """Answers the version of the station's local list (0: none; 1.6 listVersion, 2.0.1
+    versionNumber)."""
+
+
+@dataclass(frozen=True)
 class Disconnect:
     """Close the station's connection (it may come back)."""
 
@@ -147,6 +184,9 @@ Command = (
     | UpdateFirmware
     | GetDiagnostics
     | RawCall
+    | TransactionStatus
+    | SendLocalList
+    | GetLocalListVersion
 )
 
 # Commands that answer (status, the station's answer payload) through the live port: status
@@ -165,6 +205,9 @@ ANSWERED = (
     UpdateFirmware,
     GetDiagnostics,
     RawCall,
+    TransactionStatus,
+    SendLocalList,
+    GetLocalListVersion,
 )
 
 

@@ -38,6 +38,7 @@ class ServeConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 7780
     heartbeat_interval: int = 300
+    authorize: str = "open"  # who may charge (fleet/tokens.py): open or known
     store_max_bytes: int | None = None
     api_tls: bool = False  # serve the admin API over HTTPS with the listener's certificate
     tls_cert: Path | None = None
@@ -319,12 +320,14 @@ async def _run(
     import uvicorn
 
     from edrvctl.fleet import Fleet
+    from edrvctl.fleet.webhooks import Webhooks
     from edrvctl.server import api as admin_api
     from edrvctl.server.listener import Listener
 
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
     fleet.command_timeout = cfg.listener.response_timeout
     fleet.frames.configure(cfg.frame_log, cfg.frames_per_station, cfg.frames_days)
+    fleet.tokens.policy = cfg.authorize
     stale = await fleet.mark_all_offline()
     if stale:
         log.info("marked %d station(s) offline that were online when the last run ended", stale)
@@ -371,9 +374,12 @@ async def _run(
             yield
 
     client_certs = cfg.listener.tls is not None and cfg.listener.tls.verify_mode != ssl.CERT_NONE
+    webhooks = Webhooks(store, fleet.feed)
     api = ApiServer(
         uvicorn.Config(
-            admin_api.create_app(fleet, token, client_certs=client_certs, files=files),
+            admin_api.create_app(
+                fleet, token, client_certs=client_certs, files=files, webhooks=webhooks
+            ),
             # uvicorn's records go to our handler and format (logs.setup_logging), at our levels
             log_config=None,
             log_level=None,
@@ -406,6 +412,7 @@ async def _run(
         files_task = asyncio.create_task(files_server.serve(sockets=[files_sock]))
     flusher: asyncio.Task | None = None
     try:
+        await webhooks.start()  # deliveries go on from the stored cursors
         while not api.started and not api_task.done():
             await asyncio.sleep(0.01)
         if api_task.done():
@@ -455,8 +462,9 @@ async def _run(
         await stop.wait()
     finally:
         log.info("stopping")
+        fleet.feed.close()  # live streams end, so the API can finish its responses
+        fleet.frames.end_streams()
         api.should_exit = True
-        fleet.frames.end_streams()  # or open streams would hold the API's shutdown
         if files_server is not None:
             files_server.should_exit = True
         await listener.stop()  # stations see a clean close and are marked offline
@@ -468,6 +476,7 @@ async def _run(
         if flusher is not None:
             flusher.cancel()
         await fleet.flush_seen()
+        await webhooks.stop()
         try:
             await fleet.frames.close()
         except Exception as e:

@@ -23,8 +23,11 @@ from starlette.exceptions import HTTPException
 
 from edrvctl import __version__, model
 from edrvctl.errors import AuthError, Conflict, EdrvError, UsageError
-from edrvctl.fleet import Fleet, actions, batch
+from edrvctl.fleet import Fleet, actions, batch, sessions
 from edrvctl.fleet import live as commands
+from edrvctl.fleet.webhooks import Webhooks
+from edrvctl.server import api_events, api_tokens
+from edrvctl.server.api_events import Streams
 from edrvctl.server.files import Files
 from edrvctl.store import ACTION_FILTER_FIELDS, SORT_FIELDS, ActionQuery, StationQuery
 
@@ -136,11 +139,16 @@ def _describe(errors: Sequence[Any]) -> str:
 
 
 def create_app(
-    fleet: Fleet, token: str, client_certs: bool = False, files: Files | None = None
+    fleet: Fleet,
+    token: str,
+    client_certs: bool = False,
+    files: Files | None = None,
+    webhooks: Webhooks | None = None,
 ) -> EnvelopeTooLarge:
     """`client_certs`: the wss:// listener asks stations for certificates (--tls-client-ca),
     so profile 3 stations can connect; whether there is a wss:// listener at all is
-    `fleet.ocpp_tls_url`. `files`: the files listener (None: `serve --no-files`)."""
+    `fleet.ocpp_tls_url`. `files`: the files listener (None: `serve --no-files`).
+    `webhooks`: the server's (None: records only, nothing delivered)."""
     app = FastAPI(
         title="edrvctl admin API",
         version=__version__,
@@ -190,6 +198,9 @@ def create_app(
         return _error(500, f"internal error: {type(exc).__name__}")
 
     auth = [Depends(authorized)]
+    streams = Streams()
+    api_events.add_routes(app, fleet, auth, streams)
+    api_tokens.add_routes(app, fleet, auth)
 
     def reachable(security: model.Security | None) -> None:
         """A station must be able to connect with the security it is given: refuse a TLS
@@ -611,19 +622,27 @@ def create_app(
         return await run(request, body.chargestation, command, wait)
 
     async def stop(request: Request, transaction: str, station: str | None, wait: float):
-        if not station:
-            raise UsageError("say which chargestation runs the session: chargestation=<id>")
+        if not station:  # a session's _id names its station and transaction
+            session = await sessions.find(fleet, transaction)
+            if session is None:
+                raise UsageError(
+                    "say which chargestation runs the session (chargestation=<id>), "
+                    "or give the session's _id"
+                )
+            station, transaction = session["chargestation"], session["transactionId"]
         return await run(request, station, commands.RemoteStop(transaction), wait)
 
     @app.post(
         "/v1.1/sessions/{id}/stop",
         dependencies=auth,
         status_code=201,
-        summary="Remote stop: end a session (its transaction id) on its station",
+        summary="Remote stop: end a session (its transaction id and station, or its _id)",
     )
     async def stop_session(
         request: Request,
-        id: Annotated[str, Path(description="the transaction id", max_length=64)],
+        id: Annotated[
+            str, Path(description="the transaction id, or the session's _id", max_length=64)
+        ],
         body: Annotated[model.SessionStopRequest | None, Body()] = None,
         chargestation: Annotated[str | None, Query(max_length=255)] = None,
         wait: Wait = DEFAULT_WAIT,
@@ -639,7 +658,9 @@ def create_app(
     )
     async def stop_session_get(
         request: Request,
-        id: Annotated[str, Path(description="the transaction id", max_length=64)],
+        id: Annotated[
+            str, Path(description="the transaction id, or the session's _id", max_length=64)
+        ],
         chargestation: Annotated[str | None, Query(max_length=255)] = None,
         wait: Wait = DEFAULT_WAIT,
     ) -> Response:
@@ -760,7 +781,13 @@ def create_app(
 
     from edrvctl.server import api_frames  # (it imports this module)
 
-    api_frames.add_routes(app, fleet, auth)
+    api_frames.add_routes(app, fleet, auth, streams)
+    from edrvctl.server import api_webhooks
+
+    api_webhooks.add_routes(app, fleet, auth, webhooks or Webhooks(fleet.store, fleet.feed))
+    from edrvctl.server import api_sessions
+
+    api_sessions.add_routes(app, fleet, auth)
     return EnvelopeTooLarge(app, files, expected)
 
 
@@ -791,7 +818,11 @@ class EnvelopeTooLarge:
 
         async def send_enveloped(message) -> None:
             nonlocal replaced
-            if message["type"] == "http.response.start" and message["status"] == 413:
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] == 413
+                and (b"content-type", b"application/json") not in message.get("headers", ())
+            ):  # (an envelope already, e.g. a token import over its own limit, goes as it is)
                 replaced = True
                 body = orjson.dumps(
                     {"ok": False, "result": None, "message": f"request body over {MAX_BODY} bytes"}

@@ -28,7 +28,7 @@ from websockets.typing import Subprotocol
 
 from edrvctl import model
 from edrvctl.errors import Busy, NotFound, StoreUnavailable
-from edrvctl.fleet import Fleet
+from edrvctl.fleet import MAX_REASON, Fleet
 from edrvctl.ocppj import TokenBucket
 from edrvctl.server.logs import Throttle
 from edrvctl.server.ocpp16 import Station16
@@ -43,7 +43,7 @@ REFUSAL_EVERY = 60.0  # seconds between two logged/stored refusals that say the 
 MAX_HANDSHAKES_PER_ADDRESS = 32  # upgrades in flight from one address (with a per-address limit)
 MAX_UNREAD = 1 << 20  # bytes written to a peer and not read by it, before it is dropped
 CLOSE_DEADLINE = 10.0  # s for every station's socket to close at shutdown
-MAX_REASON = 200  # characters of a refusal's reason kept (it may quote what the client sent)
+UNKNOWN_KEPT_PER_MINUTE = 120  # unknown endpoints' refusals stored a minute, all together
 
 
 @dataclass
@@ -110,7 +110,8 @@ class Refusals:
 
     A refusal of an endpoint (a known station's wrong password, wrong subprotocol, ...; an
     unknown endpoint) is kept in the store once a minute per (endpoint, status, kind of
-    reason), with the count of those not kept since. A known station's is logged then too;
+    reason), with the count of those not kept since, and unknown endpoints' at most
+    UNKNOWN_KEPT_PER_MINUTE a minute in all. A known station's is logged then too;
     everything else (unknown endpoints, over-limit addresses) is logged in full once a minute,
     the rest counted and summarised in one line a minute.
     """
@@ -119,6 +120,7 @@ class Refusals:
         self.fleet = fleet
         # (endpoint, status, kind) -> (when last kept, refusals since, not kept)
         self.kept: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self.unknown_window, self.unknown_kept = time.monotonic(), 0
         self.window = time.monotonic()
         self.logged_in_window = False
         self.suppressed: Counter[int] = Counter()  # status -> refusals not logged
@@ -171,6 +173,16 @@ class Refusals:
             self.kept[key] = (last[0], last[1] + 1)
             log.debug("refused %s again: %s", printable(endpoint, 60), status)
             return
+        if not known and not model.could_be_endpoint(endpoint):  # never a station: count it
+            self.count(endpoint, status, address, reason)
+            return
+        if not known:  # endpoints anyone can invent: a fixed number kept a minute in all
+            if now - self.unknown_window >= REFUSAL_EVERY:
+                self.unknown_window, self.unknown_kept = now, 0
+            if self.unknown_kept >= UNKNOWN_KEPT_PER_MINUTE:
+                self.count(endpoint, status, address, reason)
+                return
+            self.unknown_kept += 1
         if len(self.kept) >= 100_000:
             self.kept.clear()
         self.kept[key] = (now, 0)

@@ -18,14 +18,17 @@ from edrvctl.fleet.live import (
     Configure,
     DataTransfer,
     GetDiagnostics,
+    GetLocalListVersion,
     RawCall,
     RemoteStart,
     RemoteStop,
     Reset,
+    SendLocalList,
     TriggerMessage,
     UnlockConnector,
     UpdateFirmware,
 )
+from edrvctl.fleet.tokens import id_tag_info
 from edrvctl.model import canonical_time, utcnow
 from edrvctl.ocppj import RpcError, schemas
 from edrvctl.ocppj.rpc import Handler
@@ -52,14 +55,14 @@ async def status_notification(s: StationSession, p: dict) -> dict:
 
 
 async def authorize(s: StationSession, p: dict) -> dict:
-    return {"idTagInfo": {"status": await s.fleet.authorize(s.endpoint, p["idTag"])}}
+    return {"idTagInfo": (await s.fleet.authorize(s.endpoint, p["idTag"])).id_tag_info()}
 
 
 async def start_transaction(s: StationSession, p: dict) -> dict:
-    tx_key, status = await s.fleet.start_transaction(
+    tx_key, decision = await s.fleet.start_transaction(
         s.endpoint, p["connectorId"], p["idTag"], p["meterStart"], canonical_time(p["timestamp"])
     )
-    return {"transactionId": int(tx_key), "idTagInfo": {"status": status}}
+    return {"transactionId": int(tx_key), "idTagInfo": decision.id_tag_info()}
 
 
 async def stop_transaction(s: StationSession, p: dict) -> dict:
@@ -71,7 +74,10 @@ async def stop_transaction(s: StationSession, p: dict) -> dict:
         p.get("reason"),
         meter_values=p.get("transactionData"),
     )
-    return {"idTagInfo": {"status": "Accepted"}} if p.get("idTag") else {}
+    if not p.get("idTag"):
+        return {}
+    decision = await s.fleet.authorize(s.endpoint, p["idTag"], purpose="stop")
+    return {"idTagInfo": decision.id_tag_info()}
 
 
 async def meter_values(s: StationSession, p: dict) -> dict:
@@ -189,6 +195,19 @@ def _diagnostics(c: GetDiagnostics) -> tuple[str, dict]:
     return "GetDiagnostics", p
 
 
+def _send_local_list(c: SendLocalList) -> tuple[str, dict]:
+    p: dict = {"listVersion": c.version, "updateType": "Full" if c.full else "Differential"}
+    if c.entries:
+        p["localAuthorizationList"] = [
+            {
+                "idTag": e.id_tag,
+                **({"idTagInfo": id_tag_info(e.status, e.expiry, e.group)} if e.status else {}),
+            }
+            for e in c.entries
+        ]
+    return "SendLocalList", p
+
+
 def raw_call(version: str) -> Any:
     """RawCall's translation: the payload as given, checked against the version's schema."""
 
@@ -216,6 +235,8 @@ TRANSLATIONS: dict[type, Any] = {
     UpdateFirmware: _update_firmware,
     GetDiagnostics: _diagnostics,
     RawCall: raw_call("1.6"),
+    SendLocalList: _send_local_list,
+    GetLocalListVersion: lambda c: ("GetLocalListVersion", {}),
 }
 
 

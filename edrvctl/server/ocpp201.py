@@ -22,15 +22,19 @@ from edrvctl.fleet.live import (
     Configure,
     DataTransfer,
     GetDiagnostics,
+    GetLocalListVersion,
     RawCall,
     RemoteStart,
     RemoteStop,
     Reset,
+    SendLocalList,
+    TransactionStatus,
     TriggerMessage,
     UnlockConnector,
     UpdateFirmware,
 )
-from edrvctl.model import STATUSES, canonical_time, energy_register_wh, utcnow
+from edrvctl.fleet.tokens import id_token_info
+from edrvctl.model import STATUSES, canonical_time, utcnow
 from edrvctl.ocppj import RpcClosed
 from edrvctl.ocppj.rpc import Handler
 from edrvctl.server.ocpp16 import _data_transfer, heartbeat, kept_as_event, raw_call
@@ -179,6 +183,19 @@ def _diagnostics(c: GetDiagnostics) -> tuple[str, dict]:
     }
 
 
+def _send_local_list(c: SendLocalList) -> tuple[str, dict]:
+    p: dict = {"versionNumber": c.version, "updateType": "Full" if c.full else "Differential"}
+    if c.entries:  # (2.0.1: a list given has at least one entry)
+        p["localAuthorizationList"] = [
+            {
+                "idToken": {"idToken": e.id_tag, "type": e.type},
+                **({"idTokenInfo": id_token_info(e.status, e.expiry, e.group)} if e.status else {}),
+            }
+            for e in c.entries
+        ]
+    return "SendLocalList", p
+
+
 TRANSLATIONS: dict[type, Any] = {
     Reset: _reset,
     UnlockConnector: _unlock,
@@ -191,6 +208,9 @@ TRANSLATIONS: dict[type, Any] = {
     UpdateFirmware: _update_firmware,
     GetDiagnostics: _diagnostics,
     RawCall: raw_call("2.0.1"),
+    TransactionStatus: lambda c: ("GetTransactionStatus", {"transactionId": c.transaction_id}),
+    SendLocalList: _send_local_list,
+    GetLocalListVersion: lambda c: ("GetLocalListVersion", {}),
 }
 
 
@@ -223,8 +243,9 @@ async def status_notification(s: StationSession, p: dict) -> dict:
 
 
 async def authorize(s: StationSession, p: dict) -> dict:
-    status = await s.fleet.authorize(s.endpoint, p["idToken"]["idToken"])
-    return {"idTokenInfo": {"status": status}}
+    token = p["idToken"]
+    decision = await s.fleet.authorize(s.endpoint, token["idToken"], token["type"])
+    return {"idTokenInfo": decision.id_token_info()}
 
 
 async def transaction_event(s: StationSession, p: dict) -> dict:
@@ -233,32 +254,61 @@ async def transaction_event(s: StationSession, p: dict) -> dict:
     tx_key = info["transactionId"]
     evse = p.get("evse")
     id_token = p.get("idToken")
+    token = (id_token or {}).get("idToken")
     meter = p.get("meterValue")
-    status = None
+    state = info.get("chargingState")
     if p["eventType"] == "Started":
-        connector = (evse or {}).get("id", 0)
-        _, status = await s.fleet.start_transaction(
+        _, decision = await s.fleet.start_transaction(
             s.endpoint,
-            connector,
-            (id_token or {}).get("idToken"),
-            energy_register_wh(meter),
+            (evse or {}).get("id", 0),
+            token,
+            None,  # 2.0.1 has no meterStart: the fleet reads it from the meter values
             when,
             tx_key=tx_key,
             remote_start_id=info.get("remoteStartId"),
+            connector_id=(evse or {}).get("connectorId"),
+            meter_values=meter,
+            charging_state=state,
+            token_type=(id_token or {}).get("type"),
         )
-    else:  # later events name the EVSE only if it changed: the stored one holds
-        connector = (
-            evse["id"] if evse else await s.fleet.transaction_connector(s.endpoint, tx_key) or 0
+        return {"idTokenInfo": decision.id_token_info()} if token is not None else {}
+    # later events name the EVSE only if it changed: the stored one holds
+    connector = evse["id"] if evse else await s.fleet.transaction_connector(s.endpoint, tx_key) or 0
+    decision = None
+    if id_token is not None:  # a token presented mid-transaction is authorized too
+        decision = await s.fleet.authorize(
+            s.endpoint,
+            id_token["idToken"],
+            id_token["type"],
+            purpose="stop" if p["eventType"] == "Ended" else "start",
+            evse=connector,
+            tx_key=tx_key,
         )
-        if id_token is not None:  # a token presented mid-transaction is authorized too
-            status = await s.fleet.authorize(s.endpoint, id_token["idToken"])
-    if meter:
-        await s.fleet.meter_values(s.endpoint, connector, tx_key, meter)
     if p["eventType"] == "Ended":
         await s.fleet.stop_transaction(
-            s.endpoint, tx_key, energy_register_wh(meter), when, info.get("stoppedReason")
+            s.endpoint,
+            tx_key,
+            None,  # the energy register in its meter values, else the latest reading
+            when,
+            info.get("stoppedReason"),
+            meter_values=meter,
+            evse=connector,
+            id_tag=token,
+            charging_state=state,
+            learn=True,
         )
-    return {"idTokenInfo": {"status": status}} if id_token is not None and status else {}
+    else:
+        await s.fleet.meter_values(
+            s.endpoint,
+            connector,
+            tx_key,
+            meter or [],
+            charging_state=state,
+            id_tag=token,
+            accepted=decision is None or decision.accepted,
+            learn=True,
+        )
+    return {"idTokenInfo": decision.id_token_info()} if decision else {}
 
 
 async def meter_values(s: StationSession, p: dict) -> dict:

@@ -100,6 +100,11 @@ class StationSession:
             trace=trace,  # the frame log's observer (fleet/frames.py), if it is on
         )
 
+    def describe(self) -> dict:
+        """What the connection says of itself (for the chargestation.online event)."""
+        address = getattr(self.ws, "remote_address", None)
+        return {"protocol": self.protocol, "address": address[0] if address else None}
+
     async def run(self) -> None:
         """Answer the station until its socket closes."""
         try:
@@ -207,11 +212,7 @@ class Registry:
             )
             task.add_done_callback(self._closing.discard)
         try:
-            address = getattr(session.ws, "remote_address", None)
-            await self.fleet.connected(
-                session.endpoint,
-                {"protocol": session.protocol, "address": address[0] if address else None},
-            )
+            await self.fleet.connected(session.endpoint, session.describe())
         except Exception:  # deleted between the upgrade and now, or the store failed
             if self._sessions.get(session.endpoint) is session:
                 del self._sessions[session.endpoint]

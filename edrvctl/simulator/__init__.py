@@ -18,7 +18,10 @@ open_timeout, reboot_delay, transfer_step, validate, connect_limiter)``
   that fails), Downloaded, Installing, Installed, ``transfer_step`` seconds apart, then reboots
   (reason FirmwareUpdate) with the next ``firmware`` version (1.0.0 -> 1.0.1). GetDiagnostics
   and GetLog send Uploading, PUT a small generated file to ``<location>/<file name>``, then
-  Uploaded, or UploadFailed/UploadFailure if the PUT failed.
+  Uploaded, or UploadFailed/UploadFailure if the PUT failed. SendLocalList (Full, or
+  Differential with a newer version, else VersionMismatch) keeps ``local_list`` ({(id tag,
+  2.0.1 type or None): idTagInfo / idTokenInfo}) and ``local_list_version`` (0: none), which
+  GetLocalListVersion answers.
 * ``await st.send(action, payload)`` sends any CALL (the payload a camelCase dict as on the
   wire) and returns the answer's payload dict; raises ``edrvctl.ocppj.RemoteError`` for a
   CALLERROR or an invalid answer, ``InvalidCall`` for a payload that breaks the schema (nothing

@@ -161,6 +161,18 @@ def get_log(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted", "filename": name}
 
 
+def send_local_list(st: SimStation, p: dict) -> dict:
+    entries = [
+        ((e["idTag"], None), e.get("idTagInfo")) for e in p.get("localAuthorizationList") or []
+    ]
+    full = p["updateType"] == "Full"
+    return {"status": st._update_local_list(full, p["listVersion"], entries)}
+
+
+def get_local_list_version(st: SimStation, p: dict) -> dict:
+    return {"listVersion": st.local_list_version}
+
+
 def accepted(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
@@ -193,6 +205,8 @@ class V16:
         "UpdateFirmware": update_firmware,
         "GetDiagnostics": get_diagnostics,
         "GetLog": get_log,
+        "SendLocalList": send_local_list,
+        "GetLocalListVersion": get_local_list_version,
     }
 
     # --- what the station sends -----------------------------------------------------------------

@@ -230,6 +230,14 @@ def request_stop_transaction(st: SimStation, p: dict) -> dict:
     return {"status": "Accepted"}
 
 
+def get_transaction_status(st: SimStation, p: dict) -> dict:
+    """Every message is sent at once here: none is ever queued."""
+    tx_id = p.get("transactionId")
+    if tx_id is None:
+        return {"messagesInQueue": False}
+    return {"messagesInQueue": False, "ongoingIndicator": st._find_tx(tx_id) is not None}
+
+
 def update_firmware(st: SimStation, p: dict) -> dict:
     rid = p["requestId"]
     st._later(
@@ -250,6 +258,19 @@ def get_log(st: SimStation, p: dict) -> dict:
         "UploadFailure",
     )
     return {"status": "Accepted", "filename": name}
+
+
+def send_local_list(st: SimStation, p: dict) -> dict:
+    entries = [
+        ((e["idToken"]["idToken"], e["idToken"]["type"]), e.get("idTokenInfo"))
+        for e in p.get("localAuthorizationList") or []
+    ]
+    full = p["updateType"] == "Full"
+    return {"status": st._update_local_list(full, p["versionNumber"], entries)}
+
+
+def get_local_list_version(st: SimStation, p: dict) -> dict:
+    return {"versionNumber": st.local_list_version}
 
 
 def accepted(st: SimStation, p: dict) -> dict:
@@ -280,10 +301,13 @@ class V201:
         "UnlockConnector": unlock_connector,
         "RequestStartTransaction": request_start_transaction,
         "RequestStopTransaction": request_stop_transaction,
+        "GetTransactionStatus": get_transaction_status,
         "ClearCache": accepted,
         "DataTransfer": unknown_vendor,
         "UpdateFirmware": update_firmware,
         "GetLog": get_log,
+        "SendLocalList": send_local_list,
+        "GetLocalListVersion": get_local_list_version,
     }
 
     # --- what the station sends -----------------------------------------------------------------

@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -212,6 +212,8 @@ class SimStation:
         "id_tag",
         "last_error",
         "last_status_code",
+        "local_list",
+        "local_list_version",
         "meter_interval",
         "model",
         "open_timeout",
@@ -301,6 +303,10 @@ class SimStation:
         self.stats = Stats()
         self.last_error: str | None = None
         self.last_status_code: int | None = None
+        # the local authorization list: (id tag, 2.0.1 type or None) -> its idTagInfo /
+        # idTokenInfo, as the central system sent it; version 0: none
+        self.local_list: dict[tuple[str, str | None], dict] = {}
+        self.local_list_version = 0
 
         self._v: Version = V16 if protocol == "ocpp1.6" else V201
         self._layout = device.layout(protocol, connectors)
@@ -630,6 +636,26 @@ class SimStation:
         tx = Tx(connector, id_tag, id_type, remote_start_id, self.session_duration)
         self._txs[connector] = tx
         return tx
+
+    def _update_local_list(
+        self,
+        full: bool,
+        version: int,
+        entries: Sequence[tuple[tuple[str, str | None], dict | None]],
+    ) -> str:
+        """SendLocalList: replace the list (full) or apply the changes (an entry without
+        info is taken off); a differential update must bring a newer version."""
+        if not full and version <= self.local_list_version:
+            return "VersionMismatch"
+        if full:
+            self.local_list = {}
+        for key, info in entries:
+            if info is None:
+                self.local_list.pop(key, None)
+            else:
+                self.local_list[key] = info
+        self.local_list_version = version
+        return "Accepted"
 
     def _find_tx(self, tx_id: int | str) -> Tx | None:
         return next((tx for tx in self._txs.values() if tx.started and tx.tx_id == tx_id), None)

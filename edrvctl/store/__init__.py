@@ -154,6 +154,37 @@ def chunk_frames(station_id: str, first_id: int, data: bytes, skip: int = 0) -> 
     return found
 
 
+SESSION_STATUSES = ("Active", "Completed", "Refused")
+
+
+@dataclass
+class SessionQuery:
+    """Sessions (transactions) newest first: by start time (`startedAt`; for one whose start
+    was never seen, its `stoppedAt`, else its `createdAt`), then the one recorded last."""
+
+    station_id: str | None = None
+    status: str | None = None  # one of SESSION_STATUSES
+    active: bool | None = None  # status is (not) Active
+    since: str | None = None  # started at or after this
+    until: str | None = None  # started at or before this
+    limit: int | None = 20  # None: no limit
+    offset: int = 0
+
+
+TOKEN_FILTER_FIELDS = ("physicalId", "type", "active", "organization")
+
+
+@dataclass
+class TokenQuery:
+    """Id tokens, newest first (createdAt), or oldest first."""
+
+    equals: dict[str, Any] = field(default_factory=dict)  # TOKEN_FILTER_FIELDS -> value
+    usable_in: str | None = None  # only tokens of no organization or of this one
+    newest_first: bool = True
+    limit: int | None = 20  # None: no limit
+    offset: int = 0
+
+
 class Unit(Protocol):
     """One unit of work, used by one task. Units may overlap (other tasks, or one opened
     inside another that has only read); once a unit has written it may hold the connection
@@ -227,7 +258,8 @@ class Unit(Protocol):
     async def forget_unknown(self, endpoint: str) -> None: ...
 
     async def start_transaction(self, tx: dict) -> str:
-        """Returns the tx_key; without one (OCPP 1.6) the new row's id becomes it."""
+        """Returns the tx_key; without one (OCPP 1.6) the new row's id becomes it. A
+        transaction with an `_id` is a session found by it (get_session)."""
 
     async def get_transaction(self, station_id: str, tx_key: str) -> dict | None: ...
 
@@ -238,14 +270,26 @@ class Unit(Protocol):
     async def transactions(self, station_id: str | None = None) -> list[dict]:
         """Oldest first."""
 
+    async def get_session(self, session_id: str) -> dict | None:
+        """The transaction whose `_id` this is."""
+
+    async def list_sessions(self, query: SessionQuery) -> tuple[list[dict], int]:
+        """A page of transactions, newest first (SessionQuery), and how many match in all."""
+
     async def add_meter_values(
         self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
     ) -> None: ...
 
     async def meter_values(
-        self, station_id: str | None = None, tx_key: str | None = None
+        self,
+        station_id: str | None = None,
+        tx_key: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest: bool = False,
     ) -> list[dict]:
-        """Oldest first: {station_id, tx_key, connector, values}."""
+        """Oldest first (`newest`: newest first): {station_id, tx_key, connector, values},
+        one per message; `limit` and `offset` page through them."""
 
     # --- actions (commands sent to stations, fleet/actions.py) ---
 
@@ -265,6 +309,94 @@ class Unit(Protocol):
     async def fail_pending_actions(self, reason: str, now: str) -> int:
         """Every action whose outcome is still pending ends failed (status failed if it was
         never answered), with error {code: "Interrupted", description: reason}."""
+
+    # --- webhooks (fleet/webhooks.py) ---
+
+    async def create_webhook(self, doc: dict, secret: str, cursor: int) -> None:
+        """A new webhook; `cursor`: the last event seq it does not take."""
+
+    async def get_webhook(self, webhook_id: str) -> dict | None: ...
+
+    async def list_webhooks(self) -> list[dict]:
+        """Oldest first."""
+
+    async def update_webhook(self, doc: dict, cursor: int | None = None) -> bool:
+        """Replaces the record (and the cursor, if given); False if there is none."""
+
+    async def set_webhook_secret(self, webhook_id: str, secret: str) -> bool: ...
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """With its deliveries; False if there was none."""
+
+    async def webhook_internals(self) -> dict[str, tuple[str, int]]:
+        """_id -> (secret, cursor) of every webhook: what only the delivery worker reads."""
+
+    async def set_webhook_cursors(self, cursors: dict[str, int]) -> None:
+        """_id -> the last event seq taken; a cursor never moves back."""
+
+    async def add_deliveries(self, webhook_id: str, deliveries: list[dict]) -> int:
+        """New deliveries of events (each a delivery record without `_id`, plus `seq`, `lane`
+        and `body`), unless the webhook is gone or already has that event; returns how many
+        were added. Their `_id`s rise in the order given."""
+
+    async def delivery_heads(self, webhook_id: str, limit: int) -> list[dict]:
+        """The oldest pending delivery of each lane, soonest nextAttemptAt first, with its
+        `seq`, `lane` and `body`."""
+
+    async def save_delivery(self, delivery: dict) -> bool:
+        """Records an attempt (status, attempts, nextAttemptAt, ...) of a delivery that is
+        still pending; False if it is not (given up meanwhile, or gone). The body is kept
+        only while it stays pending."""
+
+    async def list_deliveries(
+        self, webhook_id: str, status: str | None = None, limit: int | None = 100
+    ) -> list[dict]:
+        """Newest event first, without body or lane."""
+
+    async def pending_deliveries(self) -> dict[str, int]:
+        """Webhook _id -> its pending deliveries (only webhooks that have some)."""
+
+    async def fail_oldest_deliveries(self, webhook_id: str, keep: int, error: str, now: str) -> int:
+        """Every pending delivery but the newest `keep` ends failed with lastError `error`;
+        returns how many."""
+
+    async def prune_deliveries(self, webhook_id: str, keep: int, before: str) -> int:
+        """Forgets finished deliveries (delivered or failed) last changed before `before`, and
+        any beyond the newest `keep`; returns how many."""
+
+    # --- id tokens (fleet/tokens.py) ---
+
+    async def create_token(self, doc: dict) -> None:
+        """errors.Conflict if a token with that physicalId (in any case) and type exists."""
+
+    async def import_tokens(self, docs: list[dict]) -> int:
+        """Create the tokens, or update the one with the same physicalId and type (it keeps
+        its _id, createdAt and meta_data); returns how many were created."""
+
+    async def get_token(self, token_id: str) -> dict | None:
+        """Remembers the row's revision for save_token."""
+
+    async def find_tokens(self, physical_id: str, type: str | None = None) -> list[dict]:
+        """The tokens of this physicalId (compared without case, as OCPP compares id tags),
+        of any type or of `type`; oldest first. Remembers their revisions."""
+
+    async def save_token(self, doc: dict) -> None:
+        """Compare-and-set, as save_station; errors.Conflict if its new physicalId and type
+        are another token's."""
+
+    async def delete_token(self, token_id: str) -> bool: ...
+
+    async def list_tokens(self, query: TokenQuery) -> tuple[list[dict], int]:
+        """A page, and how many match in all."""
+
+    async def active_transactions(self, id_tag: str) -> list[dict]:
+        """The transactions of this id tag (without case) whose status is Active."""
+
+    async def get_local_list(self, station_id: str) -> dict | None:
+        """What was last sent to the station as its local authorization list."""
+
+    async def set_local_list(self, station_id: str, doc: dict) -> None:
+        """`doc` has `version`; deleted with the station."""
 
 
 class Store(Protocol):

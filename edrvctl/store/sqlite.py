@@ -40,11 +40,14 @@ from edrvctl.store import (
     ACTION_FILTER_FIELDS,
     FILTER_FIELDS,
     SORT_FIELDS,
+    TOKEN_FILTER_FIELDS,
     ActionQuery,
     EventQuery,
     FrameChunk,
     FrameQuery,
+    SessionQuery,
     StationQuery,
+    TokenQuery,
     chunk_frames,
 )
 
@@ -156,7 +159,73 @@ CREATE TABLE unknown_endpoints (
 );
 CREATE INDEX unknown_last ON unknown_endpoints(lastSeenAt);
 """,
-    # 5: the frame log (fleet/frames.py): a station's frames of one flush in one row
+    # 5: webhooks (fleet/webhooks.py): each one's secret and event-log cursor, and its
+    # deliveries (the body kept only while pending)
+    """
+CREATE TABLE webhooks (
+    id          TEXT PRIMARY KEY,
+    secret      TEXT NOT NULL,
+    cursor      INTEGER NOT NULL,
+    createdAt   TEXT NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    lane        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    next_at     TEXT,
+    updated_at  TEXT NOT NULL,
+    body        BLOB,
+    doc         TEXT NOT NULL,
+    UNIQUE (webhook_id, seq)
+);
+CREATE INDEX webhook_deliveries_lane ON webhook_deliveries(webhook_id, status, lane, id);
+""",
+    # 6: sessions: each transaction has an _id, and is listed by station, status and start
+    # time (when its start was never seen: its stop time); a session's meter values are
+    # found by an index that messages without a transaction do not pay for
+    """
+ALTER TABLE transactions ADD COLUMN session_id TEXT;
+ALTER TABLE transactions ADD COLUMN status TEXT;
+ALTER TABLE transactions ADD COLUMN startedAt TEXT;
+UPDATE transactions SET session_id = lower(hex(randomblob(12)));
+UPDATE transactions SET
+    doc = json_set(doc, '$._id', session_id, '$.endpoint',
+        (SELECT endpoint FROM chargestations c WHERE c.id = transactions.station_id)),
+    status = json_extract(doc, '$.status'),
+    startedAt = coalesce(json_extract(doc, '$.startedAt'), json_extract(doc, '$.stoppedAt'));
+CREATE UNIQUE INDEX transactions_session ON transactions(session_id);
+CREATE INDEX transactions_started ON transactions(startedAt, id);
+CREATE INDEX transactions_station_started ON transactions(station_id, startedAt, id);
+CREATE INDEX meter_values_tx ON meter_values(station_id, tx_key, id) WHERE tx_key IS NOT NULL;
+""",
+    # 7: tokens: id tokens (fleet/tokens.py), found by physicalId (case-insensitive, as OCPP
+    # compares id tags) and type; the local list last sent to each station; a token's running
+    # transactions found by its id tag (ConcurrentTx)
+    """
+CREATE TABLE tokens (
+    id           TEXT PRIMARY KEY,
+    physicalId   TEXT NOT NULL COLLATE NOCASE,
+    type         TEXT NOT NULL,
+    active       INTEGER NOT NULL,
+    organization TEXT,
+    createdAt    TEXT NOT NULL,
+    rev          INTEGER NOT NULL DEFAULT 1,
+    doc          TEXT NOT NULL,
+    UNIQUE (physicalId, type)
+);
+CREATE INDEX tokens_created ON tokens(createdAt, id);
+CREATE TABLE local_lists (
+    station_id  TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    doc         TEXT NOT NULL
+);
+CREATE INDEX transactions_active_tag ON transactions(json_extract(doc, '$.idTag') COLLATE NOCASE)
+    WHERE status = 'Active';
+""",
+    # 8: the frame log (fleet/frames.py): a station's frames of one flush in one row
     """
 CREATE TABLE frame_chunks (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -172,6 +241,7 @@ CREATE INDEX frame_chunks_station ON frame_chunks(station_id, seq);
 """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+IMPORT_CHUNK = 2_000  # tokens written between two turns of the event loop (import_tokens)
 BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
 
 _COLUMNS = (
@@ -507,6 +577,13 @@ class SqliteUnit:
         if s._owner is not None and s._owner is not self:
             await s._wait_for_owner()
 
+    async def _writing(self) -> SqliteStore:
+        """Before a write: this unit owns the connection, inside its savepoint."""
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        return s
+
     def _read_done(self) -> None:
         """What was just read may hold uncommitted writes: acknowledge nothing before them."""
         batch = self._s._batch
@@ -516,9 +593,7 @@ class SqliteUnit:
     # --- stations ---
 
     async def create_station(self, doc: dict) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         row = (
             doc["_id"],
             doc["endpoint"],
@@ -552,9 +627,7 @@ class SqliteUnit:
                 f"chargestation {doc.get('endpoint', sid)} was not read in this "
                 "unit of work: read it first"
             )
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(_SAVE, (*(doc.get(c) for c in _COLUMNS), _json(doc).decode(), sid, rev))
         if cur.rowcount == 0:
             raise StaleRecord(
@@ -563,9 +636,7 @@ class SqliteUnit:
         self._revs[sid] = rev + 1
 
     async def set_last_message_at(self, seen: dict[str, str]) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run(
             "UPDATE chargestations SET lastMessageAt = ?, rev = rev + 1, "
             "doc = json_set(doc, '$.lastMessageAt', ?) WHERE endpoint = ?",
@@ -574,9 +645,7 @@ class SqliteUnit:
         )
 
     async def delete_station(self, station_id: str) -> bool:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run("DELETE FROM chargestations WHERE id = ?", (station_id,))
         for table in (
             "transactions",
@@ -584,6 +653,7 @@ class SqliteUnit:
             "event_log",
             "credentials",
             "actions",
+            "local_lists",
             "frame_chunks",
         ):
             s._run(f"DELETE FROM {table} WHERE station_id = ?", (station_id,))
@@ -626,9 +696,7 @@ class SqliteUnit:
         return docs, total
 
     async def mark_all_offline(self, now: str) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         # lastDisconnectAt: when it was found disconnected, which is after any connect
         cur = s._run(
             "UPDATE chargestations SET online = 0, rev = rev + 1, doc = json_set(doc, "
@@ -640,9 +708,7 @@ class SqliteUnit:
     # --- station passwords (hashes only; never part of the record) ---
 
     async def set_password_hash(self, station_id: str, hashed: str, at: str) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run("INSERT OR REPLACE INTO credentials VALUES (?,?,?)", (station_id, hashed, at))
 
     async def password_hash(self, station_id: str) -> str | None:
@@ -663,9 +729,7 @@ class SqliteUnit:
         data: dict,
         endpoint: str | None = None,
     ) -> dict:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(
             "INSERT INTO event_log (type, station_id, endpoint, at, doc) VALUES (?,?,?,?,?)",
             (type, station_id, endpoint, at, _json(data)),
@@ -724,9 +788,7 @@ class SqliteUnit:
     # --- the frame log: a row per station and write (FrameChunk), frame ids seq << 16 | index ---
 
     async def add_frames(self, chunks: Sequence[FrameChunk]) -> list[int]:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         if any(c.n > MAX_CHUNK for c in chunks):
             raise ValueError(f"at most {MAX_CHUNK} frames in one chunk")
         s._run(
@@ -813,9 +875,7 @@ class SqliteUnit:
                 straddles, held = (seq, skip + held - keep), keep
         if straddles is None and older is None:
             return held
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         if straddles is not None:
             s._run("UPDATE frame_chunks SET skip = ? WHERE seq = ?", (straddles[1], straddles[0]))
         if older is not None:
@@ -843,18 +903,14 @@ class SqliteUnit:
         ]
         self._read_done()
         if gone:
-            s = self._s
-            if s._owner is not self or not s._savepoint:
-                await s._begin(self)
+            s = await self._writing()
             s._run("DELETE FROM frame_chunks WHERE seq = ?", gone, many=True)
         return len(gone)
 
     async def seen_unknown(self, endpoint: str, at: str, info: dict, times: int, keep: int) -> bool:
         """Count `times` attempts of an endpoint that is no station; True if it is new to the
         list. The list keeps the `keep` endpoints seen last."""
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         cur = s._run(
             "UPDATE unknown_endpoints SET seen = seen + ?, lastSeenAt = ?, doc = ? "
             "WHERE endpoint = ?",
@@ -888,19 +944,16 @@ class SqliteUnit:
         ]
 
     async def forget_unknown(self, endpoint: str) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run("DELETE FROM unknown_endpoints WHERE endpoint = ?", (endpoint,))
 
     async def start_transaction(self, tx: dict) -> str:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         try:
             cur = s._run(
-                "INSERT INTO transactions (station_id, tx_key, doc) VALUES (?,?,?)",
-                (tx["station_id"], tx.get("tx_key"), _json(tx)),
+                "INSERT INTO transactions (station_id, tx_key, session_id, status, startedAt, "
+                "doc) VALUES (?,?,?,?,?,?)",
+                (tx["station_id"], tx.get("tx_key"), *_session_columns(tx), _json(tx)),
             )
         except sqlite3.IntegrityError:
             raise Conflict(
@@ -924,16 +977,16 @@ class SqliteUnit:
         return orjson.loads(row[0]) if row else None
 
     async def update_transaction(self, station_id: str, tx_key: str, fields: dict) -> dict | None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)  # the read and the write are one step
+        s = await self._writing()  # the read and the write are one step
         tx = await self.get_transaction(station_id, tx_key)
         if tx is None:
             return None
         tx.update(fields)
+        _, status, started = _session_columns(tx)
         s._run(
-            "UPDATE transactions SET doc = ? WHERE station_id = ? AND tx_key = ?",
-            (_json(tx), station_id, tx_key),
+            "UPDATE transactions SET status = ?, startedAt = ?, doc = ? "
+            "WHERE station_id = ? AND tx_key = ?",
+            (status, started, _json(tx), station_id, tx_key),
         )
         return tx
 
@@ -944,24 +997,66 @@ class SqliteUnit:
         self._read_done()
         return [orjson.loads(d) for (d,) in rows]
 
+    async def get_session(self, session_id: str) -> dict | None:
+        await self._read()
+        row = self._db.execute(
+            "SELECT doc FROM transactions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        self._read_done()
+        return orjson.loads(row[0]) if row else None
+
+    async def list_sessions(self, query: SessionQuery) -> tuple[list[dict], int]:
+        where: list[str] = ["session_id IS NOT NULL"]
+        args: list[object] = []
+        if query.station_id is not None:
+            where.append("station_id = ?")
+            args.append(query.station_id)
+        if query.status is not None:
+            where.append("status = ?")
+            args.append(query.status)
+        if query.active is not None:
+            where.append("status = 'Active'" if query.active else "status IS NOT 'Active'")
+        if query.since is not None:
+            where.append("startedAt >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("startedAt <= ?")
+            args.append(query.until)
+        sql_where = " WHERE " + " AND ".join(where)
+        await self._read()
+        db = self._db
+        total = db.execute(f"SELECT count(*) FROM transactions{sql_where}", args).fetchone()[0]
+        rows = db.execute(
+            f"SELECT doc FROM transactions{sql_where} ORDER BY startedAt DESC, id DESC "
+            "LIMIT ? OFFSET ?",
+            (*args, -1 if query.limit is None else query.limit, query.offset),
+        ).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows], total
+
     async def add_meter_values(
         self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
     ) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         s._run(
             "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
             (station_id, tx_key, connector, _json(values)),
         )
 
     async def meter_values(
-        self, station_id: str | None = None, tx_key: str | None = None
+        self,
+        station_id: str | None = None,
+        tx_key: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest: bool = False,
     ) -> list[dict]:
         where, args = _where(station_id=station_id, tx_key=tx_key)
         await self._read()
         rows = self._db.execute(
-            f"SELECT station_id, tx_key, connector, doc FROM meter_values{where} ORDER BY id", args
+            f"SELECT station_id, tx_key, connector, doc FROM meter_values{where} "
+            f"ORDER BY id {'DESC' if newest else 'ASC'} LIMIT ? OFFSET ?",
+            (*args, -1 if limit is None else limit, offset),
         ).fetchall()
         self._read_done()
         return [
@@ -972,9 +1067,7 @@ class SqliteUnit:
     # --- actions ---
 
     async def create_action(self, doc: dict) -> None:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         try:
             s._run(
                 "INSERT INTO actions (id, station_id, type, status, outcome, createdAt, "
@@ -999,9 +1092,7 @@ class SqliteUnit:
         rev = self._revs.get(key)
         if rev is None:
             raise StaleRecord(f"action {doc['_id']} was not read in this unit of work")
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         _id, _sid, *columns = _action_columns(doc)
         cur = s._run(
             "UPDATE actions SET type = ?, status = ?, outcome = ?, createdAt = ?, "
@@ -1043,9 +1134,7 @@ class SqliteUnit:
         return docs, total
 
     async def fail_pending_actions(self, reason: str, now: str) -> int:
-        s = self._s
-        if s._owner is not self or not s._savepoint:
-            await s._begin(self)
+        s = await self._writing()
         error = _json({"code": "Interrupted", "description": reason}).decode()
         cur = s._run(
             "UPDATE actions SET outcome = 'failed', updatedAt = ?1, rev = rev + 1, "
@@ -1056,6 +1145,322 @@ class SqliteUnit:
             (now, error),
         )
         return cur.rowcount
+
+    # --- webhooks ---
+
+    async def create_webhook(self, doc: dict, secret: str, cursor: int) -> None:
+        s = await self._writing()
+        try:
+            s._run(
+                "INSERT INTO webhooks (id, secret, cursor, createdAt, doc) VALUES (?,?,?,?,?)",
+                (doc["_id"], secret, cursor, doc["createdAt"], _json(doc).decode()),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"webhook {doc['_id']} exists") from None
+
+    async def get_webhook(self, webhook_id: str) -> dict | None:
+        await self._read()
+        row = self._db.execute("SELECT doc FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+        self._read_done()
+        return orjson.loads(row[0]) if row else None
+
+    async def list_webhooks(self) -> list[dict]:
+        await self._read()
+        rows = self._db.execute("SELECT doc FROM webhooks ORDER BY createdAt, rowid").fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows]
+
+    async def update_webhook(self, doc: dict, cursor: int | None = None) -> bool:
+        s = await self._writing()
+        cur = s._run(
+            "UPDATE webhooks SET doc = ?, cursor = coalesce(?, cursor) WHERE id = ?",
+            (_json(doc).decode(), cursor, doc["_id"]),
+        )
+        return cur.rowcount > 0
+
+    async def set_webhook_secret(self, webhook_id: str, secret: str) -> bool:
+        s = await self._writing()
+        cur = s._run("UPDATE webhooks SET secret = ? WHERE id = ?", (secret, webhook_id))
+        return cur.rowcount > 0
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        s = await self._writing()
+        cur = s._run("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
+        s._run("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
+        return cur.rowcount > 0
+
+    async def webhook_internals(self) -> dict[str, tuple[str, int]]:
+        await self._read()
+        rows = self._db.execute("SELECT id, secret, cursor FROM webhooks").fetchall()
+        self._read_done()
+        return {i: (secret, cursor) for i, secret, cursor in rows}
+
+    async def set_webhook_cursors(self, cursors: dict[str, int]) -> None:
+        s = await self._writing()
+        s._run(
+            "UPDATE webhooks SET cursor = max(cursor, ?) WHERE id = ?",
+            [(seq, i) for i, seq in cursors.items()],
+            many=True,
+        )
+
+    async def add_deliveries(self, webhook_id: str, deliveries: list[dict]) -> int:
+        s = await self._writing()
+        rows = []
+        for d in deliveries:
+            doc = {k: v for k, v in d.items() if k not in _DELIVERY_COLUMNS}
+            rows.append(
+                (
+                    webhook_id,
+                    d["seq"],
+                    d["lane"],
+                    doc["status"],
+                    doc.get("nextAttemptAt"),
+                    doc["updatedAt"],
+                    d["body"],
+                    _json(doc).decode(),
+                    webhook_id,
+                )
+            )
+        # not for a webhook deleted meanwhile; an event it has already is kept as it is
+        cur = s._run(
+            "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, seq, lane, status, "
+            "next_at, updated_at, body, doc) SELECT ?,?,?,?,?,?,?,? "
+            "WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?)",
+            rows,
+            many=True,
+        )
+        return cur.rowcount
+
+    async def delivery_heads(self, webhook_id: str, limit: int) -> list[dict]:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT d.id, d.seq, d.lane, d.body, d.doc FROM webhook_deliveries d JOIN "
+            "(SELECT min(id) AS id FROM webhook_deliveries WHERE webhook_id = ? AND "
+            "status = 'pending' GROUP BY lane) h ON h.id = d.id "
+            "ORDER BY d.next_at, d.id LIMIT ?",
+            (webhook_id, limit),
+        ).fetchall()
+        self._read_done()
+        return [
+            {"_id": str(i), **orjson.loads(doc), "seq": seq, "lane": lane, "body": body}
+            for i, seq, lane, body, doc in rows
+        ]
+
+    async def save_delivery(self, delivery: dict) -> bool:
+        s = await self._writing()
+        doc = {k: v for k, v in delivery.items() if k not in _DELIVERY_COLUMNS and k != "_id"}
+        cur = s._run(
+            "UPDATE webhook_deliveries SET status = ?, next_at = ?, updated_at = ?, doc = ?, "
+            "body = CASE ? WHEN 'pending' THEN body END WHERE id = ? AND status = 'pending'",
+            (
+                doc["status"],
+                doc.get("nextAttemptAt"),
+                doc["updatedAt"],
+                _json(doc).decode(),
+                doc["status"],
+                int(delivery["_id"]),
+            ),
+        )
+        return cur.rowcount > 0
+
+    async def list_deliveries(
+        self, webhook_id: str, status: str | None = None, limit: int | None = 100
+    ) -> list[dict]:
+        where, args = _where(webhook_id=webhook_id, status=status)
+        await self._read()
+        rows = self._db.execute(
+            f"SELECT id, doc FROM webhook_deliveries{where} ORDER BY seq DESC LIMIT ?",
+            (*args, -1 if limit is None else limit),
+        ).fetchall()
+        self._read_done()
+        return [{"_id": str(i), **orjson.loads(doc)} for i, doc in rows]
+
+    async def pending_deliveries(self) -> dict[str, int]:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT webhook_id, count(*) FROM webhook_deliveries WHERE status = 'pending' "
+            "GROUP BY webhook_id"
+        ).fetchall()
+        self._read_done()
+        return dict(rows)
+
+    async def fail_oldest_deliveries(self, webhook_id: str, keep: int, error: str, now: str) -> int:
+        s = await self._writing()
+        cur = s._run(
+            "UPDATE webhook_deliveries SET status = 'failed', next_at = NULL, updated_at = ?1, "
+            "body = NULL, doc = json_set(doc, '$.status', 'failed', '$.lastError', ?2, "
+            "'$.nextAttemptAt', json('null'), '$.updatedAt', ?1) WHERE id IN (SELECT id FROM "
+            "webhook_deliveries WHERE webhook_id = ?3 AND status = 'pending' "
+            "ORDER BY id DESC LIMIT -1 OFFSET ?4)",
+            (now, error, webhook_id, keep),
+        )
+        return cur.rowcount
+
+    async def prune_deliveries(self, webhook_id: str, keep: int, before: str) -> int:
+        s = await self._writing()
+        cur = s._run(
+            "DELETE FROM webhook_deliveries WHERE webhook_id = ?1 AND status != 'pending' "
+            "AND (updated_at < ?2 OR id IN (SELECT id FROM webhook_deliveries WHERE "
+            "webhook_id = ?1 AND status != 'pending' ORDER BY id DESC LIMIT -1 OFFSET ?3))",
+            (webhook_id, before, keep),
+        )
+        return cur.rowcount
+
+    # --- id tokens (fleet/tokens.py) ---
+
+    async def create_token(self, doc: dict) -> None:
+        s = await self._writing()
+        try:
+            s._run(_TOKEN_INSERT, (*_token_columns(doc), _json(doc).decode()))
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"a token {doc['physicalId']!r} of type {doc['type']} exists",
+                hint="change that one (`edrvctl tokens inspect`), or give another type",
+            ) from None
+        self._revs["token:" + doc["_id"]] = 1
+
+    async def import_tokens(self, docs: list[dict]) -> int:
+        s = await self._writing()
+        before = s.db.execute("SELECT count(*) FROM tokens").fetchone()[0]
+        for start in range(0, len(docs), IMPORT_CHUNK):
+            if start:  # the event loop goes on between chunks (pings, heartbeats)
+                await asyncio.sleep(0)
+            # a token that exists (physicalId and type) is updated: it keeps its _id,
+            # createdAt and meta_data
+            s._run(
+                _TOKEN_INSERT + " ON CONFLICT (physicalId, type) DO UPDATE SET "
+                "physicalId = excluded.physicalId, active = excluded.active, "
+                "organization = excluded.organization, rev = rev + 1, "
+                "doc = json_set(excluded.doc, '$._id', tokens.id, '$.createdAt', "
+                "tokens.createdAt, '$.meta_data', json(json_extract(tokens.doc, '$.meta_data')))",
+                [
+                    (*_token_columns(d), _json(d).decode())
+                    for d in docs[start : start + IMPORT_CHUNK]
+                ],
+                many=True,
+            )
+        return s.db.execute("SELECT count(*) FROM tokens").fetchone()[0] - before
+
+    def _tokens(self, rows: list) -> list[dict]:
+        docs = []
+        for token_id, rev, doc in rows:
+            self._revs["token:" + token_id] = rev
+            docs.append(orjson.loads(doc))
+        return docs
+
+    async def get_token(self, token_id: str) -> dict | None:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT id, rev, doc FROM tokens WHERE id = ?", (token_id,)
+        ).fetchall()
+        self._read_done()
+        found = self._tokens(rows)
+        return found[0] if found else None
+
+    async def find_tokens(self, physical_id: str, type: str | None = None) -> list[dict]:
+        sql = "SELECT id, rev, doc FROM tokens WHERE physicalId = ?"
+        args: tuple = (physical_id,)
+        if type is not None:
+            sql += " AND type = ?"
+            args = (physical_id, type)
+        await self._read()
+        rows = self._db.execute(sql + " ORDER BY createdAt, id", args).fetchall()
+        self._read_done()
+        return self._tokens(rows)
+
+    async def save_token(self, doc: dict) -> None:
+        key = "token:" + doc["_id"]
+        rev = self._revs.get(key)
+        if rev is None:
+            raise StaleRecord(f"token {doc['_id']} was not read in this unit of work")
+        s = await self._writing()
+        _id, *columns = _token_columns(doc)
+        try:
+            cur = s._run(
+                "UPDATE tokens SET physicalId = ?, type = ?, active = ?, organization = ?, "
+                "createdAt = ?, doc = ?, rev = rev + 1 WHERE id = ? AND rev = ?",
+                (*columns, _json(doc).decode(), _id, rev),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"a token {doc['physicalId']!r} of type {doc['type']} exists") from None
+        if cur.rowcount == 0:
+            raise StaleRecord(f"token {_id} was changed or deleted since it was read")
+        self._revs[key] = rev + 1
+
+    async def delete_token(self, token_id: str) -> bool:
+        s = await self._writing()
+        self._revs.pop("token:" + token_id, None)
+        return s._run("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+    async def list_tokens(self, query: TokenQuery) -> tuple[list[dict], int]:
+        where, args = [], []
+        for name, value in query.equals.items():
+            if name not in TOKEN_FILTER_FIELDS:
+                raise UsageError(
+                    f"cannot filter tokens on {name!r}; fields: {', '.join(TOKEN_FILTER_FIELDS)}"
+                )
+            where.append(f"{name} IS ?")
+            args.append(value)
+        if query.usable_in is not None:
+            where.append("(organization IS NULL OR organization = ?)")
+            args.append(query.usable_in)
+        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC" if query.newest_first else "ASC"
+        await self._read()
+        db = self._db
+        total = db.execute(f"SELECT count(*) FROM tokens{sql_where}", args).fetchone()[0]
+        rows = db.execute(
+            f"SELECT doc FROM tokens{sql_where} ORDER BY createdAt {order}, id {order} "
+            "LIMIT ? OFFSET ?",
+            (*args, -1 if query.limit is None else query.limit, query.offset),
+        ).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows], total
+
+    async def active_transactions(self, id_tag: str) -> list[dict]:
+        await self._read()
+        rows = self._db.execute(
+            "SELECT doc FROM transactions WHERE json_extract(doc, '$.idTag') = ? COLLATE NOCASE "
+            "AND status = 'Active' ORDER BY id",
+            (id_tag,),
+        ).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows]
+
+    async def get_local_list(self, station_id: str) -> dict | None:
+        await self._read()
+        row = self._db.execute(
+            "SELECT doc FROM local_lists WHERE station_id = ?", (station_id,)
+        ).fetchone()
+        self._read_done()
+        return orjson.loads(row[0]) if row else None
+
+    async def set_local_list(self, station_id: str, doc: dict) -> None:
+        s = await self._writing()
+        s._run(
+            "INSERT OR REPLACE INTO local_lists (station_id, version, doc) VALUES (?,?,?)",
+            (station_id, doc["version"], _json(doc).decode()),
+        )
+
+
+# keys of a delivery (fleet/webhooks.py) that are columns, not part of its stored document
+_DELIVERY_COLUMNS = ("seq", "lane", "body")
+
+_TOKEN_INSERT = (
+    "INSERT INTO tokens (id, physicalId, type, active, organization, createdAt, rev, doc) "
+    "VALUES (?,?,?,?,?,?,1,?)"
+)
+
+
+def _token_columns(doc: dict) -> tuple:
+    return (
+        doc["_id"],
+        doc["physicalId"],
+        doc["type"],
+        doc["active"],
+        doc.get("organization"),
+        doc["createdAt"],
+    )
 
 
 CHUNK_BITS = 16  # a frame's id: its chunk's seq << CHUNK_BITS | its index in the chunk
@@ -1072,6 +1477,13 @@ def _action_columns(doc: dict) -> tuple:
         doc["createdAt"],
         doc["updatedAt"],
     )
+
+
+def _session_columns(tx: dict) -> tuple:
+    """The columns a transaction is found and listed by: its session `_id`, status, and
+    start time (when its start was never seen: its stop time, else when it was recorded)."""
+    started = tx.get("startedAt") or tx.get("stoppedAt") or tx.get("createdAt")
+    return tx.get("_id"), tx.get("status"), started
 
 
 def _where(**equals: str | None) -> tuple[str, list]:
