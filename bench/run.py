@@ -724,6 +724,18 @@ def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def stored_frames(store: Path) -> tuple[int, int] | None:
+    """(frames, bytes) the frame log holds in a store (None: no frame log in its schema)."""
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        try:
+            return db.execute(
+                "SELECT coalesce(sum(n - skip), 0), coalesce(sum(length(data)), 0) "
+                "FROM frame_chunks"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None
+
+
 def stored_meter_values(store: Path) -> int | None:
     """MeterValues rows in a store (None: a schema without a meter_values table)."""
     with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
@@ -772,6 +784,7 @@ def bench_throughput(
     )
     runs: dict[tuple[str, int], list[dict]] = {(c.key, n): [] for c in contenders for n in sizes}
     persisted = {c.key: [] for c in trees}  # (MeterValues rows stored, calls answered) per run
+    kept: dict[str, list] = {c.key: [] for c in trees}  # --frame-log: (frames, bytes) per server
     with workdir("throughput") as root:
         templates = {c.key: root / f"template-{c.key}.db" for c in trees}
         for c in trees:
@@ -792,6 +805,9 @@ def bench_throughput(
                             f"throughput round {r + 1}: {c.label} {n} stations: "
                             f"{out['calls_per_s']:.0f} calls/s, p99 {out['p99_ms']} ms"
                         )
+                    if frame_log and store is not None:
+                        time.sleep(1.5)  # a station's frames are written within a second
+                        kept[c.key].append(stored_frames(store))
 
     def med(key: str, n: int, metric: str) -> float:
         return statistics.median(x[metric] for x in runs[(key, n)])
@@ -899,6 +915,14 @@ def bench_throughput(
             "calls (MeterValues are 1/4 of the mix; warm-up calls are stored too)."
             if persisted[c.key]
             else f"Persisted: {c.label}'s store has no meter_values table; not counted."
+        )
+    for c in trees if frame_log else ():
+        found = [k for k in kept[c.key] if k]
+        frames, size = (sum(k[i] for k in found) for i in (0, 1))
+        res.notes.append(
+            f"Frames kept: {c.label}: {frames:,} frames in {size / 2**20:.1f} MiB"
+            + (f" ({size / frames:.0f} bytes a frame, compressed)" if frames else "")
+            + " (every server of every round; warm-up frames too)."
         )
     res.notes.append(
         "edrvctl runs with " + " ".join(NO_LIMITS) + ": one client address, and stations that "
