@@ -1,7 +1,7 @@
 """The benchmark suite: runs one benchmark or all, and prints a Markdown section for each.
 
     python bench/run.py [held|throughput|csconfig|storm|cli|commands|all] [--quick] [--profile DIR]
-                        [--before REV] [--frame-log]
+                        [--before REV] [--frame-log] [--rounds N]
 
 held        10,000 simulated stations against one `edrvctl serve`: time until all are online,
             server RSS per station, server CPU at idle
@@ -757,16 +757,24 @@ def frame_log_contenders() -> list[Contender]:
 
 
 def bench_throughput(
-    quick: bool = False, before: Contender | None = None, frame_log: bool = False
+    quick: bool = False,
+    before: Contender | None = None,
+    frame_log: bool = False,
+    rounds: int | None = None,
 ) -> Result:
-    sizes, rounds, seconds, warmup = ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
+    sizes, default_rounds, seconds, warmup = (
+        ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
+    )
+    rounds = rounds or default_rounds
     trees = frame_log_contenders() if frame_log else edrvctls(before)
     contenders = trees if frame_log else [BARE, OCPP, *trees]
     res = Result(
         "throughput",
         "Message throughput: Heartbeat/StatusNotification/MeterValues as fast as answered"
         + (", with the frame log off and on" if frame_log else ""),
-        command("throughput", quick, before) + (" --frame-log" if frame_log else ""),
+        command("throughput", quick, before)
+        + (" --frame-log" if frame_log else "")
+        + (f" --rounds {rounds}" if rounds != default_rounds else ""),
         load=loadavg(),
         versions=versions(before),
         header=(
@@ -1552,7 +1560,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
         help="throughput only: edrvctl with `serve --frame-log off` and `all`, side by side in "
         "every round (instead of bare, ocpp and edrvctl)",
     )
+    ap.add_argument(
+        "--rounds", type=int, metavar="N", help="throughput only: rounds (default 3; medians)"
+    )
     a = ap.parse_args(argv)
+    if a.rounds is not None and (a.which != "throughput" or a.rounds < 1):
+        ap.error("--rounds N (N >= 1) applies to throughput")
     if a.before and a.which not in (*COMPARED, "all"):
         ap.error(f"--before applies to {', '.join(COMPARED)} (and all)")
     if a.frame_log and (a.which != "throughput" or a.before):
@@ -1578,6 +1591,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
             kwargs: dict = {"before": before} if name in COMPARED else {}
             if a.frame_log:
                 kwargs["frame_log"] = True
+            if a.rounds:
+                kwargs["rounds"] = a.rounds
             results.append(BENCHMARKS[name](quick=a.quick, **kwargs))
             print(results[-1].markdown(), flush=True)
             log(f"{name} done in {time.monotonic() - t0:.0f} s")
