@@ -27,6 +27,7 @@ from edrvctl import model
 from edrvctl.fleet import Fleet
 from edrvctl.ocppj.rpc import CALL, IN, Trace
 from edrvctl.server import api, api_events, api_frames
+from edrvctl.simulator import SimStation
 from edrvctl.store import open_store
 from test_ocpp import (
     P16,
@@ -456,3 +457,54 @@ def test_streams_are_bounded_and_end_when_the_server_stops(monkeypatch):
             assert r.status_code == 400
 
     run(scenario(), timeout=30)
+
+
+def test_logs_follow_reconnects_after_the_last_frame_it_showed(tmp_path):
+    """The server goes away and comes back (same store, same ports): `logs -f` tries again
+    by itself and goes on from the last frame it showed."""
+    api_port, ocpp_port = free_ports(2)
+    ports = ("--api-port", str(api_port), "--ocpp-port", str(ocpp_port))
+    first = start_server(tmp_path / "one", *ports)
+    ep = first.create(uniq("again"), protocol=P16)["endpoint"]
+
+    async def scenario():
+        st = SimStation(ep, first.ocpp_url, P16, reconnect=True, connectors=1)
+        task = asyncio.create_task(st.start())
+        second = None
+        try:
+            await until_async(lambda: st.booted.is_set(), what="the first boot")
+            await wait_messages(first, ep, lambda fs: len(fs) >= 2, "the first boot")
+            with logs_follow(first, tmp_path / "cli", ep, "-f", "--limit", "2") as out:
+                boot = lambda x: re.search(r"→ CALLRESULT +BootNotification ", x)  # noqa: E731
+                await asyncio.to_thread(out.wait, lambda x: True, "the newest frames")
+                await asyncio.to_thread(first.stop)
+                second = start_server(tmp_path / "one", *ports, store=first.store)
+                # the station reconnects and boots again; logs -f shows it, once
+                await asyncio.to_thread(out.wait, boot, "the second boot's answer", 30)
+                await st.send("Heartbeat", {})
+                await asyncio.to_thread(
+                    out.wait, lambda x: re.search(r"→ CALLRESULT +Heartbeat ", x), "a Heartbeat"
+                )
+                seen = list(out.seen)
+        finally:
+            await st.stop()
+            with contextlib.suppress(Exception):
+                await task
+            if second is not None:
+                second.stop()
+        return seen
+
+    seen = run(scenario(), timeout=90)
+    assert len(seen) == len(set(seen))  # none shown twice
+    assert len([x for x in seen if re.search(r"← CALL +BootNotification ", x)]) == 1
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
