@@ -235,7 +235,7 @@ def list_(
         return
     from edrvctl.cli import events
 
-    events.watch(client, {"type": ["chargestation.*"]}, show)
+    events.watch(client, {"type": "chargestation.*"}, show)
 
 
 @command()

@@ -147,7 +147,7 @@ def events(
     if station:
         params["chargestation"] = station
     if types:
-        params["type"] = types
+        params["type"] = ",".join(types)
     if since:
         params["since"] = when_option("--since", since)
     if until:

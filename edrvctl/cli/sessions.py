@@ -246,7 +246,7 @@ def list_(
         return
     from edrvctl.cli import events
 
-    params: dict = {"type": ["session.*"]}
+    params: dict = {"type": "session.*"}
     if station:
         params["chargestation"] = station
     events.watch(client, params, show)
