@@ -14,13 +14,14 @@ import socket
 import ssl
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from edrvctl import paths
 from edrvctl.errors import UsageError
+from edrvctl.fleet.retention import Pruner, Retention
 from edrvctl.server.files import FILES_MAX_CONNECTIONS, FILES_READ_TIMEOUT, Files
 from edrvctl.server.listener import ListenerSettings
 
@@ -51,6 +52,7 @@ class ServeConfig:
     files_port: int | None = None
     public_files_url: str | None = None  # http(s):// base told to stations
     max_upload_bytes: int = 50 * 1024 * 1024
+    retention: Retention = field(default_factory=Retention)  # what the store keeps, by age
 
 
 def is_loopback(host: str) -> bool:
@@ -316,6 +318,7 @@ async def _run(
 
     from edrvctl.fleet import Fleet
     from edrvctl.server import api as admin_api
+    from edrvctl.server import api_metrics
     from edrvctl.server.listener import Listener
 
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
@@ -328,6 +331,8 @@ async def _run(
         log.info("%d action(s) in flight when the last run ended marked failed", failed)
 
     listener = Listener(fleet, cfg.listener)
+    api_metrics.register(fleet, listener)
+    pruner = Pruner(store, cfg.retention, fleet.metrics)
     try:
         ocpp_url, ocpp_tls_url = await listener.start()
     except OSError as e:
@@ -434,6 +439,10 @@ async def _run(
                     await fleet.expire_actions()
                 except Exception as e:  # a full store: the next second tries again
                     log.error("lastMessageAt or expired actions not written: %s", e)
+                try:
+                    await pruner.tick()
+                except Exception as e:
+                    log.error("retention: pruning failed: %s", e)
 
         flusher = asyncio.create_task(flush_seen())
         stop = stop or asyncio.Event()

@@ -141,6 +141,8 @@ def create_app(
     """`client_certs`: the wss:// listener asks stations for certificates (--tls-client-ca),
     so profile 3 stations can connect; whether there is a wss:// listener at all is
     `fleet.ocpp_tls_url`. `files`: the files listener (None: `serve --no-files`)."""
+    from edrvctl.server import api_metrics
+
     app = FastAPI(
         title="edrvctl admin API",
         version=__version__,
@@ -758,6 +760,7 @@ def create_app(
         action = await fleet.get_action(id)
         return envelope(action, _action_message(action))
 
+    api_metrics.add_routes(app, fleet)
     return EnvelopeTooLarge(app, files, expected)
 
 

@@ -152,6 +152,30 @@ class Unit(Protocol):
         """Every action whose outcome is still pending ends failed (status failed if it was
         never answered), with error {code: "Interrupted", description: reason}."""
 
+    # --- retention (fleet/retention.py) and health ---
+
+    async def prune_events(self, before: str, limit: int, keep: int | None = None) -> int:
+        """Delete at most `limit` events stored before `before`, oldest first, then (with
+        `keep`) those beyond the `keep` latest; returns how many."""
+
+    async def prune_meter_values(
+        self, before: str, stuck_before: str, after: int, limit: int
+    ) -> tuple[int, int]:
+        """Delete at most `limit` meter values stored before `before`, looking at the rows
+        after the cursor `after` (0: the oldest). A session's values are kept together while
+        it runs and until it has none stored since `before`, unless they were stored before
+        `stuck_before` (a session that never ends). Returns (deleted, the cursor to give the
+        next call): each call looks at a bounded number of rows, kept ones included."""
+
+    async def prune_actions(self, before: str, limit: int) -> int:
+        """Delete at most `limit` actions created before `before` whose outcome is no longer
+        pending, oldest first; returns how many."""
+
+    async def probe(self, at: str) -> None:
+        """A small real write that leaves nothing behind (/health): it needs as much room as
+        a station's next message, so it fails (StoreUnavailable, at the unit's commit or
+        before) whenever the store cannot take one."""
+
 
 class Store(Protocol):
     def unit(self) -> AbstractAsyncContextManager[Unit]:
@@ -160,6 +184,8 @@ class Store(Protocol):
 
     # called with the event rows of each commit, in seq order, once it is durable
     on_events: Callable[[list[dict]], None] | None
+    # called with the seconds each successful COMMIT took (metrics)
+    on_commit: Callable[[float], None] | None
 
     async def close(self) -> None:
         """Commits what is pending, then closes."""

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -153,6 +154,18 @@ CREATE TABLE unknown_endpoints (
 );
 CREATE INDEX unknown_last ON unknown_endpoints(lastSeenAt);
 """,
+    # 5: retention (fleet/retention.py): when each meter value was stored (those stored before
+    # count from now), the indexes pruning walks; the table /health's write probe writes
+    """
+ALTER TABLE meter_values ADD COLUMN at TEXT NOT NULL DEFAULT '';
+UPDATE meter_values SET at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now');
+CREATE INDEX meter_values_session ON meter_values(station_id, tx_key, at);
+CREATE TABLE health_probe (
+    id          INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    pad         BLOB
+);
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 100  # waiting for another process's write lock blocks the event loop
@@ -186,6 +199,10 @@ def _json(value) -> bytes:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError) as e:
         raise InvalidBody(f"this value cannot be stored: {e}") from None
+
+
+# the time now in the stored form (model.utcnow's): 2024-01-01T10:00:00.123Z
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
 def _unwritable(e: BaseException) -> StoreUnavailable:
@@ -228,6 +245,8 @@ class SqliteStore:
         self._closed = False
         # called with the event rows of each COMMIT, in seq order, once it succeeded
         self.on_events: Callable[[list[dict]], None] | None = None
+        # called with the seconds each COMMIT that succeeded took
+        self.on_commit: Callable[[float], None] | None = None
         try:
             self.db = self._connect(max_bytes)
         except (sqlite3.Error, OSError) as e:
@@ -426,8 +445,11 @@ class SqliteStore:
         error = None
         if db.in_transaction:
             try:
+                started = time.perf_counter()
                 db.execute("COMMIT")
                 self.commits += 1
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - started)
             except sqlite3.Error as e:
                 error = f"the store cannot be written: {e}"
                 log.error("commit failed: %s", e)
@@ -801,7 +823,8 @@ class SqliteUnit:
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         s._run(
-            "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
+            "INSERT INTO meter_values (station_id, tx_key, connector, doc, at) "
+            f"VALUES (?,?,?,?,{_NOW})",
             (station_id, tx_key, connector, _json(values)),
         )
 
@@ -906,6 +929,97 @@ class SqliteUnit:
             (now, error),
         )
         return cur.rowcount
+
+    # --- retention (fleet/retention.py) and health ---
+
+    async def prune_events(self, before: str, limit: int, keep: int | None = None) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run(
+            "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE at < ? "
+            "ORDER BY at LIMIT ?)",
+            (before, limit),
+        )
+        deleted = cur.rowcount
+        if keep is not None and deleted < limit:
+            cur = s._run(
+                "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE seq <= "
+                "(SELECT max(seq) FROM event_log) - ? ORDER BY seq LIMIT ?)",
+                (keep, limit - deleted),
+            )
+            deleted += cur.rowcount
+        return deleted
+
+    async def prune_meter_values(
+        self, before: str, stuck_before: str, after: int, limit: int
+    ) -> tuple[int, int]:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        db = self._db
+        window = 2 * limit  # rows looked at in one batch, kept ones included
+        rows = db.execute(
+            "SELECT id, at, station_id, tx_key FROM meter_values WHERE id > ? ORDER BY id LIMIT ?",
+            (after, window),
+        ).fetchall()
+        due: list[tuple[int]] = []
+        held: dict[tuple[str, str], bool] = {}  # session -> its values are kept
+        cursor, full = after, False
+        for rowid, at, sid, key in rows:
+            if at >= before:  # the recent ones: the next batch starts from the oldest again
+                return self._prune_rows(due), 0
+            cursor = rowid
+            if key is not None and at >= stuck_before:
+                keep = held.get((sid, key))
+                if keep is None:
+                    keep = held[(sid, key)] = bool(
+                        db.execute(
+                            "SELECT 1 FROM meter_values WHERE station_id = ?1 AND tx_key = ?2 "
+                            "AND at >= ?3 UNION ALL SELECT 1 FROM transactions WHERE "
+                            "station_id = ?1 AND tx_key = ?2 AND "
+                            "json_extract(doc, '$.status') = 'Active' LIMIT 1",
+                            (sid, key, before),
+                        ).fetchone()
+                    )
+                if keep:
+                    continue
+            due.append((rowid,))
+            if len(due) == limit:
+                full = True
+                break
+        if not full and len(rows) < window:  # the end of the table
+            cursor = 0
+        return self._prune_rows(due), cursor
+
+    def _prune_rows(self, due: list[tuple[int]]) -> int:
+        if due:
+            self._s._run("DELETE FROM meter_values WHERE id = ?", due, many=True)
+        return len(due)
+
+    async def prune_actions(self, before: str, limit: int) -> int:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        cur = s._run(
+            "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE createdAt < ? "
+            "AND outcome != 'pending' ORDER BY createdAt LIMIT ?)",
+            (before, limit),
+        )
+        return cur.rowcount
+
+    async def probe(self, at: str) -> None:
+        s = self._s
+        if s._owner is not self or not s._savepoint:
+            await s._begin(self)
+        # a row bigger than a page: it needs a page of its own, so a store at its size cap
+        # (or a full disk) fails here as the next station message would
+        s._run(
+            "INSERT INTO health_probe (at, pad) VALUES (?, zeroblob((SELECT page_size "
+            "FROM pragma_page_size())))",
+            (at,),
+        )
+        s._run("DELETE FROM health_probe")
 
 
 def _action_columns(doc: dict) -> tuple:
