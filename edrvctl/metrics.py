@@ -19,7 +19,6 @@ import logging
 import math
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Union
 
 log = logging.getLogger("edrvctl.metrics")
 
@@ -35,8 +34,8 @@ PRUNE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 OTHER = "other"  # the label of anything outside the known set
 # value, or {label values: value}, or an awaitable of either
-Reading = Union[float, Mapping[tuple[str, ...], float]]
-Reader = Callable[[], Union[Reading, Awaitable[Reading]]]
+Reading = float | Mapping[tuple[str, ...], float]
+Reader = Callable[[], Reading | Awaitable[Reading]]
 
 
 def _number(v: float) -> str:
@@ -152,9 +151,7 @@ class Metrics:
 
     # --- what lives elsewhere, read at each scrape --------------------------------------------
 
-    def register_gauge(
-        self, name: str, help: str, fn: Reader, labels: Iterable[str] = ()
-    ) -> None:
+    def register_gauge(self, name: str, help: str, fn: Reader, labels: Iterable[str] = ()) -> None:
         """`fn()` (or `await fn()`) at each scrape: a number, or {label values: number} with
         one value per name in `labels`. E.g. the webhooks' backlog:
         `metrics.register_gauge("edrvctl_webhook_backlog", "Deliveries waiting", fn)`."""
@@ -168,9 +165,7 @@ class Metrics:
             raise ValueError(f"a counter's name ends in _total: {name}")
         self._register(name, help, "counter", fn, labels)
 
-    def _register(
-        self, name: str, help: str, kind: str, fn: Reader, labels: Iterable[str]
-    ) -> None:
+    def _register(self, name: str, help: str, kind: str, fn: Reader, labels: Iterable[str]) -> None:
         if any(r.name == name for r in self._registered):
             raise ValueError(f"metric {name} is registered already")
         self._registered.append(_Registered(name, help, kind, fn, tuple(labels)))
@@ -221,7 +216,9 @@ class Metrics:
             out += h.lines(name, ("type",), (label,))
 
         name = "edrvctl_store_commit_duration_seconds"
-        family(name, "One store COMMIT (group commit: every write of an event-loop turn)", "histogram")
+        family(
+            name, "One store COMMIT (group commit: every write of an event-loop turn)", "histogram"
+        )
         out += self.commits.lines(name, (), ())
 
         name = "edrvctl_retention_batch_duration_seconds"

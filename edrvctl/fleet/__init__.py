@@ -43,7 +43,6 @@ from edrvctl.errors import (
 )
 from edrvctl.fleet import actions, events
 from edrvctl.fleet.actions import Follow, Step
-from edrvctl.metrics import Metrics
 from edrvctl.fleet.live import (
     ChangeAvailability,
     Command,
@@ -55,6 +54,7 @@ from edrvctl.fleet.live import (
     RemoteStart,
     UpdateFirmware,
 )
+from edrvctl.metrics import Metrics
 from edrvctl.store import ActionQuery, EventQuery, StationQuery, Store, Unit
 from edrvctl.timefmt import ago
 

@@ -93,9 +93,10 @@ class Pruner:
         total = 0
         n = len(self.steps)
         for i in range(n):
+            if i and time.perf_counter() - started >= BUDGET:
+                break
             kind, step = self.steps[(self._first + i) % n]
-            more = True
-            while more and time.perf_counter() - started < BUDGET:
+            while True:
                 t0 = time.perf_counter()
                 deleted, more = await step(now, BATCH)
                 took = time.perf_counter() - t0
@@ -105,6 +106,8 @@ class Pruner:
                 if deleted:
                     self.pruned[kind] += deleted
                     total += deleted
+                if not more or time.perf_counter() - started >= BUDGET:
+                    break
         if n:
             self._first = (self._first + 1) % n
         return total

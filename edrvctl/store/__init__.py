@@ -101,9 +101,7 @@ class Unit(Protocol):
 
     async def list_events(self, query: EventQuery) -> list[dict]: ...
 
-    async def seen_unknown(
-        self, endpoint: str, at: str, info: dict, times: int, keep: int
-    ) -> bool:
+    async def seen_unknown(self, endpoint: str, at: str, info: dict, times: int, keep: int) -> bool:
         """Counts `times` upgrades from an endpoint that is no station; True if new to the
         list, which keeps the `keep` seen last."""
 

@@ -719,9 +719,7 @@ class SqliteUnit:
             for seq, t, sid, ep, at, d in rows
         ]
 
-    async def seen_unknown(
-        self, endpoint: str, at: str, info: dict, times: int, keep: int
-    ) -> bool:
+    async def seen_unknown(self, endpoint: str, at: str, info: dict, times: int, keep: int) -> bool:
         """Count `times` attempts of an endpoint that is no station; True if it is new to the
         list. The list keeps the `keep` endpoints seen last."""
         s = self._s
