@@ -1116,8 +1116,8 @@ class Fleet:
             return await tx.mark_all_offline(model.utcnow())
 
     async def probe_store(self) -> None:
-        """A small real write, committed (/health): StoreUnavailable unless the store can
-        take a station's next message."""
+        """A real write of a page, committed, that leaves nothing behind (/health):
+        StoreUnavailable unless the store can take a station's next message."""
         async with self.store.unit() as tx:
             await tx.probe(model.utcnow())
 
