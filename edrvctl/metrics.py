@@ -128,7 +128,7 @@ class Metrics:
         self.messages: dict[tuple[str, str], int] = {}
         self.commands = Histograms("type", COMMAND_BUCKETS)  # Action round trips, by type
         self.commits = Histogram(COMMIT_BUCKETS)  # SQLite COMMITs that succeeded
-        self.prune_batches = Histogram(PRUNE_BUCKETS)  # retention: one batch's unit
+        self.prune_batches = Histogram(PRUNE_BUCKETS)  # retention: one batch in the store
         self._registered: list[_Registered] = []
         self._known: tuple[frozenset[str], frozenset[str]] | None = None  # actions, results
 
@@ -222,6 +222,6 @@ class Metrics:
         out += self.commits.lines(name, (), ())
 
         name = "edrvctl_retention_batch_duration_seconds"
-        family(name, "One batch of retention pruning, from its start to its commit", "histogram")
+        family(name, "One batch of retention pruning: the time it held the store", "histogram")
         out += self.prune_batches.lines(name, (), ())
         return "\n".join(out) + "\n"

@@ -17,13 +17,20 @@ from stored import read
 from test_actions import FakeLive, settle, station
 from test_api_actions import Sim, uniq
 from test_metrics import render, value
-from timing import scaled, until
+from timing import scaled, until, until_async
 
 NOW = "2024-05-01T10:00:00.000Z"
+SERVER_REST = retention.REST  # as `serve` has it (no_rest patches it in this process only)
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, scaled(20)))
+
+
+@pytest.fixture(autouse=True)
+def no_rest(monkeypatch):
+    """Every tick looks at every kind (test_a_kind_with_nothing_due_rests checks the rest)."""
+    monkeypatch.setattr(retention, "REST", 0)
 
 
 async def counts(fleet: Fleet) -> dict[str, int]:
@@ -110,6 +117,26 @@ def test_an_age_of_0_keeps_for_ever_and_events_may_be_capped_by_count():
     run(scenario())
 
 
+def test_a_kind_with_nothing_due_rests(monkeypatch):
+    fleet = Fleet(open_store(":memory:"), FakeLive())
+    pruner = Pruner(fleet.store, Retention(1, 0, 0))  # only events
+    monkeypatch.setattr(retention, "REST", scaled(0.3))
+
+    async def add_old_event():
+        async with fleet.store.unit() as tx:
+            await tx.add_event(None, NOW, "chargestation.unknown", {}, "x")
+
+    async def scenario():
+        await add_old_event()
+        assert await pruner.tick() == 1  # and nothing more is due: events rest
+        await add_old_event()
+        assert await pruner.tick() == 0  # due, but not looked at yet
+        await until_async(pruner.tick, what="the events' rest to end")
+        assert (await counts(fleet))["events"] == 0
+
+    run(scenario())
+
+
 def test_batches_are_small_and_a_tick_stops_at_its_budget_taking_turns(monkeypatch):
     fleet = Fleet(open_store(":memory:"), FakeLive())
     pruner = Pruner(fleet.store, Retention(1, 1, 1))
@@ -185,7 +212,7 @@ def test_serve_prunes_by_age(tmp_path):
             lambda: (
                 read(srv.store, stored) == {"events": 0, "meter_values": 0, "sessions": sessions}
             ),
-            timeout=5 * age + 10,
+            timeout=age + 2 * SERVER_REST + 10,  # kinds with nothing due rest SERVER_REST s
             what="the station's events and meter values to be pruned",
         )
         actions = read(srv.store, lambda tx: tx.list_actions(ActionQuery(limit=None)))
