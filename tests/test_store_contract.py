@@ -1037,16 +1037,16 @@ def test_prune_meter_values_keeps_a_session_together(store):
         return {"station_id": doc["_id"], "tx_key": key, "connector": 1, "status": status}
 
     async def prune_all(before: str, stuck_before: str, limit: int = 2) -> int:
-        """Batches until the cursor comes back to the start; the rows deleted."""
-        total, cursor = 0, 0
+        """Batches until the pass is over; the rows deleted."""
+        total, cursor = 0, None
         for _ in range(100):
             async with store.unit() as tx:
                 n, cursor = await tx.prune_meter_values(before, stuck_before, cursor, limit)
             assert n <= limit
             total += n
-            if cursor == 0:
+            if cursor is None:
                 return total
-        raise AssertionError("the cursor never came back")
+        raise AssertionError("the pass never ended")
 
     async def left() -> list[tuple]:
         async with store.unit() as tx:
@@ -1092,10 +1092,43 @@ def test_prune_meter_values_keeps_an_ended_session_while_it_has_recent_values(st
         async with store.unit() as tx:
             await tx.add_meter_values(a["_id"], "1", 1, [{"v": "new"}])
         async with store.unit() as tx:
-            n, cursor = await tx.prune_meter_values(middle, PAST, 0, 10)
-        assert (n, cursor) == (1, 0)  # the old one alone; the session's old one stays with it
+            n, cursor = await tx.prune_meter_values(middle, PAST, None, 10)
+        assert (n, cursor) == (1, None)  # the old one alone; the session's stays with it
         async with store.unit() as tx:
             assert [m["values"][0]["v"] for m in await tx.meter_values()] == ["old", "new"]
+
+    run(scenario())
+
+
+def test_sqlite_prune_meter_values_looks_each_session_up_once_a_pass(monkeypatch):
+    from edrvctl.store import sqlite
+
+    store = open_store(":memory:")
+    looked: list[tuple] = []
+    real = sqlite.SqliteUnit._session_kept
+
+    def counted(self, sid, key, before):
+        looked.append((sid, key))
+        return real(self, sid, key, before)
+
+    monkeypatch.setattr(sqlite.SqliteUnit, "_session_kept", counted)
+    monkeypatch.setattr(sqlite._MeterCursor, "LOOKUPS", 2)  # a batch looks up 2 at most
+
+    async def scenario():
+        async with store.unit() as tx:
+            for _ in range(4):  # rows of 5 sessions, interleaved
+                for n in range(5):
+                    await tx.add_meter_values(f"s{n}", "1", 1, [{"v": 1}])
+        deleted, cursor, calls = 0, None, 0
+        while True:
+            async with store.unit() as tx:
+                n, cursor = await tx.prune_meter_values(FUTURE, PAST, cursor, 100)
+            deleted, calls = deleted + n, calls + 1
+            if cursor is None:
+                break
+        assert deleted == 20 and calls == 3  # 2 + 2 + 1 sessions looked up
+        assert sorted(looked) == [(f"s{n}", "1") for n in range(5)]  # once each
+        await store.close()
 
     run(scenario())
 

@@ -67,7 +67,7 @@ class Pruner:
         self._first = 0  # the step a tick starts with (turns, so that none starves)
         self._rest: dict[str, float] = {}  # kind -> time.monotonic() it is looked at again
         self._held: float | None = None  # the last batch's time in the store (`held`)
-        self._cursor = 0  # where the meter values' next batch looks (0: the oldest)
+        self._cursor: object = None  # the meter values' pass (None: the next starts anew)
         r = retention
         if r.events_days > 0 or r.events_max:
             self.add("events", self._events)
@@ -148,7 +148,7 @@ class Pruner:
             deleted, self._cursor = await self.held(
                 tx.prune_meter_values(_iso(now - age), _iso(now - 2 * age), self._cursor, limit)
             )
-        return deleted, self._cursor != 0
+        return deleted, self._cursor is not None
 
     async def _actions(self, now: float, limit: int) -> tuple[int, bool]:
         before = _iso(now - self.retention.actions_days * DAY)

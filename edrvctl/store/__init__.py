@@ -157,13 +157,15 @@ class Unit(Protocol):
         `keep`) those beyond the `keep` latest; returns how many."""
 
     async def prune_meter_values(
-        self, before: str, stuck_before: str, after: int, limit: int
-    ) -> tuple[int, int]:
-        """Delete at most `limit` meter values stored before `before`, looking at the rows
-        after the cursor `after` (0: the oldest). A session's values are kept together while
-        it runs and until it has none stored since `before`, unless they were stored before
-        `stuck_before` (a session that never ends). Returns (deleted, the cursor to give the
-        next call): each call looks at a bounded number of rows, kept ones included."""
+        self, before: str, stuck_before: str, cursor: object, limit: int
+    ) -> tuple[int, object]:
+        """Delete at most `limit` meter values stored before `before`, in a pass from the
+        oldest that each call carries on: `cursor` is what the previous call returned (None:
+        start a pass), and the call returns (deleted, the cursor for the next call, or None
+        once the pass is over). Each call looks at a bounded number of rows, kept ones
+        included. A session's values are kept together while it runs and until it has none
+        stored since `before`, unless they were stored before `stuck_before` (a session that
+        never ends)."""
 
     async def prune_actions(self, before: str, limit: int) -> int:
         """Delete at most `limit` actions created before `before` whose outcome is no longer

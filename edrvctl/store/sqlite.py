@@ -950,50 +950,64 @@ class SqliteUnit:
         return deleted
 
     async def prune_meter_values(
-        self, before: str, stuck_before: str, after: int, limit: int
-    ) -> tuple[int, int]:
+        self, before: str, stuck_before: str, cursor: object, limit: int
+    ) -> tuple[int, object]:
         s = self._s
         if s._owner is not self or not s._savepoint:
             await s._begin(self)
         db = self._db
+        at_ = cursor if isinstance(cursor, _MeterCursor) else _MeterCursor()
         window = 2 * limit  # rows looked at in one batch, kept ones included
         rows = db.execute(
             "SELECT id, at, station_id, tx_key FROM meter_values WHERE id > ? ORDER BY id LIMIT ?",
-            (after, window),
+            (at_.after, window),
         ).fetchall()
         due: list[tuple[int]] = []
-        held: dict[tuple[str, str], bool] = {}  # session -> its values are kept
-        cursor, full = after, False
+        held = at_.held
+        lookups = 0
+        done = len(rows) < window  # the end of the table is in this window
         for rowid, at, sid, key in rows:
-            if at >= before:  # the recent ones: the next batch starts from the oldest again
-                return self._prune_rows(due), 0
-            cursor = rowid
+            if at >= before:  # the recent ones: this pass is over
+                done = True
+                break
             if key is not None and at >= stuck_before:
                 keep = held.get((sid, key))
                 if keep is None:
-                    keep = held[(sid, key)] = bool(
-                        db.execute(
-                            "SELECT 1 FROM meter_values WHERE station_id = ?1 AND tx_key = ?2 "
-                            "AND at >= ?3 UNION ALL SELECT 1 FROM transactions WHERE "
-                            "station_id = ?1 AND tx_key = ?2 AND "
-                            "json_extract(doc, '$.status') = 'Active' LIMIT 1",
-                            (sid, key, before),
-                        ).fetchone()
-                    )
+                    if lookups == _MeterCursor.LOOKUPS:  # enough for one batch
+                        done = False
+                        break
+                    lookups += 1
+                    if len(held) >= _MeterCursor.MAX_HELD:
+                        held.clear()
+                    keep = held[(sid, key)] = self._session_kept(sid, key, before)
                 if keep:
+                    at_.after = rowid
                     continue
+            at_.after = rowid
             due.append((rowid,))
             if len(due) == limit:
-                full = True
+                done = False
                 break
-        if not full and len(rows) < window:  # the end of the table
-            cursor = 0
-        return self._prune_rows(due), cursor
-
-    def _prune_rows(self, due: list[tuple[int]]) -> int:
         if due:
-            self._s._run("DELETE FROM meter_values WHERE id = ?", due, many=True)
-        return len(due)
+            s._run("DELETE FROM meter_values WHERE id = ?", due, many=True)
+        return len(due), None if done else at_
+
+    def _session_kept(self, station_id: str, tx_key: str, before: str) -> bool:
+        """A session keeps its meter values while it has one stored since `before`, and while
+        it runs."""
+        db = self._db
+        if db.execute(
+            "SELECT 1 FROM meter_values WHERE station_id = ? AND tx_key = ? AND at >= ? LIMIT 1",
+            (station_id, tx_key, before),
+        ).fetchone():
+            return True
+        return bool(
+            db.execute(
+                "SELECT 1 FROM transactions WHERE station_id = ? AND tx_key = ? AND "
+                "json_extract(doc, '$.status') = 'Active'",
+                (station_id, tx_key),
+            ).fetchone()
+        )
 
     async def prune_actions(self, before: str, limit: int) -> int:
         s = self._s
@@ -1018,6 +1032,19 @@ class SqliteUnit:
             (at,),
         )
         s._run("DELETE FROM health_probe")
+
+
+class _MeterCursor:
+    """Where a pass over the meter values has got to (prune_meter_values), and what it found
+    out about the sessions it met: each is looked up once a pass, however its rows are spread."""
+
+    __slots__ = ("after", "held")
+    MAX_HELD = 100_000  # sessions remembered; past it, forgotten (looked up again)
+    LOOKUPS = 200  # sessions looked up in one batch at most (each ~10 µs)
+
+    def __init__(self) -> None:
+        self.after = 0  # the last row id looked at
+        self.held: dict[tuple[str, str], bool] = {}  # session -> its values are kept
 
 
 def _action_columns(doc: dict) -> tuple:
