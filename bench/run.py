@@ -1,7 +1,7 @@
 """The benchmark suite: runs one benchmark or all, and prints a Markdown section for each.
 
-    python bench/run.py [held|throughput|csconfig|storm|cli|commands|all] [--quick] [--profile DIR]
-                        [--before REV] [--frame-log] [--rounds N]
+    python bench/run.py [held|throughput|csconfig|storm|cli|commands|retention|all] [--quick]
+                        [--profile DIR] [--before REV] [--frame-log] [--rounds N]
 
 held        10,000 simulated stations against one `edrvctl serve`: time until all are online,
             server RSS per station, server CPU at idle
@@ -15,6 +15,9 @@ cli         bench/cli.py: CLI start-up and list speed
 commands    trigger_message round trips (API -> station -> answer) to 1,000 connected stations
             while 1,000 others send a steady paced load; then a reset of the 1,000 with at
             most 100 in flight, until every one has booted again
+retention   1,000 stations for 10 minutes, a Heartbeat and MeterValues every 10 s each, on a
+            server keeping events, meter values and Actions 2 minutes: the store's size every
+            30 s (it levels off), rows pruned, the longest pruning batch, the API's latency
 
 Every server, load generator and fleet of simulated stations (bench/stations.py) is a process
 of its own. `--quick` shrinks everything to tens of stations and a second or two (for
@@ -427,6 +430,8 @@ class FleetProcess:
         root: Path,
         backoff_max: float = 2,
         reboot_delay: float | None = None,  # None: the simulator's own default
+        heartbeat: float = HEARTBEAT,
+        extra: tuple[str, ...] = (),  # more bench/stations.py flags (--sessions ...)
     ):
         self.status_file = root / f"fleet-{time.monotonic_ns()}.json"
         self.log = root / f"fleet-{time.monotonic_ns()}.log"
@@ -441,10 +446,11 @@ class FleetProcess:
                     "--status",
                     str(self.status_file),
                     "--heartbeat",
-                    str(HEARTBEAT),
+                    str(heartbeat),
                     "--backoff-max",
                     str(backoff_max),
                     *([] if reboot_delay is None else ["--reboot-delay", str(reboot_delay)]),
+                    *extra,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -1526,6 +1532,209 @@ def bench_commands(quick: bool = False) -> Result:
     return res
 
 
+# --------------------------------------------------------------------------- 7. retention
+
+DAY = 86400.0
+
+
+def scraped(api_url: str) -> dict[str, float]:
+    """GET /metrics (no token): `name{labels}` -> value, the comments left out."""
+    r = httpx.get(f"{api_url}/metrics", timeout=30)
+    r.raise_for_status()
+    out = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+RETAINED = {"events": "event_log", "meter values": "meter_values", "actions": "actions"}
+
+
+def store_rows(store: Path) -> tuple[dict[str, int], int]:
+    """Rows of what grows, and the bytes (SQLite's dbstat: pages, with their indexes') of
+    what retention prunes, read from the running server's store (read-only, WAL)."""
+    tables = {**RETAINED, "sessions": "transactions"}
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        rows = {k: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for k, t in tables.items()}
+        pruned = db.execute(
+            "SELECT sum(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name "
+            f"WHERE m.tbl_name IN ({','.join('?' * len(RETAINED))})",
+            list(RETAINED.values()),
+        ).fetchone()[0]
+    return rows, pruned or 0
+
+
+def store_bytes(store: Path) -> tuple[int, int]:
+    """The store file's size and its WAL's."""
+    wal = store.with_name(store.name + "-wal")
+    return store.stat().st_size, wal.stat().st_size if wal.exists() else 0
+
+
+def bench_retention(quick: bool = False) -> Result:
+    """A steady fleet on a server keeping little: the store's size levels off."""
+    if quick:
+        n, minutes, keep, every, beat, meter, session = 20, 0.4, 4.0, 2.0, 1.0, 1.0, 3.0
+    else:
+        n, minutes, keep, every, beat, meter, session = 1000, 10.0, 120.0, 30.0, 10.0, 10.0, 120.0
+    days = str(keep / DAY)
+    res = Result(
+        "retention",
+        f"Retention: {n:,} stations for {minutes:g} minutes, a Heartbeat and MeterValues every "
+        f"{beat:g} s, everything kept {keep:g} s",
+        command("retention", quick),
+        load=loadavg(),
+    )
+    flags = ("--keep-events-days", days, "--keep-meter-values-days", days)
+    flags += ("--keep-actions-days", days)
+    sim = ("--sessions", "--session-interval", "2", "--session-duration", str(session))
+    sim += ("--meter-interval", str(meter))
+    samples: list[dict] = []
+    with workdir("retention") as root, edrvctl_server(root, n, *flags) as srv:
+        seeded = store_bytes(srv.store)
+        with (
+            FleetProcess(srv.ocpp_url, n, root, heartbeat=beat, extra=sim) as fleet,
+            srv.api() as api,
+        ):
+            require_fleet(api, fleet, n, "retention")
+            probe = start_probe(srv)
+            started = time.monotonic()
+            cpu0 = cpu_s(srv.proc.pid)
+            try:
+                with profiled(srv.proc.pid, "retention"):
+                    while (elapsed := time.monotonic() - started) < minutes * 60 + 0.5:
+                        for i in range(10):  # a few Actions, finished at once
+                            api.post(f"/v1.1/chargestations/{endpoint(i)}/clear_cache?wait=0")
+                        metrics = scraped(srv.api_url)
+                        db, wal = store_bytes(srv.store)
+                        rows, retained = store_rows(srv.store)
+                        samples.append(
+                            {
+                                "s": elapsed,
+                                "db": db,
+                                "wal": wal,
+                                "rows": rows,
+                                "retained": retained,
+                                "pruned": sum(
+                                    v
+                                    for k, v in metrics.items()
+                                    if k.startswith("edrvctl_retention_pruned_total")
+                                ),
+                                "longest": metrics["edrvctl_retention_longest_batch_seconds"],
+                                "online": metrics["edrvctl_stations_online"],
+                            }
+                        )
+                        log(
+                            f"retention: {elapsed:.0f} s, store {db / 2**20:.1f} MiB + WAL "
+                            f"{wal / 2**20:.1f} MiB, {samples[-1]['rows']}, pruned "
+                            f"{samples[-1]['pruned']:.0f}"
+                        )
+                        time.sleep(max(0.0, every - (time.monotonic() - started - elapsed)))
+            finally:
+                latencies = stop_probe(probe)
+            cpu = cpu_s(srv.proc.pid) - cpu0
+            metrics = scraped(srv.api_url)
+            status = fleet.status()
+    last, half = samples[-1], samples[len(samples) // 2]
+    # without retention the store would hold every row it was given: those it holds now and
+    # those pruned, at the bytes per row of what it holds now
+    held = sum(last["rows"].values())
+    per_row = (last["db"] - seeded[0]) / held if held else 0
+    unpruned = seeded[0] + (held + last["pruned"]) * per_row
+    batches = metrics.get("edrvctl_retention_batch_duration_seconds_count", 0)
+    batch_sum = metrics.get("edrvctl_retention_batch_duration_seconds_sum", 0)
+    msgs = status.get("sent", 0)
+    res.figures = {
+        "stations": n,
+        "seconds": last["s"],
+        "keep_s": keep,
+        "seeded_bytes": seeded[0],
+        "db_bytes_half": half["db"],
+        "db_bytes_end": last["db"],
+        "wal_bytes_end": last["wal"],
+        "db_bytes_without_retention_est": unpruned,
+        "rows_end": last["rows"],
+        "pruned": last["pruned"],
+        "longest_batch_ms": 1000 * last["longest"],
+        "mean_batch_ms": 1000 * batch_sum / batches if batches else None,
+        "batches": batches,
+        "probe_p50_ms": pct(latencies, 0.5) if latencies else None,
+        "probe_p99_ms": pct(latencies, 0.99) if latencies else None,
+        "probe_max_ms": max(latencies) if latencies else None,
+        "server_cpu_pct": 100 * cpu / last["s"],
+        "station_messages": msgs,
+        "online_end": last["online"],
+    }
+    mib = 2**20
+    res.header = (
+        "after",
+        "store",
+        "WAL",
+        "of it events, meter values, actions",
+        "events",
+        "meter values",
+        "actions",
+        "sessions",
+        "pruned",
+    )
+    res.rows = [
+        (
+            f"{x['s']:.0f} s",
+            f"{x['db'] / mib:.1f} MiB",
+            f"{x['wal'] / mib:.1f} MiB",
+            f"{x['retained'] / mib:.1f} MiB",
+            f"{x['rows']['events']:,}",
+            f"{x['rows']['meter values']:,}",
+            f"{x['rows']['actions']:,}",
+            f"{x['rows']['sessions']:,}",
+            f"{x['pruned']:,.0f}",
+        )
+        for x in samples
+    ]
+    # what retention prunes must stop growing once everything is `keep` old: its peak in the
+    # last half of the run against its peak from 2 x keep to half-time (sessions end in waves)
+    early = [x["retained"] for x in samples if 2 * keep <= x["s"] < half["s"]] or [half["retained"]]
+    late = [x["retained"] for x in samples if x["s"] >= half["s"]]
+    growth = max(late) / max(early) - 1 if max(early) else 0
+    res.figures["retained_peak_early_bytes"] = max(early)
+    res.figures["retained_peak_late_bytes"] = max(late)
+    res.checks = [
+        (
+            f"what retention prunes levels off: its peak {max(early) / mib:.1f} MiB from "
+            f"{2 * keep:g} s to {half['s']:.0f} s, {max(late) / mib:.1f} MiB after "
+            f"({100 * growth:+.1f}%); the file {half['db'] / mib:.1f} -> {last['db'] / mib:.1f} "
+            f"MiB (sessions are kept), against ~{unpruned / mib:.1f} MiB without retention "
+            f"(every row pruned kept, at {per_row:.0f} bytes a row)",
+            growth < 0.10,
+        ),
+        (
+            f"no pruning batch holds the store long: the longest took "
+            f"{1000 * last['longest']:.1f} ms ({batches:.0f} batches, mean "
+            f"{res.figures['mean_batch_ms'] or 0:.2f} ms)",
+            last["longest"] < 0.1,
+        ),
+        (f"all {n:,} stations stayed online: {last['online']:.0f}", last["online"] == n),
+    ]
+    res.notes = [
+        f"Seeded store: {seeded[0] / mib:.1f} MiB ({n:,} stations). Flags: {' '.join(flags)} "
+        f"({keep:g} s). Stations: bench/stations.py {' '.join(sim)} --heartbeat {beat:g}: "
+        f"back-to-back {session:g} s sessions on connector 1 (1-3 s apart), MeterValues every "
+        f"{meter:g} s during them; {msgs:,} CALLs sent in all. 10 clear_cache Actions every "
+        f"{every:g} s. Sessions are billing records and are not pruned (their meter values "
+        "are).",
+        f"The API probe (GET /v1.1/chargestations?paginate_limit=1 every 50 ms, one at a time) "
+        f"meanwhile: p50 {res.figures['probe_p50_ms'] or 0:.1f} ms, p99 "
+        f"{res.figures['probe_p99_ms'] or 0:.1f} ms, max {res.figures['probe_max_ms'] or 0:.1f} "
+        f"ms over {len(latencies):,} requests. Server CPU {res.figures['server_cpu_pct']:.0f}% "
+        "of one core.",
+        "The file never shrinks (no VACUUM): pages freed by pruning are reused, so its size "
+        "stays at the high-water mark of what is kept.",
+    ]
+    res.load += f" -> {loadavg()}"
+    return res
+
+
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "held": bench_held,
     "throughput": bench_throughput,
@@ -1533,6 +1742,7 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "storm": bench_storm,
     "cli": bench_cli,
     "commands": bench_commands,
+    "retention": bench_retention,
 }
 COMPARED = ("held", "throughput", "csconfig")  # the benchmarks that take --before
 

@@ -1887,6 +1887,22 @@ TREE: dict = {
      "help": "Allow a non-loopback --api-host without --api-tls",
      "value": false
     },
+    "--keep-actions-days": {
+     "help": "Days finished Actions are kept; 0 keeps them for ever",
+     "value": true
+    },
+    "--keep-events-days": {
+     "help": "Days events are kept; 0 keeps them for ever",
+     "value": true
+    },
+    "--keep-events-max": {
+     "help": "Events kept at most, the latest; 0 = no limit but their age",
+     "value": true
+    },
+    "--keep-meter-values-days": {
+     "help": "Days meter values are kept (a session's together, counted from its end); 0 keeps them for ever",
+     "value": true
+    },
     "--log-format": {
      "help": "text | json",
      "value": true

@@ -94,6 +94,16 @@ def test_commands():
     check_report(res)
 
 
+def test_retention():
+    res = bench.bench_retention(quick=True)
+    f = res.figures
+    assert f["online_end"] == f["stations"] == 20 and f["station_messages"] > 0
+    assert f["pruned"] > 0 and f["batches"] > 0 and positive(f["longest_batch_ms"])
+    assert f["rows_end"]["sessions"] > 0  # kept: sessions are not pruned
+    assert positive(f["db_bytes_end"]) and f["probe_p99_ms"] is not None
+    check_report(res)
+
+
 @pytest.mark.parametrize("argv", [["nope"], ["held", "--bogus"]])
 def test_bad_arguments(argv):
     with pytest.raises(SystemExit) as e:

@@ -1809,6 +1809,204 @@ def test_local_lists_kept_per_station_and_deleted_with_it(store):
     run(scenario())
 
 
+# --- retention and health -----------------------------------------------------------------
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+PAST, FUTURE = "2000-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z"
+
+
+def test_prune_events_by_age_then_count_in_batches(store):
+    cs = station()
+
+    async def scenario():
+        await create(store, cs)
+        async with store.unit() as tx:
+            for i in range(10):  # stored out of time order: the age decides, not the seq
+                at = iso(EPOCH + timedelta(minutes=(i * 7) % 10))
+                await tx.add_event(cs["_id"], at, "chargestation.booted", {"i": i}, "ep")
+        cutoff = iso(EPOCH + timedelta(minutes=5))
+        async with store.unit() as tx:
+            assert await tx.prune_events(cutoff, 3) == 3  # a batch: at most `limit`
+        async with store.unit() as tx:
+            assert await tx.prune_events(cutoff, 100) == 2
+            assert await tx.prune_events(cutoff, 100) == 0
+        async with store.unit() as tx:
+            left = await tx.list_events(EventQuery(limit=None))
+        assert sorted(e["createdAt"] for e in left) == [
+            iso(EPOCH + timedelta(minutes=m)) for m in range(5, 10)
+        ]
+        async with store.unit() as tx:  # and at most `keep`, the latest stored
+            assert await tx.prune_events(PAST, 100, keep=2) == 3
+        async with store.unit() as tx:
+            kept = await tx.list_events(EventQuery(limit=None))
+        assert [e["seq"] for e in kept] == [e["seq"] for e in left][-2:]
+
+    run(scenario())
+
+
+def test_prune_meter_values_keeps_a_session_together(store):
+    a, b = station(), station()
+
+    def tx_doc(doc, key, status):
+        return {"station_id": doc["_id"], "tx_key": key, "connector": 1, "status": status}
+
+    async def prune_all(before: str, stuck_before: str, limit: int = 2) -> int:
+        """Batches until the pass is over; the rows deleted."""
+        total, cursor = 0, None
+        for _ in range(100):
+            async with store.unit() as tx:
+                n, cursor = await tx.prune_meter_values(before, stuck_before, cursor, limit)
+            assert n <= limit
+            total += n
+            if cursor is None:
+                return total
+        raise AssertionError("the pass never ended")
+
+    async def left() -> list[tuple]:
+        async with store.unit() as tx:
+            return [(m["station_id"], m["tx_key"]) for m in await tx.meter_values()]
+
+    async def scenario():
+        await create(store, a, b)
+        async with store.unit() as tx:
+            await tx.start_transaction(tx_doc(a, "running", "Active"))
+            await tx.start_transaction(tx_doc(a, "ended", "Completed"))
+            await tx.start_transaction(tx_doc(b, "ended", "Completed"))
+            for _ in range(3):
+                await tx.add_meter_values(a["_id"], "running", 1, [{"v": 1}])
+                await tx.add_meter_values(a["_id"], "ended", 1, [{"v": 1}])
+                await tx.add_meter_values(a["_id"], None, 1, [{"v": 1}])
+        async with store.unit() as tx:
+            stored = await tx.meter_values()
+        assert len(stored) == 9
+        # nothing is due before they were stored
+        assert await prune_all(PAST, PAST) == 0
+        # a session that goes on keeps its values, however old; the rest goes
+        assert await prune_all(FUTURE, PAST) == 6
+        assert await left() == [(a["_id"], "running")] * 3
+        # ... unless they are older than the cap for a session that never ends
+        assert await prune_all(FUTURE, FUTURE) == 3
+        assert await left() == []
+
+    run(scenario())
+
+
+def test_prune_meter_values_keeps_an_ended_session_while_it_has_recent_values(store, backend):
+    a = station()
+
+    async def scenario():
+        await create(store, a)
+        async with store.unit() as tx:
+            await tx.start_transaction({"station_id": a["_id"], "tx_key": "1", "status": "Done"})
+            await tx.add_meter_values(a["_id"], "1", 1, [{"v": "old"}])
+            await tx.add_meter_values(a["_id"], None, 1, [{"v": "old, alone"}])
+        await asyncio.sleep(0.01)  # the store stamps each value with the time it came
+        middle = iso(datetime.now(UTC))
+        await asyncio.sleep(0.01)
+        async with store.unit() as tx:
+            await tx.add_meter_values(a["_id"], "1", 1, [{"v": "new"}])
+        async with store.unit() as tx:
+            n, cursor = await tx.prune_meter_values(middle, PAST, None, 10)
+        assert (n, cursor) == (1, None)  # the old one alone; the session's stays with it
+        async with store.unit() as tx:
+            assert [m["values"][0]["v"] for m in await tx.meter_values()] == ["old", "new"]
+
+    run(scenario())
+
+
+def test_sqlite_prune_meter_values_looks_each_session_up_once_a_pass(monkeypatch):
+    from edrvctl.store import sqlite
+
+    store = open_store(":memory:")
+    looked: list[tuple] = []
+    real = sqlite.SqliteUnit._session_kept
+
+    def counted(self, sid, key, before):
+        looked.append((sid, key))
+        return real(self, sid, key, before)
+
+    monkeypatch.setattr(sqlite.SqliteUnit, "_session_kept", counted)
+    monkeypatch.setattr(sqlite._MeterCursor, "LOOKUPS", 2)  # a batch looks up 2 at most
+
+    async def scenario():
+        async with store.unit() as tx:
+            for _ in range(4):  # rows of 5 sessions, interleaved
+                for n in range(5):
+                    await tx.add_meter_values(f"s{n}", "1", 1, [{"v": 1}])
+        deleted, cursor, calls = 0, None, 0
+        while True:
+            async with store.unit() as tx:
+                n, cursor = await tx.prune_meter_values(FUTURE, PAST, cursor, 100)
+            deleted, calls = deleted + n, calls + 1
+            if cursor is None:
+                break
+        assert deleted == 20 and calls == 3  # 2 + 2 + 1 sessions looked up
+        assert sorted(looked) == [(f"s{n}", "1") for n in range(5)]  # once each
+        await store.close()
+
+    run(scenario())
+
+
+def test_prune_actions_only_finished_ones(store):
+    cs = station()
+    old = [
+        action(cs["_id"], outcome=o, status="completed")
+        for o in ("succeeded", "failed", "timed_out", "pending")
+    ]
+
+    async def scenario():
+        await create(store, cs)
+        async with store.unit() as tx:
+            for d in old:
+                await tx.create_action(d)
+        recent = action(cs["_id"], createdAt=FUTURE, outcome="succeeded")
+        async with store.unit() as tx:
+            await tx.create_action(recent)
+        async with store.unit() as tx:
+            assert await tx.prune_actions("2500-01-01T00:00:00.000Z", 2) == 2
+        async with store.unit() as tx:
+            assert await tx.prune_actions("2500-01-01T00:00:00.000Z", 10) == 1
+            assert await tx.prune_actions("2500-01-01T00:00:00.000Z", 10) == 0
+        async with store.unit() as tx:
+            got, total = await tx.list_actions(ActionQuery(limit=None))
+        assert total == 2
+        assert {g["_id"] for g in got} == {old[3]["_id"], recent["_id"]}
+
+    run(scenario())
+
+
+def test_probe_writes_nothing_and_fails_on_a_full_store(backend):
+    store = backend.fresh(max_bytes=256 * 1024)
+    cs = station()
+
+    async def scenario():
+        await create(store, cs)
+        async with store.unit() as tx:
+            await tx.probe("t")
+        async with store.unit() as tx:
+            assert await tx.list_events(EventQuery(limit=None)) == []
+        n = 0
+        with pytest.raises(StoreUnavailable):  # fill it up
+            while True:
+                async with store.unit() as tx:
+                    await tx.add_event(cs["_id"], PAST, "k", {"pad": "x" * 500, "n": n})
+                n += 1
+        with pytest.raises(StoreUnavailable):
+            async with store.unit() as tx:
+                await tx.probe("t")
+        async with store.unit() as tx:  # room again
+            assert await tx.prune_events(FUTURE, 50) == 50
+        for _ in range(3):  # and it stays: the probe leaves nothing behind
+            async with store.unit() as tx:
+                await tx.probe("t")
+
+    run(scenario())
+
+
 # --- SQLite only ------------------------------------------------------------------------------
 
 # The schema exactly as edrvctl wrote it before schema versions were kept (user_version 0).

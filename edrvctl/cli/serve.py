@@ -171,6 +171,26 @@ def serve(
             "`authorize` overrides it",
         ),
     ] = "open",
+    keep_events_days: Annotated[
+        float,
+        typer.Option(help="Days events are kept; 0 keeps them for ever", min=0),
+    ] = 30,
+    keep_events_max: Annotated[
+        int,
+        typer.Option(help="Events kept at most, the latest; 0 = no limit but their age", min=0),
+    ] = 0,
+    keep_meter_values_days: Annotated[
+        float,
+        typer.Option(
+            help="Days meter values are kept (a session's together, counted from its end); 0 "
+            "keeps them for ever",
+            min=0,
+        ),
+    ] = 90,
+    keep_actions_days: Annotated[
+        float,
+        typer.Option(help="Days finished Actions are kept; 0 keeps them for ever", min=0),
+    ] = 30,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
     log_format: Annotated[str, typer.Option(help="text | json")] = "text",
 ) -> None:
@@ -199,6 +219,7 @@ def serve(
     from edrvctl.cli import state
     from edrvctl.errors import EdrvError, UsageError
     from edrvctl.fleet import Budgets
+    from edrvctl.fleet.retention import Retention
     from edrvctl.server import ServeConfig, is_loopback, tls_context
     from edrvctl.server import serve as run_server
     from edrvctl.server.listener import ListenerSettings
@@ -266,6 +287,12 @@ def serve(
                 stored_per_day=int(max_stored_mb_per_day * (1 << 20)),
                 payload=int(max_payload_kb * 1024),
                 report=int(max_report_mb * (1 << 20)),
+            ),
+            retention=Retention(
+                events_days=keep_events_days,
+                meter_values_days=keep_meter_values_days,
+                actions_days=keep_actions_days,
+                events_max=keep_events_max or None,
             ),
             listener=ListenerSettings(
                 host=ocpp_host,

@@ -55,6 +55,7 @@ from edrvctl.fleet.live import (
     SendLocalList,
     UpdateFirmware,
 )
+from edrvctl.metrics import Metrics
 from edrvctl.store import ActionQuery, EventQuery, StationQuery, Store, Unit
 from edrvctl.timefmt import ago
 
@@ -118,6 +119,8 @@ class Fleet:
         store.on_events = self.feed.publish
         # every OCPP frame in and out, per station (serve configures it; fleet/frames.py)
         self.frames = frames.FrameLog(store)
+        self.metrics = Metrics()  # what /metrics shows (edrvctl/metrics.py)
+        store.on_commit = self.metrics.commits.observe
         self.budgets = budgets or Budgets()
         # endpoint -> (UTC day, bytes kept that day); in memory: a restart forgives the day
         self._kept: dict[str, tuple[str, int]] = {}
@@ -575,11 +578,13 @@ class Fleet:
         outcome, stage = "failed", "sent"
         status, answer, note = None, None, None
         readback: dict | None = None
+        sent = time.perf_counter()
         try:
             result = await self.live.send(endpoint, command, timeout)
         except StationTimeout as e:
             error, outcome = {"code": "Timeout", "description": e.message}, "timed_out"
         except StationRejected as e:
+            self._answered(command, sent)
             error = {"code": "CallError", "description": e.message}
         except Busy as e:
             error, stage = {"code": "Busy", "description": e.message}, "queued"
@@ -590,6 +595,7 @@ class Fleet:
         except EdrvError as e:
             error = {"code": type(e).__name__, "description": e.message}
         else:
+            self._answered(command, sent)
             status, answer = result if isinstance(result, tuple) else (result, {"status": result})
             note = actions.NOTES.get(status)
             if status not in actions.ACCEPTED:
@@ -624,6 +630,10 @@ class Fleet:
                     action["stage"] = stage
 
         return await self._change_action(action_id, apply)
+
+    def _answered(self, command: Command, sent: float) -> None:
+        """A command's round trip, for /metrics: from sending it to the station's answer."""
+        self.metrics.commands.observe(time.perf_counter() - sent, actions.TYPES[type(command)])
 
     async def _read_back(
         self, doc: dict, command: Configure, timeout: float
@@ -1211,6 +1221,16 @@ class Fleet:
         """At start-up no station is connected here, whatever the last run left behind."""
         async with self.store.unit() as tx:
             return await tx.mark_all_offline(model.utcnow())
+
+    async def probe_store(self) -> None:
+        """A real write of a page, committed, that leaves nothing behind (/health):
+        StoreUnavailable unless the store can take a station's next message."""
+        async with self.store.unit() as tx:
+            await tx.probe(model.utcnow())
+
+    async def count_stations(self) -> int:
+        async with self.store.unit() as tx:
+            return (await tx.list_stations_json(StationQuery(limit=0)))[1]
 
 
 def _iso(t: float) -> str:

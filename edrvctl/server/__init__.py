@@ -14,13 +14,14 @@ import socket
 import ssl
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from edrvctl import paths
 from edrvctl.errors import UsageError
+from edrvctl.fleet.retention import Pruner, Retention
 from edrvctl.server.files import FILES_MAX_CONNECTIONS, FILES_READ_TIMEOUT, Files
 from edrvctl.server.listener import ListenerSettings
 
@@ -56,6 +57,7 @@ class ServeConfig:
     frame_log: str = "all"
     frames_per_station: int = 10_000
     frames_days: float = 7.0
+    retention: Retention = field(default_factory=Retention)  # what the store keeps, by age
 
 
 def is_loopback(host: str) -> bool:
@@ -322,6 +324,7 @@ async def _run(
     from edrvctl.fleet import Fleet
     from edrvctl.fleet.webhooks import Webhooks
     from edrvctl.server import api as admin_api
+    from edrvctl.server import api_metrics
     from edrvctl.server.listener import Listener
 
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
@@ -336,6 +339,8 @@ async def _run(
         log.info("%d action(s) in flight when the last run ended marked failed", failed)
 
     listener = Listener(fleet, cfg.listener)
+    api_metrics.register(fleet, listener)
+    pruner = Pruner(store, cfg.retention, fleet.metrics)
     try:
         ocpp_url, ocpp_tls_url = await listener.start()
     except OSError as e:
@@ -450,6 +455,10 @@ async def _run(
                     await fleet.frames.prune()
                 except Exception as e:
                     log.error("frame log not pruned: %s", e)
+                try:
+                    await pruner.tick()
+                except Exception as e:
+                    log.error("retention: pruning failed: %s", e)
 
         flusher = asyncio.create_task(flush_seen())
         stop = stop or asyncio.Event()

@@ -149,6 +149,8 @@ def create_app(
     so profile 3 stations can connect; whether there is a wss:// listener at all is
     `fleet.ocpp_tls_url`. `files`: the files listener (None: `serve --no-files`).
     `webhooks`: the server's (None: records only, nothing delivered)."""
+    from edrvctl.server import api_metrics
+
     app = FastAPI(
         title="edrvctl admin API",
         version=__version__,
@@ -788,6 +790,7 @@ def create_app(
     from edrvctl.server import api_sessions
 
     api_sessions.add_routes(app, fleet, auth)
+    api_metrics.add_routes(app, fleet)
     return EnvelopeTooLarge(app, files, expected)
 
 

@@ -125,6 +125,7 @@ class Refusals:
         self.logged_in_window = False
         self.suppressed: Counter[int] = Counter()  # status -> refusals not logged
         self.last = ""
+        self.total: Counter[int] = Counter()  # status -> refused upgrades since start
 
     def count(self, endpoint: str | None, status: int, address: str, reason: str = "") -> None:
         now = time.monotonic()
@@ -163,6 +164,7 @@ class Refusals:
         known: bool,
         offered: list[str] | None = None,
     ) -> None:
+        self.total[status] += 1
         if endpoint is None or status == 503:  # no identity, or not about this endpoint
             self.count(endpoint, status, address, reason)
             return
@@ -272,6 +274,7 @@ class StationConnection(ServerConnection):
 
     def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
         self.refused = True
+        self.listener.refusals.total[503] += 1
         self.listener.refusals.count(None, 503, self.address, reason)
         body = f"{reason}\n".encode()
         transport.write(

@@ -398,6 +398,32 @@ class Unit(Protocol):
     async def set_local_list(self, station_id: str, doc: dict) -> None:
         """`doc` has `version`; deleted with the station."""
 
+    # --- retention (fleet/retention.py) and health ---
+
+    async def prune_events(self, before: str, limit: int, keep: int | None = None) -> int:
+        """Delete at most `limit` events stored before `before`, oldest first, then (with
+        `keep`) those beyond the `keep` latest; returns how many."""
+
+    async def prune_meter_values(
+        self, before: str, stuck_before: str, cursor: object, limit: int
+    ) -> tuple[int, object]:
+        """Delete at most `limit` meter values stored before `before`, in a pass from the
+        oldest that each call carries on: `cursor` is what the previous call returned (None:
+        start a pass), and the call returns (deleted, the cursor for the next call, or None
+        once the pass is over). Each call looks at a bounded number of rows, kept ones
+        included. A session's values are kept together while it runs and until it has none
+        stored since `before`, unless they were stored before `stuck_before` (a session that
+        never ends)."""
+
+    async def prune_actions(self, before: str, limit: int) -> int:
+        """Delete at most `limit` actions created before `before` whose outcome is no longer
+        pending, oldest first; returns how many."""
+
+    async def probe(self, at: str) -> None:
+        """A small real write that leaves nothing behind (/health): it needs as much room as
+        a station's next message, so it fails (StoreUnavailable, at the unit's commit or
+        before) whenever the store cannot take one."""
+
 
 class Store(Protocol):
     def unit(self) -> AbstractAsyncContextManager[Unit]:
@@ -406,6 +432,8 @@ class Store(Protocol):
 
     # called with the event rows of each commit, in seq order, once it is durable
     on_events: Callable[[list[dict]], None] | None
+    # called with the seconds each successful COMMIT took (metrics)
+    on_commit: Callable[[float], None] | None
 
     async def close(self) -> None:
         """Commits what is pending, then closes."""

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -239,6 +240,18 @@ CREATE TABLE frame_chunks (
 );
 CREATE INDEX frame_chunks_station ON frame_chunks(station_id, seq);
 """,
+    # 9: retention (fleet/retention.py): when each meter value was stored (those stored before
+    # count from now), the indexes pruning walks; the table /health's write probe writes
+    """
+ALTER TABLE meter_values ADD COLUMN at TEXT NOT NULL DEFAULT '';
+UPDATE meter_values SET at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now');
+CREATE INDEX meter_values_session ON meter_values(station_id, tx_key, at);
+CREATE TABLE health_probe (
+    id          INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    pad         BLOB
+);
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 IMPORT_CHUNK = 2_000  # tokens written between two turns of the event loop (import_tokens)
@@ -273,6 +286,10 @@ def _json(value) -> bytes:
         return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError) as e:
         raise InvalidBody(f"this value cannot be stored: {e}") from None
+
+
+# the time now in the stored form (model.utcnow's): 2024-01-01T10:00:00.123Z
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
 def _unwritable(e: BaseException) -> StoreUnavailable:
@@ -315,6 +332,8 @@ class SqliteStore:
         self._closed = False
         # called with the event rows of each COMMIT, in seq order, once it succeeded
         self.on_events: Callable[[list[dict]], None] | None = None
+        # called with the seconds each COMMIT that succeeded took
+        self.on_commit: Callable[[float], None] | None = None
         try:
             self.db = self._connect(max_bytes)
         except (sqlite3.Error, OSError) as e:
@@ -513,8 +532,11 @@ class SqliteStore:
         error = None
         if db.in_transaction:
             try:
+                started = time.perf_counter()
                 db.execute("COMMIT")
                 self.commits += 1
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - started)
             except sqlite3.Error as e:
                 error = f"the store cannot be written: {e}"
                 log.error("commit failed: %s", e)
@@ -1039,7 +1061,8 @@ class SqliteUnit:
     ) -> None:
         s = await self._writing()
         s._run(
-            "INSERT INTO meter_values (station_id, tx_key, connector, doc) VALUES (?,?,?,?)",
+            "INSERT INTO meter_values (station_id, tx_key, connector, doc, at) "
+            f"VALUES (?,?,?,?,{_NOW})",
             (station_id, tx_key, connector, _json(values)),
         )
 
@@ -1442,6 +1465,103 @@ class SqliteUnit:
             (station_id, doc["version"], _json(doc).decode()),
         )
 
+    # --- retention (fleet/retention.py) and health ---
+
+    async def prune_events(self, before: str, limit: int, keep: int | None = None) -> int:
+        s = await self._writing()
+        cur = s._run(
+            "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE at < ? "
+            "ORDER BY at LIMIT ?)",
+            (before, limit),
+        )
+        deleted = cur.rowcount
+        if keep is not None and deleted < limit:
+            cur = s._run(
+                "DELETE FROM event_log WHERE seq IN (SELECT seq FROM event_log WHERE seq <= "
+                "(SELECT max(seq) FROM event_log) - ? ORDER BY seq LIMIT ?)",
+                (keep, limit - deleted),
+            )
+            deleted += cur.rowcount
+        return deleted
+
+    async def prune_meter_values(
+        self, before: str, stuck_before: str, cursor: object, limit: int
+    ) -> tuple[int, object]:
+        s = await self._writing()
+        db = self._db
+        at_ = cursor if isinstance(cursor, _MeterCursor) else _MeterCursor()
+        window = 2 * limit  # rows looked at in one batch, kept ones included
+        rows = db.execute(
+            "SELECT id, at, station_id, tx_key FROM meter_values WHERE id > ? ORDER BY id LIMIT ?",
+            (at_.after, window),
+        ).fetchall()
+        due: list[tuple[int]] = []
+        held = at_.held
+        lookups = 0
+        done = len(rows) < window  # the end of the table is in this window
+        for rowid, at, sid, key in rows:
+            if at >= before:  # the recent ones: this pass is over
+                done = True
+                break
+            if key is not None and at >= stuck_before:
+                keep = held.get((sid, key))
+                if keep is None:
+                    if lookups == _MeterCursor.LOOKUPS:  # enough for one batch
+                        done = False
+                        break
+                    lookups += 1
+                    if len(held) >= _MeterCursor.MAX_HELD:
+                        held.clear()
+                    keep = held[(sid, key)] = self._session_kept(sid, key, before)
+                if keep:
+                    at_.after = rowid
+                    continue
+            at_.after = rowid
+            due.append((rowid,))
+            if len(due) == limit:
+                done = False
+                break
+        if due:
+            s._run("DELETE FROM meter_values WHERE id = ?", due, many=True)
+        return len(due), None if done else at_
+
+    def _session_kept(self, station_id: str, tx_key: str, before: str) -> bool:
+        """A session keeps its meter values while it has one stored since `before`, and while
+        it runs."""
+        db = self._db
+        if db.execute(
+            "SELECT 1 FROM meter_values WHERE station_id = ? AND tx_key = ? AND at >= ? LIMIT 1",
+            (station_id, tx_key, before),
+        ).fetchone():
+            return True
+        return bool(
+            db.execute(
+                "SELECT 1 FROM transactions WHERE station_id = ? AND tx_key = ? AND "
+                "json_extract(doc, '$.status') = 'Active'",
+                (station_id, tx_key),
+            ).fetchone()
+        )
+
+    async def prune_actions(self, before: str, limit: int) -> int:
+        s = await self._writing()
+        cur = s._run(
+            "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE createdAt < ? "
+            "AND outcome != 'pending' ORDER BY createdAt LIMIT ?)",
+            (before, limit),
+        )
+        return cur.rowcount
+
+    async def probe(self, at: str) -> None:
+        s = await self._writing()
+        # a row bigger than a page: it needs a page of its own, so a store at its size cap
+        # (or a full disk) fails here as the next station message would
+        s._run(
+            "INSERT INTO health_probe (at, pad) VALUES (?, zeroblob((SELECT page_size "
+            "FROM pragma_page_size())))",
+            (at,),
+        )
+        s._run("DELETE FROM health_probe")
+
 
 # keys of a delivery (fleet/webhooks.py) that are columns, not part of its stored document
 _DELIVERY_COLUMNS = ("seq", "lane", "body")
@@ -1465,6 +1585,19 @@ def _token_columns(doc: dict) -> tuple:
 
 CHUNK_BITS = 16  # a frame's id: its chunk's seq << CHUNK_BITS | its index in the chunk
 MAX_CHUNK = 1 << CHUNK_BITS
+
+
+class _MeterCursor:
+    """Where a pass over the meter values has got to (prune_meter_values), and what it found
+    out about the sessions it met: each is looked up once a pass, however its rows are spread."""
+
+    __slots__ = ("after", "held")
+    MAX_HELD = 100_000  # sessions remembered; past it, forgotten (looked up again)
+    LOOKUPS = 200  # sessions looked up in one batch at most (each ~10 µs)
+
+    def __init__(self) -> None:
+        self.after = 0  # the last row id looked at
+        self.held: dict[tuple[str, str], bool] = {}  # session -> its values are kept
 
 
 def _action_columns(doc: dict) -> tuple:
