@@ -19,6 +19,7 @@ import logging
 import math
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger("edrvctl.metrics")
 
@@ -141,6 +142,28 @@ class Metrics:
             self.messages[(action, result)] += 1
         except KeyError:
             self._first_message(action, result)
+
+    def tracer(self, inner: Callable[..., None] | None = None) -> Callable[..., None]:
+        """An observer for `Rpc(trace=...)` that counts each station message by the answer
+        we gave it (`message`), after passing the frame on to `inner` (the frame log's)."""
+        from edrvctl.ocppj.frames import CALLERROR, CALLRESULT
+        from edrvctl.ocppj.rpc import OUT
+
+        message = self.message
+
+        def count(*t: Any) -> None:
+            # (at, direction, kind, id, action, size, latency, error, text): our answers
+            if t[1] == OUT and (t[2] == CALLRESULT or t[2] == CALLERROR) and t[4] is not None:
+                message(t[4], t[7] or "ok")
+
+        if inner is None:
+            return count
+
+        def both(*t: Any) -> None:
+            inner(*t)
+            count(*t)
+
+        return both
 
     def _first_message(self, action: str, result: str) -> None:
         if self._known is None:

@@ -184,6 +184,10 @@ def test_metrics_end_to_end(server, protocol):
         "edrvctl_store_commit_duration_seconds_count",
     )
     assert value(after, *commits) > value(before, *commits)
+    # each station message, counted by the answer it got (through the Rpc's frame observer)
+    boots = ("edrvctl_ocpp_messages", "edrvctl_ocpp_messages_total")
+    got = value(after, *boots, action="BootNotification", result="ok")
+    assert got >= value(before, *boots, action="BootNotification", result="ok") + 1
     until(
         lambda: (
             value(scrape(server), "edrvctl_stations_online")

@@ -339,7 +339,6 @@ async def _run(
         log.info("%d action(s) in flight when the last run ended marked failed", failed)
 
     listener = Listener(fleet, cfg.listener)
-    api_metrics.register(fleet, listener)
     pruner = Pruner(store, cfg.retention, fleet.metrics)
     try:
         ocpp_url, ocpp_tls_url = await listener.start()
@@ -380,6 +379,7 @@ async def _run(
 
     client_certs = cfg.listener.tls is not None and cfg.listener.tls.verify_mode != ssl.CERT_NONE
     webhooks = Webhooks(store, fleet.feed)
+    api_metrics.register(fleet, listener, webhooks)
     api = ApiServer(
         uvicorn.Config(
             admin_api.create_app(

@@ -23,6 +23,7 @@ from edrvctl.metrics import CONTENT_TYPE
 from edrvctl.server.api import envelope
 
 if TYPE_CHECKING:
+    from edrvctl.fleet.webhooks import Webhooks
     from edrvctl.server.listener import Listener
 
 HEALTH_EVERY = 1.0  # s a probe's answer is reused
@@ -83,9 +84,22 @@ def add_routes(app: FastAPI, fleet: Fleet) -> None:
         return envelope(result, "ok")
 
 
-def register(fleet: Fleet, listener: Listener) -> None:
+def register(fleet: Fleet, listener: Listener, webhooks: Webhooks | None = None) -> None:
     """The server's own gauges and counters, read at each scrape."""
     m = fleet.metrics
+    if webhooks is not None:
+        m.register_gauge(
+            "edrvctl_webhook_backlog",
+            "Webhook deliveries waiting (pending), by webhook",
+            lambda: {(hook,): n for hook, n in webhooks.backlog().items()},
+            labels=("webhook",),
+        )
+        m.register_counter(
+            "edrvctl_webhook_dropped_total",
+            "Webhook deliveries given up for the backlog budget since the server started",
+            lambda: {(hook,): n for hook, n in webhooks.dropped().items()},
+            labels=("webhook",),
+        )
     m.register_gauge("edrvctl_stations", "Chargestations in the store", fleet.count_stations)
     m.register_gauge(
         "edrvctl_stations_online",

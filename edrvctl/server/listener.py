@@ -466,7 +466,9 @@ class Listener:
             ws,
             self.fleet,
             self._bucket(endpoint),
-            trace=self.fleet.frames.tracer(station_id) if station_id else None,
+            trace=self.fleet.metrics.tracer(
+                self.fleet.frames.tracer(station_id) if station_id else None
+            ),
         )
         try:
             await self.stations.attach(session)
