@@ -423,3 +423,14 @@ def test_invented_endpoints_cannot_grow_the_store_without_bound(fleet):
         assert len(await fleet.list_events(EventQuery(limit=None))) == UNKNOWN_KEPT_PER_MINUTE
 
     run(scenario())
+
+
+def test_ids_beyond_64_bits_are_refused_or_clamped_not_a_crash(server):
+    with server.api() as c:
+        r = c.get("/v1.1/events", params={"after": str(1 << 63)})
+        assert r.status_code == 400 and r.json()["ok"] is False
+        r = c.get("/v1.1/events", params={"after": str((1 << 63) - 1)})
+        assert r.status_code == 200 and r.json()["result"] == []
+        with c.stream("GET", "/v1.1/events/stream", headers={"Last-Event-ID": str(1 << 70)}) as r:
+            assert r.status_code == 200
+            assert next(r.iter_lines()) == ": stream open"

@@ -25,6 +25,7 @@ MAX_STREAMS = 64  # live streams open at once (events and frames together)
 KEEP_ALIVE = 15.0  # s between two keep-alive comments of a quiet stream
 PAGE = 500  # events read from the store at a time while a stream catches up
 MAX_TYPES = 16  # type globs in one request
+MAX_ID = (1 << 63) - 1  # an event _id is a SQLite integer
 
 GLOB = r"[A-Za-z0-9_.*?\[\]!-]{1,128}"
 Types = Annotated[
@@ -46,7 +47,7 @@ def _after(after: int | None, last_event_id: str | None) -> int | None:
     if last_event_id is None or not last_event_id.strip():
         return None
     try:
-        return max(0, int(last_event_id.strip()))
+        return min(MAX_ID, max(0, int(last_event_id.strip())))
     except ValueError:
         raise UsageError(f"Last-Event-ID {last_event_id[:40]!r} is not an event id") from None
 
@@ -152,7 +153,9 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list, streams: Streams) -> None
         chargestation: Station = None,
         since: str | None = None,
         until: str | None = None,
-        after: Annotated[int | None, Query(ge=0, description="events after this _id")] = None,
+        after: Annotated[
+            int | None, Query(ge=0, le=MAX_ID, description="events after this _id")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Response:
         query = await query_of(type, chargestation, since, until)
@@ -177,7 +180,7 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list, streams: Streams) -> None
         type: Types = None,
         chargestation: Station = None,
         after: Annotated[
-            int | None, Query(ge=0, description="replay events after this _id")
+            int | None, Query(ge=0, le=MAX_ID, description="replay events after this _id")
         ] = None,
         last_event_id: Annotated[str | None, Header(max_length=40)] = None,
     ) -> StreamingResponse:
