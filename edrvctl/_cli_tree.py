@@ -1900,7 +1900,7 @@ TREE: dict = {
      "value": true
     },
     "--keep-meter-values-days": {
-     "help": "Days meter values are kept (a session's together, counted from its end); 0 keeps them for ever",
+     "help": "Days meter values are kept (a session's go together, once it has ended and its last is that old); 0 keeps them for ever",
      "value": true
     },
     "--log-format": {

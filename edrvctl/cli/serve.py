@@ -182,8 +182,8 @@ def serve(
     keep_meter_values_days: Annotated[
         float,
         typer.Option(
-            help="Days meter values are kept (a session's together, counted from its end); 0 "
-            "keeps them for ever",
+            help="Days meter values are kept (a session's go together, once it has ended and "
+            "its last is that old); 0 keeps them for ever",
             min=0,
         ),
     ] = 90,
