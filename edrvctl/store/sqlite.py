@@ -599,6 +599,22 @@ class SqliteUnit:
         if s._owner is not None and s._owner is not self:
             await s._wait_for_owner()
 
+    async def _page(
+        self, table: str, where: list[str], args: list, order: str, limit: int | None, offset: int
+    ) -> tuple[list[dict], int]:
+        """A page of a table's JSON documents (`where`: conditions ANDed; names are ours) and
+        how many match in all."""
+        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
+        await self._read()
+        db = self._db
+        total = db.execute(f"SELECT count(*) FROM {table}{sql_where}", args).fetchone()[0]
+        rows = db.execute(
+            f"SELECT doc FROM {table}{sql_where} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, -1 if limit is None else limit, offset),
+        ).fetchall()
+        self._read_done()
+        return [orjson.loads(d) for (d,) in rows], total
+
     async def _writing(self) -> SqliteStore:
         """Before a write: this unit owns the connection, inside its savepoint."""
         s = self._s
@@ -1044,17 +1060,9 @@ class SqliteUnit:
         if query.until is not None:
             where.append("startedAt <= ?")
             args.append(query.until)
-        sql_where = " WHERE " + " AND ".join(where)
-        await self._read()
-        db = self._db
-        total = db.execute(f"SELECT count(*) FROM transactions{sql_where}", args).fetchone()[0]
-        rows = db.execute(
-            f"SELECT doc FROM transactions{sql_where} ORDER BY startedAt DESC, id DESC "
-            "LIMIT ? OFFSET ?",
-            (*args, -1 if query.limit is None else query.limit, query.offset),
-        ).fetchall()
-        self._read_done()
-        return [orjson.loads(d) for (d,) in rows], total
+        return await self._page(
+            "transactions", where, args, "startedAt DESC, id DESC", query.limit, query.offset
+        )
 
     async def add_meter_values(
         self, station_id: str, tx_key: str | None, connector: int, values: list[dict]
@@ -1142,19 +1150,10 @@ class SqliteUnit:
         if query.created_to is not None:
             where.append("createdAt <= ?")
             args.append(query.created_to)
-        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
         # newest first; within one millisecond, the one created last first (rowid)
-        sql = f"SELECT doc FROM actions{sql_where} ORDER BY createdAt DESC, rowid DESC"
-        page_args = list(args)
-        if query.limit is not None:
-            sql += " LIMIT ? OFFSET ?"
-            page_args += [query.limit, query.offset]
-        await self._read()
-        db = self._db
-        total = db.execute(f"SELECT count(*) FROM actions{sql_where}", args).fetchone()[0]
-        docs = [orjson.loads(r[0]) for r in db.execute(sql, page_args)]
-        self._read_done()
-        return docs, total
+        return await self._page(
+            "actions", where, args, "createdAt DESC, rowid DESC", query.limit, query.offset
+        )
 
     async def fail_pending_actions(self, reason: str, now: str) -> int:
         s = await self._writing()
@@ -1427,18 +1426,10 @@ class SqliteUnit:
         if query.usable_in is not None:
             where.append("(organization IS NULL OR organization = ?)")
             args.append(query.usable_in)
-        sql_where = f" WHERE {' AND '.join(where)}" if where else ""
         order = "DESC" if query.newest_first else "ASC"
-        await self._read()
-        db = self._db
-        total = db.execute(f"SELECT count(*) FROM tokens{sql_where}", args).fetchone()[0]
-        rows = db.execute(
-            f"SELECT doc FROM tokens{sql_where} ORDER BY createdAt {order}, id {order} "
-            "LIMIT ? OFFSET ?",
-            (*args, -1 if query.limit is None else query.limit, query.offset),
-        ).fetchall()
-        self._read_done()
-        return [orjson.loads(d) for (d,) in rows], total
+        return await self._page(
+            "tokens", where, args, f"createdAt {order}, id {order}", query.limit, query.offset
+        )
 
     async def active_transactions(self, id_tag: str) -> list[dict]:
         await self._read()
