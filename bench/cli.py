@@ -24,13 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def seed(store: Path, n: int) -> None:
+def seed(store: Path | str, n: int) -> None:
     """Stations BENCH000000... written straight into a new store, through the store of the
     edrvctl package imported: the synchronous one (transaction()) or the async one (unit())."""
     from edrvctl import model
-    from edrvctl.store.sqlite import SqliteStore
+    from edrvctl.store import open_store
 
-    s = SqliteStore(store)
+    s = open_store(store)  # a file, or a postgresql:// URL (bench/store.py)
     now = model.utcnow()
 
     def docs():

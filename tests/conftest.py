@@ -23,6 +23,10 @@ from timing import scaled, until
 
 # postgresql: servers the tests start without a store of their own run on PostgreSQL
 STORE_KIND = os.environ.get("EDRVCTL_TEST_STORE", "sqlite")
+# a test of what only a SQLite file has (its folder's lock, its size cap, its integrity check)
+sqlite_only = pytest.mark.skipif(
+    STORE_KIND != "sqlite", reason="what it tests is the SQLite file's (EDRVCTL_TEST_STORE)"
+)
 
 # pytest-xdist sets COLUMNS in its workers; the CLI tests decide the width themselves.
 os.environ.pop("COLUMNS", None)

@@ -14,7 +14,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import hermetic_env, start_server
+from conftest import hermetic_env, sqlite_only, start_server
 from edrvctl.store import StationQuery
 from stored import read, sqlite_intact
 from timing import scaled, until_async
@@ -101,7 +101,8 @@ def test_kill_9_loses_nothing_that_was_acknowledged(tmp_path):
     srv.proc.wait(scaled(10))
     assert len(acked) > 200, "the load did not get going"
 
-    assert sqlite_intact(srv.store)
+    if not isinstance(srv.store, str):  # (PostgreSQL checks its own pages)
+        assert sqlite_intact(srv.store)
     rows = read(srv.store, lambda tx: tx.meter_values())
     stored = {m["values"][0]["sampledValue"][0]["value"]: m for m in rows}
     missing = [v for v in acked if v not in stored]
@@ -126,6 +127,7 @@ def test_kill_9_loses_nothing_that_was_acknowledged(tmp_path):
         again.stop()
 
 
+@sqlite_only
 def test_a_full_store_refuses_clearly_and_keeps_serving(tmp_path):
     srv = start_server(tmp_path, "--store-max-mb", "1")
     try:

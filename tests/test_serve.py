@@ -29,7 +29,7 @@ import trustme
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
-from conftest import TOKEN, hermetic_env, start_server
+from conftest import TOKEN, hermetic_env, sqlite_only, start_server
 from edrvctl.cli import app
 from timing import scaled, until
 
@@ -116,6 +116,7 @@ def tls_args(d: Path, client_ca: bool = True) -> list[str]:
 # --------------------------------------------------------------------------- one store, one server
 
 
+@sqlite_only
 def test_a_second_serve_on_the_same_store_is_refused_and_touches_nothing(tmp_path):
     srv = start_server(tmp_path / "a")
     try:
@@ -146,6 +147,7 @@ def test_a_second_serve_on_the_same_store_is_refused_and_touches_nothing(tmp_pat
     assert not (srv.store.parent / "server.json").exists()
 
 
+@sqlite_only
 def test_a_server_killed_with_sigkill_does_not_block_the_next_start(tmp_path):
     first = start_server(tmp_path / "a")
     first.stop(signal.SIGKILL)

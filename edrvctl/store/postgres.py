@@ -387,7 +387,7 @@ class PostgresStore:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         pool = self._pool
-        if pool is not None:
+        if pool is not None and (self._tailer is not None or self.on_events is None):
             return pool
         assert self._starting is not None
         async with self._starting:
@@ -408,9 +408,11 @@ class PostgresStore:
                     )
                 except (TimeoutError, OSError, asyncpg.PostgresError) as e:
                     raise StoreUnavailable(self._cannot(e)) from None
-                if self.on_events is not None and self._tailer is None:
-                    self._wake = asyncio.Event()
-                    self._tailer = asyncio.create_task(self._tail(await self._safe_seq()))
+            # (on_events may be set after the pool opened: the tailer starts at the next unit,
+            # from the events final then, before that unit writes any)
+            if self.on_events is not None and self._tailer is None:
+                self._wake = asyncio.Event()
+                self._tailer = asyncio.create_task(self._tail(await self._safe_seq()))
         assert self._pool is not None
         return self._pool
 
@@ -505,8 +507,7 @@ class PostgresStore:
         try:
             return await self._pool.fetchval(f"SELECT {_SAFE} - 1")
         except Exception as e:
-            log.warning("events: cannot read where to start (%s); from now on", e)
-            return 0
+            raise StoreUnavailable(self._cannot(e)) from None
 
     def _committed_events(self) -> None:
         """A local unit committed events: wake the tailer, and tell the other nodes soon."""
