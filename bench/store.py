@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--held", type=int, default=2000, help="idle stations held (0: skip)")
     a = ap.parse_args()
-    rounds, seconds, warmup = (1, 2.0, 0.5) if a.quick else (a.rounds, 10.0, 1.0)
+    rounds, seconds, warmup = (1, 3.0, 2.0) if a.quick else (a.rounds, 10.0, 3.0)
     n_held = 200 if a.quick else a.held
     load0 = loadavg()
     runs = throughput(rounds, seconds, warmup)
@@ -176,12 +176,13 @@ def main() -> None:
     for n in SIZES:
         for kind in BACKENDS:
             rs = runs[(kind, n)]
+            each = ", ".join(f"{x['calls_per_s']:.0f}" for x in rs)
             print(
                 f"| {kind} | {n} | {med(kind, n, 'calls_per_s'):,.0f} | "
                 f"{med(kind, n, 'p50_ms')} | {med(kind, n, 'p99_ms')} | "
                 f"{med(kind, n, 'server_cpu_us_per_call'):.0f} | "
                 + (f"{med(kind, n, 'pg_cpu_us_per_call'):.0f}" if kind != "sqlite" else "-")
-                + f" | {', '.join(f'{x["calls_per_s"]:.0f}' for x in rs)} | "
+                + f" | {each} | "
                 f"{sum(x['failed'] for x in rs)} / {sum(x['errors'] for x in rs)} |"
             )
     print()

@@ -235,10 +235,16 @@ CHANNEL = "edrv_events"
 NOTIFY_EVERY = 0.05  # s: at most one NOTIFY per process in this time
 POLL_EVERY = 1.0  # s: the tailer reads anyway (a NOTIFY may be lost)
 RETRY_SOON = 0.01  # s: events committed but held behind a transaction still running
+TAIL_EVERY = 0.005  # s: the tailer reads at most this often (at high rates, one read a batch)
 TAIL_PAGE = 1000  # events handed over at once
 EVENT_BITS = 16  # an event's seq: its transaction id << EVENT_BITS | its index in the unit
 MAX_EVENTS = 1 << EVENT_BITS  # events in one unit at most
-ACQUIRE_TIMEOUT = 5.0  # s: a unit waits this long for a pooled connection
+# Connections per process. A unit holds one from its first statement to its COMMIT, across
+# turns of a busy event loop: 16 held 1,000 busy stations to a fifth of SQLite's calls/s (units
+# queued for a connection, some past ACQUIRE_TIMEOUT), 32 to about half (bench/store.py).
+# PostgreSQL's default max_connections (100) takes 3 nodes of 32 (plus a LISTEN each).
+POOL_SIZE = 32
+ACQUIRE_TIMEOUT = 30.0  # s: a unit waits this long for a pooled connection (an overload)
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0  # s: a statement that takes longer is a store that is not answering
 FRAMES_PAGE = 64  # chunks read at once by list_frames
@@ -330,7 +336,7 @@ async def _no_reset(con: asyncpg.Connection) -> None:
 
 
 class PostgresStore:
-    def __init__(self, url: str, readonly: bool = False, pool_size: int = 16):
+    def __init__(self, url: str, readonly: bool = False, pool_size: int = POOL_SIZE):
         self.url = url
         self.readonly = readonly
         self.pool_size = pool_size
@@ -588,6 +594,7 @@ class PostgresStore:
                 log.warning("events: reading the event log failed: %s", e)
             try:
                 await asyncio.wait_for(wake.wait(), RETRY_SOON if soon else POLL_EVERY)
+                await asyncio.sleep(TAIL_EVERY)  # the commits of this moment, in one read
             except TimeoutError:
                 pass
             wake.clear()
