@@ -40,7 +40,8 @@ from run import (  # bench/run.py (it puts tests/ on sys.path)
     workdir,
 )
 
-import pg  # tests/pg.py: a fresh database
+# isort: split
+import pg  # tests/pg.py (on sys.path once run is imported): a fresh database
 
 SIZES = (100, 1000)
 BACKENDS = ("sqlite", "postgresql")
