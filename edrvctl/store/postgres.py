@@ -613,7 +613,7 @@ def _event(r: Any) -> dict:
 
 
 class PostgresUnit:
-    __slots__ = ("_con", "_events", "_fenced", "_in_tx", "_n_events", "_revs", "_s")
+    __slots__ = ("_con", "_events", "_fenced", "_in_tx", "_later", "_n_events", "_revs", "_s")
 
     def __init__(self, store: PostgresStore):
         self._s = store
@@ -623,6 +623,11 @@ class PostgresUnit:
         self._events = False  # it added events (the tailer is woken at its commit)
         self._n_events = 0
         self._fenced: set[str] | None = None  # claimed stations it wrote for
+        # A write that returns nothing, made before any other statement: held until the next
+        # statement (then BEGIN, it, that one) or the unit's end, where alone it runs without
+        # BEGIN and COMMIT: one round trip, not three, for a unit of one such write (a
+        # station's MeterValues).
+        self._later: tuple[str, tuple] | None = None
 
     async def __aenter__(self) -> Self:
         self._s._bind()
@@ -631,6 +636,12 @@ class PostgresUnit:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        later, self._later = self._later, None
+        if later is not None and et is None:
+            if self._fenced:  # a fenced write: checked inside a transaction
+                await self._run_later(await self._conn(), later)
+            else:
+                await self._alone(later)
         con = self._con
         if con is None:
             return
@@ -711,7 +722,43 @@ class PostgresUnit:
                 con = self._con = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
             except Exception as e:
                 raise StoreUnavailable(s._cannot(e)) from None
+        if self._later is not None:  # the held write goes first: this statement may read it
+            later, self._later = self._later, None
+            await self._run_later(con, later)
         return con
+
+    async def _run_later(self, con: asyncpg.Connection, later: tuple[str, tuple]) -> None:
+        if not self._in_tx:
+            await self._do(con.execute, "BEGIN")
+            self._in_tx = True
+        await self._do(con.execute, later[0], *later[1])
+
+    async def _alone(self, later: tuple[str, tuple]) -> None:
+        """The unit's one write, committed by itself (its own implicit transaction)."""
+        s = self._s
+        pool = await s._get_pool()
+        started = time.perf_counter()
+        try:
+            await pool.execute(later[0], *later[1], timeout=COMMAND_TIMEOUT)
+        except Exception as e:
+            import asyncpg
+
+            if isinstance(e, asyncpg.DataError | OverflowError):
+                raise InvalidBody(f"this value cannot be stored: {e}") from None
+            raise StoreUnavailable(
+                f"the store cannot be written: {type(e).__name__}: {e}"
+            ) from None
+        if s.on_commit is not None:
+            s.on_commit(time.perf_counter() - started)
+
+    def _hold(self, sql: str, *args: Any) -> bool:
+        """Hold this write for later if it is the unit's first statement (see _later)."""
+        if self._s.readonly:
+            raise StoreUnavailable(f"the store at {redact(self._s.url)} is open read-only")
+        if self._con is not None or self._in_tx or self._later is not None:
+            return False
+        self._later = (sql, args)
+        return True
 
     async def _writing(self) -> None:
         if self._in_tx:
@@ -719,8 +766,9 @@ class PostgresUnit:
         if self._s.readonly:
             raise StoreUnavailable(f"the store at {redact(self._s.url)} is open read-only")
         con = await self._conn()
-        await self._do(con.execute, "BEGIN")
-        self._in_tx = True
+        if not self._in_tx:  # (_conn ran a held write in one)
+            await self._do(con.execute, "BEGIN")
+            self._in_tx = True
 
     async def _do(self, method: Callable, sql: str, *args: Any) -> Any:
         import asyncpg
@@ -1272,15 +1320,13 @@ class PostgresUnit:
     ) -> None:
         text = _json(values)
         self._for(station_id)
-        await self._exec(
+        args = (station_id, tx_key, connector, text, _utcnow())
+        sql = (
             "INSERT INTO meter_values (station_id, tx_key, connector, doc, at) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            station_id,
-            tx_key,
-            connector,
-            text,
-            _utcnow(),
+            "VALUES ($1, $2, $3, $4, $5)"
         )
+        if not self._hold(sql, *args):
+            await self._exec(sql, *args)
 
     async def meter_values(
         self,
