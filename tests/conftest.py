@@ -45,7 +45,6 @@ class Server:
     log: Path
     token: str = TOKEN
     _n: list = field(default_factory=lambda: [0])
-    _database: contextlib.ExitStack | None = None  # dropped once the server has stopped
 
     def api(self) -> httpx.Client:
         return httpx.Client(
@@ -77,10 +76,7 @@ class Server:
         """Signal the server and wait for it to exit (`timeout` is scaled); its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(scaled(timeout))
-        if self._database is not None:
-            self._database.close()
-        return code
+        return self.proc.wait(scaled(timeout))
 
 
 def hermetic_env(root: Path) -> dict:
@@ -92,6 +88,9 @@ def hermetic_env(root: Path) -> dict:
         NO_COLOR="1",
     )
     return env
+
+
+_databases: dict[Path, str] = {}  # root -> its PostgreSQL database (EDRVCTL_TEST_STORE)
 
 
 def start_server(
@@ -106,13 +105,15 @@ def start_server(
     env = dict(env or hermetic_env(root))
     if token:
         env["EDRV_TOKEN"] = token
-    database = None
     if store is None and STORE_KIND == "postgresql":
-        import pg
+        store = _databases.get(root)
+        if store is None:  # one per root: a test that starts its server again finds its data
+            import pg
 
-        database = contextlib.ExitStack()
-        store = database.enter_context(pg.database())
-        atexit.register(database.close)  # a server never stopped: dropped at exit
+            database = contextlib.ExitStack()
+            store = _databases[root] = database.enter_context(pg.database())
+            # dropped when the tests end, not when the server stops
+            atexit.register(database.close)
     store = store or root / "store" / "edrvctl.db"
     log = root / f"serve-{time.monotonic_ns()}.log"
     with open(log, "w") as err:
@@ -149,8 +150,6 @@ def start_server(
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        if database is not None:
-            database.close()
         if isinstance(e, RuntimeError):
             raise
         raise RuntimeError(f"serve did not start ({e}):\n{log.read_text()}") from None
@@ -162,7 +161,6 @@ def start_server(
         env,
         log,
         token=token or (Path(store).parent / "token").read_text().strip(),
-        _database=database,
     )
 
 

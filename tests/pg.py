@@ -8,6 +8,7 @@ that need it skip, except under CI (env CI set), where they fail: CI must not sk
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 from collections.abc import Iterator
@@ -29,7 +30,14 @@ async def _admin(sql: str) -> None:
 
 
 def _run(sql: str) -> None:
-    asyncio.run(_admin(sql))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_admin(sql))
+        return
+    # called from a coroutine (a test that starts a server inside its event loop)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _admin(sql)).result()
 
 
 def unavailable(reason: str) -> None:

@@ -779,9 +779,13 @@ class PostgresUnit:
             raise
         except (asyncpg.DataError, OverflowError) as e:
             raise InvalidBody(f"this value cannot be stored: {e}") from None
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
-            if self._in_tx and isinstance(e, asyncpg.PostgresError):
-                pass  # the transaction is aborted: the unit's exit rolls it back
+        except (
+            TimeoutError,
+            OSError,
+            asyncpg.PostgresError,  # (in a transaction: aborted; the unit's exit rolls back)
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection lost in the middle of a statement
+        ) as e:
             raise StoreUnavailable(
                 f"the store cannot be written: {type(e).__name__}: {e}"
             ) from None
@@ -848,6 +852,8 @@ class PostgresUnit:
         self._revs[doc["_id"]] = 1
 
     async def get_station(self, key: str) -> dict | None:
+        if "\x00" in key:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         row = await self._row(
             "SELECT id, rev, doc FROM chargestations WHERE id = $1 UNION ALL "
             "SELECT id, rev, doc FROM chargestations WHERE endpoint = $1 LIMIT 1",
@@ -985,6 +991,8 @@ class PostgresUnit:
         )
 
     async def password_hash(self, station_id: str) -> str | None:
+        if "\x00" in station_id:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         return await self._val("SELECT hash FROM credentials WHERE station_id = $1", station_id)
 
     # --- events ---
@@ -1250,6 +1258,8 @@ class PostgresUnit:
         return tx["tx_key"]
 
     async def get_transaction(self, station_id: str, tx_key: str) -> dict | None:
+        if "\x00" in station_id + tx_key:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         text = await self._val(
             "SELECT doc FROM transactions WHERE station_id = $1 AND tx_key = $2",
             station_id,
@@ -1288,6 +1298,8 @@ class PostgresUnit:
         return [orjson.loads(r[0]) for r in rows]
 
     async def get_session(self, session_id: str) -> dict | None:
+        if "\x00" in session_id:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         text = await self._val("SELECT doc FROM transactions WHERE session_id = $1", session_id)
         return orjson.loads(text) if text is not None else None
 
@@ -1369,6 +1381,8 @@ class PostgresUnit:
         self._revs["action:" + doc["_id"]] = 1
 
     async def get_action(self, action_id: str) -> dict | None:
+        if "\x00" in action_id:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         row = await self._row("SELECT rev, doc FROM actions WHERE id = $1", action_id)
         if row is None:
             return None
@@ -1460,6 +1474,8 @@ class PostgresUnit:
             raise Conflict(f"webhook {doc['_id']} exists") from None
 
     async def get_webhook(self, webhook_id: str) -> dict | None:
+        if "\x00" in webhook_id:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         text = await self._val("SELECT doc FROM webhooks WHERE id = $1", webhook_id)
         return orjson.loads(text) if text is not None else None
 
@@ -1676,11 +1692,15 @@ class PostgresUnit:
         return docs
 
     async def get_token(self, token_id: str) -> dict | None:
+        if "\x00" in token_id:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         rows = await self._fetch("SELECT id, rev, doc FROM tokens WHERE id = $1", token_id)
         found = self._tokens(rows)
         return found[0] if found else None
 
     async def find_tokens(self, physical_id: str, type: str | None = None) -> list[dict]:
+        if "\x00" in physical_id:
+            return []
         if type is None:
             rows = await self._fetch(
                 "SELECT id, rev, doc FROM tokens WHERE lower(physicalId) = lower($1) "
@@ -1756,6 +1776,8 @@ class PostgresUnit:
         return [orjson.loads(r[0]) for r in rows]
 
     async def get_local_list(self, station_id: str) -> dict | None:
+        if "\x00" in station_id:  # no stored text holds one (PostgreSQL refuses it)
+            return None
         text = await self._val("SELECT doc FROM local_lists WHERE station_id = $1", station_id)
         return orjson.loads(text) if text is not None else None
 
