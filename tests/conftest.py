@@ -160,8 +160,15 @@ def start_server(
         store,
         env,
         log,
-        token=token or (Path(store).parent / "token").read_text().strip(),
+        token=token or _token_file(args, store).read_text().strip(),
     )
+
+
+def _token_file(args: tuple[str, ...], store: Path | str) -> Path:
+    """Where a server given no EDRV_TOKEN keeps its token: --token-file, or beside the store."""
+    if "--token-file" in args:
+        return Path(args[args.index("--token-file") + 1])
+    return Path(store).parent / "token"
 
 
 @pytest.fixture(scope="module")

@@ -819,3 +819,36 @@ def test_a_refusal_at_start_is_a_json_line_too_with_log_format_json(tmp_path):
     entries = [json.loads(line) for line in r.stderr.splitlines()]
     (error,) = [e for e in entries if e["level"] == "ERROR"]
     assert f"port {port}" in error["message"] and "--api-port" in error["message"]
+
+
+# --------------------------------------------------------------------------- a PostgreSQL store
+
+
+def test_serve_on_postgresql_takes_its_token_from_the_environment_or_a_file(tmp_path, pg_url):
+    env = hermetic_env(tmp_path)
+    r = run_serve(pg_url, env)  # no token beside a database: refused, saying where it comes from
+    assert r.returncode == 2, r.stderr
+    (line,) = error_lines(r.stderr)
+    assert "EDRV_TOKEN" in line and "--token-file" in line
+    assert not default_store(env).parent.joinpath("token").exists()
+
+    secret = pg_url.replace("postgres@", "postgres:s3cret@")  # trust auth: any password passes
+    token_file = tmp_path / "shared" / "token"
+    srv = start_server(tmp_path / "a", "--token-file", str(token_file), token=None, store=secret)
+    try:
+        made = token_file.read_text().strip()
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        with httpx.Client(base_url=srv.api_url, headers={"Authorization": f"Bearer {made}"}) as c:
+            assert c.get("/v1.1/chargestations").status_code == 200
+        info = json.loads((default_store(srv.env).parent / "server.json").read_text())
+        assert info["store"] == pg_url.replace("postgres@", "postgres:***@")
+        assert "s3cret" not in srv.logs()
+    finally:
+        assert srv.stop() == 0
+    # a second node on the same database and token file serves the same data
+    other = start_server(tmp_path / "b", "--token-file", str(token_file), token=None, store=pg_url)
+    try:
+        with httpx.Client(base_url=other.api_url, headers={"Authorization": f"Bearer {made}"}) as c:
+            assert c.get("/v1.1/chargestations").status_code == 200
+    finally:
+        assert other.stop() == 0
