@@ -46,6 +46,14 @@ class Server:
     token: str = TOKEN
     _n: list = field(default_factory=lambda: [0])
 
+    @property
+    def folder(self) -> Path:
+        """Where server.json and the files listener's folders are: beside a SQLite file, or
+        the data folder for a PostgreSQL store."""
+        if isinstance(self.store, str):
+            return Path(self.env["XDG_DATA_HOME"]) / "edrvctl"
+        return self.store.parent
+
     def api(self) -> httpx.Client:
         return httpx.Client(
             base_url=self.api_url,

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import sqlite_only
 from timing import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ def parse(md: str) -> list[dict]:
     return out
 
 
+@sqlite_only
 def test_every_flood_runs_quick_and_no_flood_crashes_the_server():
     env = {
         **os.environ,

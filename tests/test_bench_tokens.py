@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+from conftest import sqlite_only
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -24,6 +26,7 @@ def positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@sqlite_only
 def test_tokens_quick():
     res = load().main(["--quick"])
     f = res.figures

@@ -22,7 +22,7 @@ PROTOCOLS = ["ocpp1.6", "ocpp2.0.1"]
 
 
 def files_url(server) -> str:
-    return json.loads((server.store.parent / "server.json").read_text())["files_url"]
+    return json.loads((server.folder / "server.json").read_text())["files_url"]
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +133,9 @@ def test_upload_target_refuses_traversal_oversize_reuse_and_unknown(server, api,
     got = api.get(f"/v1.1/actions/{a['_id']}/file")
     assert got.status_code == 200 and got.content == b"hello log\n"
     # nothing escaped the uploads folder
-    uploads = server.store.parent / "uploads"
+    uploads = server.folder / "uploads"
     assert sorted(p.name for p in (uploads / a["_id"]).iterdir()) == ["log.txt"]
-    assert oct((server.store.parent / "uploads").stat().st_mode & 0o777) == "0o700"
+    assert oct((server.folder / "uploads").stat().st_mode & 0o777) == "0o700"
 
 
 def _raw_put(url: str, length: int) -> bytes:
@@ -188,7 +188,7 @@ def test_a_small_upload_cap_and_no_files(tmp_path):
         assert srv.stop() == 0
     srv = start_server(tmp_path / "none", "--no-files")
     try:
-        assert json.loads((srv.store.parent / "server.json").read_text())["files_url"] is None
+        assert json.loads((srv.folder / "server.json").read_text())["files_url"] is None
         with srv.api() as c:
             r = c.post("/v1.1/chargestations/x/get_diagnostics", json={})
             assert r.status_code in (404, 409), r.text

@@ -18,7 +18,7 @@ from websockets.client import ClientProtocol
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from conftest import start_server
+from conftest import sqlite_only, start_server
 from edrvctl.fleet.events import CONNECTION_REFUSED
 from stored import events_of, write_lock_held
 from test_security import basic, refused, try_connect
@@ -228,6 +228,7 @@ def test_budgets_answer_a_callerror_and_keep_nothing(tmp_path):
         srv.stop()
 
 
+@sqlite_only
 def test_another_process_holding_the_write_lock_stalls_nothing(tmp_path):
     """Writes are refused quickly (and said why) while the lock is held elsewhere; messages
     that write nothing are answered at once; all is well once the lock is released."""

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from conftest import start_server
+from conftest import sqlite_only, start_server
 from edrvctl.errors import StationRejected, StationTimeout
 from edrvctl.fleet import Fleet
 from edrvctl.fleet.live import ClearCache, Reset
@@ -205,6 +205,7 @@ def test_metrics_and_health_need_no_token_and_are_not_in_openapi(server):
     assert not {"/metrics", "/health"} & set(paths)
 
 
+@sqlite_only
 def test_health_is_503_while_the_store_cannot_be_written(tmp_path):
     srv = start_server(tmp_path)
     try:
