@@ -2446,6 +2446,9 @@ def test_pg_a_write_for_a_station_this_node_lost_is_fenced(pg_url):
         await owner("n2", 2)  # another node claimed it
         with pytest.raises(Fenced, match=f"no longer owns chargestation {doc['_id']}"):
             await write(2)
+        with pytest.raises(Fenced):  # a unit of one write (sent alone when not fenced)
+            async with store.unit() as tx:
+                await tx.add_meter_values(doc["_id"], None, 1, [{"n": 2}])
         await owner("n1", 3)  # back to this node, at a newer epoch than it holds
         with pytest.raises(Fenced):
             await write(3)

@@ -636,12 +636,12 @@ class PostgresUnit:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        later, self._later = self._later, None
+        later, self._later = self._later, None  # (then the unit ran no other statement)
         if later is not None and et is None:
-            if self._fenced:  # a fenced write: checked inside a transaction
-                await self._run_later(await self._conn(), later)
-            else:
+            if not self._fenced:
                 await self._alone(later)
+                return
+            await self._conn()  # a fenced write: checked inside a transaction
         con = self._con
         if con is None:
             return
@@ -649,6 +649,16 @@ class PostgresUnit:
         self._con = None
         broken = False
         try:
+            if later is not None and et is None:
+                try:
+                    await self._run_later(con, later)
+                except BaseException:
+                    if self._in_tx:
+                        self._in_tx, broken = False, True
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(con.execute("ROLLBACK"), 1)
+                            broken = False
+                    raise
             if self._in_tx:
                 if et is None:
                     try:
