@@ -248,6 +248,7 @@ ACQUIRE_TIMEOUT = 30.0  # s: a unit waits this long for a pooled connection (an 
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0  # s: a statement that takes longer is a store that is not answering
 FRAMES_PAGE = 64  # chunks read at once by list_frames
+SEEN_TRIES = 3  # set_last_message_at: a station saved meanwhile each time is stamped next flush
 
 _COLUMNS = (
     "protocol",
@@ -892,32 +893,40 @@ class PostgresUnit:
         self._revs[sid] = rev + 1
 
     async def set_last_message_at(self, seen: dict[str, str]) -> None:
-        if not seen:
-            return
-        await self._writing()
-        # the documents say it too: read them locked, change them here, write them back
-        rows = await self._exec_fetch(
-            "SELECT id, endpoint, doc FROM chargestations WHERE endpoint = ANY($1) "
-            "ORDER BY id FOR UPDATE",
-            list(seen),
-        )
-        if not rows:
-            return
-        ids, ats, docs = [], [], []
-        for sid, endpoint, text in rows:
-            self._for(sid)
-            doc = orjson.loads(text)
-            doc["lastMessageAt"] = at = seen[endpoint]
-            ids.append(sid)
-            ats.append(at)
-            docs.append(_json(doc))
-        await self._exec(
-            "UPDATE chargestations c SET lastMessageAt = u.at, doc = u.doc, rev = c.rev + 1 "
-            "FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, at, doc) WHERE c.id = u.id",
-            ids,
-            ats,
-            docs,
-        )
+        # The documents say it too: read, change them here, write them back if unchanged
+        # since (rev). No row locks while Python rewrites a thousand documents: a StatusNotification
+        # of one of those stations would wait for them, holding its pooled connection.
+        pending = dict(seen)
+        for _ in range(SEEN_TRIES):
+            await self._writing()
+            rows = await self._fetch(
+                "SELECT id, endpoint, rev, doc FROM chargestations WHERE endpoint = ANY($1)",
+                list(pending),
+            )
+            if not rows:
+                return
+            ids, revs, ats, docs = [], [], [], []
+            for sid, endpoint, rev, text in rows:
+                self._for(sid)
+                doc = orjson.loads(text)
+                doc["lastMessageAt"] = at = pending[endpoint]
+                ids.append(sid)
+                revs.append(rev)
+                ats.append(at)
+                docs.append(_json(doc))
+            done = await self._exec_fetch(
+                "UPDATE chargestations c SET lastMessageAt = u.at, doc = u.doc, rev = c.rev + 1 "
+                "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) "
+                "AS u(id, rev, at, doc) WHERE c.id = u.id AND c.rev = u.rev RETURNING c.endpoint",
+                ids,
+                revs,
+                ats,
+                docs,
+            )
+            if len(done) == len(rows):
+                return
+            written = {r[0] for r in done}  # the others changed meanwhile: again
+            pending = {r[1]: pending[r[1]] for r in rows if r[1] not in written}
 
     async def delete_station(self, station_id: str) -> bool:
         n = await self._exec("DELETE FROM chargestations WHERE id = $1", station_id)
