@@ -77,6 +77,7 @@ from edrvctl.cli import (  # noqa: E402
     chargestations,
     events,
     logs,
+    nodes,
     serve,
     sessions,
     simulate,
@@ -99,6 +100,7 @@ app.command("events", cls=Command, short_help="What happened to the fleet, and a
 )
 app.command("logs", cls=Command, short_help="Show a station's OCPP frames in and out.")(logs.logs)
 app.add_typer(webhooks.app, name="webhooks", help="Receivers the server POSTs events to, signed.")
+app.add_typer(nodes.app, name="nodes", help="The serve nodes sharing one PostgreSQL store.")
 app.command("serve", cls=Command, short_help="Run the OCPP central system and the admin API.")(
     serve.serve
 )
