@@ -179,6 +179,15 @@ def serve(
         int,
         typer.Option(help="Events kept at most, the latest; 0 = no limit but their age", min=0),
     ] = 0,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Run as one of several nodes on one PostgreSQL --store, behind a load "
+            "balancer (README: running several nodes); lowercase letters, digits, - and _",
+            metavar="ID",
+            show_default=False,
+        ),
+    ] = None,
     keep_meter_values_days: Annotated[
         float,
         typer.Option(
@@ -223,6 +232,7 @@ def serve(
     from edrvctl.server import ServeConfig, is_loopback, tls_context
     from edrvctl.server import serve as run_server
     from edrvctl.server.listener import ListenerSettings
+    from edrvctl.store.pgcluster import NODE_ID
     from edrvctl.server.logs import setup_logging
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -245,6 +255,10 @@ def serve(
         _check_public_url(public_url, "ws", "--public-url")
         _check_public_url(public_tls_url, "wss", "--public-tls-url")
         _check_public_url(public_files_url, ("http", "https"), "--public-files-url")
+        if node_id is not None and not NODE_ID.fullmatch(node_id):
+            raise UsageError(
+                f"--node-id {node_id!r}: use 1 to 40 lowercase letters, digits, - and _"
+            )
         if no_files and (files_port is not None or public_files_url):
             raise UsageError("--no-files and --files-port/--public-files-url contradict")
         if not is_loopback(api_host) and not api_tls and not insecure_api:
@@ -294,6 +308,7 @@ def serve(
                 actions_days=keep_actions_days,
                 events_max=keep_events_max or None,
             ),
+            node_id=node_id,
             listener=ListenerSettings(
                 host=ocpp_host,
                 port=ocpp_port,

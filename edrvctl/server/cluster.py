@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -28,7 +29,7 @@ from edrvctl.fleet.live import (
     encode_answer,
     encode_command,
 )
-from edrvctl.store.pgcluster import LOCK_KEY, ClusterDb, channel
+from edrvctl.store.pgcluster import LEADER_KEY, LOCK_KEY, ClusterDb, channel
 
 log = logging.getLogger("edrvctl.cluster")
 
@@ -76,6 +77,9 @@ class ClusterNode:
         self.held: dict[str, tuple[str, int]] = {}  # station _id -> (endpoint, epoch), ours
         self.renewed = 0.0  # monotonic time of the last successful renewal
         self.draining = False
+        # one node at a time does what must be done once: deliver webhooks, prune
+        self.leader = False
+        self.on_lead: Callable[[bool], Awaitable[None]] | None = None
         self._listener: Any = None
         self._connected_at = 0.0
         self._waiting: dict[int, asyncio.Future] = {}
@@ -96,6 +100,7 @@ class ClusterNode:
         await self._take_over(self.node_id)
         await self.db.register(self.node_id, api_url, self.public_url, LEASE)
         self.renewed = time.monotonic()
+        await self._try_to_lead()
         self.registry.cluster = self
         self.fleet.router = self
         for loop in (self._renew_loop, self._reap_loop, self._owners_loop, self._watch_loop):
@@ -140,6 +145,28 @@ class ClusterNode:
     def _lost_listener(self) -> None:
         log.warning("node %s: lost its database connection; reconnecting", self.node_id)
         self._listener = None
+        if self.leader:  # its lock went with the connection
+            self.leader = False
+            self._spawn(self._lead(False))
+
+    async def _try_to_lead(self) -> None:
+        if self.leader or self._listener is None:
+            return
+        if await self._listener.fetchval(f"SELECT pg_try_advisory_lock({LEADER_KEY})"):
+            self.leader = True
+            log.info("node %s leads: it delivers webhooks and prunes", self.node_id)
+            await self._lead(True)
+
+    async def _lead(self, leading: bool) -> None:
+        if self.on_lead is not None:
+            try:
+                await self.on_lead(leading)
+            except Exception:
+                log.exception(
+                    "node %s: %s leading failed",
+                    self.node_id,
+                    "taking up" if leading else "giving up",
+                )
 
     # --- health ---
 
@@ -166,6 +193,7 @@ class ClusterNode:
                 assert self.db is not None
                 if await self.db.renew(self.node_id, LEASE):
                     self.renewed = time.monotonic()
+                    await self._try_to_lead()
                 else:  # taken over while we were away: nothing we held is ours
                     log.warning("node %s was taken over by another node; rejoining", self.node_id)
                     await self._revalidate()

@@ -49,6 +49,8 @@ def channel(node_id: str) -> str:
 
 # the advisory lock a node holds on its listening connection while it runs
 LOCK_KEY = "hashtextextended('edrv_node:' || $1, 0)"
+# and the one the node that delivers webhooks and prunes holds
+LEADER_KEY = "hashtextextended('edrv_leader', 0)"
 
 
 def _err(kind: str, message: str) -> bytes:
