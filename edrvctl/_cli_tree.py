@@ -2034,6 +2034,10 @@ TREE: dict = {
      "help": "No files listener: commands need a URL",
      "value": false
     },
+    "--node-id": {
+     "help": "Run as one of several nodes on one PostgreSQL --store, behind a load balancer (README: running several nodes); lowercase letters, digits, - and _",
+     "value": true
+    },
     "--ocpp-host": {
      "help": "Address stations connect to",
      "value": true

@@ -232,8 +232,8 @@ def serve(
     from edrvctl.server import ServeConfig, is_loopback, tls_context
     from edrvctl.server import serve as run_server
     from edrvctl.server.listener import ListenerSettings
-    from edrvctl.store.pgcluster import NODE_ID
     from edrvctl.server.logs import setup_logging
+    from edrvctl.store.pgcluster import NODE_ID
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
