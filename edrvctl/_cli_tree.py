@@ -2075,7 +2075,7 @@ TREE: dict = {
      "value": true
     },
     "--store": {
-     "help": "SQLite file; its folder also holds the token, server.json and the lock (one server per folder) default: $XDG_DATA_HOME/edrvctl/edrvctl.db",
+     "help": "SQLite file; its folder also holds the token, server.json and the lock (one server per folder) default: $XDG_DATA_HOME/edrvctl/edrvctl.db. Or a postgresql://USER@HOST:PORT/DB URL (the admin token then comes from EDRV_TOKEN or --token-file)",
      "value": true
     },
     "--store-max-mb": {
@@ -2092,6 +2092,10 @@ TREE: dict = {
     },
     "--tls-key": {
      "help": "Its private key (PEM)",
+     "value": true
+    },
+    "--token-file": {
+     "help": "The admin token's file (mode 0600; created if missing), instead of the one beside a SQLite store; give every node of a PostgreSQL store the same one",
      "value": true
     },
     "-h": {

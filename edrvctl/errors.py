@@ -75,6 +75,11 @@ class StoreUnavailable(Unavailable):
     http_status = 507
 
 
+class Fenced(StoreUnavailable):
+    """This node no longer owns the chargestation it wrote for (another node claimed it with a
+    newer epoch): nothing of the unit was stored."""
+
+
 class OverBudget(EdrvError):
     """A station sent more than its budget allows (connectors, stored bytes, payload size):
     not stored, answered with a CALLERROR, and kept as one event for the admin."""

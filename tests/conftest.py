@@ -1,8 +1,11 @@
-"""Shared fixtures: a real `edrvctl serve` process on free ports, over a real SQLite file, and
+"""Shared fixtures: a real `edrvctl serve` process on free ports, over a real SQLite file (or,
+with EDRVCTL_TEST_STORE=postgresql, a fresh PostgreSQL database of its own: tests/pg.py), and
 hermetic XDG directories under tmp_path."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
 import signal
@@ -15,7 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pg import pg_url  # noqa: F401 (a fixture: a fresh PostgreSQL database)
 from timing import scaled, until
+
+# postgresql: servers the tests start without a store of their own run on PostgreSQL
+STORE_KIND = os.environ.get("EDRVCTL_TEST_STORE", "sqlite")
 
 # pytest-xdist sets COLUMNS in its workers; the CLI tests decide the width themselves.
 os.environ.pop("COLUMNS", None)
@@ -29,11 +36,12 @@ class Server:
     proc: subprocess.Popen
     api_url: str
     ocpp_url: str
-    store: Path
+    store: Path | str  # a SQLite file, or a postgresql:// URL
     env: dict
     log: Path
     token: str = TOKEN
     _n: list = field(default_factory=lambda: [0])
+    _database: contextlib.ExitStack | None = None  # dropped once the server has stopped
 
     def api(self) -> httpx.Client:
         return httpx.Client(
@@ -65,7 +73,10 @@ class Server:
         """Signal the server and wait for it to exit (`timeout` is scaled); its exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(scaled(timeout))
+        code = self.proc.wait(scaled(timeout))
+        if self._database is not None:
+            self._database.close()
+        return code
 
 
 def hermetic_env(root: Path) -> dict:
@@ -83,7 +94,7 @@ def start_server(
     root: Path,
     *args: str,
     token: str | None = TOKEN,
-    store: Path | None = None,
+    store: Path | str | None = None,
     env: dict | None = None,
     preexec_fn=None,
 ) -> Server:
@@ -91,6 +102,13 @@ def start_server(
     env = dict(env or hermetic_env(root))
     if token:
         env["EDRV_TOKEN"] = token
+    database = None
+    if store is None and STORE_KIND == "postgresql":
+        import pg
+
+        database = contextlib.ExitStack()
+        store = database.enter_context(pg.database())
+        atexit.register(database.close)  # a server never stopped: dropped at exit
     store = store or root / "store" / "edrvctl.db"
     log = root / f"serve-{time.monotonic_ns()}.log"
     with open(log, "w") as err:
@@ -123,9 +141,14 @@ def start_server(
 
     try:
         m = until(ready, timeout=20, interval=0.05, what="`edrvctl serve` to print its ready line")
-    except AssertionError as e:
-        proc.kill()
+    except (AssertionError, RuntimeError) as e:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
+        if database is not None:
+            database.close()
+        if isinstance(e, RuntimeError):
+            raise
         raise RuntimeError(f"serve did not start ({e}):\n{log.read_text()}") from None
     return Server(
         proc,
@@ -134,7 +157,8 @@ def start_server(
         store,
         env,
         log,
-        token=token or (store.parent / "token").read_text().strip(),
+        token=token or (Path(store).parent / "token").read_text().strip(),
+        _database=database,
     )
 
 

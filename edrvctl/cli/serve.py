@@ -11,12 +11,22 @@ from edrvctl import paths
 
 def serve(
     store: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             envvar=paths.STORE_ENV,
             show_envvar=True,
             help="SQLite file; its folder also holds the token, server.json and the lock (one "
-            "server per folder) [default: $XDG_DATA_HOME/edrvctl/edrvctl.db]",
+            "server per folder) [default: $XDG_DATA_HOME/edrvctl/edrvctl.db]. Or a "
+            "postgresql://USER@HOST:PORT/DB URL (the admin token then comes from EDRV_TOKEN "
+            "or --token-file)",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The admin token's file (mode 0600; created if missing), instead of the one "
+            "beside a SQLite store; give every node of a PostgreSQL store the same one",
             show_default=False,
         ),
     ] = None,
@@ -267,7 +277,13 @@ def serve(
                 "--api-tls (with --tls-cert/--tls-key), or --insecure-api if a proxy "
                 "in front of it does TLS"
             )
-        store_path = paths.store_of(store) if store else paths.default_store()
+        from edrvctl.store import is_url
+
+        database = store if store and is_url(store) else None
+        if database and store_max_mb:
+            raise UsageError("--store-max-mb caps a SQLite file, not a PostgreSQL store")
+        # a PostgreSQL store: server.json, files and the lock in the data folder
+        store_path = paths.store_of(store) if store and not database else paths.default_store()
         if store_path.suffix == ".json":
             raise UsageError(
                 f"{store_path} is a server's discovery file, not a store: give --store (or "
@@ -279,6 +295,8 @@ def serve(
             raise UsageError(f"cannot load the TLS certificate or key: {e}") from None
         cfg = ServeConfig(
             store=store_path,
+            database=database,
+            token_file=token_file,
             api_host=api_host,
             api_port=api_port,
             store_max_bytes=store_max_mb * 1024 * 1024 if store_max_mb else None,

@@ -35,8 +35,10 @@ log = logging.getLogger("edrvctl.serve")
 
 @dataclass
 class ServeConfig:
-    store: Path
+    store: Path  # the SQLite file; with `database`, where server.json, files and the lock go
     listener: ListenerSettings
+    database: str | None = None  # a postgresql:// URL: the store
+    token_file: Path | None = None  # the admin token's file, instead of the one beside `store`
     api_host: str = "127.0.0.1"
     api_port: int = 7780
     heartbeat_interval: int = 300
@@ -87,15 +89,23 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return ctx
 
 
-def admin_token(store: Path) -> tuple[str, Path | None]:
-    """EDRV_TOKEN if set; else the token kept beside the store, created on first start (mode
-    0600, in a folder created 0700). A token file that is not safely ours (another user's, open
-    to other users, empty, a symlink) is refused, never trusted nor overwritten. Returns the
-    token and the file it is in (None: EDRV_TOKEN)."""
+def admin_token(
+    store: Path, token_file: Path | None = None, database: str | None = None
+) -> tuple[str, Path | None]:
+    """EDRV_TOKEN if set; else `token_file`, or the token kept beside a SQLite store, created
+    on first start (mode 0600, in a folder created 0700). A PostgreSQL store (`database`) has
+    no token beside it. A token file that is not safely ours (another user's, open to other
+    users, empty, a symlink) is refused, never trusted nor overwritten. Returns the token and
+    the file it is in (None: EDRV_TOKEN)."""
     token = os.environ.get("EDRV_TOKEN")
     if token:
         return token, None
-    path = paths.token_file(store)
+    if token_file is None and database is not None:
+        raise UsageError(
+            "a PostgreSQL store keeps no admin token: set EDRV_TOKEN, or give --token-file "
+            "PATH (the same token on every node)"
+        )
+    path = token_file or paths.token_file(store)
     for _ in range(3):  # created by another process between our read and our create: read it
         try:
             return paths.read_private(path, "token file"), path
@@ -246,7 +256,7 @@ async def _serve(
     ):
         cfg.store.parent.chmod(0o700)  # edrvctl's own folder, made by an older version
         log.info("made %s readable by its owner only (0700)", cfg.store.parent)
-    token, token_path = admin_token(cfg.store)
+    token, token_path = admin_token(cfg.store, cfg.token_file, cfg.database)
     try:
         api_sock = _bind(cfg.api_host, cfg.api_port)
     except OSError as e:
@@ -265,8 +275,10 @@ async def _serve(
         # once a quarter of the long-lived objects are new, can run: refused connections
         # leave cycles that only a full collection frees; at 1000 they piled up unbounded.)
         gc.set_threshold(50_000, 50, 10)
-        store = open_store(cfg.store, cfg.store_max_bytes)
+        store = open_store(cfg.database or cfg.store, cfg.store_max_bytes)
         try:
+            if cfg.database is not None:  # connect and migrate now: a failure stops the start
+                await store.open()  # type: ignore[attr-defined]
             await _run(cfg, on_ready, stop, store, token, token_path, api_sock, files_sock)
         finally:
             await store.close()
@@ -329,6 +341,7 @@ async def _run(
     from edrvctl.server import api as admin_api
     from edrvctl.server import api_metrics
     from edrvctl.server.listener import Listener
+    from edrvctl.store import redact
 
     fleet = Fleet(store, heartbeat_interval=cfg.heartbeat_interval, budgets=cfg.budgets)
     fleet.command_timeout = cfg.listener.response_timeout
@@ -457,7 +470,7 @@ async def _run(
             "files_url": files_url,
             "public_files_url": files.public_url if files is not None else None,
             "pid": os.getpid(),
-            "store": str(cfg.store),
+            "store": redact(cfg.database) if cfg.database else str(cfg.store),
             "token_file": str(token_path) if token_path else None,
         }
         paths.write_secret(paths.server_file(cfg.store), json.dumps(info) + "\n")

@@ -2,8 +2,9 @@
 
 Every operation is a unit of work: `async with store.unit() as tx:`. Its writes stand or fall
 together, and it returns only once they are durable, so whatever a caller acknowledges after it
-cannot be lost. `open_store(path)` gives the SQLite store; a PostgreSQL one implements the same
-two protocols (methods are async because that one really waits on the network).
+cannot be lost. `open_store(path)` gives the SQLite store (store/sqlite.py), `open_store(URL)`
+with a postgresql:// URL the PostgreSQL one (store/postgres.py): both implement the same two
+protocols (methods are async because PostgreSQL really waits on the network).
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ class Unit(Protocol):
         endpoint: str | None = None,
     ) -> dict:
         """Adds to the event log; returns the row (fleet/events.py), its `seq` set. Once the
-        unit has committed, the row is handed to the store's `on_events`."""
+        unit has committed, the row is handed to the store's `on_events` (SQLite: before the
+        unit returns; PostgreSQL: shortly after, by the store's tailer)."""
 
     async def list_events(self, query: EventQuery) -> list[dict]: ...
 
@@ -430,7 +432,9 @@ class Store(Protocol):
         """Exits only after a commit holding the unit's writes (or anything it read that was
         not yet committed); errors.StoreUnavailable if that commit failed."""
 
-    # called with the event rows of each commit, in seq order, once it is durable
+    # called with committed event rows, every one once, in seq order: SQLite's of each commit
+    # before its units return; PostgreSQL's of the whole database (every node), shortly after
+    # their commit (set it before the first unit)
     on_events: Callable[[list[dict]], None] | None
     # called with the seconds each successful COMMIT took (metrics)
     on_commit: Callable[[float], None] | None
@@ -439,11 +443,32 @@ class Store(Protocol):
         """Commits what is pending, then closes."""
 
 
+def is_url(location: object) -> bool:
+    """A PostgreSQL URL, not a SQLite file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """A store URL without its password, for logs and errors."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def open_store(
     location: str | os.PathLike, max_bytes: int | None = None, readonly: bool = False
 ) -> Store:
-    """`location`: a file path, or ":memory:". `readonly`: read a store another process
-    writes (never migrates; writes raise errors.StoreUnavailable)."""
+    """`location`: a file path, ":memory:", or a postgresql:// (postgres://) URL. `readonly`:
+    read a store another process writes (never migrates; writes raise
+    errors.StoreUnavailable). `max_bytes` caps a SQLite file only."""
+    if is_url(location):
+        from edrvctl.store.postgres import PostgresStore  # asyncpg only when asked for
+
+        return PostgresStore(str(location), readonly=readonly)
     from edrvctl.store.sqlite import SqliteStore
 
     return SqliteStore(location, max_bytes, readonly)
