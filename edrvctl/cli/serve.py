@@ -280,6 +280,11 @@ def serve(
         from edrvctl.store import is_url
 
         database = store if store and is_url(store) else None
+        if node_id is not None and not database:
+            raise UsageError(
+                "--node-id: several nodes share one PostgreSQL store; give --store "
+                "postgresql://USER@HOST:PORT/DB"
+            )
         if database and store_max_mb:
             raise UsageError("--store-max-mb caps a SQLite file, not a PostgreSQL store")
         # a PostgreSQL store: server.json, files and the lock in the data folder

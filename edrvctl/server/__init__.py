@@ -364,8 +364,10 @@ async def _run(
     if cfg.node_id is not None:  # before the listener: every station is claimed as it comes
         from edrvctl.server.cluster import ClusterLive, ClusterNode
 
+        if cfg.database is None:
+            raise UsageError("--node-id needs a PostgreSQL --store (postgresql://...)")
         cluster = ClusterNode(
-            fleet, listener.stations, store, str(cfg.store), cfg.node_id, cfg.public_url or ""
+            fleet, listener.stations, store, cfg.database, cfg.node_id, cfg.public_url or ""
         )
         fleet.live = ClusterLive(listener.stations, cluster)
         fleet.frames.reread = 1.0

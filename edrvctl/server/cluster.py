@@ -93,6 +93,7 @@ class ClusterNode:
         import asyncpg
 
         self.api_url = api_url
+        self.store.node_id = self.node_id  # its writes for the stations it claims are fenced
         pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
         self.db = ClusterDb(pool)
         await self._listen()

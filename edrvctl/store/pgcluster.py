@@ -19,29 +19,6 @@ import orjson
 # node ids name a NOTIFY channel and a log line: short and plain
 NODE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
-SCHEMA = """
-ALTER TABLE station_owner ADD COLUMN connected boolean NOT NULL DEFAULT true;
-ALTER TABLE station_owner ADD COLUMN endpoint text NOT NULL DEFAULT '';
-CREATE INDEX station_owner_node ON station_owner (node_id) WHERE connected;
-CREATE TABLE node_commands (
-    id bigserial PRIMARY KEY,
-    station_id text NOT NULL,
-    endpoint text NOT NULL,
-    node_id text NOT NULL,
-    epoch bigint NOT NULL,
-    reply_node text NOT NULL,
-    kind text NOT NULL,
-    body jsonb NOT NULL,
-    status text NOT NULL DEFAULT 'queued',
-    result jsonb,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    deadline timestamptz NOT NULL
-);
-CREATE INDEX node_commands_open ON node_commands (node_id) WHERE status <> 'done';
-CREATE INDEX node_commands_station ON node_commands (station_id) WHERE status <> 'done';
-CREATE INDEX node_commands_done ON node_commands (created_at) WHERE status = 'done';
-"""
-
 
 def channel(node_id: str) -> str:
     return f"edrv_node_{node_id}"

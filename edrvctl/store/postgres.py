@@ -227,6 +227,30 @@ CREATE TABLE station_owner (
     claimed_at  timestamptz NOT NULL
 );
 """,
+    # 2: the cluster's routed commands, and whether a station's owner still holds its socket
+    # (store/pgcluster.py)
+    """
+ALTER TABLE station_owner ADD COLUMN connected boolean NOT NULL DEFAULT true;
+ALTER TABLE station_owner ADD COLUMN endpoint text COLLATE "C" NOT NULL DEFAULT '';
+CREATE INDEX station_owner_node ON station_owner (node_id) WHERE connected;
+CREATE TABLE node_commands (
+    id bigserial PRIMARY KEY,
+    station_id text COLLATE "C" NOT NULL,
+    endpoint text COLLATE "C" NOT NULL,
+    node_id text COLLATE "C" NOT NULL,
+    epoch bigint NOT NULL,
+    reply_node text COLLATE "C" NOT NULL,
+    kind text COLLATE "C" NOT NULL,
+    body jsonb NOT NULL,
+    status text COLLATE "C" NOT NULL DEFAULT 'queued',
+    result jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    deadline timestamptz NOT NULL
+);
+CREATE INDEX node_commands_open ON node_commands (node_id) WHERE status <> 'done';
+CREATE INDEX node_commands_station ON node_commands (station_id) WHERE status <> 'done';
+CREATE INDEX node_commands_done ON node_commands (created_at) WHERE status = 'done';
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = 0x65647276  # pg_advisory_lock key: nodes starting at once migrate one by one
