@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -83,6 +84,7 @@ class ClusterNode:
         self._listener: Any = None
         self._connected_at = 0.0
         self._waiting: dict[int, asyncio.Future] = {}
+        self._early: deque[int] = deque(maxlen=1000)  # answers heard before their waiter
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         self._shed: asyncio.Task | None = None
@@ -288,7 +290,9 @@ class ClusterNode:
             self._spawn(self._carry_out(int(rest)))
         elif kind == "r":
             fut = self._waiting.get(int(rest))
-            if fut is not None and not fut.done():
+            if fut is None:  # answered before its sender heard back from the enqueue
+                self._early.append(int(rest))
+            elif not fut.done():
                 fut.set_result(None)
         elif kind == "e":
             station_id, _, epoch = rest.rpartition(":")
@@ -407,6 +411,8 @@ class ClusterNode:
         command_id, owner = queued
         fut = asyncio.get_running_loop().create_future()
         self._waiting[command_id] = fut
+        if command_id in self._early:
+            fut.set_result(None)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(fut), wait)
