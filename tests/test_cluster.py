@@ -311,3 +311,96 @@ def test_a_database_outage_closes_no_station_socket(cluster):
         ),
     )
     assert offline == []
+
+
+def test_events_webhooks_and_frames_reach_every_node(cluster):
+    import threading
+
+    from test_webhooks_live import receiver
+
+    steady(cluster)
+    with cluster.api("n1") as api:
+        api.post("/v1.1/chargestations", json={"endpoint": "CL-EV"})
+        station_id = api.get("/v1.1/chargestations/CL-EV").json()["result"]["_id"]
+    streamed: list[dict] = []
+    opened = threading.Event()
+
+    def follow() -> None:  # the event stream of a node that does not hold the station
+        node = cluster.nodes["n1"]
+        with httpx.stream(
+            "GET",
+            node.api_url + "/v1.1/events/stream",
+            params={"type": "chargestation.connector_status.updated", "chargestation": station_id},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=scaled(30),
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith(": stream open"):
+                    opened.set()
+                elif line.startswith("data: "):
+                    streamed.append(json.loads(line[6:]))
+                    if len(streamed) == 6:
+                        return
+
+    with receiver() as rx:
+        with cluster.api("n2") as api:
+            r = api.post(
+                "/v1.1/webhooks",
+                json={"url": rx.url, "events": ["chargestation.connector_status.updated"]},
+            )
+            assert r.status_code == 201, r.text
+            hook = r.json()["result"]["_id"]
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert opened.wait(scaled(10))
+        acked = asyncio.run(acknowledged_statuses(cluster.nodes["n3"].ocpp_url, "CL-EV", 6))
+        assert len(acked) == 6
+        reader.join(scaled(20))
+        assert [e["data"]["status"] for e in streamed] == ["Available", "Preparing"] * 3
+        # delivered once each, by one node, whichever node the webhook was made on
+        until(lambda: len(rx.of(station_id)) >= 6, timeout=30, what="six deliveries")
+        time.sleep(scaled(1))
+        ids = [doc["_id"] for _, doc in rx.of(station_id)]
+        assert sorted(ids) == sorted({e["_id"] for e in streamed})
+        with cluster.api("n2") as api:
+            api.delete(f"/v1.1/webhooks/{hook}")
+
+    # the station's frames, read through another node than the one that logged them
+    def frames() -> list[dict]:
+        with cluster.api("n1") as api:
+            return api.get("/v1.1/chargestations/CL-EV/messages", params={"limit": 100}).json()[
+                "result"
+            ]
+
+    logged = until(
+        lambda: [f for f in frames() if f["action"] == "StatusNotification"] or None,
+        timeout=10,
+        what="the frames of CL-EV through n1",
+    )
+    assert len([f for f in logged if f["direction"] == "in"]) == 6
+
+
+def test_nodes_list_and_drain(cluster, tmp_path):
+    steady(cluster)
+    env = {**hermetic_env(tmp_path), "EDRV_TOKEN": TOKEN}
+    cli = [sys.executable, "-m", "edrvctl", "--api-url", cluster.nodes["n1"].api_url]
+    out = subprocess.run([*cli, "nodes", "list", "-o", "json"], env=env, capture_output=True)
+    assert out.returncode == 0, out.stderr
+    nodes = {n["_id"]: n for n in json.loads(out.stdout)}
+    assert set(nodes) == {"n1", "n2", "n3"} and all(n["live"] for n in nodes.values())
+    assert sum(n["stations"] for n in nodes.values()) >= STATIONS
+    # drain n2: its stations move to the others, and it takes none while draining
+    out = subprocess.run([*cli, "nodes", "drain", "n2"], env=env, capture_output=True)
+    assert out.returncode == 0, out.stderr
+    until(lambda: cluster.health("n2") == 503, timeout=5, what="n2 to say it is draining")
+
+    def drained() -> bool:
+        counts = online_on(cluster)
+        return counts.get("n2") == 0 and sum(counts.values()) >= STATIONS
+
+    until(drained, timeout=60, interval=0.5, what="n2's stations to move")
+    # a restart ends the drain (and, as after any restart, nothing moves back on its own)
+    cluster.kill("n2", signal.SIGTERM)
+    cluster.nodes["n2"].proc.wait(scaled(20))
+    cluster.restart_node("n2")
+    steady(cluster)

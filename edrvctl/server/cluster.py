@@ -301,7 +301,7 @@ class ClusterNode:
             self.shed(int(rest))
         elif kind == "d":
             self.draining = True  # /health turns 503: the load balancer sends no new ones
-            self.shed(len(self.held))
+            self.shed(None)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -346,17 +346,23 @@ class ClusterNode:
         log.info("%s: connected to another node now; closing our socket", endpoint)
         self._spawn(self.registry.evict(endpoint, "replaced by a newer connection on another node"))
 
-    def shed(self, n: int) -> None:
-        """Close up to n of our stations' sockets, SHED_RATE a second, with 1012 (service
-        restart): they reconnect through the load balancer, to the least loaded node."""
+    def shed(self, n: int | None) -> None:
+        """Close up to n of our stations' sockets (None: all, for as long as we drain: the
+        load balancer may send some back before it sees /health fail), SHED_RATE a second,
+        with 1012 (service restart): they reconnect through the load balancer, to the least
+        loaded node."""
         if self._shed is not None and not self._shed.done():
             self._shed.cancel()
         self._shed = asyncio.ensure_future(self._shed_some(n))
 
-    async def _shed_some(self, n: int) -> None:
-        for endpoint in [ep for ep, _ in list(self.held.values())][:n]:
-            self._spawn(self.registry.shed(endpoint, "moved to another node"))
-            await asyncio.sleep(1 / SHED_RATE)
+    async def _shed_some(self, n: int | None) -> None:
+        while True:
+            for endpoint in [ep for ep, _ in list(self.held.values())][:n]:
+                self._spawn(self.registry.shed(endpoint, "moved to another node"))
+                await asyncio.sleep(1 / SHED_RATE)
+            if n is not None or not self.draining:
+                return
+            await asyncio.sleep(1.0)
 
     # --- moving stations between nodes ---
 

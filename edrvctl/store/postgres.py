@@ -358,7 +358,7 @@ class PostgresStore:
         self.url = url
         self.readonly = readonly
         self.pool_size = pool_size
-        self.on_events: Callable[[list[dict]], None] | None = None
+        self._on_events: Callable[[list[dict]], None] | None = None
         self.on_commit: Callable[[float], None] | None = None
         # station _id -> the ownership epoch this node holds (several nodes; fleet sets it)
         self.claims: dict[str, int] = {}
@@ -402,6 +402,24 @@ class PostgresStore:
         self._starting = asyncio.Lock()
         self._notify_due = False
 
+    @property
+    def on_events(self) -> Callable[[list[dict]], None] | None:
+        return self._on_events
+
+    @on_events.setter
+    def on_events(self, publish: Callable[[list[dict]], None] | None) -> None:
+        """Set once the store is open (serve opens it first): the tailer starts now."""
+        self._on_events = publish
+        if publish is not None and self._pool is not None and self._tailer is None:
+            self._start_tailer()
+
+    def _start_tailer(self) -> None:
+        async def tail() -> None:
+            await self._tail(await self._safe_seq())
+
+        self._wake = asyncio.Event()
+        self._tailer = asyncio.create_task(tail())
+
     async def open(self) -> None:
         """Connect, migrate, start the event tailer (the first unit does it otherwise)."""
         self._bind()
@@ -433,8 +451,7 @@ class PostgresStore:
                 except (TimeoutError, OSError, asyncpg.PostgresError) as e:
                     raise StoreUnavailable(self._cannot(e)) from None
                 if self.on_events is not None and self._tailer is None:
-                    self._wake = asyncio.Event()
-                    self._tailer = asyncio.create_task(self._tail(await self._safe_seq()))
+                    self._start_tailer()
         assert self._pool is not None
         return self._pool
 
