@@ -102,12 +102,20 @@ backend nodes
     option httpchk GET /health
     http-check expect status 200
 {servers}
+frontend admin
+    bind 127.0.0.1:{api_port}
+    default_backend apis
+backend apis
+    balance roundrobin
+    option httpchk GET /health
+{apis}
 """
 
 
 class Haproxy:
     def __init__(self, root: Path, nodes: dict[str, Server]) -> None:
         self.port = free_port()
+        self.api_port = free_port()  # the admin API of every node, round robin
         self.root = root
         self.proc: subprocess.Popen | None = None
         self.write(nodes)
@@ -118,8 +126,14 @@ class Haproxy:
             "inter 500ms fall 2 rise 2"
             for name, n in nodes.items()
         )
+        apis = "\n".join(
+            f"    server {name} {_hostport(n.api_url)} check inter 500ms fall 2 rise 2"
+            for name, n in nodes.items()
+        )
         self.config = self.root / "haproxy.cfg"
-        self.config.write_text(HAPROXY.format(port=self.port, servers=servers))
+        self.config.write_text(
+            HAPROXY.format(port=self.port, servers=servers, api_port=self.api_port, apis=apis)
+        )
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -142,6 +156,10 @@ class Haproxy:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
 
 def _hostport(url: str) -> str:
