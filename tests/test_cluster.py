@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 import cluster_env
-from conftest import TOKEN, hermetic_env
+from conftest import TOKEN, hermetic_env, start_server
 from edrvctl import model
 from edrvctl.store import EventQuery
 from stored import read
@@ -443,3 +443,10 @@ def test_nodes_list_and_drain(cluster, tmp_path):
     cluster.nodes["n2"].proc.wait(scaled(20))
     cluster.restart_node("n2")
     steady(cluster)
+
+
+def test_a_second_process_with_a_node_s_id_is_refused(cluster, tmp_path):
+    steady(cluster)
+    with pytest.raises(RuntimeError, match="another process runs as node n1"):
+        start_server(tmp_path / "again", "--node-id", "n1", "--no-files", store=cluster.pg.url())
+    assert cluster.health("n1") == 200
