@@ -28,9 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import cluster_env  # noqa: E402  (tests/cluster_env.py)
-from conftest import TOKEN, hermetic_env  # noqa: E402
+from conftest import TOKEN, hermetic_env, start_server  # noqa: E402
 from edrvctl.store import EventQuery  # noqa: E402
-from run import loadavg, log, machine, pct  # noqa: E402
+from run import NO_LIMITS, loadavg, log, machine, pct  # noqa: E402
 from stored import read  # noqa: E402
 
 
@@ -88,6 +88,49 @@ def round_trips(api_url: str, stations: list[str], concurrency: int) -> list[flo
             return list(pool.map(one, stations))
 
 
+def measure(api_url: str, stations: list[str], n: int, concurrency: int, label: str) -> tuple:
+    picks = (stations * (n // max(1, len(stations)) + 1))[:n]
+    ms = round_trips(api_url, picks, concurrency)
+    row = (
+        f"{label}, concurrency {concurrency}",
+        len(ms),
+        f"{pct(ms, 0.5):.1f}",
+        f"{pct(ms, 0.99):.1f}",
+    )
+    log(f"{row}")
+    return row
+
+
+def baseline(root: Path, n: int, commands: int) -> list[tuple]:
+    """The same round trips on one node alone on SQLite, in the same run."""
+    server = start_server(root, "--no-files", *NO_LIMITS)
+    sim = subprocess.Popen(
+        [
+            sys.executable, "-m", "edrvctl", "--api-url", server.api_url, "simulate", "-n",
+            str(n), "--url", server.ocpp_url, "--create", "--prefix", "BA", "--heartbeat", "30",
+        ],
+        env={**hermetic_env(root), "EDRV_TOKEN": TOKEN},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        stations = [f"BA{i:05d}" for i in range(1, n + 1)]
+
+        def online() -> bool:
+            text = httpx.get(server.api_url + "/metrics", timeout=2).text
+            lines = [ln for ln in text.splitlines() if ln.startswith("edrvctl_stations_online ")]
+            return bool(lines) and int(float(lines[0].split()[1])) == n
+
+        wait_for(online, 180, "the baseline's stations online")
+        return [
+            measure(server.api_url, stations, commands, c, "1 node alone (SQLite)") for c in (1, 20)
+        ]
+    finally:
+        sim.terminate()
+        sim.wait(30)
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stations", type=int, default=300)
@@ -101,6 +144,7 @@ def main() -> None:
         raise SystemExit(why)
     root = Path(__import__("tempfile").mkdtemp(prefix="edrv-cluster-bench-"))
     load_start = loadavg()
+    rows = baseline(root / "alone", args.stations, args.commands)
     c = cluster_env.Cluster(root, 3)
     sim = None
     try:
@@ -121,20 +165,17 @@ def main() -> None:
         held = owners(c)
         mine = [ep for ep, node in held.items() if node == "n1"]
         theirs = [ep for ep, node in held.items() if node != "n1"]
-        rows = []
         for concurrency in (1, 20):
             for label, stations in (("held by the node asked", mine), ("held elsewhere", theirs)):
-                picks = (stations * (args.commands // max(1, len(stations)) + 1))[: args.commands]
-                ms = round_trips(c.nodes["n1"].api_url, picks, concurrency)
                 rows.append(
-                    (
-                        f"{label}, concurrency {concurrency}",
-                        len(ms),
-                        f"{pct(ms, 0.5):.1f}",
-                        f"{pct(ms, 0.99):.1f}",
+                    measure(
+                        c.nodes["n1"].api_url,
+                        stations,
+                        args.commands,
+                        concurrency,
+                        f"3 nodes (PostgreSQL), {label}",
                     )
                 )
-                log(f"{rows[-1]}")
         # failover: freeze the victim with commands on their way to it, then kill it
         counts = online_on(c)
         victim = "n3"
@@ -176,7 +217,7 @@ def main() -> None:
                     f"Machine: {machine()}; load average {load_start} -> {loadavg()} "
                     "(everything on it: PostgreSQL, HAProxy, 3 nodes, the simulator)",
                     "",
-                    "| trigger_message through n1, station | commands | p50 ms | p99 ms |",
+                    "| trigger_message (through n1 in the cluster) | commands | p50 ms | p99 ms |",
                     "|---|---:|---:|---:|",
                     *[f"| {' | '.join(str(x) for x in row)} |" for row in rows],
                     "",
