@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,14 @@ _spec = importlib.util.spec_from_file_location(
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench_run"] = bench  # dataclasses look their module up
 _spec.loader.exec_module(bench)
+
+
+GIT_CHECKOUT = (
+    subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse"], capture_output=True, check=False
+    ).returncode
+    == 0
+)
 
 
 def positive(x) -> bool:
@@ -111,13 +121,7 @@ def test_bad_arguments(argv):
     assert e.value.code == 2
 
 
-@pytest.mark.skipif(
-    subprocess.run(
-        ["git", "-C", str(Path(__file__).parent), "rev-parse"], capture_output=True, check=False
-    ).returncode
-    != 0,
-    reason="not a git checkout",
-)
+@pytest.mark.skipif(not GIT_CHECKOUT, reason="not a git checkout")
 @pytest.mark.parametrize("name", ["held", "throughput", "csconfig"])
 def test_before_head(name):
     """--before HEAD: HEAD's edrvctl/ exported and measured beside the current one."""
@@ -147,4 +151,100 @@ def test_before_head(name):
         key = "rss_per_station_kib" if name == "held" else "p50_ms"
         assert positive(f[key]) and positive(f[f"before_{key}"])
     assert any("before -> after" in text for text, _ in res.checks)
+    check_report(res)
+
+
+def test_loadgen_sends_load_py_frames():
+    """bench/loadgen.c sends bench/load.py's frames, byte for byte."""
+    import load  # bench/load.py (bench/run.py put bench/ on sys.path)
+
+    loadgen = bench.built("loadgen")
+    assert loadgen is not None, "bench/loadgen.c did not build"
+    out = subprocess.run([str(loadgen), "--frames"], capture_output=True, text=True, check=True)
+    want = [load.frame(0, *load.BOOT)] + [load.json.dumps([2, "ID", a, p]) for a, p in load.MIX]
+    assert out.stdout.splitlines() == want
+
+
+def test_uses_uvloop_reads_the_memory_map():
+    code = "import sys, {}; sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"
+    for module, loaded in (("uvloop", True), ("asyncio", False)):
+        if module == "uvloop":
+            pytest.importorskip("uvloop")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code.format(module)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            assert bench.uses_uvloop(proc.pid) is loaded
+        finally:
+            proc.stdin.close()
+            proc.wait()
+
+
+def runs_on_uvloop_when_asked(tmp_path: Path) -> bool:
+    """Whether this edrvctl's `serve` loads uvloop given bench/run.py's UVLOOP_ENV and flags."""
+    from conftest import hermetic_env, start_server
+
+    if importlib.util.find_spec("uvloop") is None:
+        return False
+    env = {**hermetic_env(tmp_path), **bench.UVLOOP_ENV}
+    srv = start_server(tmp_path, *bench.UVLOOP_FLAGS, env=env)
+    try:
+        return bench.uses_uvloop(srv.proc.pid)
+    finally:
+        srv.stop()
+
+
+def test_peers(tmp_path):
+    """Every server of `peers` measured, at both sizes, with the ratios; the Node rows are left
+    out only on a machine without node (never in CI, whose machines have it)."""
+    git = GIT_CHECKOUT
+    (res,) = bench.main(["peers", "--quick", *(["--before", "HEAD"] if git else [])])
+    f, md = res.figures, res.markdown()
+    node = bool(shutil.which("node") and shutil.which("npm")) or bool(os.environ.get("CI"))
+    keys = ["edrvctl"]
+    keys += ["before"] if git else []
+    keys += ["uvloop"] if runs_on_uvloop_when_asked(tmp_path) else []
+    keys += ["node_sqlite", "node"] if node else []
+    keys += ["echo"] if bench.built("echo", "-lcrypto") else []
+    labels = {
+        "edrvctl": "edrvctl",
+        "uvloop": "edrvctl on uvloop",
+        "node_sqlite": "Node ocpp-rpc + SQLite",
+        "node": "Node ocpp-rpc, no store",
+        "echo": "C echo (the limit)",
+    }
+    if git:
+        head = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "log", "-1", "--format=%h"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        labels["before"] = f"edrvctl@{head}"
+    for n in (5, 10):
+        for key in keys:
+            assert positive(f[f"{key}_{n}_calls_per_s"]), key
+            assert 0 < f[f"{key}_{n}_p50_ms"] <= f[f"{key}_{n}_p99_ms"], key
+            assert positive(f[f"{key}_{n}_server_cpu_us_per_call"]), key
+            assert f[f"{key}_{n}_failed_errors"] == 0, key
+            assert f"| {labels[key]} | {n} |" in md
+        if git:
+            assert positive(f[f"ratio_edrvctl_before_{n}"])
+            assert f"| edrvctl / {labels['before']} | {n} |" in md
+        if node:
+            assert positive(f[f"ratio_edrvctl_node_sqlite_{n}"])
+            assert f"| edrvctl / Node ocpp-rpc + SQLite | {n} |" in md
+            assert f"| edrvctl / Node ocpp-rpc, no store | {n} |" in md
+    measured = {k.removesuffix("_5_calls_per_s") for k in f if k.endswith("_5_calls_per_s")}
+    assert measured == set(keys)  # and nothing else
+    assert f["edrvctl_meter_values_stored"] > 0  # answered means persisted
+    if node:
+        assert f["node_sqlite_meter_values_stored"] > 0
+        assert "node_meter_values_stored" not in f  # the other Node peer keeps nothing
+    else:
+        assert "node or npm is not installed: no Node ocpp-rpc rows." in md
     check_report(res)
