@@ -4,7 +4,9 @@ machine is shared and noisy, and the sizes are tiny."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -184,6 +186,62 @@ def test_uses_uvloop_reads_the_memory_map():
             proc.wait()
 
 
+def has_node() -> bool:
+    """Whether the Node peer must be measured: node and npm are here, or this is CI (whose
+    machines have them: their absence must fail, not skip)."""
+    return bool(shutil.which("node") and shutil.which("npm")) or bool(os.environ.get("CI"))
+
+
+def test_node_peer_validates_and_stores(tmp_path):
+    """bench/peers/server.js answers a CALL that breaks the OCPP 1.6 schema with a CALLERROR,
+    and with --store writes each MeterValues it answers."""
+    if not has_node():
+        pytest.skip("node or npm is not installed")
+    from websockets.asyncio.client import connect
+
+    argv = ["node", str(bench.PEERS / "server.js"), "{port}", "--store", "{root}/peer.db"]
+    peer = bench.process_peer("node", "Node", argv, {"NODE_PATH": str(bench.node_modules())})
+    status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+    calls = [
+        ("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}),
+        ("StatusNotification", {**status, "status": "Charging!"}),  # not an OCPP status
+        ("StatusNotification", {"errorCode": "NoError", "status": "Available"}),  # no connector
+        ("StatusNotification", status),
+        (
+            "MeterValues",
+            {
+                "connectorId": 1,
+                "meterValue": [
+                    {"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}
+                ],
+            },
+        ),
+    ]
+
+    async def talk(port: int) -> list:
+        async with connect(f"ws://127.0.0.1:{port}/S1", subprotocols=["ocpp1.6"]) as ws:
+            out = []
+            for i, (action, payload) in enumerate(calls):
+                await ws.send(json.dumps([2, str(i), action, payload]))
+                out.append(json.loads(await ws.recv()))
+            return out
+
+    with peer.start(tmp_path, None) as (port, _pid, store):
+        replies = asyncio.run(talk(port))
+        assert bench.stored_meter_values(store) == 1
+    assert [r[0] for r in replies] == [3, 4, 4, 3, 3]
+    assert [r[1] for r in replies] == ["0", "1", "2", "3", "4"]
+    assert replies[0][2]["status"] == "Accepted"
+    assert replies[1][2:4] == [
+        "FormationViolation",
+        "data/status must be equal to one of the allowed values",
+    ]
+    assert replies[2][2:4] == [
+        "OccurrenceConstraintViolation",  # ocpp-rpc's spelling (OCPP 1.6's: Occurence)
+        "data must have required property 'connectorId'",
+    ]
+
+
 def runs_on_uvloop_when_asked(tmp_path: Path) -> bool:
     """Whether this edrvctl's `serve` loads uvloop given bench/run.py's UVLOOP_ENV and flags."""
     from conftest import hermetic_env, start_server
@@ -204,7 +262,7 @@ def test_peers(tmp_path):
     git = GIT_CHECKOUT
     (res,) = bench.main(["peers", "--quick", *(["--before", "HEAD"] if git else [])])
     f, md = res.figures, res.markdown()
-    node = bool(shutil.which("node") and shutil.which("npm")) or bool(os.environ.get("CI"))
+    node = has_node()
     keys = ["edrvctl"]
     keys += ["before"] if git else []
     keys += ["uvloop"] if runs_on_uvloop_when_asked(tmp_path) else []
