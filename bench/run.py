@@ -70,6 +70,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -1857,7 +1858,7 @@ def edrvctl_peer(c: Contender, key: str, label: str, env: dict | None = None) ->
             env={**tree_env(c.tree, hermetic_env(root)), **(env or {})},
         )
         try:
-            yield int(srv.ocpp_url.rsplit(":", 1)[1].split("/")[0]), srv.proc.pid, store
+            yield urlsplit(srv.ocpp_url).port, srv.proc.pid, store
         finally:
             if srv.proc.poll() is None:
                 srv.stop(timeout=60)
