@@ -1983,6 +1983,7 @@ def bench_peers(
             "server CPU µs/call",
             "server CPU",
             "load generator CPU",
+            "server waiting for a CPU",
             "calls/s of each round",
             "failed / errors",
         ),
@@ -2017,8 +2018,12 @@ def bench_peers(
                         continue
                     for n in sizes:
                         rows0 = stored_meter_values(store) if store else None
+                        q0, t0 = run_delay_s(pid), time.monotonic()
                         with profiled(pid, f"peers-{p.key}-{n}-round{r + 1}"):
                             out = run_loadgen(loadgen, port, n, seconds, warmup, pid)
+                        # the share of the run its main thread spent waiting for a CPU: the
+                        # machine's noise, as this server felt it
+                        out["waited_pct"] = 100 * (run_delay_s(pid) - q0) / (time.monotonic() - t0)
                         if rows0 is not None:
                             stored.setdefault(p.key, []).append(
                                 (stored_meter_values(store) - rows0, out["calls"])
@@ -2047,6 +2052,7 @@ def bench_peers(
                     f"{med(p.key, n, 'server_cpu_us_per_call'):.1f}",
                     f"{med(p.key, n, 'server_cpu_pct'):.0f}%",
                     f"{med(p.key, n, 'client_cpu_pct'):.0f}%",
+                    f"{med(p.key, n, 'waited_pct'):.0f}%",
                     ", ".join(f"{x['calls_per_s']:.0f}" for x in rs),
                     f"{sum(x['failed'] for x in rs)} / {sum(x['errors'] for x in rs)}",
                 )
@@ -2076,6 +2082,7 @@ def bench_peers(
                             med(b, n, "server_cpu_us_per_call"),
                             med(a, n, "server_cpu_us_per_call"),
                         ),
+                        "",
                         "",
                         "",
                         "",
@@ -2140,7 +2147,9 @@ def bench_peers(
             "BootNotification, one CALL at a time per station, as fast as answered); medians "
             "over rounds. Latency is the load generator's, from sending a CALL to reading its "
             "answer. µs/call = server CPU time (/proc/PID/stat) / calls answered, which the "
-            "machine's noise barely moves; CPU columns: share of one core in the measured window."
+            "machine's noise barely moves; CPU columns: share of one core in the measured window; "
+            "waiting for a CPU: the server's main thread's run-queue time (/proc/PID/schedstat) "
+            "as a share of the whole run, connecting included: how much other processes took."
         ),
         (
             "edrvctl runs with " + " ".join(NO_LIMITS) + " on a store seeded with the stations. "

@@ -297,6 +297,7 @@ def test_peers(tmp_path):
             assert positive(f[f"ratio_edrvctl_node_sqlite_{n}"])
             assert f"| edrvctl / Node ocpp-rpc + SQLite | {n} |" in md
             assert f"| edrvctl / Node ocpp-rpc, no store | {n} |" in md
+    assert all(len(row) == len(res.header) for row in res.rows)
     measured = {k.removesuffix("_5_calls_per_s") for k in f if k.endswith("_5_calls_per_s")}
     assert measured == set(keys)  # and nothing else
     assert f["edrvctl_meter_values_stored"] > 0  # answered means persisted
