@@ -2019,7 +2019,9 @@ def bench_peers(
                     for n in sizes:
                         rows0 = stored_meter_values(store) if store else None
                         q0, t0 = run_delay_s(pid), time.monotonic()
-                        with profiled(pid, f"peers-{p.key}-{n}-round{r + 1}"):
+                        label = f"peers-{p.key}-{n}-round{r + 1}"
+                        # py-spy records Python servers only
+                        with profiled(pid, label) if p.contender else contextlib.nullcontext():
                             out = run_loadgen(loadgen, port, n, seconds, warmup, pid)
                         # the share of the run its main thread spent waiting for a CPU: the
                         # machine's noise, as this server felt it
