@@ -363,8 +363,8 @@ def _paged(get: Callable[[int, int], dict], limit: int | None) -> Iterator[list]
 
 
 def _plain_http(api_url: str) -> bool:
-    """Whether `pages` may read `api_url` with the standard library, as httpx would: plain
-    http to a host name of letters, digits, dots and dashes or to a valid IPv4 address; no
+    """Whether `pages` may read `api_url` with `_Http`, as httpx would: plain http to a host
+    name of letters, digits, dots and dashes or to a valid IPv4 address, a plain path; no
     credentials in the URL, no proxy in the environment. Anything else (IPv6, a bad URL: httpx
     says what is wrong with it) goes through httpx."""
     import os
@@ -377,6 +377,8 @@ def _plain_http(api_url: str) -> bool:
     except ValueError:
         return False
     host = u.hostname or ""
+    if not re.fullmatch(r"[A-Za-z0-9._~/-]*", u.path):
+        return False
     if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", host):
         if any(not 0 <= int(part) <= 255 or str(int(part)) != part for part in host.split(".")):
             return False
@@ -387,48 +389,131 @@ def _plain_http(api_url: str) -> bool:
 
 
 class _Http:
-    """GET requests on one kept-alive connection of the standard library's http.client
-    (~25 ms of imports where httpx takes ~60), with Client's headers and errors."""
+    """GET requests over one kept-alive HTTP/1.1 connection on a plain socket, with Client's
+    headers, timeout and errors: http.client's imports cost ~25 ms and httpx's ~60, a good part
+    of a whole `cs list`. A connection the server closed while idle is opened again (GET)."""
+
+    MAX_HEAD = 64 * 1024  # bytes of status line and headers
 
     def __init__(self, api_url: str, token: str | None, auth_hint: str):
-        from http.client import HTTPConnection
         from urllib.parse import urlsplit
 
         self.api_url, self.auth_hint = api_url.rstrip("/"), auth_hint
         u = urlsplit(self.api_url)
+        self.address = (u.hostname or "", u.port or 80)
         self.base = u.path
-        self.conn = HTTPConnection(u.hostname or "", u.port, timeout=TIMEOUT)
-        self.headers = {"User-Agent": user_agent(), "Accept": "application/json"}
+        head = f"Host: {u.netloc}\r\nUser-Agent: {user_agent()}\r\nAccept: application/json\r\n"
         if token:
-            self.headers["Authorization"] = f"Bearer {token}"
+            head += f"Authorization: Bearer {token}\r\n"
+        self.head = head
+        self.sock: Any = None
+        self.rest = b""  # bytes read past the last answer
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock, self.rest = None, b""
 
     def get(self, path: str, params: dict) -> dict:
-        from http.client import HTTPException
         from urllib.parse import urlencode
 
+        request = f"GET {self.base}{path}?{urlencode(params)} HTTP/1.1\r\n{self.head}\r\n"
         try:
-            self.conn.request("GET", f"{self.base}{path}?{urlencode(params)}", headers=self.headers)
-            r = self.conn.getresponse()
-            content = r.read()
+            try:
+                status, content = self._exchange(request.encode())
+            except _Stale:
+                self.close()
+                status, content = self._exchange(request.encode())
         except TimeoutError:
+            self.close()
             raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
-        except (OSError, HTTPException) as e:
-            self.conn.close()
+        except (OSError, ValueError) as e:
+            self.close()
             raise Unavailable(
                 f"cannot reach the API at {self.api_url} ({e})", hint=UNAVAILABLE_HINT
             ) from None
-        envelope, error = _envelope(r.status, content, "GET", path, self.api_url, self.auth_hint)
+        envelope, error = _envelope(status, content, "GET", path, self.api_url, self.auth_hint)
         if error is not None:
             raise error
         return envelope
+
+    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        import socket
+
+        reused = self.sock is not None
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=TIMEOUT)
+        try:
+            self.sock.sendall(request)
+            head = self._until(b"\r\n\r\n", self.MAX_HEAD)
+        except ConnectionError as e:
+            if reused and not self.rest:  # closed while idle, before it answered: again
+                raise _Stale(str(e)) from e
+            raise
+        lines = head.decode("latin-1").split("\r\n")
+        version, status = lines[0].split(" ", 2)[:2]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        if "chunked" in headers.get("transfer-encoding", ""):
+            body = bytearray()
+            while size := int(self._until(b"\r\n", 1024).split(b";")[0], 16):
+                body += self._exactly(size)
+                self._exactly(2)  # the chunk's CRLF
+            while self._until(b"\r\n", self.MAX_HEAD):  # trailers, up to a blank line
+                pass
+        elif "content-length" in headers:
+            body = self._exactly(int(headers["content-length"]))
+        else:  # the body ends with the connection
+            body = bytearray(self.rest)
+            while chunk := self.sock.recv(1 << 20):
+                body += chunk
+            headers["connection"] = "close"
+        if headers.get("connection") == "close" or version != "HTTP/1.1":
+            self.close()
+        return int(status), bytes(body)
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def _until(self, end: bytes, limit: int) -> bytes:
+        """The bytes up to `end` (dropped); at most `limit` of them."""
+        data = self.rest
+        while (at := data.find(end)) < 0 and len(data) <= limit:
+            data += self._recv()
+        if not 0 <= at <= limit:
+            raise ValueError(f"an answer's headers past {limit} bytes")
+        self.rest = data[at + len(end) :]
+        return data[:at]
+
+    def _exactly(self, n: int) -> bytearray:
+        body = bytearray(n)
+        got = min(n, len(self.rest))
+        body[:got], self.rest = self.rest[:got], self.rest[got:]
+        view = memoryview(body)
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if not k:
+                raise ConnectionError("the server closed the connection")
+            got += k
+        return body
+
+
+class _Stale(Exception):
+    """A kept-alive connection the server had closed: the request is sent again."""
 
 
 def pages(
     api_url: str, token: str | None, path: str, params: dict, limit: int | None, auth_hint: str = ""
 ) -> Iterator[list]:
     """The items of the list at `path` (filtered by `params`), page by page; at most `limit`.
-    Plain http goes through `_Http`; anything else (https, a proxy) through `Client`."""
-    if not _plain_http(api_url):
+    Plain http goes through `_Http`; anything else (https, a proxy, a token that is not plain
+    text: httpx says what is wrong) through `Client`."""
+    if not _plain_http(api_url) or not (token is None or (token.isascii() and token.isprintable())):
         client = Client(api_url, token, auth_hint=auth_hint)
         return _paged(
             lambda page, size: client.request(
