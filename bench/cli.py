@@ -70,14 +70,25 @@ def seed(store: Path, n: int) -> None:
     asyncio.run(write())
 
 
-def timed(cmd: list[str], env: dict, runs: int) -> list[float]:
+def children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(cmd: list[str], env: dict, runs: int, cpu: list[float] | None = None) -> list[float]:
+    """Wall seconds of each run; with `cpu`, the CPU seconds (user + system) of each appended
+    to it: what the process itself spent, less sensitive to a busy machine than its wall time."""
     out = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        c0, t0 = children_cpu(), time.perf_counter()
         r = subprocess.run(
             cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
         )
         out.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(children_cpu() - c0)
         if r.returncode != 0:
             raise SystemExit(f"{cmd} failed: {r.stderr.decode()[-500:]}")
     return out
@@ -142,6 +153,7 @@ def main() -> None:
     import edrvctl as package
 
     compileall.compile_dir(str(Path(package.__file__).parent), quiet=1)
+    load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="edrvctl-bench-"))
     store = root / "store" / "edrvctl.db"
     t0 = time.perf_counter()
@@ -155,19 +167,15 @@ def main() -> None:
             env, _EDRVCTL_COMPLETE="complete_bash", COMP_WORDS="edrvctl cs ins", COMP_CWORD="2"
         )
         py = sys.executable
+        list_cmd = [edrvctl, "cs", "list", "--all"]
+        list_name = f"edrvctl cs list --all -o json ({args.stations})"
         cases = [
             ("python -c pass", [py, "-c", "pass"], env),
             ("python -c 'import typer'", [py, "-c", "import typer"], env),
             ("edrvctl --help", [edrvctl, "--help"], env),
             ("completion request (bash)", [edrvctl], complete_env),
-            (
-                f"edrvctl cs list --all -o json ({args.stations})",
-                [edrvctl, "cs", "list", "--all", "-o", "json"],
-                env,
-            ),
+            (list_name, [*list_cmd, "-o", "json"], env),
         ]
-        list_cmd = [edrvctl, "cs", "list", "--all"]
-        list_name = f"edrvctl cs list --all -o json ({args.stations})"
         same: list[str] = []
         if args.before:
             before_dir = root / "before"
@@ -191,9 +199,13 @@ def main() -> None:
         # Interleave the cases run by run, so machine noise hits them alike.
         samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
         samples["API alone: the same pages, one after the other"] = []
+        lists = [name for name, _, _ in cases if name.endswith(list_name)]
+        for name in lists:
+            samples[f"{name}: CPU (user + system)"] = []
         for _ in range(args.runs):
             for name, cmd, e in cases:
-                samples[name] += timed(cmd, e, 1)
+                cpu = samples[f"{name}: CPU (user + system)"] if name in lists else None
+                samples[name] += timed(cmd, e, 1, cpu)
             samples["API alone: the same pages, one after the other"].append(
                 api_pages(srv.api_url, srv.token)
             )
@@ -208,7 +220,8 @@ def main() -> None:
     api_ms = med["API alone: the same pages, one after the other"]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; {args.runs} interleaved runs, medians"
+        f"{platform.python_version()}; {args.runs} interleaved runs, medians; load average "
+        f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} (1 min, start -> end)"
     )
     print("| command | median ms |\n|---|---:|")
     for name, ms in med.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,8 @@ def width_of(stream: TextIO) -> int | None:
         return int(cols)
     try:
         if stream.isatty():
+            import shutil  # (~3 ms of imports, for terminals only)
+
             return shutil.get_terminal_size().columns
     except (AttributeError, ValueError):
         pass
