@@ -29,7 +29,7 @@ def user_agent() -> str:
 
 
 def _envelope(
-    status: int, content: bytes, method: str, path: str, api_url: str, auth_hint: str
+    status: int, content: bytes | bytearray, method: str, path: str, api_url: str, auth_hint: str
 ) -> tuple[dict, EdrvError | None]:
     """An answer's envelope, and the error it stands for (None on success); an answer that is
     no envelope raises."""
@@ -437,7 +437,7 @@ class _Http:
             raise error
         return envelope
 
-    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+    def _exchange(self, request: bytes) -> tuple[int, bytearray]:
         import socket
 
         reused = self.sock is not None
@@ -472,7 +472,7 @@ class _Http:
             headers["connection"] = "close"
         if headers.get("connection") == "close" or version != "HTTP/1.1":
             self.close()
-        return int(status), bytes(body)
+        return int(status), body  # (orjson reads a bytearray as it is: no copy)
 
     def _recv(self) -> bytes:
         chunk = self.sock.recv(1 << 16)
