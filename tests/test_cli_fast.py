@@ -321,3 +321,36 @@ def test_the_http_reader_fails_as_the_client_does(answer, error):
     api = FakeApi([answer], close_after=True)
     with pytest.raises(EdrvError, match=error):
         list(pages(api.url, "tok", "/v1.1/chargestations", {}, None))
+
+
+@pytest.mark.parametrize(
+    "url, env, plain",
+    [
+        ("http://127.0.0.1:7780", {}, True),
+        ("http://cs.example.com/base/", {}, True),
+        ("http://localhost", {"NO_PROXY": "*"}, True),
+        ("http://localhost", {"HTTP_PROXY": "http://proxy:3128"}, False),
+        ("http://localhost", {"all_proxy": "socks5://proxy"}, False),
+        ("https://cs.example.com", {}, False),
+        ("http://user:secret@cs.example.com", {}, False),
+        ("http://256.1.1.1:1", {}, False),
+        ("http://01.2.3.4", {}, False),
+        ("http://[::1]:7780", {}, False),
+        ("http://[::1", {}, False),
+        ("http://host:99999", {}, False),
+        ("http://host/a path", {}, False),
+        ("http://hóst", {}, False),
+        ("http://host?x=1", {}, False),
+    ],
+)
+def test_only_plain_http_is_read_without_httpx(monkeypatch, url, env, plain):
+    """Anything httpx would treat its own way (TLS, proxies, credentials, IPv6, names to
+    encode, URLs it refuses) goes through httpx."""
+    from edrvctl.client import _plain_http
+
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _plain_http(url) is plain
