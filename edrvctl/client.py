@@ -250,7 +250,7 @@ class Client:
                 "GET", path, params={**params, "paginate_limit": size, "paginate_page": page}
             )
 
-        for items in _paged(get, limit):
+        for items in _paged(get, lambda env: env, limit):
             yield from items
 
     def list_sessions(self, filters: dict, limit: int | None) -> Iterator[dict]:
@@ -308,13 +308,17 @@ class Client:
 AHEAD = 2  # pages read ahead of the one being shown
 
 
-def _paged(get: Callable[[int, int], dict], limit: int | None) -> Iterator[list]:
+def _paged(
+    fetch: Callable[[int, int], Any], parse: Callable[[Any], dict], limit: int | None
+) -> Iterator[list]:
     """The items of a paged list, page by page, following `hasNext`; at most `limit` in all.
-    `get(page, size)` reads one page's envelope. The pages after the first (as many as its
-    `total` says) are read by a thread, at most AHEAD ahead of the caller, while the caller
-    shows this one: the server answers on one core while the CLI works on the other."""
+    `fetch(page, size)` reads one page's answer, `parse` makes it its envelope (or raises the
+    error it stands for). The pages after the first (as many as its `total` says) are fetched
+    by a thread, at most AHEAD ahead of the caller, which parses and shows them: the thread
+    asks for the next page as soon as it has one, and the server answers on one core while the
+    CLI works on the other."""
     size = PAGE if limit is None else max(1, min(PAGE, limit))
-    env = get(1, size)
+    env = parse(fetch(1, size))
     total = env.get("total")
     last = 1
     if type(total) is int:
@@ -329,7 +333,7 @@ def _paged(get: Callable[[int, int], dict], limit: int | None) -> Iterator[list]
                 if stop.is_set():
                     return
                 try:
-                    ahead.put((get(page, size), None))
+                    ahead.put((fetch(page, size), None))
                 except BaseException as e:  # the caller raises it, in its own turn
                     ahead.put((None, e))
                     return
@@ -348,13 +352,14 @@ def _paged(get: Callable[[int, int], dict], limit: int | None) -> Iterator[list]
                 return
             page += 1
             if ahead is not None and page <= last:
-                env, error = ahead.get()
+                answer, error = ahead.get()
                 if error is not None:
                     raise error
+                env = parse(answer)
             else:
                 if ahead is not None:
                     reader.join()  # done: the connection is free again
-                env = get(page, size)
+                env = parse(fetch(page, size))
     finally:
         stop.set()
         if ahead is not None:
@@ -414,7 +419,8 @@ class _Http:
             self.sock.close()
         self.sock, self.rest = None, b""
 
-    def get(self, path: str, params: dict) -> dict:
+    def fetch(self, path: str, params: dict) -> tuple[int, bytearray]:
+        """GET `path` with `params`: the answer's status and content."""
         from urllib.parse import urlencode
 
         request = f"GET {self.base}{path}?{urlencode(params)} HTTP/1.1\r\n{self.head}\r\n"
@@ -432,6 +438,10 @@ class _Http:
             raise Unavailable(
                 f"cannot reach the API at {self.api_url} ({e})", hint=UNAVAILABLE_HINT
             ) from None
+        return status, content
+
+    def envelope(self, path: str, status: int, content: bytearray) -> dict:
+        """The envelope of an answer to GET `path`, or the error it stands for raised."""
         envelope, error = _envelope(status, content, "GET", path, self.api_url, self.auth_hint)
         if error is not None:
             raise error
@@ -519,13 +529,15 @@ def pages(
             lambda page, size: client.request(
                 "GET", path, params={**params, "paginate_limit": size, "paginate_page": page}
             ),
+            lambda env: env,
             limit,
         )
     http = _Http(api_url, token, auth_hint)
     return _paged(
-        lambda page, size: http.get(
+        lambda page, size: http.fetch(
             path, {**params, "paginate_limit": size, "paginate_page": page}
         ),
+        lambda answer: http.envelope(path, *answer),
         limit,
     )
 

@@ -198,6 +198,10 @@ def test_json_page_by_page_is_the_json_of_the_whole_list(pages):
     )
 
 
+def same(env: dict) -> dict:
+    return env
+
+
 def fake_api(n: int, total: int | None = None, fail_at: int | None = None):
     """get(page, size) over n items; `total` as the envelope says it (a lying server)."""
     asked: list[int] = []
@@ -221,20 +225,20 @@ def fake_api(n: int, total: int | None = None, fail_at: int | None = None):
 def test_pages_are_followed_by_has_next_whatever_the_total_says(total, monkeypatch):
     monkeypatch.setattr("edrvctl.client.PAGE", 1000)
     get, asked = fake_api(2500, total)
-    assert [x for page in _paged(get, None) for x in page] == list(range(2500))
+    assert [x for page in _paged(get, same, None) for x in page] == list(range(2500))
     # a total that lies costs at most the pages read ahead, never a page more
     assert sorted(asked)[:3] == [1, 2, 3] and len(asked) <= 3 + 1 + 2
 
 
 def test_a_limit_is_kept_and_read_ahead_no_further(monkeypatch):
     get, asked = fake_api(5000, 5000)
-    assert [len(p) for p in _paged(get, 1500)] == [1000, 500]
+    assert [len(p) for p in _paged(get, same, 1500)] == [1000, 500]
     assert sorted(asked) == [1, 2]
 
 
 def test_a_failure_of_a_page_read_ahead_is_raised_in_its_turn():
     get, _ = fake_api(5000, 5000, fail_at=3)
-    pages = _paged(get, None)
+    pages = _paged(get, same, None)
     assert len(next(pages)) == 1000 and len(next(pages)) == 1000
     with pytest.raises(Unavailable):
         next(pages)
