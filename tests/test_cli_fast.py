@@ -366,3 +366,19 @@ def test_only_plain_http_is_read_without_httpx(monkeypatch, url, env, plain):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert _plain_http(url) is plain
+
+
+def test_a_list_that_fails_half_way_prints_nothing(cli_env):
+    """As before pages were shown as they came: a script never reads half a list."""
+    first = envelope([{"_id": "a" * 24, "endpoint": "a"}], True, 2)
+    failed = b'{"ok":false,"message":"the store is gone"}'
+    api = FakeApi(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(first), first),
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(failed), failed),
+        ]
+    )
+    r = edrvctl({**cli_env, "EDRV_API_URL": api.url}, "cs", "list", "--all", "-o", "json")
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr == b"error: the store is gone\n"

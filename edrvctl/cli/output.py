@@ -110,13 +110,20 @@ def _safe_json_bytes(data: bytes) -> bytes:
 
 
 def dump_pages(pages: Iterable[list]) -> None:
-    """The items of `pages` as one JSON array, written page by page as they arrive: the same
-    bytes as `dump(every item, "json")` without holding every item. Each page is dumped on its
-    own and its brackets dropped (orjson's "[\n  ...\n]"): the items keep their indent."""
+    """The items of `pages` as one JSON array: the same bytes as `dump(every item, "json")`,
+    without holding every item. Each page is dumped as it arrives and its brackets dropped
+    (orjson's "[\n  ...\n]": the items keep their indent); the text is written once every page
+    has come, so that a list that fails half-way prints nothing, as before."""
     import codecs
 
     import orjson
 
+    parts: list[bytes | memoryview] = []
+    for items in pages:
+        if items:
+            text = _safe_json_bytes(orjson.dumps(items, option=orjson.OPT_INDENT_2))
+            parts += [b",\n" if parts else b"[\n", memoryview(text)[2:-2]]  # (a view: no copy)
+    parts.append(b"\n]\n" if parts else b"[]\n")
     out = sys.stdout
     try:  # bytes straight to the byte stream, when that is what writing text would give
         utf8 = codecs.lookup(out.encoding).name == "utf-8" and hasattr(out, "buffer")
@@ -124,16 +131,9 @@ def dump_pages(pages: Iterable[list]) -> None:
         utf8 = False
     if utf8:
         out.flush()
-    write = out.buffer.write if utf8 else lambda b: out.write(bytes(b).decode())
-    opened = False
-    for items in pages:
-        if not items:
-            continue
-        text = _safe_json_bytes(orjson.dumps(items, option=orjson.OPT_INDENT_2))
-        write(b",\n" if opened else b"[\n")
-        write(memoryview(text)[2:-2])  # (a view: 18 MB not copied for 10,000 stations)
-        opened = True
-    write(b"\n]\n" if opened else b"[]\n")
+        out.buffer.writelines(parts)
+    else:
+        out.write(b"".join(parts).decode())
     out.flush()
 
 
