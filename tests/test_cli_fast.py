@@ -1,4 +1,4 @@
-"""Issue 15: `edrvctl cs list` is answered without Typer (edrvctl.cli.fast) and shows the pages
+"""Issue 15: `edrvctl cs list` is answered without Typer (edrvctl.cli.fast) and dumps the pages
 as they arrive. It prints what the Typer command prints, byte for byte, in every format; what
 it does not understand (help, --watch, a bad value) goes to the Typer app; its failures are
 the same messages and exit codes."""

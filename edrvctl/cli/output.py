@@ -325,7 +325,7 @@ WIDE_DROP_ORDER = (
 
 
 def station_pages(pages: Iterable[list[dict]], fmt: str, no_headers: bool = False) -> None:
-    """`stations` of stations that arrive page by page: JSON is written as they arrive."""
+    """`stations` of stations that arrive page by page: JSON is dumped as they arrive."""
     if fmt == "json":
         dump_pages(pages)
     else:
