@@ -293,16 +293,15 @@ def envelope(result: list, has_next: bool, total: int) -> bytes:
     return orjson.dumps({"ok": True, "result": result, "hasNext": has_next, "total": total})
 
 
-def test_the_http_reader_reads_lengths_and_chunks_and_reopens_a_closed_connection():
+def answer(content: bytes, status: str = "200 OK") -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), len(content), content)
+
+
+def test_pages_are_read_again_over_a_connection_the_server_closed_while_idle():
     from edrvctl.client import pages
 
-    one, two = envelope([1, 2], True, 3), envelope([3], False, 3)
-    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (two[:5], two[5:])) + b"0\r\n\r\n"
     api = FakeApi(
-        [
-            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(one), one),
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
-        ],
+        [answer(envelope([1, 2], True, 3)), answer(envelope([3], False, 3))],
         close_after=True,  # as a server does with an idle kept-alive connection
     )
     got = list(pages(api.url, "tok", "/v1.1/chargestations", {"location": "a b"}, None))
@@ -313,24 +312,42 @@ def test_the_http_reader_reads_lengths_and_chunks_and_reopens_a_closed_connectio
     assert "\r\nAuthorization: Bearer tok" in first and "\r\nUser-Agent: edrvctl/" in first
 
 
+def test_pages_are_read_over_one_kept_alive_connection():
+    from edrvctl.client import pages
+
+    api = FakeApi([answer(envelope([i], i < 4, 5)) for i in range(5)])
+    assert list(pages(api.url, None, "/v1.1/chargestations", {}, None)) == [[i] for i in range(5)]
+    assert api.connections == 1 and len(api.requests) == 5
+    assert b"Authorization" not in api.requests[0]
+
+
+def test_an_api_that_does_not_answer_in_time_is_a_timeout(monkeypatch):
+    import socket
+
+    from edrvctl.client import pages
+    from edrvctl.errors import StationTimeout
+
+    monkeypatch.setattr("edrvctl.client.TIMEOUT", scaled(0.2))
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(StationTimeout, match="did not answer in time"):
+            list(pages(url, "tok", "/v1.1/chargestations", {}, None))
+
+
 @pytest.mark.parametrize(
-    "answer, error",
+    "reply, error",
     [
-        (
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 41\r\n\r\n"
-            b'{"ok":false,"message":"invalid token"}   ',
-            "invalid token",
-        ),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "unexpected 200 response"),
+        (answer(b'{"ok":false,"message":"invalid token"}', "401 Unauthorized"), "invalid token"),
+        (answer(b"hello"), "unexpected 200 response"),
         (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20000 + b"\r\n", "cannot reach the API"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{", "cannot reach the API"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{", "cannot reach the API"),  # cut short
     ],
 )
-def test_the_http_reader_fails_as_the_client_does(answer, error):
+def test_pages_fail_as_the_client_does(reply, error):
     from edrvctl.client import pages
     from edrvctl.errors import EdrvError
 
-    api = FakeApi([answer], close_after=True)
+    api = FakeApi([reply], close_after=True)
     with pytest.raises(EdrvError, match=error):
         list(pages(api.url, "tok", "/v1.1/chargestations", {}, None))
 
@@ -372,13 +389,7 @@ def test_a_list_that_fails_half_way_prints_nothing(cli_env):
     """As before pages were shown as they came: a script never reads half a list."""
     first = envelope([{"_id": "a" * 24, "endpoint": "a"}], True, 2)
     failed = b'{"ok":false,"message":"the store is gone"}'
-    api = FakeApi(
-        [
-            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(first), first),
-            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(failed), failed),
-        ]
-    )
+    api = FakeApi([answer(first), answer(failed, "500 Internal Server Error")])
     r = edrvctl({**cli_env, "EDRV_API_URL": api.url}, "cs", "list", "--all", "-o", "json")
     assert (r.returncode, r.stdout) == (1, b"")
     assert r.stderr == b"error: the store is gone\n"
