@@ -1,14 +1,14 @@
 """CLI start-up and list speed: whole-process wall time, medians, side by side in one run.
 
-    python bench/cli.py [--runs 15] [--stations 10000] [--before REV]
+    python bench/cli.py [--runs 15] [--stations 10000] [--before REV ...]
 
 Measures `python -c pass`, `python -c "import typer"`, `edrvctl --help`, a TAB completion
 request, and `edrvctl cs list --all -o json` over N stations served by a real `edrvctl serve`
 (seeded straight into its SQLite store), and checks the targets of issues 2 and 15. The API's
 own share of the list is measured too: the same pages read one after the other over one
-kept-alive connection from this process. With --before REV, REV's edrvctl/ (git archive) runs
-the same list against the same server, interleaved run by run, and its output is compared
-byte for byte with this tree's in every format.
+kept-alive connection from this process. With --before REV (repeatable), REV's edrvctl/ (git
+archive) runs the same list against the same server, interleaved run by run, and its output is
+compared byte for byte with this tree's in every format.
 """
 
 from __future__ import annotations
@@ -139,7 +139,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--stations", type=int, default=10000)
-    ap.add_argument("--before", metavar="REV", help="also run REV's CLI (git revision)")
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also run REV's CLI (git revision)",
+    )
     args = ap.parse_args()
 
     from conftest import hermetic_env, start_server
@@ -177,15 +183,13 @@ def main() -> None:
             (list_name, [*list_cmd, "-o", "json"], env),
         ]
         same: list[str] = []
-        if args.before:
-            before_dir = root / "before"
+        for i, rev in enumerate(args.before):
+            before_dir = root / f"before-{i}"
             before_dir.mkdir()
-            about = export(args.before, before_dir)
+            about = export(rev, before_dir)
             before_env = dict(env, PYTHONPATH=str(before_dir))
             print(f"before: {about}; after: this tree", file=sys.stderr)
-            cases.append(
-                (f"before ({args.before}): {list_name}", [*list_cmd, "-o", "json"], before_env)
-            )
+            cases.append((f"before ({rev}): {list_name}", [*list_cmd, "-o", "json"], before_env))
             for fmt in ("json", "yaml", "plain", "wide", "table", "ids"):
                 cmd = [*list_cmd, "-q"] if fmt == "ids" else [*list_cmd, "-o", fmt]
                 outs = [
@@ -194,7 +198,8 @@ def main() -> None:
                 ]
                 size = f"{len(outs[1]):,} bytes"
                 same.append(
-                    f"{fmt}: {'same bytes' if outs[0] == outs[1] else 'DIFFERENT'} ({size})"
+                    f"{fmt}, {rev} and this tree: "
+                    f"{'same bytes' if outs[0] == outs[1] else 'DIFFERENT'} ({size})"
                 )
         # Interleave the cases run by run, so machine noise hits them alike.
         samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
@@ -246,7 +251,7 @@ def main() -> None:
         ),
     ]
     for line in same:
-        print(f"- output of both versions, {line}")
+        print(f"- output, {line}")
     for text, ok in checks:
         print(f"- {'met' if ok else 'MISSED'}: {text}")
 
