@@ -34,21 +34,6 @@ from run import NO_LIMITS, loadavg, log, machine, pct  # noqa: E402
 from stored import read  # noqa: E402
 
 
-def online_on(c: cluster_env.Cluster) -> dict[str, int]:
-    found = {}
-    for name, node in c.nodes.items():
-        if node.proc.poll() is not None:
-            continue
-        try:
-            text = httpx.get(node.api_url + "/metrics", timeout=2).text
-        except httpx.HTTPError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("edrvctl_stations_online "):
-                found[name] = int(float(line.split()[1]))
-    return found
-
-
 def wait_for(cond, timeout: float, what: str) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -159,9 +144,9 @@ def main() -> None:
             stderr=open(root / "simulate.log", "w"),  # noqa: SIM115
         )  # fmt: skip
         took = wait_for(
-            lambda: sum(online_on(c).values()) == args.stations, 180, "every station online"
+            lambda: sum(c.online().values()) == args.stations, 180, "every station online"
         )
-        log(f"{args.stations} stations online through HAProxy in {took:.1f} s: {online_on(c)}")
+        log(f"{args.stations} stations online through HAProxy in {took:.1f} s: {c.online()}")
         held = owners(c)
         mine = [ep for ep, node in held.items() if node == "n1"]
         theirs = [ep for ep, node in held.items() if node != "n1"]
@@ -177,7 +162,7 @@ def main() -> None:
                     )
                 )
         # failover: freeze the victim with commands on their way to it, then kill it
-        counts = online_on(c)
+        counts = c.online()
         victim = "n3"
         victims = [ep for ep, node in held.items() if node == victim][:20]
         c.kill(victim, signal.SIGSTOP)
@@ -201,7 +186,7 @@ def main() -> None:
             codes = [f.result().status_code for f in futures]
             failed_after = time.monotonic() - killed
         wait_for(
-            lambda: sum(online_on(c).values()) == args.stations,
+            lambda: sum(c.online().values()) == args.stations,
             120,
             "the victim's stations back on the others",
         )

@@ -226,6 +226,21 @@ class Cluster:
         except httpx.HTTPError:
             return 0
 
+    def online(self) -> dict[str, int]:
+        """Stations connected to each running node now (its /metrics)."""
+        found = {}
+        for name, node in self.nodes.items():
+            if node.proc.poll() is not None:
+                continue
+            try:
+                text = httpx.get(node.api_url + "/metrics", timeout=scaled(2)).text
+            except httpx.HTTPError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("edrvctl_stations_online "):
+                    found[name] = int(float(line.split()[1]))
+        return found
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         self.nodes[name].proc.send_signal(sig)
         if sig == signal.SIGKILL:

@@ -39,29 +39,13 @@ if why_not and os.environ.get("CI"):
 pytestmark = pytest.mark.skipif(why_not is not None, reason=why_not or "")
 
 
-def online_on(cluster: cluster_env.Cluster) -> dict[str, int]:
-    """Stations connected to each running node now (its /metrics)."""
-    found = {}
-    for name, node in cluster.nodes.items():
-        if node.proc.poll() is not None:
-            continue
-        try:
-            text = httpx.get(node.api_url + "/metrics", timeout=scaled(2)).text
-        except httpx.HTTPError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("edrvctl_stations_online "):
-                found[name] = int(float(line.split()[1]))
-    return found
-
-
 def steady(cluster: cluster_env.Cluster, timeout: float = 60) -> dict[str, int]:
     """Wait until every node is healthy and every station is connected to one."""
 
     def ready() -> dict[str, int] | None:
         if any(cluster.health(n) != 200 for n in cluster.nodes):
             return None
-        counts = online_on(cluster)
+        counts = cluster.online()
         return counts if sum(counts.values()) == STATIONS else None
 
     return until(ready, timeout=timeout, interval=0.5, what="every station online")
@@ -129,7 +113,7 @@ def balanced(cluster: cluster_env.Cluster) -> None:
         api.post("/v1.1/nodes/rebalance", json={"max": 50}).raise_for_status()
 
     def spread() -> bool:
-        now = online_on(cluster)
+        now = cluster.online()
         return sum(now.values()) == STATIONS and min(now.values()) >= STATIONS // 6
 
     until(spread, timeout=60, interval=0.5, what="the stations to spread over the nodes")
@@ -217,7 +201,7 @@ def test_kill_9_fails_its_commands_and_its_stations_come_back_then_rebalance(clu
 
     # every station back on the others within 30 s
     def back() -> bool:
-        counts = online_on(cluster)
+        counts = cluster.online()
         return sum(counts.get(n, 0) for n in others) == STATIONS
 
     until(back, timeout=30, interval=0.5, what="the victim's stations to reconnect elsewhere")
@@ -237,8 +221,8 @@ def test_kill_9_fails_its_commands_and_its_stations_come_back_then_rebalance(clu
     # the node comes back empty; rebalance moves stations back to it, a bounded share each
     cluster.restart_node(victim)
     time.sleep(scaled(2))
-    assert online_on(cluster).get(victim, 0) == 0  # nothing moves back on its own
-    counts = online_on(cluster)
+    assert cluster.online().get(victim, 0) == 0  # nothing moves back on its own
+    counts = cluster.online()
     with cluster.api(others[0]) as api:
         r = api.post("/v1.1/nodes/rebalance", json={"max": 30})
         assert r.status_code == 202, r.text
@@ -247,7 +231,7 @@ def test_kill_9_fails_its_commands_and_its_stations_come_back_then_rebalance(clu
         assert n <= int(counts[node] * 0.3)
 
     def spread() -> bool:
-        now = online_on(cluster)
+        now = cluster.online()
         return sum(now.values()) == STATIONS and min(now.values()) >= STATIONS / 3 * 0.5
 
     until(spread, timeout=60, interval=0.5, what="the restarted node to take stations")
@@ -271,7 +255,7 @@ def test_a_frozen_node_is_fenced_and_closes_the_socket_it_lost(cluster):
         try:
             # past the lease: the others take over its stations
             def lost() -> bool:
-                return cluster.health(frozen) != 200 and frozen not in online_on(cluster)
+                return cluster.health(frozen) != 200 and frozen not in cluster.online()
 
             await asyncio.to_thread(until, lost, 30, 0.5, "the frozen node to be taken over")
             new = await connect(f"{cluster.nodes[other].ocpp_url}/CL-MOVE", subprotocols=[P16])
@@ -434,7 +418,7 @@ def test_nodes_list_and_drain(cluster, tmp_path):
     until(lambda: cluster.health("n2") == 503, timeout=5, what="n2 to say it is draining")
 
     def drained() -> bool:
-        counts = online_on(cluster)
+        counts = cluster.online()
         return counts.get("n2") == 0 and sum(counts.values()) >= STATIONS
 
     until(drained, timeout=60, interval=0.5, what="n2's stations to move")
