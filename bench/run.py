@@ -78,6 +78,7 @@ PY = sys.executable
 NO_LIMITS = ("--max-connections-per-address", "0", "--max-rate", "0")
 HEARTBEAT = 60  # s, given by the server at boot and used by the simulator
 PROFILE_DIR: Path | None = None
+LOADGEN: Path | None = None  # --loadgen: a C load generator instead of bench/load.py
 # What the new OCPP runtime must keep (checked with --before, on the "after" server): calls/s
 # as a share of the bare ceiling no lower than before's, and these.
 RSS_TARGET = 23  # KiB of server RSS per idle station
@@ -255,6 +256,7 @@ class Contender:
     about: str = ""  # which code it is, for the report
     rev: str = ""  # --before as given
     flags: tuple[str, ...] = ()  # given to its `edrvctl serve`
+    env: tuple[tuple[str, str], ...] = ()  # in its environment
 
     def phase(self, name: str) -> str:
         """A profile's file name: the current package's phases keep their plain names."""
@@ -405,7 +407,7 @@ def edrvctl_server(
         *c.flags,
         *flags,
         store=store,
-        env=tree_env(c.tree, hermetic_env(root)),
+        env=tree_env(c.tree, {**hermetic_env(root), **dict(c.env)}),
     )
     try:
         yield srv
@@ -709,11 +711,16 @@ def reference_server(c: Contender, template: Path | None) -> Iterator[tuple[str,
 
 
 def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid: int) -> dict:
+    """bench/load.py against `url`, or with --loadgen the C load generator (same frames, a
+    fraction of the CPU: not the bottleneck of a fast server)."""
+    if LOADGEN is not None:
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        target = [str(LOADGEN), host, port]
+    else:
+        target = [PY, str(HERE / "load.py"), url]
     out = subprocess.run(
         [
-            PY,
-            str(HERE / "load.py"),
-            url,
+            *target,
             "--stations",
             str(stations),
             "--seconds",
@@ -762,17 +769,27 @@ def frame_log_contenders() -> list[Contender]:
     ]
 
 
+def asyncio_contender() -> Contender:
+    """--loops: the current edrvctl on the standard library's event loop."""
+    return dataclasses.replace(
+        current(), key="asyncio", label="edrvctl (asyncio loop)", env=(("EDRVCTL_LOOP", "asyncio"),)
+    )
+
+
 def bench_throughput(
     quick: bool = False,
     before: Contender | None = None,
     frame_log: bool = False,
     rounds: int | None = None,
+    loops: bool = False,
 ) -> Result:
     sizes, default_rounds, seconds, warmup = (
         ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
     )
     rounds = rounds or default_rounds
     trees = frame_log_contenders() if frame_log else edrvctls(before)
+    if loops:
+        trees.insert(-1, asyncio_contender())
     contenders = trees if frame_log else [BARE, OCPP, *trees]
     res = Result(
         "throughput",
@@ -780,7 +797,9 @@ def bench_throughput(
         + (", with the frame log off and on" if frame_log else ""),
         command("throughput", quick, before)
         + (" --frame-log" if frame_log else "")
-        + (f" --rounds {rounds}" if rounds != default_rounds else ""),
+        + (f" --rounds {rounds}" if rounds != default_rounds else "")
+        + (" --loops" if loops else "")
+        + (" --loadgen /tmp/loadgen" if LOADGEN else ""),
         load=loadavg(),
         versions=versions(before),
         header=(
@@ -1748,7 +1767,7 @@ COMPARED = ("held", "throughput", "csconfig")  # the benchmarks that take --befo
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    global PROFILE_DIR
+    global PROFILE_DIR, LOADGEN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke tests")
@@ -1773,6 +1792,19 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument(
         "--rounds", type=int, metavar="N", help="throughput only: rounds (default 3; medians)"
     )
+    ap.add_argument(
+        "--loadgen",
+        type=Path,
+        metavar="BIN",
+        help="throughput: drive the servers with this C load generator (built from "
+        "loadgen.c: same frames as bench/load.py, same JSON line) instead of bench/load.py",
+    )
+    ap.add_argument(
+        "--loops",
+        action="store_true",
+        help="throughput: also the current edrvctl on the standard asyncio loop "
+        "(EDRVCTL_LOOP=asyncio), beside uvloop",
+    )
     a = ap.parse_args(argv)
     if a.rounds is not None and (a.which != "throughput" or a.rounds < 1):
         ap.error("--rounds N (N >= 1) applies to throughput")
@@ -1781,6 +1813,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if a.frame_log and (a.which != "throughput" or a.before):
         ap.error("--frame-log applies to throughput, without --before")
     PROFILE_DIR = a.profile
+    LOADGEN = a.loadgen.resolve() if a.loadgen else None
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1803,6 +1836,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 kwargs["frame_log"] = True
             if a.rounds:
                 kwargs["rounds"] = a.rounds
+            if a.loops:
+                kwargs["loops"] = True
             results.append(BENCHMARKS[name](quick=a.quick, **kwargs))
             print(results[-1].markdown(), flush=True)
             log(f"{name} done in {time.monotonic() - t0:.0f} s")
