@@ -15,6 +15,8 @@ cli         bench/cli.py: CLI start-up and list speed
 commands    trigger_message round trips (API -> station -> answer) to 1,000 connected stations
             while 1,000 others send a steady paced load; then a reset of the 1,000 with at
             most 100 in flight, until every one has booted again
+starved     the admin API (GET a station, get_variables to a simulated one) while 1,000
+            load-generator stations (--loadgen: the C one) saturate the server: p50/p99
 retention   1,000 stations for 10 minutes, a Heartbeat and MeterValues every 10 s each, on a
             server keeping events, meter values and Actions 2 minutes: the store's size every
             30 s (it levels off), rows pruned, the longest pruning batch, the API's latency
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -710,7 +713,9 @@ def reference_server(c: Contender, template: Path | None) -> Iterator[tuple[str,
         stop_process(proc)
 
 
-def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid: int) -> dict:
+def run_load(
+    url: str, stations: int, seconds: float, warmup: float, server_pid: int, first: int = 0
+) -> dict:
     """bench/load.py against `url`, or with --loadgen the C load generator (same frames, a
     fraction of the CPU: not the bottleneck of a fast server)."""
     if LOADGEN is not None:
@@ -729,6 +734,8 @@ def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid:
             str(warmup),
             "--server-pid",
             str(server_pid),
+            "--first",
+            str(first),
         ],
         capture_output=True,
         text=True,
@@ -1068,6 +1075,115 @@ def bench_csconfig(quick: bool = False, before: Contender | None = None) -> Resu
             f"{current().label}), each on a fresh store and fleet, asked for the "
             "same stations in the same order."
         )
+    res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
+    res.load += f" -> {loadavg()}"
+    return res
+
+
+# --------------------------------------------------------------------------- starved
+
+
+def starved_once(c: Contender, targets: int, n: int, seconds: float, quick: bool) -> dict:
+    """`c` with `targets` simulated stations (they answer commands) and n load-generator
+    stations sending as fast as answered: the admin API's latency meanwhile."""
+    rng = random.Random(1)
+    with (
+        workdir("starved") as root,
+        edrvctl_server(root, targets + n, contender=c) as srv,
+        srv.api() as api,
+        FleetProcess(srv.ocpp_url, targets, root) as fleet,
+    ):
+        require_fleet(api, fleet, targets, "starved")
+        pid = srv.proc.pid
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            load = pool.submit(run_load, srv.ocpp_url, n, seconds, 1.0, pid, targets)
+            time.sleep(1.5 if quick else 3)  # warm-up, and every load station connected
+            gets, commands, errors = [], [], []
+            with profiled(pid, c.phase("starved")):
+                while not load.done() and (quick or len(commands) < 400):
+                    station = endpoint(rng.randrange(targets))
+                    t0 = time.perf_counter()
+                    r = api.get(f"/v1.1/chargestations/{station}")
+                    t1 = time.perf_counter()
+                    if r.status_code != 200:
+                        errors.append(f"GET {r.status_code} {r.text[:100]}")
+                    r = api.post(f"/v1.1/chargestations/{station}/get_variables")
+                    t2 = time.perf_counter()
+                    if r.status_code != 201:
+                        errors.append(f"get_variables {r.status_code} {r.text[:100]}")
+                    gets.append((t1 - t0) * 1000)
+                    commands.append((t2 - t1) * 1000)
+                    if load.done():
+                        break
+            out = load.result()
+    return {
+        "calls_per_s": out["calls_per_s"],
+        "station_p50_ms": out["p50_ms"],
+        "station_p99_ms": out["p99_ms"],
+        "requests": len(gets),
+        "errors": len(errors),
+        "error_texts": errors[:3],
+        **{f"get_{k}": v for k, v in latencies(gets).items()},
+        **{f"command_{k}": v for k, v in latencies(commands).items()},
+    }
+
+
+def latencies(values: list[float]) -> dict:
+    if not values:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    return {"p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99), "max_ms": max(values)}
+
+
+def bench_starved(quick: bool = False, before: Contender | None = None) -> Result:
+    targets, n, seconds = (5, 20, 2) if quick else (50, 1000, 20)
+    res = Result(
+        "starved",
+        f"Admin API and commands while {n:,} stations saturate the server",
+        command("starved", quick, before) + (" --loadgen /tmp/loadgen" if LOADGEN else ""),
+        load=loadavg(),
+        versions=versions(before),
+    )
+    contenders = edrvctls(before)
+    figs = {c.key: starved_once(c, targets, n, seconds, quick) for c in contenders}
+    errors = {key: f.pop("error_texts") for key, f in figs.items()}
+    compare(
+        res,
+        contenders,
+        figs,
+        [
+            ("station calls/s meanwhile", lambda f: f"{f['calls_per_s']:,.0f}", "calls_per_s"),
+            (
+                "station p50 / p99",
+                lambda f: f"{f['station_p50_ms']:.1f} / {f['station_p99_ms']:.1f} ms",
+                None,
+            ),
+            ("API requests (each kind)", lambda f: f"{f['requests']}", None),
+            ("errors", lambda f: f"{f['errors']}", None),
+            *(
+                (name, lambda f, key=key: f"{f[key]:.1f} ms", key)
+                for name, key in (
+                    ("GET chargestation p50", "get_p50_ms"),
+                    ("GET chargestation p99", "get_p99_ms"),
+                    ("get_variables p50", "command_p50_ms"),
+                    ("get_variables p99", "command_p99_ms"),
+                    ("get_variables max", "command_max_ms"),
+                )
+            ),
+        ],
+    )
+    f = figs["edrvctl"]
+    res.checks = [
+        (f"GET p99 under 50 ms: {f['get_p99_ms']:.1f} ms", f["get_p99_ms"] < 50),
+        (f"get_variables p99 under 50 ms: {f['command_p99_ms']:.1f} ms", f["command_p99_ms"] < 50),
+    ]
+    res.notes = [
+        f"{targets} simulated stations (bench/stations.py) answer the commands; {n:,} "
+        f"load-generator stations ({'the C loadgen' if LOADGEN else 'bench/load.py'}) send "
+        f"Heartbeat/StatusNotification/MeterValues as fast as answered for {seconds:g} s. "
+        "Meanwhile, one at a time over one kept-alive client: GET /v1.1/chargestations/"
+        "{endpoint}, then POST .../get_variables (empty body: the whole configuration, a "
+        "round trip to the station and its answer stored), for random simulated stations."
+    ]
     res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
     res.load += f" -> {loadavg()}"
     return res
@@ -1762,8 +1878,9 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "cli": bench_cli,
     "commands": bench_commands,
     "retention": bench_retention,
+    "starved": bench_starved,
 }
-COMPARED = ("held", "throughput", "csconfig")  # the benchmarks that take --before
+COMPARED = ("held", "throughput", "csconfig", "starved")  # the benchmarks that take --before
 
 
 def main(argv: list[str] | None = None) -> list[Result]:

@@ -36,6 +36,7 @@ from edrvctl.ocppj.frames import CALL, CALLERROR, CALLRESULT, Call, CallError, F
 log = logging.getLogger("edrvctl.ocppj")
 WARN_EVERY = 60.0  # seconds between two logged malformed frames of one connection
 MAX_INBOX = 4  # a peer's frames waiting for an answer before its socket stops reading
+_NO_OUTBOX: deque[bytes] = deque(maxlen=0)  # a socket that writes synchronously has none
 
 # A handler gets the Rpc's `peer` object (whatever the owner keeps per connection) and the
 # payload as sent; tables are built once per class, so a connection costs no bound methods.
@@ -181,9 +182,11 @@ class Rpc:
         self.trace = trace  # called with the fields of every frame in and out (a Trace's)
         self._calling: tuple[str, str, float] = ("", "", 0.0)  # our CALL in flight: id, action, t0
         self._busy: asyncio.Future | None = None  # the peer's CALL being answered, if it awaits
-        self._inbox: deque[str | bytes] = deque()  # the peer's frames waiting for that answer
-        self._outbox: deque[bytes] = deque()  # frames for an async socket, in order
+        # the peer's frames waiting for that answer (made when needed: a deque is 600 bytes)
+        self._inbox: deque[str | bytes] | None = None
         write = getattr(ws, "write", None)
+        # frames for an async socket, in order (run() and call() send them)
+        self._outbox: deque[bytes] = deque() if write is None else _NO_OUTBOX
         self._write: Callable[[bytes], None] = write if write is not None else self._outbox.append
 
     # --- the peer's frames ----------------------------------------------------------------------
@@ -209,6 +212,8 @@ class Rpc:
         if self._busy is None:
             self._frame(raw)
             return
+        if self._inbox is None:
+            self._inbox = deque()
         self._inbox.append(raw)
         if len(self._inbox) == MAX_INBOX:
             self.ws.pause_reading()
@@ -484,7 +489,7 @@ class Rpc:
     def close(self) -> None:
         """Fail every pending CALL at once (the socket is gone or going)."""
         self.closed = True
-        self._inbox.clear()
+        self._inbox = None
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():

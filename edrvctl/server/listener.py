@@ -739,6 +739,7 @@ class Listener:
             conn.timer.cancel()
             conn.timer = None
         conn.session = session
+        conn.request = None  # (its headers: memory held for nothing)
         if conn.lost:  # it went while being attached
             self.ended(conn)
             return
