@@ -215,7 +215,7 @@ class Rpc:
         if self._inbox is None:
             self._inbox = deque()
         self._inbox.append(raw)
-        if len(self._inbox) == MAX_INBOX:
+        if len(self._inbox) >= MAX_INBOX:
             self.ws.pause_reading()
 
     def _frame(self, raw: str | bytes) -> None:
@@ -358,7 +358,7 @@ class Rpc:
             resume = len(inbox) >= MAX_INBOX
             while inbox and self._busy is None:
                 self._frame(inbox.popleft())
-            if resume and len(inbox) < MAX_INBOX and not self.closed:
+            if resume and not self.backlogged and not self.closed:
                 self.ws.resume_reading()
 
     def _reply(self, call: Call, answer: dict, since: float) -> None:
@@ -480,6 +480,11 @@ class Rpc:
         except RpcError as e:
             raise RemoteError(e.code, f"invalid {action} answer: {e.cause}") from None
         return answer
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether so many of the peer's frames wait that its socket should not be read."""
+        return self._inbox is not None and len(self._inbox) >= MAX_INBOX
 
     @property
     def queued(self) -> int:
