@@ -34,7 +34,7 @@ class FakeConn:
 
     def __init__(self, name: str, clock: Clock, turn: list[int], seen: list) -> None:
         self.name, self.clock, self.turn, self.seen = name, clock, turn, seen
-        self.lost = False
+        self.lost = self.parked = False
         self.transport = FakeTransport()
 
     def handle(self, data: bytes) -> None:

@@ -482,6 +482,11 @@ class Rpc:
         return answer
 
     @property
+    def awaiting(self) -> bool:
+        """Whether a CALL of ours waits for the peer's answer."""
+        return bool(self._pending)
+
+    @property
     def backlogged(self) -> bool:
         """Whether so many of the peer's frames wait that its socket should not be read."""
         return self._inbox is not None and len(self._inbox) >= MAX_INBOX

@@ -271,6 +271,7 @@ class Turns:
 
     def defer(self, conn: StationConnection, data: bytes) -> None:
         conn.transport.pause_reading()
+        conn.parked = True
         self.waiting.append((conn, data))
         self.charge(0.0)
 
@@ -279,6 +280,7 @@ class Turns:
         waiting = self.waiting
         while waiting and self.spent < TURN_BUDGET:
             conn, data = waiting.popleft()
+            conn.parked = False
             if conn.lost:
                 continue
             t0 = perf_counter()
@@ -314,6 +316,7 @@ class StationConnection(asyncio.Protocol):
         "log_level",
         "lost",
         "ocpp_protocol",
+        "parked",
         "ping_sent",
         "quiet_since",
         "refused",
@@ -338,6 +341,7 @@ class StationConnection(asyncio.Protocol):
         self.ocpp_protocol: str | None = None  # the station's registered one (process_request)
         self.station_id: str | None = None  # and its _id
         self.refused = self.handshaking = self.lost = False
+        self.parked = False  # its bytes wait in the listener's Turns (reading paused)
         self.heard = True  # data came since the watchdog last looked
         self.quiet_since = 0.0
         self.ping_sent: float | None = None  # our keepalive ping waiting for its pong
@@ -387,7 +391,7 @@ class StationConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if not self.lost and self.session is not None:
+        if not self.lost and self.session is not None and not self.parked:
             self.transport.resume_reading()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -474,8 +478,12 @@ class StationConnection(asyncio.Protocol):
             self._send_pending()
             return
         turns = self.listener.turns
-        if turns.spent >= TURN_BUDGET or turns.waiting:
-            turns.defer(self, data)  # this loop turn had its share of station work
+        if self.parked or (
+            (turns.spent >= TURN_BUDGET or turns.waiting) and not self.session.rpc.awaiting
+        ):
+            # this loop turn had its share of station work (the answer to a command is
+            # never kept waiting: the admin waits for it)
+            turns.defer(self, data)
             return
         t0 = perf_counter()
         self.handle(data)
