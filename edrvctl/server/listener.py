@@ -1,5 +1,7 @@
 """The OCPP websocket listener: who may connect (security profiles, limits), which version they
-speak, and the session's life from upgrade to close.
+speak, and the session's life from upgrade to close. Each connection is an asyncio.Protocol
+driving websockets' sans-I/O ServerProtocol (StationConnection): the hot path is a frame in,
+the Rpc's answer written straight back, without a task or coroutine per connection or message.
 
 Refusals happen before the upgrade, with an HTTP status and a one-line reason in the body:
 404 unknown endpoint, 400 no or wrong subprotocol, 401 missing or wrong password (with
@@ -453,7 +455,7 @@ class StationConnection(asyncio.Protocol):
 
     def _handshake_expired(self) -> None:
         self.timer = None
-        if self.session is None and not self.lost:
+        if not self.lost:
             self.transport.abort()
 
     def upgraded(self) -> None:
@@ -597,6 +599,9 @@ class StationConnection(asyncio.Protocol):
         self._send_pending()
         if response.status_code != 101:
             return
+        if self.timer is not None:  # the handshake is done; attaching has its own deadlines
+            self.timer.cancel()
+            self.timer = None
         await listener.opened(self)
 
     def _send_pending(self) -> None:
@@ -811,9 +816,6 @@ class Listener:
             return
         conn.log_level = level = self._connection_log_level(endpoint)
         log.log(level, "%s: connected (%s) from %s", endpoint, protocol, conn.address)
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
         conn.session = session
         conn.request = None  # (its headers: memory held for nothing)
         if conn.lost:  # it went while being attached
