@@ -35,7 +35,7 @@ from websockets.typing import Subprotocol
 from edrvctl import model
 from edrvctl.errors import Busy, NotFound, StoreUnavailable
 from edrvctl.fleet import MAX_REASON, Fleet
-from edrvctl.ocppj import TokenBucket
+from edrvctl.ocppj import RpcClosed, TokenBucket
 from edrvctl.server.logs import Throttle
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.ocpp201 import Station201
@@ -253,8 +253,9 @@ class Guesses:
 
 class Turns:
     """Station work per event-loop turn, bounded: once TURN_BUDGET seconds went to stations'
-    bytes in one turn, the stations read after that wait for a later turn (their sockets
-    paused, what was read kept), first come first served. So a turn under a saturating load
+    bytes in one turn, the stations read after that wait for a later turn (what was read is
+    kept; a socket read again while it waits is paused), first come first served. So a turn
+    under a saturating load
     stays short, and the admin API and commands, which take a few turns each, are not
     starved (1,000 busy stations made a turn last tens of milliseconds)."""
 
@@ -272,8 +273,9 @@ class Turns:
             asyncio.get_running_loop().call_soon(self.next_turn)  # runs in the next turn
 
     def defer(self, conn: StationConnection, data: bytes) -> None:
-        conn.transport.pause_reading()
-        conn.parked = True
+        if conn.parked:  # a second read waiting: stop reading it (a station sending one
+            conn.transport.pause_reading()  # CALL at a time costs no epoll_ctl calls)
+        conn.parked += 1
         self.waiting.append((conn, data))
         self.charge(0.0)
 
@@ -282,13 +284,14 @@ class Turns:
         waiting = self.waiting
         while waiting and self.spent < TURN_BUDGET:
             conn, data = waiting.popleft()
-            conn.parked = False
+            conn.parked -= 1
             if conn.lost:
                 continue
             t0 = perf_counter()
             try:
                 conn.handle(data)
-                conn.resume_after_turn()
+                if not conn.parked:
+                    conn.resume_after_turn()
             except Exception:  # one connection's failure must not stall the others
                 log.exception("%s: deferred frames", conn.address)
                 conn.transport.abort()
@@ -343,7 +346,7 @@ class StationConnection(asyncio.Protocol):
         self.ocpp_protocol: str | None = None  # the station's registered one (process_request)
         self.station_id: str | None = None  # and its _id
         self.refused = self.handshaking = self.lost = False
-        self.parked = False  # its bytes wait in the listener's Turns (reading paused)
+        self.parked = 0  # its reads waiting in the listener's Turns
         self.heard = True  # data came since the watchdog last looked
         self.quiet_since = 0.0
         self.ping_sent: float | None = None  # our keepalive ping waiting for its pong
@@ -357,6 +360,19 @@ class StationConnection(asyncio.Protocol):
         self.waiters: list[asyncio.Future] | None = None  # close() calls waiting for the end
 
     # --- what process_request and the sessions see of it ------------------------------------
+
+    @property
+    def endpoint(self) -> str | None:
+        """The station's identity (from the upgrade's path), once the request came."""
+        if self.session is not None:
+            return self.session.endpoint
+        return endpoint_of(self.request.path) if self.request is not None else None
+
+    async def call(self, action: str, payload: dict, timeout: float) -> dict:
+        """A CALL to the attached station (one in flight, FIFO; see ocppj.Rpc.call)."""
+        if self.session is None:
+            raise RpcClosed("the station is not attached")
+        return await self.session.call(action, payload, timeout)
 
     @property
     def remote_address(self) -> tuple[str, int]:
