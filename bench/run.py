@@ -16,6 +16,8 @@ cli         bench/cli.py: CLI start-up and list speed
 commands    trigger_message round trips (API -> station -> answer) to 1,000 connected stations
             while 1,000 others send a steady paced load; then a reset of the 1,000 with at
             most 100 in flight, until every one has booted again
+starved     the admin API (GET a station, get_variables to a simulated one) while 1,000
+            load-generator stations (--loadgen: the C one) saturate the server: p50/p99
 retention   1,000 stations for 10 minutes, a Heartbeat and MeterValues every 10 s each, on a
             server keeping events, meter values and Actions 2 minutes: the store's size every
             30 s (it levels off), rows pruned, the longest pruning batch, the API's latency
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -87,6 +90,7 @@ PY = sys.executable
 NO_LIMITS = ("--max-connections-per-address", "0", "--max-rate", "0")
 HEARTBEAT = 60  # s, given by the server at boot and used by the simulator
 PROFILE_DIR: Path | None = None
+LOADGEN: Path | None = None  # --loadgen: a C load generator instead of bench/load.py
 # What the new OCPP runtime must keep (checked with --before, on the "after" server): calls/s
 # as a share of the bare ceiling no lower than before's, and these.
 RSS_TARGET = 23  # KiB of server RSS per idle station
@@ -264,6 +268,7 @@ class Contender:
     about: str = ""  # which code it is, for the report
     rev: str = ""  # --before as given
     flags: tuple[str, ...] = ()  # given to its `edrvctl serve`
+    env: tuple[tuple[str, str], ...] = ()  # in its environment
 
     def phase(self, name: str) -> str:
         """A profile's file name: the current package's phases keep their plain names."""
@@ -414,7 +419,7 @@ def edrvctl_server(
         *c.flags,
         *flags,
         store=store,
-        env=tree_env(c.tree, hermetic_env(root)),
+        env=tree_env(c.tree, {**hermetic_env(root), **dict(c.env)}),
     )
     try:
         yield srv
@@ -717,12 +722,19 @@ def reference_server(c: Contender, template: Path | None) -> Iterator[tuple[str,
         stop_process(proc)
 
 
-def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid: int) -> dict:
+def run_load(
+    url: str, stations: int, seconds: float, warmup: float, server_pid: int, first: int = 0
+) -> dict:
+    """bench/load.py against `url`, or with --loadgen the C load generator (same frames, a
+    fraction of the CPU: not the bottleneck of a fast server)."""
+    if LOADGEN is not None:
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        target = [str(LOADGEN), host, port]
+    else:
+        target = [PY, str(HERE / "load.py"), url]
     out = subprocess.run(
         [
-            PY,
-            str(HERE / "load.py"),
-            url,
+            *target,
             "--stations",
             str(stations),
             "--seconds",
@@ -731,6 +743,8 @@ def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid:
             str(warmup),
             "--server-pid",
             str(server_pid),
+            "--first",
+            str(first),
         ],
         capture_output=True,
         text=True,
@@ -771,17 +785,27 @@ def frame_log_contenders() -> list[Contender]:
     ]
 
 
+def asyncio_contender() -> Contender:
+    """--loops: the current edrvctl on the standard library's event loop."""
+    return dataclasses.replace(
+        current(), key="asyncio", label="edrvctl (asyncio loop)", env=(("EDRVCTL_LOOP", "asyncio"),)
+    )
+
+
 def bench_throughput(
     quick: bool = False,
     before: Contender | None = None,
     frame_log: bool = False,
     rounds: int | None = None,
+    loops: bool = False,
 ) -> Result:
     sizes, default_rounds, seconds, warmup = (
         ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
     )
     rounds = rounds or default_rounds
     trees = frame_log_contenders() if frame_log else edrvctls(before)
+    if loops:
+        trees.insert(-1, asyncio_contender())
     contenders = trees if frame_log else [BARE, OCPP, *trees]
     res = Result(
         "throughput",
@@ -789,7 +813,9 @@ def bench_throughput(
         + (", with the frame log off and on" if frame_log else ""),
         command("throughput", quick, before)
         + (" --frame-log" if frame_log else "")
-        + (f" --rounds {rounds}" if rounds != default_rounds else ""),
+        + (f" --rounds {rounds}" if rounds != default_rounds else "")
+        + (" --loops" if loops else "")
+        + (" --loadgen /tmp/loadgen" if LOADGEN else ""),
         load=loadavg(),
         versions=versions(before),
         header=(
@@ -1058,6 +1084,115 @@ def bench_csconfig(quick: bool = False, before: Contender | None = None) -> Resu
             f"{current().label}), each on a fresh store and fleet, asked for the "
             "same stations in the same order."
         )
+    res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
+    res.load += f" -> {loadavg()}"
+    return res
+
+
+# --------------------------------------------------------------------------- starved
+
+
+def starved_once(c: Contender, targets: int, n: int, seconds: float, quick: bool) -> dict:
+    """`c` with `targets` simulated stations (they answer commands) and n load-generator
+    stations sending as fast as answered: the admin API's latency meanwhile."""
+    rng = random.Random(1)
+    with (
+        workdir("starved") as root,
+        edrvctl_server(root, targets + n, contender=c) as srv,
+        srv.api() as api,
+        FleetProcess(srv.ocpp_url, targets, root) as fleet,
+    ):
+        require_fleet(api, fleet, targets, "starved")
+        pid = srv.proc.pid
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            load = pool.submit(run_load, srv.ocpp_url, n, seconds, 1.0, pid, targets)
+            time.sleep(1.5 if quick else 3)  # warm-up, and every load station connected
+            gets, commands, errors = [], [], []
+            with profiled(pid, c.phase("starved")):
+                while not load.done() and (quick or len(commands) < 400):
+                    station = endpoint(rng.randrange(targets))
+                    t0 = time.perf_counter()
+                    r = api.get(f"/v1.1/chargestations/{station}")
+                    t1 = time.perf_counter()
+                    if r.status_code != 200:
+                        errors.append(f"GET {r.status_code} {r.text[:100]}")
+                    r = api.post(f"/v1.1/chargestations/{station}/get_variables")
+                    t2 = time.perf_counter()
+                    if r.status_code != 201:
+                        errors.append(f"get_variables {r.status_code} {r.text[:100]}")
+                    gets.append((t1 - t0) * 1000)
+                    commands.append((t2 - t1) * 1000)
+                    if load.done():
+                        break
+            out = load.result()
+    return {
+        "calls_per_s": out["calls_per_s"],
+        "station_p50_ms": out["p50_ms"],
+        "station_p99_ms": out["p99_ms"],
+        "requests": len(gets),
+        "errors": len(errors),
+        "error_texts": errors[:3],
+        **{f"get_{k}": v for k, v in latencies(gets).items()},
+        **{f"command_{k}": v for k, v in latencies(commands).items()},
+    }
+
+
+def latencies(values: list[float]) -> dict:
+    if not values:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    return {"p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99), "max_ms": max(values)}
+
+
+def bench_starved(quick: bool = False, before: Contender | None = None) -> Result:
+    targets, n, seconds = (5, 20, 2) if quick else (50, 1000, 20)
+    res = Result(
+        "starved",
+        f"Admin API and commands while {n:,} stations saturate the server",
+        command("starved", quick, before) + (" --loadgen /tmp/loadgen" if LOADGEN else ""),
+        load=loadavg(),
+        versions=versions(before),
+    )
+    contenders = edrvctls(before)
+    figs = {c.key: starved_once(c, targets, n, seconds, quick) for c in contenders}
+    errors = {key: f.pop("error_texts") for key, f in figs.items()}
+    compare(
+        res,
+        contenders,
+        figs,
+        [
+            ("station calls/s meanwhile", lambda f: f"{f['calls_per_s']:,.0f}", "calls_per_s"),
+            (
+                "station p50 / p99",
+                lambda f: f"{f['station_p50_ms']:.1f} / {f['station_p99_ms']:.1f} ms",
+                None,
+            ),
+            ("API requests (each kind)", lambda f: f"{f['requests']}", None),
+            ("errors", lambda f: f"{f['errors']}", None),
+            *(
+                (name, lambda f, key=key: f"{f[key]:.1f} ms", key)
+                for name, key in (
+                    ("GET chargestation p50", "get_p50_ms"),
+                    ("GET chargestation p99", "get_p99_ms"),
+                    ("get_variables p50", "command_p50_ms"),
+                    ("get_variables p99", "command_p99_ms"),
+                    ("get_variables max", "command_max_ms"),
+                )
+            ),
+        ],
+    )
+    f = figs["edrvctl"]
+    res.checks = [
+        (f"GET p99 under 50 ms: {f['get_p99_ms']:.1f} ms", f["get_p99_ms"] < 50),
+        (f"get_variables p99 under 50 ms: {f['command_p99_ms']:.1f} ms", f["command_p99_ms"] < 50),
+    ]
+    res.notes = [
+        f"{targets} simulated stations (bench/stations.py) answer the commands; {n:,} "
+        f"load-generator stations ({'the C loadgen' if LOADGEN else 'bench/load.py'}) send "
+        f"Heartbeat/StatusNotification/MeterValues as fast as answered for {seconds:g} s. "
+        "Meanwhile, one at a time over one kept-alive client: GET /v1.1/chargestations/"
+        "{endpoint}, then POST .../get_variables (empty body: the whole configuration, a "
+        "round trip to the station and its answer stored), for random simulated stations."
+    ]
     res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
     res.load += f" -> {loadavg()}"
     return res
@@ -2184,12 +2319,14 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "commands": bench_commands,
     "retention": bench_retention,
     "peers": bench_peers,
+    "starved": bench_starved,
 }
-COMPARED = ("held", "throughput", "csconfig", "peers")  # the benchmarks that take --before
+# the benchmarks that take --before
+COMPARED = ("held", "throughput", "csconfig", "peers", "starved")
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    global PROFILE_DIR
+    global PROFILE_DIR, LOADGEN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke tests")
@@ -2223,6 +2360,19 @@ def main(argv: list[str] | None = None) -> list[Result]:
         metavar="S",
         help="peers only: seconds measured per run (default 10)",
     )
+    ap.add_argument(
+        "--loadgen",
+        type=Path,
+        metavar="BIN",
+        help="throughput: drive the servers with this C load generator (built from "
+        "loadgen.c: same frames as bench/load.py, same JSON line) instead of bench/load.py",
+    )
+    ap.add_argument(
+        "--loops",
+        action="store_true",
+        help="throughput: also the current edrvctl on the standard asyncio loop "
+        "(EDRVCTL_LOOP=asyncio), beside uvloop",
+    )
     a = ap.parse_args(argv)
     if a.rounds is not None and (a.which not in ("throughput", "peers") or a.rounds < 1):
         ap.error("--rounds N (N >= 1) applies to throughput and peers")
@@ -2233,6 +2383,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if a.frame_log and (a.which != "throughput" or a.before):
         ap.error("--frame-log applies to throughput, without --before")
     PROFILE_DIR = a.profile
+    LOADGEN = a.loadgen.resolve() if a.loadgen else None
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -2257,6 +2408,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 kwargs["rounds"] = a.rounds
             if a.seconds:
                 kwargs["seconds"] = a.seconds
+            if a.loops:
+                kwargs["loops"] = True
             results.append(BENCHMARKS[name](quick=a.quick, **kwargs))
             print(results[-1].markdown(), flush=True)
             log(f"{name} done in {time.monotonic() - t0:.0f} s")

@@ -77,6 +77,15 @@ def test_csconfig():
     check_report(res)
 
 
+def test_starved():
+    res = bench.bench_starved(quick=True)
+    f = res.figures
+    assert f["requests"] > 0 and f["errors"] == 0 and positive(f["calls_per_s"])
+    assert 0 < f["get_p50_ms"] <= f["get_p99_ms"]
+    assert 0 < f["command_p50_ms"] <= f["command_p99_ms"]
+    check_report(res)
+
+
 def test_storm():
     res = bench.bench_storm(quick=True)
     f = res.figures

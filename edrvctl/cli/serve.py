@@ -231,7 +231,6 @@ def serve(
     Stations download firmware from, and upload diagnostics to, a files listener
     (--files-port, on --ocpp-host; `cs update-firmware --file`, `cs diagnostics -O`).
     """
-    import asyncio
     import logging
     import ssl
 
@@ -239,7 +238,7 @@ def serve(
     from edrvctl.errors import EdrvError, UsageError
     from edrvctl.fleet import Budgets
     from edrvctl.fleet.retention import Retention
-    from edrvctl.server import ServeConfig, is_loopback, tls_context
+    from edrvctl.server import ServeConfig, is_loopback, run, tls_context
     from edrvctl.server import serve as run_server
     from edrvctl.server.listener import ListenerSettings
     from edrvctl.server.logs import setup_logging
@@ -369,13 +368,16 @@ def serve(
             log.info("store %s", info["store"])
             tls = f" ocpp-tls {info['ocpp_tls_url']}" if info["ocpp_tls_url"] else ""
             files = f" files {info['files_url']}" if info["files_url"] else ""
-            line = f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}{files}"
+            line = (
+                f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}{files} "
+                f"loop {info['loop']}"
+            )
             if log_format == "json":  # stderr stays one JSON object per line
                 log.info(line)
             else:
                 print(line, file=sys.stderr, flush=True)
 
-        asyncio.run(run_server(cfg, on_ready=ready))
+        run(run_server(cfg, on_ready=ready))
     except EdrvError as e:
         if log_format != "json" or state.debug:
             raise

@@ -940,6 +940,27 @@ class Fleet:
             self._spawn(self.push_availability(endpoint))
         return "Accepted", self.heartbeat_interval
 
+    def status_repeated(
+        self,
+        endpoint: str,
+        evse_id: int,
+        connector_id: int,
+        status: str,
+        error_code: str | None = None,
+        info: str | None = None,
+    ) -> bool:
+        """Whether a StatusNotification says what the connector last said (committed): then
+        the station is only touched, with no read or write (stations repeat their status), and
+        the server answers it without a coroutine unless someone follows the station."""
+        last = self._statuses.get(endpoint)
+        if last is not None and last.get((evse_id, connector_id)) == (status, error_code, info):
+            self._touch(endpoint)
+            return True
+        return False
+
+    def is_followed(self, endpoint: str) -> bool:
+        return endpoint in self._following
+
     async def status_notification(
         self,
         endpoint: str,
@@ -955,10 +976,7 @@ class Fleet:
                 "StatusNotification",
                 {"evse": evse_id, "connector": connector_id, "status": status},
             )
-        said = (status, error_code, info)
-        last = self._statuses.get(endpoint)
-        if last is not None and last.get((evse_id, connector_id)) == said:
-            self._touch(endpoint)  # stations repeat their status: no read, no write
+        if self.status_repeated(endpoint, evse_id, connector_id, status, error_code, info):
             return
 
         def apply(doc: dict, now: str) -> dict:
@@ -979,7 +997,11 @@ class Fleet:
 
         await self._change(endpoint, apply, event=events.CONNECTOR_STATUS)
         # remembered only once committed: a retry after a failed commit is written again
-        self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = said
+        self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = (
+            status,
+            error_code,
+            info,
+        )
 
     async def problem(
         self,

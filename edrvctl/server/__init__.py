@@ -12,11 +12,11 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edrvctl import paths
@@ -216,6 +216,29 @@ def public_url(given: str | None, bound: str, host: str, flag: str) -> str:
         parts.scheme,
     )
     return url
+
+
+def event_loop() -> str:
+    """The event loop `run` uses: uvloop when it is installed (the `fast` extra), unless
+    EDRVCTL_LOOP=asyncio asks for the standard library's."""
+    if os.environ.get("EDRVCTL_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return "uvloop"
+    return "asyncio"
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run(main) on event_loop()'s loop."""
+    if event_loop() == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def serve(
@@ -474,6 +497,7 @@ async def _run(
             "pid": os.getpid(),
             "store": redact(cfg.database) if cfg.database else str(cfg.store),
             "token_file": str(token_path) if token_path else None,
+            "loop": event_loop(),
         }
         paths.write_secret(paths.server_file(cfg.store), json.dumps(info) + "\n")
         if on_ready:
