@@ -97,8 +97,8 @@ def test_storm():
 
 def test_cli():
     res = bench.bench_cli(quick=True)
-    assert len(res.figures) == 5 and all(positive(v) for v in res.figures.values())
-    assert len(res.checks) == 3
+    assert len(res.figures) == 7 and all(positive(v) for v in res.figures.values())
+    assert len(res.checks) == 4
     check_report(res)
 
 
