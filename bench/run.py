@@ -1,7 +1,8 @@
 """The benchmark suite: runs one benchmark or all, and prints a Markdown section for each.
 
-    python bench/run.py [held|throughput|csconfig|storm|cli|commands|retention|all] [--quick]
-                        [--profile DIR] [--before REV] [--frame-log] [--rounds N]
+    python bench/run.py [held|throughput|csconfig|storm|cli|commands|retention|peers|all]
+                        [--quick] [--profile DIR] [--before REV] [--frame-log] [--rounds N]
+                        [--seconds S]
 
 held        10,000 simulated stations against one `edrvctl serve`: time until all are online,
             server RSS per station, server CPU at idle
@@ -15,9 +16,18 @@ cli         bench/cli.py: CLI start-up and list speed
 commands    trigger_message round trips (API -> station -> answer) to 1,000 connected stations
             while 1,000 others send a steady paced load; then a reset of the 1,000 with at
             most 100 in flight, until every one has booted again
+starved     the admin API (GET a station, get_variables to a simulated one) while 1,000
+            load-generator stations (--loadgen: the C one) saturate the server: p50/p99
 retention   1,000 stations for 10 minutes, a Heartbeat and MeterValues every 10 s each, on a
             server keeping events, meter values and Actions 2 minutes: the store's size every
             30 s (it levels off), rows pruned, the longest pruning batch, the API's latency
+peers       calls/s, server CPU per call and latency from 100 and from 1,000 stations, measured
+            by a C load generator (bench/loadgen.c) in interleaved rounds: edrvctl, edrvctl on
+            uvloop, edrvctl at --before REV, a Node.js central system on ocpp-rpc with strict
+            validation with and without edrvctl's SQLite writes (bench/peers/, npm ci on
+            demand), and a C echo (bench/echo.c), the machine's limit; the ratios issue 15 asks
+            for. The C programs are built with cc -O2 and the npm packages installed into
+            ~/.cache/edrvctl-bench/ ($XDG_CACHE_HOME); without node the Node rows are left out.
 
 Every server, load generator and fleet of simulated stations (bench/stations.py) is a process
 of its own. `--quick` shrinks everything to tens of stations and a second or two (for
@@ -26,7 +36,7 @@ each measured phase. Progress goes to stderr, the report to stdout.
 
 `--before REV` (a git revision: main~5, a hash) compares two versions in one run: REV's
 edrvctl/ is exported (git archive) into a temporary directory, and held, throughput and
-csconfig also measure `edrvctl serve` started from it ("edrvctl@<short hash>", before) beside
+csconfig (and peers) also measure `edrvctl serve` started from it ("edrvctl@<short hash>", before) beside
 the package this script imports (after), one after the other in every round; the tables get a
 column or row per version and the change after / before. Only the servers differ: the
 simulated stations and load.py are the same for both, from this tree.
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -62,6 +73,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -78,6 +90,7 @@ PY = sys.executable
 NO_LIMITS = ("--max-connections-per-address", "0", "--max-rate", "0")
 HEARTBEAT = 60  # s, given by the server at boot and used by the simulator
 PROFILE_DIR: Path | None = None
+LOADGEN: Path | None = None  # --loadgen: a C load generator instead of bench/load.py
 # What the new OCPP runtime must keep (checked with --before, on the "after" server): calls/s
 # as a share of the bare ceiling no lower than before's, and these.
 RSS_TARGET = 23  # KiB of server RSS per idle station
@@ -255,6 +268,7 @@ class Contender:
     about: str = ""  # which code it is, for the report
     rev: str = ""  # --before as given
     flags: tuple[str, ...] = ()  # given to its `edrvctl serve`
+    env: tuple[tuple[str, str], ...] = ()  # in its environment
 
     def phase(self, name: str) -> str:
         """A profile's file name: the current package's phases keep their plain names."""
@@ -405,7 +419,7 @@ def edrvctl_server(
         *c.flags,
         *flags,
         store=store,
-        env=tree_env(c.tree, hermetic_env(root)),
+        env=tree_env(c.tree, {**hermetic_env(root), **dict(c.env)}),
     )
     try:
         yield srv
@@ -708,12 +722,19 @@ def reference_server(c: Contender, template: Path | None) -> Iterator[tuple[str,
         stop_process(proc)
 
 
-def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid: int) -> dict:
+def run_load(
+    url: str, stations: int, seconds: float, warmup: float, server_pid: int, first: int = 0
+) -> dict:
+    """bench/load.py against `url`, or with --loadgen the C load generator (same frames, a
+    fraction of the CPU: not the bottleneck of a fast server)."""
+    if LOADGEN is not None:
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        target = [str(LOADGEN), host, port]
+    else:
+        target = [PY, str(HERE / "load.py"), url]
     out = subprocess.run(
         [
-            PY,
-            str(HERE / "load.py"),
-            url,
+            *target,
             "--stations",
             str(stations),
             "--seconds",
@@ -722,6 +743,8 @@ def run_load(url: str, stations: int, seconds: float, warmup: float, server_pid:
             str(warmup),
             "--server-pid",
             str(server_pid),
+            "--first",
+            str(first),
         ],
         capture_output=True,
         text=True,
@@ -762,17 +785,27 @@ def frame_log_contenders() -> list[Contender]:
     ]
 
 
+def asyncio_contender() -> Contender:
+    """--loops: the current edrvctl on the standard library's event loop."""
+    return dataclasses.replace(
+        current(), key="asyncio", label="edrvctl (asyncio loop)", env=(("EDRVCTL_LOOP", "asyncio"),)
+    )
+
+
 def bench_throughput(
     quick: bool = False,
     before: Contender | None = None,
     frame_log: bool = False,
     rounds: int | None = None,
+    loops: bool = False,
 ) -> Result:
     sizes, default_rounds, seconds, warmup = (
         ((20, 50), 1, 0.3, 0.1) if quick else ((100, 1000), 3, 10, 1)
     )
     rounds = rounds or default_rounds
     trees = frame_log_contenders() if frame_log else edrvctls(before)
+    if loops:
+        trees.insert(-1, asyncio_contender())
     contenders = trees if frame_log else [BARE, OCPP, *trees]
     res = Result(
         "throughput",
@@ -780,7 +813,9 @@ def bench_throughput(
         + (", with the frame log off and on" if frame_log else ""),
         command("throughput", quick, before)
         + (" --frame-log" if frame_log else "")
-        + (f" --rounds {rounds}" if rounds != default_rounds else ""),
+        + (f" --rounds {rounds}" if rounds != default_rounds else "")
+        + (" --loops" if loops else "")
+        + (" --loadgen /tmp/loadgen" if LOADGEN else ""),
         load=loadavg(),
         versions=versions(before),
         header=(
@@ -1049,6 +1084,115 @@ def bench_csconfig(quick: bool = False, before: Contender | None = None) -> Resu
             f"{current().label}), each on a fresh store and fleet, asked for the "
             "same stations in the same order."
         )
+    res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
+    res.load += f" -> {loadavg()}"
+    return res
+
+
+# --------------------------------------------------------------------------- starved
+
+
+def starved_once(c: Contender, targets: int, n: int, seconds: float, quick: bool) -> dict:
+    """`c` with `targets` simulated stations (they answer commands) and n load-generator
+    stations sending as fast as answered: the admin API's latency meanwhile."""
+    rng = random.Random(1)
+    with (
+        workdir("starved") as root,
+        edrvctl_server(root, targets + n, contender=c) as srv,
+        srv.api() as api,
+        FleetProcess(srv.ocpp_url, targets, root) as fleet,
+    ):
+        require_fleet(api, fleet, targets, "starved")
+        pid = srv.proc.pid
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            load = pool.submit(run_load, srv.ocpp_url, n, seconds, 1.0, pid, targets)
+            time.sleep(1.5 if quick else 3)  # warm-up, and every load station connected
+            gets, commands, errors = [], [], []
+            with profiled(pid, c.phase("starved")):
+                while not load.done() and (quick or len(commands) < 400):
+                    station = endpoint(rng.randrange(targets))
+                    t0 = time.perf_counter()
+                    r = api.get(f"/v1.1/chargestations/{station}")
+                    t1 = time.perf_counter()
+                    if r.status_code != 200:
+                        errors.append(f"GET {r.status_code} {r.text[:100]}")
+                    r = api.post(f"/v1.1/chargestations/{station}/get_variables")
+                    t2 = time.perf_counter()
+                    if r.status_code != 201:
+                        errors.append(f"get_variables {r.status_code} {r.text[:100]}")
+                    gets.append((t1 - t0) * 1000)
+                    commands.append((t2 - t1) * 1000)
+                    if load.done():
+                        break
+            out = load.result()
+    return {
+        "calls_per_s": out["calls_per_s"],
+        "station_p50_ms": out["p50_ms"],
+        "station_p99_ms": out["p99_ms"],
+        "requests": len(gets),
+        "errors": len(errors),
+        "error_texts": errors[:3],
+        **{f"get_{k}": v for k, v in latencies(gets).items()},
+        **{f"command_{k}": v for k, v in latencies(commands).items()},
+    }
+
+
+def latencies(values: list[float]) -> dict:
+    if not values:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    return {"p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99), "max_ms": max(values)}
+
+
+def bench_starved(quick: bool = False, before: Contender | None = None) -> Result:
+    targets, n, seconds = (5, 20, 2) if quick else (50, 1000, 20)
+    res = Result(
+        "starved",
+        f"Admin API and commands while {n:,} stations saturate the server",
+        command("starved", quick, before) + (" --loadgen /tmp/loadgen" if LOADGEN else ""),
+        load=loadavg(),
+        versions=versions(before),
+    )
+    contenders = edrvctls(before)
+    figs = {c.key: starved_once(c, targets, n, seconds, quick) for c in contenders}
+    errors = {key: f.pop("error_texts") for key, f in figs.items()}
+    compare(
+        res,
+        contenders,
+        figs,
+        [
+            ("station calls/s meanwhile", lambda f: f"{f['calls_per_s']:,.0f}", "calls_per_s"),
+            (
+                "station p50 / p99",
+                lambda f: f"{f['station_p50_ms']:.1f} / {f['station_p99_ms']:.1f} ms",
+                None,
+            ),
+            ("API requests (each kind)", lambda f: f"{f['requests']}", None),
+            ("errors", lambda f: f"{f['errors']}", None),
+            *(
+                (name, lambda f, key=key: f"{f[key]:.1f} ms", key)
+                for name, key in (
+                    ("GET chargestation p50", "get_p50_ms"),
+                    ("GET chargestation p99", "get_p99_ms"),
+                    ("get_variables p50", "command_p50_ms"),
+                    ("get_variables p99", "command_p99_ms"),
+                    ("get_variables max", "command_max_ms"),
+                )
+            ),
+        ],
+    )
+    f = figs["edrvctl"]
+    res.checks = [
+        (f"GET p99 under 50 ms: {f['get_p99_ms']:.1f} ms", f["get_p99_ms"] < 50),
+        (f"get_variables p99 under 50 ms: {f['command_p99_ms']:.1f} ms", f["command_p99_ms"] < 50),
+    ]
+    res.notes = [
+        f"{targets} simulated stations (bench/stations.py) answer the commands; {n:,} "
+        f"load-generator stations ({'the C loadgen' if LOADGEN else 'bench/load.py'}) send "
+        f"Heartbeat/StatusNotification/MeterValues as fast as answered for {seconds:g} s. "
+        "Meanwhile, one at a time over one kept-alive client: GET /v1.1/chargestations/"
+        "{endpoint}, then POST .../get_variables (empty body: the whole configuration, a "
+        "round trip to the station and its answer stored), for random simulated stations."
+    ]
     res.notes += [f"error ({c.label}): {e}" for c in contenders for e in errors[c.key]]
     res.load += f" -> {loadavg()}"
     return res
@@ -1735,6 +1879,437 @@ def bench_retention(quick: bool = False) -> Result:
     return res
 
 
+# --------------------------------------------------------------------------- 8. peers
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edrvctl-bench"
+PEERS = HERE / "peers"  # the Node.js peer: server.js, package.json, package-lock.json
+# How `edrvctl serve` is asked to run on uvloop (an env var for now: change it here, or add
+# flags, when serve has its own way). Whether it did is read from the server's memory map.
+UVLOOP_ENV = {"EDRVCTL_LOOP": "uvloop"}
+UVLOOP_FLAGS: tuple[str, ...] = ()
+# What issue 15 asks of edrvctl, as ratios of medians in one run
+PEER_GAIN, BEFORE_GAIN = 1.2, 1.5
+
+
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """One builder of CACHE at a time (the smoke tests run in parallel workers)."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def digest(*parts: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def built(name: str, *libs: str) -> Path | None:
+    """bench/NAME.c compiled with `cc -O2` into CACHE (named by the source's hash, so an edit
+    rebuilds it); None when there is no C compiler or it does not build."""
+    source = HERE / f"{name}.c"
+    exe = CACHE / f"{name}-{digest(source.read_bytes(), ' '.join(libs).encode())}"
+    if exe.exists():
+        return exe
+    if not shutil.which("cc"):
+        return None
+    with cache_lock():
+        if not exe.exists():
+            tmp = exe.with_suffix(".tmp")
+            out = subprocess.run(
+                ["cc", "-O2", "-o", str(tmp), str(source), *libs], capture_output=True, text=True
+            )
+            if out.returncode:
+                log(f"peers: cc {source.name} failed: {out.stderr[-1000:]}")
+                return None
+            tmp.rename(exe)
+    return exe
+
+
+def node_modules() -> Path | None:
+    """bench/peers' dependencies installed with `npm ci` into CACHE (named by the lock file's
+    hash and node's version, for the native better-sqlite3), or None without node and npm."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        return None
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
+    lock = (PEERS / "package-lock.json").read_bytes()
+    home = CACHE / f"node-{digest(lock, version.stdout.strip().encode())}"
+    with cache_lock():
+        if not home.exists():
+            tmp = home.with_name(home.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for f in ("package.json", "package-lock.json"):
+                shutil.copy(PEERS / f, tmp / f)
+            log(f"peers: npm ci in {tmp} (better-sqlite3 may build from source: a minute)")
+            out = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"], cwd=tmp, capture_output=True, text=True
+            )
+            if out.returncode:
+                raise RuntimeError(f"npm ci for bench/peers failed: {out.stderr[-2000:]}")
+            tmp.rename(home)
+    return home / "node_modules"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server bench_peers measures: `edrvctl serve` of a Contender (with env and flags), the
+    Node peer (with or without a store) or the C echo. `start(root, template)` yields (port,
+    pid, store or None)."""
+
+    key: str
+    label: str
+    start: Callable[[Path, Path | None], contextlib.AbstractContextManager]
+    contender: Contender | None = None  # an edrvctl: its template store is seeded for it
+
+
+def uses_uvloop(pid: int) -> bool:
+    """Whether process pid has uvloop's extension module mapped: it imported uvloop."""
+    with contextlib.suppress(OSError):
+        return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()
+    return False
+
+
+def edrvctl_peer(c: Contender, key: str, label: str, env: dict | None = None) -> Peer:
+    """`edrvctl serve` of c over a copy of its seeded template store, with env added."""
+
+    @contextlib.contextmanager
+    def start(root: Path, template: Path | None) -> Iterator[tuple[int, int, Path | None]]:
+        store = root / "store" / "edrvctl.db"
+        store.parent.mkdir(parents=True)
+        shutil.copy(template, store)
+        srv = start_server(
+            root,
+            *NO_LIMITS,
+            "--heartbeat-interval",
+            str(HEARTBEAT),
+            *c.flags,
+            store=store,
+            env={**tree_env(c.tree, hermetic_env(root)), **(env or {})},
+        )
+        try:
+            yield urlsplit(srv.ocpp_url).port, srv.proc.pid, store
+        finally:
+            if srv.proc.poll() is None:
+                srv.stop(timeout=60)
+
+    return Peer(key, label, start, c)
+
+
+def process_peer(key: str, label: str, argv: list[str], env: dict | None = None) -> Peer:
+    """A server started as argv ({port} and {root} filled in), ready once it prints "ready";
+    its store, if it has one, at the path given after --store."""
+
+    @contextlib.contextmanager
+    def start(root: Path, _template: Path | None) -> Iterator[tuple[int, int, Path | None]]:
+        port = free_port()
+        args = [a.format(port=port, root=root) for a in argv]
+        store = Path(args[args.index("--store") + 1]) if "--store" in args else None
+        err = root / f"{key}.log"
+        with open(err, "w") as f:
+            proc = subprocess.Popen(
+                args,
+                stdout=subprocess.PIPE,
+                stderr=f,
+                text=True,
+                env={**os.environ, **(env or {})},
+            )
+        try:
+            if proc.stdout.readline().strip() != "ready":
+                proc.wait(10)
+                raise RuntimeError(f"{label} did not start: {err.read_text()[-2000:]}")
+            yield port, proc.pid, store
+        finally:
+            stop_process(proc)
+
+    return Peer(key, label, start)
+
+
+def peers(before: Contender | None, notes: list[str]) -> list[Peer]:
+    """What bench_peers measures, in the order each round runs them; what it cannot, in notes."""
+    c = current()
+    out = [edrvctl_peer(before, "before", before.label)] if before else []
+    out.append(edrvctl_peer(c, "edrvctl", "edrvctl"))
+    if importlib.util.find_spec("uvloop"):
+        out.append(
+            edrvctl_peer(
+                dataclasses.replace(c, flags=c.flags + UVLOOP_FLAGS),
+                "uvloop",
+                "edrvctl on uvloop",
+                UVLOOP_ENV,
+            )
+        )
+    else:
+        notes.append("uvloop is not importable here: no `edrvctl on uvloop` row.")
+    modules = node_modules()
+    if modules:
+        server = ["node", str(PEERS / "server.js"), "{port}"]
+        env = {"NODE_PATH": str(modules)}
+        out.append(
+            process_peer(
+                "node_sqlite", "Node ocpp-rpc + SQLite", [*server, "--store", "{root}/peer.db"], env
+            )
+        )
+        out.append(process_peer("node", "Node ocpp-rpc, no store", server, env))
+    else:
+        notes.append("node or npm is not installed: no Node ocpp-rpc rows.")
+    echo = built("echo", "-lcrypto")
+    if echo:
+        out.append(process_peer("echo", "C echo (the limit)", [str(echo), "{port}"]))
+    else:
+        notes.append("bench/echo.c did not build (cc, OpenSSL's libcrypto): no C echo row.")
+    return out
+
+
+def run_loadgen(loadgen: Path, port: int, n: int, seconds: float, warmup: float, pid: int) -> dict:
+    out = subprocess.run(
+        [
+            str(loadgen),
+            "127.0.0.1",
+            str(port),
+            "--stations",
+            str(n),
+            "--seconds",
+            str(seconds),
+            "--warmup",
+            str(warmup),
+            "--server-pid",
+            str(pid),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def bench_peers(
+    quick: bool = False,
+    before: Contender | None = None,
+    rounds: int | None = None,
+    seconds: float | None = None,
+) -> Result:
+    """edrvctl beside what a user would run instead, and beside the machine's limit: calls/s of
+    the same frames from 100 and 1,000 stations (bench/loadgen.c), interleaved rounds, medians."""
+    sizes, default_rounds, default_seconds, warmup = (
+        ((5, 10), 1, 0.5, 0.2) if quick else ((100, 1000), 3, 10.0, 1.0)
+    )
+    rounds, seconds = rounds or default_rounds, seconds or default_seconds
+    res = Result(
+        "peers",
+        "Peers: edrvctl beside a Node.js ocpp-rpc central system and a C echo, same frames, "
+        "C load generator",
+        command("peers", quick, before)
+        + (f" --rounds {rounds}" if rounds != default_rounds else "")
+        + (f" --seconds {seconds:g}" if seconds != default_seconds else ""),
+        load=loadavg(),
+        versions=versions(before),
+        header=(
+            "server",
+            "stations",
+            "calls/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU µs/call",
+            "server CPU",
+            "load generator CPU",
+            "server waiting for a CPU",
+            "calls/s of each round",
+            "failed / errors",
+        ),
+    )
+    loadgen = built("loadgen")
+    if loadgen is None:
+        raise RuntimeError("peers: bench/loadgen.c did not build (is there a C compiler, cc?)")
+    notes: list[str] = []
+    measured = peers(before, notes)
+    runs: dict[tuple[str, int], list[dict]] = {(p.key, n): [] for p in measured for n in sizes}
+    stored: dict[str, list[tuple[int, int]]] = {}  # key -> (MeterValues rows, calls) per run
+    with workdir("peers") as root:
+        templates = {}
+        for p in measured:
+            if p.contender:
+                templates[p.key] = root / f"template-{p.key}.db"
+                seed(templates[p.key], max(sizes), p.contender)
+        for r in range(rounds):
+            for p in list(measured):
+                with (
+                    workdir(f"peers-{p.key}") as proot,
+                    p.start(proot, templates.get(p.key)) as (port, pid, store),
+                ):
+                    if p.key == "uvloop" and not uses_uvloop(pid):
+                        notes.append(
+                            "`edrvctl on uvloop` not measured: this edrvctl does not run on "
+                            f"uvloop when asked ({' '.join(f'{k}={v}' for k, v in UVLOOP_ENV.items())}"
+                            f"{' ' + ' '.join(UVLOOP_FLAGS) if UVLOOP_FLAGS else ''}): "
+                            "its server never loaded uvloop."
+                        )
+                        measured.remove(p)
+                        continue
+                    for n in sizes:
+                        rows0 = stored_meter_values(store) if store else None
+                        q0, t0 = run_delay_s(pid), time.monotonic()
+                        label = f"peers-{p.key}-{n}-round{r + 1}"
+                        # py-spy records Python servers only
+                        with profiled(pid, label) if p.contender else contextlib.nullcontext():
+                            out = run_loadgen(loadgen, port, n, seconds, warmup, pid)
+                        # the share of the run its main thread spent waiting for a CPU: the
+                        # machine's noise, as this server felt it
+                        out["waited_pct"] = 100 * (run_delay_s(pid) - q0) / (time.monotonic() - t0)
+                        if rows0 is not None:
+                            stored.setdefault(p.key, []).append(
+                                (stored_meter_values(store) - rows0, out["calls"])
+                            )
+                        runs[(p.key, n)].append(out)
+                        log(
+                            f"peers round {r + 1}: {p.label}, {n} stations: "
+                            f"{out['calls_per_s']:.0f} calls/s, p99 {out['p99_ms']} ms, "
+                            f"server {out['server_cpu_us_per_call']} µs/call"
+                        )
+
+    def med(key: str, n: int, metric: str) -> float:
+        return statistics.median(x[metric] for x in runs[(key, n)])
+
+    keys = {p.key for p in measured}
+    for n in sizes:
+        for p in measured:
+            rs = runs[(p.key, n)]
+            res.rows.append(
+                (
+                    p.label,
+                    f"{n:,}",
+                    f"{med(p.key, n, 'calls_per_s'):,.0f}",
+                    f"{med(p.key, n, 'p50_ms'):.2f}",
+                    f"{med(p.key, n, 'p99_ms'):.2f}",
+                    f"{med(p.key, n, 'server_cpu_us_per_call'):.1f}",
+                    f"{med(p.key, n, 'server_cpu_pct'):.0f}%",
+                    f"{med(p.key, n, 'client_cpu_pct'):.0f}%",
+                    f"{med(p.key, n, 'waited_pct'):.0f}%",
+                    ", ".join(f"{x['calls_per_s']:.0f}" for x in rs),
+                    f"{sum(x['failed'] for x in rs)} / {sum(x['errors'] for x in rs)}",
+                )
+            )
+            for metric in ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call"):
+                res.figures[f"{p.key}_{n}_{metric}"] = med(p.key, n, metric)
+            res.figures[f"{p.key}_{n}_client_cpu_pct"] = med(p.key, n, "client_cpu_pct")
+            res.figures[f"{p.key}_{n}_failed_errors"] = sum(x["failed"] + x["errors"] for x in rs)
+        for a, b, what in (
+            ("edrvctl", "node_sqlite", "edrvctl / Node ocpp-rpc + SQLite"),
+            ("edrvctl", "node", "edrvctl / Node ocpp-rpc, no store"),
+            ("edrvctl", "before", f"edrvctl / {before.label}" if before else ""),
+            ("uvloop", "edrvctl", "edrvctl on uvloop / edrvctl"),
+            ("edrvctl", "echo", "edrvctl / C echo"),
+        ):
+            if a in keys and b in keys:
+                ratio = med(a, n, "calls_per_s") / med(b, n, "calls_per_s")
+                res.figures[f"ratio_{a}_{b}_{n}"] = ratio
+                res.rows.append(
+                    (
+                        what,
+                        f"{n:,}",
+                        f"{ratio:.2f}×",
+                        change(med(b, n, "p50_ms"), med(a, n, "p50_ms")),
+                        change(med(b, n, "p99_ms"), med(a, n, "p99_ms")),
+                        change(
+                            med(b, n, "server_cpu_us_per_call"),
+                            med(a, n, "server_cpu_us_per_call"),
+                        ),
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                    )
+                )
+    bad = {p.label: res.figures[f"{p.key}_{n}_failed_errors"] for p in measured for n in sizes}
+    res.checks.append(
+        (
+            "every station connected and every call answered with a CALLRESULT: "
+            + (", ".join(f"{k} {v} failed or errors" for k, v in bad.items() if v) or "yes"),
+            not any(bad.values()),
+        )
+    )
+    busy = max(
+        res.figures[f"{p.key}_{n}_client_cpu_pct"]
+        for p in measured
+        if p.key != "echo"
+        for n in sizes
+    )
+    res.checks.append(
+        (
+            f"the load generator is not the bottleneck: at most {busy:.0f}% of a core against "
+            "any server but the C echo (target < 70%)",
+            busy < 70,
+        )
+    )
+    big = max(sizes)
+    for n in sizes:
+        if "node_sqlite" in keys:
+            g = res.figures[f"ratio_edrvctl_node_sqlite_{n}"]
+            res.checks.append(
+                (
+                    f"{n:,} stations: edrvctl {g:.2f}× the calls/s of Node ocpp-rpc + SQLite "
+                    f"(target >= {PEER_GAIN:g}×)",
+                    g >= PEER_GAIN,
+                )
+            )
+        if before:
+            g = res.figures[f"ratio_edrvctl_before_{n}"]
+            res.checks.append(
+                (
+                    f"{n:,} stations: edrvctl {g:.2f}× the calls/s of {before.label} "
+                    f"(target >= {BEFORE_GAIN:g}×)",
+                    g >= BEFORE_GAIN,
+                )
+            )
+    if "node_sqlite" in keys:
+        mine, theirs = med("edrvctl", big, "p99_ms"), med("node_sqlite", big, "p99_ms")
+        res.checks.append(
+            (
+                f"{big:,} stations: edrvctl's p99 {mine:.2f} ms, no worse than Node ocpp-rpc + "
+                f"SQLite's {theirs:.2f} ms",
+                mine <= theirs,
+            )
+        )
+    res.notes = [
+        (
+            f"{rounds} round(s), each {' -> '.join(p.label for p in measured)}, a fresh server "
+            f"per round and both sizes on it; each run {warmup:g} s warm-up + {seconds:g} s "
+            "measured by bench/loadgen.c (C, one thread, epoll: load.py's frames after a "
+            "BootNotification, one CALL at a time per station, as fast as answered); medians "
+            "over rounds. Latency is the load generator's, from sending a CALL to reading its "
+            "answer. µs/call = server CPU time (/proc/PID/stat) / calls answered, which the "
+            "machine's noise barely moves; CPU columns: share of one core in the measured window; "
+            "waiting for a CPU: the server's main thread's run-queue time (/proc/PID/schedstat) "
+            "as a share of the whole run, connecting included: how much other processes took."
+        ),
+        (
+            "edrvctl runs with " + " ".join(NO_LIMITS) + " on a store seeded with the stations. "
+            "bench/peers/server.js: ocpp-rpc's RPCServer with strictMode (every CALL and every "
+            "reply checked against the OCPP 1.6 schemas); + SQLite: better-sqlite3 (WAL, "
+            "synchronous=NORMAL) doing edrvctl's writes, each committed before its answer. "
+            "The C echo (bench/echo.c) answers every CALL with a canned CALLRESULT: no parsing, "
+            "no validation, no store."
+        ),
+        *notes,
+    ]
+    for key, got in stored.items():
+        rows, calls = (sum(x[i] for x in got) for i in (0, 1))
+        res.figures[f"{key}_meter_values_stored"] = rows
+        label = next(p.label for p in measured if p.key == key)
+        res.notes.append(
+            f"Persisted: {label} stored {rows:,} MeterValues rows for {calls:,} answered calls "
+            "(MeterValues are 1/4 of the mix; warm-up calls are stored too)."
+        )
+    res.load += f" -> {loadavg()}"
+    return res
+
+
 BENCHMARKS: dict[str, Callable[..., Result]] = {
     "held": bench_held,
     "throughput": bench_throughput,
@@ -1743,12 +2318,15 @@ BENCHMARKS: dict[str, Callable[..., Result]] = {
     "cli": bench_cli,
     "commands": bench_commands,
     "retention": bench_retention,
+    "peers": bench_peers,
+    "starved": bench_starved,
 }
-COMPARED = ("held", "throughput", "csconfig")  # the benchmarks that take --before
+# the benchmarks that take --before
+COMPARED = ("held", "throughput", "csconfig", "peers", "starved")
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    global PROFILE_DIR
+    global PROFILE_DIR, LOADGEN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke tests")
@@ -1771,16 +2349,41 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "every round (instead of bare, ocpp and edrvctl)",
     )
     ap.add_argument(
-        "--rounds", type=int, metavar="N", help="throughput only: rounds (default 3; medians)"
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="throughput and peers only: rounds (default 3; medians)",
+    )
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        metavar="S",
+        help="peers only: seconds measured per run (default 10)",
+    )
+    ap.add_argument(
+        "--loadgen",
+        type=Path,
+        metavar="BIN",
+        help="throughput: drive the servers with this C load generator (built from "
+        "loadgen.c: same frames as bench/load.py, same JSON line) instead of bench/load.py",
+    )
+    ap.add_argument(
+        "--loops",
+        action="store_true",
+        help="throughput: also the current edrvctl on the standard asyncio loop "
+        "(EDRVCTL_LOOP=asyncio), beside uvloop",
     )
     a = ap.parse_args(argv)
-    if a.rounds is not None and (a.which != "throughput" or a.rounds < 1):
-        ap.error("--rounds N (N >= 1) applies to throughput")
+    if a.rounds is not None and (a.which not in ("throughput", "peers") or a.rounds < 1):
+        ap.error("--rounds N (N >= 1) applies to throughput and peers")
+    if a.seconds is not None and (a.which != "peers" or a.seconds <= 0):
+        ap.error("--seconds S (S > 0) applies to peers")
     if a.before and a.which not in (*COMPARED, "all"):
         ap.error(f"--before applies to {', '.join(COMPARED)} (and all)")
     if a.frame_log and (a.which != "throughput" or a.before):
         ap.error("--frame-log applies to throughput, without --before")
     PROFILE_DIR = a.profile
+    LOADGEN = a.loadgen.resolve() if a.loadgen else None
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1803,6 +2406,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 kwargs["frame_log"] = True
             if a.rounds:
                 kwargs["rounds"] = a.rounds
+            if a.seconds:
+                kwargs["seconds"] = a.seconds
+            if a.loops:
+                kwargs["loops"] = True
             results.append(BENCHMARKS[name](quick=a.quick, **kwargs))
             print(results[-1].markdown(), flush=True)
             log(f"{name} done in {time.monotonic() - t0:.0f} s")

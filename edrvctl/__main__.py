@@ -1,5 +1,6 @@
 """Entry point. A TAB completion request is answered here without importing the CLI (typer and
-pydantic cost ~0.3 s); everything else goes to the Typer app."""
+pydantic cost ~0.3 s), and `cs list` without Typer (edrvctl.cli.fast); everything else goes to
+the Typer app."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ def main() -> None:
         from edrvctl.completion import complete
 
         sys.exit(complete(os.environ["_EDRVCTL_COMPLETE"][len("complete_") :]))
+    from edrvctl.cli import fast
+
+    code = fast.main(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
     from edrvctl.cli import run
 
     run()

@@ -1836,6 +1836,93 @@ TREE: dict = {
     }
    }
   },
+  "nodes": {
+   "commands": {
+    "drain": {
+     "args": [
+      "value"
+     ],
+     "help": "Move every station off a node, 20 a second: each is closed with 1012 (service restart)",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      }
+     }
+    },
+    "list": {
+     "help": "List the nodes: id, admin URL, lease, stations held, started.",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--no-headers": {
+       "help": "Omit the header row",
+       "value": false
+      },
+      "--output": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "-o": {
+       "choices": [
+        "table",
+        "wide",
+        "plain",
+        "json",
+        "yaml"
+       ],
+       "help": "table, wide, plain, json or yaml default: table on a terminal, plain otherwise",
+       "value": true
+      }
+     }
+    },
+    "rebalance": {
+     "help": "Move stations from the nodes above the mean to the others, at most --max of each",
+     "options": {
+      "--help": {
+       "help": "Show this message and exit.",
+       "value": false
+      },
+      "--max": {
+       "help": "The most a node sheds, in % of its stations",
+       "value": true
+      },
+      "-h": {
+       "help": "Show this message and exit.",
+       "value": false
+      }
+     }
+    }
+   },
+   "help": "The serve nodes sharing one PostgreSQL store.",
+   "options": {
+    "--help": {
+     "help": "Show this message and exit.",
+     "value": false
+    },
+    "-h": {
+     "help": "Show this message and exit.",
+     "value": false
+    }
+   }
+  },
   "serve": {
    "help": "Run the OCPP central system and the admin API until SIGINT/SIGTERM.",
    "options": {
@@ -1946,6 +2033,10 @@ TREE: dict = {
     "--no-files": {
      "help": "No files listener: commands need a URL",
      "value": false
+    },
+    "--node-id": {
+     "help": "Run as one of several nodes on one PostgreSQL --store, behind a load balancer (README: running several nodes); lowercase letters, digits, - and _",
+     "value": true
     },
     "--ocpp-host": {
      "help": "Address stations connect to",

@@ -1,24 +1,63 @@
-"""The REST client: eDRV-style envelopes in, typed `edrvctl.errors` exceptions out."""
+"""The REST client: eDRV-style envelopes in, typed `edrvctl.errors` exceptions out.
+
+`Client` speaks httpx (imported when one is made: ~60 ms). `pages` reads a long list (`cs list
+--all`) through the standard library when it can, reading the next page while the caller shows
+this one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from edrvctl import __version__
 from edrvctl.errors import BY_STATUS, EdrvError, StationTimeout, Unavailable, UsageError
 
+if TYPE_CHECKING:
+    from http.client import HTTPResponse
+
+    import httpx
+
 PAGE = 1000  # the API's largest page
+TIMEOUT = 30.0  # seconds for the API to answer
+UNAVAILABLE_HINT = "start one with `edrvctl serve`, or set --api-url / EDRV_API_URL"
+
+
+def user_agent() -> str:
+    return f"edrvctl/{__version__}"
+
+
+def _envelope(
+    status: int, content: bytes | bytearray, method: str, path: str, api_url: str, auth_hint: str
+) -> tuple[dict, EdrvError | None]:
+    """An answer's envelope, and the error it stands for (None on success); an answer that is
+    no envelope raises."""
+    try:
+        envelope = orjson.loads(content)
+        ok, message = envelope["ok"], envelope.get("message") or ""
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        text = content.decode("utf-8", "replace")
+        raise EdrvError(
+            f"{method} {path}: unexpected {status} response from {api_url}: {text[:200]!r}"
+        ) from None
+    if not ok or status >= 400:
+        hint = auth_hint if status == 401 else None
+        return envelope, BY_STATUS.get(status, EdrvError)(message or f"HTTP {status}", hint)
+    return envelope, None
 
 
 class Client:
-    def __init__(self, api_url: str, token: str | None, timeout: float = 30.0, auth_hint: str = ""):
+    def __init__(
+        self, api_url: str, token: str | None, timeout: float = TIMEOUT, auth_hint: str = ""
+    ):
+        import httpx
+
         self.api_url = api_url.rstrip("/")
         self.auth_hint = auth_hint  # where the token came from or was looked for, on a 401
-        headers = {"User-Agent": f"edrvctl/{__version__}", "Accept": "application/json"}
+        headers = {"User-Agent": user_agent(), "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
@@ -55,6 +94,8 @@ class Client:
         timeout: float | None = None,
     ) -> tuple[dict, EdrvError | None]:
         """The envelope, and the error it stands for (None on success)."""
+        import httpx
+
         kwargs: dict[str, Any] = {"params": params}
         if body is not None:
             kwargs["content"] = orjson.dumps(body)
@@ -67,30 +108,17 @@ class Client:
             raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
         except httpx.TransportError as e:
             raise Unavailable(
-                f"cannot reach the API at {self.api_url} ({e})",
-                hint="start one with `edrvctl serve`, or set --api-url / EDRV_API_URL",
+                f"cannot reach the API at {self.api_url} ({e})", hint=UNAVAILABLE_HINT
             ) from None
-        try:
-            envelope = orjson.loads(r.content)
-            ok, message = envelope["ok"], envelope.get("message") or ""
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise EdrvError(
-                f"{method} {path}: unexpected {r.status_code} response from "
-                f"{self.api_url}: {r.text[:200]!r}"
-            ) from None
-        if not ok or r.status_code >= 400:
-            hint = self.auth_hint if r.status_code == 401 else None
-            error = BY_STATUS.get(r.status_code, EdrvError)(
-                message or f"HTTP {r.status_code}", hint
-            )
-            return envelope, error
-        return envelope, None
+        return _envelope(r.status_code, r.content, method, path, self.api_url, self.auth_hint)
 
     # --- files (serve's files listener) ---
 
     def upload_file(self, path: str, timeout: float = 600) -> dict:
         """POST a local file to /v1.1/files (streamed); its record {_id, name, size, url}."""
         import os
+
+        import httpx
 
         name = os.path.basename(path)
         try:
@@ -119,6 +147,8 @@ class Client:
         """GET `path` into the local file `dest` (written beside it, then renamed); bytes."""
         import os
         import tempfile
+
+        import httpx
 
         folder = os.path.dirname(os.path.abspath(dest))
         try:
@@ -154,6 +184,8 @@ class Client:
         iterates; None for each keep-alive (so a caller can redraw or give up). A dropped
         connection is opened again, resuming after the last id seen; an error answer
         (401, 404, ...) raises."""
+        import httpx
+
         last = after
         delay = 0.5
         while True:
@@ -181,17 +213,11 @@ class Client:
                 delay = min(delay * 2, 10.0)
 
     def _checked(self, r: httpx.Response, method: str, path: str) -> dict:
-        try:
-            envelope = orjson.loads(r.content)
-            ok, message = envelope["ok"], envelope.get("message") or ""
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise EdrvError(
-                f"{method} {path}: unexpected {r.status_code} response from "
-                f"{self.api_url}: {r.text[:200]!r}"
-            ) from None
-        if not ok or r.status_code >= 400:
-            hint = self.auth_hint if r.status_code == 401 else None
-            raise BY_STATUS.get(r.status_code, EdrvError)(message or f"HTTP {r.status_code}", hint)
+        envelope, error = _envelope(
+            r.status_code, r.content, method, path, self.api_url, self.auth_hint
+        )
+        if error is not None:
+            raise error
         return envelope
 
     # --- commands: each one an Action ---
@@ -220,20 +246,14 @@ class Client:
 
     def _pages(self, path: str, params: dict, limit: int | None) -> Iterator[dict]:
         """The items of a paged list, following its pages; at most `limit` of them."""
-        size = PAGE if limit is None else max(1, min(PAGE, limit))
-        page, seen = 1, 0
-        while True:
-            env = self.request(
+
+        def get(page: int, size: int) -> dict:
+            return self.request(
                 "GET", path, params={**params, "paginate_limit": size, "paginate_page": page}
             )
-            for doc in env["result"]:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield doc
-            if not env.get("hasNext") or (limit is not None and seen >= limit):
-                return
-            page += 1
+
+        for items in _paged(get, lambda env: env, limit):
+            yield from items
 
     def list_sessions(self, filters: dict, limit: int | None) -> Iterator[dict]:
         return self._pages("/v1.1/sessions", filters, limit)
@@ -253,10 +273,6 @@ class Client:
         )["result"]
 
     # --- chargestations ---
-
-    def list_stations(self, filters: dict, limit: int | None) -> Iterator[dict]:
-        """Stations matching `filters`, following the API's pages; at most `limit` of them."""
-        return self._pages("/v1.1/chargestations", filters, limit)
 
     def create_station(self, body: dict) -> dict:
         return self.request("POST", "/v1.1/chargestations", body=body)["result"]
@@ -289,6 +305,173 @@ class Client:
 
     def get_batch(self, batch_id: str) -> dict:
         return self.request("GET", f"/v1.1/actions/batch/{_seg(batch_id)}")["result"]
+
+
+AHEAD = 2  # pages read ahead of the one being shown
+
+
+def _paged(
+    fetch: Callable[[int, int], Any], parse: Callable[[Any], dict], limit: int | None
+) -> Iterator[list]:
+    """The items of a paged list, page by page, following `hasNext`; at most `limit` in all.
+    `fetch(page, size)` reads one page's answer, `parse` makes it its envelope (or raises the
+    error it stands for). The pages after the first (as many as its `total` says) are fetched
+    by a thread, at most AHEAD ahead of the caller, which parses and shows them: the thread
+    asks for the next page as soon as it has one, and the server answers on one core while the
+    CLI works on the other."""
+    size = PAGE if limit is None else max(1, min(PAGE, limit))
+    env = parse(fetch(1, size))
+    total = env.get("total")
+    last = 1
+    if type(total) is int:
+        last = -(-(total if limit is None else min(total, limit)) // size)
+    ahead: queue.Queue | None = None
+    stop = threading.Event()
+    if last > 1:
+        ahead = queue.Queue(maxsize=AHEAD)
+
+        def read() -> None:
+            for page in range(2, last + 1):
+                if stop.is_set():
+                    return
+                try:
+                    ahead.put((fetch(page, size), None))
+                except BaseException as e:  # the caller raises it, in its own turn
+                    ahead.put((None, e))
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+    try:
+        page, seen = 1, 0
+        while True:
+            items = env["result"]
+            if limit is not None:
+                items = items[: limit - seen]
+            seen += len(items)
+            yield items
+            if not env.get("hasNext") or (limit is not None and seen >= limit):
+                return
+            page += 1
+            if ahead is not None and page <= last:
+                answer, error = ahead.get()
+                if error is not None:
+                    raise error
+                env = parse(answer)
+            else:
+                if ahead is not None:
+                    reader.join()  # done: the connection is free again
+                env = parse(fetch(page, size))
+    finally:
+        stop.set()
+        if ahead is not None:
+            while not ahead.empty():  # a reader waiting to hand a page over sees the stop
+                ahead.get_nowait()
+
+
+def _plain_http(api_url: str) -> bool:
+    """Whether `pages` may read `api_url` with `_Http`, as httpx would: plain http to a host
+    name of letters, digits, dots and dashes or to a valid IPv4 address, a plain path; no
+    credentials in the URL, no proxy in the environment. Anything else (IPv6, a bad URL: httpx
+    says what is wrong with it) goes through httpx."""
+    import os
+    import re
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(api_url)
+        u.port  # noqa: B018  (raises on a bad one)
+    except ValueError:
+        return False
+    host = u.hostname or ""
+    if not re.fullmatch(r"[A-Za-z0-9._~/-]*", u.path):
+        return False
+    if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", host):
+        if any(not 0 <= int(part) <= 255 or str(int(part)) != part for part in host.split(".")):
+            return False
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", host):
+        return False
+    proxies = [k for k in os.environ if k.lower().endswith("_proxy") and k.lower() != "no_proxy"]
+    return u.scheme == "http" and not (u.username or u.password or u.query or u.fragment or proxies)
+
+
+class _Http:
+    """GET requests over one kept-alive connection (http.client: httpx's imports cost ~60 ms, a
+    good part of a whole `cs list`), with Client's headers, timeout and errors. A connection
+    the server closed while idle is opened again (GET)."""
+
+    def __init__(self, api_url: str, token: str | None, auth_hint: str):
+        from http.client import HTTPConnection
+        from urllib.parse import urlsplit
+
+        self.api_url, self.auth_hint = api_url.rstrip("/"), auth_hint
+        u = urlsplit(self.api_url)
+        self.conn = HTTPConnection(u.hostname or "", u.port, timeout=TIMEOUT)
+        self.base = u.path
+        self.headers = {"User-Agent": user_agent(), "Accept": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def fetch(self, path: str, params: dict) -> tuple[int, bytes]:
+        """GET `path` with `params`: the answer's status and content."""
+        from http.client import HTTPException
+        from urllib.parse import urlencode
+
+        url = f"{self.base}{path}?{urlencode(params)}"
+        try:
+            reused = self.conn.sock is not None
+            try:
+                response = self._ask(url)
+            except ConnectionError:
+                if not reused:
+                    raise
+                self.conn.close()  # closed while idle, before it answered: again
+                response = self._ask(url)
+            return response.status, response.read()
+        except TimeoutError:
+            self.conn.close()
+            raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
+        except (OSError, HTTPException) as e:
+            self.conn.close()
+            raise Unavailable(
+                f"cannot reach the API at {self.api_url} ({e})", hint=UNAVAILABLE_HINT
+            ) from None
+
+    def _ask(self, url: str) -> HTTPResponse:
+        self.conn.request("GET", url, headers=self.headers)
+        return self.conn.getresponse()
+
+    def envelope(self, path: str, status: int, content: bytes) -> dict:
+        """The envelope of an answer to GET `path`, or the error it stands for raised."""
+        envelope, error = _envelope(status, content, "GET", path, self.api_url, self.auth_hint)
+        if error is not None:
+            raise error
+        return envelope
+
+
+def pages(
+    api_url: str, token: str | None, path: str, params: dict, limit: int | None, auth_hint: str = ""
+) -> Iterator[list]:
+    """The items of the list at `path` (filtered by `params`), page by page; at most `limit`.
+    Plain http goes through `_Http`; anything else (https, a proxy, a token that is not plain
+    text: httpx says what is wrong) through `Client`."""
+    if not _plain_http(api_url) or not (token is None or (token.isascii() and token.isprintable())):
+        client = Client(api_url, token, auth_hint=auth_hint)
+        return _paged(
+            lambda page, size: client.request(
+                "GET", path, params={**params, "paginate_limit": size, "paginate_page": page}
+            ),
+            lambda env: env,
+            limit,
+        )
+    http = _Http(api_url, token, auth_hint)
+    return _paged(
+        lambda page, size: http.fetch(
+            path, {**params, "paginate_limit": size, "paginate_page": page}
+        ),
+        lambda answer: http.envelope(path, *answer),
+        limit,
+    )
 
 
 MAX_EVENT = 1 << 20  # characters of one server-sent event read; past it, the event is skipped

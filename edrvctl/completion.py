@@ -44,7 +44,7 @@ def remember(
     import orjson
 
     try:
-        cache = _read_cache()
+        cache = {} if replace else _read_cache()  # (replaced: ~5 ms not spent reading it)
         stations = {} if replace or cache.get("api_url") != api_url else cache.get("stations", {})
         for d in docs:
             state = "online" if d.get("online") else "offline"

@@ -287,7 +287,7 @@ def test_completion_does_not_import_heavy_modules(tmp_path):
 
 def test_importing_the_cli_does_not_import_network_or_ocpp_modules(tmp_path):
     p = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import edrvctl.cli"],
+        [sys.executable, "-X", "importtime", "-c", "import edrvctl.cli.main"],
         env=base_env(tmp_path),
         capture_output=True,
         text=True,
@@ -299,7 +299,7 @@ def test_importing_the_cli_does_not_import_network_or_ocpp_modules(tmp_path):
         for line in p.stderr.splitlines()
         if line.startswith("import time:")
     }
-    assert "edrvctl.cli" in imported and "typer" in imported
+    assert "edrvctl.cli.main" in imported and "typer" in imported
     heavy = {m for m in imported if m.split(".")[0] in HEAVY_FOR_CLI_IMPORT}
     assert not heavy, sorted(heavy)
 

@@ -152,10 +152,10 @@ def test_an_unexpected_failure_is_one_line_and_exit_1(cli_env, monkeypatch):
     """No traceback without --debug, whatever goes wrong."""
     from edrvctl import client
 
-    def boom(self, *a, **kw):
+    def boom(*a, **kw):
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr(client.Client, "list_stations", boom)
+    monkeypatch.setattr(client, "pages", boom)
     r = CliRunner().invoke(app, ["cs", "list"], env=cli_env)
     assert r.exit_code == 1
     assert r.stderr.startswith("error: internal error: RuntimeError: something broke")

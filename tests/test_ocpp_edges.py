@@ -10,7 +10,11 @@ import json
 import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
+from edrvctl.fleet import events
+from edrvctl.store import EventQuery
 from stored import read_async
 from test_ocpp_frames import BOOT, P16, P201, call, now, open_station, recv, run, uniq
 from timing import scaled, until_async
@@ -404,5 +408,51 @@ def test_201_variables_are_unique_per_evse_and_accepted_back_as_printed(server):
             assert r.status_code == 201, r.text
         entries = {e["key"]: e["value"] for e in server.get(doc["_id"])["csconfig"]}
         assert entries == {"EVSE[1].Power": "11000", "EVSE[2].Power": "21000"}
+
+    run(scenario())
+
+
+def test_a_fragmented_message_is_answered_and_bad_utf8_closes_1007(server):
+    """The listener reassembles a message sent in parts (the sans-I/O protocol only parses
+    frames), and a text frame that is not UTF-8 closes the connection (1007), as RFC 6455
+    asks."""
+
+    async def scenario():
+        ws, _ = await open_station(server, P16)
+        text = json.dumps([2, "frag", "Heartbeat", {}])
+        await ws.send([text[:5], text[5:12], text[12:]])  # three frames, one message
+        frame = await recv(ws)
+        assert frame[:2] == [3, "frag"] and "currentTime" in frame[2]
+        await ws.send(json.dumps([2, "after", "Heartbeat", {}]))
+        assert (await recv(ws))[:2] == [3, "after"]
+        # a text frame whose bytes are not UTF-8, written under the library's checks
+        ws.protocol.send_frame(Frame(Opcode.TEXT, b'[2,"x","Heartbeat",{"a":"\xff"}]'))
+        ws.send_data()
+        with pytest.raises(ConnectionClosed) as e:
+            await recv(ws)
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1007
+
+    run(scenario())
+
+
+def test_a_repeated_status_is_answered_without_a_write(server):
+    """A StatusNotification that says what the connector last said is only a touch (answered
+    at once, without a coroutine): no event is written for it; a change is."""
+
+    async def status_events(sid: str) -> list[dict]:
+        query = EventQuery(station_id=sid, types=(events.CONNECTOR_STATUS,), limit=None)
+        return await read_async(server.store, lambda tx: tx.list_events(query))
+
+    async def scenario():
+        ws, doc = await open_station(server, P16)
+        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+        assert (await call(ws, "StatusNotification", status))[0] == 3
+        assert len(await status_events(doc["_id"])) == 1
+        for _ in range(20):
+            assert (await call(ws, "StatusNotification", status))[0] == 3
+        assert (await call(ws, "StatusNotification", {**status, "status": "Preparing"}))[0] == 3
+        # answered after its commit: the change is stored, the repeats were not
+        assert len(await status_events(doc["_id"])) == 2
+        await ws.close()
 
     run(scenario())

@@ -25,11 +25,9 @@ from typer._click.exceptions import BadParameter
 from typer._click.formatting import join_options
 from typer.core import TyperCommand, TyperGroup
 
+from edrvctl.cli.fast import GLOBAL_OPTIONS
 from edrvctl.errors import EXIT_INTERRUPTED, EdrvError
 from edrvctl.textsafe import printable
-
-# name -> takes a value. Defined on the root callback (edrvctl/cli/__init__.py).
-GLOBAL_OPTIONS = {"--api-url": True, "--context": True, "--color": True, "--debug": False}
 
 
 class State:
@@ -271,25 +269,26 @@ class Root(Group):
     def invoke(self, ctx: _click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except EdrvError as e:
-            if state.debug:
-                traceback.print_exc()
-            report(e)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            if state.debug:
-                traceback.print_exc()
-            print("interrupted", file=sys.stderr)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.TyperException, typer.Exit, typer.Abort):
             raise
-        except Exception as e:
-            if state.debug:
-                traceback.print_exc()
-            print(f"error: internal error: {humane(f'{type(e).__name__}: {e}')}", file=sys.stderr)
-            if not state.debug:
-                print("hint: run it again with --debug for the traceback", file=sys.stderr)
-            raise typer.Exit(1) from None
+        except (Exception, KeyboardInterrupt) as e:
+            raise typer.Exit(failure(e)) from None
+
+
+def failure(e: BaseException) -> int:
+    """Report a command's failure (called while handling it); its exit code."""
+    if state.debug:
+        traceback.print_exc()
+    if isinstance(e, EdrvError):
+        report(e)
+        return e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"error: internal error: {humane(f'{type(e).__name__}: {e}')}", file=sys.stderr)
+    if not state.debug:
+        print("hint: run it again with --debug for the traceback", file=sys.stderr)
+    return 1
 
 
 def confirm(question: str) -> bool:

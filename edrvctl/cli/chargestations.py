@@ -205,37 +205,27 @@ def list_(
       edrvctl cs list -q --inactive | xargs -n1 edrvctl cs activate
       edrvctl cs list --online --watch
     """
-    filters = {
-        k: v
-        for k, v in {
-            "online": None if online is None else str(online).lower(),
-            "active": None if active is None else str(active).lower(),
-            "status": status.value if status else None,
-            "protocol": protocol.value if protocol else None,
-            "location": location,
-            "organization": organization,
-        }.items()
-        if v is not None
-    }
-    client = _client()
+    from edrvctl.cli import fast
+    from edrvctl.cli.base import state
+
+    filters = fast.station_filters(
+        online,
+        active,
+        status.value if status else None,
+        protocol.value if protocol else None,
+        location,
+        organization,
+    )
 
     def show() -> None:
-        docs = list(client.list_stations(filters, None if all_ else limit + 1))
-        more = not all_ and len(docs) > limit
-        docs = docs[:limit] if more else docs
-        from edrvctl.completion import remember
-
-        remember(client.api_url, docs, replace=all_ and not filters)
-        output.stations(docs, _fmt(out, quiet), no_headers)
-        if more and sys.stderr.isatty():
-            output.info(f"(showing the first {limit}; use --limit N or --all for more)")
+        fast.show(state.api_url, state.context, filters, limit, all_, _fmt(out, quiet), no_headers)
 
     if not watch:
         show()
         return
     from edrvctl.cli import events
 
-    events.watch(client, {"type": "chargestation.*"}, show)
+    events.watch(_client(), {"type": "chargestation.*"}, show)
 
 
 @command()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,8 @@ def width_of(stream: TextIO) -> int | None:
         return int(cols)
     try:
         if stream.isatty():
+            import shutil  # (~3 ms of imports, for terminals only)
+
             return shutil.get_terminal_size().columns
     except (AttributeError, ValueError):
         pass
@@ -98,6 +99,42 @@ def _safe_json(text: str) -> str:
     if not _JSON_UNSAFE.search(text):
         return text
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _safe_json_bytes(data: bytes) -> bytes:
+    """`_safe_json` of UTF-8 JSON; all it escapes is DEL or not ASCII, so most pages are
+    passed as they are after two scans in C."""
+    if data.isascii() and b"\x7f" not in data:
+        return data
+    return _safe_json(data.decode()).encode()
+
+
+def dump_pages(pages: Iterable[list]) -> None:
+    """The items of `pages` as one JSON array: the same bytes as `dump(every item, "json")`,
+    without holding every item. Each page is dumped as it arrives and its brackets dropped
+    (orjson's "[\n  ...\n]": the items keep their indent); the text is written once every page
+    has come, so that a list that fails half-way prints nothing, as before."""
+    import codecs
+
+    import orjson
+
+    parts: list[bytes | memoryview] = []
+    for items in pages:
+        if items:
+            text = _safe_json_bytes(orjson.dumps(items, option=orjson.OPT_INDENT_2))
+            parts += [b",\n" if parts else b"[\n", memoryview(text)[2:-2]]  # (a view: no copy)
+    parts.append(b"\n]\n" if parts else b"[]\n")
+    out = sys.stdout
+    try:  # bytes straight to the byte stream, when that is what writing text would give
+        utf8 = codecs.lookup(out.encoding).name == "utf-8" and hasattr(out, "buffer")
+    except (LookupError, TypeError):
+        utf8 = False
+    if utf8:
+        out.flush()
+        out.buffer.writelines(parts)
+    else:
+        out.write(b"".join(parts).decode())
+    out.flush()
 
 
 def dump(data: Any, fmt: str) -> None:
@@ -285,6 +322,14 @@ WIDE_DROP_ORDER = (
     "CREATED",
     "LOCATION",
 )
+
+
+def station_pages(pages: Iterable[list[dict]], fmt: str, no_headers: bool = False) -> None:
+    """`stations` of stations that arrive page by page: JSON is dumped as they arrive."""
+    if fmt == "json":
+        dump_pages(pages)
+    else:
+        stations([d for items in pages for d in items], fmt, no_headers)
 
 
 def stations(docs: list[dict], fmt: str, no_headers: bool = False) -> None:

@@ -189,6 +189,15 @@ def serve(
         int,
         typer.Option(help="Events kept at most, the latest; 0 = no limit but their age", min=0),
     ] = 0,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Run as one of several nodes on one PostgreSQL --store, behind a load "
+            "balancer (README: running several nodes); lowercase letters, digits, - and _",
+            metavar="ID",
+            show_default=False,
+        ),
+    ] = None,
     keep_meter_values_days: Annotated[
         float,
         typer.Option(
@@ -222,7 +231,6 @@ def serve(
     Stations download firmware from, and upload diagnostics to, a files listener
     (--files-port, on --ocpp-host; `cs update-firmware --file`, `cs diagnostics -O`).
     """
-    import asyncio
     import logging
     import ssl
 
@@ -230,10 +238,11 @@ def serve(
     from edrvctl.errors import EdrvError, UsageError
     from edrvctl.fleet import Budgets
     from edrvctl.fleet.retention import Retention
-    from edrvctl.server import ServeConfig, is_loopback, tls_context
+    from edrvctl.server import ServeConfig, is_loopback, run, tls_context
     from edrvctl.server import serve as run_server
     from edrvctl.server.listener import ListenerSettings
     from edrvctl.server.logs import setup_logging
+    from edrvctl.store.pgcluster import NODE_ID
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("use debug, info, warning or error", param_hint="--log-level")
@@ -255,6 +264,10 @@ def serve(
         _check_public_url(public_url, "ws", "--public-url")
         _check_public_url(public_tls_url, "wss", "--public-tls-url")
         _check_public_url(public_files_url, ("http", "https"), "--public-files-url")
+        if node_id is not None and not NODE_ID.fullmatch(node_id):
+            raise UsageError(
+                f"--node-id {node_id!r}: use 1 to 40 lowercase letters, digits, - and _"
+            )
         if no_files and (files_port is not None or public_files_url):
             raise UsageError("--no-files and --files-port/--public-files-url contradict")
         if not is_loopback(api_host) and not api_tls and not insecure_api:
@@ -266,6 +279,11 @@ def serve(
         from edrvctl.store import is_url
 
         database = store if store and is_url(store) else None
+        if node_id is not None and not database:
+            raise UsageError(
+                "--node-id: several nodes share one PostgreSQL store; give --store "
+                "postgresql://USER@HOST:PORT/DB"
+            )
         if database and store_max_mb:
             raise UsageError("--store-max-mb caps a SQLite file, not a PostgreSQL store")
         # a PostgreSQL store: server.json, files and the lock in the data folder
@@ -312,6 +330,7 @@ def serve(
                 actions_days=keep_actions_days,
                 events_max=keep_events_max or None,
             ),
+            node_id=node_id,
             listener=ListenerSettings(
                 host=ocpp_host,
                 port=ocpp_port,
@@ -349,13 +368,16 @@ def serve(
             log.info("store %s", info["store"])
             tls = f" ocpp-tls {info['ocpp_tls_url']}" if info["ocpp_tls_url"] else ""
             files = f" files {info['files_url']}" if info["files_url"] else ""
-            line = f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}{files}"
+            line = (
+                f"edrvctl serve: api {info['api_url']} ocpp {info['ocpp_url']}{tls}{files} "
+                f"loop {info['loop']}"
+            )
             if log_format == "json":  # stderr stays one JSON object per line
                 log.info(line)
             else:
                 print(line, file=sys.stderr, flush=True)
 
-        asyncio.run(run_server(cfg, on_ready=ready))
+        run(run_server(cfg, on_ready=ready))
     except EdrvError as e:
         if log_format != "json" or state.debug:
             raise

@@ -52,6 +52,7 @@ from edrvctl.fleet.live import (
     GetDiagnostics,
     LiveStations,
     RemoteStart,
+    Router,
     SendLocalList,
     UpdateFirmware,
 )
@@ -125,6 +126,8 @@ class Fleet:
         # endpoint -> (UTC day, bytes kept that day); in memory: a restart forgives the day
         self._kept: dict[str, tuple[str, int]] = {}
         self.live: LiveStations = live or NoLiveStations()
+        # several nodes (server/cluster.py): carries out Actions for stations held elsewhere
+        self.router: Router | None = None
         # base URLs stations are pointed at (`connection_url`), once bound: ws:// and, with a
         # TLS listener, wss:// (for the TLS profiles; None: they cannot connect here)
         self.ocpp_url: str | None = None
@@ -541,24 +544,86 @@ class Fleet:
         async with self.store.unit() as tx:
             await tx.create_action(action)
             await self._action_event(tx, action, "requested")
-        if limit is not None:  # followed from now: its first follow-up may beat the answer
-            self._following.setdefault(endpoint, {})[action["_id"]] = Follow(
-                action["_id"],
-                command,
-                time.time() + limit,
-                protocol=doc["protocol"],
-                firmware=(doc.get("bootInfo") or {}).get("firmwareVersion"),
-            )
-            token = getattr(command, "upload_token", None)
-            if token:
-                self._uploads[token] = (endpoint, action["_id"])
-        task = asyncio.ensure_future(self._carry_out(doc, action["_id"], command, timeout))
+        if self.router is not None and not self.router.is_local(endpoint):
+            carried = self._carry_out_elsewhere(action, command, timeout)
+        else:
+            self._follow(doc, action["_id"], command)
+            carried = self._carry_out(doc, action["_id"], command, timeout)
+        task = asyncio.ensure_future(carried)
         self._tasks.add(task)
         task.add_done_callback(self._carried_out)
         if not wait:
             return action
         # shielded: a caller that stops waiting (a client gone) does not leave it unrecorded
         return await asyncio.shield(task)
+
+    def _follow(self, doc: dict, action_id: str, command: Command) -> None:
+        """A long command is followed from before it is sent: its first follow-up may beat
+        the answer."""
+        limit = actions.DEADLINES.get(type(command))
+        if limit is None:
+            return
+        endpoint = doc["endpoint"]
+        self._following.setdefault(endpoint, {})[action_id] = Follow(
+            action_id,
+            command,
+            time.time() + limit,
+            protocol=doc["protocol"],
+            firmware=(doc.get("bootInfo") or {}).get("firmwareVersion"),
+        )
+        token = getattr(command, "upload_token", None)
+        if token:
+            self._uploads[token] = (endpoint, action_id)
+
+    async def carry_out_here(self, action_id: str, command: Command, timeout: float) -> dict:
+        """Carry out an Action another node recorded for a station connected here (see
+        server/cluster.py); the Action once the answer is recorded."""
+        async with self.store.unit() as tx:
+            action = await tx.get_action(action_id)
+        if action is None:
+            raise NotFound(f"action {action_id!r} not found")
+        doc = await self.get(action["chargestation"])
+        self._follow(doc, action_id, command)
+        return await self._carry_out(doc, action_id, command, timeout)
+
+    async def _carry_out_elsewhere(self, action: dict, command: Command, timeout: float) -> dict:
+        """The node holding the station carries the Action out; if that fails on the way (the
+        node is lost, or the station left it), the failure is recorded here."""
+        assert self.router is not None
+        try:
+            return await self.router.carry_out(action, command, timeout)
+        except EdrvError as e:
+            error, outcome, stage = _failure(e)
+
+        def apply(action: dict, now: str) -> None:
+            if action["outcome"] == "pending":
+                if action["status"] == "requested":
+                    action["status"] = "failed"
+                action["outcome"], action["error"], action["stage"] = outcome, error, stage
+
+        return await self._change_action(action["_id"], apply)
+
+    async def lost(self, station_ids: list[str], reason: str) -> None:
+        """Stations whose node was lost (server/cluster.py): offline, and the commands that
+        node was following for them failed."""
+        for station_id in station_ids:
+
+            def offline(doc: dict, now: str) -> dict:
+                doc["online"] = False
+                doc["lastDisconnectAt"] = now
+                return {"reason": reason}
+
+            try:
+                await self._change(station_id, offline, message=False, event=events.OFFLINE)
+                pending = ActionQuery(
+                    equals={"chargestation": station_id, "outcome": "pending"}, limit=None
+                )
+                async with self.store.unit() as tx:
+                    found, _ = await tx.list_actions(pending)
+                for action in found:
+                    await self._change_action(action["_id"], _interrupted(reason))
+            except NotFound:
+                pass
 
     def _carried_out(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -581,19 +646,10 @@ class Fleet:
         sent = time.perf_counter()
         try:
             result = await self.live.send(endpoint, command, timeout)
-        except StationTimeout as e:
-            error, outcome = {"code": "Timeout", "description": e.message}, "timed_out"
-        except StationRejected as e:
-            self._answered(command, sent)
-            error = {"code": "CallError", "description": e.message}
-        except Busy as e:
-            error, stage = {"code": "Busy", "description": e.message}, "queued"
-        except Unavailable as e:
-            error = {"code": "Offline", "description": e.message}
-        except UsageError as e:
-            error, stage = {"code": "Invalid", "description": e.message}, "queued"
         except EdrvError as e:
-            error = {"code": type(e).__name__, "description": e.message}
+            if isinstance(e, StationRejected):
+                self._answered(command, sent)
+            error, outcome, stage = _failure(e)
         else:
             self._answered(command, sent)
             status, answer = result if isinstance(result, tuple) else (result, {"status": result})
@@ -884,6 +940,27 @@ class Fleet:
             self._spawn(self.push_availability(endpoint))
         return "Accepted", self.heartbeat_interval
 
+    def status_repeated(
+        self,
+        endpoint: str,
+        evse_id: int,
+        connector_id: int,
+        status: str,
+        error_code: str | None = None,
+        info: str | None = None,
+    ) -> bool:
+        """Whether a StatusNotification says what the connector last said (committed): then
+        the station is only touched, with no read or write (stations repeat their status), and
+        the server answers it without a coroutine unless someone follows the station."""
+        last = self._statuses.get(endpoint)
+        if last is not None and last.get((evse_id, connector_id)) == (status, error_code, info):
+            self._touch(endpoint)
+            return True
+        return False
+
+    def is_followed(self, endpoint: str) -> bool:
+        return endpoint in self._following
+
     async def status_notification(
         self,
         endpoint: str,
@@ -899,10 +976,7 @@ class Fleet:
                 "StatusNotification",
                 {"evse": evse_id, "connector": connector_id, "status": status},
             )
-        said = (status, error_code, info)
-        last = self._statuses.get(endpoint)
-        if last is not None and last.get((evse_id, connector_id)) == said:
-            self._touch(endpoint)  # stations repeat their status: no read, no write
+        if self.status_repeated(endpoint, evse_id, connector_id, status, error_code, info):
             return
 
         def apply(doc: dict, now: str) -> dict:
@@ -923,7 +997,11 @@ class Fleet:
 
         await self._change(endpoint, apply, event=events.CONNECTOR_STATUS)
         # remembered only once committed: a retry after a failed commit is written again
-        self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = said
+        self._statuses.setdefault(endpoint, {})[(evse_id, connector_id)] = (
+            status,
+            error_code,
+            info,
+        )
 
     async def problem(
         self,
@@ -1231,6 +1309,33 @@ class Fleet:
     async def count_stations(self) -> int:
         async with self.store.unit() as tx:
             return (await tx.list_stations_json(StationQuery(limit=0)))[1]
+
+
+def _failure(e: EdrvError) -> tuple[dict, str, str]:
+    """How a command that failed ends: (error, outcome, stage)."""
+    code, outcome, stage = "", "failed", "sent"
+    if isinstance(e, StationTimeout):
+        code, outcome = "Timeout", "timed_out"
+    elif isinstance(e, StationRejected):
+        code = "CallError"
+    elif isinstance(e, Busy):
+        code, stage = "Busy", "queued"
+    elif isinstance(e, Unavailable):
+        code = "Offline"
+    elif isinstance(e, UsageError):
+        code, stage = "Invalid", "queued"
+    return {"code": code or type(e).__name__, "description": e.message}, outcome, stage
+
+
+def _interrupted(reason: str) -> Callable[[dict, str], None]:
+    def apply(action: dict, now: str) -> None:
+        if action["outcome"] == "pending":
+            if action["status"] == "requested":
+                action["status"] = "failed"
+            action["outcome"] = "failed"
+            action["error"] = {"code": "Interrupted", "description": reason}
+
+    return apply
 
 
 def _iso(t: float) -> str:

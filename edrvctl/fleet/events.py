@@ -175,12 +175,15 @@ async def follow(
     after: int,
     keep: Callable[[dict], bool],
     idle: float = 15.0,
+    reread: float | None = None,
 ) -> AsyncIterator[list[dict]]:
     """Rows past `after`, first those stored, then as they are published, for as long as the
     caller iterates or until the feed is closed; [] every `idle` seconds without any (a
     keep-alive). `read_after(seq)` reads a page of stored rows after seq, oldest first (empty
-    once there are none)."""
+    once there are none). `reread`: also read the store again after that many quiet seconds
+    (rows another process stores are never published here)."""
     cursor = after
+    quiet = 0.0
     while True:
         with feed.subscribe() as sub:  # before reading: nothing published meanwhile is missed
             while True:
@@ -193,7 +196,13 @@ async def follow(
                     yield rows
             try:
                 while True:
-                    fresh = await sub.next(idle)
+                    fresh = await sub.next(reread or idle)
+                    if not fresh and reread is not None:
+                        quiet += reread
+                        if quiet >= idle:
+                            quiet = 0.0
+                            yield []
+                        break  # read on from the store
                     rows = []
                     for r in fresh:
                         if r["seq"] > cursor:  # published in seq order; the replay held some

@@ -178,6 +178,9 @@ class FrameLog:
         # prune); a station not seen yet starts at the threshold, so that it is looked at once
         self._held: dict[str, int] = {}
         self._feeds: dict[str, FrameFeed] = {}
+        # several nodes: a station's frames may be written by another node, so live readers
+        # also read the store again after this many quiet seconds
+        self.reread: float | None = None
         self.ending = False  # the server stops: live readers end
 
     def end_streams(self) -> None:
@@ -376,7 +379,7 @@ class FrameLog:
         if after is None:
             after = await self.newest(query.station_id)
         read_after, keep = self.reader(query)
-        rows = follow(self.feed(query.station_id), read_after, after, keep, idle)
+        rows = follow(self.feed(query.station_id), read_after, after, keep, idle, self.reread)
         try:
             async for found in rows:
                 yield found

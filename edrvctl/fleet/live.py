@@ -7,7 +7,7 @@ tests use a fake.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
@@ -226,3 +226,56 @@ class LiveStations(Protocol):
         """UsageError if the connected station's version cannot take `command` (nothing is
         sent); Unavailable if it is not connected."""
         ...
+
+
+class Router(Protocol):
+    """Several nodes (server/cluster.py): Actions for stations another node holds."""
+
+    node_id: str
+
+    def healthy(self) -> str | None:
+        """Why this node should take no new stations now (/health), or None."""
+        ...
+
+    def is_local(self, endpoint: str) -> bool:
+        """The station is connected to this process."""
+        ...
+
+    async def carry_out(self, action: dict, command: Command, timeout: float) -> dict:
+        """Have the node holding the station send the recorded Action and record its
+        answer; returns the Action then. Raises as LiveStations.send does."""
+        ...
+
+
+# --- commands and their answers as JSON, to route them to the node holding the socket ---------
+
+_KINDS: dict[str, type] = {
+    kind.__name__: kind for kind in (FetchConfig, ChangeAvailability, Disconnect, *ANSWERED)
+}
+
+
+def encode_command(command: Command) -> dict:
+    """The command as JSON-ready data: {kind, fields} (decode_command reads it back)."""
+    return {"kind": type(command).__name__, "fields": asdict(command)}
+
+
+def decode_command(data: dict) -> Command:
+    """The command encode_command wrote; ValueError if it is none we know."""
+    kind = _KINDS.get(data.get("kind"))  # type: ignore[arg-type]
+    if kind is None:
+        raise ValueError(f"unknown command kind {data.get('kind')!r}")
+    fields = dict(data.get("fields") or {})
+    if kind is FetchConfig:
+        fields["keys"] = tuple(fields.get("keys", ()))
+    elif kind is SendLocalList:
+        fields["entries"] = tuple(LocalListEntry(**e) for e in fields.get("entries", ()))
+    return kind(**fields)
+
+
+def encode_answer(answer: Any) -> Any:
+    """A send's answer as JSON-ready data: tuples (FetchConfig's, ANSWERED's) stay tuples."""
+    return {"tuple": list(answer)} if isinstance(answer, tuple) else {"value": answer}
+
+
+def decode_answer(data: dict) -> Any:
+    return tuple(data["tuple"]) if "tuple" in data else data.get("value")

@@ -234,6 +234,10 @@ class Webhooks:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._http: httpx.AsyncClient | None = None
+        # several nodes share the store: the webhooks another node changed are read again
+        # after this many seconds (None: this process is the only one changing them)
+        self.shared: float | None = None
+        self._read_at = 0.0
 
     # --- what the metrics read ---
 
@@ -248,7 +252,14 @@ class Webhooks:
     # --- records ---
 
     async def _loaded(self) -> dict[str, Hook]:
+        if (
+            self._hooks is not None
+            and self.shared is not None
+            and time.monotonic() - self._read_at >= self.shared
+        ):
+            await self._refresh(self._hooks)
         if self._hooks is None:
+            self._read_at = time.monotonic()
             async with self.store.unit() as tx:
                 docs = await tx.list_webhooks()
                 internals = await tx.webhook_internals()
@@ -262,6 +273,31 @@ class Webhooks:
                     hooks[doc["_id"]] = hook
                 self._hooks = hooks
         return self._hooks
+
+    async def _refresh(self, hooks: dict[str, Hook]) -> None:
+        """Take in what other nodes changed: new webhooks, changed records and secrets,
+        cursors moved on by the node that delivered before, deleted webhooks."""
+        self._read_at = time.monotonic()
+        async with self.store.unit() as tx:
+            docs = await tx.list_webhooks()
+            internals = await tx.webhook_internals()
+        changed = False
+        for doc in docs:
+            secret, cursor = internals[doc["_id"]]
+            hook = hooks.get(doc["_id"])
+            if hook is None:
+                hooks[doc["_id"]] = Hook(doc, secret, cursor, stored_cursor=cursor)
+                changed = True
+                continue
+            changed = changed or hook.doc != doc
+            hook.doc, hook.secret = doc, secret
+            if cursor > hook.stored_cursor:
+                hook.cursor, hook.stored_cursor = max(hook.cursor, cursor), cursor
+        for gone in set(hooks) - {d["_id"] for d in docs}:
+            await self._halt(hooks.pop(gone))
+            changed = True
+        if changed:
+            self._changed_hooks()
 
     async def _hook(self, webhook_id: str) -> Hook:
         hook = (await self._loaded()).get(webhook_id)
@@ -541,6 +577,7 @@ class Webhooks:
         while True:
             await asyncio.sleep(HOUSEKEEPING)
             try:
+                await self._loaded()  # with other nodes: what they changed
                 await self._save_cursors()
                 if time.monotonic() - last_prune >= PRUNE_EVERY:
                     last_prune = time.monotonic()

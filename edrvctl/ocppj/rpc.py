@@ -2,8 +2,11 @@
 
 One reader answers the peer's CALLs from a table of handlers (action -> function of the peer
 object and the JSON payload as sent, returning the answer's payload, directly or as an
-awaitable) and resolves our
-own CALLs' futures by message id. Our CALLs go out one at a time (OCPP-J allows one in flight),
+awaitable) and resolves our own CALLs' futures by message id. Frames come from run() reading an
+async socket, or are pushed to received() by a socket that writes synchronously (the server's
+asyncio.Protocol): a handler that answers at once then costs no coroutine, its answer is
+written straight to the transport, and the peer's frames are handled in order (those that come
+while an awaiting handler runs wait for it). Our CALLs go out one at a time (OCPP-J allows one in flight),
 later ones wait FIFO up to a cap, and each has one deadline that includes the wait. When the
 socket closes, every pending and queued CALL fails at once.
 
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
@@ -31,6 +35,8 @@ from edrvctl.ocppj.frames import CALL, CALLERROR, CALLRESULT, Call, CallError, F
 
 log = logging.getLogger("edrvctl.ocppj")
 WARN_EVERY = 60.0  # seconds between two logged malformed frames of one connection
+MAX_INBOX = 4  # a peer's frames waiting for an answer before its socket stops reading
+_NO_OUTBOX: deque[bytes] = deque(maxlen=0)  # a socket that writes synchronously has none
 
 # A handler gets the Rpc's `peer` object (whatever the owner keeps per connection) and the
 # payload as sent; tables are built once per class, so a connection costs no bound methods.
@@ -67,7 +73,9 @@ def _size(raw: str | bytes) -> int:
 
 
 class Socket(Protocol):
-    """What Rpc needs of a websocket (websockets' asyncio connections have it)."""
+    """What Rpc needs of a websocket: either an async one (websockets' asyncio connections:
+    run() reads it, frames go out through send()), or one that pushes frames to received()
+    and has write(frame) (sends a text frame now), pause_reading() and resume_reading()."""
 
     def __aiter__(self) -> AsyncIterator[str | bytes]: ...
 
@@ -122,12 +130,16 @@ def internal_error(exc: Exception) -> RpcError:
 
 class Rpc:
     __slots__ = (
+        "_busy",
         "_calling",
+        "_inbox",
         "_known",
         "_order",
+        "_outbox",
         "_pending",
         "_queued",
         "_warned",
+        "_write",
         "bucket",
         "closed",
         "handlers",
@@ -153,7 +165,7 @@ class Rpc:
         on_error: Callable[[Exception], RpcError] = internal_error,
         trace: Tracer | None = None,
     ) -> None:
-        self.ws = ws
+        self.ws: Any = ws  # a Socket
         self.version = version
         self.handlers = handlers
         self.peer = peer
@@ -169,61 +181,86 @@ class Rpc:
         self._warned = -WARN_EVERY
         self.trace = trace  # called with the fields of every frame in and out (a Trace's)
         self._calling: tuple[str, str, float] = ("", "", 0.0)  # our CALL in flight: id, action, t0
+        self._busy: asyncio.Future | None = None  # the peer's CALL being answered, if it awaits
+        # the peer's frames waiting for that answer (made when needed: a deque is 600 bytes)
+        self._inbox: deque[str | bytes] | None = None
+        write = getattr(ws, "write", None)
+        # frames for an async socket, in order (run() and call() send them)
+        self._outbox: deque[bytes] = deque() if write is None else _NO_OUTBOX
+        self._write: Callable[[bytes], None] = write if write is not None else self._outbox.append
 
     # --- the peer's frames ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read frames until the socket closes (returns, or raises the socket's error)."""
-        loop = asyncio.get_running_loop()
-        trace = self.trace
+        """Read frames from an async socket until it closes (returns, or raises the socket's
+        error). A CALL whose handler awaits holds the reader until it is answered."""
+        out = self._outbox
         try:
             async for raw in self.ws:
-                try:
-                    msg = frames.parse(raw, self.version)
-                except FrameError as e:
-                    # garbage costs the sender's budget too; past it, it is answered with the
-                    # rate-limit error, not examined or logged
-                    if self._within_budget(loop):
-                        if trace is not None:
-                            self._traced(raw, INVALID, e.message_id, None, e.code, True)
-                        self._malformed(raw, e, loop.time())
-                        await self._send_error(e.message_id, e)
-                    else:
-                        if trace is not None:
-                            self._traced(raw, INVALID, e.message_id, None, e.code, False)
-                        await self._send_error(e.message_id, self._over_rate())
-                    continue
-                if type(msg) is Call:
-                    if self._within_budget(loop):
-                        if trace is not None:
-                            now = time.time()
-                            size = len(raw) if type(raw) is bytes or raw.isascii() else _size(raw)
-                            trace(now, IN, CALL, msg.id, msg.action, size, None, None, raw)
-                            await self._answer(msg, now)
-                        else:
-                            await self._answer(msg)
-                    else:  # refused at once: a flooding peer costs no memory
-                        if trace is not None:
-                            self._traced(raw, CALL, msg.id, msg.action, None, False)
-                            await self._send_error(
-                                msg.id, self._over_rate(), msg.action, time.time()
-                            )
-                        else:
-                            await self._send_error(msg.id, self._over_rate())
-                    continue
-                fut = self._pending.pop(msg.id, None)
-                if fut is not None and not fut.done():
-                    if trace is not None:
-                        self._traced_answer(raw, msg, True)
-                    fut.set_result(msg)  # the answer we wait for is never refused
-                elif self._within_budget(loop):
-                    if trace is not None:
-                        self._traced_answer(raw, msg, True)
-                    log.debug("%s: dropped a reply nobody waits for: %.100r", self.name, raw)
-                elif trace is not None:
-                    self._traced_answer(raw, msg, False)
+                self._frame(raw)
+                if self._busy is not None:
+                    await asyncio.wait((self._busy,))  # its done callback answered it
+                while out:
+                    await self.ws.send(out.popleft(), text=True)
         finally:
             self.close()
+
+    def received(self, raw: str | bytes) -> None:
+        """One frame from the peer, pushed by a socket that writes synchronously (the
+        server's): handled now, or after the CALL being answered. Past MAX_INBOX frames
+        waiting, the socket is asked to stop reading until they are handled."""
+        if self._busy is None:
+            self._frame(raw)
+            return
+        if self._inbox is None:
+            self._inbox = deque()
+        self._inbox.append(raw)
+        if len(self._inbox) >= MAX_INBOX:
+            self.ws.pause_reading()
+
+    def _frame(self, raw: str | bytes) -> None:
+        trace = self.trace
+        try:
+            msg = frames.parse(raw, self.version)
+        except FrameError as e:
+            # garbage costs the sender's budget too; past it, it is answered with the
+            # rate-limit error, not examined or logged
+            if self._within_budget():
+                if trace is not None:
+                    self._traced(raw, INVALID, e.message_id, None, e.code, True)
+                self._malformed(raw, e, time.monotonic())
+                self._send_error(e.message_id, e)
+            else:
+                if trace is not None:
+                    self._traced(raw, INVALID, e.message_id, None, e.code, False)
+                self._send_error(e.message_id, self._over_rate())
+            return
+        if type(msg) is Call:
+            if self._within_budget():
+                if trace is not None:
+                    now = time.time()
+                    size = len(raw) if type(raw) is bytes or raw.isascii() else _size(raw)
+                    trace(now, IN, CALL, msg.id, msg.action, size, None, None, raw)
+                    self._answer(msg, now)
+                else:
+                    self._answer(msg)
+            elif trace is not None:  # refused at once: a flooding peer costs no memory
+                self._traced(raw, CALL, msg.id, msg.action, None, False)
+                self._send_error(msg.id, self._over_rate(), msg.action, time.time())
+            else:
+                self._send_error(msg.id, self._over_rate())
+            return
+        fut = self._pending.pop(msg.id, None)
+        if fut is not None and not fut.done():
+            if trace is not None:
+                self._traced_answer(raw, msg, True)
+            fut.set_result(msg)  # the answer we wait for is never refused
+        elif self._within_budget():
+            if trace is not None:
+                self._traced_answer(raw, msg, True)
+            log.debug("%s: dropped a reply nobody waits for: %.100r", self.name, raw)
+        elif trace is not None:
+            self._traced_answer(raw, msg, False)
 
     def _traced(
         self,
@@ -261,8 +298,8 @@ class Rpc:
         rate = self.bucket.rate if self.bucket else 0
         return RpcError("GenericError", f"rate limit: at most {rate:g} messages per second")
 
-    def _within_budget(self, loop: asyncio.AbstractEventLoop) -> bool:
-        return self.bucket is None or self.bucket.take(loop.time())
+    def _within_budget(self) -> bool:
+        return self.bucket is None or self.bucket.take(time.monotonic())
 
     def _malformed(self, raw: str | bytes, e: FrameError, now: float) -> None:
         # a WARNING once a minute per connection, the rest at DEBUG: a peer sending garbage
@@ -279,9 +316,10 @@ class Rpc:
         else:
             log.debug("%s: malformed frame %.200r: %s", self.name, raw, e.cause)
 
-    async def _answer(self, call: Call, since: float = 0.0) -> None:
+    def _answer(self, call: Call, since: float = 0.0) -> None:
         """Run one CALL and send exactly one reply (`since`: when it was read, time.time(),
-        when traced)."""
+        when traced). A handler that answers at once costs no coroutine; one that returns an
+        awaitable runs as a task, and the peer's next frames wait until it is answered."""
         handler = self.handlers.get(call.action)
         try:
             if handler is None:
@@ -292,20 +330,44 @@ class Rpc:
                 )
             schemas.validate(self.version, call.action, schemas.REQUEST, call.payload)
             answer = handler(self.peer, call.payload)
-            if not isinstance(answer, dict):
-                answer = await answer
         except RpcError as e:
-            await self._send_error(call.id, e, call.action, since)
+            self._send_error(call.id, e, call.action, since)
             return
         except Exception as e:
-            await self._send_error(call.id, self.on_error(e), call.action, since)
+            self._send_error(call.id, self.on_error(e), call.action, since)
             return
+        if isinstance(answer, dict):
+            self._reply(call, answer, since)
+            return
+        task = asyncio.ensure_future(answer)
+        self._busy = task
+        task.add_done_callback(lambda t: self._answered(t, call, since))
+
+    def _answered(self, task: asyncio.Future, call: Call, since: float) -> None:
+        """A handler's awaitable is done: its reply, then the frames that waited for it."""
+        self._busy = None
+        if task.cancelled():
+            self._send_error(call.id, self.on_error(RpcClosed("cancelled")), call.action, since)
+        elif (e := task.exception()) is not None:
+            error = e if isinstance(e, RpcError) else self.on_error(e)  # type: ignore[arg-type]
+            self._send_error(call.id, error, call.action, since)
+        else:
+            self._reply(call, task.result(), since)
+        inbox = self._inbox
+        if inbox:
+            resume = len(inbox) >= MAX_INBOX
+            while inbox and self._busy is None:
+                self._frame(inbox.popleft())
+            if resume and not self.backlogged and not self.closed:
+                self.ws.resume_reading()
+
+    def _reply(self, call: Call, answer: dict, since: float) -> None:
         try:  # what we answer is ours to get right: never blame the peer's request for it
             schemas.validate(self.version, call.action, schemas.RESPONSE, answer)
             frame = frames.encode_result(call.id, answer)
         except (RpcError, TypeError) as e:
             log.error("%s: our %s answer is invalid, not sent: %s", self.name, call.action, e)
-            await self._send_error(
+            self._send_error(
                 call.id,
                 RpcError("InternalError", "the receiver could not build a valid answer"),
                 call.action,
@@ -325,9 +387,9 @@ class Rpc:
                 None,
                 frame,
             )
-        await self._send(frame)
+        self._send(frame)
 
-    async def _send_error(
+    def _send_error(
         self, message_id: str, error: RpcError, action: str | None = None, since: float = 0.0
     ) -> None:
         """A CALLERROR (`action`, `since`: the CALL it answers and when it was read)."""
@@ -345,12 +407,14 @@ class Rpc:
                 frames.spelled(error.code, self.version),
                 frame,
             )
-        await self._send(frame)
+        self._send(frame)
 
-    async def _send(self, frame: bytes) -> None:
+    def _send(self, frame: bytes) -> None:
+        """Write a frame (UTF-8 JSON, sent as a text frame): at once to a synchronous socket,
+        else into the outbox that run() or call() sends in order."""
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: send %s", self.name, frame)
-        await self.ws.send(frame, text=True)  # UTF-8 JSON: a text frame, not re-encoded
+        self._write(frame)
 
     # --- our CALLs ------------------------------------------------------------------------------
 
@@ -398,7 +462,10 @@ class Rpc:
                                 None,
                                 frame,
                             )
-                        await self._send(frame)
+                        self._send(frame)
+                        out = self._outbox
+                        while out:  # an async socket's (raises when it is closed)
+                            await self.ws.send(out.popleft(), text=True)
                         reply = await fut
                     finally:
                         self._pending.pop(mid, None)  # a late answer is dropped, never kept
@@ -415,6 +482,16 @@ class Rpc:
         return answer
 
     @property
+    def awaiting(self) -> bool:
+        """Whether a CALL of ours waits for the peer's answer."""
+        return bool(self._pending)
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether so many of the peer's frames wait that its socket should not be read."""
+        return self._inbox is not None and len(self._inbox) >= MAX_INBOX
+
+    @property
     def queued(self) -> int:
         """Our CALLs waiting for their turn (not counting the one in flight)."""
         return self._queued
@@ -422,6 +499,7 @@ class Rpc:
     def close(self) -> None:
         """Fail every pending CALL at once (the socket is gone or going)."""
         self.closed = True
+        self._inbox = None
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():

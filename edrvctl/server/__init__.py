@@ -12,11 +12,11 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edrvctl import paths
@@ -27,6 +27,7 @@ from edrvctl.server.listener import ListenerSettings
 
 if TYPE_CHECKING:
     from edrvctl.fleet import Budgets
+    from edrvctl.server.cluster import ClusterNode
     from edrvctl.store import Store
 
 log = logging.getLogger("edrvctl.serve")
@@ -60,6 +61,8 @@ class ServeConfig:
     frames_per_station: int = 10_000
     frames_days: float = 7.0
     retention: Retention = field(default_factory=Retention)  # what the store keeps, by age
+    # one of several nodes on one PostgreSQL store (server/cluster.py); None: alone
+    node_id: str | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -215,6 +218,29 @@ def public_url(given: str | None, bound: str, host: str, flag: str) -> str:
     return url
 
 
+def event_loop() -> str:
+    """The event loop `run` uses: uvloop when it is installed (the `fast` extra), unless
+    EDRVCTL_LOOP=asyncio asks for the standard library's."""
+    if os.environ.get("EDRVCTL_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return "uvloop"
+    return "asyncio"
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run(main) on event_loop()'s loop."""
+    if event_loop() == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
 async def serve(
     cfg: ServeConfig,
     on_ready: Callable[[dict], None] | None = None,
@@ -344,15 +370,37 @@ async def _run(
     fleet.command_timeout = cfg.listener.response_timeout
     fleet.frames.configure(cfg.frame_log, cfg.frames_per_station, cfg.frames_days)
     fleet.tokens.policy = cfg.authorize
-    stale = await fleet.mark_all_offline()
-    if stale:
-        log.info("marked %d station(s) offline that were online when the last run ended", stale)
-    failed = await fleet.fail_pending_actions("the server stopped while it was in flight")
-    if failed:
-        log.info("%d action(s) in flight when the last run ended marked failed", failed)
+    if cfg.node_id is None:  # alone: nothing is connected or in flight at start
+        stale = await fleet.mark_all_offline()
+        if stale:
+            log.info("marked %d station(s) offline that were online when the last run ended", stale)
+        failed = await fleet.fail_pending_actions("the server stopped while it was in flight")
+        if failed:
+            log.info("%d action(s) in flight when the last run ended marked failed", failed)
 
     listener = Listener(fleet, cfg.listener)
     pruner = Pruner(store, cfg.retention, fleet.metrics)
+    host, port = api_sock.getsockname()[:2]
+    api_url = f"http{'s' if cfg.api_tls else ''}://{f'[{host}]' if ':' in host else host}:{port}"
+    webhooks = Webhooks(store, fleet.feed)
+    cluster: ClusterNode | None = None
+    if cfg.node_id is not None:  # before the listener: every station is claimed as it comes
+        from edrvctl.server.cluster import ClusterLive, ClusterNode
+
+        if cfg.database is None:
+            raise UsageError("--node-id needs a PostgreSQL --store (postgresql://...)")
+        cluster = ClusterNode(
+            fleet, listener.stations, store, cfg.database, cfg.node_id, cfg.public_url or ""
+        )
+        fleet.live = ClusterLive(listener.stations, cluster)
+        fleet.frames.reread = 1.0
+        webhooks.shared = 2.0
+
+        async def lead(leading: bool) -> None:  # one node delivers webhooks
+            await (webhooks.start() if leading else webhooks.stop())
+
+        cluster.on_lead = lead
+        await cluster.start(api_url)
     try:
         ocpp_url, ocpp_tls_url = await listener.start()
     except OSError as e:
@@ -374,8 +422,6 @@ async def _run(
             cfg.public_tls_url, ocpp_tls_url, cfg.listener.host, "--public-tls-url"
         )
 
-    host, port = api_sock.getsockname()[:2]
-    api_url = f"http{'s' if cfg.api_tls else ''}://{f'[{host}]' if ':' in host else host}:{port}"
     files: Files | None = None
     files_url: str | None = None
     if files_sock is not None:
@@ -391,7 +437,6 @@ async def _run(
             yield
 
     client_certs = cfg.listener.tls is not None and cfg.listener.tls.verify_mode != ssl.CERT_NONE
-    webhooks = Webhooks(store, fleet.feed)
     api_metrics.register(fleet, listener, webhooks)
     api = ApiServer(
         uvicorn.Config(
@@ -430,7 +475,8 @@ async def _run(
         files_task = asyncio.create_task(files_server.serve(sockets=[files_sock]))
     flusher: asyncio.Task | None = None
     try:
-        await webhooks.start()  # deliveries go on from the stored cursors
+        if cluster is None:  # else the leading node delivers them
+            await webhooks.start()  # deliveries go on from the stored cursors
         while not api.started and not api_task.done():
             await asyncio.sleep(0.01)
         if api_task.done():
@@ -451,6 +497,7 @@ async def _run(
             "pid": os.getpid(),
             "store": redact(cfg.database) if cfg.database else str(cfg.store),
             "token_file": str(token_path) if token_path else None,
+            "loop": event_loop(),
         }
         paths.write_secret(paths.server_file(cfg.store), json.dumps(info) + "\n")
         if on_ready:
@@ -469,7 +516,8 @@ async def _run(
                 except Exception as e:
                     log.error("frame log not pruned: %s", e)
                 try:
-                    await pruner.tick()
+                    if cluster is None or cluster.leader:
+                        await pruner.tick()
                 except Exception as e:
                     log.error("retention: pruning failed: %s", e)
 
@@ -498,7 +546,10 @@ async def _run(
         if flusher is not None:
             flusher.cancel()
         await fleet.flush_seen()
-        await webhooks.stop()
+        if cluster is None or cluster.leader:
+            await webhooks.stop()
+        if cluster is not None:
+            await cluster.stop()
         try:
             await fleet.frames.close()
         except Exception as e:

@@ -787,9 +787,10 @@ def create_app(
     from edrvctl.server import api_webhooks
 
     api_webhooks.add_routes(app, fleet, auth, webhooks or Webhooks(fleet.store, fleet.feed))
-    from edrvctl.server import api_sessions
+    from edrvctl.server import api_nodes, api_sessions
 
     api_sessions.add_routes(app, fleet, auth)
+    api_nodes.add_routes(app, fleet, auth)
     api_metrics.add_routes(app, fleet)
     return EnvelopeTooLarge(app, files, expected)
 

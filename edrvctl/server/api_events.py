@@ -111,12 +111,13 @@ def sse(
     keep: Callable[[dict], bool],
     render: Callable[[dict], tuple[str, Any]],
     idle: float = KEEP_ALIVE,
+    reread: float | None = None,
 ) -> AsyncIterator[bytes]:
     """Server-sent events of the rows `events.follow` yields; render(row) -> (event, data)."""
 
     async def frames() -> AsyncIterator[bytes]:
         yield b": stream open\n\n"  # headers and a first byte at once: the client knows
-        async for rows in events.follow(feed, read_after, after, keep, idle):
+        async for rows in events.follow(feed, read_after, after, keep, idle, reread):
             if not rows:
                 yield b": keep-alive\n\n"
                 continue

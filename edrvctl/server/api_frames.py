@@ -136,5 +136,6 @@ def add_routes(app: FastAPI, fleet: Fleet, auth: list, streams: Streams) -> None
                 keep,
                 lambda row: ("frame", shape(row, endpoint)),
                 KEEPALIVE,
+                fleet.frames.reread,
             )
         )

@@ -79,6 +79,9 @@ def add_routes(app: FastAPI, fleet: Fleet) -> None:
             "checkedAt": checked,
             "version": __version__,
         }
+        if why is None and fleet.router is not None:  # one of several nodes: its lease too
+            why = fleet.router.healthy()
+            result["node"] = fleet.router.node_id
         if why is not None:
             return envelope({**result, "reason": why}, why, 503)
         return envelope(result, "ok")

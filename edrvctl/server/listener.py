@@ -1,5 +1,7 @@
 """The OCPP websocket listener: who may connect (security profiles, limits), which version they
-speak, and the session's life from upgrade to close.
+speak, and the session's life from upgrade to close. Each connection is an asyncio.Protocol
+driving websockets' sans-I/O ServerProtocol (StationConnection): the hot path is a frame in,
+the Rpc's answer written straight back, without a task or coroutine per connection or message.
 
 Refusals happen before the upgrade, with an HTTP status and a one-line reason in the body:
 404 unknown endpoint, 400 no or wrong subprotocol, 401 missing or wrong password (with
@@ -17,19 +19,23 @@ import binascii
 import logging
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from time import perf_counter
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.frames import Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from edrvctl import model
 from edrvctl.errors import Busy, NotFound, StoreUnavailable
 from edrvctl.fleet import MAX_REASON, Fleet
-from edrvctl.ocppj import TokenBucket
+from edrvctl.ocppj import RpcClosed, TokenBucket
 from edrvctl.server.logs import Throttle
 from edrvctl.server.ocpp16 import Station16
 from edrvctl.server.ocpp201 import Station201
@@ -44,6 +50,10 @@ MAX_HANDSHAKES_PER_ADDRESS = 32  # upgrades in flight from one address (with a p
 MAX_UNREAD = 1 << 20  # bytes written to a peer and not read by it, before it is dropped
 CLOSE_DEADLINE = 10.0  # s for every station's socket to close at shutdown
 UNKNOWN_KEPT_PER_MINUTE = 120  # unknown endpoints' refusals stored a minute, all together
+SUBPROTOCOLS = [Subprotocol(p) for p in ("ocpp1.6", "ocpp2.0.1")]
+TEXT, BINARY, CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+OPEN, CONNECTING = State.OPEN, State.CONNECTING
+TURN_BUDGET = 0.002  # s of stations' frames handled in one event-loop turn (see Turns)
 
 
 @dataclass
@@ -94,7 +104,7 @@ def basic_credentials(request: Request, endpoint: str) -> tuple[str, str] | None
     return (user, password) if sep else None
 
 
-def certificate_identity(conn: ServerConnection) -> str | None:
+def certificate_identity(conn: StationConnection) -> str | None:
     """The common name of a verified client certificate (OCPP security profile 3)."""
     tls = conn.transport.get_extra_info("ssl_object")
     cert = tls.getpeercert() if tls else None
@@ -241,22 +251,187 @@ class Guesses:
         self.wrong[address] = (n + 1, time.monotonic())
 
 
-class StationConnection(ServerConnection):
-    """A websocket connection counted per client address from its first byte (half-open
-    upgrades count too) and, until its upgrade is done, as a handshake in flight; refused with
-    a 503 past either limit before anything is read. Dropped as soon as more than MAX_UNREAD
-    bytes wait for it to read them."""
+class Turns:
+    """Station work per event-loop turn, bounded: once TURN_BUDGET seconds went to stations'
+    bytes in one turn, the stations read after that wait for a later turn (what was read is
+    kept; a socket read again while it waits is paused), first come first served. So a turn
+    under a saturating load
+    stays short, and the admin API and commands, which take a few turns each, are not
+    starved (1,000 busy stations made a turn last tens of milliseconds)."""
 
+    __slots__ = ("scheduled", "spent", "waiting")
+
+    def __init__(self) -> None:
+        self.spent = 0.0  # seconds of station work in this turn
+        self.waiting: deque[tuple[StationConnection, bytes]] = deque()
+        self.scheduled = False  # next_turn is due
+
+    def charge(self, seconds: float) -> None:
+        self.spent += seconds
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.next_turn)  # runs in the next turn
+
+    def defer(self, conn: StationConnection, data: bytes) -> None:
+        if conn.parked:  # a second read waiting: stop reading it (a station sending one
+            conn.transport.pause_reading()  # CALL at a time costs no epoll_ctl calls)
+        conn.parked += 1
+        self.waiting.append((conn, data))
+        self.charge(0.0)
+
+    def next_turn(self) -> None:
+        self.scheduled, self.spent = False, 0.0
+        waiting = self.waiting
+        while waiting and self.spent < TURN_BUDGET:
+            conn, data = waiting.popleft()
+            conn.parked -= 1
+            if conn.lost:
+                continue
+            t0 = perf_counter()
+            try:
+                conn.handle(data)
+                if not conn.parked:
+                    conn.resume_after_turn()
+            except Exception:  # one connection's failure must not stall the others
+                log.exception("%s: deferred frames", conn.address)
+                conn.transport.abort()
+            self.charge(perf_counter() - t0)
+        if waiting:
+            self.charge(0.0)
+
+
+class StationConnection(asyncio.Protocol):
+    """One station's TCP connection, driving websockets' sans-I/O ServerProtocol itself: the
+    upgrade (Listener.process_request, then the 101), then each text frame straight to the
+    session's Rpc, whose answers are written straight to the transport (those made while one
+    read is handled go out in one write). No task or coroutine per connection or message:
+    keepalive and the unread-data guard are the listener's watchdog's.
+
+    Counted per client address from its first byte (half-open upgrades count too) and, until
+    its upgrade is done, as a handshake in flight; refused with a 503 past either limit before
+    anything is read. Dropped as soon as more than MAX_UNREAD bytes wait for it to read them."""
+
+    __slots__ = (
+        "address",
+        "batch",
+        "close_code",
+        "fragments",
+        "handshaking",
+        "heard",
+        "log_level",
+        "lost",
+        "ocpp_protocol",
+        "parked",
+        "ping_sent",
+        "quiet_since",
+        "refused",
+        "request",
+        "session",
+        "station_id",
+        "stuck_since",
+        "timer",
+        "transport",
+        "unread",
+        "waiters",
+        "ws",
+    )
     listener: Listener  # set on the subclass made per listener
-    refused = False
-    handshaking = False
-    ocpp_protocol: str | None = None  # the station's registered one, once process_request says
-    station_id: str | None = None  # and its _id
-    stuck_since: float | None = None  # since when its write buffer has not drained
-    unread = 0  # bytes in its write buffer at the last look
+
+    def __init__(self) -> None:
+        self.address = "?"
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # connection_made
+        self.ws: ServerProtocol | None = None
+        self.request: Request | None = None
+        self.session: StationSession | None = None  # once attached: frames go to its Rpc
+        self.ocpp_protocol: str | None = None  # the station's registered one (process_request)
+        self.station_id: str | None = None  # and its _id
+        self.refused = self.handshaking = self.lost = False
+        self.parked = 0  # its reads waiting in the listener's Turns
+        self.heard = True  # data came since the watchdog last looked
+        self.quiet_since = 0.0
+        self.ping_sent: float | None = None  # our keepalive ping waiting for its pong
+        self.stuck_since: float | None = None  # since when its write buffer has not drained
+        self.unread = 0  # bytes in its write buffer at the last look
+        self.batch: bytearray | None = None  # what we write while a read is handled
+        self.fragments: list[bytes] | None = None  # a fragmented message's parts so far
+        self.timer: asyncio.TimerHandle | None = None  # the upgrade's deadline
+        self.close_code: int | None = None
+        self.log_level = logging.INFO  # of its connected / disconnected lines
+        self.waiters: list[asyncio.Future] | None = None  # close() calls waiting for the end
+
+    # --- what process_request and the sessions see of it ------------------------------------
+
+    @property
+    def endpoint(self) -> str | None:
+        """The station's identity (from the upgrade's path), once the request came."""
+        if self.session is not None:
+            return self.session.endpoint
+        return endpoint_of(self.request.path) if self.request is not None else None
+
+    async def call(self, action: str, payload: dict, timeout: float) -> dict:
+        """A CALL to the attached station (one in flight, FIFO; see ocppj.Rpc.call)."""
+        if self.session is None:
+            raise RpcClosed("the station is not attached")
+        return await self.session.call(action, payload, timeout)
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return (peer[0], peer[1]) if peer else (self.address, 0)
+
+    def respond(self, status: int, text: str) -> Response:
+        """A plain-text HTTP response refusing the upgrade."""
+        assert self.ws is not None
+        return self.ws.reject(status, text)
+
+    def write(self, frame: bytes) -> None:
+        """Send one text frame (the Rpc's answers and CALLs): straight to the transport, or
+        into the batch written once the read being handled is done."""
+        if self.lost or self.ws is None or self.ws.state is not OPEN:
+            return
+        n = len(frame)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:
+            head = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            head = b"\x81\x7f" + n.to_bytes(8, "big")
+        batch = self.batch
+        if batch is not None:
+            batch += head
+            batch += frame
+        else:
+            self.transport.write(head + frame)
+            self._check_unread()
+
+    def pause_reading(self) -> None:
+        if not self.lost:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.lost and self.session is not None and not self.parked:
+            self.transport.resume_reading()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake and wait for the connection to end."""
+        if self.lost:
+            return
+        ws = self.ws
+        if ws is not None and ws.state is OPEN:
+            ws.send_close(code, reason)
+            self._send_pending()
+        elif ws is None or ws.state is CONNECTING:
+            self.transport.close()
+        waiter = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        await waiter
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, base)
+        transport = self.transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername")
         self.address = peer[0] if peer else "?"
         listener = self.listener
@@ -270,7 +445,15 @@ class StationConnection(ServerConnection):
         listener.handshakes[self.address] += 1
         self.handshaking = True
         listener.open.add(self)
-        super().connection_made(transport)
+        self.ws = ServerProtocol(
+            subprotocols=SUBPROTOCOLS,
+            select_subprotocol=_registered_protocol,
+            max_size=listener.s.max_frame,
+        )
+        self.ws.connection = self  # type: ignore[attr-defined]  # for _registered_protocol
+        self.timer = asyncio.get_running_loop().call_later(
+            listener.s.handshake_timeout, self._handshake_expired
+        )
 
     def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
         self.refused = True
@@ -286,6 +469,11 @@ class StationConnection(ServerConnection):
         )
         transport.close()
 
+    def _handshake_expired(self) -> None:
+        self.timer = None
+        if not self.lost:
+            self.transport.abort()
+
     def upgraded(self) -> None:
         """The handshake is over (accepted or refused): it no longer counts as one."""
         if self.handshaking:
@@ -295,24 +483,186 @@ class StationConnection(ServerConnection):
             if handshakes[self.address] <= 0:
                 del handshakes[self.address]
 
-    def send_data(self) -> None:
-        # websockets writes pongs (and our frames) without back-pressure: a peer that sends
-        # but never reads would make this buffer grow for as long as it likes
-        super().send_data()
-        waiting = self.transport.get_write_buffer_size()
-        if waiting > MAX_UNREAD:
-            self.listener.dropped(self, waiting)
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        if ws is None:  # refused: nothing is read
+            return
+        self.heard = True
+        if self.session is None:
+            ws.receive_data(data)
+            events = ws.events_received()
+            if events:
+                self._before_open(events)
+            self._send_pending()
+            return
+        turns = self.listener.turns
+        if self.parked or (
+            (turns.spent >= TURN_BUDGET or turns.waiting) and not self.session.rpc.awaiting
+        ):
+            # this loop turn had its share of station work (the answer to a command is
+            # never kept waiting: the admin waits for it)
+            turns.defer(self, data)
+            return
+        t0 = perf_counter()
+        self.handle(data)
+        turns.charge(perf_counter() - t0)
+
+    def handle(self, data: bytes) -> None:
+        """Bytes from an attached station: its frames to its Rpc, our answers in one write."""
+        ws = self.ws
+        assert ws is not None
+        ws.receive_data(data)
+        events = ws.events_received()
+        self.batch = bytearray()
+        try:
+            self._frames(events)
+        finally:
+            batch, self.batch = self.batch, None
+            if batch:
+                self.transport.write(batch)
+        self._send_pending()
+
+    def resume_after_turn(self) -> None:
+        """Deferred bytes handled: read on, unless its Rpc has too many frames waiting."""
+        if not self.lost and self.session is not None and not self.session.rpc.backlogged:
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.ws is not None:
+            self.ws.receive_eof()
+            self._send_pending()
+        return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         listener = self.listener
         listener.per_address[self.address] -= 1
         if listener.per_address[self.address] <= 0:
             del listener.per_address[self.address]
         if self.refused:
             return
+        if self.timer is not None:
+            self.timer.cancel()
         self.upgraded()
         listener.open.discard(self)
-        super().connection_lost(exc)
+        ws = self.ws
+        if ws is not None:
+            ws.receive_eof()  # its state is CLOSED now: what the close said, or 1006
+            self.close_code = ws.close_code
+        if self.session is not None:
+            listener.ended(self)
+        for waiter in self.waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- frames ---------------------------------------------------------------------------------
+
+    def _frames(self, events: list) -> None:
+        rpc = self.session.rpc  # type: ignore[union-attr]
+        for frame in events:
+            op = frame.opcode
+            if op is TEXT or op is BINARY or op is CONT:
+                if not frame.fin:  # a part: kept until the last (max_size bounds the whole)
+                    if op is not CONT:
+                        self.fragments = [bytes([op is TEXT]), frame.data]
+                    elif self.fragments is not None:
+                        self.fragments.append(frame.data)
+                    continue
+                data = frame.data
+                if op is CONT:
+                    if self.fragments is None:
+                        continue
+                    parts, self.fragments = self.fragments, None
+                    text, data = parts[0] == b"\x01", b"".join(parts[1:]) + data
+                else:
+                    text = op is TEXT
+                if text:
+                    try:
+                        raw: str | bytes = data.decode()
+                    except UnicodeDecodeError as e:
+                        self.ws.fail(1007, f"{e.reason} at position {e.start}")  # type: ignore[union-attr]
+                        return
+                else:
+                    raw = data
+                rpc.received(raw)
+            # pings are answered and closes echoed by the protocol; a pong is only heard
+
+    def _before_open(self, events: list) -> None:
+        """The upgrade request (frames cannot come before our 101)."""
+        for event in events:
+            if isinstance(event, Request) and self.request is None:
+                self.request = event
+                self.transport.pause_reading()  # until the session is attached
+                self.listener.spawn(self._upgrade(event))
+
+    async def _upgrade(self, request: Request) -> None:
+        ws = self.ws
+        assert ws is not None
+        listener = self.listener
+        try:
+            response = await listener.process_request(self, request)
+            if response is None:
+                response = ws.accept(request)
+        except Exception:
+            log.exception("the upgrade of a connection failed")
+            response = ws.reject(500, "Failed to open a WebSocket connection.\n")
+        if not listener.serving and response.status_code == 101:
+            response = ws.reject(503, "Server is shutting down.\n")
+        self.upgraded()
+        if self.lost:
+            return
+        ws.send_response(response)
+        self._send_pending()
+        if response.status_code != 101:
+            return
+        if self.timer is not None:  # the handshake is done; attaching has its own deadlines
+            self.timer.cancel()
+            self.timer = None
+        await listener.opened(self)
+
+    def _send_pending(self) -> None:
+        """What the protocol has to send (pongs, close frames, the handshake's response), and
+        the end of the connection once it says so."""
+        ws = self.ws
+        if ws is None or self.lost:
+            return
+        for data in ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:  # end of stream: a server closes the TCP connection first
+                self.transport.close()
+                return
+        self._check_unread()
+
+    def _check_unread(self) -> None:
+        # a peer that sends but never reads (pings, CALLs) would make this buffer grow for
+        # as long as it likes
+        waiting = self.transport.get_write_buffer_size()
+        if waiting > MAX_UNREAD:
+            self.listener.dropped(self, waiting)
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """The watchdog's look: a ping after `interval` s without a byte from the station,
+        and closed (1011) if nothing answers it within `timeout` s."""
+        ws = self.ws
+        if self.session is None or ws is None or ws.state is not OPEN:
+            return
+        if self.heard:
+            self.heard, self.quiet_since, self.ping_sent = False, now, None
+        elif self.ping_sent is None:
+            if now - self.quiet_since >= interval:
+                self.ping_sent = now
+                ws.send_ping(b"")
+                self._send_pending()
+        elif now - self.ping_sent >= timeout:
+            ws.fail(1011, "keepalive ping timeout")
+            self._send_pending()
+            self.transport.abort()
+
+
+def _registered_protocol(protocol: ServerProtocol, offered: Sequence[Subprotocol]) -> Any:
+    # process_request checked that the registered protocol is among those offered
+    return protocol.connection.ocpp_protocol  # type: ignore[attr-defined]
 
 
 class Listener:
@@ -321,7 +671,8 @@ class Listener:
         self.stations = Registry(fleet)
         fleet.live = self.stations
         self.s = settings
-        self.servers: list[Server] = []
+        self.servers: list[asyncio.Server] = []
+        self.serving = True  # False once stop() began: no more upgrades
         self.watchdog: asyncio.Future | None = None
         self.per_address: Counter[str] = Counter()
         self.handshakes: Counter[str] = Counter()  # upgrades in flight per address
@@ -330,12 +681,14 @@ class Listener:
         self.drops_logged = Throttle()  # per address
         self.refusals = Refusals(fleet)
         self.guesses = Guesses()
+        self.turns = Turns()
         self.open: set[StationConnection] = set()  # every accepted TCP connection
+        self.tasks: set[asyncio.Future] = set()  # upgrades, attaches and detaches under way
         self.connection_class = type("StationConnection", (StationConnection,), {"listener": self})
 
     async def refuse(
         self,
-        conn: ServerConnection,
+        conn: StationConnection,
         status: int,
         endpoint: str | None,
         reason: str,
@@ -350,7 +703,7 @@ class Listener:
             response.headers["WWW-Authenticate"] = 'Basic realm="edrvctl", charset="UTF-8"'
         return response
 
-    async def process_request(self, conn: ServerConnection, request: Request):
+    async def process_request(self, conn: StationConnection, request: Request):
         endpoint = endpoint_of(request.path)
         if endpoint is None:
             return await self.refuse(conn, 404, None, "no chargestation identity in the URL path")
@@ -374,7 +727,7 @@ class Listener:
         return None
 
     async def _refusal(
-        self, conn: ServerConnection, request: Request, endpoint: str, doc: dict
+        self, conn: StationConnection, request: Request, endpoint: str, doc: dict
     ) -> tuple[int, str] | None:
         """Why a known station may not connect, if it may not: (HTTP status, reason)."""
         security = doc["security"]
@@ -417,15 +770,6 @@ class Listener:
             )
         return None
 
-    def select_subprotocol(self, conn: ServerConnection, offered):
-        # process_request checked that the registered protocol is among those offered
-        return getattr(conn, "ocpp_protocol", None)
-
-    async def handle(self, ws: ServerConnection) -> None:
-        if isinstance(ws, StationConnection):
-            ws.upgraded()
-        await self._session(ws)
-
     def _connection_log_level(self, endpoint: str) -> int:
         """INFO for a station's connection once a minute at most; a station reconnecting in
         a loop must not grow the log (its repeats go to DEBUG, counted in the next INFO)."""
@@ -455,15 +799,22 @@ class Listener:
             bucket = self.buckets[endpoint] = TokenBucket(self.s.max_rate, self.s.burst)
         return bucket
 
-    async def _session(self, ws: ServerConnection) -> None:
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def opened(self, conn: StationConnection) -> None:
+        """An upgraded connection: its session is the station's once attached (the frames
+        that come meanwhile wait, unread)."""
         # process_request refused connections without an endpoint or a subprotocol
-        endpoint = endpoint_of(ws.request.path if ws.request else "/") or ""
-        protocol = ws.subprotocol or ""
-        station_id = getattr(ws, "station_id", None)
+        endpoint = endpoint_of(conn.request.path if conn.request else "/") or ""
+        protocol = conn.ocpp_protocol or ""
+        station_id = conn.station_id
         session = CHARGE_POINTS[protocol](
             endpoint,
             protocol,
-            ws,
+            conn,
             self.fleet,
             self._bucket(endpoint),
             trace=self.fleet.metrics.tracer(
@@ -479,35 +830,29 @@ class Listener:
             log.error("%s: connection not recorded: %s", endpoint, e)
             await session.close("the central system cannot record this connection; retry")
             return
-        level = self._connection_log_level(endpoint)
-        log.log(level, "%s: connected (%s) from %s", endpoint, protocol, ws.remote_address[0])
-        try:
-            await session.run()
-        finally:
-            await self.stations.detach(session)
-            log.log(level, "%s: disconnected (%s)", endpoint, ws.close_code)
+        conn.log_level = level = self._connection_log_level(endpoint)
+        log.log(level, "%s: connected (%s) from %s", endpoint, protocol, conn.address)
+        conn.session = session
+        conn.request = None  # (its headers: memory held for nothing)
+        if conn.lost:  # it went while being attached
+            self.ended(conn)
+            return
+        conn.transport.resume_reading()
+
+    def ended(self, conn: StationConnection) -> None:
+        """A session's connection is gone: whatever waits on it fails now, and the station is
+        offline unless a newer connection replaced it."""
+        assert conn.session is not None
+        conn.session.closed()
+        self.spawn(self._detach(conn.session, conn.log_level, conn.close_code))
+
+    async def _detach(self, session: StationSession, level: int, close_code: int | None) -> None:
+        await self.stations.detach(session)
+        log.log(level, "%s: disconnected (%s)", session.endpoint, close_code)
 
     async def _serve(self, port: int, tls: ssl.SSLContext | None) -> str:
-        server = await serve(
-            self.handle,
-            self.s.host,
-            port,
-            ssl=tls,
-            process_request=self.process_request,
-            create_connection=self.connection_class,
-            select_subprotocol=self.select_subprotocol,
-            subprotocols=[Subprotocol(p) for p in CHARGE_POINTS],
-            open_timeout=self.s.handshake_timeout,
-            ping_interval=self.s.ping_interval,
-            ping_timeout=self.s.ping_timeout,
-            # A station that missed its pong will not finish a closing handshake either; wait
-            # for it no longer than for the pong, so it shows offline promptly.
-            close_timeout=min(10.0, self.s.ping_timeout or 10.0),
-            max_size=self.s.max_frame,
-            max_queue=4,
-            compression=None,
-            server_header=None,
-        )
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self.connection_class, self.s.host, port, ssl=tls)
         self.servers.append(server)
         port = server.sockets[0].getsockname()[1]
         shown = self.s.host if self.s.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
@@ -524,23 +869,29 @@ class Listener:
         return plain, secure
 
     async def _watch(self) -> None:
-        """Drop peers that do not read: what we write them (answers, pongs to their pings)
-        piles up in our buffer, and websockets' own keepalive waits for it to drain before
-        its pong deadline even starts. Past MAX_UNREAD bytes, or not draining for the ping
-        timeout, the connection is aborted."""
+        """Keepalive and peers that do not read, for every connection in one loop (no task
+        per connection). A station silent for the ping interval is pinged, and closed (1011)
+        if nothing comes back within the ping timeout. What we write (answers, pongs to its
+        pings) piles up in our buffer if it does not read: past MAX_UNREAD bytes, or not
+        draining for the ping timeout, the connection is aborted."""
         deadline = self.s.ping_timeout or 60.0
-        every = min(5.0, deadline / 4)
+        interval = self.s.ping_interval
+        every = min(5.0, deadline / 4, interval / 4 if interval else 5.0)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(every)
             try:
-                self._drop_stuck(loop.time(), deadline)
+                now = loop.time()
+                self._drop_stuck(now, deadline)
+                if interval:
+                    for conn in list(self.open):
+                        conn.keepalive(now, interval, deadline)
             except Exception:  # never let the watchdog die
                 log.exception("watchdog")
 
     def _drop_stuck(self, now: float, deadline: float) -> None:
         for conn in list(self.open):
-            transport = getattr(conn, "transport", None)
+            transport = conn.transport
             if transport is None or transport.is_closing():
                 continue
             size = transport.get_write_buffer_size()
@@ -556,17 +907,24 @@ class Listener:
     async def stop(self) -> None:
         """Close every station's socket (1001, going away), within CLOSE_DEADLINE whatever
         the stations do: those that do not finish the closing handshake are aborted."""
+        self.serving = False
         if self.watchdog is not None:
             self.watchdog.cancel()
         for server in self.servers:
             server.close()
-        waiting = asyncio.gather(*(server.wait_closed() for server in self.servers))
-        try:
-            await asyncio.wait_for(asyncio.shield(waiting), CLOSE_DEADLINE)
-        except TimeoutError:
-            log.warning(
-                "%d connection(s) did not close in %g s: aborted", len(self.open), CLOSE_DEADLINE
-            )
-            for conn in list(self.open):
-                conn.transport.abort()
-            await waiting
+        closing = [
+            asyncio.ensure_future(conn.close(1001, "going away")) for conn in list(self.open)
+        ]
+        if closing:
+            _, pending = await asyncio.wait(closing, timeout=CLOSE_DEADLINE)
+            if pending:
+                log.warning(
+                    "%d connection(s) did not close in %g s: aborted", len(pending), CLOSE_DEADLINE
+                )
+                for conn in list(self.open):
+                    conn.transport.abort()
+                await asyncio.wait(pending)
+        for server in self.servers:
+            await server.wait_closed()
+        while self.tasks:  # the detaches of those that closed
+            await asyncio.wait(list(self.tasks))

@@ -45,12 +45,21 @@ def heartbeat(s: StationSession, p: dict) -> dict:
     return {"currentTime": utcnow()}
 
 
-async def status_notification(s: StationSession, p: dict) -> dict:
+def status_notification(s: StationSession, p: dict) -> Any:
     # 1.6 has no EVSEs: connector n is recorded as EVSE n, connector n; 0 is the station
-    c = p["connectorId"]
-    await s.fleet.status_notification(
-        s.endpoint, c, c, p["status"], error_code=p["errorCode"], info=p.get("info")
-    )
+    c, status, error, info = p["connectorId"], p["status"], p["errorCode"], p.get("info")
+    fleet = s.fleet
+    if not fleet.is_followed(s.endpoint) and fleet.status_repeated(
+        s.endpoint, c, c, status, error, info
+    ):
+        return {}  # answered at once: nothing to write
+    return _status_notification(s, c, status, error, info)
+
+
+async def _status_notification(
+    s: StationSession, c: int, status: str, error: str, info: str | None
+) -> dict:
+    await s.fleet.status_notification(s.endpoint, c, c, status, error_code=error, info=info)
     return {}
 
 

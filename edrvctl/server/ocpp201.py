@@ -235,10 +235,16 @@ async def boot(s: StationSession, p: dict) -> dict:
     return {"currentTime": utcnow(), "interval": interval, "status": status}
 
 
-async def status_notification(s: StationSession, p: dict) -> dict:
-    await s.fleet.status_notification(
-        s.endpoint, p["evseId"], p["connectorId"], p["connectorStatus"]
-    )
+def status_notification(s: StationSession, p: dict) -> Any:
+    evse, c, status = p["evseId"], p["connectorId"], p["connectorStatus"]
+    fleet = s.fleet
+    if not fleet.is_followed(s.endpoint) and fleet.status_repeated(s.endpoint, evse, c, status):
+        return {}  # answered at once: nothing to write
+    return _status_notification(s, evse, c, status)
+
+
+async def _status_notification(s: StationSession, evse: int, c: int, status: str) -> dict:
+    await s.fleet.status_notification(s.endpoint, evse, c, status)
     return {}
 
 

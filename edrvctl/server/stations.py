@@ -118,10 +118,10 @@ class StationSession:
         """The socket is gone: whatever waits on this station fails now."""
         self.rpc.close()
 
-    async def close(self, reason: str = "") -> None:
+    async def close(self, reason: str = "", code: int = 1000) -> None:
         """Close the socket with a deadline, whatever the station does."""
         try:
-            await asyncio.wait_for(self.ws.close(1000, reason[:120]), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self.ws.close(code, reason[:120]), CLOSE_TIMEOUT)
         except TimeoutError:
             self.ws.transport.abort()
 
@@ -186,6 +186,9 @@ class Registry:
         self.fleet = fleet
         self._sessions: dict[str, StationSession] = {}
         self._closing: set[asyncio.Future] = set()  # replaced connections being closed
+        # several nodes (server/cluster.py): stations are claimed and released through it
+        self.cluster: Any = None
+        self._evicted: set[StationSession] = set()  # another node holds their station now
 
     def is_online(self, endpoint: str) -> bool:
         return endpoint in self._sessions
@@ -212,7 +215,10 @@ class Registry:
             )
             task.add_done_callback(self._closing.discard)
         try:
-            await self.fleet.connected(session.endpoint, session.describe())
+            info = session.describe()
+            if self.cluster is not None:  # owned here, under a new epoch, before any write
+                info.update(await self.cluster.claim(session.endpoint))
+            await self.fleet.connected(session.endpoint, info)
         except Exception:  # deleted between the upgrade and now, or the store failed
             if self._sessions.get(session.endpoint) is session:
                 del self._sessions[session.endpoint]
@@ -224,7 +230,29 @@ class Registry:
         if self._sessions.get(session.endpoint) is not session:
             return
         del self._sessions[session.endpoint]
-        await self.fleet.disconnected(session.endpoint)
+        if session in self._evicted:  # its station is another node's: nothing to write
+            self._evicted.discard(session)
+            return
+        try:
+            await self.fleet.disconnected(session.endpoint)
+        finally:
+            if self.cluster is not None:
+                await self.cluster.release(session.endpoint)
+
+    async def evict(self, endpoint: str, reason: str) -> None:
+        """Another node holds the station now: close our socket, write nothing for it."""
+        session = self._sessions.get(endpoint)
+        if session is not None:
+            self._evicted.add(session)
+            session.closed()
+            await session.close(reason)
+
+    async def shed(self, endpoint: str, reason: str) -> None:
+        """Close the socket with 1012 (service restart): the station reconnects, through
+        the load balancer, to another node."""
+        session = self._sessions.get(endpoint)
+        if session is not None:
+            await session.close(reason, 1012)
 
     def check(self, endpoint: str, command: Command) -> None:
         session = self._sessions.get(endpoint)

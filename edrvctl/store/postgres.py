@@ -227,6 +227,30 @@ CREATE TABLE station_owner (
     claimed_at  timestamptz NOT NULL
 );
 """,
+    # 2: the cluster's routed commands, and whether a station's owner still holds its socket
+    # (store/pgcluster.py)
+    """
+ALTER TABLE station_owner ADD COLUMN connected boolean NOT NULL DEFAULT true;
+ALTER TABLE station_owner ADD COLUMN endpoint text COLLATE "C" NOT NULL DEFAULT '';
+CREATE INDEX station_owner_node ON station_owner (node_id) WHERE connected;
+CREATE TABLE node_commands (
+    id bigserial PRIMARY KEY,
+    station_id text COLLATE "C" NOT NULL,
+    endpoint text COLLATE "C" NOT NULL,
+    node_id text COLLATE "C" NOT NULL,
+    epoch bigint NOT NULL,
+    reply_node text COLLATE "C" NOT NULL,
+    kind text COLLATE "C" NOT NULL,
+    body jsonb NOT NULL,
+    status text COLLATE "C" NOT NULL DEFAULT 'queued',
+    result jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    deadline timestamptz NOT NULL
+);
+CREATE INDEX node_commands_open ON node_commands (node_id) WHERE status <> 'done';
+CREATE INDEX node_commands_station ON node_commands (station_id) WHERE status <> 'done';
+CREATE INDEX node_commands_done ON node_commands (created_at) WHERE status = 'done';
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = 0x65647276  # pg_advisory_lock key: nodes starting at once migrate one by one
@@ -341,7 +365,7 @@ class PostgresStore:
         self.url = url
         self.readonly = readonly
         self.pool_size = pool_size
-        self.on_events: Callable[[list[dict]], None] | None = None
+        self._on_events: Callable[[list[dict]], None] | None = None
         self.on_commit: Callable[[float], None] | None = None
         # station _id -> the ownership epoch this node holds (several nodes; fleet sets it)
         self.claims: dict[str, int] = {}
@@ -385,6 +409,31 @@ class PostgresStore:
         self._starting = asyncio.Lock()
         self._notify_due = False
 
+    @property
+    def on_events(self) -> Callable[[list[dict]], None] | None:
+        return self._on_events
+
+    @on_events.setter
+    def on_events(self, publish: Callable[[list[dict]], None] | None) -> None:
+        """Set once the store is open (serve opens it first): the tailer starts now."""
+        self._on_events = publish
+        if publish is not None and self._pool is not None and self._tailer is None:
+            self._start_tailer()
+
+    def _start_tailer(self) -> None:
+        async def tail() -> None:
+            while True:  # (the database may be down a while)
+                try:
+                    start = await self._safe_seq()
+                    break
+                except StoreUnavailable as e:
+                    log.warning("events: %s; trying again", e)
+                    await asyncio.sleep(POLL_EVERY)
+            await self._tail(start)
+
+        self._wake = asyncio.Event()
+        self._tailer = asyncio.create_task(tail())
+
     async def open(self) -> None:
         """Connect, migrate, start the event tailer (the first unit does it otherwise)."""
         self._bind()
@@ -394,7 +443,7 @@ class PostgresStore:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         pool = self._pool
-        if pool is not None and (self._tailer is not None or self.on_events is None):
+        if pool is not None:
             return pool
         assert self._starting is not None
         async with self._starting:
@@ -415,11 +464,8 @@ class PostgresStore:
                     )
                 except (TimeoutError, OSError, asyncpg.PostgresError) as e:
                     raise StoreUnavailable(self._cannot(e)) from None
-            # (on_events may be set after the pool opened: the tailer starts at the next unit,
-            # from the events final then, before that unit writes any)
-            if self.on_events is not None and self._tailer is None:
-                self._wake = asyncio.Event()
-                self._tailer = asyncio.create_task(self._tail(await self._safe_seq()))
+                if self.on_events is not None and self._tailer is None:
+                    self._start_tailer()
         assert self._pool is not None
         return self._pool
 
