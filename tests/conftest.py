@@ -88,7 +88,12 @@ class Server:
 
 
 def hermetic_env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDRV", "XDG_"))}
+    # (EDRVCTL_LOOP passes: .ci/run runs the servers under test on each event loop)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EDRV", "XDG_")) or k == "EDRVCTL_LOOP"
+    }
     env.update(
         XDG_DATA_HOME=str(root / "data"),
         XDG_CONFIG_HOME=str(root / "config"),
