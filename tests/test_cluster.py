@@ -413,6 +413,7 @@ def test_nodes_list_and_drain(cluster, tmp_path):
     assert set(nodes) == {"n1", "n2", "n3"} and all(n["live"] for n in nodes.values())
     assert sum(n["stations"] for n in nodes.values()) >= STATIONS
     # drain n2: its stations move to the others, and it takes none while draining
+    before = owners(cluster)
     out = subprocess.run([*cli, "nodes", "drain", "n2"], env=env, capture_output=True)
     assert out.returncode == 0, out.stderr
     until(lambda: cluster.health("n2") == 503, timeout=5, what="n2 to say it is draining")
@@ -422,6 +423,10 @@ def test_nodes_list_and_drain(cluster, tmp_path):
         return counts.get("n2") == 0 and sum(counts.values()) >= STATIONS
 
     until(drained, timeout=60, interval=0.5, what="n2's stations to move")
+    # n2 asks on behalf of stations it no longer holds: routed, not refused by its old claim
+    moved = [ep for ep, node in before.items() if node == "n2" and ep.startswith("CL0")][:5]
+    with cluster.api("n2") as api:
+        assert [trigger(api, ep)[0] for ep in moved] == [201] * len(moved)
     # a restart ends the drain (and, as after any restart, nothing moves back on its own)
     cluster.kill("n2", signal.SIGTERM)
     cluster.nodes["n2"].proc.wait(scaled(20))

@@ -328,6 +328,7 @@ class ClusterNode:
         for station_id, (ep, epoch) in list(self.held.items()):
             if ep == endpoint:
                 del self.held[station_id]
+                self._unclaim(station_id, epoch)
                 assert self.db is not None
                 try:
                     await self.db.release(station_id, self.node_id, epoch)
@@ -336,15 +337,25 @@ class ClusterNode:
 
     def evict(self, station_id: str, epoch: int | None) -> None:
         """Another node holds the station now (epoch None: we learnt it late): close our
-        socket without writing anything for it (the store's fence would refuse it anyway;
-        store.claims keeps our old epoch so that any write still in flight is refused)."""
+        socket without writing anything for it. store.claims keeps our old epoch until the
+        socket is closed, so that the store refuses any write still in flight for it."""
         held = self.held.get(station_id)
         if held is None or (epoch is not None and held[1] >= epoch):
             return
         endpoint = held[0]
         del self.held[station_id]
         log.info("%s: connected to another node now; closing our socket", endpoint)
-        self._spawn(self.registry.evict(endpoint, "replaced by a newer connection on another node"))
+        self._spawn(self._evict(station_id, endpoint, held[1]))
+
+    async def _evict(self, station_id: str, endpoint: str, epoch: int) -> None:
+        await self.registry.evict(endpoint, "replaced by a newer connection on another node")
+        self._unclaim(station_id, epoch)
+
+    def _unclaim(self, station_id: str, epoch: int) -> None:
+        """The socket is closed: this node's writes for the station are admin writes again
+        (unfenced), unless it has claimed the station anew meanwhile."""
+        if self.store.claims.get(station_id) == epoch:
+            del self.store.claims[station_id]
 
     def shed(self, n: int | None) -> None:
         """Close up to n of our stations' sockets (None: all, for as long as we drain: the
