@@ -607,14 +607,10 @@ class Fleet:
         """Stations whose node was lost (server/cluster.py): offline, and the commands that
         node was following for them failed."""
         for station_id in station_ids:
-
-            def offline(doc: dict, now: str) -> dict:
-                doc["online"] = False
-                doc["lastDisconnectAt"] = now
-                return {"reason": reason}
-
             try:
-                await self._change(station_id, offline, message=False, event=events.OFFLINE)
+                await self._change(
+                    station_id, _offline({"reason": reason}), message=False, event=events.OFFLINE
+                )
                 pending = ActionQuery(
                     equals={"chargestation": station_id, "outcome": "pending"}, limit=None
                 )
@@ -903,15 +899,10 @@ class Fleet:
         self._ids[endpoint] = doc["_id"]
 
     async def disconnected(self, endpoint: str) -> None:
-        def apply(doc: dict, now: str) -> dict:
-            doc["online"] = False
-            doc["lastDisconnectAt"] = now
-            return {}
-
         self._ids.pop(endpoint, None)
         self._statuses.pop(endpoint, None)
         try:
-            await self._change(endpoint, apply, message=False, event=events.OFFLINE)
+            await self._change(endpoint, _offline({}), message=False, event=events.OFFLINE)
         except NotFound:
             pass
         if endpoint in self._following:
@@ -1325,6 +1316,17 @@ def _failure(e: EdrvError) -> tuple[dict, str, str]:
     elif isinstance(e, UsageError):
         code, stage = "Invalid", "queued"
     return {"code": code or type(e).__name__, "description": e.message}, outcome, stage
+
+
+def _offline(said: dict) -> Callable[[dict, str], dict]:
+    """A station's socket is gone: its record says so; `said` is the event's data."""
+
+    def apply(doc: dict, now: str) -> dict:
+        doc["online"] = False
+        doc["lastDisconnectAt"] = now
+        return said
+
+    return apply
 
 
 def _interrupted(reason: str) -> Callable[[dict, str], None]:

@@ -264,15 +264,9 @@ class ClusterNode:
 
     async def _take_over(self, node_id: str) -> None:
         assert self.db is not None
-        async with self.db.pool.acquire() as db, db.transaction():
-            stations = await db.fetch(
-                "UPDATE station_owner SET epoch = epoch + 1, connected = false "
-                "WHERE node_id = $1 AND connected RETURNING station_id",
-                node_id,
-            )
-            await self.db._fail(db, "node_id = $1", node_id, "Unavailable", "node restarted")
+        stations = await self.db.take_over(node_id, f"node {node_id} restarted")
         if stations:
-            await self.fleet.lost([r[0] for r in stations], f"node {node_id} restarted")
+            await self.fleet.lost(stations, f"node {node_id} restarted")
 
     async def _revalidate(self) -> None:
         """Close the sockets of stations another node took while we could not hear it."""
@@ -436,18 +430,10 @@ class ClusterNode:
             result = await self.db.result(command_id)  # NOTIFY only wakes: the row says
             if result is None:
                 # not answered in time: end it here, unless its answer comes just now
-                await self.db.finish(
-                    command_id,
-                    orjson.dumps(
-                        {
-                            "error": {
-                                "kind": "StationTimeout",
-                                "message": f"node {owner} did not answer for "
-                                f"chargestation {endpoint} within {wait:g} s",
-                            }
-                        }
-                    ),
+                late = StationTimeout(
+                    f"node {owner} did not answer for chargestation {endpoint} within {wait:g} s"
                 )
+                await self.db.finish(command_id, _encode_error(late))
                 result = await self.db.result(command_id)
         finally:
             self._waiting.pop(command_id, None)

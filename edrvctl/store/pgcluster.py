@@ -106,16 +106,25 @@ class ClusterDb:
                 )
                 if gone is None:
                     continue
-                stations = await db.fetch(
-                    "UPDATE station_owner SET epoch = epoch + 1, connected = false "
-                    "WHERE node_id = $1 AND connected RETURNING station_id",
-                    node_id,
-                )
-                failed = await self._fail(
-                    db, "node_id = $1", node_id, "Unavailable", f"node {node_id} lost"
-                )
-                reaped.append((node_id, [r[0] for r in stations], failed))
+                stations, failed = await self._give_up(db, node_id, f"node {node_id} lost")
+                reaped.append((node_id, stations, failed))
         return reaped
+
+    async def take_over(self, node_id: str, reason: str) -> list[str]:
+        """What a node held is no longer held (its process is gone): the stations, now
+        offline under a new epoch; its open commands fail."""
+        async with self.pool.acquire() as db, db.transaction():
+            stations, _ = await self._give_up(db, node_id, reason)
+        return stations
+
+    async def _give_up(self, db: Any, node_id: str, reason: str) -> tuple[list[str], list[dict]]:
+        rows = await db.fetch(
+            "UPDATE station_owner SET epoch = epoch + 1, connected = false "
+            "WHERE node_id = $1 AND connected RETURNING station_id",
+            node_id,
+        )
+        failed = await self._fail(db, "node_id = $1", node_id, "Unavailable", reason)
+        return [r[0] for r in rows], failed
 
     async def tell(self, node_id: str, message: str) -> None:
         await self.pool.execute("SELECT pg_notify($1, $2)", channel(node_id), message)
