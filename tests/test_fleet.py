@@ -510,6 +510,36 @@ def test_the_newest_connection_wins(fresh_fleet):
     run(scenario())
 
 
+def test_a_reconnect_is_recorded_after_the_offline_it_follows(fresh_fleet):
+    """The old socket's offline write, still under way when the station reconnects, lands
+    first: the record ends online (on PostgreSQL the two could commit in either order)."""
+
+    async def scenario():
+        doc = await create(fresh_fleet)
+        registry = Registry(fresh_fleet)
+        fresh_fleet.live = registry
+        old, new = FakeSession(doc["endpoint"]), FakeSession(doc["endpoint"])
+        await registry.attach(old)  # type: ignore[arg-type]
+        gate, recorded = asyncio.Event(), fresh_fleet.disconnected
+
+        async def slow_offline(endpoint: str) -> None:
+            await gate.wait()
+            await recorded(endpoint)
+
+        fresh_fleet.disconnected = slow_offline  # type: ignore[method-assign]
+        leaving = asyncio.ensure_future(registry.detach(old))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        coming = asyncio.ensure_future(registry.attach(new))  # type: ignore[arg-type]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(leaving, coming)
+        assert registry.is_online(doc["endpoint"])
+        assert (await fresh_fleet.get(doc["_id"]))["online"] is True
+
+    run(scenario())
+
+
 def test_deleting_a_connected_station_disconnects_it(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet)

@@ -189,6 +189,9 @@ class Registry:
         # several nodes (server/cluster.py): stations are claimed and released through it
         self.cluster: Any = None
         self._evicted: set[StationSession] = set()  # another node holds their station now
+        # offline writes under way: a newer connection's online write waits for its
+        # station's, or the two could commit in either order (they do, on PostgreSQL)
+        self._leaving: dict[str, asyncio.Future] = {}
 
     def is_online(self, endpoint: str) -> bool:
         return endpoint in self._sessions
@@ -215,6 +218,8 @@ class Registry:
             )
             task.add_done_callback(self._closing.discard)
         try:
+            if (leaving := self._leaving.get(session.endpoint)) is not None:
+                await asyncio.shield(leaving)
             info = session.describe()
             if self.cluster is not None:  # owned here, under a new epoch, before any write
                 info.update(await self.cluster.claim(session.endpoint))
@@ -233,11 +238,17 @@ class Registry:
         if session in self._evicted:  # its station is another node's: nothing to write
             self._evicted.discard(session)
             return
+        self._leaving[session.endpoint] = leaving = asyncio.get_running_loop().create_future()
         try:
             await self.fleet.disconnected(session.endpoint)
         finally:
-            if self.cluster is not None:
-                await self.cluster.release(session.endpoint)
+            try:
+                if self.cluster is not None:  # before a newer connection claims it here
+                    await self.cluster.release(session.endpoint)
+            finally:
+                if self._leaving.get(session.endpoint) is leaving:
+                    del self._leaving[session.endpoint]
+                leaving.set_result(None)
 
     async def evict(self, endpoint: str, reason: str) -> None:
         """Another node holds the station now: close our socket, write nothing for it."""
