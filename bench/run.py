@@ -22,8 +22,8 @@ retention   1,000 stations for 10 minutes, a Heartbeat and MeterValues every 10 
             server keeping events, meter values and Actions 2 minutes: the store's size every
             30 s (it levels off), rows pruned, the longest pruning batch, the API's latency
 peers       calls/s, server CPU per call and latency from 100 and from 1,000 stations, measured
-            by a C load generator (bench/loadgen.c) in interleaved rounds: edrvctl, edrvctl on
-            uvloop, edrvctl at --before REV, a Node.js central system on ocpp-rpc with strict
+            by a C load generator (bench/loadgen.c) in interleaved rounds: edrvctl (on uvloop when
+            installed), edrvctl on the asyncio loop, edrvctl at --before REV, a Node.js central system on ocpp-rpc with strict
             validation with and without edrvctl's SQLite writes (bench/peers/, npm ci on
             demand), and a C echo (bench/echo.c), the machine's limit; the ratios issue 15 asks
             for. The C programs are built with cc -O2 and the npm packages installed into
@@ -1883,10 +1883,9 @@ def bench_retention(quick: bool = False) -> Result:
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edrvctl-bench"
 PEERS = HERE / "peers"  # the Node.js peer: server.js, package.json, package-lock.json
-# How `edrvctl serve` is asked to run on uvloop (an env var for now: change it here, or add
-# flags, when serve has its own way). Whether it did is read from the server's memory map.
-UVLOOP_ENV = {"EDRVCTL_LOOP": "uvloop"}
-UVLOOP_FLAGS: tuple[str, ...] = ()
+# How `edrvctl serve` is asked for the standard library's loop (it runs on uvloop when that is
+# installed). Whether it did is read from the server's memory map.
+ASYNCIO_ENV = {"EDRVCTL_LOOP": "asyncio"}
 # What issue 15 asks of edrvctl, as ratios of medians in one run
 PEER_GAIN, BEFORE_GAIN = 1.2, 1.5
 
@@ -2035,17 +2034,10 @@ def peers(before: Contender | None, notes: list[str]) -> list[Peer]:
     c = current()
     out = [edrvctl_peer(before, "before", before.label)] if before else []
     out.append(edrvctl_peer(c, "edrvctl", "edrvctl"))
-    if importlib.util.find_spec("uvloop"):
-        out.append(
-            edrvctl_peer(
-                dataclasses.replace(c, flags=c.flags + UVLOOP_FLAGS),
-                "uvloop",
-                "edrvctl on uvloop",
-                UVLOOP_ENV,
-            )
-        )
+    if importlib.util.find_spec("uvloop"):  # edrvctl runs on it when installed
+        out.append(edrvctl_peer(c, "asyncio", "edrvctl on the asyncio loop", ASYNCIO_ENV))
     else:
-        notes.append("uvloop is not importable here: no `edrvctl on uvloop` row.")
+        notes.append("uvloop is not importable here: edrvctl runs on the asyncio loop.")
     modules = node_modules()
     if modules:
         server = ["node", str(PEERS / "server.js"), "{port}"]
@@ -2093,6 +2085,7 @@ def bench_peers(
     before: Contender | None = None,
     rounds: int | None = None,
     seconds: float | None = None,
+    only: tuple[str, ...] = (),
 ) -> Result:
     """edrvctl beside what a user would run instead, and beside the machine's limit: calls/s of
     the same frames from 100 and 1,000 stations (bench/loadgen.c), interleaved rounds, medians."""
@@ -2106,7 +2099,8 @@ def bench_peers(
         "C load generator",
         command("peers", quick, before)
         + (f" --rounds {rounds}" if rounds != default_rounds else "")
-        + (f" --seconds {seconds:g}" if seconds != default_seconds else ""),
+        + (f" --seconds {seconds:g}" if seconds != default_seconds else "")
+        + (f" --only {','.join(only)}" if only else ""),
         load=loadavg(),
         versions=versions(before),
         header=(
@@ -2127,7 +2121,7 @@ def bench_peers(
     if loadgen is None:
         raise RuntimeError("peers: bench/loadgen.c did not build (is there a C compiler, cc?)")
     notes: list[str] = []
-    measured = peers(before, notes)
+    measured = [p for p in peers(before, notes) if not only or p.key in only]
     runs: dict[tuple[str, int], list[dict]] = {(p.key, n): [] for p in measured for n in sizes}
     stored: dict[str, list[tuple[int, int]]] = {}  # key -> (MeterValues rows, calls) per run
     with workdir("peers") as root:
@@ -2142,12 +2136,10 @@ def bench_peers(
                     workdir(f"peers-{p.key}") as proot,
                     p.start(proot, templates.get(p.key)) as (port, pid, store),
                 ):
-                    if p.key == "uvloop" and not uses_uvloop(pid):
+                    if p.key == "asyncio" and uses_uvloop(pid):
                         notes.append(
-                            "`edrvctl on uvloop` not measured: this edrvctl does not run on "
-                            f"uvloop when asked ({' '.join(f'{k}={v}' for k, v in UVLOOP_ENV.items())}"
-                            f"{' ' + ' '.join(UVLOOP_FLAGS) if UVLOOP_FLAGS else ''}): "
-                            "its server never loaded uvloop."
+                            "`edrvctl on the asyncio loop` not measured: this edrvctl runs on "
+                            "uvloop even when asked not to (EDRVCTL_LOOP=asyncio)."
                         )
                         measured.remove(p)
                         continue
@@ -2202,7 +2194,7 @@ def bench_peers(
             ("edrvctl", "node_sqlite", "edrvctl / Node ocpp-rpc + SQLite"),
             ("edrvctl", "node", "edrvctl / Node ocpp-rpc, no store"),
             ("edrvctl", "before", f"edrvctl / {before.label}" if before else ""),
-            ("uvloop", "edrvctl", "edrvctl on uvloop / edrvctl"),
+            ("edrvctl", "asyncio", "edrvctl / edrvctl on the asyncio loop"),
             ("edrvctl", "echo", "edrvctl / C echo"),
         ):
             if a in keys and b in keys:
@@ -2361,6 +2353,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
         help="peers only: seconds measured per run (default 10)",
     )
     ap.add_argument(
+        "--only",
+        metavar="KEYS",
+        help="peers only: the servers to run, comma-separated, of before, edrvctl, asyncio "
+        "(edrvctl on the asyncio loop), node_sqlite, node, echo",
+    )
+    ap.add_argument(
         "--loadgen",
         type=Path,
         metavar="BIN",
@@ -2378,6 +2376,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         ap.error("--rounds N (N >= 1) applies to throughput and peers")
     if a.seconds is not None and (a.which != "peers" or a.seconds <= 0):
         ap.error("--seconds S (S > 0) applies to peers")
+    if a.only is not None and a.which != "peers":
+        ap.error("--only applies to peers")
     if a.before and a.which not in (*COMPARED, "all"):
         ap.error(f"--before applies to {', '.join(COMPARED)} (and all)")
     if a.frame_log and (a.which != "throughput" or a.before):
@@ -2410,6 +2410,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 kwargs["seconds"] = a.seconds
             if a.loops:
                 kwargs["loops"] = True
+            if a.only:
+                kwargs["only"] = tuple(a.only.split(","))
             results.append(BENCHMARKS[name](quick=a.quick, **kwargs))
             print(results[-1].markdown(), flush=True)
             log(f"{name} done in {time.monotonic() - t0:.0f} s")

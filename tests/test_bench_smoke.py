@@ -251,18 +251,20 @@ def test_node_peer_validates_and_stores(tmp_path):
     ]
 
 
-def runs_on_uvloop_when_asked(tmp_path: Path) -> bool:
-    """Whether this edrvctl's `serve` loads uvloop given bench/run.py's UVLOOP_ENV and flags."""
+def test_serve_runs_on_uvloop_unless_asked_not_to(tmp_path):
+    """The peers bench measures edrvctl as it runs (on uvloop when installed) and beside it on
+    the asyncio loop, asked for with bench/run.py's ASYNCIO_ENV."""
     from conftest import hermetic_env, start_server
 
-    if importlib.util.find_spec("uvloop") is None:
-        return False
-    env = {**hermetic_env(tmp_path), **bench.UVLOOP_ENV}
-    srv = start_server(tmp_path, *bench.UVLOOP_FLAGS, env=env)
-    try:
-        return bench.uses_uvloop(srv.proc.pid)
-    finally:
-        srv.stop()
+    pytest.importorskip("uvloop")
+    for env, loaded in (({}, True), (bench.ASYNCIO_ENV, False)):
+        root = tmp_path / str(loaded)
+        root.mkdir()
+        srv = start_server(root, env={**hermetic_env(root), "EDRVCTL_LOOP": "auto", **env})
+        try:
+            assert bench.uses_uvloop(srv.proc.pid) is loaded
+        finally:
+            srv.stop()
 
 
 def test_peers(tmp_path):
@@ -274,12 +276,12 @@ def test_peers(tmp_path):
     node = has_node()
     keys = ["edrvctl"]
     keys += ["before"] if git else []
-    keys += ["uvloop"] if runs_on_uvloop_when_asked(tmp_path) else []
+    keys += ["asyncio"] if importlib.util.find_spec("uvloop") else []
     keys += ["node_sqlite", "node"] if node else []
     keys += ["echo"] if bench.built("echo", "-lcrypto") else []
     labels = {
         "edrvctl": "edrvctl",
-        "uvloop": "edrvctl on uvloop",
+        "asyncio": "edrvctl on the asyncio loop",
         "node_sqlite": "Node ocpp-rpc + SQLite",
         "node": "Node ocpp-rpc, no store",
         "echo": "C echo (the limit)",
