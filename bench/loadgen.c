@@ -4,7 +4,7 @@
  * measured seconds. One thread, epoll. bench/run.py builds it (cc -O2) into a cache directory.
  *
  *   loadgen HOST PORT [--stations N] [--seconds S] [--warmup W] [--prefix BENCH]
- *           [--server-pid PID]
+ *           [--first K] [--server-pid PID]      (stations named prefix + K, K+1, ...)
  *   loadgen --frames        the frames it sends, one a line (tests compare them with load.py's)
  *
  * Prints one JSON object with load.py's keys. The stations connect one after the other before
@@ -222,11 +222,11 @@ int main(int argc, char **argv) {
     }
     if (argc < 3) {
         fprintf(stderr, "usage: loadgen HOST PORT [--stations N] [--seconds S] [--warmup W] "
-                        "[--prefix P] [--server-pid PID]\n");
+                        "[--prefix P] [--first K] [--server-pid PID]\n");
         return 2;
     }
     const char *host = argv[1], *prefix = "BENCH";
-    int port = atoi(argv[2]), n = 100, server_pid = 0;
+    int port = atoi(argv[2]), n = 100, server_pid = 0, first = 0;
     double seconds = 10, warmup = 1;
     for (int j = 3; j + 1 < argc; j += 2) {
         if (!strcmp(argv[j], "--stations")) n = atoi(argv[j + 1]);
@@ -234,6 +234,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[j], "--warmup")) warmup = atof(argv[j + 1]);
         else if (!strcmp(argv[j], "--prefix")) prefix = argv[j + 1];
         else if (!strcmp(argv[j], "--server-pid")) server_pid = atoi(argv[j + 1]);
+        else if (!strcmp(argv[j], "--first")) first = atoi(argv[j + 1]);
         else { fprintf(stderr, "loadgen: unknown option %s\n", argv[j]); return 2; }
     }
     struct rlimit rl;
@@ -247,7 +248,7 @@ int main(int argc, char **argv) {
     double t0 = now();
     for (int k = 0; k < n; k++) { /* connect and boot, all of them, before the clock starts */
         char name[64];
-        snprintf(name, sizeof name, "%s%06d", prefix, k);
+        snprintf(name, sizeof name, "%s%06d", prefix, first + k);
         ss[k].fd = open_station(host, port, name);
         if (ss[k].fd < 0 || send_frame(ss[k].fd, 1, BOOT, strlen(BOOT))) {
             if (ss[k].fd >= 0) close(ss[k].fd);

@@ -91,6 +91,7 @@ NO_LIMITS = ("--max-connections-per-address", "0", "--max-rate", "0")
 HEARTBEAT = 60  # s, given by the server at boot and used by the simulator
 PROFILE_DIR: Path | None = None
 LOADGEN: Path | None = None  # --loadgen: a C load generator instead of bench/load.py
+BUILT = Path("(bench/loadgen.c)")  # --loadgen without a BIN
 # What the new OCPP runtime must keep (checked with --before, on the "after" server): calls/s
 # as a share of the bare ceiling no lower than before's, and these.
 RSS_TARGET = 23  # KiB of server RSS per idle station
@@ -1148,7 +1149,7 @@ def bench_starved(quick: bool = False, before: Contender | None = None) -> Resul
     res = Result(
         "starved",
         f"Admin API and commands while {n:,} stations saturate the server",
-        command("starved", quick, before) + (" --loadgen /tmp/loadgen" if LOADGEN else ""),
+        command("starved", quick, before) + (" --loadgen" if LOADGEN else ""),
         load=loadavg(),
         versions=versions(before),
     )
@@ -2361,9 +2362,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument(
         "--loadgen",
         type=Path,
+        nargs="?",
+        const=BUILT,
         metavar="BIN",
-        help="throughput: drive the servers with this C load generator (built from "
-        "loadgen.c: same frames as bench/load.py, same JSON line) instead of bench/load.py",
+        help="throughput and starved: drive the servers with a C load generator instead of "
+        "bench/load.py: bench/loadgen.c built here (no BIN), or BIN (same frames as "
+        "bench/load.py, same JSON line, --first K)",
     )
     ap.add_argument(
         "--loops",
@@ -2383,6 +2387,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if a.frame_log and (a.which != "throughput" or a.before):
         ap.error("--frame-log applies to throughput, without --before")
     PROFILE_DIR = a.profile
+    if a.loadgen == BUILT:
+        a.loadgen = built("loadgen")
+        if a.loadgen is None:
+            ap.error("--loadgen: bench/loadgen.c did not build (is there a C compiler, cc?)")
     LOADGEN = a.loadgen.resolve() if a.loadgen else None
     import resource
 

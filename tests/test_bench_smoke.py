@@ -77,7 +77,13 @@ def test_csconfig():
     check_report(res)
 
 
-def test_starved():
+@pytest.mark.parametrize("loadgen", ["load.py", "C"])
+def test_starved(loadgen, monkeypatch):
+    """With the C load generator too: its stations are named after the simulated ones
+    (--first), so both kinds connect."""
+    if loadgen == "C":
+        monkeypatch.setattr(bench, "LOADGEN", bench.built("loadgen"))
+        assert bench.LOADGEN is not None, "bench/loadgen.c did not build"
     res = bench.bench_starved(quick=True)
     f = res.figures
     assert f["requests"] > 0 and f["errors"] == 0 and positive(f["calls_per_s"])
