@@ -6,7 +6,6 @@ loop turn's writes made one, before anything the library sends."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 from websockets.frames import Close, CloseCode, Opcode
@@ -31,7 +30,7 @@ def frame(payload: bytes, opcode: int = 0x1, fin: bool = True, masked: bool = Tr
         head += bytes([m | 127]) + n.to_bytes(8, "big")
     if not masked:
         return head + payload
-    mask = os.urandom(4)
+    mask = b"\x37\xfa\x21\x3d"  # fixed: test ids hold these bytes, and xdist workers compare ids
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
