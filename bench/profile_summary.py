@@ -12,34 +12,25 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-BUCKETS = [  # (bucket, markers in the stack), first match wins
+BUCKETS = [  # (bucket, markers in the stack), first match wins: the deeper ones first
+    ("frame log: compression (its own thread)", ("Thread._bootstrap",)),
     ("admin API (incl. the benchmark's own polling)", ("uvicorn/", "starlette/", "fastapi/")),
-    ("store: COMMIT", ("GroupCommit._commit",)),
-    ("store: write of the station record", ("Fleet._save",)),
-    ("store: other reads/writes", ("SqliteStore.",)),
-    ("websocket handshake + refusals (process_request)", ("ServerConnection.handshake",)),
-    ("session set-up: ChargePoint() and its route map", ("RobustChargePoint.__init__",)),
-    ("session set-up/teardown: online flag", ("Fleet.connected", "Fleet.disconnected")),
-    ("OCPP: schema validation", ("validate_request",)),
+    ("store: COMMIT", ("SqliteStore._commit",)),
+    ("store: the handlers' SQL", ("SqliteStore._run", "SqliteUnit.")),
+    ("store: units (lock, savepoints, waiting for the commit)", ("SqliteStore.",)),
+    ("socket writes (each turn's answers, together)", ("Turns.flush", "StationConnection.flush")),
+    ("frame log and message counters (the Rpc's trace)", ("StationLog.", "Metrics.tracer")),
+    ("OCPP: schema validation", ("ocppj/schemas.py",)),
+    ("OCPP: frames parsed and encoded (orjson)", ("ocppj/frames.py",)),
+    ("OCPP: handlers and fleet rules", ("server/ocpp16.py", "server/ocpp201.py", "/fleet/")),
+    ("OCPP: Rpc dispatch", ("ocppj/rpc.py",)),
+    ("websocket: the library (handshake, control frames)", ("websockets/",)),
     (
-        "OCPP: camelCase <-> snake_case (ocpp library, regex)",
-        ("camel_to_snake_case", "snake_to_camel_case"),
+        "connections: accept, upgrade, attach, detach",
+        ("connection_made", "_upgrade", "Registry.", "Listener."),
     ),
-    ("OCPP: timestamps (utcnow, parse/format)", ("utcnow", "checked_time", "format_time")),
-    (
-        "OCPP: reply (serialize + websocket send)",
-        ("RobustChargePoint._send", "serialize_as_dict", "to_json"),
-    ),
-    ("OCPP: handlers, other", ("on.<locals>.decorator.<locals>.inner",)),
-    ("OCPP: dispatch (_answer/_handle_call)", ("RobustChargePoint._answer",)),
-    ("websocket receive: frames, reader loop", ("RobustChargePoint.start",)),
-    ("websocket keepalive and close", ("keepalive", "Connection.close")),
-    (
-        "TCP accept, connection objects",
-        ("_accept_connection", "connection_made", "protocol_factory"),
-    ),
-    ("socket I/O (asyncio transports)", ("_read_ready", "_SelectorSocketTransport.write")),
-    ("event loop: select, scheduling", ("_run_once",)),
+    ("websocket: our frame reader, turns", ("StationConnection.", "Turns.")),
+    ("event loop: polling, socket reads, scheduling (uvloop)", ("Runner.run", "_run_once")),
 ]
 
 

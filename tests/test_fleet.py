@@ -540,6 +540,31 @@ def test_a_reconnect_is_recorded_after_the_offline_it_follows(fresh_fleet):
     run(scenario())
 
 
+def test_heartbeats_stamp_last_message_at_in_bounded_units(fresh_fleet, monkeypatch):
+    """A second's lastMessageAt stamps are written SEEN_PER_UNIT stations a unit (each its own
+    commit), so a busy second never holds the store, and the stations waiting on it, at once."""
+    import edrvctl.fleet as fleet_module
+
+    monkeypatch.setattr(fleet_module, "SEEN_PER_UNIT", 2)
+
+    async def scenario():
+        docs = [await create(fresh_fleet) for _ in range(5)]
+        for doc in docs:
+            await online(fresh_fleet, doc, boot=False)
+        before = {d["_id"]: (await fresh_fleet.get(d["_id"])).get("lastMessageAt") for d in docs}
+        await asyncio.sleep(0.002)  # a later millisecond than the connects' stamps
+        for doc in docs:
+            fresh_fleet.heartbeat(doc["endpoint"])
+        commits = fresh_fleet.store.commits
+        await fresh_fleet.flush_seen()
+        assert fresh_fleet.store.commits - commits == 3  # 2 + 2 + 1 stations
+        for doc in docs:
+            stamped = (await fresh_fleet.get(doc["_id"]))["lastMessageAt"]
+            assert stamped > (before[doc["_id"]] or "")
+
+    run(scenario())
+
+
 def test_deleting_a_connected_station_disconnects_it(fresh_fleet):
     async def scenario():
         doc = await create(fresh_fleet)
