@@ -71,13 +71,20 @@ def _compiled(version: str, action: str, kind: str) -> Callable[[dict], object]:
     return fastjsonschema.compile(schema, formats={"date-time": is_datetime, "uri": ".*"})
 
 
+_VALIDATORS: dict[tuple[str, str, str], Callable[[dict], object]] = {}  # one lookup per frame
+
+
 def validate(version: str, action: str, kind: str, payload: dict) -> None:
     """Raise RpcError if `payload` is not a valid `kind` of `action` in `version`;
     NotImplemented if the version has no such action."""
-    if action not in actions(version):
-        raise RpcError("NotImplemented", f"{action} is not an OCPP {version} action")
+    key = (version, action, kind)
+    check = _VALIDATORS.get(key)
+    if check is None:
+        if action not in actions(version):
+            raise RpcError("NotImplemented", f"{action} is not an OCPP {version} action")
+        check = _VALIDATORS[key] = _compiled(version, action, kind)
     try:
-        _compiled(version, action, kind)(payload)
+        check(payload)
     except fastjsonschema.JsonSchemaValueException as e:
         code = ERROR_FOR_KEYWORD.get(e.rule or "", "FormatViolation")
         raise RpcError(code, e.message) from None
