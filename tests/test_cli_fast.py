@@ -321,6 +321,21 @@ def test_pages_are_read_over_one_kept_alive_connection():
     assert b"Authorization" not in api.requests[0]
 
 
+def test_the_first_page_is_asked_for_before_the_pages_are_read():
+    """`cs list` imports what shows the pages while the API reads the first one."""
+    import time
+
+    from edrvctl.client import pages
+
+    api = FakeApi([answer(envelope([1], False, 1))])
+    listed = pages(api.url, "tok", "/v1.1/chargestations", {}, None)
+    deadline = time.monotonic() + scaled(10)
+    while not api.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(api.requests) == 1  # before anything was read
+    assert list(listed) == [[1]]
+
+
 def test_an_api_that_does_not_answer_in_time_is_a_timeout(monkeypatch):
     import socket
 

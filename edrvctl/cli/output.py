@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from edrvctl.constants import FORMATS as FORMATS  # (the commands' -o choices)
 from edrvctl.textsafe import printable
 from edrvctl.timefmt import ago
-
-FORMATS = ("table", "wide", "plain", "json", "yaml")
 
 color_mode = "auto"  # --color auto|always|never, set by the root callback
 
