@@ -188,10 +188,10 @@ def shown(
 ) -> None:
     """Show the stations `ask` asked for, and remember them for completion."""
     from edrvctl.cli import output
-    from edrvctl.completion import remember
+    from edrvctl.completion import cache_entries, remember_entries
 
     api_url, listed = asked
-    cached: list[dict] = []  # what completion keeps of each station
+    cached: dict[str, list] = {}  # what completion keeps of each station
     more = False
 
     def items_shown():
@@ -201,19 +201,11 @@ def shown(
             if not all_ and count + len(items) > limit:
                 items, more = items[: limit - count], True
             count += len(items)
-            cached.extend(
-                {
-                    "endpoint": d["endpoint"],
-                    "_id": d["_id"],
-                    "online": d.get("online"),
-                    "status": d.get("status"),
-                }
-                for d in items
-            )
+            cache_entries(items, cached)
             yield items
 
     output.station_pages(items_shown(), fmt, no_headers)
-    remember(api_url.rstrip("/"), cached, replace=all_ and not filters)
+    remember_entries(api_url.rstrip("/"), cached, replace=all_ and not filters)
     if more and sys.stderr.isatty():
         output.info(f"(showing the first {limit}; use --limit N or --all for more)")
 
