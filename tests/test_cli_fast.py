@@ -252,6 +252,29 @@ def test_a_failure_of_a_page_read_ahead_is_raised_in_its_turn():
         next(pages)
 
 
+def test_a_page_shown_is_let_go_before_the_next_is_parsed():
+    """So that the next page is made in the memory of the last (still in the CPU's caches)."""
+    import dataclasses
+    import weakref
+
+    @dataclasses.dataclass(eq=False)
+    class Item:  # (orjson dumps it as {"page": n}; a weak reference tells whether it lives)
+        page: int
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+    alive_at_parse: list[int] = []
+
+    def parse(page: int) -> dict:
+        alive_at_parse.append(len(alive))
+        items = [Item(page), Item(page)]
+        alive.update(items)
+        return {"result": items, "hasNext": page < 3, "total": 6}
+
+    shown = written(lambda: output.dump_pages(_paged(lambda page, size: page, parse, None)))
+    assert shown.count(b'"page"') == 6
+    assert alive_at_parse == [0, 0, 0]
+
+
 class FakeApi:
     """A raw HTTP server on a thread: `answers` are sent as they are, one per request; after
     each, the connection is closed when `close_after` says so (without saying it)."""

@@ -203,6 +203,7 @@ def shown(
             count += len(items)
             cache_entries(items, cached)
             yield items
+            del items  # (let go before the next page is read: client._paged)
 
     output.station_pages(items_shown(), fmt, no_headers)
     remember_entries(api_url.rstrip("/"), cached, replace=all_ and not filters)

@@ -121,6 +121,7 @@ def dump_pages(pages: Iterable[list]) -> None:
         if items:
             text = _safe_json_bytes(orjson.dumps(items, option=orjson.OPT_INDENT_2))
             parts += [b",\n" if parts else b"[\n", memoryview(text)[2:-2]]  # (a view: no copy)
+        del items  # (let go before the next page is read: client._paged)
     parts.append(b"\n]\n" if parts else b"[]\n")
     out = sys.stdout
     try:  # bytes straight to the byte stream, when that is what writing text would give
