@@ -86,6 +86,7 @@ def test_a_whole_list_in_json_skips_typer_and_httpx(cli_env, stations):
     }
     assert "edrvctl.cli.fast" in imported  # the measurement worked
     assert not {m for m in imported if m.split(".")[0] in ("typer", "httpx", "pydantic")}
+    assert "typing" not in imported  # (~3 ms of a list's CPU)
     assert r.stdout == typer_app(cli_env, "cs", "list", "--all", "-o", "json").stdout_bytes
 
 

@@ -17,11 +17,14 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
 
 from edrvctl.constants import FORMATS as FORMATS  # (the commands' -o choices)
 from edrvctl.textsafe import printable
 from edrvctl.timefmt import ago
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: `cs list` does not)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 color_mode = "auto"  # --color auto|always|never, set by the root callback
 
