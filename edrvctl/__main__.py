@@ -16,6 +16,16 @@ def main() -> None:
     from edrvctl.cli import fast
 
     code = fast.main(sys.argv[1:])
+    if code == 0:
+        # A list that went well ends here, without the interpreter's teardown (a last
+        # collection, every module freed: ~10 ms of a 10,000-station list). Nothing is left to
+        # do at exit but to flush what was written; a flush that fails is left to sys.exit.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            sys.exit(code)
+        os._exit(0)
     if code is not None:
         sys.exit(code)
     from edrvctl.cli import run

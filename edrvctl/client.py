@@ -2,22 +2,20 @@
 
 `Client` speaks httpx (imported when one is made: ~60 ms). `pages` reads a long list (`cs list
 --all`) through the standard library when it can, reading the next page while the caller shows
-this one."""
+this one.
+
+Imported by `cs list` before it asks for the first page: orjson, threading and typing are
+imported where they are used, once the request is out (the API reads the page meanwhile)."""
 
 from __future__ import annotations
-
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from edrvctl import __version__
 from edrvctl.errors import BY_STATUS, EdrvError, StationTimeout, Unavailable, UsageError
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: ~3 ms)
 if TYPE_CHECKING:
-    from http.client import HTTPResponse
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
     import httpx
 
@@ -35,6 +33,8 @@ def _envelope(
 ) -> tuple[dict, EdrvError | None]:
     """An answer's envelope, and the error it stands for (None on success); an answer that is
     no envelope raises."""
+    import orjson
+
     try:
         envelope = orjson.loads(content)
         ok, message = envelope["ok"], envelope.get("message") or ""
@@ -95,6 +95,7 @@ class Client:
     ) -> tuple[dict, EdrvError | None]:
         """The envelope, and the error it stands for (None on success)."""
         import httpx
+        import orjson
 
         kwargs: dict[str, Any] = {"params": params}
         if body is not None:
@@ -310,16 +311,25 @@ class Client:
 AHEAD = 2  # pages read ahead of the one being shown
 
 
+def page_size(limit: int | None) -> int:
+    """The page size a list of at most `limit` items is read with."""
+    return PAGE if limit is None else max(1, min(PAGE, limit))
+
+
 def _paged(
     fetch: Callable[[int, int], Any], parse: Callable[[Any], dict], limit: int | None
 ) -> Iterator[list]:
     """The items of a paged list, page by page, following `hasNext`; at most `limit` in all.
-    `fetch(page, size)` reads one page's answer, `parse` makes it its envelope (or raises the
+    `fetch(page, size)` reads one page's answer (for page 1, one may already have been asked
+    for), `parse` makes it its envelope (or raises the
     error it stands for). The pages after the first (as many as its `total` says) are fetched
     by a thread, at most AHEAD ahead of the caller, which parses and shows them: the thread
     asks for the next page as soon as it has one, and the server answers on one core while the
     CLI works on the other."""
-    size = PAGE if limit is None else max(1, min(PAGE, limit))
+    import queue
+    import threading
+
+    size = page_size(limit)
     env = parse(fetch(1, size))
     total = env.get("total")
     last = 1
@@ -349,8 +359,13 @@ def _paged(
             if limit is not None:
                 items = items[: limit - seen]
             seen += len(items)
+            more = env.get("hasNext") and not (limit is not None and seen >= limit)
             yield items
-            if not env.get("hasNext") or (limit is not None and seen >= limit):
+            # The page shown is let go before the next is parsed (the caller lets go of it too):
+            # the next one is made in its memory, still in the CPU's caches, instead of in
+            # memory new to the process (~25 ms of 10 pages of 1,000 stations).
+            del env, items
+            if not more:
                 return
             page += 1
             if ahead is not None and page <= last:
@@ -358,6 +373,7 @@ def _paged(
                 if error is not None:
                     raise error
                 env = parse(answer)
+                del answer
             else:
                 if ahead is not None:
                     reader.join()  # done: the connection is free again
@@ -414,32 +430,55 @@ class _Http:
 
     def fetch(self, path: str, params: dict) -> tuple[int, bytes]:
         """GET `path` with `params`: the answer's status and content."""
+        self.start(path, params)
+        return self.finish()
+
+    def start(self, path: str, params: dict) -> None:
+        """Send GET `path` with `params`; `finish` reads the answer. The caller may do something
+        else meanwhile (the API works on another core)."""
         from http.client import HTTPException
         from urllib.parse import urlencode
 
-        url = f"{self.base}{path}?{urlencode(params)}"
+        self.url = f"{self.base}{path}?{urlencode(params)}"
+        self.reused = self.conn.sock is not None
         try:
-            reused = self.conn.sock is not None
             try:
-                response = self._ask(url)
+                self.conn.request("GET", self.url, headers=self.headers)
             except ConnectionError:
-                if not reused:
+                if not self.reused:
                     raise
-                self.conn.close()  # closed while idle, before it answered: again
-                response = self._ask(url)
-            return response.status, response.read()
-        except TimeoutError:
-            self.conn.close()
-            raise StationTimeout(f"the API at {self.api_url} did not answer in time") from None
+                self._again()  # closed while idle: again
         except (OSError, HTTPException) as e:
-            self.conn.close()
-            raise Unavailable(
-                f"cannot reach the API at {self.api_url} ({e})", hint=UNAVAILABLE_HINT
-            ) from None
+            raise self._failure(e) from None
 
-    def _ask(self, url: str) -> HTTPResponse:
-        self.conn.request("GET", url, headers=self.headers)
-        return self.conn.getresponse()
+    def finish(self) -> tuple[int, bytes]:
+        """The status and content of the answer to the request `start` sent."""
+        from http.client import HTTPException
+
+        try:
+            try:
+                response = self.conn.getresponse()
+            except ConnectionError:
+                if not self.reused:
+                    raise
+                self._again()  # closed while idle, before it answered: again
+                response = self.conn.getresponse()
+            return response.status, response.read()
+        except (OSError, HTTPException) as e:
+            raise self._failure(e) from None
+
+    def _again(self) -> None:
+        """The request again, over a new connection."""
+        self.conn.close()
+        self.reused = False
+        self.conn.request("GET", self.url, headers=self.headers)
+
+    def _failure(self, e: Exception) -> EdrvError:
+        """The error a failed request stands for (its connection closed)."""
+        self.conn.close()
+        if isinstance(e, TimeoutError):
+            return StationTimeout(f"the API at {self.api_url} did not answer in time")
+        return Unavailable(f"cannot reach the API at {self.api_url} ({e})", hint=UNAVAILABLE_HINT)
 
     def envelope(self, path: str, status: int, content: bytes) -> dict:
         """The envelope of an answer to GET `path`, or the error it stands for raised."""
@@ -465,9 +504,15 @@ def pages(
             limit,
         )
     http = _Http(api_url, token, auth_hint)
+    size = page_size(limit)
+    # The first page is asked for now: the API reads it while the caller imports what it shows
+    # the pages with (~20 ms).
+    http.start(path, {**params, "paginate_limit": size, "paginate_page": 1})
     return _paged(
-        lambda page, size: http.fetch(
-            path, {**params, "paginate_limit": size, "paginate_page": page}
+        lambda page, size: (
+            http.finish()
+            if page == 1
+            else http.fetch(path, {**params, "paginate_limit": size, "paginate_page": page})
         ),
         lambda answer: http.envelope(path, *answer),
         limit,
@@ -480,6 +525,8 @@ MAX_EVENT = 1 << 20  # characters of one server-sent event read; past it, the ev
 def _sse_events(lines: Iterator[str]) -> Iterator[tuple[int, str, Any] | None]:
     """Parse server-sent events (id, event, data lines; a blank line ends one; a comment
     line is a keep-alive, yielded as None)."""
+    import orjson
+
     seq: int | None = None
     name, size = "message", 0
     data: list[str] = []

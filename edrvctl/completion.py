@@ -41,14 +41,40 @@ def remember(
     api_url: str, docs: list[dict], replace: bool = False, forget: list[str] | tuple[str, ...] = ()
 ) -> None:
     """Record stations for completion. Never fails the command that called it."""
+    entries: dict[str, list] = {}
+    cache_entries(docs, entries)
+    remember_entries(api_url, entries, replace, forget)
+
+
+def cache_entries(docs: list[dict], into: dict[str, list]) -> None:
+    """What completion keeps of each station, added to `into`: endpoint -> [_id, label]."""
+    labels: dict[tuple, str] = {}  # (a list has few: each one made once)
+    for d in docs:
+        key = (d.get("online"), d.get("status"))
+        label = labels.get(key)
+        if label is None:
+            state = "online" if key[0] else "offline"
+            label = labels[key] = f"{state}, {key[1] or 'no status'}"
+        into[d["endpoint"]] = [d["_id"], label]
+
+
+def remember_entries(
+    api_url: str,
+    entries: dict[str, list],
+    replace: bool = False,
+    forget: list[str] | tuple[str, ...] = (),
+) -> None:
+    """Record `cache_entries` for completion (`replace`: instead of those recorded). Never
+    fails the command that called it."""
     import orjson
 
     try:
         cache = {} if replace else _read_cache()  # (replaced: ~5 ms not spent reading it)
-        stations = {} if replace or cache.get("api_url") != api_url else cache.get("stations", {})
-        for d in docs:
-            state = "online" if d.get("online") else "offline"
-            stations[d["endpoint"]] = [d["_id"], f"{state}, {d.get('status') or 'no status'}"]
+        if replace or cache.get("api_url") != api_url:
+            stations = entries
+        else:
+            stations = cache.get("stations", {})
+            stations.update(entries)
         for endpoint in forget:
             stations.pop(endpoint, None)
         if len(stations) > MAX_CACHED:

@@ -15,3 +15,6 @@ STATUSES = (
     "Faulted",
     "Occupied",
 )
+
+# `-o` of the commands that show stations (edrvctl.cli.output)
+FORMATS = ("table", "wide", "plain", "json", "yaml")

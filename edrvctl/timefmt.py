@@ -4,7 +4,8 @@ messages."""
 from __future__ import annotations
 
 from datetime import UTC
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: `cs list` does not)
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -348,6 +348,27 @@ def test_stations_are_completed_from_the_cache_a_list_wrote(server, cli_env):
     assert sorted(lines(complete(offline_env, words=words, cword=3))) == [b["endpoint"], c_ep]
 
 
+def test_the_cache_keeps_each_stations_id_and_state():
+    from edrvctl.completion import cache_entries
+
+    docs = [
+        {"endpoint": "a", "_id": "1", "online": True, "status": "Charging"},
+        {"endpoint": "b", "_id": "2", "online": False},
+        {"endpoint": "c", "_id": "3", "online": True, "status": "Charging"},
+        {"endpoint": "d", "_id": "4", "online": True, "status": None},
+        {"endpoint": "b", "_id": "5", "online": False, "status": "Faulted"},  # (a later page)
+    ]
+    entries: dict[str, list] = {"z": ["9", "online, Available"]}
+    cache_entries(docs, entries)
+    assert entries == {
+        "z": ["9", "online, Available"],
+        "a": ["1", "online, Charging"],
+        "b": ["5", "offline, Faulted"],
+        "c": ["3", "online, Charging"],
+        "d": ["4", "online, no status"],
+    }
+
+
 @pytest.mark.parametrize(
     "content", ["{not json", '{"stations": []}', '{"stations": {"x": "not a pair"}}', "[]"]
 )

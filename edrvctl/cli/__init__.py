@@ -2,7 +2,11 @@
 on first use: `edrvctl cs list` (`edrvctl.cli.fast`) and TAB completion run without Typer and
 httpx (~0.2 s of imports)."""
 
-from typing import Any
+from __future__ import annotations
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: `cs list` does not)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ALIASES", "app", "run", "state"]
 
