@@ -2293,6 +2293,44 @@ def test_sqlite_close_commits_what_is_pending(tmp_path):
     run(reader.close())
 
 
+def test_sqlite_checkpoints_off_the_loop_keep_the_wal_bounded(tmp_path, monkeypatch):
+    """The connection makes no checkpoint in its COMMITs; a worker thread does, after a commit:
+    what was committed reaches the database file itself (read here ignoring the WAL), and the
+    WAL starts over instead of growing with every write."""
+    from edrvctl.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 0.0)
+    path = tmp_path / "s.db"
+    docs = [station() for _ in range(40)]
+
+    def in_the_file_itself() -> set[str]:
+        uri = path.resolve().as_uri() + "?immutable=1"  # the database file, not the WAL
+        with sqlite3.connect(uri, uri=True) as db:
+            return {row[0] for row in db.execute("SELECT id FROM chargestations")}
+
+    async def scenario() -> list[int]:
+        store = open_store(path)
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        sizes = []  # of the WAL file after each unit
+        for doc in docs:  # a unit at a time, each with ~20 KB of events
+            async with store.unit() as tx:
+                await tx.create_station(doc)
+                for _ in range(20):
+                    await tx.add_event(doc["_id"], PAST, "k", {"pad": "x" * 1000})
+            await until_async(lambda: store._checkpointing is None, what="the checkpoint")
+            sizes.append((tmp_path / "s.db-wal").stat().st_size)
+        await until_async(lambda: store._checkpointing is None, what="the checkpoint")
+        async with store.unit() as tx:  # one more commit: its checkpoint has all the others
+            await tx.add_event(docs[0]["_id"], PAST, "k", {})
+        await until_async(lambda: store._checkpointing is None, what="the checkpoint")
+        assert {d["_id"] for d in docs} <= in_the_file_itself()
+        await store.close()
+        return sizes
+
+    sizes = run(scenario(), timeout=30)
+    assert max(sizes) <= 3 * sizes[0]  # a unit or two's pages, never the 40 units'
+
+
 def test_sqlite_a_unit_inside_one_that_has_written_fails_rather_than_hangs():
     store = open_store(":memory:")
     doc = station()
