@@ -13,7 +13,8 @@ import argparse
 from collections import Counter
 
 BUCKETS = [  # (bucket, markers in the stack), first match wins: the deeper ones first
-    ("frame log: compression (its own thread)", ("Thread._bootstrap",)),
+    ("store: WAL checkpoints (a worker thread)", ("SqliteStore._checkpoint",)),
+    ("frame log: compression (a worker thread)", ("Thread._bootstrap",)),
     ("admin API (incl. the benchmark's own polling)", ("uvicorn/", "starlette/", "fastapi/")),
     ("store: COMMIT", ("SqliteStore._commit",)),
     ("store: the handlers' SQL", ("SqliteStore._run", "SqliteUnit.")),
