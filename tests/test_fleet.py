@@ -487,13 +487,20 @@ class FakeSession:
         self.closed_with = reason
 
 
+async def two_connections(fleet: Fleet) -> tuple[dict, Registry, Any, Any]:
+    """A station, the fleet's Registry of live stations, and two sessions of the station: the
+    old one attached, the new one not yet."""
+    doc = await create(fleet)
+    registry = Registry(fleet)
+    fleet.live = registry
+    old, new = FakeSession(doc["endpoint"]), FakeSession(doc["endpoint"])
+    await registry.attach(old)
+    return doc, registry, old, new
+
+
 def test_the_newest_connection_wins(fresh_fleet):
     async def scenario():
-        doc = await create(fresh_fleet)
-        registry = Registry(fresh_fleet)
-        fresh_fleet.live = registry
-        old, new = FakeSession(doc["endpoint"]), FakeSession(doc["endpoint"])
-        await registry.attach(old)  # type: ignore[arg-type]
+        doc, registry, old, new = await two_connections(fresh_fleet)
         assert (await fresh_fleet.get(doc["_id"]))["online"] is True
         await registry.attach(new)  # type: ignore[arg-type]
         await asyncio.sleep(0)
@@ -515,11 +522,7 @@ def test_a_reconnect_is_recorded_after_the_offline_it_follows(fresh_fleet):
     first: the record ends online (on PostgreSQL the two could commit in either order)."""
 
     async def scenario():
-        doc = await create(fresh_fleet)
-        registry = Registry(fresh_fleet)
-        fresh_fleet.live = registry
-        old, new = FakeSession(doc["endpoint"]), FakeSession(doc["endpoint"])
-        await registry.attach(old)  # type: ignore[arg-type]
+        doc, registry, old, new = await two_connections(fresh_fleet)
         gate, recorded = asyncio.Event(), fresh_fleet.disconnected
 
         async def slow_offline(endpoint: str) -> None:
