@@ -124,3 +124,48 @@ def test_a_connection_gives_its_endpoint_takes_a_call_and_closes_with_a_code():
             await fleet.store.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_message_still_being_handled_is_recorded_before_the_offline():
+    """A station sends a StatusNotification and closes its socket while the server still
+    records it: the connector's event comes before `offline`, as the station said them. In
+    process: a Listener over an in-memory store, the status handler held at a gate."""
+    from websockets.asyncio.client import connect
+
+    from edrvctl import model
+    from edrvctl.fleet import Fleet, events
+    from edrvctl.server.listener import Listener, ListenerSettings
+    from edrvctl.store import EventQuery, open_store
+    from timing import scaled, until_async
+
+    async def scenario():
+        fleet = Fleet(open_store(":memory:"))
+        doc, _ = await fleet.create(model.StationCreate(endpoint="ORDER-1"))
+        entered, gate, recorded = asyncio.Event(), asyncio.Event(), fleet.status_notification
+
+        async def held(*args, **kwargs):
+            entered.set()
+            await gate.wait()
+            return await recorded(*args, **kwargs)
+
+        fleet.status_notification = held  # type: ignore[method-assign]
+        listener = Listener(fleet, ListenerSettings(host="127.0.0.1", port=0))
+        url, _ = await listener.start()
+        try:
+            async with connect(f"{url}/ORDER-1", subprotocols=["ocpp1.6"], proxy=None) as ws:
+                status = {"connectorId": 1, "errorCode": "NoError", "status": "Faulted"}
+                await ws.send(json.dumps([2, "1", "StatusNotification", status]))
+                await asyncio.wait_for(entered.wait(), scaled(5))  # the handler is at the gate
+            await asyncio.sleep(scaled(0.05))  # the close is seen; its offline would be written
+            gate.set()
+            await until_async(lambda: listener.stations.get("ORDER-1") is None, what="detach")
+            await until_async(lambda: not listener.tasks, what="the detach's writes")
+            async with fleet.store.unit() as tx:
+                got = await tx.list_events(EventQuery(station_id=doc["_id"], limit=None))
+            kinds = [e["type"] for e in got]
+            assert kinds[-2:] == [events.CONNECTOR_STATUS, events.OFFLINE], kinds
+        finally:
+            await listener.stop()
+            await fleet.store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -496,6 +496,13 @@ class Rpc:
         """Our CALLs waiting for their turn (not counting the one in flight)."""
         return self._queued
 
+    async def settled(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, for the handler of the peer's CALL being answered,
+        if one is under way: what it records comes before what the caller records next."""
+        busy = self._busy
+        if busy is not None:
+            await asyncio.wait((busy,), timeout=timeout)
+
     def close(self) -> None:
         """Fail every pending CALL at once (the socket is gone or going)."""
         self.closed = True

@@ -49,6 +49,7 @@ REFUSAL_EVERY = 60.0  # seconds between two logged/stored refusals that say the 
 MAX_HANDSHAKES_PER_ADDRESS = 32  # upgrades in flight from one address (with a per-address limit)
 MAX_UNREAD = 1 << 20  # bytes written to a peer and not read by it, before it is dropped
 CLOSE_DEADLINE = 10.0  # s for every station's socket to close at shutdown
+SETTLE_TIMEOUT = 5.0  # s a closed connection's message still being handled is waited for
 UNKNOWN_KEPT_PER_MINUTE = 120  # unknown endpoints' refusals stored a minute, all together
 SUBPROTOCOLS = [Subprotocol(p) for p in ("ocpp1.6", "ocpp2.0.1")]
 TEXT, BINARY, CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
@@ -944,6 +945,9 @@ class Listener:
         self.spawn(self._detach(conn.session, conn.log_level, conn.close_code))
 
     async def _detach(self, session: StationSession, level: int, close_code: int | None) -> None:
+        # what the station said before it went is recorded before it is recorded offline (its
+        # events stay in the order it sent them; on PostgreSQL a write begun later sorts later)
+        await session.rpc.settled(SETTLE_TIMEOUT)
         await self.stations.detach(session)
         log.log(level, "%s: disconnected (%s)", session.endpoint, close_code)
 
