@@ -1,7 +1,8 @@
 """The OCPP websocket listener: who may connect (security profiles, limits), which version they
 speak, and the session's life from upgrade to close. Each connection is an asyncio.Protocol
 driving websockets' sans-I/O ServerProtocol (StationConnection): the hot path is a frame in,
-the Rpc's answer written straight back, without a task or coroutine per connection or message.
+the Rpc's answer written back with the rest of the loop turn's, without a task or coroutine per
+connection or message.
 
 Refusals happen before the upgrade, with an HTTP status and a one-line reason in the body:
 404 unknown endpoint, 400 no or wrong subprotocol, 401 missing or wrong password (with
@@ -333,7 +334,6 @@ class StationConnection(asyncio.Protocol):
 
     __slots__ = (
         "address",
-        "batch",
         "close_code",
         "fragments",
         "handshaking",
@@ -374,7 +374,6 @@ class StationConnection(asyncio.Protocol):
         self.ping_sent: float | None = None  # our keepalive ping waiting for its pong
         self.stuck_since: float | None = None  # since when its write buffer has not drained
         self.unread = 0  # bytes in its write buffer at the last look
-        self.batch: bytearray | None = None  # what we write while a read is handled
         # what we write in this loop turn, all written at its end (Turns.flush): one burst of
         # writes wakes a peer waiting for them once, where writes spread over the turn woke it
         # for each (the kernel's wake-up was a fifth of the server's CPU at 1,000 stations)
@@ -412,8 +411,8 @@ class StationConnection(asyncio.Protocol):
         return self.ws.reject(status, text)
 
     def write(self, frame: bytes) -> None:
-        """Send one text frame (the Rpc's answers and CALLs): straight to the transport, or
-        into the batch written once the read being handled is done."""
+        """Send one text frame (the Rpc's answers and CALLs): with the rest of this turn's
+        output, at its end (`out`)."""
         if self.lost or self.ws is None or self.ws.state is not OPEN:
             return
         n = len(frame)
@@ -423,21 +422,12 @@ class StationConnection(asyncio.Protocol):
             head = b"\x81\x7e" + n.to_bytes(2, "big")
         else:
             head = b"\x81\x7f" + n.to_bytes(8, "big")
-        batch = self.batch
-        if batch is not None:
-            batch += head
-            batch += frame
-        else:
-            self._later(head + frame)
-
-    def _later(self, data: bytes | bytearray) -> None:
-        """Written at the end of this loop turn."""
         out = self.out
         if out is None:
-            self.out = bytearray(data)
+            self.out = out = bytearray()
             self.listener.turns.written(self)
-        else:
-            out += data
+        out += head
+        out += frame
 
     def flush(self) -> None:
         """Write what this turn has for the station (before anything the protocol sends)."""
@@ -552,14 +542,9 @@ class StationConnection(asyncio.Protocol):
         turns.charge(perf_counter() - t0)
 
     def handle(self, data: bytes) -> None:
-        """Bytes from an attached station: its frames to its Rpc, our answers in one write."""
-        self.batch = bytearray()
-        try:
-            self._read(data)
-        finally:
-            batch, self.batch = self.batch, None
-            if batch:
-                self._later(batch)
+        """Bytes from an attached station: its frames to its Rpc (our answers go out at the end
+        of the turn), then what the protocol has to send."""
+        self._read(data)
         self._send_pending()
 
     def resume_after_turn(self) -> None:
@@ -598,9 +583,9 @@ class StationConnection(asyncio.Protocol):
     # --- frames ---------------------------------------------------------------------------------
 
     def _read(self, data: bytes) -> None:
-        """Whole frames off the front of what came (`unparsed`, then `data`). What stations send nearly always, an
-        unfragmented masked text frame, is read here: the library's generator-based parser
-        costs several times more. Every other frame (control frames, fragments, binary,
+        """Whole frames off the front of what came (`unparsed`, then `data`). What stations
+        send nearly always, an unfragmented masked text frame, is read here: the library's
+        generator-based parser costs several times more. Every other frame (control frames, fragments, binary,
         anything it must refuse) goes whole to the library, so its parser is always between
         two frames. An unfinished frame waits in `unparsed`, at most max_frame bytes: a
         longer one goes to the library at once, which refuses it (1009)."""
